@@ -1,0 +1,93 @@
+"""On-disk constants of the journal, mirrored in docs/format.md.
+
+A journal is a directory. It holds segment files named ``seg-<n>.mlog``
+(n: ten decimal digits, from 1, no gaps) and a ``LOCK`` file. Every segment
+starts with a fixed header; frames follow back to back (see _framing.py).
+
+Nothing here does I/O: this module only packs and checks headers.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from typing import NamedTuple
+
+MAGIC = b"MEMABLE\x1a"
+FORMAT_VERSION = 1
+
+# magic, version, flags, salt, segment number, first sequence number,
+# reserved, then a crc32 of those 36 bytes.
+_HEADER = struct.Struct("<8sHHIQQI")
+_HEADER_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEADER.size + _HEADER_CRC.size  # 40
+
+# Segment flags: none defined in version 1 (reserved for compaction).
+SEG_KNOWN_FLAGS = 0
+
+# Frame header: a 32-bit word (length | flags) and a crc32.
+FRAME_HEADER_SIZE = 8
+FRAME_BATCH_START = 0x8000_0000  # first frame of a commit batch
+FRAME_LENGTH_MASK = 0x00FF_FFFF  # 24 bits of length
+FRAME_RESERVED_MASK = 0x7F00_0000  # must be zero
+MAX_RECORD = FRAME_LENGTH_MASK  # 16 MiB - 1: longer is corruption
+
+LOCK_NAME = "LOCK"
+SEGMENT_SUFFIX = ".mlog"
+TEMP_SUFFIX = ".tmp"
+_SEGMENT_RE = re.compile(r"^seg-(\d{10})\.mlog$")
+
+
+class SegmentHeader(NamedTuple):
+    version: int
+    flags: int
+    salt: int
+    segment: int
+    first_seq: int
+
+
+def segment_name(number: int) -> str:
+    """The file name of segment ``number``."""
+    return f"seg-{number:010d}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The segment number in ``name``, or None if it is not a segment."""
+    match = _SEGMENT_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def pack_header(header: SegmentHeader) -> bytes:
+    body = _HEADER.pack(
+        MAGIC, header.version, header.flags, header.salt, header.segment,
+        header.first_seq, 0,
+    )
+    return body + _HEADER_CRC.pack(zlib.crc32(body))
+
+
+class HeaderError(ValueError):
+    """A segment header is unreadable; the message says why."""
+
+
+def unpack_header(data: bytes | memoryview) -> SegmentHeader:
+    """Parse and check a segment header; raise HeaderError if it is bad."""
+    if len(data) < HEADER_SIZE:
+        raise HeaderError(f"segment shorter than its {HEADER_SIZE}-byte header")
+    body = bytes(data[: _HEADER.size])
+    (crc,) = _HEADER_CRC.unpack_from(data, _HEADER.size)
+    magic, version, flags, salt, segment, first_seq, _ = _HEADER.unpack(body)
+    if magic != MAGIC:
+        raise HeaderError("not a memable_log segment (bad magic)")
+    if zlib.crc32(body) != crc:
+        raise HeaderError("segment header checksum mismatch")
+    if version > FORMAT_VERSION:
+        raise HeaderError(
+            f"segment written in format version {version}, newer than this "
+            f"library reads ({FORMAT_VERSION}); upgrade memable_log"
+        )
+    if version < 1:
+        raise HeaderError(f"unknown format version {version}")
+    if flags & ~SEG_KNOWN_FLAGS:
+        raise HeaderError(f"unknown segment flags {flags:#06x}")
+    return SegmentHeader(version, flags, salt, segment, first_seq)

@@ -1,0 +1,159 @@
+"""Frames: how records sit in a segment. Pure: bytes in, frames out.
+
+A frame is an 8-byte header and a payload::
+
+    word  u32 little-endian   bits 0-23 payload length, bit 31 batch start,
+                              bits 24-30 zero
+    crc   u32 little-endian   crc32 over the 4 word bytes then the payload,
+                              started from the segment's salt
+    payload                   one msgpack-encoded record
+
+The checksum covers the length, so a damaged length is caught like damaged
+data; it is seeded by the segment's random salt, so bytes left from an older
+generation of a file never pass as records. A length of zero or above
+MAX_RECORD is damage, never an allocation.
+
+The "batch start" bit marks the first frame of each commit batch (the frames
+written by one write and made durable by one fsync). Recovery uses it: a
+valid batch start after a damaged frame proves the damaged frame was once
+fsynced, so the damage is corruption, not a torn tail.
+
+FrameDecoder is incremental (feed bytes as they come: whole, byte by byte)
+and reports a frame, "need more bytes", or FrameError. It decides nothing
+about torn tails; _reader.py does.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import NamedTuple
+
+from ._format import (
+    FRAME_BATCH_START,
+    FRAME_HEADER_SIZE,
+    FRAME_LENGTH_MASK,
+    FRAME_RESERVED_MASK,
+    MAX_RECORD,
+)
+
+_WORD = struct.Struct("<I")
+_FRAME_HEADER = struct.Struct("<II")
+
+
+class Frame(NamedTuple):
+    offset: int  # file offset of the frame header
+    batch_start: bool
+    payload: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + FRAME_HEADER_SIZE + len(self.payload)
+
+
+class FrameError(ValueError):
+    """Bytes at ``offset`` are not a valid frame."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"bad frame at byte {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+def frame_crc(word: int, payload: bytes | memoryview, salt: int) -> int:
+    return zlib.crc32(payload, zlib.crc32(_WORD.pack(word), salt))
+
+
+def encode_frame(payload: bytes, salt: int, batch_start: bool = False) -> bytes:
+    """The frame for ``payload`` in a segment with ``salt``."""
+    length = len(payload)
+    if not 0 < length <= MAX_RECORD:
+        raise ValueError(f"record of {length} bytes: must be 1..{MAX_RECORD}")
+    word = length | (FRAME_BATCH_START if batch_start else 0)
+    return _FRAME_HEADER.pack(word, frame_crc(word, payload, salt)) + payload
+
+
+def check_frame_at(
+    data: bytes | memoryview, pos: int, salt: int
+) -> tuple[bool, int] | None:
+    """Whether a complete valid frame starts at ``pos`` of ``data``.
+
+    Returns (batch_start, end position) or None. Used to look past damage.
+    """
+    if pos + FRAME_HEADER_SIZE > len(data):
+        return None
+    word, crc = _FRAME_HEADER.unpack_from(data, pos)
+    length = word & FRAME_LENGTH_MASK
+    if length == 0 or word & FRAME_RESERVED_MASK:
+        return None
+    end = pos + FRAME_HEADER_SIZE + length
+    if end > len(data):
+        return None
+    if frame_crc(word, data[pos + FRAME_HEADER_SIZE : end], salt) != crc:
+        return None
+    return bool(word & FRAME_BATCH_START), end
+
+
+class FrameDecoder:
+    """Incremental frame decoder for one segment.
+
+    ``base_offset`` is the file offset of the first byte to be fed (normally
+    the end of the segment header), so frames and errors carry file offsets.
+    """
+
+    __slots__ = ("_buf", "_pos", "_base", "_salt")
+
+    def __init__(self, salt: int, base_offset: int = 0) -> None:
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        self._base = base_offset
+        self._salt = salt
+
+    @property
+    def offset(self) -> int:
+        """File offset of the next byte not yet decoded."""
+        return self._base + self._pos
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet decoded into frames."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._pos == len(self._buf):
+            # Everything before was consumed: take the new bytes as they are.
+            self._base += self._pos
+            self._buf, self._pos = data, 0
+            return
+        if not isinstance(self._buf, bytearray) or self._pos > 65536:
+            rest = bytearray(self._buf[self._pos :])
+            self._base += self._pos
+            self._buf, self._pos = rest, 0
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None if more bytes are needed.
+
+        Raises FrameError (and stays put) if the bytes at the current offset
+        cannot be a frame.
+        """
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < FRAME_HEADER_SIZE:
+            return None
+        word, crc = _FRAME_HEADER.unpack_from(buf, pos)
+        length = word & FRAME_LENGTH_MASK
+        if length == 0:
+            raise FrameError(self._base + pos, "zero length")
+        if word & FRAME_RESERVED_MASK:
+            raise FrameError(self._base + pos, "length above the record cap")
+        start = pos + FRAME_HEADER_SIZE
+        end = start + length
+        if end > len(buf):
+            return None
+        payload = bytes(buf[start:end])
+        if frame_crc(word, payload, self._salt) != crc:
+            raise FrameError(self._base + pos, "checksum mismatch")
+        self._pos = end
+        return Frame(self._base + pos, bool(word & FRAME_BATCH_START), payload)

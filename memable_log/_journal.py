@@ -1,0 +1,181 @@
+"""The journal open for writing: one appender task and group commit.
+
+Theory of operation. ``Journal`` is an async context manager. Entering it
+takes the lock, scans every segment (feeding each record to ``Index.apply``),
+and makes recovery durable (see _writer.py), all on a worker thread; then it
+starts the appender task in its own nursery.
+
+``append(rec)`` gives the record the next sequence number, packs it, adds it
+to the *open batch* and waits. The appender task loops: take the whole open
+batch, hand it to ``SegmentWriter.commit`` on a worker thread (one write, one
+fsync), then apply every record to the index, in order, and wake the batch's
+waiters. Appends that arrive while a commit is in flight gather in the next
+batch, so concurrent writers share fsyncs with no timer and no delay; a lone
+writer pays one fsync per record. ``append`` returns only after the fsync
+that covers its record, with the index already updated.
+
+If a commit fails, that batch's waiters and every later append get
+``JournalFailed``; the journal stays failed until it is reopened.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import msgpack
+import trio
+
+from ._errors import JournalClosed, JournalFailed
+from ._index import Index
+from ._reader import ScanResult, read_record_at, scan
+from ._storage import Storage
+from ._writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
+
+
+class _Batch:
+    __slots__ = ("payloads", "records", "done", "error")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.records: list[list[Any]] = []
+        self.done = trio.Event()
+        self.error: str | None = None
+
+
+class Journal:
+    """An append-only journal with group commit. See the module comment."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        index: Index | None = None,
+        *,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ) -> None:
+        self.storage = storage
+        self.index = index if index is not None else Index()
+        self.writer = SegmentWriter(storage, segment_size)
+        self.scan_result: ScanResult | None = None
+        self.commits = 0  # batches committed
+        self._batch = _Batch()
+        self._work = trio.Event()
+        self._error: str | None = None
+        self._open = False
+        self._closing = False
+        self._nursery_cm: Any = None
+        self._locked = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def __aenter__(self) -> Journal:
+        await self._run_io(self._open_sync)
+        self._nursery_cm = trio.open_nursery()
+        nursery = await self._nursery_cm.__aenter__()
+        nursery.start_soon(self._appender)
+        self._open = True
+        return self
+
+    def _open_sync(self) -> None:
+        self.storage.lock()
+        self._locked = True
+        try:
+            self.scan_result = scan(self.storage, self.index.apply)
+            self.writer.recover(self.scan_result)
+        except BaseException:
+            self.storage.unlock()
+            self._locked = False
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._closing = True
+        self._work.set()
+        try:
+            return bool(await self._nursery_cm.__aexit__(exc_type, exc, tb))
+        finally:
+            self._open = False
+            self.writer.close()
+            if self._locked:
+                self.storage.unlock()
+                self._locked = False
+
+    async def _run_io(self, fn: Any, *args: Any) -> Any:
+        if self.storage.blocking:
+            return await trio.to_thread.run_sync(fn, *args)
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    # -- appending ----------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        return self.writer.next_seq + len(self._batch.payloads)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the journal refuses writes, or None."""
+        return self._error
+
+    async def append(self, rec: list[Any]) -> int:
+        """Durably append a record (see _records.make); return its seq."""
+        await self.append_many([rec])
+        return int(rec[1])
+
+    async def append_many(self, recs: list[list[Any]]) -> None:
+        """Durably append records, in order, in one batch."""
+        if self._error is not None:
+            raise JournalFailed(self._error)
+        if not self._open or self._closing:
+            raise JournalClosed("the journal is closed; open it to append")
+        batch = self._batch
+        seq = self.next_seq
+        payloads = []
+        for rec in recs:
+            rec[1] = seq
+            payloads.append(msgpack.packb(rec))
+            seq += 1
+        batch.payloads += payloads
+        batch.records += recs
+        self._work.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise JournalFailed(batch.error)
+
+    async def _appender(self) -> None:
+        while True:
+            batch = self._batch
+            if not batch.payloads:
+                if self._closing:
+                    return
+                await self._work.wait()
+                self._work = trio.Event()
+                continue
+            self._batch = _Batch()
+            try:
+                locs = await self._run_io(self.writer.commit, batch.payloads)
+            except JournalFailed as exc:
+                self._fail(batch, exc.reason)
+                return
+            self.commits += 1
+            apply = self.index.apply
+            for rec, loc in zip(batch.records, locs, strict=False):
+                apply(rec, loc)
+            batch.done.set()
+
+    def _fail(self, batch: _Batch, reason: str) -> None:
+        self._error = reason
+        for failed in (batch, self._batch):
+            failed.error = reason
+            failed.done.set()
+
+    # -- reading ------------------------------------------------------------
+
+    async def read(self, loc: int) -> list[Any]:
+        """The record at a packed location (as kept by the index)."""
+        salts = self.writer.salts
+        return await self._run_io(read_record_at, self.storage, salts, loc)  # type: ignore[no-any-return]

@@ -1,0 +1,198 @@
+"""Reading a journal: segments in order, every frame checked. Policy lives here.
+
+``scan`` walks the segments, checks each header and frame, decodes and
+checks each record and hands it to a callback. It decides what damage means:
+
+* In any segment but the last, every byte must be a valid frame, sequence
+  numbers must follow on from the previous segment, and the segment must end
+  with a seal. Anything else is ``JournalCorrupt`` (file, offset).
+* In the last segment, the first bad or incomplete frame starts either a
+  torn tail (the end of a write that was never acknowledged) or corruption.
+  It is corruption if a valid *batch start* frame follows it: a later batch
+  is only written after the earlier one was fsynced, so the damaged bytes
+  were durable once. Otherwise it is a torn tail, reported in the result
+  (never cut here: the writer cuts it durably before appending).
+* A frame whose checksum holds but whose payload is not a well-formed record
+  is corruption wherever it is: no torn write produces it.
+
+The scan reads but never writes, so readers (memable-dump) use it as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from . import _records as r
+from ._errors import JournalCorrupt, JournalFormatError
+from ._format import (
+    FRAME_HEADER_SIZE,
+    FRAME_LENGTH_MASK,
+    HEADER_SIZE,
+    HeaderError,
+    SegmentHeader,
+    parse_segment_name,
+    segment_name,
+    unpack_header,
+)
+from ._framing import FrameDecoder, FrameError, check_frame_at
+from ._index import pack_loc, unpack_loc
+from ._storage import Storage
+
+OnRecord = Callable[[list[Any], int], None]  # record, packed location
+
+
+@dataclass
+class Segment:
+    number: int
+    header: SegmentHeader
+    end: int  # offset just past the last valid frame
+    sealed: bool
+
+
+@dataclass
+class ScanResult:
+    segments: list[Segment] = field(default_factory=list)
+    next_seq: int = 1
+    records: int = 0
+    torn_at: int | None = None  # offset where the last segment's torn tail starts
+    torn_bytes: int = 0
+    temp_files: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> Segment | None:
+        return self.segments[-1] if self.segments else None
+
+
+def segment_numbers(names: list[str]) -> list[int]:
+    return sorted(n for n in map(parse_segment_name, names) if n is not None)
+
+
+def unpack_record(payload: bytes) -> Any:
+    """Decode a payload; never runs code (no ext hooks, bounded sizes)."""
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+
+
+def scan(storage: Storage, on_record: OnRecord | None = None) -> ScanResult:
+    """Check the whole journal, feeding each record to ``on_record``.
+
+    Raises JournalCorrupt for damage outside the torn tail.
+    """
+    names = storage.list()
+    numbers = segment_numbers(names)
+    result = ScanResult(temp_files=[n for n in names if n.endswith(".tmp")])
+    for i, number in enumerate(numbers):
+        if i and number != numbers[i - 1] + 1:
+            raise JournalCorrupt(
+                _path(storage, segment_name(numbers[i - 1] + 1)), 0,
+                f"segment {numbers[i - 1] + 1} is missing",
+            )
+        is_last = i == len(numbers) - 1
+        _scan_segment(storage, number, is_last, result, on_record)
+    return result
+
+
+def _path(storage: Storage, name: str) -> str:
+    return f"{storage.location}/{name}"
+
+
+def _scan_segment(
+    storage: Storage, number: int, is_last: bool, result: ScanResult,
+    on_record: OnRecord | None,
+) -> None:
+    name = segment_name(number)
+    path = _path(storage, name)
+    data = storage.read(name)
+    try:
+        header = unpack_header(data)
+    except HeaderError as exc:
+        cls = JournalFormatError if "version" in str(exc) else JournalCorrupt
+        raise cls(path, 0, str(exc)) from None
+    if header.segment != number:
+        raise JournalCorrupt(path, 0, f"header says segment {header.segment}")
+    if result.segments and header.first_seq != result.next_seq:
+        raise JournalCorrupt(
+            path, 0, f"segment starts at seq {header.first_seq}, expected {result.next_seq}"
+        )
+    next_seq = header.first_seq
+    decoder = FrameDecoder(header.salt, HEADER_SIZE)
+    decoder.feed(data[HEADER_SIZE:])
+    sealed = False
+    base_loc = pack_loc(number, 0)
+    while True:
+        try:
+            frame = decoder.next_frame()
+        except FrameError as exc:
+            _damage(path, data, header.salt, exc.offset, exc.reason, is_last, result)
+            break
+        if frame is None:
+            if decoder.buffered:
+                _damage(path, data, header.salt, decoder.offset, "record cut short",
+                        is_last, result)
+            break
+        if sealed:
+            raise JournalCorrupt(path, frame.offset, "record after the segment's seal")
+        try:
+            rec = unpack_record(frame.payload)
+        except Exception as exc:  # msgpack raises several types; none is ours
+            raise JournalCorrupt(path, frame.offset, f"undecodable record: {exc}") from None
+        seal_seq = r.check_seal(rec)
+        if seal_seq is not None:
+            if seal_seq != next_seq:
+                raise JournalCorrupt(path, frame.offset, "seal's sequence number is wrong")
+            sealed = True
+            continue
+        try:
+            r.check(rec)
+            if rec[1] != next_seq:
+                raise r.RecordError(f"sequence number {rec[1]}, expected {next_seq}")
+            next_seq = rec[1] + 1
+            if on_record is not None:
+                on_record(rec, base_loc | frame.offset)
+        except r.RecordError as exc:
+            raise JournalCorrupt(path, frame.offset, str(exc)) from None
+        result.records += 1
+    if not sealed and not is_last:
+        raise JournalCorrupt(path, decoder.offset, "segment ends without a seal")
+    result.next_seq = next_seq
+    end = decoder.offset if result.torn_at is None or not is_last else result.torn_at
+    result.segments.append(Segment(number, header, end, sealed))
+
+
+def _damage(
+    path: str, data: bytes, salt: int, offset: int, reason: str, is_last: bool,
+    result: ScanResult,
+) -> None:
+    """Decide whether damage at ``offset`` is a torn tail or corruption."""
+    if not is_last:
+        raise JournalCorrupt(path, offset, reason)
+    view = memoryview(data)
+    for pos in range(offset + 1, len(data)):
+        found = check_frame_at(view, pos, salt)
+        if found is not None and found[0]:
+            raise JournalCorrupt(
+                path, offset, f"{reason}, and a later commit at byte {pos} proves "
+                "these bytes were once durable",
+            )
+    result.torn_at = offset
+    result.torn_bytes = len(data) - offset
+
+
+def read_record_at(storage: Storage, salts: dict[int, int], loc: int) -> list[Any]:
+    """Read back and check the record at a packed location."""
+    segment, offset = unpack_loc(loc)
+    name = segment_name(segment)
+    header = storage.read_at(name, offset, FRAME_HEADER_SIZE)
+    if len(header) == FRAME_HEADER_SIZE:
+        length = int.from_bytes(header[:4], "little") & FRAME_LENGTH_MASK
+        frame = header + storage.read_at(name, offset + FRAME_HEADER_SIZE, length)
+        found = check_frame_at(frame, 0, salts.get(segment, -1))
+        if found is not None:
+            try:
+                return r.check(unpack_record(frame[FRAME_HEADER_SIZE:]))
+            except Exception:
+                pass
+    raise JournalCorrupt(_path(storage, name), offset, "record expected here is unreadable")

@@ -1,0 +1,137 @@
+"""Record types and their wire form. Pure.
+
+A record is a msgpack array ``[type, seq, ts_ms, instance, *fields]``:
+``seq`` is the journal's dense sequence number (given by the appender),
+``ts_ms`` the engine's wall clock in milliseconds, ``instance`` the instance
+id. User values (inputs, results, signal payloads) are opaque *blobs* here:
+bytes produced by _codec.py, never decoded by the journal.
+
+The seal (type 0) is not a record of the history: it is the last frame of a
+full segment, ``[0, next_seq]``.
+
+In hot loops (start-up replay, the step path) records stay plain lists;
+``RecordView`` is the readable form for tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+SEAL: Final = 0
+CREATED: Final = 1
+STEP_DONE: Final = 2
+STEP_FAILED: Final = 3
+STEP_STARTED: Final = 4
+SUSPENDED: Final = 5
+SIGNALLED: Final = 6
+TIMER_SET: Final = 7
+TIMER_FIRED: Final = 8
+SUSPEND_TIMED_OUT: Final = 9
+FORGOT: Final = 10
+COMPLETED: Final = 11
+FAILED: Final = 12
+CANCELLED: Final = 13
+RESTARTED: Final = 14
+
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+
+# type -> (name, ((field name, allowed types), ...)) for the fields after
+# the common four. Names are those used by memable-dump and docs/format.md.
+SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] = {
+    CREATED: ("created", (("workflow", (str,)), ("input", (bytes,)))),
+    STEP_DONE: ("step_done", (("key", (str,)), ("value", (bytes,)))),
+    STEP_FAILED: (
+        "step_failed",
+        (("key", (str,)), ("error_type", (str,)), ("message", (str,)),
+         ("traceback", (str,))),
+    ),
+    STEP_STARTED: ("step_started", (("key", (str,)),)),
+    SUSPENDED: (
+        "suspended",
+        (("key", (str,)), ("status", _OPT_STR), ("deadline_ms", _OPT_INT)),
+    ),
+    SIGNALLED: ("signalled", (("key", (str,)), ("payload", (bytes,)))),
+    TIMER_SET: ("timer_set", (("key", (str,)), ("deadline_ms", (int,)))),
+    TIMER_FIRED: ("timer_fired", (("key", (str,)),)),
+    SUSPEND_TIMED_OUT: ("suspend_timed_out", (("key", (str,)),)),
+    FORGOT: ("forgot", (("key", (str,)),)),
+    COMPLETED: ("completed", (("result", (bytes,)),)),
+    FAILED: (
+        "failed",
+        (("error_type", (str,)), ("message", (str,)), ("traceback", (str,))),
+    ),
+    CANCELLED: ("cancelled", ()),
+    RESTARTED: ("restarted", ()),
+}
+
+TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
+TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
+TYPE_NAMES_WITH_SEAL: Final[dict[int, str]] = {SEAL: "seal", **TYPE_NAMES}
+
+_CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
+    t: (4 + len(fields), tuple(types for _, types in fields))
+    for t, (_, fields) in SCHEMA.items()
+}
+
+
+class RecordError(ValueError):
+    """A decoded payload is not a well-formed record."""
+
+
+def check(rec: Any) -> list[Any]:
+    """Return ``rec`` if it is a well-formed record list, else RecordError."""
+    if type(rec) is not list or len(rec) < 4:
+        raise RecordError("payload is not a record array")
+    rtype = rec[0]
+    spec = _CHECKS.get(rtype) if type(rtype) is int else None
+    if spec is None:
+        raise RecordError(f"unknown record type {rtype!r}")
+    length, types = spec
+    if len(rec) != length:
+        raise RecordError(
+            f"{TYPE_NAMES[rtype]} record has {len(rec)} fields, expected {length}"
+        )
+    if type(rec[1]) is not int or type(rec[2]) is not int or type(rec[3]) is not str:
+        raise RecordError("record seq, time or instance has the wrong type")
+    for value, allowed in zip(rec[4:], types, strict=False):
+        if not isinstance(value, allowed):
+            raise RecordError(
+                f"{TYPE_NAMES[rtype]} record has a field of type {type(value).__name__}"
+            )
+    return rec
+
+
+def check_seal(rec: Any) -> int | None:
+    """The next_seq of a seal record, or None if ``rec`` is not a seal."""
+    if type(rec) is list and len(rec) == 2 and rec[0] == SEAL and type(rec[1]) is int:
+        return int(rec[1])
+    return None
+
+
+def make(rtype: int, ts_ms: int, instance: str, *fields: Any) -> list[Any]:
+    """A record list; its seq (0 here) is set by the journal on append."""
+    return [rtype, 0, ts_ms, instance, *fields]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordView:
+    """A record in readable form, with where it sits in the journal."""
+
+    seq: int
+    type: str
+    ts_ms: int
+    instance: str
+    fields: dict[str, Any]
+    segment: int
+    offset: int
+
+
+def view(rec: list[Any], segment: int, offset: int) -> RecordView:
+    name, fields = SCHEMA[rec[0]]
+    return RecordView(
+        seq=rec[1], type=name, ts_ms=rec[2], instance=rec[3],
+        fields={fname: value for (fname, _), value in zip(fields, rec[4:], strict=False)},
+        segment=segment, offset=offset,
+    )

@@ -1,0 +1,167 @@
+"""The storage seam: the few file-system operations the journal needs.
+
+``Storage`` is a flat directory of named files. ``FileStorage`` is a real
+directory; ``MemoryStorage`` (in _memstorage.py) keeps files in memory and
+can simulate a power cut. Everything here is synchronous and may block: the
+async journal calls it from a worker thread when ``blocking`` is true.
+
+Writes either write every byte or raise OSError (a short write is reported
+as an error, never retried: what follows it is unknown). ``sync`` is fsync;
+``sync_dir`` fsyncs the directory, which makes creations, renames and
+removals durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Protocol
+
+from ._errors import JournalLocked
+from ._format import LOCK_NAME
+
+DEFAULT_DIR_MODE = 0o700
+DEFAULT_FILE_MODE = 0o600
+
+
+class FileHandle(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def sync(self) -> None: ...
+    def truncate(self, size: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class Storage(Protocol):
+    @property
+    def blocking(self) -> bool:
+        """True if calls may block (and belong on a worker thread)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """A name for messages: the directory's path, or "<memory>"."""
+        ...
+
+    def list(self) -> list[str]: ...
+    def read(self, name: str) -> bytes: ...
+    def read_at(self, name: str, offset: int, size: int) -> bytes: ...
+    def size(self, name: str) -> int: ...
+    def create(self, name: str) -> FileHandle: ...
+    def open_append(self, name: str) -> FileHandle: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def remove(self, name: str) -> None: ...
+    def sync_dir(self) -> None: ...
+    def lock(self) -> None: ...
+    def unlock(self) -> None: ...
+
+
+class _OsFile:
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        written = os.write(self._fd, data)
+        if written != len(data):
+            raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes")
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class FileStorage:
+    """A journal directory on disk, created owner-only if missing."""
+
+    blocking = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        dir_mode: int = DEFAULT_DIR_MODE,
+        file_mode: int = DEFAULT_FILE_MODE,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._file_mode = file_mode
+        self._lock_fd: int | None = None
+        if create and not os.path.isdir(self.path):
+            os.makedirs(self.path, mode=dir_mode, exist_ok=True)
+            parent = os.path.dirname(os.path.abspath(self.path))
+            _fsync_dir(parent)
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(errno.ENOENT, "no journal directory", self.path)
+
+    @property
+    def location(self) -> str:
+        return self.path
+
+    def _p(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def list(self) -> list[str]:
+        return sorted(os.listdir(self.path))
+
+    def read(self, name: str) -> bytes:
+        with open(self._p(name), "rb") as f:
+            return f.read()
+
+    def read_at(self, name: str, offset: int, size: int) -> bytes:
+        fd = os.open(self._p(name), os.O_RDONLY)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def size(self, name: str) -> int:
+        return os.stat(self._p(name)).st_size
+
+    def create(self, name: str) -> _OsFile:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        return _OsFile(os.open(self._p(name), flags, self._file_mode))
+
+    def open_append(self, name: str) -> _OsFile:
+        return _OsFile(os.open(self._p(name), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(self._p(src), self._p(dst))
+
+    def remove(self, name: str) -> None:
+        os.unlink(self._p(name))
+
+    def sync_dir(self) -> None:
+        _fsync_dir(self.path)
+
+    def lock(self) -> None:
+        """Take the journal's write lock or raise JournalLocked at once."""
+        fd = os.open(self._p(LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalLocked(self.path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,162 @@
+"""The segment writer: frames, writes and fsyncs batches. Synchronous.
+
+``SegmentWriter.commit(payloads)`` writes a batch of record payloads with one
+write and one fsync and returns where each landed. It is the only code that
+appends to segments; the async journal runs it on a worker thread, and
+offline tools (memable-signal without an engine) call it directly.
+
+Start-up (``recover``) makes recovery's decisions durable before anything new
+is written: a torn tail is cut and the cut fsynced; leftover temporary files
+are removed and the directory fsynced.
+
+Roll-over, when a batch would take the segment past ``segment_size``: write
+the part that fits plus a seal frame, fsync, then create the next segment as
+a temp file with its header, fsync it, rename it into place and fsync the
+directory. A segment is never visible without its complete header.
+
+After any OSError the writer is broken and refuses every later call: the
+kernel may have dropped the dirty pages of a failed fsync, so retrying could
+acknowledge bytes that are gone. Reopen to recover.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import msgpack
+
+from . import _records as r
+from ._errors import JournalFailed
+from ._format import FORMAT_VERSION, HEADER_SIZE, SegmentHeader, pack_header, segment_name
+from ._framing import encode_frame
+from ._index import pack_loc
+from ._reader import ScanResult
+from ._storage import FileHandle, Storage
+
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+_SEAL_ROOM = 32  # a seal frame is 8 + at most 11 bytes
+
+
+class SegmentWriter:
+    def __init__(self, storage: Storage, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+        if segment_size < 4096:
+            raise ValueError("segment_size must be at least 4096 bytes")
+        self.storage = storage
+        self.segment_size = segment_size
+        self.segment = 0
+        self.next_seq = 1
+        self.broken: str | None = None
+        self._salt = 0
+        self._size = 0
+        self._records_in_segment = 0
+        self._file: FileHandle | None = None
+        self.salts: dict[int, int] = {}  # segment number -> salt, for reads
+
+    def recover(self, scan: ScanResult) -> None:
+        """Make the scan's decisions durable and open the segment to append."""
+        try:
+            last = scan.last
+            if last is not None and scan.torn_at is not None:
+                file = self.storage.open_append(segment_name(last.number))
+                try:
+                    file.truncate(scan.torn_at)
+                    file.sync()
+                finally:
+                    file.close()
+            for name in scan.temp_files:
+                self.storage.remove(name)
+            if scan.temp_files:
+                self.storage.sync_dir()
+            self.next_seq = scan.next_seq
+            self.salts = {seg.number: seg.header.salt for seg in scan.segments}
+            if last is None or last.sealed:
+                self._new_segment(last.number + 1 if last else 1)
+                return
+            self.segment, self._salt, self._size = last.number, last.header.salt, last.end
+            self._records_in_segment = int(last.end > HEADER_SIZE)
+            self._file = self.storage.open_append(segment_name(last.number))
+        except OSError as exc:
+            self._break(exc)
+
+    def commit(self, payloads: list[bytes]) -> list[int]:
+        """Append ``payloads`` durably; return each one's packed location."""
+        if self.broken is not None:
+            raise JournalFailed(self.broken)
+        try:
+            return self._commit(payloads)
+        except OSError as exc:
+            self._break(exc)
+
+    def _commit(self, payloads: list[bytes]) -> list[int]:
+        locs: list[int] = []
+        buf: list[bytes] = []
+        pending = 0  # bytes in buf
+        for payload in payloads:
+            frame = encode_frame(payload, self._salt, batch_start=not buf)
+            if (
+                self._size + pending + len(frame) + _SEAL_ROOM > self.segment_size
+                and (self._records_in_segment or buf)
+            ):
+                seal = r.SEAL, self.next_seq + len(buf)
+                buf.append(encode_frame(msgpack.packb(seal), self._salt, batch_start=not buf))
+                self._write(buf, records=len(buf) - 1)
+                buf, pending = [], 0
+                self._roll()
+                frame = encode_frame(payload, self._salt, batch_start=True)
+            locs.append(pack_loc(self.segment, self._size + pending))
+            buf.append(frame)
+            pending += len(frame)
+        if buf:
+            self._write(buf, records=len(buf))
+        return locs
+
+    def _write(self, frames: list[bytes], records: int) -> None:
+        assert self._file is not None
+        data = b"".join(frames)
+        self._file.write(data)
+        self._file.sync()
+        self._size += len(data)
+        self._records_in_segment += records
+        self.next_seq += records
+
+    def _roll(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        self._new_segment(self.segment + 1)
+
+    def _new_segment(self, number: int) -> None:
+        salt = int.from_bytes(os.urandom(4), "little")
+        header = SegmentHeader(FORMAT_VERSION, 0, salt, number, self.next_seq)
+        name = segment_name(number)
+        temp = name + ".tmp"
+        file = self.storage.create(temp)
+        try:
+            file.write(pack_header(header))
+            file.sync()
+        finally:
+            file.close()
+        self.storage.rename(temp, name)
+        self.storage.sync_dir()
+        self.segment, self._salt, self._size = number, salt, HEADER_SIZE
+        self.salts[number] = salt
+        self._records_in_segment = 0
+        self._file = self.storage.open_append(name)
+
+    def _break(self, exc: OSError) -> NoReturn:
+        self.broken = f"{exc.strerror or exc}" + (f" [{exc.filename}]" if exc.filename else "")
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        raise JournalFailed(self.broken) from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.broken is None:
+            self.broken = "closed"
