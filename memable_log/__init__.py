@@ -1,21 +1,61 @@
 """memable_log: durable execution for trio programs.
 
 Each step's result is memoised under a key the author chooses, in an
-append-only journal on local disk. See SPEC in the docs for the contract.
+append-only journal on local disk. After a crash, a code change or a
+suspension, the workflow runs again from the top and finished steps return
+their stored result at once. See docs/api.md for every public name.
 """
 
+from ._builder import EngineBuilder as EngineBuilder
+from ._clock import Clock as Clock
+from ._clock import ManualClock as ManualClock
+from ._context import Context as Context
+from ._context import Step as Step
+from ._engine import Engine as Engine
+from ._errors import DuplicateStepKey as DuplicateStepKey
 from ._errors import EngineError as EngineError
 from ._errors import JournalClosed as JournalClosed
 from ._errors import JournalCorrupt as JournalCorrupt
 from ._errors import JournalFailed as JournalFailed
 from ._errors import JournalFormatError as JournalFormatError
 from ._errors import JournalLocked as JournalLocked
+from ._errors import NotSerializable as NotSerializable
+from ._errors import SignalAlreadyDelivered as SignalAlreadyDelivered
+from ._errors import StepFailed as StepFailed
+from ._errors import StepInterrupted as StepInterrupted
+from ._errors import SuspendTimedOut as SuspendTimedOut
+from ._errors import UnknownInstance as UnknownInstance
+from ._errors import UnknownWorkflow as UnknownWorkflow
+from ._errors import WorkflowCancelled as WorkflowCancelled
+from ._errors import WorkflowFailed as WorkflowFailed
+from ._memstorage import MemoryStorage as MemoryStorage
+from ._status import ErrorInfo as ErrorInfo
+from ._status import InstanceStatus as InstanceStatus
 
 __all__ = [
+    "Clock",
+    "Context",
+    "DuplicateStepKey",
+    "Engine",
+    "EngineBuilder",
     "EngineError",
+    "ErrorInfo",
+    "InstanceStatus",
     "JournalClosed",
     "JournalCorrupt",
     "JournalFailed",
     "JournalFormatError",
     "JournalLocked",
+    "ManualClock",
+    "MemoryStorage",
+    "NotSerializable",
+    "SignalAlreadyDelivered",
+    "Step",
+    "StepFailed",
+    "StepInterrupted",
+    "SuspendTimedOut",
+    "UnknownInstance",
+    "UnknownWorkflow",
+    "WorkflowCancelled",
+    "WorkflowFailed",
 ]

@@ -61,3 +61,131 @@ class JournalFailed(EngineError):
 
 class JournalClosed(EngineError):
     """The journal is closed (or was never opened) and cannot take writes."""
+
+
+class UnknownWorkflow(EngineError):
+    """No workflow is registered under this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        hint = f"registered: {', '.join(sorted(known))}" if known else "none is registered"
+        super().__init__(
+            f"unknown workflow {name!r} ({hint}); call engine.register({name!r}, fn) first"
+        )
+
+
+class UnknownInstance(EngineError):
+    """No instance with this id is in the journal (or its workflow differs)."""
+
+    def __init__(self, instance_id: str, detail: str = "") -> None:
+        self.instance_id = instance_id
+        super().__init__(
+            f"unknown instance {instance_id!r}{detail}; check the id with "
+            "engine.instances() or memable-dump --instances"
+        )
+
+
+class DuplicateStepKey(EngineError):
+    """The same key was used twice in one run of an instance."""
+
+    def __init__(self, instance_id: str, key: str) -> None:
+        self.instance_id = instance_id
+        self.key = key
+        super().__init__(
+            f"key {key!r} used twice in one run of instance {instance_id!r}; steps, "
+            "suspensions and timers share one key space: give each a distinct key "
+            "(for loops, put the item in the key: f'search:{topic}:v1')"
+        )
+
+
+class StepFailed(EngineError):
+    """A step's attempts are exhausted; the failure is memoised.
+
+    ``error_type``, ``message`` and ``traceback`` describe the step's last
+    exception. A re-run raises the same StepFailed without calling the step.
+    """
+
+    def __init__(self, key: str, error_type: str, message: str, traceback: str) -> None:
+        self.key = key
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        super().__init__(
+            f"step {key!r} failed: {error_type}: {message} (memoised: re-runs raise "
+            "this again; engine.forget(instance_id, key) after a fix runs it anew)"
+        )
+
+
+class StepInterrupted(EngineError):
+    """An at-most-once step was interrupted by a crash and is not run again."""
+
+    def __init__(self, instance_id: str, key: str) -> None:
+        self.instance_id = instance_id
+        self.key = key
+        super().__init__(
+            f"at-most-once step {key!r} of instance {instance_id!r} started before a "
+            "crash and did not finish; it is not run again. Check its side effect by "
+            "hand, then engine.forget(instance_id, key) to allow one more run"
+        )
+
+
+class NotSerializable(EngineError):
+    """A value could not be encoded; nothing was written."""
+
+    def __init__(self, what: str, value_type: str, reason: str = "") -> None:
+        self.what = what
+        self.value_type = value_type
+        extra = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{what}: cannot encode a value of type {value_type}{extra}; return "
+            "msgpack types (None, bool, int, float, str, bytes, list, tuple, dict) "
+            "or give the builder a codec for this type. Nothing was written"
+        )
+
+
+class WorkflowFailed(EngineError):
+    """The workflow raised; its type, message and traceback text are kept."""
+
+    def __init__(self, instance_id: str, error_type: str, message: str, traceback: str) -> None:
+        self.instance_id = instance_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        super().__init__(
+            f"instance {instance_id!r} failed: {error_type}: {message} (fix the cause, "
+            "then engine.forget(...) and engine.restart(...) to run it again)"
+        )
+
+
+class WorkflowCancelled(EngineError):
+    """The instance was cancelled."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(
+            f"instance {instance_id!r} was cancelled; engine.restart(...) runs it again"
+        )
+
+
+class SignalAlreadyDelivered(EngineError):
+    """The suspension already has a signal, or it timed out; nothing written."""
+
+    def __init__(self, instance_id: str, key: str, reason: str = "already has a signal") -> None:
+        self.instance_id = instance_id
+        self.key = key
+        super().__init__(
+            f"suspension {key!r} of instance {instance_id!r} {reason}; a key takes "
+            "one signal: suspend on a new key to wait again. Nothing was written"
+        )
+
+
+class SuspendTimedOut(EngineError):
+    """A suspension's timeout expired before its signal; memoised."""
+
+    def __init__(self, instance_id: str, key: str) -> None:
+        self.instance_id = instance_id
+        self.key = key
+        super().__init__(
+            f"suspension {key!r} of instance {instance_id!r} timed out before a "
+            "signal arrived (memoised: every re-run takes this branch)"
+        )

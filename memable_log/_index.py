@@ -107,9 +107,8 @@ class Index:
         if inst is None:
             raise r.RecordError(f"record for unknown instance {rec[3]!r}")
         inst.updated_ms = rec[2]
-        _APPLY[rtype](self, inst, rec, loc)
-        if rtype in lc.WAKES_ON_KEY and rec[4] != inst.wait_key:
-            return  # an early signal, or an old key: no change of state
+        if not _APPLY[rtype](self, inst, rec, loc):
+            return  # an early signal, an old key, a signalled suspension
         new_state = lc.next_state(inst.state, rtype)
         if new_state != inst.state:
             if new_state not in lc.WAITING:
@@ -119,41 +118,51 @@ class Index:
     def _blob_or_loc(self, blob: bytes, loc: int) -> Entry:
         return blob if len(blob) <= self.inline_limit else loc
 
-    # One function per record type: what it changes besides the state.
+    # One function per record type: what it changes besides the state. Each
+    # returns whether the record may change the state (see _lifecycle).
 
-    def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         inst.steps[sys.intern(rec[4])] = (
             rec[5] if len(rec[5]) <= self.inline_limit else loc << 2 | STEP_DONE_AT
         )
+        return True
 
-    def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         inst.steps[sys.intern(rec[4])] = loc << 2 | STEP_FAILED_AT
+        return True
 
-    def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         inst.steps.setdefault(sys.intern(rec[4]), loc << 2 | STEP_STARTED_AT)
+        return True
 
-    def _suspended(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _suspended(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+        if inst.signals is not None and rec[4] in inst.signals:
+            return False  # its signal came first: the instance keeps running
         if inst.state == lc.RUNNING:
             inst.wait_key, inst.status, inst.deadline_ms = rec[4], rec[5], rec[6]
+        return True
 
-    def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.signals is None:
             inst.signals = {}
         inst.signals.setdefault(rec[4], self._blob_or_loc(rec[5], loc))
+        return bool(rec[4] == inst.wait_key)
 
-    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.timers is None:
             inst.timers = {}
         inst.timers.setdefault(rec[4], rec[5])
         if inst.state == lc.RUNNING:
             inst.wait_key, inst.status, inst.deadline_ms = rec[4], None, rec[5]
+        return True
 
-    def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.done_waits is None:
             inst.done_waits = {}
         inst.done_waits.setdefault(rec[4], rec[0])
+        return bool(rec[4] == inst.wait_key)
 
-    def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         pattern: str = rec[4]
         if pattern.endswith("*"):
             prefix = pattern[:-1]
@@ -161,24 +170,28 @@ class Index:
                 del inst.steps[key]
         else:
             inst.steps.pop(pattern, None)
+        return True
 
-    def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.state in lc.LIVE:
             inst.outcome = self._blob_or_loc(rec[4], loc)
+        return True
 
-    def _failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.state in lc.LIVE:
             inst.outcome, inst.error = loc, (rec[4], rec[5])
+        return True
 
-    def _cancelled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        pass  # only the state changes
+    def _cancelled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+        return True  # only the state changes
 
-    def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+    def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.state in lc.FINISHED:
             inst.outcome = inst.error = None
+        return True
 
 
-_Apply = Callable[[Index, InstanceEntry, list[Any], int], None]
+_Apply = Callable[[Index, InstanceEntry, list[Any], int], bool]
 _APPLY: dict[int, _Apply] = {
     r.STEP_DONE: Index._step_done,
     r.STEP_FAILED: Index._step_failed,

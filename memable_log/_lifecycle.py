@@ -5,8 +5,8 @@ names used by the public API. ``TRANSITIONS`` maps (state, record type) to
 the next state; a pair missing from the table leaves the state as it is
 (step records, forgets, early signals, a cancel of a finished instance).
 Conditions that depend on a record's fields (a signal wakes a suspension
-only for the key it waits on) are decided by _index.py, which consults
-``WAKES_ON_KEY``.
+only for the key it waits on; a suspension whose signal came first does not
+suspend) are decided by _index.py before it consults the table.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def _table() -> dict[tuple[int, int], int]:
 
 
 TRANSITIONS: Final = _table()
-WAKES_ON_KEY: Final = frozenset({r.SIGNALLED, r.SUSPEND_TIMED_OUT, r.TIMER_FIRED})
 
 
 def next_state(state: int, rtype: int) -> int:

@@ -1,0 +1,111 @@
+"""EngineBuilder: where the engine's settings are chosen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Self
+
+from ._clock import Clock
+from ._codec import DEFAULT_COMPRESS_THRESHOLD, Codec, DecodeHook, EncodeHook
+from ._engine import Engine
+from ._index import DEFAULT_INLINE_LIMIT
+from ._memstorage import MemoryStorage
+from ._storage import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, FileStorage, Storage
+from ._writer import DEFAULT_SEGMENT_SIZE
+
+
+class EngineBuilder:
+    """Chooses where the journal lives and how the engine behaves.
+
+    ``Engine.builder().open("app.memable").max_running(50).build()``.
+    """
+
+    def __init__(self) -> None:
+        self._storage: Callable[[], Storage] | None = None
+        self._clock: Clock | None = None
+        self._codec = Codec()
+        self._max_running: int | None = None
+        self._segment_size = DEFAULT_SEGMENT_SIZE
+        self._inline_limit = DEFAULT_INLINE_LIMIT
+
+    def open(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dir_mode: int = DEFAULT_DIR_MODE,
+        file_mode: int = DEFAULT_FILE_MODE,
+    ) -> Self:
+        """Keep the journal in directory ``path`` (created, owner-only, if missing).
+
+        Journals hold secrets; ``dir_mode``/``file_mode`` widen access if you must.
+        """
+        path = os.fspath(path)
+        self._storage = lambda: FileStorage(path, dir_mode=dir_mode, file_mode=file_mode)
+        return self
+
+    def in_memory(self, storage: MemoryStorage | None = None) -> Self:
+        """Keep the journal in memory (for tests): same API, no disk.
+
+        The journal lives as long as the engine, so leaving and re-entering
+        ``async with engine:`` is a restart. Pass a ``MemoryStorage`` to
+        share it, or to simulate power cuts.
+        """
+        memory = storage if storage is not None else MemoryStorage()
+        self._storage = lambda: memory
+        return self
+
+    def clock(self, clock: Clock) -> Self:
+        """The engine's clock (wall time for deadlines, sleeping until them)."""
+        self._clock = clock
+        return self
+
+    def codec(
+        self,
+        encode: EncodeHook | None = None,
+        decode: DecodeHook | None = None,
+        *,
+        compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+    ) -> Self:
+        """Hooks for values msgpack cannot hold, and the compression threshold.
+
+        ``encode(obj) -> (tag, plain)`` turns an object into a tag and an
+        encodable value; ``decode(tag, plain) -> obj`` turns it back. Values
+        longer than ``compress_threshold`` bytes are stored zstd-compressed
+        (None: never).
+        """
+        self._codec = Codec(encode, decode, compress_threshold=compress_threshold)
+        return self
+
+    def max_running(self, limit: int) -> Self:
+        """At most ``limit`` instances run at once; the rest wait in order."""
+        if limit < 1:
+            raise ValueError("max_running must be at least 1")
+        self._max_running = limit
+        return self
+
+    def segment_size(self, size: int) -> Self:
+        """Roll over to a new segment file after about ``size`` bytes."""
+        if size < 4096:
+            raise ValueError("segment_size must be at least 4096 bytes")
+        self._segment_size = size
+        return self
+
+    def inline_limit(self, size: int) -> Self:
+        """Keep values up to ``size`` bytes in memory; larger ones are read back."""
+        if size < 0:
+            raise ValueError("inline_limit must be >= 0")
+        self._inline_limit = size
+        return self
+
+    def build(self) -> Engine:
+        if self._storage is None:
+            raise ValueError("say where the journal lives: .open(path) or .in_memory()")
+        return Engine(
+            self._storage,
+            clock=self._clock or Clock(),
+            codec=self._codec,
+            max_running=self._max_running,
+            segment_size=self._segment_size,
+            inline_limit=self._inline_limit,
+        )

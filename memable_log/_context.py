@@ -1,0 +1,262 @@
+"""What a workflow sees: Context, the step builder, suspend and timer.
+
+A run of a workflow gets a fresh Context. Every ``step``, ``suspend`` and
+``timer`` first claims its key for this run (a key twice is
+DuplicateStepKey), then asks the index: a memoised outcome is returned (or
+raised) at once; otherwise the work runs and its outcome is appended to the
+journal before the call returns.
+
+Sync step functions are called directly on the trio thread, like any
+function call: they must not block. Blocking work (``requests``, big file
+I/O) goes to a worker thread with ``.in_thread()``.
+
+Suspension and sleeping unwind the workflow with ``Unwind``, a
+BaseException, so ``except Exception`` in a workflow cannot swallow it; the
+runner catches it and drops the workflow.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _index as ix
+from . import _lifecycle as lc
+from . import _records as r
+from ._codec import EncodeError
+from ._errors import (
+    DuplicateStepKey,
+    NotSerializable,
+    StepFailed,
+    StepInterrupted,
+    SuspendTimedOut,
+)
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+logger = logging.getLogger("memable_log")
+
+_YIELD_EVERY = 64  # memoised hits between checkpoints, so replays never starve others
+
+
+class Unwind(BaseException):
+    """Raised to drop a workflow that is now suspended or sleeping."""
+
+
+def check_key(key: object) -> str:
+    if type(key) is not str or not key:
+        raise TypeError(f"a key must be a non-empty str, not {key!r}")
+    if key.endswith("*"):
+        raise ValueError(f"key {key!r} ends in '*', which engine.forget reads as a prefix")
+    return key
+
+
+class Context:
+    """The handle a workflow gets: its id, input, and durable steps."""
+
+    __slots__ = ("_engine", "_hits", "_keys", "input", "instance_id", "workflow")
+
+    def __init__(self, engine: Engine, instance_id: str, workflow: str, input: Any) -> None:
+        self._engine = engine
+        self._keys: set[str] = set()
+        self._hits = 0
+        self.instance_id = instance_id
+        self.workflow = workflow
+        self.input = input
+
+    def _claim(self, key: str) -> ix.InstanceEntry:
+        check_key(key)
+        if key in self._keys:
+            raise DuplicateStepKey(self.instance_id, key)
+        self._keys.add(key)
+        return self._engine._index.instances[self.instance_id]
+
+    def step(self, key: str) -> Step:
+        """A step memoised under ``key``; configure it, then ``await .run(fn)``."""
+        return Step(self, key)
+
+    async def suspend(
+        self,
+        key: str,
+        *,
+        status: str | None = None,
+        timeout: float | timedelta | None = None,  # noqa: ASYNC109 (a durable deadline)
+    ) -> Any:
+        """Wait for the signal for ``key``; return its payload.
+
+        If the signal is in the journal, return it at once. Otherwise mark
+        the instance suspended (with ``status``), drop the workflow, and run
+        it again from the top once the signal arrives. With ``timeout``
+        (seconds or timedelta), raise SuspendTimedOut if it expires first;
+        that outcome is memoised.
+        """
+        entry = self._claim(key)
+        engine = self._engine
+        if entry.signals is not None and key in entry.signals:
+            return await engine._value(entry.signals[key], 5)
+        if entry.done_waits is not None and key in entry.done_waits:
+            raise SuspendTimedOut(self.instance_id, key)
+        if entry.state == lc.SUSPENDED and entry.wait_key == key:  # woken by its deadline
+            deadline = entry.deadline_ms
+            if deadline is not None and engine._clock.now_ms() >= deadline:
+                timed_out = r.make(r.SUSPEND_TIMED_OUT, engine._now(), self.instance_id, key)
+                await engine._append(timed_out)
+                logger.info("instance %s: suspension %r timed out", self.instance_id, key)
+                raise SuspendTimedOut(self.instance_id, key)
+            raise Unwind
+        seconds = _seconds(timeout)
+        deadline = engine._clock.now_ms() + round(seconds * 1000) if seconds is not None else None
+        if status is not None and type(status) is not str:
+            raise TypeError("status must be a str")
+        await engine._append(
+            r.make(r.SUSPENDED, engine._now(), self.instance_id, key, status, deadline)
+        )
+        logger.info("instance %s: suspended on %r (%s)", self.instance_id, key, status or "")
+        raise Unwind
+
+    async def timer(self, key: str, delay: float | timedelta) -> None:
+        """Sleep durably until ``delay`` after the first time ``key`` is reached.
+
+        The deadline is persisted once; re-runs never move it. Before it the
+        workflow is dropped and the engine's poller resumes it afterwards.
+        """
+        entry = self._claim(key)
+        engine = self._engine
+        if entry.done_waits is not None and key in entry.done_waits:
+            return
+        deadline = entry.timers.get(key) if entry.timers is not None else None
+        if deadline is None:
+            seconds = _seconds(delay)
+            assert seconds is not None
+            deadline = engine._clock.now_ms() + round(seconds * 1000)
+            timer = r.make(r.TIMER_SET, engine._now(), self.instance_id, key, deadline)
+            await engine._append(timer)
+        if engine._clock.now_ms() >= deadline:
+            await engine._append(r.make(r.TIMER_FIRED, engine._now(), self.instance_id, key))
+            return
+        logger.info("instance %s: sleeping on %r", self.instance_id, key)
+        raise Unwind
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds != seconds or seconds < 0:
+        raise ValueError(f"a delay must be a non-negative number of seconds, not {value!r}")
+    return seconds
+
+
+class Step:
+    """A step being configured: ``.retry()``, ``.at_most_once()``, then ``.run()``."""
+
+    __slots__ = ("_at_most_once", "_ctx", "_in_thread", "_key", "_retry")
+
+    def __init__(self, ctx: Context, key: str) -> None:
+        self._ctx = ctx
+        self._key = key
+        self._retry: tuple[int, float, float, float, tuple[type[BaseException], ...]] | None = None
+        self._at_most_once = False
+        self._in_thread = False
+
+    def retry(
+        self,
+        max_attempts: int = 3,
+        initial_delay: float = 1.0,
+        backoff: float = 2.0,
+        max_delay: float = 60.0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    ) -> Step:
+        """Retry a failing step with exponential backoff on the engine's clock."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if initial_delay < 0 or backoff < 1 or max_delay < 0:
+            raise ValueError("delays must be >= 0 and backoff >= 1")
+        kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        self._retry = (max_attempts, initial_delay, backoff, max_delay, kinds)
+        return self
+
+    def at_most_once(self) -> Step:
+        """Record the start before running: a crash mid-step is never retried."""
+        self._at_most_once = True
+        return self
+
+    def in_thread(self) -> Step:
+        """Run a sync ``fn`` on a worker thread (for blocking work)."""
+        self._in_thread = True
+        return self
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The memoised result of ``fn(*args, **kwargs)`` under this key.
+
+        Returns the value as the journal decodes it (tuples become lists),
+        on the first run as on every replay.
+        """
+        ctx, key = self._ctx, self._key
+        entry = ctx._claim(key)
+        engine = ctx._engine
+        found = entry.steps.get(key)
+        if found is not None:
+            kind = ix.entry_kind(found)
+            if kind == ix.STEP_DONE_AT:
+                ctx._hits += 1
+                if ctx._hits % _YIELD_EVERY == 0:
+                    await trio.lowlevel.checkpoint()
+                return await engine._value(
+                    found if type(found) is bytes else ix.entry_loc(found), 5  # type: ignore[arg-type]
+                )
+            if kind == ix.STEP_FAILED_AT:
+                rec = await engine._require().read(ix.entry_loc(found))  # type: ignore[arg-type]
+                raise StepFailed(key, rec[5], rec[6], rec[7])
+            raise StepInterrupted(ctx.instance_id, key)
+        iid = ctx.instance_id
+        if self._at_most_once:
+            await engine._append(r.make(r.STEP_STARTED, engine._now(), iid, key))
+        max_attempts, delay, backoff, max_delay, kinds = self._retry or (1, 0.0, 1.0, 0.0, ())
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self._call(fn, args, kwargs)
+                break
+            except Exception as exc:
+                if attempt < max_attempts and isinstance(exc, kinds):
+                    logger.warning(
+                        "instance %s: step %r attempt %d/%d failed (%s: %s); retrying in %.3gs",
+                        iid, key, attempt, max_attempts, type(exc).__qualname__, exc, delay,
+                    )
+                    await engine._clock.sleep(delay)
+                    delay = min(delay * backoff, max_delay)
+                    continue
+                text = "".join(traceback.format_exception(exc))
+                failed = r.make(
+                    r.STEP_FAILED, engine._now(), iid, key, type(exc).__qualname__, str(exc), text
+                )
+                await engine._append(failed)
+                logger.warning(
+                    "instance %s: step %r failed after %d attempt(s): %s: %s",
+                    iid, key, attempt, type(exc).__qualname__, exc,
+                )
+                raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
+        try:
+            blob = engine._codec.encode(result)
+        except EncodeError as exc:
+            raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
+        await engine._append(r.make(r.STEP_DONE, engine._now(), iid, key, blob))
+        logger.debug("instance %s: step %r ran", iid, key)
+        return engine._codec.decode(blob)
+
+    async def _call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if self._in_thread:
+            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result

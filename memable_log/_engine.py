@@ -1,0 +1,369 @@
+"""The Engine: lifecycle, and the calls a program makes on instances.
+
+Theory of operation. ``async with engine:`` opens the journal (lock, scan,
+recovery; the index is rebuilt by the same ``apply`` that follows every
+append), then starts, in the engine's own nursery, the timer poller and a
+runner for every instance the journal shows running. Leaving the block
+cancels that nursery (runners stop where they are; the journal keeps their
+state for the next start) and closes the journal.
+
+A *runner* is one task per live instance while it executes (see _runner.py).
+Suspended and sleeping instances have no task: only their index entry and,
+with a deadline, a heap entry in the poller.
+
+Every state change is a record appended through ``_append`` and applied to
+the index by the journal before the call returns, so the index is always
+what a restart would rebuild. Calls that must not write twice under
+concurrency (``invoke`` of one id, two signals for one key) reserve their
+key in memory while their append is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _index as ix
+from . import _lifecycle as lc
+from . import _records as r
+from ._clock import Clock
+from ._codec import Codec, EncodeError
+from ._context import Context, check_key
+from ._errors import (
+    EngineError,
+    JournalFailed,
+    NotSerializable,
+    SignalAlreadyDelivered,
+    UnknownInstance,
+    UnknownWorkflow,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
+from ._index import Index
+from ._journal import Journal
+from ._runner import run_instance
+from ._status import InstanceStatus, status_of
+from ._storage import Storage
+from ._timers import TimerQueue
+
+if TYPE_CHECKING:
+    from ._builder import EngineBuilder
+
+logger = logging.getLogger("memable_log")
+
+Workflow = Callable[[Context], Awaitable[Any]]
+
+
+class Engine:
+    """A durable-execution engine over one journal. Build it with ``Engine.builder()``."""
+
+    def __init__(
+        self,
+        storage: Callable[[], Storage],
+        *,
+        clock: Clock,
+        codec: Codec,
+        max_running: int | None,
+        segment_size: int,
+        inline_limit: int,
+    ) -> None:
+        self._make_storage = storage
+        self._clock = clock
+        self._codec = codec
+        self._max_running = max_running
+        self._segment_size = segment_size
+        self._inline_limit = inline_limit
+        self._workflows: dict[str, Workflow] = {}
+        self._index = Index(inline_limit)
+        self._journal: Journal | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._timers: TimerQueue | None = None
+        self._limiter = trio.CapacityLimiter(math.inf)
+        self._active: set[str] = set()  # instances with a runner task
+        self._scopes: dict[str, trio.CancelScope] = {}  # runners inside a workflow
+        self._orphans: dict[str, set[str]] = {}  # workflow name -> instances waiting for it
+        self._changed: dict[str, trio.Event] = {}
+        self._reserved: set[tuple[str, str]] = set()  # (instance, key) being written
+        self._creating: dict[str, trio.Event] = {}
+
+    @staticmethod
+    def builder() -> EngineBuilder:
+        """A builder: ``.open(path)`` or ``.in_memory()``, settings, ``.build()``."""
+        from ._builder import EngineBuilder
+
+        return EngineBuilder()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def register(self, name: str, fn: Workflow) -> None:
+        """Register workflow ``fn`` under ``name`` (before or after start)."""
+        if type(name) is not str or not name:
+            raise TypeError(f"a workflow name must be a non-empty str, not {name!r}")
+        if not callable(fn):
+            raise TypeError(f"workflow {name!r} must be an async function taking a Context")
+        if name in self._workflows:
+            raise EngineError(f"workflow {name!r} is already registered; names are unique")
+        self._workflows[name] = fn
+        for instance_id in sorted(self._orphans.pop(name, ())):
+            self._start(instance_id)
+
+    async def __aenter__(self) -> Engine:
+        if self._journal is not None:
+            raise EngineError("this engine is already running")
+        storage = await trio.to_thread.run_sync(self._make_storage)
+        self._clock.start()
+        self._index = Index(self._inline_limit)
+        journal = Journal(storage, self._index, segment_size=self._segment_size)
+        await journal.__aenter__()  # JournalLocked / JournalCorrupt surface as themselves
+        try:
+            self._limiter = trio.CapacityLimiter(self._max_running or math.inf)
+            self._nursery_cm = trio.open_nursery()
+            self._nursery = await self._nursery_cm.__aenter__()
+        except BaseException:
+            await journal.__aexit__(None, None, None)
+            raise
+        self._journal = journal
+        self._timers = TimerQueue(self._clock, self._on_deadline)
+        self._nursery.start_soon(self._timers.run)
+        self._resume_all()
+        return self
+
+    def _resume_all(self) -> None:
+        assert self._timers is not None
+        for instance_id, entry in self._index.instances.items():
+            if entry.state == lc.RUNNING:
+                self._start(instance_id)
+            elif entry.state in lc.WAITING and entry.deadline_ms is not None:
+                self._timers.push(entry.deadline_ms, instance_id)
+        if self._orphans:
+            for name, ids in self._orphans.items():
+                logger.warning(
+                    "%d instance(s) of workflow %r wait for it to be registered", len(ids), name
+                )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        journal, self._journal = self._journal, None
+        assert journal is not None
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            # The body's own exception propagates by itself; the nursery
+            # only reports failures of the engine's tasks.
+            await self._nursery_cm.__aexit__(None, None, None)
+        finally:
+            self._nursery = None
+            self._timers = None
+            self._active.clear()
+            self._scopes.clear()
+            self._orphans.clear()
+            self._reserved.clear()
+            for event in self._changed.values():
+                event.set()
+            self._changed.clear()
+            await journal.__aexit__(None, None, None)
+
+    # -- plumbing for Context and runners -----------------------------------
+
+    def _require(self) -> Journal:
+        if self._journal is None:
+            raise EngineError("the engine is not running: use it inside `async with engine:`")
+        return self._journal
+
+    async def _append(self, rec: list[Any]) -> None:
+        await self._require().append(rec)
+
+    def _now(self) -> int:
+        return self._clock.now_ms()
+
+    async def _value(self, where: ix.Entry, field: int) -> Any:
+        """Decode a value kept inline (a blob) or at a location (field of its record)."""
+        if type(where) is bytes:
+            return self._codec.decode(where)
+        rec = await self._require().read(where)  # type: ignore[arg-type]
+        return self._codec.decode(rec[field])
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        try:
+            return self._codec.encode(value)
+        except EncodeError as exc:
+            raise NotSerializable(what, exc.type_name, exc.reason) from None
+
+    def _entry(self, instance_id: str) -> ix.InstanceEntry:
+        entry = self._index.instances.get(instance_id)
+        if entry is None:
+            raise UnknownInstance(instance_id)
+        return entry
+
+    def _start(self, instance_id: str) -> None:
+        """Run the instance now unless a runner already has it."""
+        if self._nursery is None or instance_id in self._active:
+            return
+        entry = self._index.instances[instance_id]
+        if entry.workflow not in self._workflows:
+            self._orphans.setdefault(entry.workflow, set()).add(instance_id)
+            return
+        self._active.add(instance_id)
+        self._nursery.start_soon(run_instance, self, instance_id, name=f"memable:{instance_id}")
+
+    def _notify(self, instance_id: str) -> None:
+        event = self._changed.pop(instance_id, None)
+        if event is not None:
+            event.set()
+
+    def _on_deadline(self, instance_id: str, deadline_ms: int) -> None:
+        entry = self._index.instances.get(instance_id)
+        if entry is not None and entry.state in lc.WAITING and entry.deadline_ms == deadline_ms:
+            self._start(instance_id)
+
+    def _after_run(self, instance_id: str) -> None:
+        """Called by a runner as it ends: arm the deadline, wake waiters."""
+        entry = self._index.instances[instance_id]
+        if entry.state in lc.WAITING and entry.deadline_ms is not None and self._timers:
+            self._timers.push(entry.deadline_ms, instance_id)
+        self._notify(instance_id)
+
+    # -- the public calls ---------------------------------------------------
+
+    async def invoke(self, name: str, input: Any = None, *, instance_id: str | None = None) -> str:
+        """Durably record a new instance of workflow ``name``, start it, return its id.
+
+        An existing ``instance_id`` is returned as it is and nothing starts.
+        Raises UnknownWorkflow (nothing written) and NotSerializable.
+        """
+        self._require()
+        if name not in self._workflows:
+            raise UnknownWorkflow(name, list(self._workflows))
+        if instance_id is None:
+            instance_id = secrets.token_hex(8)
+        elif type(instance_id) is not str or not instance_id:
+            raise TypeError(f"instance_id must be a non-empty str, not {instance_id!r}")
+        while instance_id in self._creating:
+            await self._creating[instance_id].wait()
+        if instance_id in self._index.instances:
+            return instance_id
+        blob = self._encode(input, f"input of workflow {name!r}")
+        self._creating[instance_id] = created = trio.Event()
+        try:
+            await self._append(r.make(r.CREATED, self._now(), instance_id, name, blob))
+        finally:
+            del self._creating[instance_id]
+            created.set()
+        logger.info("instance %s of %r created", instance_id, name,
+                    extra={"instance_id": instance_id})
+        self._start(instance_id)
+        return instance_id
+
+    async def wait(self, instance_id: str) -> Any:
+        """The workflow's return value, once it has finished.
+
+        Raises WorkflowFailed, WorkflowCancelled, UnknownInstance.
+        """
+        while True:
+            journal = self._require()
+            entry = self._entry(instance_id)
+            if entry.state == lc.COMPLETED:
+                assert entry.outcome is not None
+                return await self._value(entry.outcome, 4)
+            if entry.state == lc.FAILED:
+                assert isinstance(entry.outcome, int)
+                rec = await journal.read(entry.outcome)
+                raise WorkflowFailed(instance_id, rec[4], rec[5], rec[6])
+            if entry.state == lc.CANCELLED:
+                raise WorkflowCancelled(instance_id)
+            if journal.failed is not None:
+                raise JournalFailed(journal.failed)
+            event = self._changed.setdefault(instance_id, trio.Event())
+            await event.wait()
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        """The instance's state as the journal records it (UnknownInstance if none)."""
+        return status_of(instance_id, self._entry(instance_id))
+
+    def instances(self, state: str | None = None) -> list[InstanceStatus]:
+        """Every instance (in creation order), or those in ``state``."""
+        wanted = None
+        if state is not None:
+            if state not in lc.STATE_BY_NAME:
+                raise ValueError(f"unknown state {state!r}; one of {', '.join(lc.STATE_NAMES)}")
+            wanted = lc.STATE_BY_NAME[state]
+        return [
+            status_of(iid, entry)
+            for iid, entry in self._index.instances.items()
+            if wanted is None or entry.state == wanted
+        ]
+
+    async def signal(self, workflow: str, instance_id: str, key: str, payload: Any = None) -> None:
+        """Durably deliver ``payload`` to suspension ``key`` and wake the instance.
+
+        Raises UnknownInstance (also when ``workflow`` does not match) and
+        SignalAlreadyDelivered (a second signal, or after a timeout); in both
+        cases nothing is written.
+        """
+        self._require()
+        entry = self._index.instances.get(instance_id)
+        if entry is None or entry.workflow != workflow:
+            detail = f" of workflow {workflow!r}" if entry is None else (
+                f" for workflow {workflow!r} (it is an instance of {entry.workflow!r})"
+            )
+            raise UnknownInstance(instance_id, detail)
+        check_key(key)
+        if (entry.signals is not None and key in entry.signals) or (
+            (instance_id, key) in self._reserved
+        ):
+            raise SignalAlreadyDelivered(instance_id, key)
+        if (entry.done_waits is not None and key in entry.done_waits) or (
+            entry.state == lc.SUSPENDED and entry.wait_key == key
+            and entry.deadline_ms is not None and self._now() >= entry.deadline_ms
+        ):
+            raise SignalAlreadyDelivered(instance_id, key, "timed out")
+        blob = self._encode(payload, f"signal {key!r}")
+        self._reserved.add((instance_id, key))
+        try:
+            await self._append(r.make(r.SIGNALLED, self._now(), instance_id, key, blob))
+        finally:
+            self._reserved.discard((instance_id, key))
+        logger.info("instance %s: signal %r delivered", instance_id, key,
+                    extra={"instance_id": instance_id, "key": key})
+        if entry.state == lc.RUNNING:
+            self._start(instance_id)
+
+    async def cancel(self, instance_id: str) -> None:
+        """Durably mark the instance cancelled and stop it if it runs."""
+        entry = self._entry(instance_id)
+        if entry.state not in lc.LIVE:
+            return
+        await self._append(r.make(r.CANCELLED, self._now(), instance_id))
+        scope = self._scopes.get(instance_id)
+        if scope is not None:
+            scope.cancel()
+        self._notify(instance_id)
+
+    async def forget(self, instance_id: str, key_or_prefix: str) -> None:
+        """Durably forget memoised step outcomes: ``key``, or all under ``prefix*``."""
+        self._entry(instance_id)
+        if type(key_or_prefix) is not str or not key_or_prefix:
+            raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
+        await self._append(r.make(r.FORGOT, self._now(), instance_id, key_or_prefix))
+
+    async def restart(self, instance_id: str) -> None:
+        """Run a finished instance again from the top (memoised steps stay)."""
+        entry = self._entry(instance_id)
+        if entry.state in lc.LIVE:
+            raise EngineError(
+                f"instance {instance_id!r} is {lc.STATE_NAMES[entry.state]}; only a completed, "
+                "failed or cancelled instance can be restarted"
+            )
+        await self._append(r.make(r.RESTARTED, self._now(), instance_id))
+        self._start(instance_id)

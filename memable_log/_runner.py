@@ -1,0 +1,97 @@
+"""Running one instance: call the workflow, record how it ended.
+
+``run_instance`` is the task the engine starts for a live instance. It
+waits for a slot (the engine's CapacityLimiter: FIFO, so instances run in
+the order they became ready), then runs the workflow from the top with a
+fresh Context. How the run ends decides what is written:
+
+* it returns: the result is encoded and a ``completed`` record appended;
+* it raises an Exception: a ``failed`` record (type, message, traceback);
+* it unwinds with ``Unwind`` (suspended or sleeping): nothing more, the
+  suspension's record is already written, and the task ends, dropping the
+  workflow's frames;
+* it is cancelled by ``engine.cancel``: nothing more (``cancelled`` is
+  already written); by the engine stopping: nothing at all.
+
+If the instance is running again when the run ends (a signal arrived while
+it was suspending), it runs again at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _lifecycle as lc
+from . import _records as r
+from ._codec import EncodeError
+from ._context import Context, Unwind
+from ._errors import JournalClosed, JournalFailed
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+logger = logging.getLogger("memable_log")
+
+
+async def run_instance(engine: Engine, instance_id: str) -> None:
+    try:
+        async with engine._limiter:
+            while True:
+                entry = engine._index.instances[instance_id]
+                if entry.state in lc.FINISHED:
+                    break
+                fn = engine._workflows[entry.workflow]
+                await _run_once(engine, instance_id, entry.workflow, fn)
+                if engine._index.instances[instance_id].state != lc.RUNNING:
+                    break
+    except (JournalFailed, JournalClosed) as exc:
+        logger.error("instance %s stopped: %s", instance_id, exc,
+                     extra={"instance_id": instance_id})
+    finally:
+        engine._active.discard(instance_id)
+    engine._after_run(instance_id)
+
+
+async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) -> None:
+    entry = engine._index.instances[instance_id]
+    ctx = Context(engine, instance_id, workflow, await engine._value(entry.input, 5))
+    error: BaseException | None = None
+    with trio.CancelScope() as scope:
+        engine._scopes[instance_id] = scope
+        try:
+            result = await fn(ctx)
+        except Unwind:
+            return
+        except BaseExceptionGroup as group:
+            _, rest = group.split(Unwind)
+            if rest is None:
+                return  # every failing branch was a suspension
+            if rest.subgroup(lambda e: isinstance(e, Exception)) is None:
+                raise  # cancellation or an interrupt: not the workflow's outcome
+            error = rest
+        except Exception as exc:
+            error = exc
+        finally:
+            engine._scopes.pop(instance_id, None)
+    if scope.cancelled_caught or entry.state not in lc.LIVE:
+        return  # cancelled (the record is written) while it ran
+    now = engine._now()
+    if error is None:
+        try:
+            rec = r.make(r.COMPLETED, now, instance_id, engine._codec.encode(result))
+        except EncodeError as exc:
+            message = f"the workflow's result ({exc.type_name}) cannot be encoded: {exc}"
+            rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
+    else:
+        text = "".join(traceback.format_exception(error))
+        rec = r.make(r.FAILED, now, instance_id, type(error).__qualname__, str(error), text)
+    await engine._append(rec)
+    if rec[0] == r.COMPLETED:
+        logger.info("instance %s completed", instance_id, extra={"instance_id": instance_id})
+    else:
+        logger.warning("instance %s failed: %s: %s", instance_id, rec[4], rec[5],
+                       extra={"instance_id": instance_id})
