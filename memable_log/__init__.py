@@ -4,14 +4,16 @@ Each step's result is memoised under a key the author chooses, in an
 append-only journal on local disk. After a crash, a code change or a
 suspension, the workflow runs again from the top and finished steps return
 their stored result at once. See docs/api.md for every public name.
+
+The engine's names load on first use, so the command-line tools, which
+never run an engine, start without importing trio.
 """
 
-from ._builder import EngineBuilder as EngineBuilder
-from ._clock import Clock as Clock
-from ._clock import ManualClock as ManualClock
-from ._context import Context as Context
-from ._context import Step as Step
-from ._engine import Engine as Engine
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import DuplicateStepKey as DuplicateStepKey
 from ._errors import EngineError as EngineError
 from ._errors import JournalClosed as JournalClosed
@@ -28,9 +30,39 @@ from ._errors import UnknownInstance as UnknownInstance
 from ._errors import UnknownWorkflow as UnknownWorkflow
 from ._errors import WorkflowCancelled as WorkflowCancelled
 from ._errors import WorkflowFailed as WorkflowFailed
-from ._memstorage import MemoryStorage as MemoryStorage
-from ._status import ErrorInfo as ErrorInfo
-from ._status import InstanceStatus as InstanceStatus
+
+if TYPE_CHECKING:
+    from ._builder import EngineBuilder as EngineBuilder
+    from ._clock import Clock as Clock
+    from ._clock import ManualClock as ManualClock
+    from ._context import Context as Context
+    from ._context import Step as Step
+    from ._engine import Engine as Engine
+    from ._memstorage import MemoryStorage as MemoryStorage
+    from ._status import ErrorInfo as ErrorInfo
+    from ._status import InstanceStatus as InstanceStatus
+
+_LAZY = {
+    "Clock": "._clock",
+    "Context": "._context",
+    "Engine": "._engine",
+    "EngineBuilder": "._builder",
+    "ErrorInfo": "._status",
+    "InstanceStatus": "._status",
+    "ManualClock": "._clock",
+    "MemoryStorage": "._memstorage",
+    "Step": "._context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memable_log' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Clock",

@@ -37,6 +37,7 @@ from ._errors import (
     StepInterrupted,
     SuspendTimedOut,
 )
+from ._records import check_key
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -48,14 +49,6 @@ _YIELD_EVERY = 64  # memoised hits between checkpoints, so replays never starve 
 
 class Unwind(BaseException):
     """Raised to drop a workflow that is now suspended or sleeping."""
-
-
-def check_key(key: object) -> str:
-    if type(key) is not str or not key:
-        raise TypeError(f"a key must be a non-empty str, not {key!r}")
-    if key.endswith("*"):
-        raise ValueError(f"key {key!r} ends in '*', which engine.forget reads as a prefix")
-    return key
 
 
 class Context:
@@ -141,6 +134,12 @@ class Context:
         if engine._clock.now_ms() >= deadline:
             await engine._append(r.make(r.TIMER_FIRED, engine._now(), self.instance_id, key))
             return
+        if not (entry.state == lc.SLEEPING and entry.wait_key == key):
+            # Set in an earlier run but not slept on now (a restart after a
+            # cancel, a second timer in a nursery): re-arm the same deadline,
+            # or the runner would find the instance running and spin.
+            rearm = r.make(r.TIMER_SET, engine._now(), self.instance_id, key, deadline)
+            await engine._append(rearm)
         logger.info("instance %s: sleeping on %r", self.instance_id, key)
         raise Unwind
 

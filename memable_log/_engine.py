@@ -34,7 +34,7 @@ from . import _lifecycle as lc
 from . import _records as r
 from ._clock import Clock
 from ._codec import Codec, EncodeError
-from ._context import Context, check_key
+from ._context import Context
 from ._errors import (
     EngineError,
     JournalFailed,
@@ -45,11 +45,19 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowFailed,
 )
+from ._inbox import (
+    HandoverError,
+    InboxWatcher,
+    decode_handover,
+    read_handover,
+    remove_handover,
+)
 from ._index import Index
 from ._journal import Journal
 from ._runner import run_instance
+from ._signals import check_signal
 from ._status import InstanceStatus, status_of
-from ._storage import Storage
+from ._storage import FileStorage, Storage
 from ._timers import TimerQueue
 
 if TYPE_CHECKING:
@@ -92,6 +100,7 @@ class Engine:
         self._changed: dict[str, trio.Event] = {}
         self._reserved: set[tuple[str, str]] = set()  # (instance, key) being written
         self._creating: dict[str, trio.Event] = {}
+        self._watcher: InboxWatcher | None = None
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -132,6 +141,9 @@ class Engine:
         self._journal = journal
         self._timers = TimerQueue(self._clock, self._on_deadline)
         self._nursery.start_soon(self._timers.run)
+        if isinstance(storage, FileStorage):
+            self._watcher = InboxWatcher(storage.path)
+            self._nursery.start_soon(self._inbox_service, self._watcher)
         self._resume_all()
         return self
 
@@ -157,6 +169,9 @@ class Engine:
         journal, self._journal = self._journal, None
         assert journal is not None
         assert self._nursery is not None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         self._nursery.cancel_scope.cancel()
         try:
             # The body's own exception propagates by itself; the nursery
@@ -173,6 +188,22 @@ class Engine:
                 event.set()
             self._changed.clear()
             await journal.__aexit__(None, None, None)
+
+    async def _inbox_service(self, watcher: InboxWatcher) -> None:
+        """Apply signals handed over by other processes (see _inbox.py)."""
+        path = watcher.path
+        while True:
+            names = await trio.to_thread.run_sync(watcher.wait, abandon_on_cancel=True)
+            if not names:
+                return
+            for name in names:
+                data = await trio.to_thread.run_sync(read_handover, path, name)
+                try:
+                    workflow, instance_id, key, blob = decode_handover(data)
+                    await self.signal(workflow, instance_id, key, self._codec.decode(blob))
+                except (HandoverError, UnknownInstance, SignalAlreadyDelivered, ValueError) as exc:
+                    logger.warning("signal hand-over %s not applied: %s", name, exc)
+                await trio.to_thread.run_sync(remove_handover, path, name)
 
     # -- plumbing for Context and runners -----------------------------------
 
@@ -230,8 +261,9 @@ class Engine:
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
         entry = self._index.instances[instance_id]
-        if entry.state in lc.WAITING and entry.deadline_ms is not None and self._timers:
-            self._timers.push(entry.deadline_ms, instance_id)
+        timers = self._timers  # `is not None`: an empty TimerQueue is falsy
+        if entry.state in lc.WAITING and entry.deadline_ms is not None and timers is not None:
+            timers.push(entry.deadline_ms, instance_id)
         self._notify(instance_id)
 
     # -- the public calls ---------------------------------------------------
@@ -312,22 +344,8 @@ class Engine:
         cases nothing is written.
         """
         self._require()
-        entry = self._index.instances.get(instance_id)
-        if entry is None or entry.workflow != workflow:
-            detail = f" of workflow {workflow!r}" if entry is None else (
-                f" for workflow {workflow!r} (it is an instance of {entry.workflow!r})"
-            )
-            raise UnknownInstance(instance_id, detail)
-        check_key(key)
-        if (entry.signals is not None and key in entry.signals) or (
-            (instance_id, key) in self._reserved
-        ):
-            raise SignalAlreadyDelivered(instance_id, key)
-        if (entry.done_waits is not None and key in entry.done_waits) or (
-            entry.state == lc.SUSPENDED and entry.wait_key == key
-            and entry.deadline_ms is not None and self._now() >= entry.deadline_ms
-        ):
-            raise SignalAlreadyDelivered(instance_id, key, "timed out")
+        check_signal(self._index, workflow, instance_id, key, self._now(), self._reserved)
+        entry = self._index.instances[instance_id]
         blob = self._encode(payload, f"signal {key!r}")
         self._reserved.add((instance_id, key))
         try:

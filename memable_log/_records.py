@@ -110,6 +110,15 @@ def check_seal(rec: Any) -> int | None:
     return None
 
 
+def check_key(key: object) -> str:
+    """Return ``key`` if it can name a step, suspension or timer; else raise."""
+    if type(key) is not str or not key:
+        raise TypeError(f"a key must be a non-empty str, not {key!r}")
+    if key.endswith("*"):
+        raise ValueError(f"key {key!r} ends in '*', which engine.forget reads as a prefix")
+    return key
+
+
 def make(rtype: int, ts_ms: int, instance: str, *fields: Any) -> list[Any]:
     """A record list; its seq (0 here) is set by the journal on append."""
     return [rtype, 0, ts_ms, instance, *fields]

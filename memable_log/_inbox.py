@@ -1,0 +1,145 @@
+"""Signals handed to a running engine by other processes, through the directory.
+
+When an engine holds the journal, ``memable-signal`` cannot append. It
+writes a *hand-over file* instead: ``inbox/<time_ns>-<pid>-<random>.sig``,
+created as a temp file, fsynced, renamed into place, and the directory
+fsynced, so once the tool exits 0 the signal survives a crash of either
+side. A hand-over file is ``MAGIC``, a crc32 of the body, and the body: the
+msgpack array ``[workflow, instance_id, key, payload_blob]``.
+
+The engine watches the inbox from a worker thread (polling every
+``POLL_SECONDS`` of real time, so tests on a mock clock are not disturbed),
+applies each file in name order through ``engine.signal`` (the same checks
+as an in-process signal), and only then deletes it and fsyncs the
+directory. A crash between the append and the delete leaves the file; the
+next pass finds the key already signalled, logs it and deletes the file:
+nothing is applied twice. Of two hand-overs racing for one key the first
+(by name) is applied and the second logged.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+
+import msgpack
+
+INBOX = "inbox"
+MAGIC = b"MMBLSIG1"
+SUFFIX = ".sig"
+POLL_SECONDS = 0.01
+_CRC = struct.Struct("<I")
+_MAX_HANDOVER = 16 * 1024 * 1024
+
+
+class HandoverError(ValueError):
+    """A hand-over file is damaged."""
+
+
+def inbox_path(journal_path: str) -> str:
+    return os.path.join(journal_path, INBOX)
+
+
+def encode_handover(workflow: str, instance_id: str, key: str, blob: bytes) -> bytes:
+    body: bytes = msgpack.packb([workflow, instance_id, key, blob], use_bin_type=True)
+    return MAGIC + _CRC.pack(zlib.crc32(body)) + body
+
+
+def decode_handover(data: bytes) -> tuple[str, str, str, bytes]:
+    head = len(MAGIC) + _CRC.size
+    if len(data) < head or not data.startswith(MAGIC):
+        raise HandoverError("not a hand-over file")
+    (crc,) = _CRC.unpack_from(data, len(MAGIC))
+    body = data[head:]
+    if zlib.crc32(body) != crc:
+        raise HandoverError("hand-over checksum mismatch")
+    try:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise HandoverError(f"undecodable hand-over: {exc}") from None
+    if (
+        type(fields) is not list
+        or len(fields) != 4
+        or not all(type(f) is str for f in fields[:3])
+        or type(fields[3]) is not bytes
+    ):
+        raise HandoverError("malformed hand-over")
+    return fields[0], fields[1], fields[2], fields[3]
+
+
+def write_handover(journal_path: str, data: bytes, *, file_mode: int = 0o600) -> str:
+    """Durably place a hand-over in the inbox; return its file name."""
+    inbox = inbox_path(journal_path)
+    created = not os.path.isdir(inbox)
+    os.makedirs(inbox, mode=0o700, exist_ok=True)
+    if created:
+        _fsync_dir(journal_path)
+    name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+    temp = os.path.join(inbox, name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, os.path.join(inbox, name))
+    _fsync_dir(inbox)
+    return name
+
+
+def pending(journal_path: str) -> list[str]:
+    """Hand-over files waiting in the inbox, oldest first."""
+    try:
+        names = os.listdir(inbox_path(journal_path))
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(SUFFIX))
+
+
+def read_handover(journal_path: str, name: str) -> bytes:
+    with open(os.path.join(inbox_path(journal_path), name), "rb") as f:
+        return bytes(f.read(_MAX_HANDOVER + 1))
+
+
+def remove_handover(journal_path: str, name: str) -> None:
+    inbox = inbox_path(journal_path)
+    try:
+        os.unlink(os.path.join(inbox, name))
+    except FileNotFoundError:
+        return
+    _fsync_dir(inbox)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InboxWatcher:
+    """Blocks a worker thread until hand-overs appear or ``stop()`` is called."""
+
+    def __init__(self, journal_path: str) -> None:
+        self.path = journal_path
+        self._stop = threading.Event()
+
+    def wait(self) -> list[str]:
+        """Pending names, as soon as there are any; [] once stopped."""
+        while not self._stop.is_set():
+            names = pending(self.path)
+            if names:
+                return names
+            self._stop.wait(POLL_SECONDS)
+        return []
+
+    def stop(self) -> None:
+        self._stop.set()
+
