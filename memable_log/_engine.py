@@ -49,6 +49,7 @@ from ._inbox import (
     HandoverError,
     InboxWatcher,
     decode_handover,
+    pending,
     read_handover,
     remove_handover,
 )
@@ -141,10 +142,12 @@ class Engine:
         self._journal = journal
         self._timers = TimerQueue(self._clock, self._on_deadline)
         self._nursery.start_soon(self._timers.run)
+        self._resume_all()
         if isinstance(storage, FileStorage):
+            # Hand-overs left while no engine ran are applied before we return.
+            await self._apply_handovers(storage.path, pending(storage.path))
             self._watcher = InboxWatcher(storage.path)
             self._nursery.start_soon(self._inbox_service, self._watcher)
-        self._resume_all()
         return self
 
     def _resume_all(self) -> None:
@@ -191,19 +194,21 @@ class Engine:
 
     async def _inbox_service(self, watcher: InboxWatcher) -> None:
         """Apply signals handed over by other processes (see _inbox.py)."""
-        path = watcher.path
         while True:
             names = await trio.to_thread.run_sync(watcher.wait, abandon_on_cancel=True)
             if not names:
                 return
-            for name in names:
-                data = await trio.to_thread.run_sync(read_handover, path, name)
-                try:
-                    workflow, instance_id, key, blob = decode_handover(data)
-                    await self.signal(workflow, instance_id, key, self._codec.decode(blob))
-                except (HandoverError, UnknownInstance, SignalAlreadyDelivered, ValueError) as exc:
-                    logger.warning("signal hand-over %s not applied: %s", name, exc)
-                await trio.to_thread.run_sync(remove_handover, path, name)
+            await self._apply_handovers(watcher.path, names)
+
+    async def _apply_handovers(self, path: str, names: list[str]) -> None:
+        for name in names:
+            data = await trio.to_thread.run_sync(read_handover, path, name)
+            try:
+                workflow, instance_id, key, blob = decode_handover(data)
+                await self.signal(workflow, instance_id, key, self._codec.decode(blob))
+            except (HandoverError, UnknownInstance, SignalAlreadyDelivered, ValueError) as exc:
+                logger.warning("signal hand-over %s not applied: %s", name, exc)
+            await trio.to_thread.run_sync(remove_handover, path, name)
 
     # -- plumbing for Context and runners -----------------------------------
 
