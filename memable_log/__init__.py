@@ -30,6 +30,12 @@ from ._errors import UnknownInstance as UnknownInstance
 from ._errors import UnknownWorkflow as UnknownWorkflow
 from ._errors import WorkflowCancelled as WorkflowCancelled
 from ._errors import WorkflowFailed as WorkflowFailed
+from .journal import JournalReader as JournalReader
+from .journal import NotAJournal as NotAJournal
+from .journal import RecordView as RecordView
+from .journal import TornTail as TornTail
+from .journal import decode_value as decode_value
+from .journal import read_journal as read_journal
 
 if TYPE_CHECKING:
     from ._builder import EngineBuilder as EngineBuilder
@@ -78,16 +84,22 @@ __all__ = [
     "JournalFailed",
     "JournalFormatError",
     "JournalLocked",
+    "JournalReader",
     "ManualClock",
     "MemoryStorage",
+    "NotAJournal",
     "NotSerializable",
+    "RecordView",
     "SignalAlreadyDelivered",
     "Step",
     "StepFailed",
     "StepInterrupted",
     "SuspendTimedOut",
+    "TornTail",
     "UnknownInstance",
     "UnknownWorkflow",
     "WorkflowCancelled",
     "WorkflowFailed",
+    "decode_value",
+    "read_journal",
 ]

@@ -58,6 +58,10 @@ class Journal:
         self.writer = SegmentWriter(storage, segment_size)
         self.scan_result: ScanResult | None = None
         self.commits = 0  # batches committed
+        # The seq the next append gets. Not derived from the writer, which
+        # only counts a batch once its commit is done: appends that arrive
+        # while a commit is in flight must not reuse its seqs.
+        self._next_seq = 1
         self._batch = _Batch()
         self._work = trio.Event()
         self._error: str | None = None
@@ -82,6 +86,7 @@ class Journal:
         try:
             self.scan_result = scan(self.storage, self.index.apply)
             self.writer.recover(self.scan_result)
+            self._next_seq = self.writer.next_seq
         except BaseException:
             self.storage.unlock()
             self._locked = False
@@ -114,7 +119,7 @@ class Journal:
 
     @property
     def next_seq(self) -> int:
-        return self.writer.next_seq + len(self._batch.payloads)
+        return self._next_seq
 
     @property
     def failed(self) -> str | None:
@@ -139,6 +144,7 @@ class Journal:
             rec[1] = seq
             payloads.append(msgpack.packb(rec))
             seq += 1
+        self._next_seq = seq
         batch.payloads += payloads
         batch.records += recs
         self._work.set()

@@ -69,7 +69,9 @@ class _MemHandle:
         self._file.durable = bytes(self._file.data)
 
     def truncate(self, size: int) -> None:
-        self._storage._op("truncate")
+        fault = self._storage._op("truncate")
+        if fault is not None:
+            raise OSError(fault.err, f"injected {errno_mod.errorcode[fault.err]} on truncate")
         del self._file.data[size:]
 
     def close(self) -> None:

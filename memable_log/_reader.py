@@ -15,12 +15,13 @@ checks each record and hands it to a callback. It decides what damage means:
 * A frame whose checksum holds but whose payload is not a well-formed record
   is corruption wherever it is: no torn write produces it.
 
-The scan reads but never writes, so readers (memable-dump) use it as well.
+The scan reads but never writes, so readers (memable-dump) use it as well;
+``iter_scan`` is the same walk as a generator, for readers that stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ import msgpack
 from . import _records as r
 from ._errors import JournalCorrupt, JournalFormatError
 from ._format import (
+    FRAME_BATCH_START,
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
     HEADER_SIZE,
@@ -42,6 +44,7 @@ from ._framing import FrameDecoder, FrameError, check_frame_at
 from ._index import pack_loc, unpack_loc
 from ._storage import Storage
 
+_BATCH_START_BYTE = bytes([FRAME_BATCH_START >> 24])
 OnRecord = Callable[[list[Any], int], None]  # record, packed location
 
 
@@ -79,11 +82,32 @@ def unpack_record(payload: bytes) -> Any:
 def scan(storage: Storage, on_record: OnRecord | None = None) -> ScanResult:
     """Check the whole journal, feeding each record to ``on_record``.
 
-    Raises JournalCorrupt for damage outside the torn tail.
+    Raises JournalCorrupt for damage outside the torn tail, and for a
+    RecordError raised by ``on_record`` (the record cannot be applied).
+    """
+    result = ScanResult()
+    for rec, loc in iter_scan(storage, result):
+        if on_record is not None:
+            try:
+                on_record(rec, loc)
+            except r.RecordError as exc:
+                segment, offset = unpack_loc(loc)
+                raise JournalCorrupt(
+                    _path(storage, segment_name(segment)), offset, str(exc)
+                ) from None
+    return result
+
+
+def iter_scan(storage: Storage, result: ScanResult) -> Iterator[tuple[list[Any], int]]:
+    """Walk the journal like ``scan``, yielding (record, packed location).
+
+    ``result`` is filled in as the walk goes; it is complete (torn tail
+    included) once the generator is exhausted. Raises JournalCorrupt where
+    ``scan`` would, after yielding every record before the damage.
     """
     names = storage.list()
     numbers = segment_numbers(names)
-    result = ScanResult(temp_files=[n for n in names if n.endswith(".tmp")])
+    result.temp_files = [n for n in names if n.endswith(".tmp")]
     for i, number in enumerate(numbers):
         if i and number != numbers[i - 1] + 1:
             raise JournalCorrupt(
@@ -91,8 +115,7 @@ def scan(storage: Storage, on_record: OnRecord | None = None) -> ScanResult:
                 f"segment {numbers[i - 1] + 1} is missing",
             )
         is_last = i == len(numbers) - 1
-        _scan_segment(storage, number, is_last, result, on_record)
-    return result
+        yield from _scan_segment(storage, number, is_last, result)
 
 
 def _path(storage: Storage, name: str) -> str:
@@ -101,8 +124,7 @@ def _path(storage: Storage, name: str) -> str:
 
 def _scan_segment(
     storage: Storage, number: int, is_last: bool, result: ScanResult,
-    on_record: OnRecord | None,
-) -> None:
+) -> Iterator[tuple[list[Any], int]]:
     name = segment_name(number)
     path = _path(storage, name)
     data = storage.read(name)
@@ -150,11 +172,10 @@ def _scan_segment(
             if rec[1] != next_seq:
                 raise r.RecordError(f"sequence number {rec[1]}, expected {next_seq}")
             next_seq = rec[1] + 1
-            if on_record is not None:
-                on_record(rec, base_loc | frame.offset)
         except r.RecordError as exc:
             raise JournalCorrupt(path, frame.offset, str(exc)) from None
         result.records += 1
+        yield rec, base_loc | frame.offset
     if not sealed and not is_last:
         raise JournalCorrupt(path, decoder.offset, "segment ends without a seal")
     result.next_seq = next_seq
@@ -170,13 +191,18 @@ def _damage(
     if not is_last:
         raise JournalCorrupt(path, offset, reason)
     view = memoryview(data)
-    for pos in range(offset + 1, len(data)):
+    # A batch-start frame's word has bit 31 set and bits 24-30 clear, so its
+    # fourth byte is exactly 0x80: jump between those bytes, not byte by byte.
+    marker = data.find(_BATCH_START_BYTE, offset + 1 + 3)
+    while marker != -1:
+        pos = marker - 3
         found = check_frame_at(view, pos, salt)
         if found is not None and found[0]:
             raise JournalCorrupt(
                 path, offset, f"{reason}, and a later commit at byte {pos} proves "
                 "these bytes were once durable",
             )
+        marker = data.find(_BATCH_START_BYTE, marker + 1)
     result.torn_at = offset
     result.torn_bytes = len(data) - offset
 

@@ -6,8 +6,9 @@ appends to segments; the async journal runs it on a worker thread, and
 offline tools (memable-signal without an engine) call it directly.
 
 Start-up (``recover``) makes recovery's decisions durable before anything new
-is written: a torn tail is cut and the cut fsynced; leftover temporary files
-are removed and the directory fsynced.
+is written: a torn tail is cut and the last segment fsynced (a killed process
+may have left unsynced bytes there); leftover temporary files are removed and
+the directory fsynced.
 
 Roll-over, when a batch would take the segment past ``segment_size``: write
 the part that fits plus a seal frame, fsync, then create the next segment as
@@ -57,17 +58,21 @@ class SegmentWriter:
         """Make the scan's decisions durable and open the segment to append."""
         try:
             last = scan.last
-            if last is not None and scan.torn_at is not None:
+            # Always fsync the last segment and the directory: a killed
+            # process can leave records, a seal or a renamed segment visible
+            # but not durable, and what we opened with must be before we
+            # build on it (a new segment after an unsynced seal, say).
+            if last is not None:
                 file = self.storage.open_append(segment_name(last.number))
                 try:
-                    file.truncate(scan.torn_at)
+                    if scan.torn_at is not None:
+                        file.truncate(scan.torn_at)
                     file.sync()
                 finally:
                     file.close()
             for name in scan.temp_files:
                 self.storage.remove(name)
-            if scan.temp_files:
-                self.storage.sync_dir()
+            self.storage.sync_dir()
             self.next_seq = scan.next_seq
             self.salts = {seg.number: seg.header.salt for seg in scan.segments}
             if last is None or last.sealed:

@@ -1,0 +1,300 @@
+"""Read-only access to a journal, for operators and tools.
+
+Theory of operation. ``read_journal(path)`` walks the journal's segments in
+order with the same checks and the same torn-tail policy as start-up
+(``_reader.iter_scan``: there is one implementation of that policy), and
+yields each record as a ``RecordView``. It takes no lock and opens every
+file read-only, so it works while an engine holds the journal and never
+blocks or changes it. What it shows is a snapshot: records appended after a
+segment was read are not seen.
+
+A reader and a live writer can meet at the end of the last segment, where a
+write may be in progress; that looks exactly like a torn tail (an incomplete
+final frame), so it is reported the same way: iteration stops, and the
+reader's ``torn`` attribute says where and how much was left out. Damage
+anywhere else raises ``JournalCorrupt`` (file, byte offset) after every
+record before it has been yielded.
+
+User values (inputs, step results, signal payloads, workflow results) are
+stored as opaque blobs; ``decode_value`` turns one into a JSON-ready value
+for display, without running any code and without constructing objects.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+import zstandard
+
+from ._errors import EngineError
+from ._format import LOCK_NAME, TEMP_SUFFIX, parse_segment_name, segment_name
+from ._index import unpack_loc
+from ._reader import ScanResult, iter_scan
+from ._records import RecordView, view
+from ._storage import FileStorage, Storage
+
+__all__ = [
+    "JournalReader",
+    "NotAJournal",
+    "RecordView",
+    "TornTail",
+    "decode_value",
+    "read_journal",
+]
+
+# Value blob tags, as written by the codec (see docs/format.md).
+VALUE_TAG_MSGPACK: Final = 0x00
+VALUE_TAG_ZSTD: Final = 0x01
+# Cap on a decompressed value shown by decode_value: a display helper must not
+# be made to allocate gigabytes by a small, highly compressible blob.
+DEFAULT_MAX_DECODED: Final = 64 * 1024 * 1024
+
+
+class NotAJournal(EngineError):
+    """The path is missing, or is not a journal directory.
+
+    ``path`` is the path given; ``reason`` says what was found instead.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"{path}: not a memable_log journal ({reason}); give the journal "
+            "directory (the path passed to Engine.builder().open())"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TornTail:
+    """Bytes at the end of the last segment that do not form a complete record.
+
+    They are the remains of a write that was never acknowledged (a crash),
+    or a write still in progress if an engine holds the journal. The next
+    engine to open the journal cuts them off; readers just leave them out.
+
+    ``file`` is the segment's path, ``segment`` its number, ``offset`` the
+    byte offset where the incomplete data starts and ``size`` its length.
+    """
+
+    file: str
+    segment: int
+    offset: int
+    size: int
+
+
+class JournalReader(Iterator[RecordView]):
+    """An iterator over a journal's records, in sequence order.
+
+    Returned by ``read_journal``. Each item is a ``RecordView`` carrying the
+    segment number and the byte offset of the record's frame. Iteration
+    stops quietly at a torn tail (see ``torn``) and raises
+    ``JournalCorrupt`` (or its subclass ``JournalFormatError`` for a segment
+    written by a newer format version) for damage elsewhere, after yielding
+    every record before it.
+
+    Once iteration has finished, ``done`` is true and ``torn``, ``next_seq``
+    and ``segments`` describe the whole journal.
+
+    ``read_journal(path)`` makes one for a directory; ``JournalReader(storage)``
+    reads any storage, such as the in-memory one tests use.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._result = ScanResult()
+        self._records = iter_scan(storage, self._result)
+        self._done = False
+        self._failed = False
+
+    def __iter__(self) -> JournalReader:
+        return self
+
+    def __next__(self) -> RecordView:
+        try:
+            rec, loc = next(self._records)
+        except StopIteration:
+            # After an error the generator is closed and just stops: that
+            # is not the end of the journal.
+            self._done = not self._failed
+            raise
+        except BaseException:
+            self._failed = True
+            raise
+        segment, offset = unpack_loc(loc)
+        return view(rec, segment, offset)
+
+    @property
+    def location(self) -> str:
+        """The journal directory being read (for messages)."""
+        return self._storage.location
+
+    @property
+    def done(self) -> bool:
+        """True once every record has been yielded (no damage stopped it)."""
+        return self._done
+
+    @property
+    def torn(self) -> TornTail | None:
+        """The torn tail that ended iteration, or None if there was none.
+
+        Only meaningful once ``done`` is true.
+        """
+        result = self._result
+        last = result.last
+        if result.torn_at is None or last is None:
+            return None
+        return TornTail(
+            file=f"{self._storage.location}/{segment_name(last.number)}",
+            segment=last.number,
+            offset=result.torn_at,
+            size=result.torn_bytes,
+        )
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next appended record will take.
+
+        Only meaningful once ``done`` is true.
+        """
+        return self._result.next_seq
+
+    @property
+    def segments(self) -> list[int]:
+        """The numbers of the segments read so far, in order."""
+        return [seg.number for seg in self._result.segments]
+
+
+def read_journal(path: str | os.PathLike[str]) -> JournalReader:
+    """Open the journal directory at ``path`` for reading, without a lock.
+
+    Returns a ``JournalReader``: iterate it for the records (``RecordView``
+    objects, in sequence order), then look at its ``torn`` attribute for a
+    torn tail that was left out. Nothing is ever written, created or locked.
+
+    Raises ``NotAJournal`` at once if ``path`` is missing, is not a
+    directory, or holds neither a segment nor a lock file. Iterating raises
+    ``JournalCorrupt`` for damage outside the torn tail,
+    ``JournalFormatError`` for a segment from a newer format version, and
+    ``OSError`` if a file cannot be read.
+    """
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        raise NotAJournal(text, "no such file or directory")
+    if not os.path.isdir(text):
+        raise NotAJournal(text, "not a directory")
+    storage = FileStorage(text, create=False)
+    if not any(_journal_file(name) for name in storage.list()):
+        raise NotAJournal(text, "the directory holds no segment files")
+    return JournalReader(storage)
+
+
+def _journal_file(name: str) -> bool:
+    # A journal whose first segment was never created holds just a LOCK (or a
+    # temporary segment): an empty journal, not a stranger's directory.
+    if name == LOCK_NAME or parse_segment_name(name) is not None:
+        return True
+    return name.endswith(TEMP_SUFFIX) and parse_segment_name(name[: -len(TEMP_SUFFIX)]) is not None
+
+
+# -- values -----------------------------------------------------------------
+
+
+class _Ext:
+    __slots__ = ("code", "data")
+
+    def __init__(self, code: int, data: bytes) -> None:
+        self.code = code
+        self.data = data
+
+
+class _Pairs(list[tuple[Any, Any]]):
+    """A msgpack map as its pairs: keys may be unhashable, or repeat."""
+
+
+def decode_value(blob: bytes, *, max_size: int = DEFAULT_MAX_DECODED) -> Any:
+    """Decode a user value blob into a JSON-ready value, for display only.
+
+    A blob is a tag byte then a body: ``0x00`` plain msgpack, ``0x01``
+    zstd-compressed msgpack. The result is built from None, bool, int, float,
+    str, list and dict (with str keys) only, so ``json.dumps`` accepts it.
+    msgpack values that JSON cannot hold become one-key markers:
+
+    * bytes: ``{"$bytes": "<hex>"}``;
+    * an ext type: ``{"$ext": code, "hex": "<hex of its data>"}``, never
+      turned into an object (for the timestamp ext, code -1, the canonical
+      encoding of the timestamp);
+    * a map with a key that is not a str, a repeated key, or a key starting
+      with ``$``: ``{"$map": [[key, value], ...]}``;
+    * NaN and infinities: ``{"$float": "nan" | "inf" | "-inf"}``.
+
+    A blob that cannot be decoded (unknown tag, bad msgpack, trailing bytes,
+    a decompressed size above ``max_size``) is never an error here: it
+    becomes ``{"$raw": "<hex of the whole blob>", "$error": "<why>"}``.
+    """
+    if not blob:
+        return _raw(blob, "empty value blob")
+    tag = blob[0]
+    body = bytes(blob[1:])
+    try:
+        if tag == VALUE_TAG_ZSTD:
+            body = _decompress(body, max_size)
+        elif tag != VALUE_TAG_MSGPACK:
+            return _raw(blob, f"unknown value tag {tag:#04x}")
+        value = msgpack.unpackb(
+            body, raw=False, strict_map_key=False, use_list=True,
+            object_pairs_hook=_Pairs, ext_hook=_Ext,
+        )
+        return _to_json(value)
+    except RecursionError:
+        return _raw(blob, "value nested too deeply to show")
+    except Exception as exc:  # msgpack and zstd raise many types; all mean "bad blob"
+        return _raw(blob, f"undecodable value: {type(exc).__name__}: {exc}")
+
+
+def _raw(blob: bytes, reason: str) -> dict[str, str]:
+    return {"$raw": bytes(blob).hex(), "$error": reason}
+
+
+def _decompress(body: bytes, max_size: int) -> bytes:
+    declared = zstandard.frame_content_size(body)
+    if declared > max_size:
+        raise ValueError(f"decompresses to {declared} bytes, above the {max_size}-byte cap")
+    out = bytearray()
+    # Stream with a cap: the declared size may be absent or a lie.
+    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
+        while chunk := reader.read(min(1 << 20, max_size + 1 - len(out))):
+            out += chunk
+            if len(out) > max_size:
+                raise ValueError(f"decompresses to more than the {max_size}-byte cap")
+    return bytes(out)
+
+
+def _to_json(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    if isinstance(value, _Pairs):
+        keys = [k for k, _ in value]
+        plain = all(type(k) is str and not k.startswith("$") for k in keys)
+        if plain and len(set(keys)) == len(keys):
+            return {k: _to_json(v) for k, v in value}
+        return {"$map": [[_to_json(k), _to_json(v)] for k, v in value]}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, _Ext):
+        return {"$ext": value.code, "hex": value.data.hex()}
+    if isinstance(value, msgpack.Timestamp):
+        return {"$ext": -1, "hex": value.to_bytes().hex()}
+    raise TypeError(f"unexpected decoded type {type(value).__name__}")  # pragma: no cover
