@@ -101,7 +101,10 @@ class Journal:
         self._closing = True
         self._work.set()
         try:
-            return bool(await self._nursery_cm.__aexit__(exc_type, exc, tb))
+            # The body's exception propagates by itself, unwrapped; the
+            # nursery reports only failures of the appender task.
+            await self._nursery_cm.__aexit__(None, None, None)
+            return None
         finally:
             self._open = False
             self.writer.close()

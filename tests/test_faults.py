@@ -285,3 +285,12 @@ async def _journal_with_torn_tail() -> tuple[list[list[Any]], dict[str, bytes]]:
     files = files_of(storage)
     name = segment_name(1)
     return written, {name: files[name] + b"\x00" * 9}
+
+
+async def test_an_error_in_the_journal_block_propagates_unwrapped() -> None:
+    from memable_log._journal import Journal
+    from memable_log._memstorage import MemoryStorage
+
+    with pytest.raises(KeyError):
+        async with Journal(MemoryStorage()):
+            raise KeyError("from the body")
