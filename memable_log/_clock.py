@@ -68,6 +68,10 @@ class ManualClock(Clock):
         super().__init__(wall=lambda: self._current)
 
     def start(self) -> None:
+        if self._base is not None:
+            # Keep the time the last lifetime ran (advance() does the same),
+            # or a restart would turn wall time back to the last now() call.
+            self.now()
         super().start()
 
     def now(self) -> float:

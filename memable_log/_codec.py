@@ -30,6 +30,10 @@ TAG_ZSTD = 0x01
 EXT_USER = 1
 DEFAULT_COMPRESS_THRESHOLD = 4096
 _MAX_VALUE = MAX_RECORD  # a value cannot be larger than a record
+# A stored blob must fit in one record with the record's other fields
+# (instance id, key): a larger one would be refused by the framing layer
+# deep inside the journal's appender, after the caller was told nothing.
+MAX_BLOB = MAX_RECORD - 64 * 1024
 
 EncodeHook = Callable[[Any], tuple[str, Any]]
 DecodeHook = Callable[[str, Any], Any]
@@ -102,8 +106,8 @@ class Codec:
         if threshold is not None and len(body) > threshold:
             packed = self._compressor.compress(body)
             if len(packed) < len(body):
-                return bytes([TAG_ZSTD]) + packed
-        return bytes([TAG_MSGPACK]) + body
+                return _fits(bytes([TAG_ZSTD]) + packed, value)
+        return _fits(bytes([TAG_MSGPACK]) + body, value)
 
     def decode(self, blob: bytes) -> Any:
         """The value in ``blob`` (ValueError if the blob is malformed)."""
@@ -116,3 +120,13 @@ class Codec:
             body = self._decompressor.decompress(blob[1:], max_output_size=_MAX_VALUE)
             return self._unpack(body)
         raise ValueError(f"unknown value blob tag {tag:#04x}")
+
+
+def _fits(blob: bytes, value: Any) -> bytes:
+    if len(blob) > MAX_BLOB:
+        raise EncodeError(
+            type(value).__qualname__,
+            f"encoded it is {len(blob)} bytes, above the {MAX_BLOB}-byte limit of a "
+            "journal record; store big data elsewhere and keep a reference",
+        )
+    return blob

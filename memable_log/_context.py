@@ -101,7 +101,8 @@ class Context:
             if deadline is not None and engine._clock.now_ms() >= deadline:
                 timed_out = r.make(r.SUSPEND_TIMED_OUT, engine._now(), self.instance_id, key)
                 await engine._append(timed_out)
-                logger.info("instance %s: suspension %r timed out", self.instance_id, key)
+                logger.info("instance %s: suspension %r timed out", self.instance_id, key,
+                            extra=_extra(self.instance_id, key))
                 raise SuspendTimedOut(self.instance_id, key)
             raise Unwind
         seconds = _seconds(timeout)
@@ -111,7 +112,8 @@ class Context:
         await engine._append(
             r.make(r.SUSPENDED, engine._now(), self.instance_id, key, status, deadline)
         )
-        logger.info("instance %s: suspended on %r (%s)", self.instance_id, key, status or "")
+        logger.info("instance %s: suspended on %r (%s)", self.instance_id, key, status or "",
+                    extra=_extra(self.instance_id, key))
         raise Unwind
 
     async def timer(self, key: str, delay: float | timedelta) -> None:
@@ -140,8 +142,14 @@ class Context:
             # or the runner would find the instance running and spin.
             rearm = r.make(r.TIMER_SET, engine._now(), self.instance_id, key, deadline)
             await engine._append(rearm)
-        logger.info("instance %s: sleeping on %r", self.instance_id, key)
+        logger.info("instance %s: sleeping on %r", self.instance_id, key,
+                    extra=_extra(self.instance_id, key))
         raise Unwind
+
+
+def _extra(instance_id: str, key: str) -> dict[str, str]:
+    # Log records carry the ids as attributes, for handlers that filter on them.
+    return {"instance_id": instance_id, "key": key}
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -222,6 +230,8 @@ class Step:
         attempt = 0
         while True:
             attempt += 1
+            if engine._on_step_call is not None:  # memable_log.testing counts executions
+                engine._on_step_call(iid, key)
             try:
                 result = await self._call(fn, args, kwargs)
                 break
@@ -230,6 +240,7 @@ class Step:
                     logger.warning(
                         "instance %s: step %r attempt %d/%d failed (%s: %s); retrying in %.3gs",
                         iid, key, attempt, max_attempts, type(exc).__qualname__, exc, delay,
+                        extra=_extra(iid, key),
                     )
                     await engine._clock.sleep(delay)
                     delay = min(delay * backoff, max_delay)
@@ -241,7 +252,7 @@ class Step:
                 await engine._append(failed)
                 logger.warning(
                     "instance %s: step %r failed after %d attempt(s): %s: %s",
-                    iid, key, attempt, type(exc).__qualname__, exc,
+                    iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
                 )
                 raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
         try:
@@ -249,7 +260,7 @@ class Step:
         except EncodeError as exc:
             raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
         await engine._append(r.make(r.STEP_DONE, engine._now(), iid, key, blob))
-        logger.debug("instance %s: step %r ran", iid, key)
+        logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
         return engine._codec.decode(blob)
 
     async def _call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:

@@ -102,6 +102,9 @@ class Engine:
         self._reserved: set[tuple[str, str]] = set()  # (instance, key) being written
         self._creating: dict[str, trio.Event] = {}
         self._watcher: InboxWatcher | None = None
+        # Private hook for memable_log.testing: called with (instance, key)
+        # right before a step's function is called (each attempt).
+        self._on_step_call: Callable[[str, str], None] | None = None
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -169,7 +172,10 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        journal, self._journal = self._journal, None
+        # The journal stays set until the runners are gone: one resumed
+        # just before the cancel runs on to its next append, and must get
+        # Cancelled there, not "the engine is not running".
+        journal = self._journal
         assert journal is not None
         assert self._nursery is not None
         if self._watcher is not None:
@@ -181,6 +187,7 @@ class Engine:
             # only reports failures of the engine's tasks.
             await self._nursery_cm.__aexit__(None, None, None)
         finally:
+            self._journal = None
             self._nursery = None
             self._timers = None
             self._active.clear()

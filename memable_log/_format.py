@@ -1,8 +1,12 @@
 """On-disk constants of the journal, mirrored in docs/format.md.
 
 A journal is a directory. It holds segment files named ``seg-<n>.mlog``
-(n: ten decimal digits, from 1, no gaps) and a ``LOCK`` file. Every segment
-starts with a fixed header; frames follow back to back (see _framing.py).
+(n: ten decimal digits, no gaps) and a ``LOCK`` file. Every segment starts
+with a fixed header; frames follow back to back (see _framing.py). A
+*compacted* segment ``cmp-<n>.mlog`` (flag SEG_COMPACTED) holds the history
+of segments up to and including n, rewritten; once it exists, those
+segments (and older compacted ones) are leftovers, ignored by readers and
+deleted by the writer.
 
 Nothing here does I/O: this module only packs and checks headers.
 """
@@ -23,20 +27,23 @@ _HEADER = struct.Struct("<8sHHIQQI")
 _HEADER_CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _HEADER_CRC.size  # 40
 
-# Segment flags: none defined in version 1 (reserved for compaction).
-SEG_KNOWN_FLAGS = 0
+# Segment flags.
+SEG_COMPACTED = 0x0001  # written by compaction: replaces every lower-numbered segment
+SEG_KNOWN_FLAGS = SEG_COMPACTED
 
 # Frame header: a 32-bit word (length | flags) and a crc32.
 FRAME_HEADER_SIZE = 8
 FRAME_BATCH_START = 0x8000_0000  # first frame of a commit batch
+FRAME_BLOCK = 0x4000_0000  # compacted segments only: a zstd block of frames
 FRAME_LENGTH_MASK = 0x00FF_FFFF  # 24 bits of length
-FRAME_RESERVED_MASK = 0x7F00_0000  # must be zero
+FRAME_RESERVED_MASK = 0x3F00_0000  # must be zero
 MAX_RECORD = FRAME_LENGTH_MASK  # 16 MiB - 1: longer is corruption
 
 LOCK_NAME = "LOCK"
 SEGMENT_SUFFIX = ".mlog"
 TEMP_SUFFIX = ".tmp"
 _SEGMENT_RE = re.compile(r"^seg-(\d{10})\.mlog$")
+_COMPACTED_RE = re.compile(r"^cmp-(\d{10})\.mlog$")
 
 
 class SegmentHeader(NamedTuple):
@@ -55,6 +62,16 @@ def segment_name(number: int) -> str:
 def parse_segment_name(name: str) -> int | None:
     """The segment number in ``name``, or None if it is not a segment."""
     match = _SEGMENT_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def compacted_name(number: int) -> str:
+    """The file name of the compacted segment covering segments up to ``number``."""
+    return f"cmp-{number:010d}{SEGMENT_SUFFIX}"
+
+
+def parse_compacted_name(name: str) -> int | None:
+    match = _COMPACTED_RE.match(name)
     return int(match.group(1)) if match else None
 
 

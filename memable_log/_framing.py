@@ -29,8 +29,11 @@ import struct
 import zlib
 from typing import NamedTuple
 
+import zstandard
+
 from ._format import (
     FRAME_BATCH_START,
+    FRAME_BLOCK,
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
     FRAME_RESERVED_MASK,
@@ -45,6 +48,7 @@ class Frame(NamedTuple):
     offset: int  # file offset of the frame header
     batch_start: bool
     payload: bytes
+    block: bool = False  # a zstd block of inner frames (compacted segments)
 
     @property
     def end(self) -> int:
@@ -64,12 +68,14 @@ def frame_crc(word: int, payload: bytes | memoryview, salt: int) -> int:
     return zlib.crc32(payload, zlib.crc32(_WORD.pack(word), salt))
 
 
-def encode_frame(payload: bytes, salt: int, batch_start: bool = False) -> bytes:
+def encode_frame(
+    payload: bytes, salt: int, batch_start: bool = False, block: bool = False
+) -> bytes:
     """The frame for ``payload`` in a segment with ``salt``."""
     length = len(payload)
     if not 0 < length <= MAX_RECORD:
         raise ValueError(f"record of {length} bytes: must be 1..{MAX_RECORD}")
-    word = length | (FRAME_BATCH_START if batch_start else 0)
+    word = length | (FRAME_BATCH_START if batch_start else 0) | (FRAME_BLOCK if block else 0)
     return _FRAME_HEADER.pack(word, frame_crc(word, payload, salt)) + payload
 
 
@@ -84,7 +90,7 @@ def check_frame_at(
         return None
     word, crc = _FRAME_HEADER.unpack_from(data, pos)
     length = word & FRAME_LENGTH_MASK
-    if length == 0 or word & FRAME_RESERVED_MASK:
+    if length == 0 or word & (FRAME_RESERVED_MASK | FRAME_BLOCK):
         return None
     end = pos + FRAME_HEADER_SIZE + length
     if end > len(data):
@@ -99,15 +105,17 @@ class FrameDecoder:
 
     ``base_offset`` is the file offset of the first byte to be fed (normally
     the end of the segment header), so frames and errors carry file offsets.
+    Block frames are accepted only with ``blocks=True`` (compacted segments).
     """
 
-    __slots__ = ("_buf", "_pos", "_base", "_salt")
+    __slots__ = ("_buf", "_pos", "_base", "_salt", "_reserved")
 
-    def __init__(self, salt: int, base_offset: int = 0) -> None:
+    def __init__(self, salt: int, base_offset: int = 0, *, blocks: bool = False) -> None:
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._base = base_offset
         self._salt = salt
+        self._reserved = FRAME_RESERVED_MASK if blocks else FRAME_RESERVED_MASK | FRAME_BLOCK
 
     @property
     def offset(self) -> int:
@@ -146,7 +154,7 @@ class FrameDecoder:
         length = word & FRAME_LENGTH_MASK
         if length == 0:
             raise FrameError(self._base + pos, "zero length")
-        if word & FRAME_RESERVED_MASK:
+        if word & self._reserved:
             raise FrameError(self._base + pos, "length above the record cap")
         start = pos + FRAME_HEADER_SIZE
         end = start + length
@@ -156,4 +164,36 @@ class FrameDecoder:
         if frame_crc(word, payload, self._salt) != crc:
             raise FrameError(self._base + pos, "checksum mismatch")
         self._pos = end
-        return Frame(self._base + pos, bool(word & FRAME_BATCH_START), payload)
+        return Frame(
+            self._base + pos, bool(word & FRAME_BATCH_START), payload, bool(word & FRAME_BLOCK)
+        )
+
+
+# Blocks: compaction packs runs of frames into one zstd-compressed frame.
+BLOCK_TARGET = 64 * 1024  # uncompressed bytes per block, about
+_MAX_BLOCK = 4 * MAX_RECORD  # decompressed bytes a block may claim
+
+
+def encode_block(payloads: list[bytes], salt: int) -> bytes:
+    """One block frame holding ``payloads`` as inner frames, zstd-compressed."""
+    inner = b"".join(encode_frame(p, salt) for p in payloads)
+    return encode_frame(zstandard.ZstdCompressor(level=3).compress(inner), salt, block=True)
+
+
+def decode_block(payload: bytes, salt: int) -> list[bytes]:
+    """The inner payloads of a block frame; FrameError(offset 0) if damaged."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(payload)
+        inner = reader.read(_MAX_BLOCK + 1)
+    except zstandard.ZstdError as exc:
+        raise FrameError(0, f"undecodable block: {exc}") from None
+    if len(inner) > _MAX_BLOCK:
+        raise FrameError(0, "block larger than the cap")
+    decoder = FrameDecoder(salt)
+    decoder.feed(inner)
+    out = []
+    while (frame := decoder.next_frame()) is not None:
+        out.append(frame.payload)
+    if decoder.buffered or not out:
+        raise FrameError(decoder.offset, "block cut short or empty")
+    return out

@@ -28,6 +28,8 @@ import zlib
 
 import msgpack
 
+from ._crashpoints import crashpoint
+
 INBOX = "inbox"
 MAGIC = b"MMBLSIG1"
 SUFFIX = ".sig"
@@ -88,7 +90,9 @@ def write_handover(journal_path: str, data: bytes, *, file_mode: int = 0o600) ->
         os.fsync(fd)
     finally:
         os.close(fd)
+    crashpoint("inbox.after-temp-write")
     os.rename(temp, os.path.join(inbox, name))
+    crashpoint("inbox.after-rename")
     _fsync_dir(inbox)
     return name
 
@@ -109,6 +113,7 @@ def read_handover(journal_path: str, name: str) -> bytes:
 
 def remove_handover(journal_path: str, name: str) -> None:
     inbox = inbox_path(journal_path)
+    crashpoint("inbox.before-remove")
     try:
         os.unlink(os.path.join(inbox, name))
     except FileNotFoundError:

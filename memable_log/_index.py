@@ -12,8 +12,9 @@ keys) to either
 
 * ``bytes``: a completed step's value blob, kept inline when it is small;
 * ``int``: ``loc << 2 | kind``, where ``loc`` packs the record's place in the
-  journal (``segment << 40 | offset``) and kind is STEP_DONE_AT (a value to
-  read back on demand), STEP_FAILED_AT or STEP_STARTED_AT.
+  journal (``inner << 64 | segment << 40 | offset``, ``inner`` for records
+  inside a compacted block) and kind is STEP_DONE_AT (a value to read back
+  on demand), STEP_FAILED_AT or STEP_STARTED_AT.
 
 Large values never stay in memory; the engine reads them back by location.
 """
@@ -36,12 +37,24 @@ DEFAULT_INLINE_LIMIT = 256
 Entry = bytes | int
 
 
-def pack_loc(segment: int, offset: int) -> int:
-    return segment << OFFSET_BITS | offset
+SEGMENT_BITS = 24
+INNER_SHIFT = OFFSET_BITS + SEGMENT_BITS  # 64
+
+
+def pack_loc(segment: int, offset: int, inner: int = 0) -> int:
+    """A record's place: segment, frame offset, and for a record inside a
+    compacted block, its 1-based position in the block (0: not in a block)."""
+    return inner << INNER_SHIFT | segment << OFFSET_BITS | offset
 
 
 def unpack_loc(loc: int) -> tuple[int, int]:
-    return loc >> OFFSET_BITS, loc & ((1 << OFFSET_BITS) - 1)
+    """(segment, frame offset) of a location."""
+    return (loc >> OFFSET_BITS) & ((1 << SEGMENT_BITS) - 1), loc & ((1 << OFFSET_BITS) - 1)
+
+
+def loc_inner(loc: int) -> int:
+    """The 1-based position inside a compacted block, or 0."""
+    return loc >> INNER_SHIFT
 
 
 def entry_kind(entry: Entry) -> int:
@@ -152,7 +165,11 @@ class Index:
         if inst.timers is None:
             inst.timers = {}
         inst.timers.setdefault(rec[4], rec[5])
-        if inst.state == lc.RUNNING:
+        # Concurrent timers (a nursery in the workflow): sleep until the earliest.
+        if inst.state == lc.RUNNING or (
+            inst.state == lc.SLEEPING and inst.deadline_ms is not None
+            and rec[5] < inst.deadline_ms
+        ):
             inst.wait_key, inst.status, inst.deadline_ms = rec[4], None, rec[5]
         return True
 
@@ -185,6 +202,14 @@ class Index:
     def _cancelled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         return True  # only the state changes
 
+    def _state_image(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+        # Compaction's summary of what the state machine had reached: set as is.
+        inst.state = rec[4]
+        inst.wait_key, inst.status, inst.deadline_ms = rec[5], rec[6], rec[7]
+        inst.timers = {sys.intern(k): v for k, v in rec[8].items()} or None
+        inst.done_waits = {sys.intern(k): v for k, v in rec[9].items()} or None
+        return False
+
     def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
         if inst.state in lc.FINISHED:
             inst.outcome = inst.error = None
@@ -206,4 +231,5 @@ _APPLY: dict[int, _Apply] = {
     r.FAILED: Index._failed,
     r.CANCELLED: Index._cancelled,
     r.RESTARTED: Index._restarted,
+    r.STATE_IMAGE: Index._state_image,
 }

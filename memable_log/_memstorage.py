@@ -10,7 +10,9 @@ bytes written since (see ``tear``).
 For fault injection, ``fail(op, err)`` makes the next ``op`` raise OSError
 (``partial`` bytes of a write may land first: a short write), and
 ``crash_at`` stops the world at the n-th mutating operation by raising
-``PowerCut``, so a test can enumerate every crash point of a workload.
+``PowerCut``, so a test can enumerate every crash point of a workload;
+``crash_after_syncs`` raises it right after the n-th fsync took effect,
+before the caller learns it succeeded (memable_log.testing uses both).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class _MemHandle:
             raise OSError(fault.err, f"injected {errno_mod.errorcode[fault.err]} on fsync")
         self._storage.syncs += 1
         self._file.durable = bytes(self._file.data)
+        limit = self._storage.crash_after_syncs
+        if limit is not None and self._storage.syncs >= limit:
+            self._storage.crash_at = self._storage.ops + 1  # every later op finds it dead
+            raise PowerCut(f"power cut right after fsync {self._storage.syncs}")
 
     def truncate(self, size: int) -> None:
         fault = self._storage._op("truncate")
@@ -84,7 +90,9 @@ class MemoryStorage:
     blocking = False
     location = "<memory>"
 
-    def __init__(self, crash_at: int | None = None) -> None:
+    def __init__(
+        self, crash_at: int | None = None, *, crash_after_syncs: int | None = None
+    ) -> None:
         self._files: dict[str, _MemFile] = {}
         self._durable_names: dict[str, _MemFile] = {}
         self._locked = False
@@ -92,6 +100,7 @@ class MemoryStorage:
         self.ops = 0  # mutating operations so far
         self.syncs = 0  # successful file fsyncs
         self.crash_at = crash_at
+        self.crash_after_syncs = crash_after_syncs  # PowerCut right after this many fsyncs
 
     def _op(self, op: str) -> _Fault | None:
         self.ops += 1

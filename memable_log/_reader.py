@@ -34,14 +34,17 @@ from ._format import (
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
     HEADER_SIZE,
+    SEG_COMPACTED,
     HeaderError,
     SegmentHeader,
+    compacted_name,
+    parse_compacted_name,
     parse_segment_name,
     segment_name,
     unpack_header,
 )
-from ._framing import FrameDecoder, FrameError, check_frame_at
-from ._index import pack_loc, unpack_loc
+from ._framing import FrameDecoder, FrameError, check_frame_at, decode_block
+from ._index import loc_inner, pack_loc, unpack_loc
 from ._storage import Storage
 
 _BATCH_START_BYTE = bytes([FRAME_BATCH_START >> 24])
@@ -54,6 +57,7 @@ class Segment:
     header: SegmentHeader
     end: int  # offset just past the last valid frame
     sealed: bool
+    name: str = ""
 
 
 @dataclass
@@ -64,6 +68,7 @@ class ScanResult:
     torn_at: int | None = None  # offset where the last segment's torn tail starts
     torn_bytes: int = 0
     temp_files: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)  # left by a compaction
 
     @property
     def last(self) -> Segment | None:
@@ -108,14 +113,22 @@ def iter_scan(storage: Storage, result: ScanResult) -> Iterator[tuple[list[Any],
     names = storage.list()
     numbers = segment_numbers(names)
     result.temp_files = [n for n in names if n.endswith(".tmp")]
-    for i, number in enumerate(numbers):
-        if i and number != numbers[i - 1] + 1:
+    compacted = sorted(n for n in map(parse_compacted_name, names) if n is not None)
+    walk = [(segment_name(n), n) for n in numbers]
+    if compacted:
+        # The newest compacted segment replaces every segment up to its number.
+        top = compacted[-1]
+        result.superseded = [segment_name(n) for n in numbers if n <= top]
+        result.superseded += [compacted_name(n) for n in compacted[:-1]]
+        walk = [(compacted_name(top), top)] + [(segment_name(n), n) for n in numbers if n > top]
+    for i, (name, number) in enumerate(walk):
+        if i and number != walk[i - 1][1] + 1:
             raise JournalCorrupt(
-                _path(storage, segment_name(numbers[i - 1] + 1)), 0,
-                f"segment {numbers[i - 1] + 1} is missing",
+                _path(storage, segment_name(walk[i - 1][1] + 1)), 0,
+                f"segment {walk[i - 1][1] + 1} is missing",
             )
-        is_last = i == len(numbers) - 1
-        yield from _scan_segment(storage, number, is_last, result)
+        is_last = i == len(walk) - 1
+        yield from _scan_segment(storage, name, number, is_last, result)
 
 
 def _path(storage: Storage, name: str) -> str:
@@ -123,9 +136,8 @@ def _path(storage: Storage, name: str) -> str:
 
 
 def _scan_segment(
-    storage: Storage, number: int, is_last: bool, result: ScanResult,
+    storage: Storage, name: str, number: int, is_last: bool, result: ScanResult,
 ) -> Iterator[tuple[list[Any], int]]:
-    name = segment_name(number)
     path = _path(storage, name)
     data = storage.read(name)
     try:
@@ -135,12 +147,25 @@ def _scan_segment(
         raise cls(path, 0, str(exc)) from None
     if header.segment != number:
         raise JournalCorrupt(path, 0, f"header says segment {header.segment}")
-    if result.segments and header.first_seq != result.next_seq:
+    compacted = bool(header.flags & SEG_COMPACTED)
+    if compacted != name.startswith("cmp-"):
+        raise JournalCorrupt(path, 0, "the segment's compacted flag does not match its name")
+    if result.segments:
+        if compacted:
+            raise JournalCorrupt(path, 0, "a compacted segment after the first one")
+        if header.first_seq != result.next_seq:
+            raise JournalCorrupt(
+                path, 0, f"segment starts at seq {header.first_seq}, expected {result.next_seq}"
+            )
+    elif not compacted and header.first_seq != 1:
         raise JournalCorrupt(
-            path, 0, f"segment starts at seq {header.first_seq}, expected {result.next_seq}"
+            path, 0, f"the first segment starts at seq {header.first_seq}: earlier "
+            "segments are missing",
         )
+    # Records of a compacted segment are history rewritten: their seq is 0
+    # and the header's first_seq is the seq of the record after them.
     next_seq = header.first_seq
-    decoder = FrameDecoder(header.salt, HEADER_SIZE)
+    decoder = FrameDecoder(header.salt, HEADER_SIZE, blocks=compacted)
     decoder.feed(data[HEADER_SIZE:])
     sealed = False
     base_loc = pack_loc(number, 0)
@@ -157,30 +182,42 @@ def _scan_segment(
             break
         if sealed:
             raise JournalCorrupt(path, frame.offset, "record after the segment's seal")
-        try:
-            rec = unpack_record(frame.payload)
-        except Exception as exc:  # msgpack raises several types; none is ours
-            raise JournalCorrupt(path, frame.offset, f"undecodable record: {exc}") from None
-        seal_seq = r.check_seal(rec)
-        if seal_seq is not None:
-            if seal_seq != next_seq:
-                raise JournalCorrupt(path, frame.offset, "seal's sequence number is wrong")
-            sealed = True
-            continue
-        try:
-            r.check(rec)
-            if rec[1] != next_seq:
-                raise r.RecordError(f"sequence number {rec[1]}, expected {next_seq}")
-            next_seq = rec[1] + 1
-        except r.RecordError as exc:
-            raise JournalCorrupt(path, frame.offset, str(exc)) from None
-        result.records += 1
-        yield rec, base_loc | frame.offset
+        if frame.block:
+            try:
+                payloads = decode_block(frame.payload, header.salt)
+            except FrameError as exc:
+                raise JournalCorrupt(path, frame.offset, exc.reason) from None
+        else:
+            payloads = [frame.payload]
+        for inner, payload in enumerate(payloads, 1 if frame.block else 0):
+            try:
+                rec = unpack_record(payload)
+            except Exception as exc:  # msgpack raises several types; none is ours
+                raise JournalCorrupt(path, frame.offset, f"undecodable record: {exc}") from None
+            seal_seq = r.check_seal(rec)
+            if seal_seq is not None:
+                if seal_seq != next_seq or frame.block:
+                    raise JournalCorrupt(path, frame.offset, "seal's sequence number is wrong")
+                sealed = True
+                continue
+            try:
+                r.check(rec)
+                if compacted:
+                    if rec[1] != 0:
+                        raise r.RecordError("a compacted record with a sequence number")
+                elif rec[1] != next_seq:
+                    raise r.RecordError(f"sequence number {rec[1]}, expected {next_seq}")
+                else:
+                    next_seq = rec[1] + 1
+            except r.RecordError as exc:
+                raise JournalCorrupt(path, frame.offset, str(exc)) from None
+            result.records += 1
+            yield rec, pack_loc(0, 0, inner) | base_loc | frame.offset
     if not sealed and not is_last:
         raise JournalCorrupt(path, decoder.offset, "segment ends without a seal")
     result.next_seq = next_seq
     end = decoder.offset if result.torn_at is None or not is_last else result.torn_at
-    result.segments.append(Segment(number, header, end, sealed))
+    result.segments.append(Segment(number, header, end, sealed, name))
 
 
 def _damage(
@@ -207,18 +244,27 @@ def _damage(
     result.torn_bytes = len(data) - offset
 
 
-def read_record_at(storage: Storage, salts: dict[int, int], loc: int) -> list[Any]:
-    """Read back and check the record at a packed location."""
+def read_record_at(storage: Storage, salts: dict[str, int], loc: int) -> list[Any]:
+    """Read back and check the record at a packed location.
+
+    ``salts`` maps segment file names to their salts. A location inside a
+    compacted block names the compacted segment of its number.
+    """
     segment, offset = unpack_loc(loc)
-    name = segment_name(segment)
+    inner = loc_inner(loc)
+    name = compacted_name(segment) if inner else segment_name(segment)
     header = storage.read_at(name, offset, FRAME_HEADER_SIZE)
-    if len(header) == FRAME_HEADER_SIZE:
+    if len(header) == FRAME_HEADER_SIZE and name in salts:
+        salt = salts[name]
         length = int.from_bytes(header[:4], "little") & FRAME_LENGTH_MASK
         frame = header + storage.read_at(name, offset + FRAME_HEADER_SIZE, length)
-        found = check_frame_at(frame, 0, salts.get(segment, -1))
-        if found is not None:
-            try:
-                return r.check(unpack_record(frame[FRAME_HEADER_SIZE:]))
-            except Exception:
-                pass
+        decoder = FrameDecoder(salt, blocks=bool(inner))
+        decoder.feed(frame)
+        try:
+            found = decoder.next_frame()
+            if found is not None:
+                payloads = decode_block(found.payload, salt) if inner else [found.payload]
+                return r.check(unpack_record(payloads[max(inner - 1, 0)]))
+        except Exception:
+            pass
     raise JournalCorrupt(_path(storage, name), offset, "record expected here is unreadable")

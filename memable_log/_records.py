@@ -33,6 +33,7 @@ COMPLETED: Final = 11
 FAILED: Final = 12
 CANCELLED: Final = 13
 RESTARTED: Final = 14
+STATE_IMAGE: Final = 15  # written by compaction only
 
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
@@ -64,6 +65,11 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
     ),
     CANCELLED: ("cancelled", ()),
     RESTARTED: ("restarted", ()),
+    STATE_IMAGE: (
+        "state_image",
+        (("state", (int,)), ("wait_key", _OPT_STR), ("status", _OPT_STR),
+         ("deadline_ms", _OPT_INT), ("timers", (dict,)), ("done_waits", (dict,))),
+    ),
 }
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
@@ -100,7 +106,24 @@ def check(rec: Any) -> list[Any]:
             raise RecordError(
                 f"{TYPE_NAMES[rtype]} record has a field of type {type(value).__name__}"
             )
+    if rtype == STATE_IMAGE:
+        _check_image(rec)
     return rec
+
+
+_N_STATES = 6  # see _lifecycle.STATE_NAMES
+_WAIT_KINDS = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT})
+
+
+def _check_image(rec: list[Any]) -> None:
+    if not 0 <= rec[4] < _N_STATES:
+        raise RecordError(f"state_image record has unknown state {rec[4]!r}")
+    for table, kinds in ((rec[8], None), (rec[9], _WAIT_KINDS)):
+        for key, value in table.items():
+            if type(key) is not str or type(value) is not int or (
+                kinds is not None and value not in kinds
+            ):
+                raise RecordError("state_image record has a bad timers or done_waits entry")
 
 
 def check_seal(rec: Any) -> int | None:

@@ -44,6 +44,8 @@ async def run_instance(engine: Engine, instance_id: str) -> None:
                 entry = engine._index.instances[instance_id]
                 if entry.state in lc.FINISHED:
                     break
+                if entry.state in lc.WAITING and not await _end_wait(engine, instance_id):
+                    break  # not due yet: it stays waiting
                 fn = engine._workflows[entry.workflow]
                 await _run_once(engine, instance_id, entry.workflow, fn)
                 if engine._index.instances[instance_id].state != lc.RUNNING:
@@ -56,10 +58,31 @@ async def run_instance(engine: Engine, instance_id: str) -> None:
     engine._after_run(instance_id)
 
 
+async def _end_wait(engine: Engine, instance_id: str) -> bool:
+    """Record that a due timer fired or a due suspension timed out.
+
+    Woken by its deadline, the instance is running again before the
+    workflow re-runs, so the re-run is an ordinary one even if the code no
+    longer reaches that key (a bumped timer key would otherwise leave it
+    sleeping on a passed deadline, woken again and again).
+    """
+    entry = engine._index.instances[instance_id]
+    key, deadline = entry.wait_key, entry.deadline_ms
+    if key is None or deadline is None or engine._clock.now_ms() < deadline:
+        return False
+    rtype = r.TIMER_FIRED if entry.state == lc.SLEEPING else r.SUSPEND_TIMED_OUT
+    await engine._append(r.make(rtype, engine._now(), instance_id, key))
+    return True
+
+
 async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) -> None:
     entry = engine._index.instances[instance_id]
     ctx = Context(engine, instance_id, workflow, await engine._value(entry.input, 5))
     error: BaseException | None = None
+    if entry.state not in lc.LIVE:
+        # engine.cancel landed while the input was read, before the scope
+        # below existed for it to cancel: the workflow must not start.
+        return
     with trio.CancelScope() as scope:
         engine._scopes[instance_id] = scope
         try:
@@ -88,10 +111,31 @@ async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) ->
             rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
     else:
         text = "".join(traceback.format_exception(error))
-        rec = r.make(r.FAILED, now, instance_id, type(error).__qualname__, str(error), text)
+        rec = r.make(r.FAILED, now, instance_id, *_describe(error), text)
     await engine._append(rec)
     if rec[0] == r.COMPLETED:
         logger.info("instance %s completed", instance_id, extra={"instance_id": instance_id})
     else:
         logger.warning("instance %s failed: %s: %s", instance_id, rec[4], rec[5],
                        extra={"instance_id": instance_id})
+
+
+def _describe(error: BaseException) -> tuple[str, str]:
+    """Type name and message of a workflow's error.
+
+    A failure inside a nursery of the workflow arrives as an exception
+    group; its leaves are what the user raised, so they name the failure.
+    """
+    if not isinstance(error, BaseExceptionGroup):
+        return type(error).__qualname__, str(error)
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [error]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1:
+        return type(leaves[0]).__qualname__, str(leaves[0])
+    return type(error).__qualname__, "; ".join(f"{type(e).__qualname__}: {e}" for e in leaves)

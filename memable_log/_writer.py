@@ -28,6 +28,7 @@ from typing import NoReturn
 import msgpack
 
 from . import _records as r
+from ._crashpoints import crashpoint
 from ._errors import JournalFailed
 from ._format import FORMAT_VERSION, HEADER_SIZE, SegmentHeader, pack_header, segment_name
 from ._framing import encode_frame
@@ -52,7 +53,7 @@ class SegmentWriter:
         self._size = 0
         self._records_in_segment = 0
         self._file: FileHandle | None = None
-        self.salts: dict[int, int] = {}  # segment number -> salt, for reads
+        self.salts: dict[str, int] = {}  # segment file name -> salt, for reads
 
     def recover(self, scan: ScanResult) -> None:
         """Make the scan's decisions durable and open the segment to append."""
@@ -70,11 +71,11 @@ class SegmentWriter:
                     file.sync()
                 finally:
                     file.close()
-            for name in scan.temp_files:
+            for name in scan.temp_files + scan.superseded:
                 self.storage.remove(name)
             self.storage.sync_dir()
             self.next_seq = scan.next_seq
-            self.salts = {seg.number: seg.header.salt for seg in scan.segments}
+            self.salts = {seg.name: seg.header.salt for seg in scan.segments}
             if last is None or last.sealed:
                 self._new_segment(last.number + 1 if last else 1)
                 return
@@ -106,6 +107,7 @@ class SegmentWriter:
                 seal = r.SEAL, self.next_seq + len(buf)
                 buf.append(encode_frame(msgpack.packb(seal), self._salt, batch_start=not buf))
                 self._write(buf, records=len(buf) - 1)
+                crashpoint("roll.after-seal")
                 buf, pending = [], 0
                 self._roll()
                 frame = encode_frame(payload, self._salt, batch_start=True)
@@ -119,8 +121,11 @@ class SegmentWriter:
     def _write(self, frames: list[bytes], records: int) -> None:
         assert self._file is not None
         data = b"".join(frames)
+        crashpoint("writer.torn-write", self._file, data)
         self._file.write(data)
+        crashpoint("writer.before-fsync")
         self._file.sync()
+        crashpoint("writer.after-fsync")
         self._size += len(data)
         self._records_in_segment += records
         self.next_seq += records
@@ -138,14 +143,17 @@ class SegmentWriter:
         temp = name + ".tmp"
         file = self.storage.create(temp)
         try:
+            crashpoint("roll.after-temp-create")
             file.write(pack_header(header))
             file.sync()
         finally:
             file.close()
+        crashpoint("roll.after-temp-sync")
         self.storage.rename(temp, name)
+        crashpoint("roll.after-rename")
         self.storage.sync_dir()
         self.segment, self._salt, self._size = number, salt, HEADER_SIZE
-        self.salts[number] = salt
+        self.salts[name] = salt
         self._records_in_segment = 0
         self._file = self.storage.open_append(name)
 

@@ -432,7 +432,7 @@ def test_header_version_zero_and_unknown_flags_are_rejected() -> None:
     with pytest.raises(HeaderError, match="unknown format version 0"):
         unpack_header(pack_header(header(version=0)))
     with pytest.raises(HeaderError, match="unknown segment flags"):
-        unpack_header(pack_header(header(flags=1)))
+        unpack_header(pack_header(header(flags=0x0002)))  # 0x0001 marks compaction
 
 
 def test_header_crc_covers_the_reserved_word() -> None:
