@@ -23,7 +23,7 @@ CRASH = "--crash-in-load"
 
 async def fetch_from_api() -> list[dict[str, object]]:
     print("  extract:v1    ran: fetched 3 records from the (pretend) API")
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()  # a real client would await the network here
     return [{"id": 1, "name": " Ada "}, {"id": 2, "name": "Grace"}, {"id": 3, "name": "Linus "}]
 
 

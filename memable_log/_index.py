@@ -72,7 +72,7 @@ class InstanceEntry:
     __slots__ = (
         "workflow", "state", "created_ms", "updated_ms", "input", "outcome",
         "error", "wait_key", "status", "deadline_ms", "steps", "signals",
-        "timers", "done_waits",
+        "timers", "done_waits", "last_seq",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -91,6 +91,7 @@ class InstanceEntry:
         self.timers: dict[str, int] | None = None  # key -> deadline_ms
         # keys whose wait ended: timers fired, suspensions timed out
         self.done_waits: dict[str, int] | None = None
+        self.last_seq = 0  # seq of its latest record (0: only compacted history)
 
     def memoised_steps(self) -> int:
         return sum(1 for e in self.steps.values() if entry_kind(e) != STEP_STARTED_AT)
@@ -112,14 +113,15 @@ class Index:
         self.records += 1
         if rtype == r.CREATED:
             if rec[3] not in self.instances:
-                self.instances[rec[3]] = InstanceEntry(
-                    sys.intern(rec[4]), rec[2], self._blob_or_loc(rec[5], loc)
-                )
+                entry = InstanceEntry(sys.intern(rec[4]), rec[2], self._blob_or_loc(rec[5], loc))
+                entry.last_seq = rec[1]
+                self.instances[rec[3]] = entry
             return
         inst = self.instances.get(rec[3])
         if inst is None:
             raise r.RecordError(f"record for unknown instance {rec[3]!r}")
         inst.updated_ms = rec[2]
+        inst.last_seq = rec[1]
         if not _APPLY[rtype](self, inst, rec, loc):
             return  # an early signal, an old key, a signalled suspension
         new_state = lc.next_state(inst.state, rtype)

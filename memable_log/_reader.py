@@ -103,12 +103,15 @@ def scan(storage: Storage, on_record: OnRecord | None = None) -> ScanResult:
     return result
 
 
-def iter_scan(storage: Storage, result: ScanResult) -> Iterator[tuple[list[Any], int]]:
+def iter_scan(
+    storage: Storage, result: ScanResult, upto: int | None = None
+) -> Iterator[tuple[list[Any], int]]:
     """Walk the journal like ``scan``, yielding (record, packed location).
 
     ``result`` is filled in as the walk goes; it is complete (torn tail
     included) once the generator is exhausted. Raises JournalCorrupt where
-    ``scan`` would, after yielding every record before the damage.
+    ``scan`` would, after yielding every record before the damage. With
+    ``upto``, the walk ends after segment ``upto``, which must be sealed.
     """
     names = storage.list()
     numbers = segment_numbers(names)
@@ -121,13 +124,15 @@ def iter_scan(storage: Storage, result: ScanResult) -> Iterator[tuple[list[Any],
         result.superseded = [segment_name(n) for n in numbers if n <= top]
         result.superseded += [compacted_name(n) for n in compacted[:-1]]
         walk = [(compacted_name(top), top)] + [(segment_name(n), n) for n in numbers if n > top]
+    if upto is not None:
+        walk = [(name, n) for name, n in walk if n <= upto]
     for i, (name, number) in enumerate(walk):
         if i and number != walk[i - 1][1] + 1:
             raise JournalCorrupt(
                 _path(storage, segment_name(walk[i - 1][1] + 1)), 0,
                 f"segment {walk[i - 1][1] + 1} is missing",
             )
-        is_last = i == len(walk) - 1
+        is_last = i == len(walk) - 1 and upto is None
         yield from _scan_segment(storage, name, number, is_last, result)
 
 

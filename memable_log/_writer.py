@@ -118,6 +118,19 @@ class SegmentWriter:
             self._write(buf, records=len(buf))
         return locs
 
+    def seal_and_roll(self) -> None:
+        """Seal the active segment (if it has records) and start the next one."""
+        if self.broken is not None:
+            raise JournalFailed(self.broken)
+        if not self._records_in_segment:
+            return
+        try:
+            seal = msgpack.packb((r.SEAL, self.next_seq))
+            self._write([encode_frame(seal, self._salt, batch_start=True)], records=0)
+            self._roll()
+        except OSError as exc:
+            self._break(exc)
+
     def _write(self, frames: list[bytes], records: int) -> None:
         assert self._file is not None
         data = b"".join(frames)

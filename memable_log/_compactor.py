@@ -1,0 +1,262 @@
+"""Compaction: the sealed part of the journal, rewritten as the state it amounts to.
+
+Theory of operation. Segments up to a sealed segment ``k`` are scanned into
+a fresh Index (their *prefix state*). For every instance kept, the records
+that rebuild exactly that state through ``Index.apply`` are synthesised:
+``created``, one record per memoised step outcome, per signal, a
+``state_image`` (state, wait, timers, finished waits) and, for a finished
+instance, its outcome. Superseded records (forgotten keys, at-most-once
+markers replaced by results, consumed suspensions, retries) simply have no
+counterpart. Instances past retention are left out.
+
+The records go, as zstd-compressed blocks of frames, into ``cmp-<k>.mlog``:
+written as a temp file, fsynced, renamed into place, directory fsynced.
+From that rename on, readers use it instead of every segment up to ``k``,
+which become leftovers; ``finish`` deletes them (and the writer deletes any
+that a crash left behind). A crash at any point leaves a journal that opens
+with the same contents.
+
+The new prefix index (with the new locations) is returned, so a running
+engine can re-point its index entries before the old files go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Container, Iterator
+from typing import Any
+
+import msgpack
+
+from . import _index as ix
+from . import _lifecycle as lc
+from . import _records as r
+from ._format import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    SEG_COMPACTED,
+    SegmentHeader,
+    compacted_name,
+    pack_header,
+)
+from ._framing import BLOCK_TARGET, encode_block, encode_frame
+from ._index import Index, InstanceEntry, pack_loc
+from ._reader import ScanResult, iter_scan
+from ._storage import Storage
+
+ReadRecord = Callable[[int], list[Any]]
+
+
+def prefix_state(storage: Storage, upto: int, inline_limit: int) -> tuple[Index, ScanResult]:
+    """The index of segments up to ``upto`` (sealed), and the scan's result."""
+    index = Index(inline_limit)
+    result = ScanResult()
+    for rec, loc in iter_scan(storage, result, upto):
+        index.apply(rec, loc)
+    return index, result
+
+
+def expired(index: Index, now_ms: int, retention_ms: int | None) -> set[str]:
+    """Finished instances last changed more than ``retention_ms`` ago."""
+    if retention_ms is None:
+        return set()
+    cutoff = now_ms - retention_ms
+    return {
+        iid for iid, e in index.instances.items()
+        if e.state in lc.FINISHED and e.updated_ms <= cutoff
+    }
+
+
+def synthesize(index: Index, read: ReadRecord, drop: Container[str] = ()) -> Iterator[list[Any]]:
+    """Records that rebuild ``index`` (less ``drop``) when applied in order."""
+    for iid, entry in index.instances.items():
+        if iid not in drop:
+            yield from _instance_records(iid, entry, read)
+
+
+def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[list[Any]]:
+    def blob(where: ix.Entry, field: int) -> bytes:
+        return where if type(where) is bytes else read(where)[field]  # type: ignore[arg-type]
+
+    ts = e.updated_ms
+    yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, 5)]
+    for key, step in e.steps.items():
+        kind = ix.entry_kind(step)
+        if kind == ix.STEP_DONE_AT:
+            value = step if type(step) is bytes else read(ix.entry_loc(step))[5]  # type: ignore[arg-type]
+            yield [r.STEP_DONE, 0, ts, iid, key, value]
+        elif kind == ix.STEP_FAILED_AT:
+            failed = read(ix.entry_loc(step))  # type: ignore[arg-type]
+            yield [r.STEP_FAILED, 0, ts, iid, key, failed[5], failed[6], failed[7]]
+        else:
+            yield [r.STEP_STARTED, 0, ts, iid, key]
+    for key, payload in (e.signals or {}).items():
+        yield [r.SIGNALLED, 0, ts, iid, key, blob(payload, 5)]
+    state = e.state if e.state in lc.LIVE else lc.RUNNING
+    if state != lc.RUNNING or e.timers or e.done_waits:  # else ``created`` said it all
+        yield [
+            r.STATE_IMAGE, 0, ts, iid, state, e.wait_key, e.status, e.deadline_ms,
+            dict(e.timers or {}), dict(e.done_waits or {}),
+        ]
+    if e.state == lc.COMPLETED:
+        assert e.outcome is not None
+        yield [r.COMPLETED, 0, ts, iid, blob(e.outcome, 4)]
+    elif e.state == lc.FAILED:
+        failed = read(e.outcome)  # type: ignore[arg-type]
+        yield [r.FAILED, 0, ts, iid, failed[4], failed[5], failed[6]]
+    elif e.state == lc.CANCELLED:
+        yield [r.CANCELLED, 0, ts, iid]
+
+
+def write_compacted(
+    storage: Storage, upto: int, next_seq: int, records: Iterator[list[Any]], inline_limit: int
+) -> tuple[Index, int]:
+    """Write ``cmp-<upto>`` durably; return its index (new locations) and its salt."""
+    salt = int.from_bytes(os.urandom(4), "little")
+    name = compacted_name(upto)
+    temp = name + ".tmp"
+    index = Index(inline_limit)
+    file = storage.create(temp)
+    try:
+        file.write(pack_header(SegmentHeader(FORMAT_VERSION, SEG_COMPACTED, salt, upto, next_seq)))
+        offset = HEADER_SIZE
+        payloads: list[bytes] = []
+        pending: list[list[Any]] = []
+        size = 0
+
+        def flush() -> int:
+            frame = encode_block(payloads, salt)
+            for inner, rec in enumerate(pending, 1):
+                index.apply(rec, pack_loc(upto, offset, inner))
+            file.write(frame)
+            payloads.clear()
+            pending.clear()
+            return offset + len(frame)
+
+        for rec in records:
+            payload = msgpack.packb(rec)
+            payloads.append(payload)
+            pending.append(rec)
+            size += len(payload)
+            if size >= BLOCK_TARGET:
+                offset, size = flush(), 0
+        if payloads:
+            offset = flush()
+        file.write(encode_frame(msgpack.packb([r.SEAL, next_seq]), salt))
+        file.sync()
+    finally:
+        file.close()
+    storage.rename(temp, name)
+    storage.sync_dir()
+    return index, salt
+
+
+def finish(storage: Storage, upto: int) -> list[str]:
+    """Delete what ``cmp-<upto>`` replaced, durably; return the names deleted."""
+    result = ScanResult()
+    for _ in iter_scan(storage, result, upto):
+        pass
+    for name in result.superseded:
+        storage.remove(name)
+    if result.superseded:
+        storage.sync_dir()
+    return result.superseded
+
+
+def remap(live: Index, fresh: Index, upto: int, only: Container[str] | None = None) -> int:
+    """Re-point ``live`` entries that point into segments up to ``upto``.
+
+    ``fresh`` is the compacted segment's index: same keys, new locations.
+    Returns how many entries changed. Entries written since (later
+    segments) are left alone.
+    """
+    changed = 0
+
+    def old(value: ix.Entry, shift: int) -> bool:
+        if type(value) is bytes:
+            return False
+        loc = value >> shift  # type: ignore[operator]
+        segment = ix.unpack_loc(loc)[0]
+        # Old: in a plain segment up to ``upto``, or in an older compacted one.
+        return segment < upto or (segment == upto and ix.loc_inner(loc) == 0)
+
+    for iid, new in fresh.instances.items():
+        if only is not None and iid not in only:
+            continue
+        entry = live.instances.get(iid)
+        if entry is None:
+            continue
+        if old(entry.input, 0):
+            entry.input, changed = new.input, changed + 1
+        if entry.outcome is not None and old(entry.outcome, 0) and new.outcome is not None:
+            entry.outcome, changed = new.outcome, changed + 1
+        for key, value in entry.steps.items():
+            if old(value, 2) and key in new.steps:
+                entry.steps[key], changed = new.steps[key], changed + 1
+        if entry.signals:
+            for key, value in entry.signals.items():
+                if old(value, 0) and new.signals and key in new.signals:
+                    entry.signals[key], changed = new.signals[key], changed + 1
+    return changed
+
+
+class CompactStats:
+    """What an offline compaction did."""
+
+    __slots__ = (
+        "bytes_after", "bytes_before", "instances_dropped", "records_after", "records_before",
+        "upto",
+    )
+
+    def __init__(self) -> None:
+        self.upto = 0
+        self.bytes_before = self.bytes_after = 0
+        self.records_before = self.records_after = 0
+        self.instances_dropped = 0
+
+
+def journal_bytes(storage: Storage) -> int:
+    return sum(storage.size(n) for n in storage.list() if n.endswith(".mlog"))
+
+
+def compact_offline(
+    storage: Storage,
+    *,
+    now_ms: int,
+    retention_ms: int | None,
+    inline_limit: int = ix.DEFAULT_INLINE_LIMIT,
+) -> CompactStats:
+    """Compact a journal no engine holds: everything, up to the live end.
+
+    Takes the lock (JournalLocked if an engine holds it), seals the active
+    segment if it has records, and compacts every sealed segment.
+    """
+    from ._offline import OfflineJournal
+    from ._reader import read_record_at
+
+    stats = CompactStats()
+    with OfflineJournal(storage) as journal:
+        stats.bytes_before = journal_bytes(storage)
+        stats.records_before = journal.scan_result.records
+        journal.writer.seal_and_roll()
+        upto = journal.writer.segment - 1
+        drop = expired(journal.index, now_ms, retention_ms)
+        first = journal.scan_result.segments[0] if journal.scan_result.segments else None
+        already = first is not None and first.name == compacted_name(upto)
+        if upto >= 1 and not (already and not drop):
+            salts = dict(journal.writer.salts)
+            def read(loc: int) -> list[Any]:
+                return read_record_at(storage, salts, loc)
+
+            records = synthesize(journal.index, read, drop)
+            fresh, _ = write_compacted(
+                storage, upto, journal.writer.next_seq, records, inline_limit
+            )
+            finish(storage, upto)
+            stats.records_after = fresh.records
+            stats.instances_dropped = len(drop)
+        else:
+            stats.records_after = stats.records_before
+        stats.upto = upto
+        stats.bytes_after = journal_bytes(storage)
+    return stats
