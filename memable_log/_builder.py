@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Self
 
 from ._clock import Clock
@@ -13,6 +14,8 @@ from ._index import DEFAULT_INLINE_LIMIT
 from ._memstorage import MemoryStorage
 from ._storage import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, FileStorage, Storage
 from ._writer import DEFAULT_SEGMENT_SIZE
+
+DEFAULT_RETENTION = 7 * 24 * 3600.0
 
 
 class EngineBuilder:
@@ -28,6 +31,8 @@ class EngineBuilder:
         self._max_running: int | None = None
         self._segment_size = DEFAULT_SEGMENT_SIZE
         self._inline_limit = DEFAULT_INLINE_LIMIT
+        self._retention: float | None = DEFAULT_RETENTION
+        self._compaction = True
 
     def open(
         self,
@@ -98,6 +103,25 @@ class EngineBuilder:
         self._inline_limit = size
         return self
 
+    def retention(self, period: float | timedelta | None) -> Self:
+        """How long compaction keeps finished instances (seconds or timedelta).
+
+        Completed, failed and cancelled instances unchanged for longer are
+        dropped from the journal and from memory. None keeps them forever.
+        Default: 7 days.
+        """
+        if period is not None:
+            period = period.total_seconds() if isinstance(period, timedelta) else float(period)
+            if not period >= 0:
+                raise ValueError("retention must be >= 0 seconds, or None")
+        self._retention = period
+        return self
+
+    def compaction(self, enabled: bool = True) -> Self:
+        """Compact sealed segments in the background after each roll-over."""
+        self._compaction = enabled
+        return self
+
     def build(self) -> Engine:
         if self._storage is None:
             raise ValueError("say where the journal lives: .open(path) or .in_memory()")
@@ -108,4 +132,6 @@ class EngineBuilder:
             max_running=self._max_running,
             segment_size=self._segment_size,
             inline_limit=self._inline_limit,
+            retention_ms=None if self._retention is None else round(self._retention * 1000),
+            compaction=self._compaction,
         )

@@ -38,6 +38,8 @@ from ._format import (
     SegmentHeader,
     compacted_name,
     pack_header,
+    parse_compacted_name,
+    parse_segment_name,
 )
 from ._framing import BLOCK_TARGET, encode_block, encode_frame
 from ._index import Index, InstanceEntry, pack_loc
@@ -151,16 +153,27 @@ def write_compacted(
     return index, salt
 
 
+def superseded_by(names: list[str], upto: int) -> list[str]:
+    """The files that ``cmp-<upto>`` replaces: segments up to it, older compactions."""
+    out = []
+    for name in names:
+        number = parse_segment_name(name)
+        if number is not None and number <= upto:
+            out.append(name)
+        number = parse_compacted_name(name)
+        if number is not None and number < upto:
+            out.append(name)
+    return out
+
+
 def finish(storage: Storage, upto: int) -> list[str]:
     """Delete what ``cmp-<upto>`` replaced, durably; return the names deleted."""
-    result = ScanResult()
-    for _ in iter_scan(storage, result, upto):
-        pass
-    for name in result.superseded:
+    names = superseded_by(storage.list(), upto)
+    for name in names:
         storage.remove(name)
-    if result.superseded:
+    if names:
         storage.sync_dir()
-    return result.superseded
+    return names
 
 
 def remap(live: Index, fresh: Index, upto: int, only: Container[str] | None = None) -> int:

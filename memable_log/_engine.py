@@ -55,6 +55,7 @@ from ._inbox import (
 )
 from ._index import Index
 from ._journal import Journal
+from ._maintenance import Compaction
 from ._runner import run_instance
 from ._signals import check_signal
 from ._status import InstanceStatus, status_of
@@ -81,6 +82,8 @@ class Engine:
         max_running: int | None,
         segment_size: int,
         inline_limit: int,
+        retention_ms: int | None = None,
+        compaction: bool = True,
     ) -> None:
         self._make_storage = storage
         self._clock = clock
@@ -88,6 +91,9 @@ class Engine:
         self._max_running = max_running
         self._segment_size = segment_size
         self._inline_limit = inline_limit
+        self._retention_ms = retention_ms
+        self._compaction_enabled = compaction
+        self._compaction: Compaction | None = None
         self._workflows: dict[str, Workflow] = {}
         self._index = Index(inline_limit)
         self._journal: Journal | None = None
@@ -146,6 +152,10 @@ class Engine:
         self._timers = TimerQueue(self._clock, self._on_deadline)
         self._nursery.start_soon(self._timers.run)
         self._resume_all()
+        if self._compaction_enabled:
+            self._compaction = Compaction(self._retention_ms)
+            self._compaction.start(journal)
+            self._nursery.start_soon(self._compaction.run, self, journal, storage)
         if isinstance(storage, FileStorage):
             # Hand-overs left while no engine ran are applied before we return.
             await self._apply_handovers(storage.path, pending(storage.path))
@@ -197,7 +207,12 @@ class Engine:
             for event in self._changed.values():
                 event.set()
             self._changed.clear()
-            await journal.__aexit__(None, None, None)
+            try:
+                if self._compaction is not None and journal.failed is None:
+                    await self._compaction.close(journal.storage)
+            finally:
+                self._compaction = None
+                await journal.__aexit__(None, None, None)
 
     async def _inbox_service(self, watcher: InboxWatcher) -> None:
         """Apply signals handed over by other processes (see _inbox.py)."""

@@ -68,6 +68,7 @@ class Journal:
         self._next_seq = 1
         self._batch = _Batch()
         self._work = trio.Event()
+        self._rolled = trio.Event()  # set (and replaced) when a segment is sealed
         self._error: str | None = None
         self._open = False
         self._closing = False
@@ -169,12 +170,16 @@ class Journal:
                 self._work = trio.Event()
                 continue
             self._batch = _Batch()
+            segment = self.writer.segment
             try:
                 locs = await self._commit(batch.payloads)
             except JournalFailed as exc:
                 self._fail(batch, exc.reason)
                 return
             self.commits += 1
+            if self.writer.segment != segment:
+                rolled, self._rolled = self._rolled, trio.Event()
+                rolled.set()
             apply = self.index.apply
             for rec, loc in zip(batch.records, locs, strict=False):
                 apply(rec, loc)
@@ -206,6 +211,10 @@ class Journal:
         for failed in (batch, self._batch):
             failed.error = reason
             failed.done.set()
+
+    async def wait_for_roll(self) -> None:
+        """Return once the next segment roll-over is done."""
+        await self._rolled.wait()
 
     # -- reading ------------------------------------------------------------
 

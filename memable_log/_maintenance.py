@@ -1,0 +1,114 @@
+"""Background compaction inside a running engine.
+
+Theory of operation. After every segment roll-over the service compacts all
+sealed segments (see _compactor.py) on a worker thread, so the appender
+never waits for it:
+
+1. scan the sealed prefix into a private index;
+2. choose the instances to drop: finished in the prefix, unchanged for the
+   retention period, with no record after the prefix (``last_seq``), and
+   take them out of the live index at once, so nothing new can mention them;
+3. write ``cmp-<k>`` (temp, fsync, rename, directory fsync);
+4. re-point the live index's locations into the old segments at the new
+   file, a thousand instances between checkpoints.
+
+The old segments stay until the *next* compaction (or the engine's exit):
+a task may hold a location it looked up before step 4 and read it a moment
+later. Until they go they are leftovers that any reader skips and the
+writer deletes if a crash comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _lifecycle as lc
+from ._compactor import expired, finish, prefix_state, remap, synthesize, write_compacted
+from ._errors import EngineError
+from ._format import compacted_name
+from ._journal import Journal
+from ._reader import read_record_at
+from ._storage import Storage
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+logger = logging.getLogger("memable_log")
+
+_REMAP_CHUNK = 1000
+
+
+class Compaction:
+    """State of background compaction for one engine lifetime."""
+
+    def __init__(self, retention_ms: int | None) -> None:
+        self.retention_ms = retention_ms
+        self.compacted_upto = 0  # the newest cmp-<k> in use
+        self.leftovers_upto = 0  # segments up to it still wait for deletion
+        self.runs = 0
+
+    def start(self, journal: Journal) -> None:
+        scan = journal.scan_result
+        if scan is not None and scan.segments and scan.segments[0].name.startswith("cmp-"):
+            self.compacted_upto = scan.segments[0].number
+
+    async def _io(self, storage: Storage, fn: Any, *args: Any) -> Any:
+        if storage.blocking:
+            return await trio.to_thread.run_sync(fn, *args)
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    async def run(self, engine: Engine, journal: Journal, storage: Storage) -> None:
+        """The service: compact after every roll-over, until cancelled."""
+        while True:
+            await journal.wait_for_roll()
+            upto = journal.writer.segment - 1
+            if upto <= self.compacted_upto:
+                continue
+            try:
+                await self.compact(engine, journal, storage, upto)
+            except (OSError, EngineError) as exc:
+                logger.error("background compaction stopped: %s", exc)
+                return
+
+    async def compact(self, engine: Engine, journal: Journal, storage: Storage, upto: int) -> None:
+        if self.leftovers_upto:
+            await self._io(storage, finish, storage, self.leftovers_upto)
+            self.leftovers_upto = 0
+        inline = engine._inline_limit
+        prefix, result = await self._io(storage, prefix_state, storage, upto, inline)
+        now = engine._now()
+        live = engine._index.instances
+        drop = set()
+        for iid in expired(prefix, now, self.retention_ms):
+            entry = live.get(iid)
+            untouched = entry is not None and entry.last_seq < result.next_seq
+            if untouched and entry is not None and entry.state in lc.FINISHED:
+                drop.add(iid)
+                del live[iid]
+        salts = dict(journal.writer.salts)
+        records = synthesize(prefix, partial(read_record_at, storage, salts), drop)
+        fresh, salt = await self._io(
+            storage, write_compacted, storage, upto, result.next_seq, records, inline
+        )
+        journal.writer.salts[compacted_name(upto)] = salt
+        ids = list(fresh.instances)
+        for start in range(0, len(ids), _REMAP_CHUNK):
+            remap(engine._index, fresh, upto, only=set(ids[start : start + _REMAP_CHUNK]))
+            await trio.lowlevel.checkpoint()
+        self.compacted_upto = self.leftovers_upto = upto
+        self.runs += 1
+        logger.info(
+            "compacted segments up to %d: %d records kept, %d instances dropped",
+            upto, fresh.records, len(drop),
+        )
+
+    async def close(self, storage: Storage) -> None:
+        """Delete the leftovers of the last compaction (no task holds them now)."""
+        if self.leftovers_upto:
+            await self._io(storage, finish, storage, self.leftovers_upto)
+            self.leftovers_upto = 0
