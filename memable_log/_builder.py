@@ -33,6 +33,7 @@ class EngineBuilder:
         self._inline_limit = DEFAULT_INLINE_LIMIT
         self._retention: float | None = DEFAULT_RETENTION
         self._compaction = True
+        self._snapshots = True
 
     def open(
         self,
@@ -122,6 +123,11 @@ class EngineBuilder:
         self._compaction = enabled
         return self
 
+    def snapshots(self, enabled: bool = True) -> Self:
+        """Keep an index snapshot so start-up reads only the journal's tail."""
+        self._snapshots = enabled
+        return self
+
     def build(self) -> Engine:
         if self._storage is None:
             raise ValueError("say where the journal lives: .open(path) or .in_memory()")
@@ -134,4 +140,5 @@ class EngineBuilder:
             inline_limit=self._inline_limit,
             retention_ms=None if self._retention is None else round(self._retention * 1000),
             compaction=self._compaction,
+            snapshots=self._snapshots,
         )

@@ -84,6 +84,7 @@ class Engine:
         inline_limit: int,
         retention_ms: int | None = None,
         compaction: bool = True,
+        snapshots: bool = True,
     ) -> None:
         self._make_storage = storage
         self._clock = clock
@@ -93,6 +94,7 @@ class Engine:
         self._inline_limit = inline_limit
         self._retention_ms = retention_ms
         self._compaction_enabled = compaction
+        self._snapshots = snapshots
         self._compaction: Compaction | None = None
         self._workflows: dict[str, Workflow] = {}
         self._index = Index(inline_limit)
@@ -139,7 +141,9 @@ class Engine:
         storage = await trio.to_thread.run_sync(self._make_storage)
         self._clock.start()
         self._index = Index(self._inline_limit)
-        journal = Journal(storage, self._index, segment_size=self._segment_size)
+        journal = Journal(
+            storage, self._index, segment_size=self._segment_size, snapshots=self._snapshots
+        )
         await journal.__aenter__()  # JournalLocked / JournalCorrupt surface as themselves
         try:
             self._limiter = trio.CapacityLimiter(self._max_running or math.inf)

@@ -172,6 +172,7 @@ class FrameDecoder:
 # Blocks: compaction packs runs of frames into one zstd-compressed frame.
 BLOCK_TARGET = 64 * 1024  # uncompressed bytes per block, about
 _MAX_BLOCK = 4 * MAX_RECORD  # decompressed bytes a block may claim
+_BLOCK_CHUNK = 256 * 1024  # decompressed bytes read at a time
 
 
 def encode_block(payloads: list[bytes], salt: int) -> bytes:
@@ -182,13 +183,20 @@ def encode_block(payloads: list[bytes], salt: int) -> bytes:
 
 def decode_block(payload: bytes, salt: int) -> list[bytes]:
     """The inner payloads of a block frame; FrameError(offset 0) if damaged."""
+    # Read in chunks: ``read(n)`` allocates n bytes up front, and a 64 MiB
+    # buffer per block would make every start-up pay for the cap.
+    chunks: list[bytes] = []
+    size = 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(payload)
-        inner = reader.read(_MAX_BLOCK + 1)
+        while chunk := reader.read(_BLOCK_CHUNK):
+            size += len(chunk)
+            if size > _MAX_BLOCK:
+                raise FrameError(0, "block larger than the cap")
+            chunks.append(chunk)
     except zstandard.ZstdError as exc:
         raise FrameError(0, f"undecodable block: {exc}") from None
-    if len(inner) > _MAX_BLOCK:
-        raise FrameError(0, "block larger than the cap")
+    inner = b"".join(chunks)
     decoder = FrameDecoder(salt)
     decoder.feed(inner)
     out = []

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
-from ._errors import JournalClosed, JournalFailed
+from . import _snapshot
+from ._errors import JournalClosed, JournalCorrupt, JournalFailed
+from ._format import segment_name
 from ._index import Index
 from ._reader import ScanResult, read_record_at, scan
 from ._storage import Storage
@@ -56,8 +58,11 @@ class Journal:
         index: Index | None = None,
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        snapshots: bool = False,
     ) -> None:
         self.storage = storage
+        self.snapshots = snapshots  # load one at open; write one at a clean close
+        self.resumed = False  # whether the open started from a snapshot
         self.index = index if index is not None else Index()
         self.writer = SegmentWriter(storage, segment_size)
         self.scan_result: ScanResult | None = None
@@ -74,6 +79,7 @@ class Journal:
         self._closing = False
         self._nursery_cm: Any = None
         self._locked = False
+        self.keep_snapshot = True  # cleared when the index may not match the files
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -89,13 +95,27 @@ class Journal:
         self.storage.lock()
         self._locked = True
         try:
-            self.scan_result = scan(self.storage, self.index.apply)
+            self.scan_result = self._scan()
             self.writer.recover(self.scan_result)
             self._next_seq = self.writer.next_seq
         except BaseException:
             self.storage.unlock()
             self._locked = False
             raise
+
+    def _scan(self) -> ScanResult:
+        resume = _snapshot.load(self.storage, self.index) if self.snapshots else None
+        if resume is not None:
+            try:
+                result = scan(self.storage, self.index.apply, resume)
+                self.resumed = True
+                return result
+            except JournalCorrupt:
+                # Damage after the snapshot's position is reported by the
+                # full scan too; anything else was the snapshot's fault.
+                self.index.instances = {}
+                self.index.records = 0
+        return scan(self.storage, self.index.apply)
 
     async def __aexit__(
         self,
@@ -109,6 +129,8 @@ class Journal:
             # The body's exception propagates by itself, unwrapped; the
             # nursery reports only failures of the appender task.
             await self._nursery_cm.__aexit__(None, None, None)
+            if self.snapshots and self._error is None and self.keep_snapshot:
+                await self._run_io(self._write_snapshot)
             return None
         finally:
             self._open = False
@@ -215,6 +237,12 @@ class Journal:
     async def wait_for_roll(self) -> None:
         """Return once the next segment roll-over is done."""
         await self._rolled.wait()
+
+    def _write_snapshot(self) -> None:
+        writer = self.writer
+        position = (segment_name(writer.segment), writer.size, writer.next_seq, self.index.records)
+        segments = _snapshot.current_segments(self.storage, writer.salts, writer.size)
+        _snapshot.write(self.storage, _snapshot.encode(self.index, position, segments))
 
     # -- reading ------------------------------------------------------------
 

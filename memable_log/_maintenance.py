@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import _lifecycle as lc
+from . import _snapshot
 from ._compactor import expired, finish, prefix_state, remap, synthesize, write_compacted
 from ._errors import EngineError
-from ._format import compacted_name
+from ._format import HEADER_SIZE, compacted_name, segment_name
 from ._journal import Journal
 from ._reader import read_record_at
 from ._storage import Storage
@@ -83,18 +84,28 @@ class Compaction:
         prefix, result = await self._io(storage, prefix_state, storage, upto, inline)
         now = engine._now()
         live = engine._index.instances
-        drop = set()
+        # Out of the live index at once, so nothing new can mention them;
+        # back in if the compacted file never replaces their segments.
+        removed = {}
         for iid in expired(prefix, now, self.retention_ms):
             entry = live.get(iid)
             untouched = entry is not None and entry.last_seq < result.next_seq
             if untouched and entry is not None and entry.state in lc.FINISHED:
-                drop.add(iid)
-                del live[iid]
+                removed[iid] = live.pop(iid)
         salts = dict(journal.writer.salts)
-        records = synthesize(prefix, partial(read_record_at, storage, salts), drop)
-        fresh, salt = await self._io(
-            storage, write_compacted, storage, upto, result.next_seq, records, inline
-        )
+        records = synthesize(prefix, partial(read_record_at, storage, salts), removed)
+        written = False
+        try:
+            fresh, salt = await self._io(
+                storage, write_compacted, storage, upto, result.next_seq, records, inline
+            )
+            written = True
+        except BaseException:
+            journal.keep_snapshot = False  # the rename may have happened
+            raise
+        finally:
+            if not written:
+                live.update(removed)
         journal.writer.salts[compacted_name(upto)] = salt
         ids = list(fresh.instances)
         for start in range(0, len(ids), _REMAP_CHUNK):
@@ -102,10 +113,29 @@ class Compaction:
             await trio.lowlevel.checkpoint()
         self.compacted_upto = self.leftovers_upto = upto
         self.runs += 1
+        if journal.snapshots:
+            next_name = segment_name(upto + 1)
+            position = (next_name, HEADER_SIZE, result.next_seq, fresh.records)
+            await self._io(
+                storage, self._snapshot, storage, fresh, position,
+                [(compacted_name(upto), salt), (next_name, journal.writer.salts[next_name])],
+            )
         logger.info(
             "compacted segments up to %d: %d records kept, %d instances dropped",
-            upto, fresh.records, len(drop),
+            upto, fresh.records, len(removed),
         )
+
+    @staticmethod
+    def _snapshot(
+        storage: Storage, index: Any, position: Any, segments: list[tuple[str, int]]
+    ) -> None:
+        cmp_name, cmp_salt = segments[0]
+        next_name, next_salt = segments[1]
+        covered = [
+            _snapshot.covered(storage, cmp_name, cmp_salt, storage.size(cmp_name)),
+            _snapshot.covered(storage, next_name, next_salt, HEADER_SIZE),
+        ]
+        _snapshot.write(storage, _snapshot.encode(index, position, covered))
 
     async def close(self, storage: Storage) -> None:
         """Delete the leftovers of the last compaction (no task holds them now)."""

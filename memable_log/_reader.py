@@ -84,14 +84,16 @@ def unpack_record(payload: bytes) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
 
 
-def scan(storage: Storage, on_record: OnRecord | None = None) -> ScanResult:
+def scan(
+    storage: Storage, on_record: OnRecord | None = None, resume: Resume | None = None
+) -> ScanResult:
     """Check the whole journal, feeding each record to ``on_record``.
 
     Raises JournalCorrupt for damage outside the torn tail, and for a
     RecordError raised by ``on_record`` (the record cannot be applied).
     """
     result = ScanResult()
-    for rec, loc in iter_scan(storage, result):
+    for rec, loc in iter_scan(storage, result, resume=resume):
         if on_record is not None:
             try:
                 on_record(rec, loc)
@@ -103,16 +105,24 @@ def scan(storage: Storage, on_record: OnRecord | None = None) -> ScanResult:
     return result
 
 
-def iter_scan(
-    storage: Storage, result: ScanResult, upto: int | None = None
-) -> Iterator[tuple[list[Any], int]]:
-    """Walk the journal like ``scan``, yielding (record, packed location).
+@dataclass
+class Resume:
+    """Where a scan may start instead of the beginning (from an index snapshot).
 
-    ``result`` is filled in as the walk goes; it is complete (torn tail
-    included) once the generator is exhausted. Raises JournalCorrupt where
-    ``scan`` would, after yielding every record before the damage. With
-    ``upto``, the walk ends after segment ``upto``, which must be sealed.
+    ``index`` is the position in the walk of the segment to resume in;
+    ``segments`` describes the walk's segments before it (already applied);
+    ``offset`` and ``next_seq`` say where in that segment to go on.
     """
+
+    index: int
+    offset: int
+    next_seq: int
+    records: int
+    segments: list[Segment]
+
+
+def plan_walk(storage: Storage, result: ScanResult) -> list[tuple[str, int]]:
+    """The segment files to read, in order; fills in temp and superseded files."""
     names = storage.list()
     numbers = segment_numbers(names)
     result.temp_files = [n for n in names if n.endswith(".tmp")]
@@ -124,16 +134,45 @@ def iter_scan(
         result.superseded = [segment_name(n) for n in numbers if n <= top]
         result.superseded += [compacted_name(n) for n in compacted[:-1]]
         walk = [(compacted_name(top), top)] + [(segment_name(n), n) for n in numbers if n > top]
+    return walk
+
+
+def iter_scan(
+    storage: Storage,
+    result: ScanResult,
+    upto: int | None = None,
+    resume: Resume | None = None,
+) -> Iterator[tuple[list[Any], int]]:
+    """Walk the journal like ``scan``, yielding (record, packed location).
+
+    ``result`` is filled in as the walk goes; it is complete (torn tail
+    included) once the generator is exhausted. Raises JournalCorrupt where
+    ``scan`` would, after yielding every record before the damage. With
+    ``upto``, the walk ends after segment ``upto``, which must be sealed.
+    With ``resume``, what lies before it is taken as read (see _snapshot).
+    """
+    walk = plan_walk(storage, result)
     if upto is not None:
         walk = [(name, n) for name, n in walk if n <= upto]
+    start, first_seq = HEADER_SIZE, None
+    if resume is not None:
+        result.segments = list(resume.segments)
+        result.records = resume.records
+        start, first_seq = resume.offset, resume.next_seq
     for i, (name, number) in enumerate(walk):
+        if resume is not None and i < resume.index:
+            continue
         if i and number != walk[i - 1][1] + 1:
             raise JournalCorrupt(
                 _path(storage, segment_name(walk[i - 1][1] + 1)), 0,
                 f"segment {walk[i - 1][1] + 1} is missing",
             )
         is_last = i == len(walk) - 1 and upto is None
-        yield from _scan_segment(storage, name, number, is_last, result)
+        resumed = resume is not None and i == resume.index
+        yield from _scan_segment(
+            storage, name, number, is_last, result,
+            start if resumed else HEADER_SIZE, first_seq if resumed else None,
+        )
 
 
 def _path(storage: Storage, name: str) -> str:
@@ -142,6 +181,7 @@ def _path(storage: Storage, name: str) -> str:
 
 def _scan_segment(
     storage: Storage, name: str, number: int, is_last: bool, result: ScanResult,
+    start: int = HEADER_SIZE, resume_seq: int | None = None,
 ) -> Iterator[tuple[list[Any], int]]:
     path = _path(storage, name)
     data = storage.read(name)
@@ -155,7 +195,9 @@ def _scan_segment(
     compacted = bool(header.flags & SEG_COMPACTED)
     if compacted != name.startswith("cmp-"):
         raise JournalCorrupt(path, 0, "the segment's compacted flag does not match its name")
-    if result.segments:
+    if resume_seq is not None:
+        pass  # resumed from a snapshot: what came before was checked when it was taken
+    elif result.segments:
         if compacted:
             raise JournalCorrupt(path, 0, "a compacted segment after the first one")
         if header.first_seq != result.next_seq:
@@ -169,9 +211,9 @@ def _scan_segment(
         )
     # Records of a compacted segment are history rewritten: their seq is 0
     # and the header's first_seq is the seq of the record after them.
-    next_seq = header.first_seq
-    decoder = FrameDecoder(header.salt, HEADER_SIZE, blocks=compacted)
-    decoder.feed(data[HEADER_SIZE:])
+    next_seq = header.first_seq if resume_seq is None else resume_seq
+    decoder = FrameDecoder(header.salt, start, blocks=compacted)
+    decoder.feed(data[start:])
     sealed = False
     base_loc = pack_loc(number, 0)
     while True:

@@ -118,6 +118,11 @@ class SegmentWriter:
             self._write(buf, records=len(buf))
         return locs
 
+    @property
+    def size(self) -> int:
+        """Bytes in the active segment (all of them durable after a commit)."""
+        return self._size
+
     def seal_and_roll(self) -> None:
         """Seal the active segment (if it has records) and start the next one."""
         if self.broken is not None:
