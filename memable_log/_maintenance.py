@@ -94,15 +94,15 @@ class Compaction:
                 removed[iid] = live.pop(iid)
         salts = dict(journal.writer.salts)
         records = synthesize(prefix, partial(read_record_at, storage, salts), removed)
+        # Until the live index points at the new file, it must not be saved
+        # as a snapshot: its locations may name segments that are leftovers.
+        journal.keep_snapshot = False
         written = False
         try:
             fresh, salt = await self._io(
                 storage, write_compacted, storage, upto, result.next_seq, records, inline
             )
             written = True
-        except BaseException:
-            journal.keep_snapshot = False  # the rename may have happened
-            raise
         finally:
             if not written:
                 live.update(removed)
@@ -111,6 +111,7 @@ class Compaction:
         for start in range(0, len(ids), _REMAP_CHUNK):
             remap(engine._index, fresh, upto, only=set(ids[start : start + _REMAP_CHUNK]))
             await trio.lowlevel.checkpoint()
+        journal.keep_snapshot = True
         self.compacted_upto = self.leftovers_upto = upto
         self.runs += 1
         if journal.snapshots:
