@@ -30,11 +30,14 @@ from ._errors import UnknownInstance as UnknownInstance
 from ._errors import UnknownWorkflow as UnknownWorkflow
 from ._errors import WorkflowCancelled as WorkflowCancelled
 from ._errors import WorkflowFailed as WorkflowFailed
+from .journal import FollowGap as FollowGap
+from .journal import JournalFollower as JournalFollower
 from .journal import JournalReader as JournalReader
 from .journal import NotAJournal as NotAJournal
 from .journal import RecordView as RecordView
 from .journal import TornTail as TornTail
 from .journal import decode_value as decode_value
+from .journal import follow_journal as follow_journal
 from .journal import read_journal as read_journal
 
 if TYPE_CHECKING:
@@ -78,10 +81,12 @@ __all__ = [
     "EngineBuilder",
     "EngineError",
     "ErrorInfo",
+    "FollowGap",
     "InstanceStatus",
     "JournalClosed",
     "JournalCorrupt",
     "JournalFailed",
+    "JournalFollower",
     "JournalFormatError",
     "JournalLocked",
     "JournalReader",
@@ -101,5 +106,6 @@ __all__ = [
     "WorkflowCancelled",
     "WorkflowFailed",
     "decode_value",
+    "follow_journal",
     "read_journal",
 ]

@@ -25,8 +25,11 @@ from hypothesis import strategies as st
 from memable_log import JournalCorrupt, JournalFormatError, JournalLocked
 from memable_log import _records as r
 from memable_log._codec import Codec
+from memable_log._compactor import compact_offline
 from memable_log._format import HEADER_SIZE, pack_header, segment_name, unpack_header
+from memable_log._index import loc_inner
 from memable_log._journal import Journal
+from memable_log._reader import ScanResult, iter_scan
 from memable_log._storage import FileStorage
 from memable_log.journal import (
     NotAJournal,
@@ -497,6 +500,77 @@ async def test_doc_reader_finds_the_corruption_the_library_finds(journal_dir: Pa
     assert theirs.value.args[:2] == (seg.name, ours.value.offset)
 
 
+async def compacted_journal(path: Path) -> None:
+    """Several segments compacted into cmp-k (blocks, seq 0, a state image),
+    then plain segments after it."""
+    codec = Codec()
+    recs = [numbered(i, size=150) for i in range(60)]
+    recs += [
+        r.make(r.STEP_DONE, 5, "inst-1", "k", codec.encode({"v": 1})),
+        r.make(r.SUSPENDED, 6, "inst-1", "s", "waiting", 99),
+        r.make(r.TIMER_SET, 7, "inst-2", "nap", 1_800_000_000_000),
+        r.make(r.STEP_FAILED, 8, "inst-3", "load", "ValueError", "bad", "tb"),
+        r.make(r.CANCELLED, 9, "inst-4"),
+    ]
+    await write(path, recs, segment_size=4096)
+    compact_offline(FileStorage(path), now_ms=0, retention_ms=None)
+    await write(path, [numbered(i, size=150) for i in range(60, 100)], segment_size=4096)
+
+
+async def test_doc_reader_reads_a_compacted_journal_as_the_library_does(
+    journal_dir: Path,
+) -> None:
+    await write(journal_dir, [numbered(i, size=150) for i in range(30)], segment_size=4096)
+    leftover = (journal_dir / SEG1).read_bytes()
+    await compacted_journal(journal_dir)
+    read, _ = doc_reader()
+    ours = library_view(journal_dir)
+    names = sorted(os.listdir(journal_dir))
+    assert names[1].startswith("cmp-")
+    assert sum(1 for seg, _, rec in ours if rec[1] == 0) > 60  # rewritten history, seq 0
+    offsets = [(seg, off) for seg, off, rec in ours if rec[1] == 0]
+    assert len(set(offsets)) < len(offsets)  # records share block frames
+    assert any(rec[0] == r.STATE_IMAGE for _, _, rec in ours)
+    assert list(read(str(journal_dir))) == ours
+    # A leftover the compaction did not delete yet is skipped by both.
+    (journal_dir / SEG1).write_bytes(leftover)
+    assert list(read(str(journal_dir))) == library_view(journal_dir) == ours
+    # A torn tail: both stop quietly at the same record.
+    last = sorted(os.listdir(journal_dir))[-1]
+    (journal_dir / last).write_bytes((journal_dir / last).read_bytes() + b"\x10\x00\x00\x80junk")
+    assert list(read(str(journal_dir))) == library_view(journal_dir) == ours
+
+
+async def test_doc_reader_finds_damage_in_a_block_as_the_library_does(
+    journal_dir: Path,
+) -> None:
+    await compacted_journal(journal_dir)
+    cmp = next(journal_dir / n for n in os.listdir(journal_dir) if n.startswith("cmp-"))
+    blocks = sorted({off for seg, off, rec in library_view(journal_dir) if rec[1] == 0})
+    data = bytearray(cmp.read_bytes())
+    data[blocks[-1] + 30] ^= 0x04  # inside the last block's compressed bytes
+    cmp.write_bytes(bytes(data))
+    read, corrupt = doc_reader()
+    with pytest.raises(JournalCorrupt) as ours:
+        list(read_journal(journal_dir))
+    with pytest.raises(corrupt) as theirs:
+        list(read(str(journal_dir)))
+    assert ours.value.offset == blocks[-1]
+    assert theirs.value.args[:2] == (cmp.name, ours.value.offset)
+
+
+async def test_doc_record_at_resolves_every_location(journal_dir: Path) -> None:
+    await compacted_journal(journal_dir)
+    namespace: dict[str, Any] = {}
+    exec(compile(doc_block("independent-reader"), str(DOC), "exec"), namespace)
+    record_at = namespace["record_at"]
+    found = list(iter_scan(FileStorage(journal_dir), ScanResult()))
+    assert any(loc_inner(loc) > 1 for _, loc in found)  # inside blocks, not first
+    assert any(loc_inner(loc) == 0 for _, loc in found)  # and in plain segments
+    for rec, loc in found:
+        assert record_at(str(journal_dir), loc) == rec
+
+
 def test_doc_example_hex_is_a_real_journal(tmp_path: Path) -> None:
     data = bytes.fromhex("".join(
         line.split(maxsplit=1)[1] for line in doc_block("example-hex").splitlines()
@@ -523,7 +597,7 @@ def test_doc_example_hex_is_a_real_journal(tmp_path: Path) -> None:
 def test_doc_record_table_matches_the_schema() -> None:
     text = DOC.read_text()
     table = text.split("<!-- record-types -->", 1)[1].strip().split("\n\n", 1)[0]
-    names = {str: "str", bytes: "blob", int: "int", type(None): "nil"}
+    names = {str: "str", bytes: "blob", int: "int", type(None): "nil", dict: "map"}
     rows = {}
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import os
+import select
+import stat
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,24 @@ def _silence_stdout() -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def output_closed(stream: TextIO) -> bool:
+    """True if ``stream`` is a pipe or socket whose reader has gone.
+
+    A tool that waits for input (``memable-dump --follow | head``) would
+    otherwise notice only at its next write, which may never come.
+    """
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False  # not a real file (tests capture output)
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # errors and hang-ups are always reported
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def error(prog: str, message: str, stream: TextIO | None = None) -> None:
@@ -104,6 +124,11 @@ def iso_ms(ts_ms: int) -> str:
     except OverflowError:
         return str(ts_ms)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def iso_datetime(when: datetime) -> str:
+    """An aware datetime as ``iso_ms`` shows a timestamp (UTC, milliseconds)."""
+    return iso_ms(round(when.timestamp() * 1000))
 
 
 def clip(text: str, width: int) -> str:

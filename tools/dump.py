@@ -2,36 +2,59 @@
 
 Theory of operation. The tool is a small pipeline::
 
-    source (read_journal)  ->  RecordFilter  ->  printer (text or JSON lines)
+    source  ->  RecordFilter  ->  sink
 
-The source reads the journal with ``memable_log.read_journal``: no lock, no
-writes, so it works while an engine holds the journal and never slows it.
-Each printer takes records one at a time (``emit``) and is closed at the end
-(``close``); the text printer holds back its first records only to size its
-columns. Later modes plug into the same pipeline: ``--follow`` is another
-source (one that keeps reading the last segment), ``--instances`` and
-``--stats`` are other sinks in place of the printer.
+The source is ``read_journal`` (the records there are) or, with
+``--follow``, ``follow_journal`` (those, then each new one as it is
+appended, across roll-over and compaction). Both take no lock and write
+nothing, so the tool runs while an engine holds the journal and never slows
+it. The sink is a printer, text or JSON lines: each takes records one at a
+time (``emit``), may hold some back (the text printer sizes its columns on
+its first records) until ``flush``, and is closed at the end (``close``).
+When following, the follower calls ``flush`` each time it has caught up,
+so a line appears as soon as its record is durable.
+
+``--instances`` and ``--stats`` replace the printer: they replay the whole
+journal through the engine's own index (``JournalReader.instances``) and
+print a table of instances, or the journal's size and shape.
 
 Exit status: 0 every record was printed; 1 the journal is damaged or could
 not be read (the records before the damage are printed, then an error
 naming the file and byte offset goes to stderr); 2 bad usage, or the path is
 missing or not a journal (as ``ls`` and ``grep`` do for a bad argument);
-141 the output pipe closed early (``| head``), as a shell reports SIGPIPE.
+130 interrupted (Ctrl-C, the way to stop ``--follow``); 141 the output pipe
+closed early (``| head``), as a shell reports SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from memable_log import JournalCorrupt, JournalFormatError
-from memable_log._records import TYPE_BY_NAME, TYPE_NAMES
-from memable_log.journal import JournalReader, NotAJournal, RecordView, decode_value, read_journal
+from memable_log._format import parse_compacted_name, parse_segment_name
+from memable_log._lifecycle import STATE_NAMES
+from memable_log._records import TYPE_NAMES
+from memable_log._status import InstanceStatus
+from memable_log.journal import (
+    DEFAULT_INTERVAL,
+    FollowGap,
+    JournalReader,
+    NotAJournal,
+    RecordView,
+    decode_value,
+    follow_journal,
+    read_journal,
+)
 
 from . import _common as c
 
@@ -79,16 +102,34 @@ class RecordFilter:
         return True
 
 
+def _names(text: str, valid: Iterable[str], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in valid]
+    if unknown or not names:
+        problem = f"unknown {what} {unknown[0]!r}" if unknown else f"no {what} given"
+        raise argparse.ArgumentTypeError(f"{problem}; valid: {', '.join(valid)}")
+    return names
+
+
 def _record_types(text: str) -> list[str]:
     """argparse type for --type: comma-separated record type names."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TYPE_BY_NAME]
-    if unknown or not names:
-        what = f"unknown record type {unknown[0]!r}" if unknown else "no record type given"
-        raise argparse.ArgumentTypeError(
-            f"{what}; valid types: {', '.join(TYPE_NAMES.values())}"
-        )
-    return names
+    return _names(text, TYPE_NAMES.values(), "record type")
+
+
+def _states(text: str) -> list[str]:
+    """argparse type for --state: comma-separated instance state names."""
+    return _names(text, STATE_NAMES, "state")
+
+
+def _interval(text: str) -> float:
+    """argparse type for --interval: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
 
 
 # -- printing ---------------------------------------------------------------
@@ -119,13 +160,21 @@ def summary(rec: RecordView) -> str:
     fields = rec.fields
     parts: list[str] = []
     for name, value in fields.items():
-        if name in ("key", "traceback", "message") or value is None:
+        if name in ("key", "traceback", "message") or value is None or value == {}:
             continue
         if name == "error_type":
             message = c.clip(_text(str(fields.get("message", ""))), _MESSAGE_WIDTH)
             parts.append(f"error={_text(value)}: {message}")
         elif name == "deadline_ms":
             parts.append(f"deadline={c.iso_ms(value)}")
+        elif rec.type == "state_image" and name == "state":
+            parts.append(f"state={_state_name(value)}")
+        elif isinstance(value, dict):  # state_image: timers, done_waits
+            shown = {
+                k: c.iso_ms(v) if name == "timers" else TYPE_NAMES.get(v, v)
+                for k, v in value.items()
+            }
+            parts.append(f"{name}={c.clip(_compact(shown), _VALUE_WIDTH)}")
         elif isinstance(value, bytes):
             parts.append(f"{name}={c.clip(_compact(decode_value(value)), _VALUE_WIDTH)}")
         elif isinstance(value, str):
@@ -157,9 +206,14 @@ class TextPrinter:
             self.flush()
 
     def flush(self) -> None:
-        """Print every held record (the columns are sized from them)."""
-        held, self._held = self._held, None
+        """Print every held record (the columns are sized from them).
+
+        With nothing held yet (a followed journal that is still empty), it
+        goes on holding, so the first records to come size the columns.
+        """
+        held = self._held
         if held:
+            self._held = None
             self._widths = (
                 max(len(str(rec.seq)) for rec in held),
                 min(max(len(c.escape(rec.instance)) for rec in held), _INSTANCE_CAP),
@@ -179,6 +233,10 @@ class TextPrinter:
             f"{c.escape(rec.instance):<{inst_w}}  {_key(rec):<{key_w}}  {summary(rec)}"
         )
         self._out.write(line.rstrip() + "\n")
+
+
+def _state_name(state: int) -> str:
+    return STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else str(state)
 
 
 def _key(rec: RecordView) -> str:
@@ -223,6 +281,171 @@ class JsonPrinter:
         self.flush()
 
 
+# -- instances and stats -----------------------------------------------------
+
+_STATUS_WIDTH = 40  # the status (or error) column of the instance table
+_COLUMN_CAPS = {"INSTANCE": _INSTANCE_CAP, "WORKFLOW": 24, "KEY": _KEY_CAP}
+
+
+def instance_json(status: InstanceStatus) -> dict[str, Any]:
+    """The JSON object ``--instances --json`` prints for one instance.
+
+    The fields of ``InstanceStatus``; times as UTC ISO 8601 strings.
+    """
+    error = status.error
+    return {
+        "instance_id": status.instance_id,
+        "workflow": status.workflow,
+        "state": status.state,
+        "status": status.status,
+        "key": status.key,
+        "deadline": c.iso_datetime(status.deadline) if status.deadline is not None else None,
+        "steps": status.steps,
+        "error": {"type": error.type, "message": error.message} if error is not None else None,
+        "created_at": c.iso_datetime(status.created_at),
+        "updated_at": c.iso_datetime(status.updated_at),
+    }
+
+
+def _status_text(status: InstanceStatus) -> str:
+    if status.error is not None:
+        text = f"{status.error.type}: {status.error.message}"
+    elif status.status is not None:
+        text = status.status
+    else:
+        return "-"
+    return c.clip(c.escape(text), _STATUS_WIDTH)
+
+
+def instance_rows(statuses: Iterable[InstanceStatus]) -> list[dict[str, str]]:
+    """The cells of the instance table, one dict (column -> text) per instance."""
+    return [
+        {
+            "INSTANCE": c.escape(st.instance_id),
+            "WORKFLOW": c.escape(st.workflow),
+            "STATE": st.state,
+            "STATUS": _status_text(st),
+            "KEY": c.escape(st.key) if st.key is not None else "-",
+            "DEADLINE": c.iso_datetime(st.deadline) if st.deadline is not None else "-",
+            "STEPS": str(st.steps),
+            "UPDATED": c.iso_datetime(st.updated_at),
+        }
+        for st in statuses
+    ]
+
+
+def print_instance_table(statuses: Sequence[InstanceStatus], out: TextIO) -> None:
+    """An aligned table: a header line, then one line per instance.
+
+    Identity columns grow to fit their widest value up to a cap; a longer
+    value is printed whole and pushes its line out of alignment rather
+    than being cut. The status text (or, for a failed instance, the error)
+    is cut to a readable width.
+    """
+    rows = instance_rows(statuses)
+    columns = ["INSTANCE", "WORKFLOW", "STATE", "STATUS", "KEY", "DEADLINE", "STEPS", "UPDATED"]
+    widths = {
+        col: min(
+            max([len(col), *(len(row[col]) for row in rows)]), _COLUMN_CAPS.get(col, 1 << 30)
+        )
+        for col in columns
+    }
+    for row in [dict(zip(columns, columns, strict=True)), *rows]:
+        cells = [
+            row[col].rjust(widths[col]) if col == "STEPS" else row[col].ljust(widths[col])
+            for col in columns
+        ]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def stats_json(reader: JournalReader, statuses: Sequence[InstanceStatus]) -> dict[str, Any]:
+    """What ``--stats --json`` prints: the journal's shape, after a full read."""
+    files = reader.files
+    compacted = [name for name in files if name.startswith("cmp-")]
+    sizes = _sizes(reader.location)
+    segment_bytes = sum(sizes.pop(name, 0) for name in files)
+    leftover_bytes = sum(sizes.pop(name, 0) for name in reader.skipped)
+    other_bytes = sum(sizes.values())
+    by_state = Counter(st.state for st in statuses)
+    torn = reader.torn
+    return {
+        "path": reader.location,
+        "segments": {
+            "plain": len(files) - len(compacted),
+            "compacted": len(compacted),
+            "files": files,
+        },
+        "records": {
+            "total": reader.records,
+            "compacted": reader.compacted,
+            "plain": reader.records - reader.compacted,
+        },
+        "next_seq": reader.next_seq,
+        "bytes": {
+            "segments": segment_bytes,
+            "leftovers": leftover_bytes,
+            "other": other_bytes,
+            "total": segment_bytes + leftover_bytes + other_bytes,
+        },
+        "leftovers": reader.skipped,
+        "instances": {
+            "total": len(statuses),
+            "by_state": {state: by_state.get(state, 0) for state in STATE_NAMES},
+        },
+        "torn_tail": None if torn is None else {
+            "file": os.path.basename(torn.file), "segment": torn.segment,
+            "offset": torn.offset, "size": torn.size,
+        },
+    }
+
+
+def _sizes(path: str) -> dict[str, int]:
+    """Sizes of the regular files in the journal directory (not its inbox)."""
+    sizes = {}
+    for entry in os.scandir(path):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue  # deleted meanwhile (a compaction's leftovers)
+    return sizes
+
+
+def print_stats(stats: dict[str, Any], out: TextIO) -> None:
+    """``stats_json``'s facts as aligned lines for a person."""
+    seg, recs, size = stats["segments"], stats["records"], stats["bytes"]
+    files = seg["files"]
+    plain = [name for name in files if name.startswith("seg-")]
+    shown = []
+    if seg["compacted"]:
+        shown.append(files[0])
+    if plain:
+        shown.append(plain[0] if len(plain) == 1 else f"{plain[0]} .. {plain[-1]}")
+    lines = [
+        ("journal", c.escape(stats["path"])),
+        ("segments", f"{len(files)}: {seg['compacted']} compacted, {seg['plain']} plain"
+         + (f" ({', '.join(shown)})" if shown else "")),
+        ("records", f"{recs['total']:,}: {recs['compacted']:,} compacted, "
+         f"{recs['plain']:,} plain; next seq {stats['next_seq']:,}"),
+        ("bytes", f"{size['total']:,} on disk: {size['segments']:,} in segments, "
+         f"{size['leftovers']:,} in leftovers, {size['other']:,} in other files"),
+    ]
+    if stats["leftovers"]:
+        lines.append(("leftovers", ", ".join(stats["leftovers"]) + " (deleted by the next "
+                      "compaction or engine start)"))
+    inst = stats["instances"]
+    lines.append(("instances", f"{inst['total']:,}"))
+    lines += [(f"  {state}", f"{count:,}") for state, count in inst["by_state"].items()]
+    torn = stats["torn_tail"]
+    lines.append(("torn tail", "none" if torn is None else (
+        f"{torn['size']:,} bytes at byte {torn['offset']:,} of {torn['file']} (a write "
+        "in progress, or the remains of a crash: the next engine start cuts it off)"
+    )))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        out.write(f"{label:<{width}}  {value}\n")
+
+
 # -- the command ------------------------------------------------------------
 
 
@@ -231,25 +454,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Print the records of a memable_log journal in order. Needs no lock: "
-            "safe while an engine runs."
+            "Print the records of a memable_log journal in order, follow new ones, "
+            "or show its instances or statistics. Needs no lock: safe while an "
+            "engine runs."
         ),
         epilog=(
             "Text output: one line per record: seq, time (UTC), type, instance, key "
             "('-' if none), then the other fields with values decoded and shortened. "
             "--json prints every field in full; bytes appear as {\"$bytes\": HEX}. "
+            "Records of a compacted segment (history rewritten by compaction) come "
+            "first, with seq 0. "
             "Exit status: 0 done; 1 the journal is damaged or unreadable (records "
             "before the damage are printed first); 2 bad usage, or PATH is not a "
-            "journal; 141 the output pipe was closed."
+            "journal; 130 interrupted (Ctrl-C stops --follow); 141 the output pipe "
+            "was closed."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="the journal directory")
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON object per line, every field"
+        "--json", action="store_true",
+        help="print one JSON object per line: every field of each record (or instance, "
+        "or the statistics)",
     )
     parser.add_argument(
         "--instance", action="append", metavar="ID",
-        help="only records of this instance (repeatable)",
+        help="only records (or instances) with this id (repeatable)",
     )
     parser.add_argument(
         "--key", metavar="KEY",
@@ -260,7 +489,46 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"only records of these types (repeatable or comma-separated): "
         f"{', '.join(TYPE_NAMES.values())}",
     )
+    parser.add_argument(
+        "-f", "--follow", action="store_true",
+        help="keep printing new records as they are appended, across segment roll-over "
+        "and compaction, until interrupted (Ctrl-C)",
+    )
+    parser.add_argument(
+        "--interval", type=_interval, default=DEFAULT_INTERVAL, metavar="SECONDS",
+        help=f"with --follow: how often to look for new records (default {DEFAULT_INTERVAL})",
+    )
+    parser.add_argument(
+        "--instances", action="store_true",
+        help="print a table of instances (id, workflow, state, status text or error, "
+        "key, deadline, memoised steps, last update) instead of records",
+    )
+    parser.add_argument(
+        "--state", action="append", type=_states, metavar="STATE", dest="states",
+        help=f"with --instances: only instances in these states (repeatable or "
+        f"comma-separated): {', '.join(STATE_NAMES)}",
+    )
+    parser.add_argument(
+        "--stats", action="store_true",
+        help="print the journal's segments, records, bytes on disk, instances by state "
+        "and torn tail",
+    )
     return parser
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options that do not go together (exit 2, as argparse does)."""
+    modes = [flag for flag, on in (("--follow", args.follow), ("--instances", args.instances),
+                                   ("--stats", args.stats)) if on]
+    if len(modes) > 1:
+        parser.error(f"{modes[0]} and {modes[1]} cannot be used together")
+    mode = modes[0] if modes else None
+    if args.states and mode != "--instances":
+        parser.error("--state goes with --instances")
+    if mode in ("--instances", "--stats") and (args.key is not None or args.types):
+        parser.error(f"--key and --type filter records: they do not go with {mode}")
+    if mode == "--stats" and args.instance:
+        parser.error("--instance does not go with --stats")
 
 
 def make_filter(args: argparse.Namespace) -> RecordFilter:
@@ -279,7 +547,8 @@ def dump(
     """Print every record that ``keep`` accepts; the printer is always closed.
 
     Closing in ``finally`` prints the records held for sizing columns even
-    when the journal turns out to be damaged further on.
+    when the journal turns out to be damaged further on, or when following
+    is interrupted.
     """
     try:
         for rec in records:
@@ -289,42 +558,84 @@ def dump(
         printer.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run memable-dump with ``argv`` (default: the command line); return the exit status."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Run memable-dump with ``argv`` (default: the command line); return the exit status.
+
+    ``sleep`` is how ``--follow`` waits between looks for new records.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_usage(parser, args)
     c.tolerate_unencodable(sys.stdout)
-    return c.run(lambda: _dump_command(args, sys.stdout, sys.stderr))
+    out, err = sys.stdout, sys.stderr
+    if args.instances:
+        return c.run(lambda: _guarded(args, err, lambda: _instances_command(args, out, err)))
+    if args.stats:
+        return c.run(lambda: _guarded(args, err, lambda: _stats_command(args, out, err)))
+    if args.follow:
+        return c.run(lambda: _guarded(args, err, lambda: _follow_command(args, out, err, sleep)))
+    return c.run(lambda: _guarded(args, err, lambda: _dump_command(args, out, err)))
 
 
-def _dump_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _guarded(args: argparse.Namespace, err: TextIO, body: Callable[[], int]) -> int:
+    """Run a command; turn a missing journal, damage or a read error into a message."""
+    after = (
+        "the records before it are printed above" if not (args.instances or args.stats)
+        else "nothing is shown: the answer needs the whole journal"
+    )
     try:
-        reader: JournalReader = read_journal(args.path)
+        return body()
     except NotAJournal as exc:
         c.error(PROG, str(exc), err)
         return c.EXIT_USAGE
-    except OSError as exc:
+    except _CannotOpen as exc:
         c.error(PROG, f"{args.path}: cannot read: {exc.strerror or exc}", err)
         return c.EXIT_USAGE
-    printer = JsonPrinter(out) if args.json else TextPrinter(out)
-    try:
-        dump(reader, make_filter(args), printer)
     except JournalFormatError as exc:
         c.error(PROG, f"{exc.file}: {exc.reason}", err)
         return c.EXIT_FAILED
     except JournalCorrupt as exc:
         c.error(
             PROG,
-            f"{exc.file}: corrupt at byte {exc.offset}: {exc.reason}; the records "
-            "before it are printed above; the journal was not changed",
+            f"{exc.file}: corrupt at byte {exc.offset}: {exc.reason}; {after}; the journal "
+            "was not changed",
             err,
         )
         return c.EXIT_FAILED
     except BrokenPipeError:
         raise  # our output was closed (| head): not a read failure; c.run handles it
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and _is_segment(exc.filename):
+            # A compaction replaced (and deleted) a file of the walk as it was read.
+            c.error(
+                PROG, f"{exc.filename}: vanished while being read: a compaction replaced "
+                "it; run the command again (the journal is fine)", err,
+            )
+            return c.EXIT_FAILED
         where = f" [{exc.filename}]" if exc.filename else ""
         c.error(PROG, f"{args.path}: read failed: {exc.strerror or exc}{where}", err)
         return c.EXIT_FAILED
+
+
+def _is_segment(path: object) -> bool:
+    name = os.path.basename(path) if isinstance(path, str) else ""
+    return parse_segment_name(name) is not None or parse_compacted_name(name) is not None
+
+
+class _CannotOpen(OSError):
+    """The journal directory could not be opened at all: a bad argument (exit 2)."""
+
+
+def _open(path: str) -> JournalReader:
+    try:
+        return read_journal(path)
+    except NotAJournal:
+        raise
+    except OSError as exc:
+        raise _CannotOpen(exc.errno, exc.strerror) from exc
+
+
+def _note_torn(reader: JournalReader, err: TextIO) -> None:
     torn = reader.torn
     if torn is not None:
         c.error(
@@ -333,6 +644,80 @@ def _dump_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "incomplete write (a torn tail, or a write in progress); not shown",
             err,
         )
+
+
+def _dump_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    reader = _open(args.path)
+    printer = JsonPrinter(out) if args.json else TextPrinter(out)
+    dump(reader, make_filter(args), printer)
+    _note_torn(reader, err)
+    return c.EXIT_OK
+
+
+def _follow_command(
+    args: argparse.Namespace, out: TextIO, err: TextIO, sleep: Callable[[float], None]
+) -> int:
+    printer = JsonPrinter(out) if args.json else TextPrinter(out)
+
+    def caught_up() -> None:
+        printer.flush()
+        if c.output_closed(out):
+            raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
+    def gap(missing: FollowGap) -> None:
+        c.error(
+            PROG,
+            f"note: records {missing.first_seq}..{missing.next_seq - 1} were compacted "
+            "before they could be read (this reader fell behind); their effect is in the "
+            "compacted segment, the records themselves are gone",
+            err,
+        )
+
+    try:
+        follower = follow_journal(
+            args.path, interval=args.interval, sleep=sleep, on_wait=caught_up, on_gap=gap
+        )
+    except NotAJournal:
+        raise
+    except OSError as exc:
+        raise _CannotOpen(exc.errno, exc.strerror) from exc
+    try:
+        dump(follower, make_filter(args), printer)
+    finally:
+        follower.close()
+    return c.EXIT_OK  # pragma: no cover - following ends only by an exception
+
+
+def _read_instances(args: argparse.Namespace, err: TextIO) -> tuple[JournalReader, list[Any]]:
+    reader = _open(args.path)
+    statuses = reader.instances()
+    _note_torn(reader, err)
+    return reader, statuses
+
+
+def _instances_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _, statuses = _read_instances(args, err)
+    states = {name for group in args.states or () for name in group}
+    chosen = [
+        st for st in statuses
+        if (not args.instance or st.instance_id in args.instance)
+        and (not states or st.state in states)
+    ]
+    if args.json:
+        for st in chosen:
+            out.write(json.dumps(instance_json(st), ensure_ascii=True) + "\n")
+    else:
+        print_instance_table(chosen, out)
+    return c.EXIT_OK
+
+
+def _stats_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    reader, statuses = _read_instances(args, err)
+    stats = stats_json(reader, statuses)
+    if args.json:
+        out.write(json.dumps(stats, ensure_ascii=True) + "\n")
+    else:
+        print_stats(stats, out)
     return c.EXIT_OK
 
 
