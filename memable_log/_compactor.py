@@ -95,7 +95,10 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
     for key, payload in (e.signals or {}).items():
         yield [r.SIGNALLED, 0, ts, iid, key, blob(payload, 5)]
     state = e.state if e.state in lc.LIVE else lc.RUNNING
-    if state != lc.RUNNING or e.timers or e.done_waits:  # else ``created`` said it all
+    # Else ``created`` said it all, unless a later record (a forget, a
+    # restart) moved updated_ms with nothing else to carry it.
+    bare = not e.steps and not e.signals and e.state in lc.LIVE
+    if state != lc.RUNNING or e.timers or e.done_waits or (bare and ts != e.created_ms):
         yield [
             r.STATE_IMAGE, 0, ts, iid, state, e.wait_key, e.status, e.deadline_ms,
             dict(e.timers or {}), dict(e.done_waits or {}),

@@ -153,18 +153,24 @@ class Engine:
             await journal.__aexit__(None, None, None)
             raise
         self._journal = journal
-        self._timers = TimerQueue(self._clock, self._on_deadline)
-        self._nursery.start_soon(self._timers.run)
-        self._resume_all()
-        if self._compaction_enabled:
-            self._compaction = Compaction(self._retention_ms)
-            self._compaction.start(journal)
-            self._nursery.start_soon(self._compaction.run, self, journal, storage)
-        if isinstance(storage, FileStorage):
-            # Hand-overs left while no engine ran are applied before we return.
-            await self._apply_handovers(storage.path, pending(storage.path))
-            self._watcher = InboxWatcher(storage.path)
-            self._nursery.start_soon(self._inbox_service, self._watcher)
+        try:
+            self._timers = TimerQueue(self._clock, self._on_deadline)
+            self._nursery.start_soon(self._timers.run)
+            self._resume_all()
+            if self._compaction_enabled:
+                self._compaction = Compaction(self._retention_ms)
+                self._compaction.start(journal)
+                self._nursery.start_soon(self._compaction.run, self, journal, storage)
+            if isinstance(storage, FileStorage):
+                # Hand-overs left while no engine ran are applied before we return.
+                await self._apply_handovers(storage.path, pending(storage.path))
+                self._watcher = InboxWatcher(storage.path)
+                self._nursery.start_soon(self._inbox_service, self._watcher)
+        except BaseException as exc:
+            # Close the nursery and the journal, or trio's nursery stack is
+            # left corrupt (a failed append while applying hand-overs, say).
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def _resume_all(self) -> None:

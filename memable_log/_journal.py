@@ -20,6 +20,7 @@ If a commit fails, that batch's waiters and every later append get
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ from ._index import Index
 from ._reader import ScanResult, read_record_at, scan
 from ._storage import Storage
 from ._writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
+
+logger = logging.getLogger("memable_log")
 
 if TYPE_CHECKING:
     import outcome
@@ -72,6 +75,7 @@ class Journal:
         # while a commit is in flight must not reuse its seqs.
         self._next_seq = 1
         self._batch = _Batch()
+        self._committing: _Batch | None = None  # taken by the appender, not yet applied
         self._work = trio.Event()
         self._rolled = trio.Event()  # set (and replaced) when a segment is sealed
         self._error: str | None = None
@@ -130,7 +134,10 @@ class Journal:
             # nursery reports only failures of the appender task.
             await self._nursery_cm.__aexit__(None, None, None)
             if self.snapshots and self._error is None and self.keep_snapshot:
-                await self._run_io(self._write_snapshot)
+                try:
+                    await self._run_io(self._write_snapshot)
+                except OSError as exc:  # a snapshot only speeds up the next start
+                    logger.warning("index snapshot not written: %s", exc)
             return None
         finally:
             self._open = False
@@ -191,7 +198,7 @@ class Journal:
                 await self._work.wait()
                 self._work = trio.Event()
                 continue
-            self._batch = _Batch()
+            self._batch, self._committing = _Batch(), batch
             segment = self.writer.segment
             try:
                 locs = await self._commit(batch.payloads)
@@ -205,6 +212,7 @@ class Journal:
             apply = self.index.apply
             for rec, loc in zip(batch.records, locs, strict=False):
                 apply(rec, loc)
+            self._committing = None
             batch.done.set()
 
     async def _commit(self, payloads: list[bytes]) -> list[int]:
@@ -233,6 +241,11 @@ class Journal:
         for failed in (batch, self._batch):
             failed.error = reason
             failed.done.set()
+
+    def pending_instances(self) -> set[str]:
+        """Instances with records appended but not yet applied to the index."""
+        batches = [self._batch] if self._committing is None else [self._batch, self._committing]
+        return {rec[3] for batch in batches for rec in batch.records}
 
     async def wait_for_roll(self) -> None:
         """Return once the next segment roll-over is done."""

@@ -6,7 +6,8 @@ never waits for it:
 
 1. scan the sealed prefix into a private index;
 2. choose the instances to drop: finished in the prefix, unchanged for the
-   retention period, with no record after the prefix (``last_seq``), and
+   retention period, with no record after the prefix (``last_seq``) nor
+   one in flight (``Journal.pending_instances``), and
    take them out of the live index at once, so nothing new can mention them;
 3. write ``cmp-<k>`` (temp, fsync, rename, directory fsync);
 4. re-point the live index's locations into the old segments at the new
@@ -67,14 +68,14 @@ class Compaction:
         """The service: compact after every roll-over, until cancelled."""
         while True:
             await journal.wait_for_roll()
-            upto = journal.writer.segment - 1
-            if upto <= self.compacted_upto:
-                continue
-            try:
-                await self.compact(engine, journal, storage, upto)
-            except (OSError, EngineError) as exc:
-                logger.error("background compaction stopped: %s", exc)
-                return
+            # Loop: a roll-over during a compaction sets an event nobody
+            # waits on yet, and must not wait for the next roll-over.
+            while (upto := journal.writer.segment - 1) > self.compacted_upto:
+                try:
+                    await self.compact(engine, journal, storage, upto)
+                except (OSError, EngineError) as exc:
+                    logger.error("background compaction stopped: %s", exc)
+                    return
 
     async def compact(self, engine: Engine, journal: Journal, storage: Storage, upto: int) -> None:
         if self.leftovers_upto:
@@ -87,9 +88,12 @@ class Compaction:
         # Out of the live index at once, so nothing new can mention them;
         # back in if the compacted file never replaces their segments.
         removed = {}
+        # A record in flight (a restart, a forget) is not in last_seq yet.
+        busy = journal.pending_instances()
         for iid in expired(prefix, now, self.retention_ms):
             entry = live.get(iid)
             untouched = entry is not None and entry.last_seq < result.next_seq
+            untouched = untouched and iid not in busy
             if untouched and entry is not None and entry.state in lc.FINISHED:
                 removed[iid] = live.pop(iid)
         salts = dict(journal.writer.salts)
@@ -104,7 +108,12 @@ class Compaction:
             )
             written = True
         finally:
-            if not written:
+            # Back in only if the new file never became visible: once renamed
+            # into place (even if its directory fsync failed) readers and the
+            # next start see the journal without them, and a record of one
+            # appended now would name an instance the journal lacks.
+            # (A quick listing, kept synchronous: no checkpoint in a finally.)
+            if not written and compacted_name(upto) not in storage.list():
                 live.update(removed)
         journal.writer.salts[compacted_name(upto)] = salt
         ids = list(fresh.instances)
@@ -141,5 +150,8 @@ class Compaction:
     async def close(self, storage: Storage) -> None:
         """Delete the leftovers of the last compaction (no task holds them now)."""
         if self.leftovers_upto:
-            await self._io(storage, finish, storage, self.leftovers_upto)
+            try:
+                await self._io(storage, finish, storage, self.leftovers_upto)
+            except OSError as exc:  # the next start deletes them (writer.recover)
+                logger.warning("compacted-away segments not deleted: %s", exc)
             self.leftovers_upto = 0

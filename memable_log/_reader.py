@@ -195,6 +195,9 @@ def _scan_segment(
     compacted = bool(header.flags & SEG_COMPACTED)
     if compacted != name.startswith("cmp-"):
         raise JournalCorrupt(path, 0, "the segment's compacted flag does not match its name")
+    # A compacted segment is fsynced whole before its rename makes it
+    # visible: damage in it, or a missing seal, is never a torn tail.
+    is_last = is_last and not compacted
     if resume_seq is not None:
         pass  # resumed from a snapshot: what came before was checked when it was taken
     elif result.segments:

@@ -64,7 +64,7 @@ class SegmentWriter:
             # but not durable, and what we opened with must be before we
             # build on it (a new segment after an unsynced seal, say).
             if last is not None:
-                file = self.storage.open_append(segment_name(last.number))
+                file = self.storage.open_append(last.name)  # it may be a cmp- segment
                 try:
                     if scan.torn_at is not None:
                         file.truncate(scan.torn_at)
