@@ -31,6 +31,7 @@ import msgpack
 from . import _index as ix
 from . import _lifecycle as lc
 from . import _records as r
+from . import _snapshot
 from ._format import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -40,6 +41,7 @@ from ._format import (
     pack_header,
     parse_compacted_name,
     parse_segment_name,
+    segment_name,
 )
 from ._framing import BLOCK_TARGET, encode_block, encode_frame
 from ._index import Index, InstanceEntry, pack_loc
@@ -179,12 +181,20 @@ def finish(storage: Storage, upto: int) -> list[str]:
     return names
 
 
-def remap(live: Index, fresh: Index, upto: int, only: Container[str] | None = None) -> int:
+def remap(
+    live: Index,
+    fresh: Index,
+    upto: int,
+    only: Container[str] | None = None,
+    next_seq: int | None = None,
+) -> int:
     """Re-point ``live`` entries that point into segments up to ``upto``.
 
     ``fresh`` is the compacted segment's index: same keys, new locations.
     Returns how many entries changed. Entries written since (later
-    segments) are left alone.
+    segments) are left alone. With ``next_seq`` (the seq after the compacted
+    history), an instance with no record since takes the compacted
+    ``last_seq`` (0), as a full scan of the new files would give it.
     """
     changed = 0
 
@@ -202,6 +212,8 @@ def remap(live: Index, fresh: Index, upto: int, only: Container[str] | None = No
         entry = live.instances.get(iid)
         if entry is None:
             continue
+        if next_seq is not None and entry.last_seq < next_seq:
+            entry.last_seq = new.last_seq
         if old(entry.input, 0):
             entry.input, changed = new.input, changed + 1
         if entry.outcome is not None and old(entry.outcome, 0) and new.outcome is not None:
@@ -265,10 +277,14 @@ def compact_offline(
                 return read_record_at(storage, salts, loc)
 
             records = synthesize(journal.index, read, drop)
-            fresh, _ = write_compacted(
+            fresh, salt = write_compacted(
                 storage, upto, journal.writer.next_seq, records, inline_limit
             )
             finish(storage, upto)
+            next_salt = journal.writer.salts[segment_name(upto + 1)]
+            _snapshot.write_after_compaction(
+                storage, fresh, upto, salt, journal.writer.next_seq, next_salt
+            )
             stats.records_after = fresh.records
             stats.instances_dropped = len(drop)
         else:

@@ -31,7 +31,7 @@ from . import _lifecycle as lc
 from . import _snapshot
 from ._compactor import expired, finish, prefix_state, remap, synthesize, write_compacted
 from ._errors import EngineError
-from ._format import HEADER_SIZE, compacted_name, segment_name
+from ._format import compacted_name, segment_name
 from ._journal import Journal
 from ._reader import read_record_at
 from ._storage import Storage
@@ -98,54 +98,46 @@ class Compaction:
                 removed[iid] = live.pop(iid)
         salts = dict(journal.writer.salts)
         records = synthesize(prefix, partial(read_record_at, storage, salts), removed)
-        # Until the live index points at the new file, it must not be saved
-        # as a snapshot: its locations may name segments that are leftovers.
-        journal.keep_snapshot = False
-        written = False
-        try:
-            fresh, salt = await self._io(
-                storage, write_compacted, storage, upto, result.next_seq, records, inline
-            )
-            written = True
-        finally:
-            # Back in only if the new file never became visible: once renamed
-            # into place (even if its directory fsync failed) readers and the
-            # next start see the journal without them, and a record of one
-            # appended now would name an instance the journal lacks.
-            # (A quick listing, kept synchronous: no checkpoint in a finally.)
-            if not written and compacted_name(upto) not in storage.list():
-                live.update(removed)
-        journal.writer.salts[compacted_name(upto)] = salt
-        ids = list(fresh.instances)
-        for start in range(0, len(ids), _REMAP_CHUNK):
-            remap(engine._index, fresh, upto, only=set(ids[start : start + _REMAP_CHUNK]))
-            await trio.lowlevel.checkpoint()
-        journal.keep_snapshot = True
-        self.compacted_upto = self.leftovers_upto = upto
-        self.runs += 1
-        if journal.snapshots:
-            next_name = segment_name(upto + 1)
-            position = (next_name, HEADER_SIZE, result.next_seq, fresh.records)
-            await self._io(
-                storage, self._snapshot, storage, fresh, position,
-                [(compacted_name(upto), salt), (next_name, journal.writer.salts[next_name])],
-            )
+        # Once decided, a compaction runs to its end even when the engine is
+        # stopping (the file writes are uncancellable anyway): the exit then
+        # snapshots an index that points at the new file.
+        with trio.CancelScope(shield=True):
+            # Until the live index points at the new file, it must not be saved
+            # as a snapshot: its locations may name segments that are leftovers.
+            journal.keep_snapshot = False
+            written = False
+            try:
+                fresh, salt = await self._io(
+                    storage, write_compacted, storage, upto, result.next_seq, records, inline
+                )
+                written = True
+            finally:
+                # Back in only if the new file never became visible: once renamed
+                # into place (even if its directory fsync failed) readers and the
+                # next start see the journal without them, and a record of one
+                # appended now would name an instance the journal lacks.
+                # (A quick listing, kept synchronous: no checkpoint in a finally.)
+                if not written and compacted_name(upto) not in storage.list():
+                    live.update(removed)
+            journal.writer.salts[compacted_name(upto)] = salt
+            ids = list(fresh.instances)
+            for start in range(0, len(ids), _REMAP_CHUNK):
+                chunk = set(ids[start : start + _REMAP_CHUNK])
+                remap(engine._index, fresh, upto, only=chunk, next_seq=result.next_seq)
+                await trio.lowlevel.checkpoint()
+            journal.keep_snapshot = True
+            self.compacted_upto = self.leftovers_upto = upto
+            self.runs += 1
+            if journal.snapshots:
+                next_salt = journal.writer.salts[segment_name(upto + 1)]
+                await self._io(
+                    storage, _snapshot.write_after_compaction,
+                    storage, fresh, upto, salt, result.next_seq, next_salt,
+                )
         logger.info(
             "compacted segments up to %d: %d records kept, %d instances dropped",
             upto, fresh.records, len(removed),
         )
-
-    @staticmethod
-    def _snapshot(
-        storage: Storage, index: Any, position: Any, segments: list[tuple[str, int]]
-    ) -> None:
-        cmp_name, cmp_salt = segments[0]
-        next_name, next_salt = segments[1]
-        covered = [
-            _snapshot.covered(storage, cmp_name, cmp_salt, storage.size(cmp_name)),
-            _snapshot.covered(storage, next_name, next_salt, HEADER_SIZE),
-        ]
-        _snapshot.write(storage, _snapshot.encode(index, position, covered))
 
     async def close(self, storage: Storage) -> None:
         """Delete the leftovers of the last compaction (no task holds them now)."""

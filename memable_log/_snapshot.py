@@ -31,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from ._format import HeaderError, unpack_header
+from ._format import HEADER_SIZE, HeaderError, compacted_name, segment_name, unpack_header
 from ._index import Index, InstanceEntry
 from ._reader import Resume, ScanResult, Segment, plan_walk
 from ._storage import Storage
@@ -188,3 +188,16 @@ def write(storage: Storage, data: bytes) -> None:
         file.close()
     storage.rename(temp, SNAPSHOT_NAME)
     storage.sync_dir()
+
+
+def write_after_compaction(
+    storage: Storage, index: Index, upto: int, cmp_salt: int, next_seq: int, next_salt: int
+) -> None:
+    """The snapshot of ``cmp-<upto>``'s index: resume at the start of segment upto+1."""
+    cmp_name, next_name = compacted_name(upto), segment_name(upto + 1)
+    position = (next_name, HEADER_SIZE, next_seq, index.records)
+    segments = [
+        covered(storage, cmp_name, cmp_salt, storage.size(cmp_name)),
+        covered(storage, next_name, next_salt, HEADER_SIZE),
+    ]
+    write(storage, encode(index, position, segments))

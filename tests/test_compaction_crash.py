@@ -115,6 +115,15 @@ def built(files: dict[str, bytes], storage: S) -> S:
     return storage
 
 
+def compacted_durable_at(first: int, names: list[str]) -> int:
+    """The operation after which the compacted file is in place: the directory
+    fsync after its rename, the last rename but one (the last renames the
+    index snapshot written after it, a derived file)."""
+    renames = [i for i, name in enumerate(names) if name == "rename"]
+    assert names[-2:] == ["rename", "sync_dir"]  # the snapshot's
+    return first + renames[-2] + 1
+
+
 async def reopened(storage: MemoryStorage) -> Answers:
     """Open the journal for writing (recovery cleans up), close it, answer."""
     async with Journal(storage, segment_size=SEGMENT_SIZE):
@@ -147,8 +156,7 @@ async def test_a_power_cut_at_any_step_of_offline_compaction_changes_no_answer(
     compact_offline(probe, now_ms=now, retention_ms=retention_ms)
     names = probe.names[first - 1 :]
     assert set(names) == {"create", "write", "sync", "rename", "sync_dir", "remove"}
-    # The compacted file is in place once the directory fsync after its rename is done.
-    durable_at = first + len(names) - 1 - names[::-1].index("rename") + 1
+    durable_at = compacted_durable_at(first, names)
     assert names[durable_at - first] == "sync_dir"
     assert stored(probe) == expected
 
@@ -393,7 +401,7 @@ async def test_a_power_cut_while_retention_rewrites_a_compacted_journal_changes_
     ]
     names = probe.names[first - 1 :]
     assert "rename" in names
-    durable_at = first + len(names) - 1 - names[::-1].index("rename") + 1
+    durable_at = compacted_durable_at(first, names)
     rng = random.Random(4)
     for n in range(first, probe.ops + 1):
         storage = built(files, MemoryStorage())

@@ -1,0 +1,220 @@
+"""Index snapshots: a valid one speeds the start; any other gives the full scan's index."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from memable_log import Context, Engine
+from memable_log._compactor import compact_offline
+from memable_log._index import Index
+from memable_log._journal import Journal
+from memable_log._memstorage import MemoryStorage
+from memable_log._records import STEP_DONE, make
+from memable_log._snapshot import SNAPSHOT_NAME
+from memable_log._storage import FileStorage, Storage
+
+
+def answers(index: Index) -> dict[str, Any]:
+    """Everything a query can learn from an index (locations included)."""
+    return {
+        iid: (
+            e.workflow, e.state, e.created_ms, e.updated_ms, e.input, e.outcome, e.error,
+            e.wait_key, e.status, e.deadline_ms, dict(e.steps), e.signals, e.timers,
+            e.done_waits, e.last_seq,
+        )
+        for iid, e in index.instances.items()
+    }
+
+
+async def flow(ctx: Context) -> Any:
+    small = await ctx.step("small").run(lambda: ctx.input)
+    big = await ctx.step("big").run(lambda: "y" * 2000)  # above the inline limit
+    if ctx.input % 4 == 0:
+        await ctx.suspend("approval", status="waiting", timeout=3600)
+    if ctx.input % 4 == 1:
+        await ctx.timer("cooldown", 7200)
+    if ctx.input % 4 == 2:
+        raise ValueError(f"bad {small}")
+    return [small, len(big)]
+
+
+async def build(storage: Storage, instances: int = 40, segment_size: int = 8192) -> None:
+    engine = Engine.builder().in_memory().build()
+    engine._make_storage = lambda: storage  # the same storage, memory or disk
+    engine._segment_size = segment_size
+    engine.register("flow", flow)
+    async with engine:
+        for n in range(instances):
+            await engine.invoke("flow", n, instance_id=f"i{n}")
+        for n in range(instances):
+            if n % 4 == 3:
+                await engine.wait(f"i{n}")
+
+
+async def open_index(storage: Storage, snapshots: bool) -> tuple[Index, bool]:
+    index = Index()
+    async with Journal(storage, index, snapshots=snapshots) as journal:
+        journal.keep_snapshot = False  # look, don't rewrite it
+        resumed = journal.resumed
+    return index, resumed
+
+
+@pytest.fixture(params=["memory", "disk"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "memory":
+        return MemoryStorage()
+    return FileStorage(tmp_path / "journal")
+
+
+async def test_a_clean_exit_writes_a_snapshot_that_gives_the_full_scans_index(
+    storage: Storage,
+) -> None:
+    await build(storage)
+    assert SNAPSHOT_NAME in storage.list()
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert resumed
+    full, resumed_full = await open_index(storage, snapshots=False)
+    assert not resumed_full
+    assert answers(fast) == answers(full)
+    assert len(full.instances) == 40
+
+
+async def test_a_stale_snapshot_resumes_and_scans_the_records_after_it(
+    storage: Storage,
+) -> None:
+    await build(storage)
+    async with Journal(storage, Index(), snapshots=False) as journal:
+        journal.keep_snapshot = False
+        for n in range(30):
+            await journal.append(make(STEP_DONE, 5, "i3", f"later-{n}", b"\x00\x01"))
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert resumed
+    full, _ = await open_index(storage, snapshots=False)
+    assert answers(fast) == answers(full)
+    assert "later-29" in fast.instances["i3"].steps
+
+
+def damage_snapshot(storage: Storage, how: str) -> None:
+    data = bytearray(storage.read(SNAPSHOT_NAME))
+    if how == "flip":
+        data[len(data) // 2] ^= 0x10
+    elif how == "truncate":
+        del data[len(data) // 3 :]
+    elif how == "zeros":
+        data[:] = bytes(len(data))
+    storage.remove(SNAPSHOT_NAME)
+    file = storage.create(SNAPSHOT_NAME)
+    file.write(bytes(data))
+    file.sync()
+    file.close()
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "zeros", "missing"])
+async def test_corrupt_or_missing_snapshots_fall_back_to_the_full_scan(
+    storage: Storage, how: str
+) -> None:
+    await build(storage)
+    full, _ = await open_index(storage, snapshots=False)
+    if how == "missing":
+        storage.remove(SNAPSHOT_NAME)
+    else:
+        damage_snapshot(storage, how)
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert not resumed
+    assert answers(fast) == answers(full)
+
+
+async def test_a_snapshot_taken_before_a_compaction_is_not_used(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path / "journal")
+    await build(storage)
+    old = storage.read(SNAPSHOT_NAME)
+    compact_offline(storage, now_ms=0, retention_ms=None)
+    # Put the pre-compaction snapshot back: it names segments now gone.
+    storage.remove(SNAPSHOT_NAME)
+    file = storage.create(SNAPSHOT_NAME)
+    file.write(old)
+    file.sync()
+    file.close()
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert not resumed
+    full, _ = await open_index(storage, snapshots=False)
+    assert answers(fast) == answers(full)
+
+
+async def test_the_snapshot_after_an_offline_compaction_is_used(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path / "journal")
+    await build(storage)
+    compact_offline(storage, now_ms=0, retention_ms=None)
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert resumed
+    full, _ = await open_index(storage, snapshots=False)
+    assert answers(fast) == answers(full)
+
+
+async def test_damage_in_a_segment_the_snapshot_covers_is_still_reported(
+    tmp_path: Path,
+) -> None:
+    from memable_log import JournalCorrupt
+
+    storage = FileStorage(tmp_path / "journal")
+    await build(storage, segment_size=1 << 20)
+    segment = [n for n in storage.list() if n.startswith("seg-")][0]
+    path = tmp_path / "journal" / segment
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0xFF  # inside an early record, well before the snapshot's position
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt) as info:
+        await open_index(storage, snapshots=True)
+    assert segment in info.value.file
+
+
+async def test_a_snapshot_taken_with_another_inline_limit_is_not_used(
+    storage: Storage,
+) -> None:
+    await build(storage)
+    index = Index(inline_limit=8)
+    async with Journal(storage, index, snapshots=True) as journal:
+        journal.keep_snapshot = False
+        assert not journal.resumed
+    full = Index(inline_limit=8)
+    async with Journal(storage, full, snapshots=False) as journal:
+        journal.keep_snapshot = False
+    assert answers(index) == answers(full)
+
+
+async def test_the_engine_answers_the_same_from_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    await build(FileStorage(path))
+    results = []
+    for snapshots in (True, False):
+        engine = Engine.builder().open(path).snapshots(snapshots).build()
+        engine.register("flow", flow)
+        async with engine:
+            results.append([
+                (s.instance_id, s.state, s.status, s.key, s.deadline, s.steps, s.error)
+                for s in engine.instances()
+            ])
+            assert await engine.wait("i3") == [3, 2000]
+    assert results[0] == results[1]
+    assert os.path.exists(path / SNAPSHOT_NAME)
+
+
+async def test_an_engine_stopped_mid_compaction_writes_no_misleading_snapshot(
+    tmp_path: Path,
+) -> None:
+    # A snapshot is only written when the live index matches the files.
+    storage = FileStorage(tmp_path / "journal")
+    await build(storage)
+    index = Index()
+    async with Journal(storage, index, snapshots=True) as journal:
+        journal.keep_snapshot = False
+    storage.remove(SNAPSHOT_NAME)
+    async with Journal(storage, Index(), snapshots=True) as journal:
+        journal.keep_snapshot = False
+    assert SNAPSHOT_NAME not in storage.list()
+    trio.lowlevel.current_task()  # (keeps this an async test for trio mode)
