@@ -1,0 +1,295 @@
+"""Compaction, compression and fast start: the issue-5 benchmarks.
+
+Run: ``.venv/bin/python bench/bench_compaction.py [--quick] [--json FILE]``
+
+1. Bytes on disk for an LLM-like workload (long, repetitive text results),
+   with the codec's zstd compression of large values and without, before
+   and after an offline compaction (zstd blocks).
+2. Step-commit latency while background compaction runs, against idle, in
+   the same run: a lone workflow commits steps one by one; p50/p99 of the
+   commits that overlapped a compaction vs those that did not (and vs a run
+   with compaction off). Target: p99 during compaction <= 2x idle.
+3. Start-up of a journal of 1,000,000 records (100,000 instances x 10): full
+   scan vs from the index snapshot, and index bytes per entry. Targets:
+   <= 1 s, <= 100 bytes per entry.
+
+Medians of several runs; the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import Stat, scratch_dir, table
+
+from memable_log import Context, Engine
+from memable_log._compactor import compact_offline, journal_bytes
+from memable_log._index import Index
+from memable_log._journal import Journal
+from memable_log._maintenance import Compaction
+from memable_log._records import COMPLETED, CREATED, STEP_DONE, make
+from memable_log._storage import FileStorage
+from memable_log._writer import SegmentWriter
+
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")
+WORDS = [
+    *("the model considers the request and the context " * 3).split(),
+    "revenue", "latency", "customer", "invoice", "pipeline", "report", "summary",
+]
+
+
+def llm_text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+# -- 1. bytes on disk -------------------------------------------------------------
+
+
+async def llm_workload(path: str, instances: int, compress: bool) -> None:
+    rng = random.Random(7)
+
+    async def agent(ctx: Context) -> int:
+        total = 0
+        for n in range(5):
+            text = await ctx.step(f"llm:{n}:v1").run(llm_text, rng, 900)
+            total += len(text)
+        return total
+
+    builder = Engine.builder().open(path).compaction(False)
+    if not compress:
+        builder = builder.codec(compress_threshold=None)
+    engine = builder.build()
+    engine.register("agent", agent)
+    async with engine:
+        ids = [await engine.invoke("agent", None) for _ in range(instances)]
+        for iid in ids:
+            await engine.wait(iid)
+
+
+def bench_bytes(instances: int) -> list[list[str]]:
+    rows = []
+    for compress in (False, True):
+        with scratch_dir(BASE, "llm-") as tmp:
+            path = os.path.join(tmp, "j")
+            trio.run(llm_workload, path, instances, compress)
+            before = journal_bytes(FileStorage(path))
+            stats = compact_offline(FileStorage(path), now_ms=0, retention_ms=None)
+            rows.append([
+                "zstd values" if compress else "plain values",
+                f"{before:,}", f"{stats.bytes_after:,}",
+            ])
+    return rows
+
+
+# -- 2. latency during compaction -----------------------------------------------
+
+
+async def latency_run(
+    path: str, steps: int, compaction: bool, segment_size: int
+) -> tuple[list[float], list[float]]:
+    """Commit latencies (s) outside and during compactions."""
+    windows: list[tuple[float, float]] = []
+    original = Compaction.compact
+
+    async def timed(self: Compaction, *args: Any) -> None:
+        start = time.perf_counter()
+        try:
+            await original(self, *args)
+        finally:
+            windows.append((start, time.perf_counter()))
+
+    Compaction.compact = timed  # type: ignore[method-assign]
+    latencies: list[tuple[float, float]] = []
+
+    async def writer(ctx: Context) -> None:
+        for n in range(steps):
+            start = time.perf_counter()
+            await ctx.step(f"s{n}").run(lambda: "x" * 40)
+            latencies.append((start, time.perf_counter()))
+
+    try:
+        engine = (
+            Engine.builder().open(path).segment_size(segment_size).compaction(compaction).build()
+        )
+        engine.register("writer", writer)
+        engine.register("filler", writer)
+        async with engine:
+            await engine.wait(await engine.invoke("writer"))
+    finally:
+        Compaction.compact = original  # type: ignore[method-assign]
+    during, idle = [], []
+    for start, end in latencies:
+        busy = any(s < end and start < e for s, e in windows)
+        (during if busy else idle).append(end - start)
+    return idle, during
+
+
+def fill_prefix(path: str, instances: int) -> None:
+    """A journal whose sealed segments hold ``instances`` x 10 records
+    (created, 8 steps, completed)."""
+    storage = FileStorage(path)
+    writer = SegmentWriter(storage, 64 * 1024 * 1024)
+    from memable_log._reader import scan
+
+    writer.recover(scan(storage))
+    import msgpack
+
+    seq = writer.next_seq
+    batch = []
+    for i in range(instances):
+        iid = f"{i:012x}"
+        batch.append(make(CREATED, 1, iid, "filler", b"\x00\xc0"))
+        batch += [make(STEP_DONE, 1, iid, f"step:{k}:v1", b"\x00\x2a") for k in range(8)]
+        batch.append(make(COMPLETED, 1, iid, b"\x00\x08"))
+        if len(batch) >= 5000:
+            for rec in batch:
+                rec[1] = seq
+                seq += 1
+            writer.commit([msgpack.packb(r) for r in batch])
+            batch = []
+    for rec in batch:
+        rec[1] = seq
+        seq += 1
+    writer.commit([msgpack.packb(r) for r in batch])
+    writer.seal_and_roll()
+    writer.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_latency(
+    prefix_instances: int, steps: int, runs: int, segment_size: int
+) -> tuple[list[list[str]], dict[str, Stat]]:
+    stats = {k: Stat() for k in ("idle_p50", "idle_p99", "during_p50", "during_p99", "off_p99")}
+    counts = []
+    for _ in range(runs):
+        with scratch_dir(BASE, "lat-") as tmp:
+            path = os.path.join(tmp, "j")
+            fill_prefix(path, prefix_instances)
+            idle, during = trio.run(latency_run, path, steps, True, segment_size)
+        with scratch_dir(BASE, "lat-") as tmp:
+            path = os.path.join(tmp, "j")
+            fill_prefix(path, prefix_instances)
+            off, _ = trio.run(latency_run, path, steps, False, segment_size)
+        stats["idle_p50"].add(pct(idle, 0.5) * 1e3)
+        stats["idle_p99"].add(pct(idle, 0.99) * 1e3)
+        stats["during_p50"].add(pct(during, 0.5) * 1e3)
+        stats["during_p99"].add(pct(during, 0.99) * 1e3)
+        stats["off_p99"].add(pct(off, 0.99) * 1e3)
+        counts.append(len(during))
+    rows = [
+        ["compaction off", "", f"{stats['off_p99'].median:.3f}"],
+        ["compaction on, idle moments", f"{stats['idle_p50'].median:.3f}",
+         f"{stats['idle_p99'].median:.3f}"],
+        ["compaction on, during compaction", f"{stats['during_p50'].median:.3f}",
+         f"{stats['during_p99'].median:.3f}"],
+    ]
+    ratio = stats["during_p99"].median / stats["idle_p99"].median
+    rows.append(["p99 during / p99 idle", "", f"{ratio:.2f}x (target <= 2x)"])
+    rows.append(["commits measured during compaction", "", f"{statistics.median(counts):,.0f}"])
+    return rows, stats
+
+
+# -- 3. start-up --------------------------------------------------------------------
+
+
+async def open_journal(path: str, snapshots: bool) -> tuple[float, bool]:
+    index = Index()
+    start = time.perf_counter()
+    journal = Journal(FileStorage(path), index, snapshots=snapshots)
+    async with journal:
+        elapsed = time.perf_counter() - start
+        resumed = journal.resumed
+        journal.keep_snapshot = snapshots
+    return elapsed, resumed
+
+
+def index_bytes(path: str) -> tuple[float, int]:
+    """Bytes of Python heap per step entry for the index loaded from the snapshot."""
+    gc.collect()
+    tracemalloc.start()
+    index = Index()
+
+    async def load() -> None:
+        async with Journal(FileStorage(path), index, snapshots=True) as journal:
+            journal.keep_snapshot = False
+            assert journal.resumed
+
+    trio.run(load)
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    entries = sum(len(e.steps) for e in index.instances.values()) + len(index.instances)
+    return current / entries, entries
+
+
+def bench_startup(instances: int, runs: int) -> tuple[list[list[str]], dict[str, Stat]]:
+    path = os.path.join(BASE, f"startup-{instances}")
+    if not os.path.isdir(path):
+        fill_prefix(path, instances)
+    # Take a snapshot with a clean open and close.
+    trio.run(open_journal, path, True)
+    full, snap = Stat(), Stat()
+    for _ in range(runs):
+        elapsed, resumed = trio.run(open_journal, path, False)
+        full.add(elapsed)
+        elapsed, resumed = trio.run(open_journal, path, True)
+        assert resumed, "the snapshot was not used"
+        snap.add(elapsed)
+    per_entry, entries = index_bytes(path)
+    rows = [
+        ["records", f"{instances * 10:,}"],
+        ["open, full scan (s)", f"{full.median:.2f}"],
+        ["open, from snapshot (s)", f"{snap.median:.2f}  (target <= 1 s)"],
+        ["index bytes per entry", f"{per_entry:.0f}  (target <= 100; {entries:,} entries)"],
+    ]
+    return rows, {"full_scan_s": full, "snapshot_s": snap}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = parser.parse_args()
+    quick = args.quick
+    results: dict[str, Any] = {}
+
+    rows = bench_bytes(10 if quick else 200)
+    print(table("1. Bytes on disk, LLM-like workload (5 steps of ~6 KB text each)",
+                ["values", "journal bytes", "after compaction"], rows))
+    results["bytes"] = rows
+    print()
+    lat_rows, lat = bench_latency(
+        2_000 if quick else 100_000, 300 if quick else 3_000, 1 if quick else 3,
+        8 * 1024 if quick else 64 * 1024,
+    )
+    print(table("2. Step-commit latency (ms) while compaction runs",
+                ["", "p50", "p99"], lat_rows))
+    results["latency"] = {k: v.as_dict() for k, v in lat.items()}
+    print()
+    st_rows, st = bench_startup(10_000 if quick else 100_000, 1 if quick else 5)
+    print(table("3. Start-up", ["", ""], st_rows))
+    results["startup"] = {k: v.as_dict() for k, v in st.items()}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
