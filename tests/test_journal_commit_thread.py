@@ -2,7 +2,7 @@
 
 The appender hands ``SegmentWriter.commit`` to a cached worker thread itself
 (trio.lowlevel.start_thread_soon) rather than through trio.to_thread, which
-costs a lone writer ~100 us per append. These tests pin what the hand-off must
+costs a lone writer ~60 us more per append. These tests pin what the hand-off must
 keep: each batch's locations come back in order, a failure in the thread fails
 the batch, and a commit in flight is never abandoned on cancellation.
 """
