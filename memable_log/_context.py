@@ -216,6 +216,7 @@ class Step:
                 ctx._hits += 1
                 if ctx._hits % _YIELD_EVERY == 0:
                     await trio.lowlevel.checkpoint()
+                    found = entry.steps.get(key, found)  # a compaction may have moved it
                 return await engine._value(
                     found if type(found) is bytes else ix.entry_loc(found), 5  # type: ignore[arg-type]
                 )

@@ -51,6 +51,7 @@ class Compaction:
         self.retention_ms = retention_ms
         self.compacted_upto = 0  # the newest cmp-<k> in use
         self.leftovers_upto = 0  # segments up to it still wait for deletion
+        self.leftovers_epoch = 0  # the journal's read epoch once they became leftovers
         self.runs = 0
 
     def start(self, journal: Journal) -> None:
@@ -70,7 +71,7 @@ class Compaction:
             await journal.wait_for_roll()
             # Loop: a roll-over during a compaction sets an event nobody
             # waits on yet, and must not wait for the next roll-over.
-            while (upto := journal.writer.segment - 1) > self.compacted_upto:
+            while (upto := journal.applied_segment - 1) > self.compacted_upto:
                 try:
                     await self.compact(engine, journal, storage, upto)
                 except (OSError, EngineError) as exc:
@@ -79,6 +80,10 @@ class Compaction:
 
     async def compact(self, engine: Engine, journal: Journal, storage: Storage, upto: int) -> None:
         if self.leftovers_upto:
+            # A read that looked its location up before the last re-pointing
+            # may still name a leftover (compactions can follow each other
+            # within one read's thread hop).
+            await journal.reads_before(self.leftovers_epoch)
             await self._io(storage, finish, storage, self.leftovers_upto)
             self.leftovers_upto = 0
         inline = engine._inline_limit
@@ -127,6 +132,7 @@ class Compaction:
                 await trio.lowlevel.checkpoint()
             journal.keep_snapshot = True
             self.compacted_upto = self.leftovers_upto = upto
+            self.leftovers_epoch = journal.new_epoch()
             self.runs += 1
             if journal.snapshots:
                 next_salt = journal.writer.salts[segment_name(upto + 1)]

@@ -88,8 +88,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 journal.append([make(SIGNALLED, now_ms, args.instance, args.key, blob)])
             how = "appended to the journal"
         except JournalLocked:
-            index = Index()
-            scan(storage, index.apply)
+            index = _read_index(storage)
             check_signal(index, args.workflow, args.instance, args.key, now_ms)
             _check_inbox(args.path, args.instance, args.key)
             data = encode_handover(args.workflow, args.instance, args.key, blob)
@@ -104,6 +103,25 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.quiet:
         print(f"signal {args.key!r} for instance {args.instance!r} {how}")
     return EXIT_OK
+
+
+def _read_index(storage: FileStorage, attempts: int = 10) -> Index:
+    """The journal's index, read without the lock while an engine runs.
+
+    The engine's compaction deletes the segments it replaced, so a file
+    listed a moment ago can be gone when it is read: read again, from the
+    new listing.
+    """
+    for _ in range(attempts - 1):
+        index = Index()
+        try:
+            scan(storage, index.apply)
+            return index
+        except FileNotFoundError:
+            continue
+    index = Index()
+    scan(storage, index.apply)
+    return index
 
 
 def _check_inbox(path: str, instance_id: str, key: str) -> None:

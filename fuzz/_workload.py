@@ -1,0 +1,496 @@
+"""The workload every crash campaign runs, and the invariants it checks.
+
+One workflow, ``mixed``, does what its input (a *spec*, a small dict) says:
+
+* ``steps``: steps ``s0..sN-1``; ``big``: that many steps ``big0..`` whose
+  results (1800 bytes each) are too big to stay in the index, so they are
+  read back from the journal (and fill 4 KiB segments: roll-overs);
+* ``amo``: an at-most-once step ``charge`` (a ``StepInterrupted`` is caught
+  and shows in the result as ``"interrupted"``);
+* ``par``: that many steps ``p0..`` at once, in a nursery;
+* ``suspend``: waits for the signal ``approve`` (its payload is fixed by the
+  instance id); ``timeout``: waits for a signal ``maybe`` that never comes,
+  and its timeout is caught; ``hold``: waits for ``never`` (it ends only
+  when cancelled); ``timer``: a durable timer ``nap`` of that many seconds;
+* then a step ``last``.
+
+Every step body records ``instance key attempt`` in a ledger (see
+_ledger.py) before it returns, and the workflow acknowledges each step right
+after ``run`` returns. ``expected_result`` computes the result from the spec
+alone, so any run, crashed or not, must end with it.
+
+``Acks`` collects acknowledgements: what the engine confirmed, and so what a
+crash must never lose. The in-process campaigns fill it directly; the kill -9
+child prints one line per acknowledgement and the parent parses them back
+(``Acks.line`` / ``Acks.parse``). ``check`` compares the journal (as
+``RecordView`` objects, read with the public reader), the ledger and the
+acknowledgements.
+
+``run_ops`` is the CrashMonkey-style driver of the in-memory campaigns: a
+sequence of operations, each on its own instance (``forget`` works on the
+latest earlier one). Run again after a crash with ``redo=True`` it finishes
+the same work, as a client retrying unacknowledged calls would.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+from _ledger import Entry, Forget, check_ledger, forgotten_between
+
+from memable_log import (
+    Context,
+    Engine,
+    EngineError,
+    JournalFailed,
+    SignalAlreadyDelivered,
+    StepInterrupted,
+    SuspendTimedOut,
+    WorkflowCancelled,
+)
+from memable_log._codec import Codec
+from memable_log.journal import RecordView
+
+WORKFLOW = "mixed"
+AMO_KEY = "charge"
+AT_MOST_ONCE = {AMO_KEY}
+BIG_SIZE = 1800  # above the index's inline limit (256): read back by location
+CHARGE = 1000
+_CODEC = Codec()
+
+Spec = dict[str, Any]
+
+
+class Ledger(Protocol):
+    def record(self, instance: str, key: str) -> None: ...
+    def size(self) -> int: ...
+
+
+def step_value(instance: str, key: str) -> int:
+    return zlib.crc32(f"{instance}/{key}".encode()) % 1000
+
+
+def payload_for(instance: str) -> dict[str, str]:
+    return {"approved-by": f"boss-of-{instance}"}
+
+
+def big_value(instance: str, b: int) -> str:
+    unit = f"{instance}/{b};"
+    return (unit * (BIG_SIZE // len(unit) + 1))[:BIG_SIZE]
+
+
+def step_keys(spec: Spec) -> list[str]:
+    """Every step key the spec's run may execute."""
+    keys = [f"s{i}" for i in range(spec.get("steps", 0))]
+    keys += [f"big{b}" for b in range(spec.get("big", 0))]
+    if spec.get("amo"):
+        keys.append(AMO_KEY)
+    keys += [f"p{j}" for j in range(spec.get("par", 0))]
+    return [*keys, "last"]
+
+
+def expected_result(spec: Spec, instance: str, charged: Any = CHARGE) -> dict[str, Any]:
+    """The result of a run of ``spec``; ``charged`` as the run reports it."""
+    total = sum(step_value(instance, f"s{i}") for i in range(spec.get("steps", 0)))
+    total += sum(step_value(instance, f"p{j}") for j in range(spec.get("par", 0)))
+    total += step_value(instance, "last")
+    return {
+        "sum": total,
+        "big": BIG_SIZE * spec["big"] if spec.get("big") else None,
+        "charged": charged if spec.get("amo") else None,
+        "got": payload_for(instance) if spec.get("suspend") else None,
+        "timed_out": True if spec.get("timeout") is not None else None,
+    }
+
+
+# -- acknowledgements ---------------------------------------------------------
+
+
+@dataclass
+class Acks:
+    """What the engine acknowledged (see the module comment)."""
+
+    invokes: set[str] = field(default_factory=set)
+    steps: dict[tuple[str, str], int] = field(default_factory=dict)  # -> earliest ledger size
+    signals: set[tuple[str, str]] = field(default_factory=set)
+    cancels: set[str] = field(default_factory=set)
+    forgets: set[tuple[str, str]] = field(default_factory=set)
+    forget_calls: list[Forget] = field(default_factory=list)  # issued, acked or not
+    restarts: set[str] = field(default_factory=set)
+    restart_calls: list[tuple[str, int]] = field(default_factory=list)  # issued: (id, tick)
+    results: dict[str, tuple[Any, int]] = field(default_factory=dict)  # id -> (value, tick)
+    ticks: int = 0  # orders results and restart calls
+
+    def tick(self) -> int:
+        self.ticks += 1
+        return self.ticks
+
+    def on_step(self, instance: str, key: str, pos: int) -> None:
+        where = (instance, key)
+        self.steps[where] = min(pos, self.steps.get(where, pos))
+
+    def count(self) -> int:
+        return (len(self.invokes) + len(self.steps) + len(self.signals) + len(self.cancels)
+                + len(self.forgets) + len(self.restarts) + len(self.results))
+
+    @staticmethod
+    def line(kind: str, *fields: object) -> str:
+        return " ".join(["ACK", kind, *map(str, fields)])
+
+    def parse(self, line: str) -> bool:
+        """Take in one ``ACK ...`` line; False if it is not one."""
+        parts = line.split(" ")
+        if len(parts) < 3 or parts[0] != "ACK":
+            return False
+        kind, args = parts[1], parts[2:]
+        if kind == "invoke":
+            self.invokes.add(args[0])
+        elif kind == "step":
+            self.on_step(args[0], args[1], int(args[2]))
+        elif kind == "signal":
+            self.signals.add((args[0], args[1]))
+        elif kind == "cancel":
+            self.cancels.add(args[0])
+        else:
+            return False
+        return True
+
+
+class AckSink(Protocol):
+    def __call__(self, kind: str, *fields: object) -> None: ...
+
+
+def collect(acks: Acks) -> AckSink:
+    """A sink that puts step acknowledgements into ``acks`` directly."""
+
+    def sink(kind: str, *fields: object) -> None:
+        assert kind == "step"
+        instance, key, pos = fields
+        acks.on_step(str(instance), str(key), int(pos))  # type: ignore[call-overload]
+
+    return sink
+
+
+# -- the workflow ---------------------------------------------------------------
+
+
+def make_workflow(ledger: Ledger, sink: AckSink) -> Callable[[Context], Awaitable[Any]]:
+    """The ``mixed`` workflow, recording in ``ledger`` and acknowledging to ``sink``."""
+
+    async def step(ctx: Context, key: str, value: Any, *, at_most_once: bool = False) -> Any:
+        def body() -> Any:
+            ledger.record(ctx.instance_id, key)
+            return value
+
+        builder = ctx.step(key)
+        if at_most_once:
+            builder = builder.at_most_once()
+        got = await builder.run(body)
+        sink("step", ctx.instance_id, key, ledger.size())
+        return got
+
+    async def mixed(ctx: Context) -> dict[str, Any]:
+        spec: Spec = ctx.input
+        iid = ctx.instance_id
+        total = 0
+        for i in range(spec.get("steps", 0)):
+            total += await step(ctx, f"s{i}", step_value(iid, f"s{i}"))
+        big = None
+        for b in range(spec.get("big", 0)):
+            big = (big or 0) + len(await step(ctx, f"big{b}", big_value(iid, b)))
+        charged: Any = None
+        if spec.get("amo"):
+            try:
+                charged = await step(ctx, AMO_KEY, CHARGE, at_most_once=True)
+            except StepInterrupted:
+                charged = "interrupted"
+        par = spec.get("par", 0)
+        if par:
+            got: list[int] = []
+
+            async def one(j: int) -> None:
+                got.append(await step(ctx, f"p{j}", step_value(iid, f"p{j}")))
+
+            async with trio.open_nursery() as nursery:
+                for j in range(par):
+                    nursery.start_soon(one, j)
+            total += sum(got)
+        payload = None
+        if spec.get("suspend"):
+            payload = await ctx.suspend("approve", status="waiting for approval")
+        timed_out = None
+        if spec.get("timeout") is not None:
+            try:
+                await ctx.suspend("maybe", timeout=spec["timeout"])
+                timed_out = False
+            except SuspendTimedOut:
+                timed_out = True
+        if spec.get("hold"):
+            await ctx.suspend("never", status="held until cancelled")
+        if spec.get("timer") is not None:
+            await ctx.timer("nap", spec["timer"])
+        total += await step(ctx, "last", step_value(iid, "last"))
+        return {"sum": total, "big": big, "charged": charged, "got": payload,
+                "timed_out": timed_out}
+
+    return mixed
+
+
+async def until_settled(engine: Engine, instance_id: str) -> str:
+    """Wait until the instance is not running (waiting or finished); its state.
+
+    Waits on the engine's per-instance change event (set whenever a runner
+    ends or the instance is cancelled), never by polling.
+    """
+    while True:
+        state = engine.status(instance_id).state
+        if state != "running":
+            return state
+        failed = engine._require().failed
+        if failed is not None:  # its runner stopped: it stays running until reopened
+            raise JournalFailed(failed)
+        event = engine._changed.setdefault(instance_id, trio.Event())
+        await event.wait()
+
+
+# -- the in-memory operations (CrashMonkey style) -----------------------------
+
+OPS = ("invoke", "step", "signal", "timer", "cancel", "forget")
+TIMER_SECONDS = 30.0
+OP_SPECS: dict[str, Spec] = {
+    "invoke": {"steps": 2, "big": 3},  # 5.4 kB of results: a roll-over
+    "step": {"steps": 1, "amo": True, "par": 2, "big": 1},
+    "signal": {"steps": 1, "suspend": True},
+    "timer": {"timer": TIMER_SECONDS},
+    "cancel": {"steps": 1, "hold": True},
+    "forget": {"steps": 1, "amo": True},  # its own instance when nothing came before
+}
+
+
+def op_plan(ops: Iterable[str]) -> list[tuple[str, str, Spec]]:
+    """(op, instance id, spec) per operation; forget names its target."""
+    plan: list[tuple[str, str, Spec]] = []
+    finished: str | None = None  # the latest instance an op completed
+    for k, op in enumerate(ops):
+        if op == "forget" and finished is not None:
+            plan.append((op, finished, {}))
+            continue
+        iid = f"{op}{k}"
+        plan.append((op, iid, OP_SPECS[op]))
+        if op != "cancel":
+            finished = iid
+    return plan
+
+
+def op_specs(ops: Iterable[str]) -> dict[str, Spec]:
+    return {iid: spec for _, iid, spec in op_plan(ops) if spec}
+
+
+async def run_ops(
+    engine: Engine, ops: Iterable[str], acks: Acks, ledger: Ledger, *, redo: bool = False
+) -> None:
+    """Run the operations in order, each to its end (see the module comment)."""
+    for op, iid, spec in op_plan(ops):
+        if op == "forget" and not spec:
+            await _forget_restart(engine, iid, acks, ledger, redo)
+            continue
+        await engine.invoke(WORKFLOW, spec, instance_id=iid)
+        acks.invokes.add(iid)
+        if op == "forget":  # nothing earlier to forget: run one, then forget it
+            await _finish(engine, iid, acks)
+            await _forget_restart(engine, iid, acks, ledger, redo)
+            continue
+        if op in ("signal", "cancel") and await until_settled(engine, iid) == "suspended":
+            if op == "signal":
+                try:
+                    await engine.signal(WORKFLOW, iid, "approve", payload_for(iid))
+                    acks.signals.add((iid, "approve"))
+                except SignalAlreadyDelivered:
+                    if not redo:
+                        raise
+            else:
+                await engine.cancel(iid)
+                acks.cancels.add(iid)
+        await _finish(engine, iid, acks)
+
+
+async def _finish(engine: Engine, iid: str, acks: Acks) -> None:
+    try:
+        value = await engine.wait(iid)
+        acks.results[iid] = value, acks.tick()
+    except WorkflowCancelled:
+        pass
+
+
+async def _forget_restart(
+    engine: Engine, iid: str, acks: Acks, ledger: Ledger, redo: bool
+) -> None:
+    if redo:
+        # Before a crash the target may have been left mid-run: let it end.
+        await until_settled(engine, iid)
+        if engine.status(iid).state in ("running", "suspended", "sleeping"):
+            await _finish(engine, iid, acks)
+    acks.forget_calls.append(Forget(iid, "*", ledger.size()))
+    await engine.forget(iid, "*")
+    acks.forgets.add((iid, "*"))
+    acks.restart_calls.append((iid, acks.tick()))
+    try:
+        await engine.restart(iid)
+        acks.restarts.add(iid)
+    except EngineError:
+        if not redo:
+            raise
+    await _finish(engine, iid, acks)
+
+
+# -- the journal as facts, and the check ---------------------------------------
+
+
+@dataclass
+class Facts:
+    """What a journal holds, by instance and key (from its records, in order)."""
+
+    created: set[str] = field(default_factory=set)
+    step_done: set[tuple[str, str]] = field(default_factory=set)
+    step_started: set[tuple[str, str]] = field(default_factory=set)
+    signalled: set[tuple[str, str]] = field(default_factory=set)
+    cancelled: set[str] = field(default_factory=set)
+    forgot: set[tuple[str, str]] = field(default_factory=set)
+    restarted: set[str] = field(default_factory=set)
+    completed: set[str] = field(default_factory=set)
+    compacted: bool = False  # some records were rewritten by compaction (seq 0)
+    # the state after the last record: "live", or the finished state and its record
+    final: dict[str, tuple[str, RecordView | None]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, records: Iterable[RecordView]) -> Facts:
+        facts = cls()
+        for rec in records:
+            iid, key = rec.instance, rec.fields.get("key")
+            facts.compacted = facts.compacted or rec.seq == 0
+            state = facts.final.get(iid, ("live", None))[0]
+            if rec.type == "created":
+                facts.created.add(iid)
+                facts.final.setdefault(iid, ("live", None))
+            elif rec.type == "step_done":
+                facts.step_done.add((iid, key))  # type: ignore[arg-type]
+            elif rec.type == "step_started":
+                facts.step_started.add((iid, key))  # type: ignore[arg-type]
+            elif rec.type == "signalled":
+                facts.signalled.add((iid, key))  # type: ignore[arg-type]
+            elif rec.type == "forgot":
+                facts.forgot.add((iid, key))  # type: ignore[arg-type]
+            elif rec.type in ("restarted", "state_image"):
+                if rec.type == "restarted":
+                    facts.restarted.add(iid)
+                if state != "live":
+                    facts.final[iid] = ("live", None)
+            elif rec.type in ("completed", "failed", "cancelled"):
+                if rec.type == "completed":
+                    facts.completed.add(iid)
+                if rec.type == "cancelled":
+                    facts.cancelled.add(iid)
+                if state == "live":
+                    facts.final[iid] = (rec.type, rec)
+        return facts
+
+
+def check(
+    records: list[RecordView],
+    acks: Acks,
+    ledger: list[Entry],
+    specs: dict[str, Spec],
+    *,
+    final: bool,
+    handed_over: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+) -> list[str]:
+    """Every violation of the invariants (an empty list when all hold).
+
+    Always: every acknowledged invoke, step, signal (or, not yet applied,
+    its hand-over in ``handed_over``), cancel, forget, restart and result is
+    in the journal, and the ledger rules hold. With ``final``, also: every
+    instance ended as its spec says, with the right result.
+    """
+    facts = Facts.of(records)
+    problems: list[str] = []
+
+    def lost(what: str, missing: Iterable[Any]) -> None:
+        problems.extend(f"acknowledged {what} {m} is not in the journal" for m in sorted(missing))
+
+    lost("invoke", acks.invokes - facts.created)
+    # A step forgotten since its acknowledgement may be gone (compaction
+    # drops forgotten results), and so may a result since a restart.
+    lost("step", {
+        (iid, key) for (iid, key), pos in acks.steps.items()
+        if (iid, key) not in facts.step_done
+        and not forgotten_between(acks.forget_calls, iid, key, pos, sys.maxsize)
+    })
+    lost("signal", acks.signals - facts.signalled - set(handed_over))
+    lost("cancel", acks.cancels - facts.cancelled)
+    lost("result of", {
+        iid for iid, (_, tick) in acks.results.items()
+        if iid not in facts.completed
+        and not any(i == iid and t > tick for i, t in acks.restart_calls)
+    })
+    if not facts.compacted:
+        # Compaction rewrites history as state: forgets and restarts leave
+        # no record of their own, only their effects.
+        lost("forget", acks.forgets - facts.forgot)
+        lost("restart", acks.restarts - facts.restarted)
+    for iid, (value, _) in acks.results.items():
+        if iid in specs and value != expected_result(specs[iid], iid, value.get("charged")):
+            problems.append(f"{iid} returned {value!r}, expected "
+                            f"{expected_result(specs[iid], iid, value.get('charged'))!r}")
+    problems += check_ledger(ledger, acks.steps, AT_MOST_ONCE, acks.forget_calls)
+    known = {(iid, key) for iid, spec in specs.items() for key in step_keys(spec)}
+    problems += [f"ledger entry {e} is no step of the workload"
+                 for e in ledger if (e.instance, e.key) not in known]
+    if final:
+        problems += _check_final(facts, specs, ledger)
+    return problems
+
+
+def _check_final(facts: Facts, specs: dict[str, Spec], ledger: list[Entry]) -> list[str]:
+    problems = []
+    for iid, spec in sorted(specs.items()):
+        state, rec = facts.final.get(iid, ("missing", None))
+        if spec.get("hold"):
+            if state != "cancelled":
+                problems.append(f"{iid} should end cancelled, is {state}")
+            continue
+        if state != "completed" or rec is None:
+            detail = f": {rec.fields}" if rec is not None else ""
+            problems.append(f"{iid} should end completed, is {state}{detail}")
+            continue
+        result = _CODEC.decode(rec.fields["result"])
+        charged = result.get("charged") if isinstance(result, dict) else None
+        want = expected_result(spec, iid, charged)
+        if result != want:
+            problems.append(f"{iid} ended with {result!r}, expected {want!r}")
+        if spec.get("amo"):
+            ran = sum(1 for e in ledger if (e.instance, e.key) == (iid, AMO_KEY))
+            if charged == CHARGE and not ran:
+                problems.append(f"{iid}: charge returned but never ran")
+            elif charged == "interrupted" and (iid, AMO_KEY) not in facts.step_started:
+                problems.append(f"{iid}: charge interrupted without a recorded start")
+            elif charged not in (CHARGE, "interrupted"):
+                problems.append(f"{iid}: charge reported {charged!r}")
+    return problems
+
+
+def memory_engine(storage: Any, clock: Any, ledger: Ledger, sink: AckSink,
+                  segment_size: int = 4096, *, compaction: bool = True) -> Engine:
+    """An engine on ``storage`` (a MemoryStorage) running the ``mixed`` workflow.
+
+    Finished instances are kept for ever (no retention), so what was
+    acknowledged stays checkable; background compaction runs unless told not.
+    """
+    engine = (Engine.builder().in_memory(storage).clock(clock).segment_size(segment_size)
+              .retention(None).compaction(compaction).build())
+    engine.register(WORKFLOW, make_workflow(ledger, sink))
+    return engine
