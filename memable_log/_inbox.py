@@ -29,6 +29,7 @@ import zlib
 import msgpack
 
 from ._crashpoints import crashpoint
+from ._storage import fsync_dir as _fsync_dir
 
 INBOX = "inbox"
 MAGIC = b"MMBLSIG1"
@@ -119,14 +120,6 @@ def remove_handover(journal_path: str, name: str) -> None:
     except FileNotFoundError:
         return
     _fsync_dir(inbox)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class InboxWatcher:

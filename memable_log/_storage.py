@@ -96,7 +96,7 @@ class FileStorage:
         if create and not os.path.isdir(self.path):
             os.makedirs(self.path, mode=dir_mode, exist_ok=True)
             parent = os.path.dirname(os.path.abspath(self.path))
-            _fsync_dir(parent)
+            fsync_dir(parent)
         if not os.path.isdir(self.path):
             raise FileNotFoundError(errno.ENOENT, "no journal directory", self.path)
 
@@ -138,7 +138,7 @@ class FileStorage:
         os.unlink(self._p(name))
 
     def sync_dir(self) -> None:
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def lock(self) -> None:
         """Take the journal's write lock or raise JournalLocked at once."""
@@ -159,7 +159,8 @@ class FileStorage:
             self._lock_fd = None
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a directory: makes creations, renames and removals in it durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
