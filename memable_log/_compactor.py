@@ -16,14 +16,17 @@ which become leftovers; ``finish`` deletes them (and the writer deletes any
 that a crash left behind). A crash at any point leaves a journal that opens
 with the same contents.
 
-The new prefix index (with the new locations) is returned, so a running
-engine can re-point its index entries before the old files go.
+The new file's locations come back as *moves* (``moves``), so a running
+engine can re-point its index entries (``apply_moves``) before the old files
+go. ``compact_prefix`` is the whole rewrite over a Storage; a running engine
+runs it in a child process (_compact_process.py), since it is CPU work that
+would otherwise hold the GIL against the engine's own commits.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -42,10 +45,11 @@ from ._format import (
     parse_compacted_name,
     parse_segment_name,
     segment_name,
+    unpack_header,
 )
 from ._framing import BLOCK_TARGET, encode_block, encode_frame
 from ._index import Index, InstanceEntry, pack_loc
-from ._reader import ScanResult, iter_scan
+from ._reader import ScanResult, iter_scan, read_record_at
 from ._storage import Storage
 
 ReadRecord = Callable[[int], list[Any]]
@@ -181,51 +185,116 @@ def finish(storage: Storage, upto: int) -> list[str]:
     return names
 
 
-def remap(
-    live: Index,
-    fresh: Index,
-    upto: int,
-    only: Container[str] | None = None,
-    next_seq: int | None = None,
-) -> int:
-    """Re-point ``live`` entries that point into segments up to ``upto``.
+Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int]]
+"""An instance's new locations: (id, input, outcome, steps, signals); only
+the entries that are locations (inline values never move)."""
 
-    ``fresh`` is the compacted segment's index: same keys, new locations.
-    Returns how many entries changed. Entries written since (later
-    segments) are left alone. With ``next_seq`` (the seq after the compacted
-    history), an instance with no record since takes the compacted
-    ``last_seq`` (0), as a full scan of the new files would give it.
+
+def moves(fresh: Index) -> Iterator[Move]:
+    """Every location in ``fresh`` (a compacted segment's index), by instance."""
+    for iid, e in fresh.instances.items():
+        steps = {k: v for k, v in e.steps.items() if type(v) is int}
+        signals = {k: v for k, v in (e.signals or {}).items() if type(v) is int}
+        inp = e.input if type(e.input) is int else None
+        out = e.outcome if type(e.outcome) is int else None
+        if steps or signals or inp is not None or out is not None:
+            yield iid, inp, out, steps, signals
+
+
+def _old(value: ix.Entry | None, shift: int, upto: int) -> bool:
+    """Whether ``value`` is a location that ``cmp-<upto>`` replaced: in a plain
+    segment up to ``upto``, or in an older compacted one."""
+    if type(value) is not int:
+        return False
+    loc = value >> shift
+    segment = ix.unpack_loc(loc)[0]
+    return segment < upto or (segment == upto and ix.loc_inner(loc) == 0)
+
+
+def apply_moves(live: Index, moved: Iterator[Move] | list[Move], upto: int) -> int:
+    """Re-point ``live`` entries that point into what ``cmp-<upto>`` replaced.
+
+    A live entry still at an old location was last written in the compacted
+    prefix, so the compacted file holds its counterpart, of the same kind and
+    inlined alike: its move. Entries written since (later segments) are left
+    alone. Returns how many entries changed.
     """
     changed = 0
-
-    def old(value: ix.Entry, shift: int) -> bool:
-        if type(value) is bytes:
-            return False
-        loc = value >> shift  # type: ignore[operator]
-        segment = ix.unpack_loc(loc)[0]
-        # Old: in a plain segment up to ``upto``, or in an older compacted one.
-        return segment < upto or (segment == upto and ix.loc_inner(loc) == 0)
-
-    for iid, new in fresh.instances.items():
-        if only is not None and iid not in only:
-            continue
-        entry = live.instances.get(iid)
+    instances = live.instances
+    for iid, inp, out, steps, signals in moved:
+        entry = instances.get(iid)
         if entry is None:
             continue
-        if next_seq is not None and entry.last_seq < next_seq:
-            entry.last_seq = new.last_seq
-        if old(entry.input, 0):
-            entry.input, changed = new.input, changed + 1
-        if entry.outcome is not None and old(entry.outcome, 0) and new.outcome is not None:
-            entry.outcome, changed = new.outcome, changed + 1
-        for key, value in entry.steps.items():
-            if old(value, 2) and key in new.steps:
-                entry.steps[key], changed = new.steps[key], changed + 1
-        if entry.signals:
-            for key, value in entry.signals.items():
-                if old(value, 0) and new.signals and key in new.signals:
-                    entry.signals[key], changed = new.signals[key], changed + 1
+        if inp is not None and _old(entry.input, 0, upto):
+            entry.input, changed = inp, changed + 1
+        if out is not None and _old(entry.outcome, 0, upto):
+            entry.outcome, changed = out, changed + 1
+        if steps:
+            table = entry.steps
+            for key, value in steps.items():
+                if _old(table.get(key), 2, upto):
+                    table[key], changed = value, changed + 1
+        if signals and entry.signals:
+            table = entry.signals
+            for key, value in signals.items():
+                if _old(table.get(key), 0, upto):
+                    table[key], changed = value, changed + 1
     return changed
+
+
+def settle_seqs(live: Index, ids: Iterable[str], next_seq: int) -> None:
+    """Instances with no record after the compacted history (``next_seq`` is
+    the seq after it) take its ``last_seq``, 0, as a full scan would give."""
+    instances = live.instances
+    for iid in ids:
+        entry = instances.get(iid)
+        if entry is not None and entry.last_seq < next_seq:
+            entry.last_seq = 0
+
+
+def remap(live: Index, fresh: Index, upto: int, next_seq: int | None = None) -> int:
+    """Re-point ``live`` at ``fresh``, the index of ``cmp-<upto>``, at once.
+
+    Returns how many entries changed. With ``next_seq`` (the seq after the
+    compacted history) ``last_seq`` is settled too (see settle_seqs).
+    """
+    changed = apply_moves(live, moves(fresh), upto)
+    if next_seq is not None:
+        settle_seqs(live, fresh.instances, next_seq)
+    return changed
+
+
+def compact_prefix(
+    storage: Storage,
+    upto: int,
+    inline_limit: int,
+    drop: Container[str] = (),
+    snapshot: bool = False,
+) -> tuple[Index, int, int]:
+    """Compact the sealed segments up to ``upto``, leaving out ``drop``.
+
+    Scans them, writes ``cmp-<upto>`` durably and, with ``snapshot``, the
+    index snapshot of the compacted history. Returns the new file's index,
+    its salt and the seq after the compacted history. The files it replaces
+    stay (leftovers) for ``finish``. Self-contained over a Storage, so it can
+    run in another process (see _compact_process.py).
+    """
+    prefix, result = prefix_state(storage, upto, inline_limit)
+    salts = {seg.name: seg.header.salt for seg in result.segments}
+
+    def read(loc: int) -> list[Any]:
+        return read_record_at(storage, salts, loc)
+
+    fresh, salt = write_compacted(
+        storage, upto, result.next_seq, synthesize(prefix, read, drop), inline_limit
+    )
+    if snapshot:
+        next_name = segment_name(upto + 1)
+        next_salt = unpack_header(storage.read_at(next_name, 0, HEADER_SIZE)).salt
+        _snapshot.write_after_compaction(
+            storage, fresh, upto, salt, result.next_seq, next_salt
+        )
+    return fresh, salt, result.next_seq
 
 
 class CompactStats:
@@ -260,7 +329,6 @@ def compact_offline(
     segment if it has records, and compacts every sealed segment.
     """
     from ._offline import OfflineJournal
-    from ._reader import read_record_at
 
     stats = CompactStats()
     with OfflineJournal(storage) as journal:

@@ -1,17 +1,21 @@
 """Background compaction inside a running engine.
 
 Theory of operation. After every segment roll-over the service compacts all
-sealed segments (see _compactor.py) on a worker thread, so the appender
-never waits for it:
+sealed segments (see _compactor.py) so the appender never waits for it:
 
-1. scan the sealed prefix into a private index;
-2. choose the instances to drop: finished in the prefix, unchanged for the
-   retention period, with no record after the prefix (``last_seq``) nor
-   one in flight (``Journal.pending_instances``), and
+1. choose the instances to drop, from the live index: finished, unchanged
+   for the retention period, with no record after the prefix
+   (``last_seq``) nor one in flight (``Journal.pending_instances``), and
    take them out of the live index at once, so nothing new can mention them;
-3. write ``cmp-<k>`` (temp, fsync, rename, directory fsync);
-4. re-point the live index's locations into the old segments at the new
+2. in a child process (_compact_process.py; on a worker thread for
+   storages that are not a real directory): scan the sealed prefix, write
+   ``cmp-<k>`` (temp, fsync, rename, directory fsync) without them, and the
+   index snapshot of the compacted history;
+3. re-point the live index's locations into the old segments at the new
    file, a thousand instances between checkpoints.
+
+The engine's own share is steps 1 and 3, in chunks between checkpoints, so
+a compaction costs its commits no GIL time to speak of.
 
 The old segments stay until the *next* compaction (or the engine's exit):
 a task may hold a location it looked up before step 4 and read it a moment
@@ -22,26 +26,25 @@ writer deletes if a crash comes first.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import _lifecycle as lc
-from . import _snapshot
-from ._compactor import expired, finish, prefix_state, remap, synthesize, write_compacted
-from ._errors import EngineError
-from ._format import compacted_name, segment_name
+from ._compact_process import ChildFailed, Rewritten, compact_in_child, usable
+from ._compactor import Move, apply_moves, compact_prefix, finish, moves, settle_seqs
+from ._errors import EngineError, JournalCorrupt
+from ._format import HEADER_SIZE, compacted_name, segment_name, unpack_header
+from ._index import InstanceEntry
 from ._journal import Journal
-from ._reader import read_record_at
-from ._storage import Storage
+from ._storage import FileStorage, Storage
 
 if TYPE_CHECKING:
     from ._engine import Engine
 
 logger = logging.getLogger("memable_log")
 
-_REMAP_CHUNK = 1000
+_CHUNK = 1000  # instances re-pointed between checkpoints
 
 
 class Compaction:
@@ -53,6 +56,7 @@ class Compaction:
         self.leftovers_upto = 0  # segments up to it still wait for deletion
         self.leftovers_epoch = 0  # the journal's read epoch once they became leftovers
         self.runs = 0
+        self.use_child = True  # compact in a child process where the storage allows
 
     def start(self, journal: Journal) -> None:
         scan = journal.scan_result
@@ -74,7 +78,7 @@ class Compaction:
             while (upto := journal.applied_segment - 1) > self.compacted_upto:
                 try:
                     await self.compact(engine, journal, storage, upto)
-                except (OSError, EngineError) as exc:
+                except (OSError, EngineError, ChildFailed) as exc:
                     logger.error("background compaction stopped: %s", exc)
                     return
 
@@ -86,23 +90,12 @@ class Compaction:
             await journal.reads_before(self.leftovers_epoch)
             await self._io(storage, finish, storage, self.leftovers_upto)
             self.leftovers_upto = 0
-        inline = engine._inline_limit
-        prefix, result = await self._io(storage, prefix_state, storage, upto, inline)
-        now = engine._now()
+        # The seq after the prefix: the first of the segment after it.
+        header = await self._io(storage, storage.read_at, segment_name(upto + 1), 0, HEADER_SIZE)
+        next_seq = unpack_header(header).first_seq
         live = engine._index.instances
-        # Out of the live index at once, so nothing new can mention them;
-        # back in if the compacted file never replaces their segments.
-        removed = {}
-        # A record in flight (a restart, a forget) is not in last_seq yet.
-        busy = journal.pending_instances()
-        for iid in expired(prefix, now, self.retention_ms):
-            entry = live.get(iid)
-            untouched = entry is not None and entry.last_seq < result.next_seq
-            untouched = untouched and iid not in busy
-            if untouched and entry is not None and entry.state in lc.FINISHED:
-                removed[iid] = live.pop(iid)
-        salts = dict(journal.writer.salts)
-        records = synthesize(prefix, partial(read_record_at, storage, salts), removed)
+        ids = list(live)
+        removed = await self._take_expired(engine, journal, ids, next_seq)
         # Once decided, a compaction runs to its end even when the engine is
         # stopping (the file writes are uncancellable anyway): the exit then
         # snapshots an index that points at the new file.
@@ -112,9 +105,7 @@ class Compaction:
             journal.keep_snapshot = False
             written = False
             try:
-                fresh, salt = await self._io(
-                    storage, write_compacted, storage, upto, result.next_seq, records, inline
-                )
+                done = await self._rewrite(engine, journal, storage, upto, removed)
                 written = True
             finally:
                 # Back in only if the new file never became visible: once renamed
@@ -123,27 +114,80 @@ class Compaction:
                 # appended now would name an instance the journal lacks.
                 # (A quick listing, kept synchronous: no checkpoint in a finally.)
                 if not written and compacted_name(upto) not in storage.list():
-                    live.update(removed)
-            journal.writer.salts[compacted_name(upto)] = salt
-            ids = list(fresh.instances)
-            for start in range(0, len(ids), _REMAP_CHUNK):
-                chunk = set(ids[start : start + _REMAP_CHUNK])
-                remap(engine._index, fresh, upto, only=chunk, next_seq=result.next_seq)
+                    for iid, entry in removed.items():
+                        live.setdefault(iid, entry)
+            if done.next_seq != next_seq:
+                raise JournalCorrupt(
+                    storage.location, 0,
+                    f"compacted history ends at seq {done.next_seq}, "
+                    f"segment {upto + 1} starts at {next_seq}",
+                )
+            journal.writer.salts[compacted_name(upto)] = done.salt
+            chunk: list[Move] = []
+            for move in done.moved:
+                chunk.append(move)
+                if len(chunk) == _CHUNK:
+                    apply_moves(engine._index, chunk, upto)
+                    chunk.clear()
+                    await trio.lowlevel.checkpoint()
+            apply_moves(engine._index, chunk, upto)
+            for start in range(0, len(ids), _CHUNK * 10):
+                settle_seqs(engine._index, ids[start : start + _CHUNK * 10], next_seq)
                 await trio.lowlevel.checkpoint()
             journal.keep_snapshot = True
             self.compacted_upto = self.leftovers_upto = upto
             self.leftovers_epoch = journal.new_epoch()
             self.runs += 1
-            if journal.snapshots:
-                next_salt = journal.writer.salts[segment_name(upto + 1)]
-                await self._io(
-                    storage, _snapshot.write_after_compaction,
-                    storage, fresh, upto, salt, result.next_seq, next_salt,
-                )
         logger.info(
             "compacted segments up to %d: %d records kept, %d instances dropped",
-            upto, fresh.records, len(removed),
+            upto, done.records, len(removed),
         )
+
+    async def _take_expired(
+        self, engine: Engine, journal: Journal, ids: list[str], next_seq: int
+    ) -> dict[str, InstanceEntry]:
+        """Take the instances past retention out of the live index, and return them.
+
+        Out at once, each in the same step as its check, so nothing new can
+        mention it: finished, unchanged for the retention period, with no
+        record after the prefix (``last_seq``; then the prefix holds all of
+        it) nor one in flight (a restart, a forget: not in last_seq yet).
+        """
+        removed: dict[str, InstanceEntry] = {}
+        if self.retention_ms is None:
+            return removed
+        cutoff = engine._now() - self.retention_ms
+        live = engine._index.instances
+        for start in range(0, len(ids), _CHUNK * 10):
+            busy = journal.pending_instances()
+            for iid in ids[start : start + _CHUNK * 10]:
+                entry = live.get(iid)
+                if (
+                    entry is not None and entry.state in lc.FINISHED
+                    and entry.updated_ms <= cutoff and entry.last_seq < next_seq
+                    and iid not in busy
+                ):
+                    removed[iid] = live.pop(iid)
+            await trio.lowlevel.checkpoint()
+        return removed
+
+    async def _rewrite(
+        self, engine: Engine, journal: Journal, storage: Storage, upto: int,
+        removed: dict[str, InstanceEntry],
+    ) -> Rewritten:
+        """compact_prefix, in a child process when the storage allows."""
+        inline, snapshot = engine._inline_limit, journal.snapshots
+        if self.use_child and usable(storage):
+            assert isinstance(storage, FileStorage)
+            try:
+                return await compact_in_child(storage, upto, inline, removed, snapshot)
+            except OSError as exc:  # no interpreter to start: on a thread then
+                logger.warning("compaction child not started (%s); compacting in-process", exc)
+                self.use_child = False
+        fresh, salt, next_seq = await self._io(
+            storage, compact_prefix, storage, upto, inline, removed, snapshot
+        )
+        return Rewritten(salt, next_seq, fresh.records, moves(fresh))
 
     async def close(self, storage: Storage) -> None:
         """Delete the leftovers of the last compaction (no task holds them now)."""

@@ -153,6 +153,11 @@ class FileStorage:
             raise
         self._lock_fd = fd
 
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor holding the write lock (a child given it holds it too)."""
+        return self._lock_fd
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock

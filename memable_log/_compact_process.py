@@ -1,0 +1,151 @@
+"""Compaction in a child process: both ends of the pipe.
+
+Theory of operation. Compaction is CPU work in Python (decode every record
+of the sealed prefix, encode the survivors, compress): on a worker thread it
+holds the GIL for long stretches, and every commit of the engine needs the
+GIL to hand its fsync to a worker thread and to take the result back. So an
+engine on a real directory runs ``_compactor.compact_prefix`` in a child
+interpreter (``python -m memable_log._compact_process``) with a GIL of its
+own, on another core. The engine only re-points its index afterwards, in
+chunks between checkpoints.
+
+Safety. The child inherits the engine's lock descriptor: the flock stays
+held until both have exited, so if the engine dies no new engine can open
+the journal while the child still writes. The child also watches its parent
+and exits at once when it is gone, so a dead engine does not leave the
+journal locked for the length of a compaction. A child stopped half-way
+leaves a temp file that the next start removes, as after any crash; one
+stopped after its rename leaves a complete ``cmp-<k>``.
+
+Protocol. stdin: one msgpack map, the request. stdout: ``[salt, next_seq,
+records]``, then one array per instance with moved locations (see
+``_compactor.Move``); locations travel as little-endian bytes, since inside
+compacted blocks they exceed msgpack's 64-bit integers. Exit status 0 once
+all of it is written; otherwise stderr says why.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+import msgpack
+import trio
+
+from ._compactor import Move, compact_prefix, moves
+from ._storage import FileStorage
+
+_WATCH_INTERVAL_S = 0.05
+# The child must import this very package, wherever it was loaded from.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ChildFailed(Exception):
+    """The compaction child exited without finishing; the message says how."""
+
+
+@dataclass
+class Rewritten:
+    """What a compaction wrote: the new file's salt, the seq after the
+    compacted history, its record count, and the moves to apply."""
+
+    salt: int
+    next_seq: int
+    records: int
+    moved: Iterator[Move]
+
+
+def _loc_out(value: int | None) -> bytes | None:
+    return None if value is None else value.to_bytes((value.bit_length() + 7) // 8 or 1, "little")
+
+
+def _loc_in(value: bytes | None) -> int | None:
+    return None if value is None else int.from_bytes(value, "little")
+
+
+def _decode_moves(unpacker: msgpack.Unpacker) -> Iterator[Move]:
+    for iid, inp, out, steps, signals in unpacker:
+        yield (
+            iid, _loc_in(inp), _loc_in(out),
+            {k: int.from_bytes(v, "little") for k, v in steps.items()},
+            {k: int.from_bytes(v, "little") for k, v in signals.items()},
+        )
+
+
+def usable(storage: object) -> bool:
+    """Whether compaction of ``storage`` can run in a child process."""
+    return isinstance(storage, FileStorage) and bool(sys.executable)
+
+
+async def compact_in_child(
+    storage: FileStorage, upto: int, inline_limit: int, drop: Collection[str], snapshot: bool
+) -> Rewritten:
+    """Run ``compact_prefix`` in a child process; OSError if it cannot start."""
+    request = msgpack.packb({
+        "path": storage.path, "upto": upto, "inline_limit": inline_limit,
+        "drop": sorted(drop), "snapshot": snapshot, "parent": os.getpid(),
+    })
+    lock_fd = storage.lock_fd
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+    done = await trio.run_process(
+        [sys.executable, "-m", "memable_log._compact_process"],
+        stdin=request, capture_stdout=True, capture_stderr=True, check=False, env=env,
+        pass_fds=() if lock_fd is None else (lock_fd,),
+    )
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise ChildFailed(f"exit status {done.returncode}: {lines[-1] if lines else 'no message'}")
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=max(len(done.stdout), 1 << 20)
+    )
+    unpacker.feed(done.stdout)
+    try:
+        salt, next_seq, records = next(unpacker)
+    except (StopIteration, ValueError) as exc:
+        raise ChildFailed(f"unreadable answer: {exc!r}") from None
+    return Rewritten(salt, next_seq, records, _decode_moves(unpacker))
+
+
+# -- the child --------------------------------------------------------------
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit the moment the engine that started us is gone (see Safety)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_INTERVAL_S)
+        os._exit(3)
+
+    if os.getppid() != parent:
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> int:
+    request = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
+    _watch_parent(request["parent"])
+    storage = FileStorage(request["path"], create=False)
+    fresh, salt, next_seq = compact_prefix(
+        storage, request["upto"], request["inline_limit"],
+        frozenset(request["drop"]), request["snapshot"],
+    )
+    out = sys.stdout.buffer
+    pack = msgpack.Packer().pack
+    out.write(pack([salt, next_seq, fresh.records]))
+    for iid, inp, outcome, steps, signals in moves(fresh):
+        out.write(pack([
+            iid, _loc_out(inp), _loc_out(outcome),
+            {k: _loc_out(v) for k, v in steps.items()},
+            {k: _loc_out(v) for k, v in signals.items()},
+        ]))
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
