@@ -17,6 +17,12 @@ journal locked for the length of a compaction. A child stopped half-way
 leaves a temp file that the next start removes, as after any crash; one
 stopped after its rename leaves a complete ``cmp-<k>``.
 
+Priority. The child runs under SCHED_IDLE (elsewhere: nice 19): it takes
+only CPU time nothing else wants, so the engine's threads, woken for a
+commit, never wait for a core behind it. On a machine whose cores are all
+busy, compaction waits (the journal grows meanwhile) rather than slowing
+the engine down.
+
 Protocol. stdin: one msgpack map, the request. stdout: ``[salt, next_seq,
 records]``, then one array per instance with moved locations (see
 ``_compactor.Move``); locations travel as little-endian bytes, since inside
@@ -126,9 +132,21 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _step_aside() -> None:
+    """Run only on CPU time the engine leaves idle (see Priority)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: the lowest nice value then
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+
+
 def main() -> int:
     request = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
     _watch_parent(request["parent"])
+    _step_aside()
     storage = FileStorage(request["path"], create=False)
     fresh, salt, next_seq = compact_prefix(
         storage, request["upto"], request["inline_limit"],

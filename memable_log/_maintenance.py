@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memable_log")
 
-_CHUNK = 1000  # instances re-pointed between checkpoints
+# Instances looked at between checkpoints. Small: a commit takes several
+# scheduling rounds (task, appender, worker thread, back), and each round
+# may wait for one chunk, so a chunk must cost a fraction of a commit.
+_CHUNK = 250
 
 
 class Compaction:
@@ -131,8 +134,8 @@ class Compaction:
                     chunk.clear()
                     await trio.lowlevel.checkpoint()
             apply_moves(engine._index, chunk, upto)
-            for start in range(0, len(ids), _CHUNK * 10):
-                settle_seqs(engine._index, ids[start : start + _CHUNK * 10], next_seq)
+            for start in range(0, len(ids), _CHUNK):
+                settle_seqs(engine._index, ids[start : start + _CHUNK], next_seq)
                 await trio.lowlevel.checkpoint()
             journal.keep_snapshot = True
             self.compacted_upto = self.leftovers_upto = upto
@@ -158,9 +161,9 @@ class Compaction:
             return removed
         cutoff = engine._now() - self.retention_ms
         live = engine._index.instances
-        for start in range(0, len(ids), _CHUNK * 10):
+        for start in range(0, len(ids), _CHUNK):
             busy = journal.pending_instances()
-            for iid in ids[start : start + _CHUNK * 10]:
+            for iid in ids[start : start + _CHUNK]:
                 entry = live.get(iid)
                 if (
                     entry is not None and entry.state in lc.FINISHED
