@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import msgpack
 import trio
 
+from . import _crashpoints
 from ._compactor import Move, compact_prefix, moves
 from ._storage import FileStorage
 
@@ -94,6 +95,7 @@ async def compact_in_child(
     request = msgpack.packb({
         "path": storage.path, "upto": upto, "inline_limit": inline_limit,
         "drop": sorted(drop), "snapshot": snapshot, "parent": os.getpid(),
+        "crash_point": _crashpoints.armed(),
     })
     lock_fd = storage.lock_fd
     env = dict(os.environ)
@@ -104,6 +106,10 @@ async def compact_in_child(
         pass_fds=() if lock_fd is None else (lock_fd,),
     )
     if done.returncode != 0:
+        if _crashpoints.armed() is not None:  # the fuzz campaign watches fd 2
+            for line in done.stderr.splitlines(keepends=True):
+                if line.startswith(_crashpoints.LINE_PREFIX):
+                    os.write(2, line)
         lines = done.stderr.decode(errors="replace").strip().splitlines()
         raise ChildFailed(f"exit status {done.returncode}: {lines[-1] if lines else 'no message'}")
     unpacker = msgpack.Unpacker(
@@ -147,6 +153,8 @@ def main() -> int:
     request = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
     _watch_parent(request["parent"])
     _step_aside()
+    if request.get("crash_point"):
+        _crashpoints.arm(*_crashpoints.parse(request["crash_point"]))
     storage = FileStorage(request["path"], create=False)
     fresh, salt, next_seq = compact_prefix(
         storage, request["upto"], request["inline_limit"],

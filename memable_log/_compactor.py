@@ -35,6 +35,7 @@ from . import _index as ix
 from . import _lifecycle as lc
 from . import _records as r
 from . import _snapshot
+from ._crashpoints import crashpoint
 from ._format import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -157,7 +158,9 @@ def write_compacted(
         file.sync()
     finally:
         file.close()
+    crashpoint("compact.after-temp-sync")
     storage.rename(temp, name)
+    crashpoint("compact.after-rename")
     storage.sync_dir()
     return index, salt
 
@@ -180,6 +183,7 @@ def finish(storage: Storage, upto: int) -> list[str]:
     names = superseded_by(storage.list(), upto)
     for name in names:
         storage.remove(name)
+        crashpoint("compact.after-remove")
     if names:
         storage.sync_dir()
     return names

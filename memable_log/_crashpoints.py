@@ -14,7 +14,7 @@ SIGKILL: nothing is flushed, closed or unlocked, as with ``kill -9`` or the
 OOM killer. The page cache survives, so what was written stays visible; this
 tests process crashes, not power loss (MemoryStorage simulates that).
 
-Points (``POINTS``; a later write path, compaction say, adds its own):
+Points (``POINTS``):
 
 ``writer.torn-write``
     half of a batch's bytes written, then death: a torn tail.
@@ -38,6 +38,22 @@ Points (``POINTS``; a later write path, compaction say, adds its own):
 ``inbox.before-remove``
     the engine applied a hand-over (its signal is durable in the journal)
     and has not yet deleted the file.
+``compact.after-temp-sync``
+    a compacted segment's temp file written and fsynced, not renamed.
+``compact.after-rename``
+    renamed into place (it now replaces the older segments), the directory
+    not yet fsynced.
+``compact.before-remap``
+    (in the engine) the compacted segment and its snapshot are written, the
+    live index still points at the segments it replaced.
+``compact.after-remove``
+    the first of the replaced segments deleted, the rest not, the directory
+    not fsynced.
+
+The first two run in the compaction child process of an engine on a
+directory (see _compact_process.py): an armed engine hands its arming to
+each child it starts (counting from 0 in each) and relays the child's
+crash-point line to its own descriptor 2.
 """
 
 from __future__ import annotations
@@ -58,7 +74,12 @@ POINTS: Final = (
     "inbox.after-temp-write",
     "inbox.after-rename",
     "inbox.before-remove",
+    "compact.after-temp-sync",
+    "compact.after-rename",
+    "compact.before-remap",
+    "compact.after-remove",
 )
+LINE_PREFIX: Final = b"memable crash point "
 
 
 class _Writable(Protocol):
@@ -85,6 +106,11 @@ def arm(name: str, n: int = 1) -> None:
     global _armed, _calls
     _armed = parse(f"{name}:{n}")
     _calls = 0
+
+
+def armed() -> str | None:
+    """The arming of this process as ``"name:n"``, or None."""
+    return None if _armed is None else f"{_armed[0]}:{_armed[1]}"
 
 
 def disarm() -> None:
@@ -114,7 +140,7 @@ def _hit(name: str, file: _Writable | None, data: bytes) -> None:
     if file is not None:
         file.write(data[: len(data) // 2])
     try:
-        os.write(2, f"memable crash point {name}\n".encode())
+        os.write(2, LINE_PREFIX + name.encode() + b"\n")
     except OSError:
         pass  # nobody listening: die all the same
     os.kill(os.getpid(), signal.SIGKILL)

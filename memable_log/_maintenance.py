@@ -33,6 +33,7 @@ import trio
 from . import _lifecycle as lc
 from ._compact_process import ChildFailed, Rewritten, compact_in_child, usable
 from ._compactor import Move, apply_moves, compact_prefix, finish, moves, settle_seqs
+from ._crashpoints import crashpoint
 from ._errors import EngineError, JournalCorrupt
 from ._format import HEADER_SIZE, compacted_name, segment_name, unpack_header
 from ._index import InstanceEntry
@@ -126,6 +127,7 @@ class Compaction:
                     f"segment {upto + 1} starts at {next_seq}",
                 )
             journal.writer.salts[compacted_name(upto)] = done.salt
+            crashpoint("compact.before-remap")
             chunk: list[Move] = []
             for move in done.moved:
                 chunk.append(move)

@@ -33,7 +33,7 @@ from compaction_helpers import (
     without,
 )
 
-from memable_log import Context, Engine, _maintenance
+from memable_log import Context, Engine, _crashpoints, _maintenance
 from memable_log import _compact_process as cp
 from memable_log import _index as ix
 from memable_log import _lifecycle as lc
@@ -235,3 +235,31 @@ async def test_an_engine_on_a_directory_compacts_in_a_child(
     async with engine:
         assert {iid: await engine.wait(iid) for iid in results} == results
         assert all(engine._index.instances[i].state == lc.COMPLETED for i in results)
+
+
+@pytest.mark.parametrize("point", ["compact.after-temp-sync", "compact.after-rename"])
+async def test_a_child_killed_at_a_crash_point_leaves_a_journal_that_opens_the_same(
+    journal_pair: tuple[Path, list[list[Any]]], point: str, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The arming goes to the child, which dies there; its line is relayed."""
+    path, _ = journal_pair
+    before = stored(FileStorage(path))
+    upto = sealed_upto(path)
+    _crashpoints.arm(point)  # this process never reaches the point itself
+    try:
+        with pytest.raises(cp.ChildFailed, match=f"exit status -9: memable crash point {point}"):
+            await cp.compact_in_child(FileStorage(path), upto, INLINE, (), True)
+    finally:
+        _crashpoints.disarm()
+    assert f"memable crash point {point}\n" in capfd.readouterr().err
+    names = FileStorage(path).list()
+    renamed = point == "compact.after-rename"
+    assert (compacted_name(upto) in names) is renamed
+    assert (compacted_name(upto) + ".tmp" in names) is not renamed
+    assert SNAPSHOT_NAME not in names
+    index = Index(INLINE)
+    storage = FileStorage(path)
+    async with Journal(storage, index):  # recovery removes the temp or the leftovers
+        pass
+    assert answers(index, reader(storage, scan(storage))) == before
+    assert not [n for n in storage.list() if n.endswith(".tmp")]
