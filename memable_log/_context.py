@@ -51,6 +51,13 @@ class Unwind(BaseException):
     """Raised to drop a workflow that is now suspended or sleeping."""
 
 
+class ValueUnreadable(BaseException):
+    """A recorded value could not be read back (an I/O error, damage found
+    on reading). Not the workflow's outcome: the instance stops as it is
+    recorded and runs again at the next start. A BaseException, so that a
+    workflow's ``except Exception`` cannot take it for its own error."""
+
+
 class Context:
     """The handle a workflow gets: its id, input, and durable steps."""
 
@@ -93,7 +100,7 @@ class Context:
         entry = self._claim(key)
         engine = self._engine
         if entry.signals is not None and key in entry.signals:
-            return await engine._value(entry.signals[key], 5)
+            return await engine._replayed(entry.signals[key], 5)
         if entry.done_waits is not None and key in entry.done_waits:
             raise SuspendTimedOut(self.instance_id, key)
         if entry.state == lc.SUSPENDED and entry.wait_key == key:  # woken by its deadline
@@ -217,11 +224,11 @@ class Step:
                 if ctx._hits % _YIELD_EVERY == 0:
                     await trio.lowlevel.checkpoint()
                     found = entry.steps.get(key, found)  # a compaction may have moved it
-                return await engine._value(
+                return await engine._replayed(
                     found if type(found) is bytes else ix.entry_loc(found), 5  # type: ignore[arg-type]
                 )
             if kind == ix.STEP_FAILED_AT:
-                rec = await engine._require().read(ix.entry_loc(found))  # type: ignore[arg-type]
+                rec = await engine._recorded(ix.entry_loc(found))  # type: ignore[arg-type]
                 raise StepFailed(key, rec[5], rec[6], rec[7])
             raise StepInterrupted(ctx.instance_id, key)
         iid = ctx.instance_id

@@ -34,9 +34,10 @@ from . import _lifecycle as lc
 from . import _records as r
 from ._clock import Clock
 from ._codec import Codec, EncodeError
-from ._context import Context
+from ._context import Context, ValueUnreadable
 from ._errors import (
     EngineError,
+    JournalCorrupt,
     JournalFailed,
     NotSerializable,
     SignalAlreadyDelivered,
@@ -261,6 +262,19 @@ class Engine:
             return self._codec.decode(where)
         rec = await self._require().read(where)  # type: ignore[arg-type]
         return self._codec.decode(rec[field])
+
+    async def _recorded(self, loc: int) -> list[Any]:
+        """The record at ``loc``, for a workflow's replay (see ValueUnreadable)."""
+        try:
+            return await self._require().read(loc)
+        except (OSError, JournalCorrupt) as exc:
+            raise ValueUnreadable(f"record at {ix.unpack_loc(loc)}: {exc}") from exc
+
+    async def _replayed(self, where: ix.Entry, field: int) -> Any:
+        """Like ``_value``, for a workflow's replay (see ValueUnreadable)."""
+        if type(where) is bytes:
+            return self._codec.decode(where)
+        return self._codec.decode((await self._recorded(where))[field])  # type: ignore[arg-type]
 
     def _encode(self, value: Any, what: str) -> bytes:
         try:

@@ -11,7 +11,9 @@ fresh Context. How the run ends decides what is written:
   suspension's record is already written, and the task ends, dropping the
   workflow's frames;
 * it is cancelled by ``engine.cancel``: nothing more (``cancelled`` is
-  already written); by the engine stopping: nothing at all.
+  already written); by the engine stopping: nothing at all;
+* a recorded value cannot be read back (``ValueUnreadable``: an I/O error,
+  damage): nothing; the instance stops and runs again at the next start.
 
 If the instance is running again when the run ends (a signal arrived while
 it was suspending), it runs again at once.
@@ -28,7 +30,7 @@ import trio
 from . import _lifecycle as lc
 from . import _records as r
 from ._codec import EncodeError
-from ._context import Context, Unwind
+from ._context import Context, Unwind, ValueUnreadable
 from ._errors import JournalClosed, JournalFailed
 
 if TYPE_CHECKING:
@@ -52,6 +54,10 @@ async def run_instance(engine: Engine, instance_id: str) -> None:
                     break
     except (JournalFailed, JournalClosed) as exc:
         logger.error("instance %s stopped: %s", instance_id, exc,
+                     extra={"instance_id": instance_id})
+    except ValueUnreadable as exc:
+        logger.error("instance %s stopped, to run again at the next start: a recorded "
+                     "value cannot be read: %s", instance_id, exc,
                      extra={"instance_id": instance_id})
     finally:
         engine._active.discard(instance_id)
@@ -77,7 +83,7 @@ async def _end_wait(engine: Engine, instance_id: str) -> bool:
 
 async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) -> None:
     entry = engine._index.instances[instance_id]
-    ctx = Context(engine, instance_id, workflow, await engine._value(entry.input, 5))
+    ctx = Context(engine, instance_id, workflow, await engine._replayed(entry.input, 5))
     error: BaseException | None = None
     if entry.state not in lc.LIVE:
         # engine.cancel landed while the input was read, before the scope
@@ -93,6 +99,9 @@ async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) ->
             _, rest = group.split(Unwind)
             if rest is None:
                 return  # every failing branch was a suspension
+            unreadable, _ = rest.split(ValueUnreadable)
+            if unreadable is not None:
+                raise ValueUnreadable(str(unreadable.exceptions[0])) from group
             if rest.subgroup(lambda e: isinstance(e, Exception)) is None:
                 raise  # cancellation or an interrupt: not the workflow's outcome
             error = rest
