@@ -53,6 +53,7 @@ from ._inbox import (
     pending,
     read_handover,
     remove_handover,
+    remove_stale_temps,
 )
 from ._index import Index
 from ._journal import Journal
@@ -165,6 +166,7 @@ class Engine:
             if isinstance(storage, FileStorage):
                 # Hand-overs left while no engine ran are applied before we return.
                 await self._apply_handovers(storage.path, pending(storage.path))
+                await trio.to_thread.run_sync(remove_stale_temps, storage.path)
                 self._watcher = InboxWatcher(storage.path)
                 self._nursery.start_soon(self._inbox_service, self._watcher)
         except BaseException as exc:

@@ -14,7 +14,8 @@ as an in-process signal), and only then deletes it and fsyncs the
 directory. A crash between the append and the delete leaves the file; the
 next pass finds the key already signalled, logs it and deletes the file:
 nothing is applied twice. Of two hand-overs racing for one key the first
-(by name) is applied and the second logged.
+(by name) is applied and the second logged. A tool killed before its rename
+leaves a temp file; the engine deletes it at start once its writer is gone.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ INBOX = "inbox"
 MAGIC = b"MMBLSIG1"
 SUFFIX = ".sig"
 POLL_SECONDS = 0.01
+STALE_TEMP_SECONDS = 60.0
 _CRC = struct.Struct("<I")
 _MAX_HANDOVER = 16 * 1024 * 1024
 
@@ -105,6 +107,48 @@ def pending(journal_path: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if n.endswith(SUFFIX))
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(journal_path: str, now: float | None = None) -> list[str]:
+    """Delete temp files of hand-overs whose writer died before the rename.
+
+    Such a hand-over was never acknowledged (the tool exits 0 only after its
+    rename and directory fsync), so it is garbage. A temp file goes when the
+    process named in it is gone *and* it is older than ``STALE_TEMP_SECONDS``
+    (a writer in another PID namespace may look dead). Returns the names.
+    """
+    inbox = inbox_path(journal_path)
+    try:
+        names = os.listdir(inbox)
+    except FileNotFoundError:
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for name in names:
+        if not name.endswith(SUFFIX + ".tmp"):
+            continue
+        parts = name.split("-")
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        try:
+            age = now - os.stat(os.path.join(inbox, name)).st_mtime
+            if (pid is None or not _writer_alive(pid)) and age > STALE_TEMP_SECONDS:
+                os.unlink(os.path.join(inbox, name))
+                removed.append(name)
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile
+    if removed:
+        _fsync_dir(inbox)
+    return removed
 
 
 def read_handover(journal_path: str, name: str) -> bytes:

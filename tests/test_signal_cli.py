@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -162,3 +164,28 @@ async def test_cli_refuses_key_already_waiting_in_the_inbox(journal_dir: Path) -
         storage.unlock()
     assert refused.returncode == 1
     assert b"already handed over" in refused.stderr
+
+
+async def test_temp_files_of_dead_tools_are_deleted_at_start(journal_dir: Path) -> None:
+    """memable-signal killed before its rename leaves ``*.sig.tmp``: never
+    acknowledged, so garbage once its writer is gone (and it is not fresh)."""
+    await suspended_instances(journal_dir, "a1")
+    done = await trio.run_process(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_stdout=True
+    )
+    dead = int(done.stdout)  # exited and reaped: no such process now
+    inbox = journal_dir / "inbox"
+    inbox.mkdir(exist_ok=True)
+    old = time.time() - 3600
+    names = {
+        "gone": f"{time.time_ns():020d}-{dead}-0a0b0c0d.sig.tmp",  # dead writer, old
+        "fresh": f"{time.time_ns():020d}-{dead}-1a1b1c1d.sig.tmp",  # dead writer, just now
+        "alive": f"{time.time_ns():020d}-{os.getpid()}-2a2b2c2d.sig.tmp",  # alive, old
+    }
+    for what, name in names.items():
+        (inbox / name).write_bytes(b"half a hand-over")
+        if what != "fresh":
+            os.utime(inbox / name, (old, old))
+    async with make_engine(journal_dir):
+        pass
+    assert sorted(os.listdir(inbox)) == sorted([names["fresh"], names["alive"]])
