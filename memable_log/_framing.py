@@ -20,7 +20,10 @@ fsynced, so the damage is corruption, not a torn tail.
 
 FrameDecoder is incremental (feed bytes as they come: whole, byte by byte)
 and reports a frame, "need more bytes", or FrameError. It decides nothing
-about torn tails; _reader.py does.
+about torn tails; _reader.py does. The start-up scan (_reader._scan_segment)
+and ``decode_block`` have whole buffers in hand and cut frames out of them
+in place, with FrameDecoder's checks in its order; tests/test_scan_fast.py
+holds them to the same verdicts.
 """
 
 from __future__ import annotations
@@ -196,12 +199,33 @@ def decode_block(payload: bytes, salt: int) -> list[bytes]:
             chunks.append(chunk)
     except zstandard.ZstdError as exc:
         raise FrameError(0, f"undecodable block: {exc}") from None
-    inner = b"".join(chunks)
-    decoder = FrameDecoder(salt)
-    decoder.feed(inner)
+    return _split_block(b"".join(chunks), salt)
+
+
+def _split_block(inner: bytes, salt: int) -> list[bytes]:
+    """The payloads of a block's inner frames: FrameDecoder's checks, in its
+    order, on bytes that are all there (a block is read whole)."""
     out = []
-    while (frame := decoder.next_frame()) is not None:
-        out.append(frame.payload)
-    if decoder.buffered or not out:
-        raise FrameError(decoder.offset, "block cut short or empty")
+    pos, size = 0, len(inner)
+    word_crcs: dict[int, int] = {}  # crc32 of a frame's word, from the salt
+    while size - pos >= FRAME_HEADER_SIZE:
+        word, crc = _FRAME_HEADER.unpack_from(inner, pos)
+        length = word & FRAME_LENGTH_MASK
+        if length == 0:
+            raise FrameError(pos, "zero length")
+        if word & (FRAME_RESERVED_MASK | FRAME_BLOCK):
+            raise FrameError(pos, "length above the record cap")
+        end = pos + FRAME_HEADER_SIZE + length
+        if end > size:
+            break
+        payload = inner[pos + FRAME_HEADER_SIZE : end]
+        word_crc = word_crcs.get(word)
+        if word_crc is None:
+            word_crc = word_crcs[word] = zlib.crc32(_WORD.pack(word), salt)
+        if zlib.crc32(payload, word_crc) != crc:
+            raise FrameError(pos, "checksum mismatch")
+        out.append(payload)
+        pos = end
+    if pos != size or not out:
+        raise FrameError(pos, "block cut short or empty")
     return out

@@ -82,12 +82,45 @@ _CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
 }
 
 
+def _signatures() -> dict[tuple[type, ...], frozenset[int]]:
+    """Every exact type layout ``check`` accepts, with the types that have it.
+
+    ``check`` tests fields with isinstance, so an int field also takes a
+    bool; that is the only subclass msgpack produces. STATE_IMAGE is left
+    out: its tables need a closer look (``_check_image``).
+    """
+    widened: dict[type, tuple[type, ...]] = {int: (int, bool)}
+    out: dict[tuple[type, ...], set[int]] = {}
+    for rtype, (_, fields) in _CHECKS.items():
+        if rtype == STATE_IMAGE:
+            continue
+        layouts: list[tuple[type, ...]] = [(int, int, int, str)]
+        for allowed in fields:
+            options = [t for a in allowed for t in widened.get(a, (a,))]
+            layouts = [(*layout, t) for layout in layouts for t in options]
+        for layout in layouts:
+            out.setdefault(layout, set()).add(rtype)
+    return {layout: frozenset(rtypes) for layout, rtypes in out.items()}
+
+
+# type(field) for each field -> the record types with that layout: one dict
+# lookup checks a record's length and every field's type at once (the scan
+# and the step path check every record).
+SIGNATURES: Final[dict[tuple[type, ...], frozenset[int]]] = _signatures()
+
+
 class RecordError(ValueError):
     """A decoded payload is not a well-formed record."""
 
 
 def check(rec: Any) -> list[Any]:
     """Return ``rec`` if it is a well-formed record list, else RecordError."""
+    if type(rec) is list:
+        # Fast path; any other input takes the full walk below, which also
+        # words the error.
+        rtypes = SIGNATURES.get(tuple(map(type, rec)))
+        if rtypes is not None and rec[0] in rtypes:
+            return rec
     if type(rec) is not list or len(rec) < 4:
         raise RecordError("payload is not a record array")
     rtype = rec[0]
