@@ -25,8 +25,7 @@ TABLE_HEADERS = (
     "open from the index snapshot",
     "Index memory",
     "Start-up time split",
-    "frame decode + crc",
-    "msgpack unpack",
+    "reader: frames, crc, decode, check",
     "apply (index)",
 )
 
