@@ -88,10 +88,19 @@ def usable(storage: object) -> bool:
     return isinstance(storage, FileStorage) and bool(sys.executable)
 
 
+async def _kill(process: trio.Process) -> None:
+    """Cancelled: stop the child at once (a crash, as far as the files go)."""
+    process.kill()
+
+
 async def compact_in_child(
     storage: FileStorage, upto: int, inline_limit: int, drop: Collection[str], snapshot: bool
 ) -> Rewritten:
-    """Run ``compact_prefix`` in a child process; OSError if it cannot start."""
+    """Run ``compact_prefix`` in a child process; OSError if it cannot start.
+
+    Cancelling the call kills the child; what it leaves is what a crash at
+    that point leaves (see Safety).
+    """
     request = msgpack.packb({
         "path": storage.path, "upto": upto, "inline_limit": inline_limit,
         "drop": sorted(drop), "snapshot": snapshot, "parent": os.getpid(),
@@ -103,7 +112,7 @@ async def compact_in_child(
     done = await trio.run_process(
         [sys.executable, "-m", "memable_log._compact_process"],
         stdin=request, capture_stdout=True, capture_stderr=True, check=False, env=env,
-        pass_fds=() if lock_fd is None else (lock_fd,),
+        pass_fds=() if lock_fd is None else (lock_fd,), deliver_cancel=_kill,
     )
     if done.returncode != 0:
         if _crashpoints.armed() is not None:  # the fuzz campaign watches fd 2

@@ -334,8 +334,14 @@ class Engine:
             instance_id = secrets.token_hex(8)
         elif type(instance_id) is not str or not instance_id:
             raise TypeError(f"instance_id must be a non-empty str, not {instance_id!r}")
-        while instance_id in self._creating:
-            await self._creating[instance_id].wait()
+        while True:
+            if instance_id in self._creating:
+                await self._creating[instance_id].wait()
+            elif self._compaction is not None and instance_id in self._compaction.retiring:
+                # Being compacted away: gone for good, or back if that fails.
+                await self._compaction.decided.wait()
+            else:
+                break
         if instance_id in self._index.instances:
             return instance_id
         blob = self._encode(input, f"input of workflow {name!r}")

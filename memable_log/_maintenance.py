@@ -61,6 +61,10 @@ class Compaction:
         self.leftovers_epoch = 0  # the journal's read epoch once they became leftovers
         self.runs = 0
         self.use_child = True  # compact in a child process where the storage allows
+        # Instances taken out of the live index by the compaction under way:
+        # invoking one of their ids waits until it is decided (see Engine.invoke).
+        self.retiring: set[str] = set()
+        self.decided = trio.Event()
 
     def start(self, journal: Journal) -> None:
         scan = journal.scan_result
@@ -99,16 +103,17 @@ class Compaction:
         next_seq = unpack_header(header).first_seq
         live = engine._index.instances
         ids = list(live)
-        removed = await self._take_expired(engine, journal, ids, next_seq)
-        # Once decided, a compaction runs to its end even when the engine is
-        # stopping (the file writes are uncancellable anyway): the exit then
-        # snapshots an index that points at the new file.
-        with trio.CancelScope(shield=True):
+        removed: dict[str, InstanceEntry] = {}
+        try:
             # Until the live index points at the new file, it must not be saved
             # as a snapshot: its locations may name segments that are leftovers.
             journal.keep_snapshot = False
             written = False
             try:
+                await self._take_expired(engine, journal, ids, next_seq, removed)
+                # An engine stopping now kills a compaction child (its files are
+                # as after a crash: the next start cleans them up); a worker
+                # thread cannot be stopped and is waited for.
                 done = await self._rewrite(engine, journal, storage, upto, removed)
                 written = True
             finally:
@@ -120,47 +125,55 @@ class Compaction:
                 if not written and compacted_name(upto) not in storage.list():
                     for iid, entry in removed.items():
                         live.setdefault(iid, entry)
-            if done.next_seq != next_seq:
-                raise JournalCorrupt(
-                    storage.location, 0,
-                    f"compacted history ends at seq {done.next_seq}, "
-                    f"segment {upto + 1} starts at {next_seq}",
-                )
-            journal.writer.salts[compacted_name(upto)] = done.salt
-            crashpoint("compact.before-remap")
-            chunk: list[Move] = []
-            for move in done.moved:
-                chunk.append(move)
-                if len(chunk) == _CHUNK:
-                    apply_moves(engine._index, chunk, upto)
-                    chunk.clear()
+                    journal.keep_snapshot = True  # the index matches the files again
+            # Written: re-pointing runs to its end even when the engine is
+            # stopping, so the exit snapshots an index that points at the new file.
+            with trio.CancelScope(shield=True):
+                if done.next_seq != next_seq:
+                    raise JournalCorrupt(
+                        storage.location, 0,
+                        f"compacted history ends at seq {done.next_seq}, "
+                        f"segment {upto + 1} starts at {next_seq}",
+                    )
+                journal.writer.salts[compacted_name(upto)] = done.salt
+                crashpoint("compact.before-remap")
+                chunk: list[Move] = []
+                for move in done.moved:
+                    chunk.append(move)
+                    if len(chunk) == _CHUNK:
+                        apply_moves(engine._index, chunk, upto)
+                        chunk.clear()
+                        await trio.lowlevel.checkpoint()
+                apply_moves(engine._index, chunk, upto)
+                for start in range(0, len(ids), _CHUNK):
+                    settle_seqs(engine._index, ids[start : start + _CHUNK], next_seq)
                     await trio.lowlevel.checkpoint()
-            apply_moves(engine._index, chunk, upto)
-            for start in range(0, len(ids), _CHUNK):
-                settle_seqs(engine._index, ids[start : start + _CHUNK], next_seq)
-                await trio.lowlevel.checkpoint()
-            journal.keep_snapshot = True
-            self.compacted_upto = self.leftovers_upto = upto
-            self.leftovers_epoch = journal.new_epoch()
-            self.runs += 1
+                journal.keep_snapshot = True
+                self.compacted_upto = self.leftovers_upto = upto
+                self.leftovers_epoch = journal.new_epoch()
+                self.runs += 1
+        finally:
+            self.retiring = set()
+            self.decided.set()
+            self.decided = trio.Event()
         logger.info(
             "compacted segments up to %d: %d records kept, %d instances dropped",
             upto, done.records, len(removed),
         )
 
     async def _take_expired(
-        self, engine: Engine, journal: Journal, ids: list[str], next_seq: int
-    ) -> dict[str, InstanceEntry]:
-        """Take the instances past retention out of the live index, and return them.
+        self, engine: Engine, journal: Journal, ids: list[str], next_seq: int,
+        removed: dict[str, InstanceEntry],
+    ) -> None:
+        """Take the instances past retention out of the live index, into ``removed``.
 
         Out at once, each in the same step as its check, so nothing new can
         mention it: finished, unchanged for the retention period, with no
         record after the prefix (``last_seq``; then the prefix holds all of
         it) nor one in flight (a restart, a forget: not in last_seq yet).
         """
-        removed: dict[str, InstanceEntry] = {}
         if self.retention_ms is None:
-            return removed
+            return
         cutoff = engine._now() - self.retention_ms
         live = engine._index.instances
         for start in range(0, len(ids), _CHUNK):
@@ -173,8 +186,8 @@ class Compaction:
                     and iid not in busy
                 ):
                     removed[iid] = live.pop(iid)
+                    self.retiring.add(iid)
             await trio.lowlevel.checkpoint()
-        return removed
 
     async def _rewrite(
         self, engine: Engine, journal: Journal, storage: Storage, upto: int,

@@ -12,6 +12,7 @@ written while the compaction decides.
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from memable_log import (
     UnknownInstance,
     WorkflowCancelled,
     WorkflowFailed,
+    _maintenance,
 )
 from memable_log._index import Index
 from memable_log._journal import Journal
@@ -326,3 +328,112 @@ async def test_a_restart_in_flight_while_compaction_drops_expired_instances_keep
             assert await engine.wait("old") == "v-old"
     async with Journal(storage.crash()) as journal:  # it opens
         assert "old" in journal.index.instances
+
+
+class HeldRewrite:
+    """Holds the compaction's rewrite at a gate (its instances are retiring)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
+        self.reached, self.release = trio.Event(), trio.Event()
+        original = _maintenance.Compaction._rewrite
+
+        async def held(service: Any, *args: Any) -> Any:
+            self.reached.set()
+            await self.release.wait()
+            if fail:
+                raise OSError(28, "No space left on device")
+            return await original(service, *args)
+
+        monkeypatch.setattr(_maintenance.Compaction, "_rewrite", held)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_invoking_an_id_being_compacted_away_waits_for_the_outcome(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, fail: bool,
+) -> None:
+    """Taken out of the live index while the compaction writes, an expired
+    instance's id must not be created anew before it is decided: created
+    anew if it went, the old instance again if the compaction failed (a
+    second ``created`` for an id the journal still holds would graft the
+    new run onto the old instance at the next start)."""
+    storage, clock, gates = MemoryStorage(), ManualClock(), Gates()
+    engine = make_engine(storage, clock, gates)
+    held = HeldRewrite(monkeypatch, fail=fail)
+    async with engine:
+        await engine.wait(await engine.invoke("done", instance_id="x"))
+        await trio.sleep(2 * HOUR)  # virtual time: x expires
+        async with trio.open_nursery() as nursery:
+            journal = engine._require()
+            segment, n = journal.writer.segment, 0
+            while journal.writer.segment == segment:  # seal: a compaction starts
+                n += 1
+                await engine.wait(await engine.invoke("fill", instance_id=f"f-{n}"))
+            await held.reached.wait()
+            assert engine._compaction is not None
+            assert "x" in engine._compaction.retiring
+            invoked: list[str] = []
+
+            async def invoke_again() -> None:
+                invoked.append(await engine.invoke("done", instance_id="x"))
+
+            nursery.start_soon(invoke_again)
+            await trio.testing.wait_all_tasks_blocked()
+            assert invoked == []  # waiting for the compaction's outcome
+            held.release.set()
+        assert invoked == ["x"]
+        assert await engine.wait("x") == "v-x"
+        assert not engine._compaction.retiring
+    # Either way the journal holds exactly one instance x, and it is finished.
+    creations = []
+    scan(storage, lambda rec, loc: creations.append(rec) if rec[3] == "x" and rec[0] == 1 else None)
+    assert len(creations) == 1
+    async with make_engine(storage, clock, gates) as engine:
+        assert engine.status("x").state == "completed"
+
+
+async def test_an_engine_stopping_during_a_child_compaction_kills_it_and_opens_the_same(
+    journal_dir: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = trio.Event()
+    outcome: list[str] = []
+    run_process = trio.run_process
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        try:
+            done = await run_process(*args, **kwargs)
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        outcome.append(f"exit {done.returncode}")
+        return done
+
+    monkeypatch.setattr(trio, "run_process", watched)
+    clock = ManualClock()
+    engine = (
+        Engine.builder().open(journal_dir).clock(clock).segment_size(SEGMENT_SIZE)
+        .retention(HOUR).build()
+    )
+    for name, fn in workflows(Gates()).items():
+        engine.register(name, fn)
+    async with engine:
+        await engine.wait(await engine.invoke("done", instance_id="x"))
+        clock.advance(2 * HOUR)
+        n = 0
+        while not started.is_set():  # fill until a roll-over starts a compaction
+            n += 1
+            await engine.wait(await engine.invoke("fill", instance_id=f"f-{n}"))
+        assert engine._compaction is not None
+        assert "x" in engine._compaction.retiring
+    # The exit did not wait for the child: it killed it, and put x back.
+    assert len(outcome) == 1
+    assert not outcome[0].startswith("exit")  # cancelled (in trio's group), not finished
+    names = os.listdir(journal_dir)
+    assert not [name for name in names if name.startswith("cmp-")]
+    engine = Engine.builder().open(journal_dir).compaction(False).build()
+    for name, fn in workflows(Gates()).items():
+        engine.register(name, fn)
+    async with engine:
+        assert await engine.wait("x") == "v-x"
+        assert engine.status("x").state == "completed"
+    assert not [name for name in os.listdir(journal_dir) if name.endswith(".tmp")]
