@@ -55,6 +55,12 @@ from ._storage import Storage
 
 ReadRecord = Callable[[int], list[Any]]
 
+# A compacted segment is fsynced every this many bytes as it is written, not
+# only at the end: an fsync of the engine's small segment may have to wait
+# for the file system to write out every dirty page of the big one (ext4's
+# ordered mode), so the writeback is kept in small pieces.
+SYNC_EVERY = 1 << 20
+
 
 def prefix_state(storage: Storage, upto: int, inline_limit: int) -> tuple[Index, ScanResult]:
     """The index of segments up to ``upto`` (sealed), and the scan's result."""
@@ -135,15 +141,21 @@ def write_compacted(
         payloads: list[bytes] = []
         pending: list[list[Any]] = []
         size = 0
+        synced = 0
 
         def flush() -> int:
+            nonlocal synced
             frame = encode_block(payloads, salt)
             for inner, rec in enumerate(pending, 1):
                 index.apply(rec, pack_loc(upto, offset, inner))
             file.write(frame)
             payloads.clear()
             pending.clear()
-            return offset + len(frame)
+            end = offset + len(frame)
+            if end - synced >= SYNC_EVERY:
+                file.sync()  # in small steps: see SYNC_EVERY
+                synced = end
+            return end
 
         for rec in records:
             payload = msgpack.packb(rec)
