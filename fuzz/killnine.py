@@ -490,9 +490,11 @@ def _exec_tool(argv: list[str], point: tuple[str, int] | None) -> tuple[int | No
 
 
 def run_shard(indexes: list[int], seed: int, root: str, keep: str | None,
-              exec_share: float) -> Stats:
+              exec_share: float, stop_early: bool = False) -> Stats:
     stats = Stats()
     for index in indexes:
+        if stop_early and stats.violations:
+            break
         iteration = Iteration(index, seed, root, stats, exec_share)
         problems = iteration.run()
         stats.violations += problems
@@ -510,13 +512,14 @@ def default_dir() -> str | None:
 
 def campaign(iterations: int, seed: int, jobs: int, keep: str | None = None,
              exec_share: float = 0.02, directory: str | None = None, first: int = 0,
-             repeat: int = 1) -> Stats:
+             repeat: int = 1, stop_early: bool = False) -> Stats:
     """Run iterations ``first..first+iterations-1`` (each ``repeat`` times) in
-    ``jobs`` forked workers; the merged stats."""
+    ``jobs`` forked workers; the merged stats. With ``stop_early`` a worker
+    stops at its first violating iteration."""
     root = tempfile.mkdtemp(prefix="memable-killnine-", dir=directory)
 
     def work(shard: list[int]) -> dict[str, Any]:
-        return run_shard(shard, seed, root, keep, exec_share).to_json()
+        return run_shard(shard, seed, root, keep, exec_share, stop_early).to_json()
 
     try:
         indexes = [i for i in range(first, first + iterations) for _ in range(repeat)]
@@ -547,12 +550,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=default_dir(),
                         help="where iterations make their journals (default: /dev/shm)")
     parser.add_argument("--json", default=None, help="write the summary here")
+    parser.add_argument("--stop-early", action="store_true",
+                        help="stop a worker at its first violating iteration")
     args = parser.parse_args(argv)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     started = time.monotonic()
     stats = campaign(args.iterations, args.seed, args.jobs, args.keep, args.exec_share,
-                     args.dir, args.first, args.repeat)
+                     args.dir, args.first, args.repeat, args.stop_early)
     summary = {"campaign": "killnine", "seed": args.seed, **stats.summary(),
                "seconds": round(time.monotonic() - started, 1)}
     print(json.dumps(summary))
