@@ -141,10 +141,9 @@ class Compaction:
                 for move in done.moved:
                     chunk.append(move)
                     if len(chunk) == _CHUNK:
-                        apply_moves(engine._index, chunk, upto)
-                        chunk.clear()
+                        self._repoint(engine, chunk, upto)
                         await trio.lowlevel.checkpoint()
-                apply_moves(engine._index, chunk, upto)
+                self._repoint(engine, chunk, upto)
                 for start in range(0, len(ids), _CHUNK):
                     settle_seqs(engine._index, ids[start : start + _CHUNK], next_seq)
                     await trio.lowlevel.checkpoint()
@@ -160,6 +159,14 @@ class Compaction:
             "compacted segments up to %d: %d records kept, %d instances dropped",
             upto, done.records, len(removed),
         )
+
+    @staticmethod
+    def _repoint(engine: Engine, chunk: list[Move], upto: int) -> None:
+        """Apply a chunk of moves; tables at rest that it unpacked go back packed."""
+        index = engine._index
+        apply_moves(index, chunk, upto)
+        index.repack(move[0] for move in chunk)
+        chunk.clear()
 
     async def _take_expired(
         self, engine: Engine, journal: Journal, ids: list[str], next_seq: int,

@@ -9,57 +9,63 @@ after that position. It is checked before use and never trusted blindly:
   the same order in today's walk, same salt in its header) and hold the
   same bytes (a crc32 of each, up to the position: about 25 ms per 100 MB,
   so damage anywhere is still found at open, by the full scan that follows);
-* its inline limit must equal the engine's.
+* its format version must be this one's, and its inline limit the engine's.
 
 Anything else (missing, damaged, stale after a compaction, taken with other
-settings) falls back to the full scan, which gives the same index. Written
-at clean shutdown and after every compaction, as a temp file, fsynced and
-renamed (losing it costs only a slower start).
+settings, an older version) falls back to the full scan, which gives the
+same index. Written at clean shutdown and after every compaction, as a temp
+file, fsynced and renamed (losing it costs only a slower start).
 
-File: ``MAGIC``, u32 crc32 of the body, then the body: a msgpack array
-``[1, inline_limit, [segment name, offset, next_seq, records],
-[[name, salt, length, crc32], ...], {instance: [fields...]}]``. Locations of records inside
-compacted blocks exceed 64 bits and are written as ``[high, low]`` pairs.
+File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
+
+    [2, inline_limit, [segment name, offset, next_seq, records],
+     [[name, salt, length, crc32], ...], [workflow name, ...],
+     {instance: [workflow number, state, created_ms, updated_ms, input,
+                 outcome, error, wait_key, status, deadline_ms, step table,
+                 signals, timers, done_waits, last_seq]}]
+
+Load does as little per instance as it can, since a million-record journal
+holds a hundred thousand of them: the step table is the packed form of
+_index.py, a msgpack bin kept as the bytes object it decodes to (decoded
+only when the engine first reads it, if ever); workflow names are numbers
+into one list (interned once, not once per instance); arrays decode as the
+tuples the fields already are, and an instance's fields are unpacked into
+its slots in one statement. Locations beyond 64 bits (records inside
+compacted blocks) are msgpack ext type ``BIG_INT``, so only they cost a
+Python call at load. The garbage collector is paused while the entries are
+built: they are all new and all kept, so its passes would find nothing.
 """
 
 from __future__ import annotations
 
+import gc
 import struct
 import sys
+import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgpack
 
 from ._format import HEADER_SIZE, HeaderError, compacted_name, segment_name, unpack_header
-from ._index import Index, InstanceEntry
+from ._index import Entry, Index, InstanceEntry, ext_hook, pack_steps, wire
 from ._reader import Resume, ScanResult, Segment, plan_walk
 from ._storage import Storage
 
 SNAPSHOT_NAME = "index.snap"
 MAGIC = b"MMBLSNP1"
+VERSION = 2
 _CRC = struct.Struct("<I")
-_LOW = (1 << 64) - 1
 
 
 class SnapshotInvalid(ValueError):
     """The snapshot cannot be used; the message says why (for the log)."""
 
 
-def _out(value: Any) -> Any:
-    if type(value) is int and value > _LOW:
-        return [value >> 64, value & _LOW]
-    return value
-
-
-def _in(value: Any) -> Any:
-    if type(value) is list:
-        return value[0] << 64 | value[1]
-    return value
-
-
-def _table(table: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if table is None else {k: _out(v) for k, v in table.items()}
+def _wire_table(table: dict[str, Entry] | None) -> dict[str, Any] | None:
+    return None if table is None else {k: wire(v) for k, v in table.items()}
 
 
 Position = tuple[str, int, int, int]  # segment name, offset, next_seq, records
@@ -70,19 +76,46 @@ Covered = tuple[str, int, int, int]  # segment name, salt, length, crc32 of thos
 
 def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
     """The snapshot file's bytes for ``index`` as of ``position``."""
-    instances = {
-        iid: [
-            e.workflow, e.state, e.created_ms, e.updated_ms, _out(e.input), _out(e.outcome),
-            list(e.error) if e.error is not None else None, e.wait_key, e.status, e.deadline_ms,
-            _table(e.steps), _table(e.signals), e.timers, e.done_waits, e.last_seq,
-        ]
-        for iid, e in index.instances.items()
-    }
+    numbers: dict[str, int] = {}
+    instances = {}
+    for iid, e in index.instances.items():
+        number = numbers.setdefault(e.workflow, len(numbers))
+        table = e.table
+        instances[iid] = (
+            number, e.state, e.created_ms, e.updated_ms, wire(e.input), wire(e.outcome),
+            e.error, e.wait_key, e.status, e.deadline_ms,
+            table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
+            _wire_table(e.signals), e.timers, e.done_waits, e.last_seq,
+        )
     body: bytes = msgpack.packb(
-        [1, index.inline_limit, list(position), [list(s) for s in segments], instances],
+        [VERSION, index.inline_limit, position, segments, list(numbers), instances],
         use_bin_type=True,
     )
     return MAGIC + _CRC.pack(zlib.crc32(body)) + body
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The garbage collector off for the block (nested and threaded uses
+    count: it comes back on with the last one out, if it was on)."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def decode_into(index: Index, data: bytes) -> tuple[Position, list[Covered]]:
@@ -90,33 +123,34 @@ def decode_into(index: Index, data: bytes) -> tuple[Position, list[Covered]]:
     head = len(MAGIC) + _CRC.size
     if len(data) < head or not data.startswith(MAGIC):
         raise SnapshotInvalid("not a snapshot")
-    if zlib.crc32(data[head:]) != _CRC.unpack_from(data, len(MAGIC))[0]:
+    if zlib.crc32(memoryview(data)[head:]) != _CRC.unpack_from(data, len(MAGIC))[0]:
         raise SnapshotInvalid("checksum mismatch")
-    try:
-        version, inline_limit, position, segments, instances = msgpack.unpackb(
-            data[head:], raw=False, strict_map_key=True, use_list=True
-        )
-    except Exception as exc:  # msgpack raises several types; a crc collision is all it takes
-        raise SnapshotInvalid(f"undecodable: {exc}") from None
-    if version != 1:
-        raise SnapshotInvalid(f"version {version}")
-    if inline_limit != index.inline_limit:
-        raise SnapshotInvalid("taken with another inline limit")
-    intern = sys.intern
-    built: dict[str, InstanceEntry] = {}
-    new = InstanceEntry.__new__
-    for iid, f in instances.items():
-        e = new(InstanceEntry)
-        e.workflow = intern(f[0])
-        e.state, e.created_ms, e.updated_ms = f[1], f[2], f[3]
-        e.input, e.outcome = _in(f[4]), _in(f[5])
-        e.error = tuple(f[6]) if f[6] is not None else None
-        e.wait_key, e.status, e.deadline_ms = f[7], f[8], f[9]
-        e.steps = {intern(k): _in(v) for k, v in f[10].items()}
-        e.signals = None if f[11] is None else {k: _in(v) for k, v in f[11].items()}
-        e.timers, e.done_waits, e.last_seq = f[12], f[13], f[14]
-        built[iid] = e
-    index.instances = built
+    with _gc_paused():
+        try:
+            body = msgpack.unpackb(
+                memoryview(data)[head:], raw=False, strict_map_key=True, use_list=False,
+                ext_hook=ext_hook,
+            )
+        except Exception as exc:  # msgpack raises several types; a crc collision is all it takes
+            raise SnapshotInvalid(f"undecodable: {exc}") from None
+        if type(body) is not tuple or not body or body[0] != VERSION:
+            raise SnapshotInvalid(f"version {body[0] if type(body) is tuple and body else '?'}")
+        _, inline_limit, position, segments, workflows, instances = body
+        if inline_limit != index.inline_limit:
+            raise SnapshotInvalid("taken with another inline limit")
+        names = [sys.intern(w) for w in workflows]
+        new = InstanceEntry.__new__
+        # The map decoded is the index's map: each value becomes its entry.
+        for iid, fields in instances.items():
+            e = new(InstanceEntry)
+            (
+                number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
+                e.error, e.wait_key, e.status, e.deadline_ms, e.table,
+                e.signals, e.timers, e.done_waits, e.last_seq,
+            ) = fields
+            e.workflow = names[number]
+            instances[iid] = e
+    index.instances = instances
     name, offset, next_seq, records = position
     index.records = records
     return (name, offset, next_seq, records), [
