@@ -38,7 +38,7 @@ from _util import Stat, disk_of, fmt_range, fmt_rate, ratios, rss_bytes, scratch
 
 from memable_log import _records as r
 from memable_log._format import FORMAT_VERSION
-from memable_log._index import DEFAULT_INLINE_LIMIT, Index
+from memable_log._index import DEFAULT_INLINE_LIMIT, Index, unpack_steps
 from memable_log._journal import Journal
 from memable_log._reader import scan, segment_numbers
 from memable_log._storage import FileStorage
@@ -305,17 +305,12 @@ def open_time(path: str, gc_enabled: bool = True, snapshots: bool = False) -> fl
     return elapsed
 
 
-def _step_entries(index: Index) -> tuple[int, int]:
-    """(step entries, bytes held by inline value blobs, inputs included)."""
-    entries = blob_bytes = 0
-    for inst in index.instances.values():
-        entries += len(inst.steps)
-        for entry in inst.steps.values():
-            if type(entry) is bytes:
-                blob_bytes += sys.getsizeof(entry)
-        if type(inst.input) is bytes:
-            blob_bytes += sys.getsizeof(inst.input)
-    return entries, blob_bytes
+def _step_entries(index: Index) -> int:
+    """Step entries in the index (packed tables counted without unpacking them for good)."""
+    return sum(
+        len(inst.table if isinstance(inst.table, dict) else unpack_steps(inst.table))
+        for inst in index.instances.values()
+    )
 
 
 @dataclass
@@ -324,16 +319,11 @@ class IndexMemory:
     entries: int
     instances: int
     traced_bytes: int  # tracemalloc: everything the index holds
-    inline_blob_bytes: int  # of which: inline value blobs (bytes objects)
     rss_delta: int  # resident memory growth of a fresh process building it
 
     @property
     def per_entry(self) -> float:
         return self.traced_bytes / self.entries
-
-    @property
-    def per_entry_without_blobs(self) -> float:
-        return (self.traced_bytes - self.inline_blob_bytes) / self.entries
 
     @property
     def rss_per_entry(self) -> float:
@@ -358,7 +348,7 @@ def index_memory(path: str, inline_limit: int | None = None) -> IndexMemory:
         traced = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-    entries, blob_bytes = _step_entries(index)
+    entries = _step_entries(index)
     instances = len(index.instances)
     del index
     gc.collect()
@@ -368,7 +358,7 @@ def index_memory(path: str, inline_limit: int | None = None) -> IndexMemory:
         check=True, capture_output=True, text=True,
     )
     rss = json.loads(probe.stdout)["rss_delta"]
-    return IndexMemory(limit, entries, instances, traced, blob_bytes, rss)
+    return IndexMemory(limit, entries, instances, traced, rss)
 
 
 def rss_probe(path: str, inline_limit: int) -> None:
@@ -598,7 +588,6 @@ def _report_startup(
     mem_rows = [
         [f"index as built (values <= {mem.inline_limit} B inline), tracemalloc",
          f"{mem.per_entry:.0f}", target, _ok(mem.per_entry <= TARGET_BYTES_PER_ENTRY)],
-        ["  the same less the inline value blobs", f"{mem.per_entry_without_blobs:.0f}", "", ""],
         ["  RSS growth, fresh process", f"{mem.rss_per_entry:.0f}", "", ""],
         ["what-if inline_limit=0 (positions only), tracemalloc", f"{mem0.per_entry:.0f}", "", ""],
         ["  RSS growth, fresh process", f"{mem0.rss_per_entry:.0f}", "", ""],
@@ -632,7 +621,6 @@ def _report_startup(
         "index": {
             "target_bytes_per_entry": TARGET_BYTES_PER_ENTRY,
             "default": {**mem.__dict__, "bytes_per_entry": mem.per_entry,
-                        "bytes_per_entry_without_blobs": mem.per_entry_without_blobs,
                         "rss_bytes_per_entry": mem.rss_per_entry},
             "inline_limit_0": {**mem0.__dict__, "bytes_per_entry": mem0.per_entry,
                                "rss_bytes_per_entry": mem0.rss_per_entry},
