@@ -227,7 +227,7 @@ def _old(value: ix.Entry | None, shift: int, upto: int) -> bool:
     return segment < upto or (segment == upto and ix.loc_inner(loc) == 0)
 
 
-def apply_moves(live: Index, moved: Iterator[Move] | list[Move], upto: int) -> int:
+def apply_moves(live: Index, moved: Iterable[Move], upto: int) -> int:
     """Re-point ``live`` entries that point into what ``cmp-<upto>`` replaced.
 
     A live entry still at an old location was last written in the compacted

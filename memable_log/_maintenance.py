@@ -26,13 +26,14 @@ writer deletes if a crash comes first.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import _lifecycle as lc
 from ._compact_process import ChildFailed, Rewritten, compact_in_child, usable
-from ._compactor import Move, apply_moves, compact_prefix, finish, moves, settle_seqs
+from ._compactor import apply_moves, compact_prefix, finish, moves, settle_seqs
 from ._crashpoints import crashpoint
 from ._errors import EngineError, JournalCorrupt
 from ._format import HEADER_SIZE, compacted_name, segment_name, unpack_header
@@ -45,10 +46,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memable_log")
 
-# Instances looked at between checkpoints. Small: a commit takes several
+# Work done between checkpoints, at most. Small: a commit takes several
 # scheduling rounds (task, appender, worker thread, back), and each round
-# may wait for one chunk, so a chunk must cost a fraction of a commit.
-_CHUNK = 250
+# may wait for one slice, so a slice must cost a fraction of a commit.
+_SLICE_S = 50e-6
+
+
+class _Slices:
+    """Checkpoints a long loop every ``_SLICE_S`` of work (looked at every 16 items)."""
+
+    __slots__ = ("_deadline",)
+
+    def __init__(self) -> None:
+        self._deadline = time.perf_counter() + _SLICE_S
+
+    async def due(self, i: int) -> bool:
+        """Checkpoint if this slice is used up (True: other tasks ran meanwhile)."""
+        if i & 15 or time.perf_counter() < self._deadline:
+            return False
+        await trio.lowlevel.checkpoint()
+        self._deadline = time.perf_counter() + _SLICE_S
+        return True
 
 
 class Compaction:
@@ -137,16 +155,15 @@ class Compaction:
                     )
                 journal.writer.salts[compacted_name(upto)] = done.salt
                 crashpoint("compact.before-remap")
-                chunk: list[Move] = []
-                for move in done.moved:
-                    chunk.append(move)
-                    if len(chunk) == _CHUNK:
-                        self._repoint(engine, chunk, upto)
-                        await trio.lowlevel.checkpoint()
-                self._repoint(engine, chunk, upto)
-                for start in range(0, len(ids), _CHUNK):
-                    settle_seqs(engine._index, ids[start : start + _CHUNK], next_seq)
-                    await trio.lowlevel.checkpoint()
+                index, slices = engine._index, _Slices()
+                for i, move in enumerate(done.moved):
+                    await slices.due(i)
+                    apply_moves(index, (move,), upto)
+                    index.repack((move[0],))  # a table at rest it unpacked
+                slices = _Slices()
+                for i in range(0, len(ids), 16):
+                    await slices.due(i)
+                    settle_seqs(index, ids[i : i + 16], next_seq)
                 journal.keep_snapshot = True
                 self.compacted_upto = self.leftovers_upto = upto
                 self.leftovers_epoch = journal.new_epoch()
@@ -159,14 +176,6 @@ class Compaction:
             "compacted segments up to %d: %d records kept, %d instances dropped",
             upto, done.records, len(removed),
         )
-
-    @staticmethod
-    def _repoint(engine: Engine, chunk: list[Move], upto: int) -> None:
-        """Apply a chunk of moves; tables at rest that it unpacked go back packed."""
-        index = engine._index
-        apply_moves(index, chunk, upto)
-        index.repack(move[0] for move in chunk)
-        chunk.clear()
 
     async def _take_expired(
         self, engine: Engine, journal: Journal, ids: list[str], next_seq: int,
@@ -183,18 +192,19 @@ class Compaction:
             return
         cutoff = engine._now() - self.retention_ms
         live = engine._index.instances
-        for start in range(0, len(ids), _CHUNK):
-            busy = journal.pending_instances()
-            for iid in ids[start : start + _CHUNK]:
-                entry = live.get(iid)
-                if (
-                    entry is not None and entry.state in lc.FINISHED
-                    and entry.updated_ms <= cutoff and entry.last_seq < next_seq
-                    and iid not in busy
-                ):
-                    removed[iid] = live.pop(iid)
-                    self.retiring.add(iid)
-            await trio.lowlevel.checkpoint()
+        finished, slices = lc.FINISHED, _Slices()
+        busy = journal.pending_instances()
+        for i, iid in enumerate(ids):
+            if await slices.due(i):
+                busy = journal.pending_instances()  # appends may have come meanwhile
+            entry = live.get(iid)
+            if (
+                entry is not None and entry.state in finished
+                and entry.updated_ms <= cutoff and entry.last_seq < next_seq
+                and iid not in busy
+            ):
+                removed[iid] = live.pop(iid)
+                self.retiring.add(iid)
 
     async def _rewrite(
         self, engine: Engine, journal: Journal, storage: Storage, upto: int,
