@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("memable_log")
 
 _YIELD_EVERY = 64  # memoised hits between checkpoints, so replays never starve others
+# Exact types of step results that cannot be awaitable (subclasses could be).
+_PLAIN = frozenset({int, str, float, bool, bytes, list, dict, tuple, type(None)})
 
 
 class Unwind(BaseException):
@@ -241,7 +243,13 @@ class Step:
             if engine._on_step_call is not None:  # memable_log.testing counts executions
                 engine._on_step_call(iid, key)
             try:
-                result = await self._call(fn, args, kwargs)
+                if self._in_thread:
+                    result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+                else:
+                    result = fn(*args, **kwargs)
+                    # A plain value is never awaitable: skip the slower general test.
+                    if type(result) not in _PLAIN and inspect.isawaitable(result):
+                        result = await result
                 break
             except Exception as exc:
                 if attempt < max_attempts and isinstance(exc, kinds):
@@ -268,13 +276,6 @@ class Step:
         except EncodeError as exc:
             raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
         await engine._append(r.make(r.STEP_DONE, engine._now(), iid, key, blob))
-        logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
+        if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
+            logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
         return engine._codec.decode(blob)
-
-    async def _call(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        if self._in_thread:
-            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
