@@ -476,6 +476,18 @@ class Journal:
             failed.error = reason
             failed.done.set()
 
+    async def between_commits(self) -> None:
+        """Checkpoint; if a commit is in flight, return once it is done.
+
+        For background work on the event loop (compaction's share), in short
+        slices: the loop then waits in the kernel while a commit runs, so the
+        commit thread never waits for the GIL behind it. One commit at most,
+        or a steady writer would starve the work.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._committing is not None:
+            await self._committing.done.wait()
+
     def pending_instances(self) -> set[str]:
         """Instances with records appended but not yet applied to the index."""
         batches = [self._batch] if self._committing is None else [self._batch, self._committing]

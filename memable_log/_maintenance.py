@@ -46,27 +46,33 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memable_log")
 
-# Work done between checkpoints, at most. Small: a commit takes several
-# scheduling rounds (task, appender, worker thread, back), and each round
-# may wait for one slice, so a slice must cost a fraction of a commit.
-_SLICE_S = 50e-6
+# Work done on the event loop between commits, at most (see
+# Journal.between_commits): a slice delays an append by no more than this.
+_SLICE_S = 100e-6
 
 
 class _Slices:
-    """Checkpoints a long loop every ``_SLICE_S`` of work (looked at every 16 items)."""
+    """Where a long loop should pause: after ``_SLICE_S`` of work.
 
-    __slots__ = ("_deadline",)
+    ``used_up`` is synchronous on purpose: an awaited check would make a
+    coroutine object per item, and a hundred thousand of those set off full
+    garbage collections of the whole index (tens of ms each).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_deadline", "_journal")
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
         self._deadline = time.perf_counter() + _SLICE_S
 
-    async def due(self, i: int) -> bool:
-        """Checkpoint if this slice is used up (True: other tasks ran meanwhile)."""
-        if i & 15 or time.perf_counter() < self._deadline:
-            return False
-        await trio.lowlevel.checkpoint()
+    def used_up(self, i: int) -> bool:
+        """Whether to pause before item ``i`` (the clock is read every 16)."""
+        return not i & 15 and time.perf_counter() >= self._deadline
+
+    async def pause(self) -> None:
+        """Let commits through (Journal.between_commits); a new slice begins."""
+        await self._journal.between_commits()
         self._deadline = time.perf_counter() + _SLICE_S
-        return True
 
 
 class Compaction:
@@ -155,14 +161,16 @@ class Compaction:
                     )
                 journal.writer.salts[compacted_name(upto)] = done.salt
                 crashpoint("compact.before-remap")
-                index, slices = engine._index, _Slices()
+                index, slices = engine._index, _Slices(journal)
                 for i, move in enumerate(done.moved):
-                    await slices.due(i)
+                    if slices.used_up(i):
+                        await slices.pause()
                     apply_moves(index, (move,), upto)
                     index.repack((move[0],))  # a table at rest it unpacked
-                slices = _Slices()
+                slices = _Slices(journal)
                 for i in range(0, len(ids), 16):
-                    await slices.due(i)
+                    if slices.used_up(i):
+                        await slices.pause()
                     settle_seqs(index, ids[i : i + 16], next_seq)
                 journal.keep_snapshot = True
                 self.compacted_upto = self.leftovers_upto = upto
@@ -192,10 +200,11 @@ class Compaction:
             return
         cutoff = engine._now() - self.retention_ms
         live = engine._index.instances
-        finished, slices = lc.FINISHED, _Slices()
+        finished, slices = lc.FINISHED, _Slices(journal)
         busy = journal.pending_instances()
         for i, iid in enumerate(ids):
-            if await slices.due(i):
+            if slices.used_up(i):
+                await slices.pause()
                 busy = journal.pending_instances()  # appends may have come meanwhile
             entry = live.get(iid)
             if (
