@@ -95,7 +95,7 @@ class _CommitThread:
     ``stop`` closes the wake pipe: the thread reads end-of-file and ends.
     """
 
-    __slots__ = ("_commit", "_error", "_job", "_result", "_wake_w", "done_fd")
+    __slots__ = ("_commit", "_error", "_job", "_result", "_wake_w", "done_fd", "thread")
 
     def __init__(self, commit: Callable[[list[bytes]], list[int]]) -> None:
         self._commit = commit
@@ -108,6 +108,7 @@ class _CommitThread:
         thread = threading.Thread(
             target=self._run, args=(wake_r, done_w), name="memable_log commit", daemon=True
         )
+        self.thread = thread
         try:
             thread.start()
         except BaseException:
@@ -282,6 +283,8 @@ class Journal:
                     with trio.CancelScope(shield=True):
                         await self._drain()
                 self._thread.stop()
+                with trio.CancelScope(shield=True):  # no thread outlives the journal
+                    await trio.to_thread.run_sync(self._thread.thread.join)
                 self._thread = None
             self.writer.close()
             if self._locked:
