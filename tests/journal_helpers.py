@@ -7,12 +7,13 @@ own behaviour, not like the helper's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from memable_log import _records as r
 from memable_log._index import unpack_loc
 from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
+from memable_log._memstorage import MemoryStorage, _Fault
 from memable_log._reader import scan
 from memable_log._storage import Storage
 from memable_log._writer import DEFAULT_SEGMENT_SIZE
@@ -80,3 +81,19 @@ def storage_from(files: dict[str, bytes]) -> MemoryStorage:
         handle.close()
     storage.sync_dir()
     return storage
+
+
+class ThreadedMemory(MemoryStorage):
+    """A MemoryStorage the journal treats as blocking, so commits run on its
+    commit thread; ``before_sync`` runs on that thread before each fsync."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_sync: Callable[[], None] = lambda: None
+
+    def _op(self, op: str) -> _Fault | None:
+        if op == "sync":
+            self.before_sync()
+        return super()._op(op)

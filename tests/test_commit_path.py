@@ -19,35 +19,21 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from journal_helpers import ThreadedMemory
 from powerloss_helpers import created, read_all
 
 from memable_log._errors import JournalClosed
 from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, _Fault
+from memable_log._memstorage import MemoryStorage
 from memable_log._storage import FileStorage
 
 THREAD_NAME = "memable_log commit"
 
-
-class ThreadedMemory(MemoryStorage):
-    """A MemoryStorage the journal treats as blocking, so commits run on its thread."""
-
-    blocking = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.before_sync: Callable[[], None] = lambda: None
-
-    def _op(self, op: str) -> _Fault | None:
-        if op == "sync":
-            self.before_sync()
-        return super()._op(op)
 
 
 class Holder:

@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Callable
 
 import pytest
 import trio
 import trio.testing
+from journal_helpers import ThreadedMemory
 from powerloss_helpers import created, read_all
 
 from memable_log._errors import JournalFailed
 from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, _Fault
-
-
-class ThreadedMemory(MemoryStorage):
-    """A MemoryStorage the journal treats as blocking, so commits run on a thread."""
-
-    blocking = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.before_sync: Callable[[], None] = lambda: None
-
-    def _op(self, op: str) -> _Fault | None:
-        if op == "sync":
-            self.before_sync()
-        return super()._op(op)
 
 
 async def test_threaded_commits_return_each_records_location_in_order() -> None:
