@@ -150,32 +150,16 @@ class Compaction:
                     for iid, entry in removed.items():
                         live.setdefault(iid, entry)
                     journal.keep_snapshot = True  # the index matches the files again
+            if done.next_seq != next_seq:
+                raise JournalCorrupt(
+                    storage.location, 0,
+                    f"compacted history ends at seq {done.next_seq}, "
+                    f"segment {upto + 1} starts at {next_seq}",
+                )
             # Written: re-pointing runs to its end even when the engine is
             # stopping, so the exit snapshots an index that points at the new file.
             with trio.CancelScope(shield=True):
-                if done.next_seq != next_seq:
-                    raise JournalCorrupt(
-                        storage.location, 0,
-                        f"compacted history ends at seq {done.next_seq}, "
-                        f"segment {upto + 1} starts at {next_seq}",
-                    )
-                journal.writer.salts[compacted_name(upto)] = done.salt
-                crashpoint("compact.before-remap")
-                index, slices = engine._index, _Slices(journal)
-                for i, move in enumerate(done.moved):
-                    if slices.used_up(i):
-                        await slices.pause()
-                    apply_moves(index, (move,), upto)
-                    index.repack((move[0],))  # a table at rest it unpacked
-                slices = _Slices(journal)
-                for i in range(0, len(ids), 16):
-                    if slices.used_up(i):
-                        await slices.pause()
-                    settle_seqs(index, ids[i : i + 16], next_seq)
-                journal.keep_snapshot = True
-                self.compacted_upto = self.leftovers_upto = upto
-                self.leftovers_epoch = journal.new_epoch()
-                self.runs += 1
+                await self._repoint(engine, journal, upto, done, ids)
         finally:
             self.retiring = set()
             self.decided.set()
@@ -184,6 +168,27 @@ class Compaction:
             "compacted segments up to %d: %d records kept, %d instances dropped",
             upto, done.records, len(removed),
         )
+
+    async def _repoint(
+        self, engine: Engine, journal: Journal, upto: int, done: Rewritten, ids: list[str]
+    ) -> None:
+        """Point the live index at ``cmp-<upto>``; the old files become leftovers."""
+        journal.writer.salts[compacted_name(upto)] = done.salt
+        crashpoint("compact.before-remap")
+        index, slices = engine._index, _Slices(journal)
+        for i, move in enumerate(done.moved):
+            if slices.used_up(i):
+                await slices.pause()
+            apply_moves(index, (move,), upto)
+            index.repack((move[0],))  # a table at rest it unpacked
+        for i in range(0, len(ids), 16):
+            if slices.used_up(i):
+                await slices.pause()
+            settle_seqs(index, ids[i : i + 16], done.next_seq)
+        journal.keep_snapshot = True
+        self.compacted_upto = self.leftovers_upto = upto
+        self.leftovers_epoch = journal.new_epoch()
+        self.runs += 1
 
     async def _take_expired(
         self, engine: Engine, journal: Journal, ids: list[str], next_seq: int,
