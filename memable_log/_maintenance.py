@@ -48,7 +48,7 @@ logger = logging.getLogger("memable_log")
 
 # Work done on the event loop between commits, at most (see
 # Journal.between_commits): a slice delays an append by no more than this.
-_SLICE_S = 100e-6
+_SLICE_S = 50e-6
 
 
 class _Slices:

@@ -23,6 +23,7 @@ acknowledge bytes that are gone. Reopen to recover.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NoReturn
 
 import msgpack
@@ -54,6 +55,10 @@ class SegmentWriter:
         self._records_in_segment = 0
         self._file: FileHandle | None = None
         self.salts: dict[str, int] = {}  # segment file name -> salt, for reads
+        # Called (on the committing thread) as a batch's fsync begins: the
+        # journal tells background work on the event loop that the GIL is
+        # free for the fsync's length (Journal.between_commits).
+        self.before_sync: Callable[[], None] | None = None
 
     def recover(self, scan: ScanResult) -> None:
         """Make the scan's decisions durable and open the segment to append."""
@@ -142,6 +147,8 @@ class SegmentWriter:
         crashpoint("writer.torn-write", self._file, data)
         self._file.write(data)
         crashpoint("writer.before-fsync")
+        if self.before_sync is not None:
+            self.before_sync()
         self._file.sync()
         crashpoint("writer.after-fsync")
         self._size += len(data)

@@ -12,7 +12,10 @@ that must keep:
   applied only once durable, by the reaper, and appends go on;
 * writers woken together by one commit are committed together: an early
   lone append must not split them into two half batches for good;
-* closing commits every append it accepted, and ends the commit thread.
+* closing commits every append it accepted, and ends the commit thread;
+* ``between_commits`` (background work's pause) returns as the commit in
+  flight begins its fsync, not after it, and never hangs on a commit that
+  fails before its fsync.
 """
 
 from __future__ import annotations
@@ -223,3 +226,79 @@ async def test_memory_storage_commits_without_a_thread() -> None:
         await journal.append(created(1))
         assert journal.commits == 1
         assert journal._thread is None
+
+
+async def test_between_commits_returns_as_the_commit_in_flight_begins_its_fsync() -> None:
+    """Background work may run while the commit thread is inside fsync (it
+    holds no GIL then); it must not wait for the commit to end."""
+    storage = ThreadedMemory()
+    hold = Holder()
+    async with Journal(storage) as journal:
+        await journal.append(created(1))
+        storage.before_sync = hold
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.append, created(2))
+            await trio.testing.wait_all_tasks_blocked()
+            assert journal._committing is not None
+            with trio.fail_after(30):  # the old pause waited for the commit: stuck here
+                await journal.between_commits()
+            assert journal._committing is not None  # still in its fsync
+            await hold.reached()
+            storage.before_sync = lambda: None
+            hold.release.set()
+        assert journal.index.instances["i2"].created_ms == 1_002
+
+
+async def test_between_commits_returns_at_once_with_no_commit_in_flight() -> None:
+    async with Journal(ThreadedMemory()) as journal:
+        await journal.append(created(1))
+        steps = TaskSteps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await journal.between_commits()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert journal._committing is None
+        assert sum(steps.steps.values()) <= 3  # a checkpoint, no waiting
+
+
+class HeldWrite(ThreadedMemory):
+    """Holds the next segment write on the commit thread, then fails it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: Holder | None = None
+
+    def _op(self, op: str) -> Any:
+        if op == "write" and self.hold is not None:
+            self.hold()
+        return super()._op(op)
+
+
+async def test_between_commits_is_woken_by_a_commit_that_fails_before_its_fsync() -> None:
+    storage = HeldWrite()
+    async with Journal(storage) as journal:
+        await journal.append(created(1))
+        storage.hold = hold = Holder()
+        storage.fail("write", 5)
+        failures: list[str] = []
+
+        async def doomed() -> None:
+            try:
+                await journal.append(created(2))
+            except Exception as exc:
+                failures.append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(doomed)
+            await hold.reached()
+
+            async def let_go() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                hold.release.set()
+
+            nursery.start_soon(let_go)
+            with trio.fail_after(30):
+                await journal.between_commits()
+        assert failures == ["JournalFailed"]
+        assert journal._committing is None
