@@ -12,13 +12,16 @@ sealed segments (see _compactor.py) so the appender never waits for it:
    ``cmp-<k>`` (temp, fsync, rename, directory fsync) without them, and the
    index snapshot of the compacted history;
 3. re-point the live index's locations into the old segments at the new
-   file, a thousand instances between checkpoints.
+   file.
 
-The engine's own share is steps 1 and 3, in chunks between checkpoints, so
-a compaction costs its commits no GIL time to speak of.
+The engine's own share is steps 1 and 3, on the event loop in slices of
+``_SLICE_S``, each begun at a moment that delays no commit: as the commit
+in flight begins its fsync, or with none in flight
+(``Journal.between_commits``). A compaction thus costs its commits no GIL
+time to speak of.
 
 The old segments stay until the *next* compaction (or the engine's exit):
-a task may hold a location it looked up before step 4 and read it a moment
+a task may hold a location it looked up before step 3 and read it a moment
 later. Until they go they are leftovers that any reader skips and the
 writer deletes if a crash comes first.
 """
@@ -46,8 +49,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memable_log")
 
-# Work done on the event loop between commits, at most (see
-# Journal.between_commits): a slice delays an append by no more than this.
+# Work done on the event loop at a time, at most: begun as a commit's fsync
+# does (Journal.between_commits), it ends before the fsync (~150-250 us
+# here) does, so the commit thread never waits for the GIL behind it.
 _SLICE_S = 50e-6
 
 
