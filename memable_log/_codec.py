@@ -95,6 +95,8 @@ class Codec:
         return self._decode_hook(tag, plain)
 
     def _unpack(self, data: bytes) -> Any:
+        if self._decode_hook is None:  # msgpack's defaults otherwise: fewer keywords to parse
+            return msgpack.unpackb(data, strict_map_key=False)
         return msgpack.unpackb(
             data, raw=False, strict_map_key=False, ext_hook=self._ext, use_list=True
         )

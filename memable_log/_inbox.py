@@ -21,7 +21,6 @@ leaves a temp file; the engine deletes it at start once its writer is gone.
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import threading
 import time
@@ -83,7 +82,7 @@ def write_handover(journal_path: str, data: bytes, *, file_mode: int = 0o600) ->
     os.makedirs(inbox, mode=0o700, exist_ok=True)
     if created:
         _fsync_dir(journal_path)
-    name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+    name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}"
     temp = os.path.join(inbox, name + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
     try:
