@@ -163,17 +163,15 @@ def unpack_steps(packed: bytes) -> dict[str, Entry]:
     unpacker.feed(packed)
     ops = list(unpacker)
     keys, values = ops[0::2], ops[1::2]
-    if len(keys) != len(values):
-        raise ValueError("packed step table ends after a key")
     intern = sys.intern
-    steps = dict(zip(map(intern, keys), values))
+    steps = dict(zip(map(intern, keys), values, strict=True))  # ValueError: ends after a key
     if len(steps) == len(values) and None not in values:
         # Each key once, none forgotten: what the loop below would build
         # (a STEP_STARTED_AT value set on an absent key), at C speed. The
         # common case: a table packed again at rest (pack_steps) is one set per key.
         return steps
     steps = {}
-    for key, value in zip(keys, values):
+    for key, value in zip(keys, values, strict=True):
         if value is None:
             forget(steps, key)
         elif type(value) is int and value & 3 == STEP_STARTED_AT:
