@@ -128,9 +128,10 @@ async def latency_run(
 
     async def writer(ctx: Context) -> None:
         # ``steps`` commits, and on until the first compaction has finished
-        # and as many again have followed it: every phase is measured.
+        # and as many again have followed it: every phase is measured (at
+        # most 100 x ``steps``, should no compaction ever run).
         n = after = 0
-        while n < steps or (compaction and (not whole or after < steps)):
+        while n < steps or (compaction and (not whole or after < steps) and n < 100 * steps):
             start = time.perf_counter()
             await ctx.step(f"s{n}").run(lambda: "x" * 40)
             latencies.append((start, time.perf_counter()))
