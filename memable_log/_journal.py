@@ -223,9 +223,13 @@ class Journal:
         self._work = trio.Event()
         self._rolled = trio.Event()  # set (and replaced) when a segment is sealed
         # Background work waiting for a quiet moment (between_commits): set
-        # as the commit in flight begins its fsync, or as it ends.
+        # as the commit in flight begins its fsync, or once the event loop is
+        # about to wait with no commit in flight (_IdleWatch).
         self._quiet: trio.Event | None = None
-        self._fsyncing = False  # why _quiet was set: an fsync began
+        # Set on the commit thread while it is in a batch's fsync (and just
+        # after); the batch that last gave between_commits its moment.
+        self._in_fsync = False
+        self._sliced: _Batch | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._idle_watch: _IdleWatch | None = None  # installed by between_commits
         self._idle_asked = False
@@ -243,7 +247,7 @@ class Journal:
         await self._run_io(self._open_sync)
         if self.storage.blocking:
             try:
-                self._thread = _CommitThread(self.writer.commit)
+                self._thread = _CommitThread(self._commit_on_thread)
                 self._token = trio.lowlevel.current_trio_token()
                 self.writer.before_sync = self._syncing
             except BaseException:
@@ -311,7 +315,7 @@ class Journal:
             if self._idle_watch is not None:
                 trio.lowlevel.remove_instrument(self._idle_watch)
                 self._idle_watch = None
-            self._wake_quiet(fsyncing=False)  # nothing is in flight now
+            self._wake_quiet()  # nothing is in flight now
             if self._thread is not None:
                 if self._committing is not None or self._batch.payloads:
                     # The reaper died: never close under a commit, nor strand an append.
@@ -516,15 +520,16 @@ class Journal:
 
     async def between_commits(self) -> None:
         """Return at a moment when a short stretch of work on the event loop
-        (at most ~100 us: compaction's share) delays no commit.
+        (~50 us: compaction's share) delays no commit.
 
-        That is when no commit is in flight, or as one begins its fsync: the
-        commit thread then needs the GIL only once the fsync returns, so a
-        slice shorter than an fsync costs it nothing. Work that ran instead
+        That is when no commit is in flight, or while one is in its fsync:
+        the commit thread then needs the GIL only once the fsync returns, so
+        a slice shorter than an fsync costs it nothing. Work that ran instead
         as a commit is handed over holds the GIL the commit thread needs to
-        frame and write its batch (measured: 160 us more per commit). A
-        steady writer thus gives one slice per commit and never starves the
-        work; commits on the event loop (no thread) are simply waited for.
+        frame and write its batch (measured: 160 us more per commit). One
+        return per fsync, so slices do not run on past it; a steady writer
+        thus gives one slice per commit and never starves the work. Commits
+        on the event loop (no thread) are simply waited for.
         """
         # No checkpoint first while a commit is in flight: a task step run as
         # its waiters send the next batch holds the GIL its thread needs.
@@ -532,34 +537,37 @@ class Journal:
             if self._thread is None:
                 await batch.done.wait()
                 return
+            if self._in_fsync and self._sliced is not batch:
+                self._sliced = batch
+                return
             if self._quiet is None:
                 self._quiet = trio.Event()
             if self._idle_watch is None:
                 self._idle_watch = _IdleWatch(self)
                 trio.lowlevel.add_instrument(self._idle_watch)
-            await self._quiet.wait()
-            if self._fsyncing:
-                return
+            await self._quiet.wait()  # an fsync began, or the loop is idle
         await trio.lowlevel.checkpoint()
+
+    def _commit_on_thread(self, payloads: list[bytes]) -> list[int]:
+        try:
+            return self.writer.commit(payloads)
+        finally:
+            self._in_fsync = False
 
     def _syncing(self) -> None:
         """On the commit thread, as an fsync begins (SegmentWriter.before_sync)."""
+        self._in_fsync = True
         if self._quiet is not None and self._token is not None:
-            self._token.run_sync_soon(self._fsync_began, self._committing)
-
-    def _fsync_began(self, batch: _Batch | None) -> None:
-        if batch is self._committing:  # not news of a commit that ended since
-            self._wake_quiet(fsyncing=True)
+            self._token.run_sync_soon(self._wake_quiet)
 
     def _idle_or_not(self) -> None:
         self._idle_asked = False
         if self._committing is None:
-            self._wake_quiet(fsyncing=False)
+            self._wake_quiet()
 
-    def _wake_quiet(self, fsyncing: bool) -> None:
+    def _wake_quiet(self) -> None:
         quiet, self._quiet = self._quiet, None
         if quiet is not None:
-            self._fsyncing = fsyncing
             quiet.set()
 
     def pending_instances(self) -> set[str]:

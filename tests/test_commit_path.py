@@ -302,3 +302,32 @@ async def test_between_commits_is_woken_by_a_commit_that_fails_before_its_fsync(
                 await journal.between_commits()
         assert failures == ["JournalFailed"]
         assert journal._committing is None
+
+
+async def test_between_commits_returns_once_a_commit_ends_and_no_other_follows() -> None:
+    """A commit's fsync gives one moment; the next pause waits for the next
+    fsync, or (none coming) for the commit to end with no other after it."""
+    storage = ThreadedMemory()
+    hold = Holder()
+    async with Journal(storage) as journal:
+        await journal.append(created(1))
+        storage.before_sync = hold
+        returned = trio.Event()
+
+        async def pause() -> None:
+            with trio.fail_after(30):
+                await journal.between_commits()
+            returned.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.append, created(2))
+            await hold.reached()  # in its fsync before anyone waits for one
+            with trio.fail_after(30):
+                await journal.between_commits()  # at once: it is in its fsync
+            nursery.start_soon(pause)  # one moment per fsync: this one waits
+            await trio.testing.wait_all_tasks_blocked()
+            assert not returned.is_set()  # the commit is still in flight
+            storage.before_sync = lambda: None
+            hold.release.set()
+        assert returned.is_set()
+        assert journal._committing is None
