@@ -116,7 +116,9 @@ class Resume:
 
     ``index`` is the position in the walk of the segment to resume in;
     ``segments`` describes the walk's segments before it (already applied);
-    ``offset`` and ``next_seq`` say where in that segment to go on.
+    ``offset`` and ``next_seq`` say where in that segment to go on;
+    ``head``, if not empty, is that segment's first ``offset`` bytes as the
+    snapshot's check read them (the scan then reads only what follows).
     """
 
     index: int
@@ -124,6 +126,7 @@ class Resume:
     next_seq: int
     records: int
     segments: list[Segment]
+    head: bytes = b""
 
 
 def plan_walk(storage: Storage, result: ScanResult) -> list[tuple[str, int]]:
@@ -177,6 +180,7 @@ def iter_scan(
         yield from _scan_segment(
             storage, name, number, is_last, result,
             start if resumed else HEADER_SIZE, first_seq if resumed else None,
+            resume.head if resume is not None and resumed else b"",
         )
 
 
@@ -186,10 +190,14 @@ def _path(storage: Storage, name: str) -> str:
 
 def _scan_segment(
     storage: Storage, name: str, number: int, is_last: bool, result: ScanResult,
-    start: int = HEADER_SIZE, resume_seq: int | None = None,
+    start: int = HEADER_SIZE, resume_seq: int | None = None, known: bytes = b"",
 ) -> Iterator[tuple[list[Any], int]]:
     path = _path(storage, name)
-    data = storage.read(name)
+    rest = storage.size(name) - len(known) if known else -1
+    if rest >= 0:  # the bytes before ``start`` were read (and checked) already
+        data = known + storage.read_at(name, len(known), rest) if rest else known
+    else:
+        data = storage.read(name)
     try:
         header = unpack_header(data)
     except HeaderError as exc:
