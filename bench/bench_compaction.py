@@ -43,6 +43,7 @@ from memable_log._records import COMPLETED, CREATED, STEP_DONE, make
 from memable_log._storage import FileStorage
 from memable_log._writer import SegmentWriter
 
+# Where journals live (on the disk being measured); --data-dir sets it.
 BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")
 WORDS = [
     *("the model considers the request and the context " * 3).split(),
@@ -303,10 +304,15 @@ def bench_startup(instances: int, runs: int) -> tuple[list[list[str]], dict[str,
 
 
 def main() -> None:
+    global BASE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--data-dir", default=BASE,
+                        help="where journals live (must be on the disk you mean to measure; "
+                             "default bench/.data)")
     args = parser.parse_args()
+    BASE = args.data_dir
     quick = args.quick
     results: dict[str, Any] = {}
 

@@ -1,4 +1,4 @@
-"""The journal benchmark runs end to end in --quick mode.
+"""The journal and compaction benchmarks run end to end in --quick mode.
 
 It asserts that the script completes and reports every table and its JSON
 keys, never any timing: figures on a shared machine are not test material.
@@ -47,3 +47,31 @@ def test_bench_journal_quick_completes_and_reports_every_table(tmp_path: Path) -
     }
     assert report["startup"]["records"] == 10_000
     assert report["startup"]["index"]["default"]["entries"] == 9_000
+
+
+COMPACTION_ROWS = (
+    "1. Bytes on disk", "plain values", "zstd values",
+    "2. Step-commit latency", "compaction off", "compaction on, idle moments",
+    "during compaction (all of it)", "while the engine picks / re-points",
+    "while the child rewrites", "p99 during / p99 idle",
+    "3. Start-up", "open, full scan (s)", "open, from snapshot (s)", "index bytes per entry",
+)
+
+
+def test_bench_compaction_quick_completes_and_reports_every_phase(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_compaction.py"), "--quick",
+         "--data-dir", str(tmp_path / "data"), "--json", str(results)],
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for row in COMPACTION_ROWS:
+        assert row in proc.stdout, row
+    report = json.loads(results.read_text())
+    latency = report["latency"]
+    # Every phase was measured: the writer ran on until a compaction had finished.
+    for key in ("idle_p99", "whole_p99", "engine_p99", "child_p99", "off_p99"):
+        assert latency[key]["runs"], key
+    # Scratch journals removed; the start-up journal is kept for the next run.
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["startup-10000"]
