@@ -37,6 +37,13 @@ cache), and a task waiting on a pipe is woken by the event loop directly,
 where ``run_sync_soon`` goes through trio's entry-queue task, one scheduler
 pass more. Measured here, the trip costs about 100 us less per append.
 
+Background work on the event loop (compaction's share) runs in short
+slices and pauses between them in ``between_commits``, which returns only
+at moments a slice delays no commit: while the commit in flight is in its
+fsync (the commit thread holds no GIL then; the writer's ``before_sync``
+hook marks it and tells the loop), or when the loop is about to wait with
+no commit in flight (``_IdleWatch``).
+
 Storage that does not block (MemoryStorage) has no thread: an appender task
 commits on the event loop instead, so a simulated power cut (PowerCut,
 raised inside a commit) surfaces from the journal's nursery.
