@@ -515,8 +515,16 @@ class Journal:
                 await trio.lowlevel.checkpoint()
                 locs = self.writer.commit(batch.payloads)
             except JournalFailed as exc:
+                self._committing = None
                 self._fail(batch, exc.reason)
                 return
+            except BaseException as exc:
+                # A simulated power cut, or the journal's nursery cancelled:
+                # nothing will commit this batch, so nobody may wait for it
+                # (a shielded wait in between_commits would never end).
+                self._committing = None
+                self._fail(batch, f"commit failed: {exc!r}")
+                raise
             self._applied(batch, locs, segment)
 
     def _fail(self, batch: _Batch, reason: str) -> None:

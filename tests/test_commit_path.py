@@ -32,7 +32,7 @@ from powerloss_helpers import created, read_all
 
 from memable_log._errors import JournalClosed
 from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
+from memable_log._memstorage import MemoryStorage, PowerCut
 from memable_log._storage import FileStorage
 
 THREAD_NAME = "memable_log commit"
@@ -331,3 +331,33 @@ async def test_between_commits_returns_once_a_commit_ends_and_no_other_follows()
             hold.release.set()
         assert returned.is_set()
         assert journal._committing is None
+
+
+async def test_a_power_cut_on_the_event_loop_wakes_a_shielded_pause() -> None:
+    """A commit that dies of a (simulated) power cut must not leave a task in
+    between_commits waiting for it: compaction pauses there in a shielded
+    scope, which the engine's exit cannot cancel (the power-loss campaign
+    hung on this)."""
+    storage = MemoryStorage()
+    outcome: list[str] = []
+
+    async def pause(journal: Journal) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 30) as scope:
+            for _ in range(10_000):  # until the appender holds the doomed batch
+                if journal._committing is not None:
+                    break
+                await trio.lowlevel.checkpoint()
+            await journal.between_commits()
+        outcome.append("timed out" if scope.cancelled_caught else "returned")
+
+    async def cut() -> None:
+        async with Journal(storage) as journal, trio.open_nursery() as nursery:
+            await journal.append(created(1))
+            storage.crash_at = storage.ops + 1  # the next write
+            nursery.start_soon(pause, journal)
+            await journal.append(created(2))
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        await cut()
+    assert outcome == ["returned"]
+    assert raised.group_contains(PowerCut)
