@@ -468,11 +468,9 @@ class Journal:
         try:
             locs = self._thread.result()
         except JournalFailed as exc:
-            self._committing = None
             self._fail(batch, exc.reason)
             return
         except BaseException as exc:  # not an OSError (the writer turns those into JournalFailed)
-            self._committing = None
             self._fail(batch, f"commit failed: {exc!r}")
             raise
         self._applied(batch, locs, self._segment_before)
@@ -515,19 +513,19 @@ class Journal:
                 await trio.lowlevel.checkpoint()
                 locs = self.writer.commit(batch.payloads)
             except JournalFailed as exc:
-                self._committing = None
                 self._fail(batch, exc.reason)
                 return
             except BaseException as exc:
                 # A simulated power cut, or the journal's nursery cancelled:
                 # nothing will commit this batch, so nobody may wait for it
                 # (a shielded wait in between_commits would never end).
-                self._committing = None
                 self._fail(batch, f"commit failed: {exc!r}")
                 raise
             self._applied(batch, locs, segment)
 
     def _fail(self, batch: _Batch, reason: str) -> None:
+        """The commit of ``batch`` failed: it and every later append fail."""
+        self._committing = None
         self._error = reason
         for failed in (batch, self._batch):
             failed.error = reason

@@ -193,8 +193,8 @@ def _scan_segment(
     start: int = HEADER_SIZE, resume_seq: int | None = None, known: bytes = b"",
 ) -> Iterator[tuple[list[Any], int]]:
     path = _path(storage, name)
-    rest = storage.size(name) - len(known) if known else -1
-    if rest >= 0:  # the bytes before ``start`` were read (and checked) already
+    if known and (rest := storage.size(name) - len(known)) >= 0:
+        # The bytes before ``start`` were read (and checked) already.
         data = known + storage.read_at(name, len(known), rest) if rest else known
     else:
         data = storage.read(name)
