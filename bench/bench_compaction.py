@@ -35,13 +35,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import Stat, scratch_dir, table
 
 from memable_log import Context, Engine
-from memable_log._compactor import compact_offline, journal_bytes
-from memable_log._index import Index
-from memable_log._journal import Journal
-from memable_log._maintenance import Compaction
-from memable_log._records import COMPLETED, CREATED, STEP_DONE, make
-from memable_log._storage import FileStorage
-from memable_log._writer import SegmentWriter
+from memable_log._compaction.compactor import compact_offline, journal_bytes
+from memable_log._compaction.service import Compaction
+from memable_log._core.index import Index
+from memable_log._core.records import COMPLETED, CREATED, STEP_DONE, make
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.writer import SegmentWriter
 
 # Where journals live (on the disk being measured); --data-dir sets it.
 BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")
@@ -166,7 +166,7 @@ def fill_prefix(path: str, instances: int) -> None:
     (created, 8 steps, completed)."""
     storage = FileStorage(path)
     writer = SegmentWriter(storage, 64 * 1024 * 1024)
-    from memable_log._reader import scan
+    from memable_log._storage.segments import scan
 
     writer.recover(scan(storage))
     import msgpack

@@ -283,7 +283,7 @@ def _what_if_inline_commit() -> None:
     the journal treats a storage that says it does not block (MemoryStorage)
     this way, so the directory is made to say so.
     """
-    from memable_log._storage import FileStorage
+    from memable_log._storage.files import FileStorage
 
     FileStorage.blocking = False  # type: ignore[misc]
 
@@ -458,7 +458,7 @@ def startup_data(system: str, data_dir: str, sizes: Sizes,
     want: dict[str, Any] = {"version": STARTUP_DATA_VERSION, "system": system,
                             "instances": sizes.e_instances, "steps": sizes.e_steps}
     if system == "memable_log":
-        from memable_log._format import FORMAT_VERSION
+        from memable_log._core.format import FORMAT_VERSION
 
         want["format"] = FORMAT_VERSION
     elif system == "DBOS":

@@ -36,13 +36,13 @@ import msgpack
 import trio
 from _util import Stat, disk_of, fmt_range, fmt_rate, ratios, rss_bytes, scratch_dir, table
 
-from memable_log import _records as r
-from memable_log._format import FORMAT_VERSION
-from memable_log._index import DEFAULT_INLINE_LIMIT, Index, unpack_steps
-from memable_log._journal import Journal
-from memable_log._reader import scan, segment_numbers
-from memable_log._storage import FileStorage
-from memable_log._writer import SegmentWriter
+from memable_log._core import records as r
+from memable_log._core.format import FORMAT_VERSION
+from memable_log._core.index import DEFAULT_INLINE_LIMIT, Index, unpack_steps
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.segments import scan, segment_numbers
+from memable_log._storage.writer import SegmentWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(HERE, ".data")

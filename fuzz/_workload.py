@@ -53,8 +53,8 @@ from memable_log import (
     SuspendTimedOut,
     WorkflowCancelled,
 )
-from memable_log._codec import Codec
-from memable_log.journal import RecordView
+from memable_log._core.codec import Codec
+from memable_log.reader import RecordView
 
 WORKFLOW = "mixed"
 AMO_KEY = "charge"

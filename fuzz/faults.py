@@ -58,7 +58,7 @@ from _workload import (
 from powerloss import within
 
 from memable_log import JournalFailed, ManualClock, MemoryStorage
-from memable_log.journal import JournalReader
+from memable_log.reader import JournalReader
 
 WORKLOAD = OPS  # every operation once, in order
 # (name, storage operation, errno, bytes of a write that land first)

@@ -83,8 +83,8 @@ from memable_log import (
     WorkflowCancelled,
     read_journal,
 )
-from memable_log import _crashpoints as cp
-from memable_log._inbox import HandoverError, decode_handover, pending, read_handover
+from memable_log._storage import crashpoints as cp
+from memable_log._storage.inbox import HandoverError, decode_handover, pending, read_handover
 
 SEGMENT_SIZE = 4096
 LIFE_TIMEOUT = 60.0  # real seconds a lifetime may take before it counts as hung

@@ -73,8 +73,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from memable_log import JournalCorrupt, ManualClock, MemoryStorage
-from memable_log import _records as r
-from memable_log._format import (
+from memable_log._core import records as r
+from memable_log._core.format import (
     FRAME_BATCH_START,
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
@@ -85,11 +85,11 @@ from memable_log._format import (
     segment_name,
     unpack_header,
 )
-from memable_log._framing import encode_frame
-from memable_log._index import Index
-from memable_log._offline import OfflineJournal
-from memable_log._reader import scan
-from memable_log.journal import JournalReader
+from memable_log._core.framing import encode_frame
+from memable_log._core.index import Index
+from memable_log._journal.offline import OfflineJournal
+from memable_log._storage.segments import scan
+from memable_log.reader import JournalReader
 
 MEMORY_FLOOR = 16 * 1024 * 1024  # bytes any case may use
 MEMORY_PER_INPUT_BYTE = 64  # plus this much per byte of journal

@@ -52,9 +52,9 @@ from _ledger import MemoryLedger
 from _workload import OPS, Acks, check, collect, memory_engine, op_specs, run_ops
 
 from memable_log import ManualClock, MemoryStorage
-from memable_log._format import FRAME_HEADER_SIZE, FRAME_LENGTH_MASK
-from memable_log._memstorage import PowerCut, TearFn
-from memable_log.journal import JournalReader, RecordView
+from memable_log._core.format import FRAME_HEADER_SIZE, FRAME_LENGTH_MASK
+from memable_log._storage.memory import PowerCut, TearFn
+from memable_log.reader import JournalReader, RecordView
 
 SECTOR = 512
 DOWNTIME = 7.0  # seconds of wall time between the cut and the restart

@@ -14,53 +14,53 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DuplicateStepKey as DuplicateStepKey
-from ._errors import EngineError as EngineError
-from ._errors import JournalClosed as JournalClosed
-from ._errors import JournalCorrupt as JournalCorrupt
-from ._errors import JournalFailed as JournalFailed
-from ._errors import JournalFormatError as JournalFormatError
-from ._errors import JournalLocked as JournalLocked
-from ._errors import NotSerializable as NotSerializable
-from ._errors import SignalAlreadyDelivered as SignalAlreadyDelivered
-from ._errors import StepFailed as StepFailed
-from ._errors import StepInterrupted as StepInterrupted
-from ._errors import SuspendTimedOut as SuspendTimedOut
-from ._errors import UnknownInstance as UnknownInstance
-from ._errors import UnknownWorkflow as UnknownWorkflow
-from ._errors import WorkflowCancelled as WorkflowCancelled
-from ._errors import WorkflowFailed as WorkflowFailed
-from .journal import FollowGap as FollowGap
-from .journal import JournalFollower as JournalFollower
-from .journal import JournalReader as JournalReader
-from .journal import NotAJournal as NotAJournal
-from .journal import RecordView as RecordView
-from .journal import TornTail as TornTail
-from .journal import decode_value as decode_value
-from .journal import follow_journal as follow_journal
-from .journal import read_journal as read_journal
+from ._core.errors import DuplicateStepKey as DuplicateStepKey
+from ._core.errors import EngineError as EngineError
+from ._core.errors import JournalClosed as JournalClosed
+from ._core.errors import JournalCorrupt as JournalCorrupt
+from ._core.errors import JournalFailed as JournalFailed
+from ._core.errors import JournalFormatError as JournalFormatError
+from ._core.errors import JournalLocked as JournalLocked
+from ._core.errors import NotSerializable as NotSerializable
+from ._core.errors import SignalAlreadyDelivered as SignalAlreadyDelivered
+from ._core.errors import StepFailed as StepFailed
+from ._core.errors import StepInterrupted as StepInterrupted
+from ._core.errors import SuspendTimedOut as SuspendTimedOut
+from ._core.errors import UnknownInstance as UnknownInstance
+from ._core.errors import UnknownWorkflow as UnknownWorkflow
+from ._core.errors import WorkflowCancelled as WorkflowCancelled
+from ._core.errors import WorkflowFailed as WorkflowFailed
+from .reader import FollowGap as FollowGap
+from .reader import JournalFollower as JournalFollower
+from .reader import JournalReader as JournalReader
+from .reader import NotAJournal as NotAJournal
+from .reader import RecordView as RecordView
+from .reader import TornTail as TornTail
+from .reader import decode_value as decode_value
+from .reader import follow_journal as follow_journal
+from .reader import read_journal as read_journal
 
 if TYPE_CHECKING:
-    from ._builder import EngineBuilder as EngineBuilder
-    from ._clock import Clock as Clock
-    from ._clock import ManualClock as ManualClock
-    from ._context import Context as Context
-    from ._context import Step as Step
-    from ._engine import Engine as Engine
-    from ._memstorage import MemoryStorage as MemoryStorage
-    from ._status import ErrorInfo as ErrorInfo
-    from ._status import InstanceStatus as InstanceStatus
+    from ._core.status import ErrorInfo as ErrorInfo
+    from ._core.status import InstanceStatus as InstanceStatus
+    from ._engine.builder import EngineBuilder as EngineBuilder
+    from ._engine.clock import Clock as Clock
+    from ._engine.clock import ManualClock as ManualClock
+    from ._engine.context import Context as Context
+    from ._engine.context import Step as Step
+    from ._engine.engine import Engine as Engine
+    from ._storage.memory import MemoryStorage as MemoryStorage
 
 _LAZY = {
-    "Clock": "._clock",
-    "Context": "._context",
-    "Engine": "._engine",
-    "EngineBuilder": "._builder",
-    "ErrorInfo": "._status",
-    "InstanceStatus": "._status",
-    "ManualClock": "._clock",
-    "MemoryStorage": "._memstorage",
-    "Step": "._context",
+    "Clock": "._engine.clock",
+    "Context": "._engine.context",
+    "Engine": "._engine.engine",
+    "EngineBuilder": "._engine.builder",
+    "ErrorInfo": "._core.status",
+    "InstanceStatus": "._core.status",
+    "ManualClock": "._engine.clock",
+    "MemoryStorage": "._storage.memory",
+    "Step": "._engine.context",
 }
 
 

@@ -61,14 +61,14 @@ from typing import Any
 import trio
 import trio.testing
 
-from ._builder import EngineBuilder
-from ._clock import ManualClock
-from ._context import Context
-from ._engine import Engine
-from ._errors import UnknownInstance
-from ._memstorage import MemoryStorage, PowerCut
-from ._status import ErrorInfo, InstanceStatus
-from .journal import JournalReader, RecordView
+from ._core.errors import UnknownInstance
+from ._core.status import ErrorInfo, InstanceStatus
+from ._engine.builder import EngineBuilder
+from ._engine.clock import ManualClock
+from ._engine.context import Context
+from ._engine.engine import Engine
+from ._storage.memory import MemoryStorage, PowerCut
+from .reader import JournalReader, RecordView
 
 __all__ = [
     "CRASH_TEST_INSTANCE",

@@ -24,13 +24,13 @@ from typing import Any
 import trio
 from trio.testing import MockClock
 
-from memable_log import _index as ix
-from memable_log import _lifecycle as lc
-from memable_log import _records as r
-from memable_log._index import Index
-from memable_log._memstorage import PowerCut
-from memable_log._reader import ScanResult, read_record_at, scan
-from memable_log._storage import Storage
+from memable_log._core import index as ix
+from memable_log._core import lifecycle as lc
+from memable_log._core import records as r
+from memable_log._core.index import Index
+from memable_log._storage.files import Storage
+from memable_log._storage.memory import PowerCut
+from memable_log._storage.segments import ScanResult, read_record_at, scan
 
 START_MS = 1_700_000_000_000
 INLINE = ix.DEFAULT_INLINE_LIMIT

@@ -25,8 +25,8 @@ from typing import Any
 import trio
 
 from memable_log import Context, Engine, MemoryStorage
-from memable_log._storage import FileStorage
-from memable_log.journal import JournalReader, RecordView
+from memable_log._storage.files import FileStorage
+from memable_log.reader import JournalReader, RecordView
 
 Workflow = Callable[[Context], Awaitable[Any]]
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from memable_log import _records as r
-from memable_log._index import unpack_loc
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, _Fault
-from memable_log._reader import scan
-from memable_log._storage import Storage
-from memable_log._writer import DEFAULT_SEGMENT_SIZE
+from memable_log._core import records as r
+from memable_log._core.index import unpack_loc
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import Storage
+from memable_log._storage.memory import MemoryStorage, _Fault
+from memable_log._storage.segments import scan
+from memable_log._storage.writer import DEFAULT_SEGMENT_SIZE
 
 
 def rec(n: int, size: int = 16) -> list[Any]:

@@ -18,11 +18,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from memable_log import _records as r
-from memable_log._format import FRAME_HEADER_SIZE, FRAME_LENGTH_MASK
-from memable_log._memstorage import MemoryStorage, PowerCut, TearFn
-from memable_log._reader import ScanResult, scan
-from memable_log._storage import Storage
+from memable_log._core import records as r
+from memable_log._core.format import FRAME_HEADER_SIZE, FRAME_LENGTH_MASK
+from memable_log._storage.files import Storage
+from memable_log._storage.memory import MemoryStorage, PowerCut, TearFn
+from memable_log._storage.segments import ScanResult, scan
 
 SECTOR = 512
 ALL_PREFIXES_UP_TO = 48  # below this many unsynced bytes, try every prefix

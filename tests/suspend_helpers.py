@@ -22,8 +22,8 @@ import trio
 from trio.testing import MockClock
 
 from memable_log import Clock, Context, Engine, InstanceStatus, MemoryStorage
-from memable_log._storage import Storage
-from memable_log.journal import JournalReader, RecordView
+from memable_log._storage.files import Storage
+from memable_log.reader import JournalReader, RecordView
 
 DAY = 86_400.0
 APPROVAL_KEY = "approval:v1"

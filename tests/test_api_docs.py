@@ -8,7 +8,8 @@ import re
 from memable_log_tools import gen_api_docs
 
 import memable_log
-from memable_log import journal, testing
+from memable_log import reader as journal
+from memable_log import testing
 
 
 def test_api_md_is_up_to_date() -> None:
@@ -23,7 +24,7 @@ def test_api_md_documents_every_public_name() -> None:
     text = gen_api_docs.API_MD.read_text()
     for module in (memable_log, journal, testing):
         for name in module.__all__:
-            owner = "memable_log.journal" if name in journal.__all__ else module.__name__
+            owner = "memable_log.reader" if name in journal.__all__ else module.__name__
             assert f"\n### {owner}.{name}\n" in text, f"{owner}.{name} is missing"
 
 
@@ -40,8 +41,8 @@ def test_docstrings_render_as_markdown() -> None:
 
 
 def test_design_md_lifecycle_table_is_the_transition_table() -> None:
-    from memable_log import _lifecycle as lc
-    from memable_log import _records as r
+    from memable_log._core import lifecycle as lc
+    from memable_log._core import records as r
 
     text = (gen_api_docs.ROOT / "docs" / "design.md").read_text()
     table = text.split("| From | Record | To |\n|---|---|---|\n", 1)[1].split("\n\n", 1)[0]

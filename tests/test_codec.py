@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memable_log import Context, Engine, NotSerializable, WorkflowFailed
-from memable_log._codec import MAX_BLOB, TAG_MSGPACK, TAG_ZSTD, Codec, EncodeError
+from memable_log._core.codec import MAX_BLOB, TAG_MSGPACK, TAG_ZSTD, Codec, EncodeError
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ import trio.testing
 from journal_helpers import ThreadedMemory
 from powerloss_helpers import created, read_all
 
-from memable_log._errors import JournalClosed
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, PowerCut
-from memable_log._storage import FileStorage
+from memable_log._core.errors import JournalClosed
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.memory import MemoryStorage, PowerCut
 
 THREAD_NAME = "memable_log commit"
 

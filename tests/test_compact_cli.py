@@ -26,7 +26,7 @@ from memable_log import (
     WorkflowCancelled,
     WorkflowFailed,
 )
-from memable_log._storage import FileStorage
+from memable_log._storage.files import FileStorage
 from memable_log.testing import wait_for_state
 
 SEGMENT_SIZE = 4096

@@ -33,18 +33,26 @@ from compaction_helpers import (
     without,
 )
 
-from memable_log import Context, Engine, _crashpoints, _maintenance
-from memable_log import _compact_process as cp
-from memable_log import _index as ix
-from memable_log import _lifecycle as lc
-from memable_log import _records as r
-from memable_log._compactor import apply_moves, compact_prefix, finish, moves, prefix_state
-from memable_log._format import compacted_name
-from memable_log._index import Index
-from memable_log._journal import Journal
-from memable_log._reader import scan
-from memable_log._snapshot import SNAPSHOT_NAME
-from memable_log._storage import FileStorage
+from memable_log import Context, Engine
+from memable_log._compaction import child as cp
+from memable_log._compaction import service as _maintenance
+from memable_log._compaction.compactor import (
+    apply_moves,
+    compact_prefix,
+    finish,
+    moves,
+    prefix_state,
+)
+from memable_log._core import index as ix
+from memable_log._core import lifecycle as lc
+from memable_log._core import records as r
+from memable_log._core.format import compacted_name
+from memable_log._core.index import Index
+from memable_log._journal.journal import Journal
+from memable_log._storage import crashpoints as _crashpoints
+from memable_log._storage.files import FileStorage
+from memable_log._storage.segments import scan
+from memable_log._storage.snapshot import SNAPSHOT_NAME
 
 SEGMENT_SIZE = 4096
 CREATED = r.make(r.CREATED, 1, "a", "w", b"\x00")
@@ -163,7 +171,7 @@ def test_an_orphaned_child_writes_nothing(tmp_path: Path) -> None:
         "snapshot": True, "parent": 1,  # not our parent: the engine is gone
     })
     done = subprocess.run(
-        [sys.executable, "-m", "memable_log._compact_process"], input=request,
+        [sys.executable, "-m", "memable_log._compaction.child"], input=request,
         capture_output=True, check=False, timeout=60,
     )
     assert done.returncode == 3, done.stderr

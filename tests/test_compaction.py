@@ -62,9 +62,7 @@ from memable_log import (
     WorkflowCancelled,
     WorkflowFailed,
 )
-from memable_log import _index as ix
-from memable_log import _records as r
-from memable_log._compactor import (
+from memable_log._compaction.compactor import (
     compact_offline,
     finish,
     prefix_state,
@@ -72,11 +70,13 @@ from memable_log._compactor import (
     synthesize,
     write_compacted,
 )
-from memable_log._format import compacted_name, segment_name
-from memable_log._index import Index
-from memable_log._journal import Journal
-from memable_log._reader import scan
-from memable_log._snapshot import SNAPSHOT_NAME
+from memable_log._core import index as ix
+from memable_log._core import records as r
+from memable_log._core.format import compacted_name, segment_name
+from memable_log._core.index import Index
+from memable_log._journal.journal import Journal
+from memable_log._storage.segments import scan
+from memable_log._storage.snapshot import SNAPSHOT_NAME
 from memable_log.testing import wait_for_state
 
 SEGMENT_SIZE = 4096

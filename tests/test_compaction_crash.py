@@ -54,18 +54,18 @@ from journal_helpers import files_of
 from powerloss_helpers import tears
 
 from memable_log import Context, Engine, ManualClock, UnknownInstance
-from memable_log import _lifecycle as lc
-from memable_log._compactor import (
+from memable_log._compaction.compactor import (
     compact_offline,
     finish,
     prefix_state,
     synthesize,
     write_compacted,
 )
-from memable_log._format import compacted_name
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, PowerCut
-from memable_log._reader import read_record_at, scan
+from memable_log._core import lifecycle as lc
+from memable_log._core.format import compacted_name
+from memable_log._journal.journal import Journal
+from memable_log._storage.memory import MemoryStorage, PowerCut
+from memable_log._storage.segments import read_record_at, scan
 
 SEGMENT_SIZE = 4096
 S = TypeVar("S", bound=MemoryStorage)

@@ -18,12 +18,12 @@ import pytest
 import trio
 from memable_log_tools import dump
 
-from memable_log import _records as r
-from memable_log._codec import Codec
-from memable_log._format import HEADER_SIZE, pack_header, segment_name, unpack_header
-from memable_log._journal import Journal
-from memable_log._storage import FileStorage
-from memable_log.journal import read_journal
+from memable_log._core import records as r
+from memable_log._core.codec import Codec
+from memable_log._core.format import HEADER_SIZE, pack_header, segment_name, unpack_header
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log.reader import read_journal
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 SCRIPT = Path(sys.executable).with_name("memable-dump")

@@ -31,14 +31,14 @@ import trio
 from memable_log_tools import dump
 
 from memable_log import JournalCorrupt
-from memable_log import _records as r
-from memable_log._codec import Codec
-from memable_log._compactor import compact_offline
-from memable_log._format import compacted_name, segment_name
-from memable_log._framing import encode_frame
-from memable_log._journal import Journal
-from memable_log._storage import FileStorage
-from memable_log.journal import FollowGap, follow_journal, read_journal
+from memable_log._compaction.compactor import compact_offline
+from memable_log._core import records as r
+from memable_log._core.codec import Codec
+from memable_log._core.format import compacted_name, segment_name
+from memable_log._core.framing import encode_frame
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log.reader import FollowGap, follow_journal, read_journal
 
 T0 = 1_714_564_800_000
 codec = Codec()

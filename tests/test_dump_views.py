@@ -23,20 +23,20 @@ from memable_log_tools import dump
 from suspend_helpers import until_state
 
 from memable_log import Context, Engine, JournalCorrupt
-from memable_log import _records as r
-from memable_log._codec import Codec
-from memable_log._compactor import compact_offline
-from memable_log._format import (
+from memable_log._compaction.compactor import compact_offline
+from memable_log._core import records as r
+from memable_log._core.codec import Codec
+from memable_log._core.format import (
     FORMAT_VERSION,
     SegmentHeader,
     compacted_name,
     pack_header,
     segment_name,
 )
-from memable_log._framing import encode_frame
-from memable_log._journal import Journal
-from memable_log._storage import FileStorage
-from memable_log.journal import JournalReader, RecordView, read_journal
+from memable_log._core.framing import encode_frame
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log.reader import JournalReader, RecordView, read_journal
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00.000Z
 HOUR = 3_600_000

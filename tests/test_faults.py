@@ -18,11 +18,11 @@ import pytest
 import trio
 from journal_helpers import files_of, read_all, rec, storage_from, write_records
 
-from memable_log._errors import JournalFailed
-from memable_log._format import HEADER_SIZE, segment_name
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
-from memable_log._writer import SegmentWriter
+from memable_log._core.errors import JournalFailed
+from memable_log._core.format import HEADER_SIZE, segment_name
+from memable_log._journal.journal import Journal
+from memable_log._storage.memory import MemoryStorage
+from memable_log._storage.writer import SegmentWriter
 
 SMALL = 4096
 # The frame of rec(i) for 0 <= i < 10 with a seq below 128: all one size.
@@ -274,7 +274,7 @@ def test_a_broken_writer_refuses_without_io() -> None:
 
 
 def _empty_scan() -> Any:
-    from memable_log._reader import scan
+    from memable_log._storage.segments import scan
 
     return scan(MemoryStorage())
 
@@ -288,8 +288,8 @@ async def _journal_with_torn_tail() -> tuple[list[list[Any]], dict[str, bytes]]:
 
 
 async def test_an_error_in_the_journal_block_propagates_unwrapped() -> None:
-    from memable_log._journal import Journal
-    from memable_log._memstorage import MemoryStorage
+    from memable_log._journal.journal import Journal
+    from memable_log._storage.memory import MemoryStorage
 
     with pytest.raises(KeyError):
         async with Journal(MemoryStorage()):

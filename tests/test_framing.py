@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memable_log._format import (
+from memable_log._core.format import (
     FORMAT_VERSION,
     FRAME_BATCH_START,
     FRAME_HEADER_SIZE,
@@ -31,7 +31,7 @@ from memable_log._format import (
     segment_name,
     unpack_header,
 )
-from memable_log._framing import (
+from memable_log._core.framing import (
     Frame,
     FrameDecoder,
     FrameError,

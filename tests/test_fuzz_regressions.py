@@ -28,20 +28,20 @@ from memable_log import (
     JournalFailed,
     ManualClock,
     MemoryStorage,
-    _maintenance,
 )
-from memable_log import _records as r
-from memable_log._codec import Codec
-from memable_log._format import HEADER_SIZE, parse_compacted_name, parse_segment_name
-from memable_log._framing import decode_block, encode_block
-from memable_log._inbox import encode_handover, write_handover
-from memable_log._journal import Journal
-from memable_log._maintenance import Compaction
-from memable_log._memstorage import _MemHandle
-from memable_log._offline import OfflineJournal
-from memable_log._reader import scan
-from memable_log._storage import FileStorage
-from memable_log.journal import JournalReader
+from memable_log._compaction import service as _maintenance
+from memable_log._compaction.service import Compaction
+from memable_log._core import records as r
+from memable_log._core.codec import Codec
+from memable_log._core.format import HEADER_SIZE, parse_compacted_name, parse_segment_name
+from memable_log._core.framing import decode_block, encode_block
+from memable_log._journal.journal import Journal
+from memable_log._journal.offline import OfflineJournal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.inbox import encode_handover, write_handover
+from memable_log._storage.memory import _MemHandle
+from memable_log._storage.segments import scan
+from memable_log.reader import JournalReader
 
 
 async def compacted_journal(**failing: Any) -> MemoryStorage:

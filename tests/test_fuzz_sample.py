@@ -23,10 +23,11 @@ import pytest
 import zstandard
 from fuzz_helpers import REPO, faults, mutate, powerloss, workload
 
-from memable_log import _crashpoints as cp
-from memable_log import _index, _reader
-from memable_log import _records as r
-from memable_log._memstorage import _MemHandle
+from memable_log._core import index as _index
+from memable_log._core import records as r
+from memable_log._storage import crashpoints as cp
+from memable_log._storage import segments as _reader
+from memable_log._storage.memory import _MemHandle
 
 SEED = int(os.environ.get("MEMABLE_FUZZ_SEED", "20240601"))
 PYTHON = sys.executable
@@ -109,7 +110,7 @@ def test_killnine_sample_of_100_iterations_finds_no_violation() -> None:
 PLANT_LOST_WRITE = """
 import sys
 sys.path.insert(0, "fuzz")
-import memable_log._storage as storage
+import memable_log._storage.files as storage
 # The planted bug: each write is held back in the process until the next
 # one (or the close), so what was acknowledged is lost when killed.
 held = {}

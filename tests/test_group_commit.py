@@ -22,10 +22,10 @@ import trio
 import trio.testing
 from powerloss_helpers import created, read_all
 
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
-from memable_log._reader import scan
-from memable_log._storage import FileHandle, FileStorage
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileHandle, FileStorage
+from memable_log._storage.memory import MemoryStorage
+from memable_log._storage.segments import scan
 
 TASKS = 200
 

@@ -29,17 +29,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memable_log import Context, Engine
-from memable_log import _index as ix
-from memable_log import _lifecycle as lc
-from memable_log import _records as r
-from memable_log import _snapshot as snap
-from memable_log._compactor import compact_offline
-from memable_log._index import Index, InstanceEntry
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
-from memable_log._reader import scan
-from memable_log._status import status_of
-from memable_log._storage import Storage
+from memable_log._compaction.compactor import compact_offline
+from memable_log._core import index as ix
+from memable_log._core import lifecycle as lc
+from memable_log._core import records as r
+from memable_log._core.index import Index, InstanceEntry
+from memable_log._core.status import status_of
+from memable_log._journal.journal import Journal
+from memable_log._storage import snapshot as snap
+from memable_log._storage.files import Storage
+from memable_log._storage.memory import MemoryStorage
+from memable_log._storage.segments import scan
 
 SEGMENT_SIZE = 4096  # the smallest: histories span several segments
 BIG = 1 << 64

@@ -18,8 +18,8 @@ import trio.testing
 from journal_helpers import ThreadedMemory
 from powerloss_helpers import created, read_all
 
-from memable_log._errors import JournalFailed
-from memable_log._journal import Journal
+from memable_log._core.errors import JournalFailed
+from memable_log._journal.journal import Journal
 
 
 async def test_threaded_commits_return_each_records_location_in_order() -> None:

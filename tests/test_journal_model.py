@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from powerloss_helpers import SECTOR, power_cut_of
 
-from memable_log import _records as r
-from memable_log._index import STEP_DONE_AT, Index, entry_kind, entry_loc
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, TearFn
-from memable_log._reader import scan
+from memable_log._core import records as r
+from memable_log._core.index import STEP_DONE_AT, Index, entry_kind, entry_loc
+from memable_log._journal.journal import Journal
+from memable_log._storage.memory import MemoryStorage, TearFn
+from memable_log._storage.segments import scan
 
 SEGMENT_SIZE = 4096
 KEYS = ("a", "ab", "abc", "b", "b1", "c")

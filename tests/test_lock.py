@@ -18,18 +18,18 @@ import pytest
 import trio
 from journal_helpers import read_all, rec, write_records
 
-from memable_log._errors import JournalCorrupt, JournalLocked
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
-from memable_log._reader import scan
-from memable_log._storage import FileStorage
+from memable_log._core.errors import JournalCorrupt, JournalLocked
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.memory import MemoryStorage
+from memable_log._storage.segments import scan
 
 # A second process that opens the journal for writing. With "hold" it prints
 # "ready" once open and keeps the lock until its stdin closes.
 CHILD = """
 import sys, trio
-from memable_log._journal import Journal
-from memable_log._storage import FileStorage
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
 
 async def main(path, hold):
     async with Journal(FileStorage(path, create=False)) as journal:
@@ -101,7 +101,7 @@ async def test_another_process_is_refused_while_the_journal_is_held(journal_dir:
         refused = await run_child(journal_dir)
     assert refused.returncode == 1
     # Raised as itself, not wrapped in an exception group.
-    assert last_line(refused.stderr).startswith("memable_log._errors.JournalLocked: ")
+    assert last_line(refused.stderr).startswith("memable_log._core.errors.JournalLocked: ")
     assert refused.stdout == b""
     # Once the holder closed, the other process opens it.
     opened = await run_child(journal_dir)

@@ -27,9 +27,9 @@ import trio
 import trio.testing
 from powerloss_helpers import created, power_cut_of, read_all, tears
 
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, PowerCut
-from memable_log._writer import SegmentWriter
+from memable_log._journal.journal import Journal
+from memable_log._storage.memory import MemoryStorage, PowerCut
+from memable_log._storage.writer import SegmentWriter
 
 SEGMENT_SIZE = 4096
 BATCH = 4  # records in a concurrent batch

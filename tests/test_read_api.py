@@ -1,4 +1,4 @@
-"""memable_log.journal: the read-only journal API, and docs/format.md against it.
+"""memable_log.reader: the read-only journal API, and docs/format.md against it.
 
 Journals here are real directories written by the real Journal, so the
 reader is tested on the bytes the writer produces; damage is made by editing
@@ -23,15 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memable_log import JournalCorrupt, JournalFormatError, JournalLocked
-from memable_log import _records as r
-from memable_log._codec import Codec
-from memable_log._compactor import compact_offline
-from memable_log._format import HEADER_SIZE, pack_header, segment_name, unpack_header
-from memable_log._index import loc_inner
-from memable_log._journal import Journal
-from memable_log._reader import ScanResult, iter_scan
-from memable_log._storage import FileStorage
-from memable_log.journal import (
+from memable_log._compaction.compactor import compact_offline
+from memable_log._core import records as r
+from memable_log._core.codec import Codec
+from memable_log._core.format import HEADER_SIZE, pack_header, segment_name, unpack_header
+from memable_log._core.index import loc_inner
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.segments import ScanResult, iter_scan
+from memable_log.reader import (
     NotAJournal,
     RecordView,
     TornTail,

@@ -20,9 +20,9 @@ import msgpack
 import pytest
 from journal_helpers import files_of, read_all, read_locs, rec, storage_from, write_records
 
-from memable_log import _records as r
-from memable_log._errors import JournalCorrupt, JournalFormatError
-from memable_log._format import (
+from memable_log._core import records as r
+from memable_log._core.errors import JournalCorrupt, JournalFormatError
+from memable_log._core.format import (
     FORMAT_VERSION,
     HEADER_SIZE,
     SegmentHeader,
@@ -30,10 +30,10 @@ from memable_log._format import (
     segment_name,
     unpack_header,
 )
-from memable_log._framing import Frame, FrameDecoder, encode_frame
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage, PowerCut
-from memable_log._storage import FileStorage, Storage
+from memable_log._core.framing import Frame, FrameDecoder, encode_frame
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage, Storage
+from memable_log._storage.memory import MemoryStorage, PowerCut
 
 SEG1 = segment_name(1)
 SMALL = 4096  # the smallest segment size: roll-overs every ~95 records

@@ -31,11 +31,11 @@ from memable_log import (
     UnknownInstance,
     WorkflowCancelled,
     WorkflowFailed,
-    _maintenance,
 )
-from memable_log._index import Index
-from memable_log._journal import Journal
-from memable_log._reader import scan
+from memable_log._compaction import service as _maintenance
+from memable_log._core.index import Index
+from memable_log._journal.journal import Journal
+from memable_log._storage.segments import scan
 from memable_log.testing import wait_for_state
 
 SEGMENT_SIZE = 4096

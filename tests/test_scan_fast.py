@@ -25,10 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from journal_helpers import storage_from
 
-from memable_log import _reader
-from memable_log import _records as r
-from memable_log._errors import JournalCorrupt
-from memable_log._format import (
+from memable_log._core import records as r
+from memable_log._core.errors import JournalCorrupt
+from memable_log._core.format import (
     FORMAT_VERSION,
     FRAME_BATCH_START,
     FRAME_BLOCK,
@@ -43,16 +42,17 @@ from memable_log._format import (
     segment_name,
     unpack_header,
 )
-from memable_log._framing import (
+from memable_log._core.framing import (
     FrameDecoder,
     FrameError,
     decode_block,
     encode_block,
     encode_frame,
 )
-from memable_log._index import pack_loc
-from memable_log._reader import Resume, ScanResult, Segment, iter_scan, unpack_record
-from memable_log._storage import Storage
+from memable_log._core.index import pack_loc
+from memable_log._storage import segments as _reader
+from memable_log._storage.files import Storage
+from memable_log._storage.segments import Resume, ScanResult, Segment, iter_scan, unpack_record
 
 SALT = 0x5EED_CAFE
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import trio
 
 from memable_log import Context, Engine
-from memable_log._codec import Codec
-from memable_log._inbox import encode_handover, pending, write_handover
-from memable_log._storage import FileStorage
-from memable_log.journal import read_journal
+from memable_log._core.codec import Codec
+from memable_log._storage.files import FileStorage
+from memable_log._storage.inbox import encode_handover, pending, write_handover
+from memable_log.reader import read_journal
 
 
 async def approval(ctx: Context) -> list[object]:

@@ -10,13 +10,13 @@ import pytest
 import trio
 
 from memable_log import Context, Engine
-from memable_log._compactor import compact_offline
-from memable_log._index import Index
-from memable_log._journal import Journal
-from memable_log._memstorage import MemoryStorage
-from memable_log._records import STEP_DONE, make
-from memable_log._snapshot import SNAPSHOT_NAME
-from memable_log._storage import FileStorage, Storage
+from memable_log._compaction.compactor import compact_offline
+from memable_log._core.index import Index
+from memable_log._core.records import STEP_DONE, make
+from memable_log._journal.journal import Journal
+from memable_log._storage.files import FileStorage, Storage
+from memable_log._storage.memory import MemoryStorage
+from memable_log._storage.snapshot import SNAPSHOT_NAME
 
 
 def answers(index: Index) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from memable_log import (
     SuspendTimedOut,
     testing,
 )
-from memable_log import _journal as journal_module
-from memable_log import _records as r
+from memable_log._core import records as r
+from memable_log._journal import journal as journal_module
 from memable_log.testing import (
     CRASH_TEST_INSTANCE,
     DEFAULT_START,

@@ -30,9 +30,9 @@ from suspend_helpers import (
 from trio.testing import MockClock
 
 from memable_log import Context, ManualClock, MemoryStorage, WorkflowFailed
-from memable_log import _index as ix
-from memable_log import _lifecycle as lc
-from memable_log import _records as r
+from memable_log._core import index as ix
+from memable_log._core import lifecycle as lc
+from memable_log._core import records as r
 
 START = 1_700_000_000.0
 

@@ -18,8 +18,8 @@ import trio
 import trio.testing
 
 from memable_log import Context, Engine, MemoryStorage
-from memable_log import _records as r
-from memable_log._reader import scan
+from memable_log._core import records as r
+from memable_log._storage.segments import scan
 from memable_log.testing import wait_for_state
 
 BIG = 2048  # above the inline limit (and incompressible): replays read it back

@@ -23,9 +23,9 @@ import time
 from collections.abc import Sequence
 
 from memable_log import EngineError, JournalLocked
-from memable_log._compactor import compact_offline
-from memable_log._reader import segment_numbers
-from memable_log._storage import FileStorage
+from memable_log._compaction.compactor import compact_offline
+from memable_log._storage.files import FileStorage
+from memable_log._storage.segments import segment_numbers
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
 

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from memable_log import JournalCorrupt, JournalFormatError
-from memable_log._format import parse_compacted_name, parse_segment_name
-from memable_log._lifecycle import STATE_NAMES
-from memable_log._records import TYPE_NAMES
-from memable_log._status import InstanceStatus
-from memable_log.journal import (
+from memable_log._core.format import parse_compacted_name, parse_segment_name
+from memable_log._core.lifecycle import STATE_NAMES
+from memable_log._core.records import TYPE_NAMES
+from memable_log._core.status import InstanceStatus
+from memable_log.reader import (
     DEFAULT_INTERVAL,
     FollowGap,
     JournalReader,

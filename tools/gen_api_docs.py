@@ -1,9 +1,9 @@
 """Generate docs/api.md from the docstrings of every public name.
 
 Theory of operation. The public surface is ``__all__`` of ``memable_log``,
-``memable_log.journal`` and ``memable_log.testing``. Each name is rendered
+``memable_log.reader`` and ``memable_log.testing``. Each name is rendered
 once, under the module that defines it for users: the journal's names,
-which ``memable_log`` re-exports, under ``memable_log.journal``. A class
+which ``memable_log`` re-exports, under ``memable_log.reader``. A class
 shows its constructor's signature, its docstring, and its own public
 methods and properties (not inherited ones); a function its signature and
 docstring; a constant its value and the string literal after its
@@ -38,7 +38,7 @@ from typing import Any, ForwardRef
 
 ROOT = Path(__file__).resolve().parent.parent
 API_MD = ROOT / "docs" / "api.md"
-MODULES = ("memable_log", "memable_log.journal", "memable_log.testing")
+MODULES = ("memable_log", "memable_log.reader", "memable_log.testing")
 HEADER = """\
 # API reference
 
@@ -51,7 +51,7 @@ on disk in [format.md](format.md), and how to test workflows in
 [testing.md](testing.md).
 """
 NOTES = {
-    "memable_log.journal": "These names are also importable from `memable_log`.",
+    "memable_log.reader": "These names are also importable from `memable_log`.",
     "memable_log.testing": "Import it explicitly: `from memable_log import testing`.",
 }
 # Classes users get from the library rather than construct: no __init__ shown.

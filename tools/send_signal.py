@@ -21,8 +21,13 @@ import time
 from collections.abc import Sequence
 
 from memable_log import EngineError, JournalLocked
-from memable_log._codec import Codec, EncodeError
-from memable_log._inbox import (
+from memable_log._core.codec import Codec, EncodeError
+from memable_log._core.index import Index
+from memable_log._core.records import SIGNALLED, make
+from memable_log._core.signals import check_signal
+from memable_log._journal.offline import OfflineJournal
+from memable_log._storage.files import FileStorage
+from memable_log._storage.inbox import (
     HandoverError,
     decode_handover,
     encode_handover,
@@ -30,12 +35,7 @@ from memable_log._inbox import (
     read_handover,
     write_handover,
 )
-from memable_log._index import Index
-from memable_log._offline import OfflineJournal
-from memable_log._reader import scan, segment_numbers
-from memable_log._records import SIGNALLED, make
-from memable_log._signals import check_signal
-from memable_log._storage import FileStorage
+from memable_log._storage.segments import scan, segment_numbers
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
 

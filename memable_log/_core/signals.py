@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from . import _lifecycle as lc
-from ._errors import SignalAlreadyDelivered, UnknownInstance
-from ._index import Index
-from ._records import check_key
+from . import lifecycle as lc
+from .errors import SignalAlreadyDelivered, UnknownInstance
+from .index import Index
+from .records import check_key
 
 
 def check_signal(

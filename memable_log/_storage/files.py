@@ -18,8 +18,8 @@ import fcntl
 import os
 from typing import Protocol
 
-from ._errors import JournalLocked
-from ._format import LOCK_NAME
+from .._core.errors import JournalLocked
+from .._core.format import LOCK_NAME
 
 DEFAULT_DIR_MODE = 0o700
 DEFAULT_FILE_MODE = 0o600

@@ -29,13 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _index as ix
-from . import _lifecycle as lc
-from . import _records as r
-from ._clock import Clock
-from ._codec import Codec, EncodeError
-from ._context import Context, ValueUnreadable
-from ._errors import (
+from .._compaction.service import Compaction
+from .._core import index as ix
+from .._core import lifecycle as lc
+from .._core import records as r
+from .._core.codec import Codec, EncodeError
+from .._core.errors import (
     EngineError,
     JournalCorrupt,
     JournalFailed,
@@ -46,7 +45,12 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowFailed,
 )
-from ._inbox import (
+from .._core.index import Index
+from .._core.signals import check_signal
+from .._core.status import InstanceStatus, status_of
+from .._journal.journal import Journal
+from .._storage.files import FileStorage, Storage
+from .._storage.inbox import (
     HandoverError,
     InboxWatcher,
     decode_handover,
@@ -55,17 +59,13 @@ from ._inbox import (
     remove_handover,
     remove_stale_temps,
 )
-from ._index import Index
-from ._journal import Journal
-from ._maintenance import Compaction
-from ._runner import run_instance
-from ._signals import check_signal
-from ._status import InstanceStatus, status_of
-from ._storage import FileStorage, Storage
-from ._timers import TimerQueue
+from .clock import Clock
+from .context import Context, ValueUnreadable
+from .runner import run_instance
+from .timers import TimerQueue
 
 if TYPE_CHECKING:
-    from ._builder import EngineBuilder
+    from .builder import EngineBuilder
 
 logger = logging.getLogger("memable_log")
 
@@ -119,7 +119,7 @@ class Engine:
     @staticmethod
     def builder() -> EngineBuilder:
         """A builder: ``.open(path)`` or ``.in_memory()``, settings, ``.build()``."""
-        from ._builder import EngineBuilder
+        from .builder import EngineBuilder
 
         return EngineBuilder()
 

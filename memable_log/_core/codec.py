@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from ._format import MAX_RECORD
+from .format import MAX_RECORD
 
 TAG_MSGPACK = 0x00
 TAG_ZSTD = 0x01

@@ -5,7 +5,7 @@ of the sealed prefix, encode the survivors, compress): on a worker thread it
 holds the GIL for long stretches, and every commit of the engine needs the
 GIL to hand its fsync to a worker thread and to take the result back. So an
 engine on a real directory runs ``_compactor.compact_prefix`` in a child
-interpreter (``python -m memable_log._compact_process``) with a GIL of its
+interpreter (``python -m memable_log._compaction.child``) with a GIL of its
 own, on another core. The engine only re-points its index afterwards, in
 chunks between checkpoints.
 
@@ -42,13 +42,13 @@ from dataclasses import dataclass
 import msgpack
 import trio
 
-from . import _crashpoints
-from ._compactor import Move, compact_prefix, moves
-from ._storage import FileStorage
+from .._storage import crashpoints as _crashpoints
+from .._storage.files import FileStorage
+from .compactor import Move, compact_prefix, moves
 
 _WATCH_INTERVAL_S = 0.05
 # The child must import this very package, wherever it was loaded from.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ChildFailed(Exception):
@@ -110,7 +110,7 @@ async def compact_in_child(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     done = await trio.run_process(
-        [sys.executable, "-m", "memable_log._compact_process"],
+        [sys.executable, "-m", "memable_log._compaction.child"],
         stdin=request, capture_stdout=True, capture_stderr=True, check=False, env=env,
         pass_fds=() if lock_fd is None else (lock_fd,), deliver_cancel=_kill,
     )

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _lifecycle as lc
-from . import _records as r
-from ._codec import EncodeError
-from ._context import Context, Unwind, ValueUnreadable
-from ._errors import JournalClosed, JournalFailed
+from .._core import lifecycle as lc
+from .._core import records as r
+from .._core.codec import EncodeError
+from .._core.errors import JournalClosed, JournalFailed
+from .context import Context, Unwind, ValueUnreadable
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from .engine import Engine
 
 logger = logging.getLogger("memable_log")
 

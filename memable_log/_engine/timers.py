@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from ._clock import Clock
+from .clock import Clock
 
 
 class TimerQueue:

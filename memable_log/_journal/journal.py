@@ -69,13 +69,13 @@ from typing import Any
 import msgpack
 import trio
 
-from . import _snapshot
-from ._errors import JournalClosed, JournalCorrupt, JournalFailed
-from ._format import segment_name
-from ._index import Index
-from ._reader import ScanResult, read_record_at, scan
-from ._storage import Storage
-from ._writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
+from .._core.errors import JournalClosed, JournalCorrupt, JournalFailed
+from .._core.format import segment_name
+from .._core.index import Index
+from .._storage import snapshot as _snapshot
+from .._storage.files import Storage
+from .._storage.segments import ScanResult, read_record_at, scan
+from .._storage.writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
 
 logger = logging.getLogger("memable_log")
 

@@ -49,10 +49,10 @@ from typing import Any
 
 import msgpack
 
-from ._format import HEADER_SIZE, HeaderError, compacted_name, segment_name, unpack_header
-from ._index import Entry, Index, InstanceEntry, ext_hook, pack_steps, wire
-from ._reader import Resume, ScanResult, Segment, plan_walk
-from ._storage import Storage
+from .._core.format import HEADER_SIZE, HeaderError, compacted_name, segment_name, unpack_header
+from .._core.index import Entry, Index, InstanceEntry, ext_hook, pack_steps, wire
+from .files import Storage
+from .segments import Resume, ScanResult, Segment, plan_walk
 
 SNAPSHOT_NAME = "index.snap"
 MAGIC = b"MMBLSNP1"

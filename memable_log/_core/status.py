@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from . import _lifecycle as lc
-from ._index import InstanceEntry
+from . import lifecycle as lc
+from .index import InstanceEntry
 
 
 class ErrorInfo(NamedTuple):

@@ -72,6 +72,38 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
     ),
 }
 
+# Where each field sits in a record list, by name (records stay plain lists
+# in hot loops; these are the only spelling of a position outside this
+# module): ``rec[r.KEY]``, ``rec[r.STEP_DONE_VALUE]``. A test checks every
+# one against SCHEMA.
+TYPE: Final = 0
+SEQ: Final = 1
+TS: Final = 2
+INSTANCE: Final = 3
+# KEY: every keyed record (step_*, suspended, signalled, timer_*, suspend_timed_out, forgot)
+KEY: Final = 4
+CREATED_WORKFLOW: Final = 4
+CREATED_INPUT: Final = 5
+STEP_DONE_VALUE: Final = 5
+STEP_FAILED_TYPE: Final = 5
+STEP_FAILED_MESSAGE: Final = 6
+STEP_FAILED_TRACEBACK: Final = 7
+SUSPENDED_STATUS: Final = 5
+SUSPENDED_DEADLINE: Final = 6
+SIGNALLED_PAYLOAD: Final = 5
+TIMER_SET_DEADLINE: Final = 5
+COMPLETED_RESULT: Final = 4
+FAILED_TYPE: Final = 4
+FAILED_MESSAGE: Final = 5
+FAILED_TRACEBACK: Final = 6
+IMAGE_STATE: Final = 4
+IMAGE_WAIT_KEY: Final = 5
+IMAGE_STATUS: Final = 6
+IMAGE_DEADLINE: Final = 7
+IMAGE_TIMERS: Final = 8
+IMAGE_DONE_WAITS: Final = 9
+SEAL_NEXT_SEQ: Final = 1  # a seal is [SEAL, next_seq]
+
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
 TYPE_NAMES_WITH_SEAL: Final[dict[int, str]] = {SEAL: "seal", **TYPE_NAMES}

@@ -66,8 +66,8 @@ from typing import Any
 
 import msgpack
 
-from . import _lifecycle as lc
-from . import _records as r
+from . import lifecycle as lc
+from . import records as r
 
 OFFSET_BITS = 40
 STEP_DONE_AT = 0

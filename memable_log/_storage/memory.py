@@ -21,7 +21,7 @@ import errno as errno_mod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import JournalLocked
+from .._core.errors import JournalLocked
 
 TearFn = Callable[[str, bytes], bytes]
 

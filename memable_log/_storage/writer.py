@@ -28,14 +28,14 @@ from typing import NoReturn
 
 import msgpack
 
-from . import _records as r
-from ._crashpoints import crashpoint
-from ._errors import JournalFailed
-from ._format import FORMAT_VERSION, HEADER_SIZE, SegmentHeader, pack_header, segment_name
-from ._framing import encode_frame
-from ._index import pack_loc
-from ._reader import ScanResult
-from ._storage import FileHandle, Storage
+from .._core import records as r
+from .._core.errors import JournalFailed
+from .._core.format import FORMAT_VERSION, HEADER_SIZE, SegmentHeader, pack_header, segment_name
+from .._core.framing import encode_frame
+from .._core.index import pack_loc
+from .crashpoints import crashpoint
+from .files import FileHandle, Storage
+from .segments import ScanResult
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 _SEAL_ROOM = 32  # a seal frame is 8 + at most 11 bytes

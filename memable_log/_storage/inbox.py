@@ -28,8 +28,8 @@ import zlib
 
 import msgpack
 
-from ._crashpoints import crashpoint
-from ._storage import fsync_dir as _fsync_dir
+from .crashpoints import crashpoint
+from .files import fsync_dir as _fsync_dir
 
 INBOX = "inbox"
 MAGIC = b"MMBLSIG1"

@@ -29,9 +29,9 @@ from typing import Any
 
 import msgpack
 
-from . import _records as r
-from ._errors import JournalCorrupt, JournalFormatError
-from ._format import (
+from .._core import records as r
+from .._core.errors import JournalCorrupt, JournalFormatError
+from .._core.format import (
     FRAME_BATCH_START,
     FRAME_BLOCK,
     FRAME_HEADER_SIZE,
@@ -47,9 +47,9 @@ from ._format import (
     segment_name,
     unpack_header,
 )
-from ._framing import FrameDecoder, FrameError, check_frame_at, decode_block
-from ._index import loc_inner, pack_loc, unpack_loc
-from ._storage import Storage
+from .._core.framing import FrameDecoder, FrameError, check_frame_at, decode_block
+from .._core.index import loc_inner, pack_loc, unpack_loc
+from .files import Storage
 
 _BATCH_START_BYTE = bytes([FRAME_BATCH_START >> 24])
 _FRAME_HEAD = struct.Struct("<II")  # a frame's word and crc (see _framing)

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgpack
 
-from ._index import Index
-from ._reader import ScanResult, scan
-from ._storage import Storage
-from ._writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
+from .._core.index import Index
+from .._storage.files import Storage
+from .._storage.segments import ScanResult, scan
+from .._storage.writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
 
 
 class OfflineJournal:

@@ -34,18 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _lifecycle as lc
-from ._compact_process import ChildFailed, Rewritten, compact_in_child, usable
-from ._compactor import apply_moves, compact_prefix, finish, moves, settle_seqs
-from ._crashpoints import crashpoint
-from ._errors import EngineError, JournalCorrupt
-from ._format import HEADER_SIZE, compacted_name, segment_name, unpack_header
-from ._index import InstanceEntry
-from ._journal import Journal
-from ._storage import FileStorage, Storage
+from .._core import lifecycle as lc
+from .._core.errors import EngineError, JournalCorrupt
+from .._core.format import HEADER_SIZE, compacted_name, segment_name, unpack_header
+from .._core.index import InstanceEntry
+from .._journal.journal import Journal
+from .._storage.crashpoints import crashpoint
+from .._storage.files import FileStorage, Storage
+from .child import ChildFailed, Rewritten, compact_in_child, usable
+from .compactor import apply_moves, compact_prefix, finish, moves, settle_seqs
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from .._engine.engine import Engine
 
 logger = logging.getLogger("memable_log")
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import zstandard
 
-from ._format import (
+from .format import (
     FRAME_BATCH_START,
     FRAME_BLOCK,
     FRAME_HEADER_SIZE,

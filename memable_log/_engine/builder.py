@@ -7,13 +7,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Self
 
-from ._clock import Clock
-from ._codec import DEFAULT_COMPRESS_THRESHOLD, Codec, DecodeHook, EncodeHook
-from ._engine import Engine
-from ._index import DEFAULT_INLINE_LIMIT
-from ._memstorage import MemoryStorage
-from ._storage import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, FileStorage, Storage
-from ._writer import DEFAULT_SEGMENT_SIZE
+from .._core.codec import DEFAULT_COMPRESS_THRESHOLD, Codec, DecodeHook, EncodeHook
+from .._core.index import DEFAULT_INLINE_LIMIT
+from .._storage.files import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, FileStorage, Storage
+from .._storage.memory import MemoryStorage
+from .._storage.writer import DEFAULT_SEGMENT_SIZE
+from .clock import Clock
+from .engine import Engine
 
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 

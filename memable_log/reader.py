@@ -46,9 +46,9 @@ from typing import Any, Final
 import msgpack
 import zstandard
 
-from . import _records as r
-from ._errors import EngineError, JournalCorrupt, JournalFormatError
-from ._format import (
+from ._core import records as r
+from ._core.errors import EngineError, JournalCorrupt, JournalFormatError
+from ._core.format import (
     HEADER_SIZE,
     LOCK_NAME,
     SEG_COMPACTED,
@@ -61,12 +61,12 @@ from ._format import (
     segment_name,
     unpack_header,
 )
-from ._framing import FrameDecoder, FrameError, decode_block
-from ._index import Index, loc_inner, unpack_loc
-from ._reader import ScanResult, _damage, iter_scan, unpack_record
-from ._records import RecordView, view
-from ._status import InstanceStatus, status_of
-from ._storage import FileStorage, Storage
+from ._core.framing import FrameDecoder, FrameError, decode_block
+from ._core.index import Index, loc_inner, unpack_loc
+from ._core.records import RecordView, view
+from ._core.status import InstanceStatus, status_of
+from ._storage.files import FileStorage, Storage
+from ._storage.segments import ScanResult, _damage, iter_scan, unpack_record
 
 __all__ = [
     "FollowGap",

@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _index as ix
-from . import _lifecycle as lc
-from . import _records as r
-from ._codec import EncodeError
-from ._errors import (
+from .._core import index as ix
+from .._core import lifecycle as lc
+from .._core import records as r
+from .._core.codec import EncodeError
+from .._core.errors import (
     DuplicateStepKey,
     NotSerializable,
     StepFailed,
     StepInterrupted,
     SuspendTimedOut,
 )
-from ._records import check_key
+from .._core.records import check_key
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from .engine import Engine
 
 logger = logging.getLogger("memable_log")
 

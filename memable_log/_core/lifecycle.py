@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from . import _records as r
+from . import records as r
 
 RUNNING: Final = 0
 SUSPENDED: Final = 1

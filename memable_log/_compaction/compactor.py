@@ -31,12 +31,10 @@ from typing import Any
 
 import msgpack
 
-from . import _index as ix
-from . import _lifecycle as lc
-from . import _records as r
-from . import _snapshot
-from ._crashpoints import crashpoint
-from ._format import (
+from .._core import index as ix
+from .._core import lifecycle as lc
+from .._core import records as r
+from .._core.format import (
     FORMAT_VERSION,
     HEADER_SIZE,
     SEG_COMPACTED,
@@ -48,10 +46,12 @@ from ._format import (
     segment_name,
     unpack_header,
 )
-from ._framing import BLOCK_TARGET, encode_block, encode_frame
-from ._index import Index, InstanceEntry, pack_loc
-from ._reader import ScanResult, iter_scan, read_record_at
-from ._storage import Storage
+from .._core.framing import BLOCK_TARGET, encode_block, encode_frame
+from .._core.index import Index, InstanceEntry, pack_loc
+from .._storage import snapshot as _snapshot
+from .._storage.crashpoints import crashpoint
+from .._storage.files import Storage
+from .._storage.segments import ScanResult, iter_scan, read_record_at
 
 ReadRecord = Callable[[int], list[Any]]
 
@@ -344,7 +344,7 @@ def compact_offline(
     Takes the lock (JournalLocked if an engine holds it), seals the active
     segment if it has records, and compacts every sealed segment.
     """
-    from ._offline import OfflineJournal
+    from .._journal.offline import OfflineJournal
 
     stats = CompactStats()
     with OfflineJournal(storage) as journal:
