@@ -1,0 +1,571 @@
+"""The fast scan reads every journal exactly as the reference walk did.
+
+``_reader._scan_segment`` cuts frames straight out of a segment's bytes and
+checks common records by their type layout (``_records.SIGNATURES``). The
+reference here is the walk it replaced, kept as the oracle: FrameDecoder fed
+the segment, the generic record check, a FrameDecoder split of each block.
+For generated journals, good and damaged (torn tails, flipped bits, hostile
+payloads with valid checksums, blocks, seals in the wrong places), both walks
+must yield the same records at the same locations, fill in the same
+ScanResult, or raise the same error (class, file, offset, reason) after the
+same records.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.journal import storage_from
+
+from memable_log._core import records as r
+from memable_log._core.errors import JournalCorrupt
+from memable_log._core.format import (
+    FORMAT_VERSION,
+    FRAME_BATCH_START,
+    FRAME_BLOCK,
+    FRAME_RESERVED_MASK,
+    HEADER_SIZE,
+    MAX_RECORD,
+    SEG_COMPACTED,
+    HeaderError,
+    SegmentHeader,
+    compacted_name,
+    pack_header,
+    segment_name,
+    unpack_header,
+)
+from memable_log._core.framing import (
+    FrameDecoder,
+    FrameError,
+    decode_block,
+    encode_block,
+    encode_frame,
+)
+from memable_log._core.index import pack_loc
+from memable_log._storage import segments as _reader
+from memable_log._storage.files import Storage
+from memable_log._storage.segments import Resume, ScanResult, Segment, iter_scan, unpack_record
+
+SALT = 0x5EED_CAFE
+
+# -- the reference: the walk before the fast path ------------------------------------
+
+
+def reference_check(rec: Any) -> list[Any]:
+    """``_records.check`` without its layout fast path: the generic walk."""
+    if type(rec) is not list or len(rec) < 4:
+        raise r.RecordError("payload is not a record array")
+    rtype = rec[0]
+    spec = r._CHECKS.get(rtype) if type(rtype) is int else None
+    if spec is None:
+        raise r.RecordError(f"unknown record type {rtype!r}")
+    length, types = spec
+    if len(rec) != length:
+        raise r.RecordError(
+            f"{r.TYPE_NAMES[rtype]} record has {len(rec)} fields, expected {length}"
+        )
+    if type(rec[1]) is not int or type(rec[2]) is not int or type(rec[3]) is not str:
+        raise r.RecordError("record seq, time or instance has the wrong type")
+    for value, allowed in zip(rec[4:], types, strict=False):
+        if not isinstance(value, allowed):
+            raise r.RecordError(
+                f"{r.TYPE_NAMES[rtype]} record has a field of type {type(value).__name__}"
+            )
+    if rtype == r.STATE_IMAGE:
+        r._check_image(rec)
+    return rec
+
+
+def reference_decode_block(payload: bytes, salt: int) -> list[bytes]:
+    """``decode_block`` splitting the inner frames with FrameDecoder."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(payload)
+        while chunk := reader.read(256 * 1024):
+            size += len(chunk)
+            if size > 4 * MAX_RECORD:
+                raise FrameError(0, "block larger than the cap")
+            chunks.append(chunk)
+    except zstandard.ZstdError as exc:
+        raise FrameError(0, f"undecodable block: {exc}") from None
+    inner = b"".join(chunks)
+    decoder = FrameDecoder(salt)
+    decoder.feed(inner)
+    out = []
+    while (frame := decoder.next_frame()) is not None:
+        out.append(frame.payload)
+    if decoder.buffered or not out:
+        raise FrameError(decoder.offset, "block cut short or empty")
+    return out
+
+
+def reference_scan_segment(
+    storage: Storage, name: str, number: int, is_last: bool, result: ScanResult,
+    start: int = HEADER_SIZE, resume_seq: int | None = None, known: bytes = b"",
+) -> Iterator[tuple[list[Any], int]]:
+    path = f"{storage.location}/{name}"
+    data = storage.read(name)  # whole, whatever a snapshot's check read before
+    try:
+        header = unpack_header(data)
+    except HeaderError as exc:
+        cls = _reader.JournalFormatError if "version" in str(exc) else JournalCorrupt
+        raise cls(path, 0, str(exc)) from None
+    if header.segment != number:
+        raise JournalCorrupt(path, 0, f"header says segment {header.segment}")
+    compacted = bool(header.flags & SEG_COMPACTED)
+    if compacted != name.startswith("cmp-"):
+        raise JournalCorrupt(path, 0, "the segment's compacted flag does not match its name")
+    is_last = is_last and not compacted
+    if resume_seq is not None:
+        pass
+    elif result.segments:
+        if compacted:
+            raise JournalCorrupt(path, 0, "a compacted segment after the first one")
+        if header.first_seq != result.next_seq:
+            raise JournalCorrupt(
+                path, 0, f"segment starts at seq {header.first_seq}, expected {result.next_seq}"
+            )
+    elif not compacted and header.first_seq != 1:
+        raise JournalCorrupt(
+            path, 0, f"the first segment starts at seq {header.first_seq}: earlier "
+            "segments are missing",
+        )
+    next_seq = header.first_seq if resume_seq is None else resume_seq
+    decoder = FrameDecoder(header.salt, start, blocks=compacted)
+    decoder.feed(data[start:])
+    sealed = False
+    base_loc = pack_loc(number, 0)
+    while True:
+        try:
+            frame = decoder.next_frame()
+        except FrameError as exc:
+            _reader._damage(path, data, header.salt, exc.offset, exc.reason, is_last, result)
+            break
+        if frame is None:
+            if decoder.buffered:
+                _reader._damage(path, data, header.salt, decoder.offset, "record cut short",
+                                is_last, result)
+            break
+        if sealed:
+            raise JournalCorrupt(path, frame.offset, "record after the segment's seal")
+        if frame.block:
+            try:
+                payloads = reference_decode_block(frame.payload, header.salt)
+            except FrameError as exc:
+                raise JournalCorrupt(path, frame.offset, exc.reason) from None
+        else:
+            payloads = [frame.payload]
+        for inner, payload in enumerate(payloads, 1 if frame.block else 0):
+            try:
+                rec = unpack_record(payload)
+            except Exception as exc:
+                raise JournalCorrupt(path, frame.offset, f"undecodable record: {exc}") from None
+            seal_seq = r.check_seal(rec)
+            if seal_seq is not None:
+                if seal_seq != next_seq or frame.block:
+                    raise JournalCorrupt(path, frame.offset, "seal's sequence number is wrong")
+                sealed = True
+                continue
+            try:
+                reference_check(rec)
+                if compacted:
+                    if rec[1] != 0:
+                        raise r.RecordError("a compacted record with a sequence number")
+                elif rec[1] != next_seq:
+                    raise r.RecordError(f"sequence number {rec[1]}, expected {next_seq}")
+                else:
+                    next_seq = rec[1] + 1
+            except r.RecordError as exc:
+                raise JournalCorrupt(path, frame.offset, str(exc)) from None
+            result.records += 1
+            yield rec, pack_loc(0, 0, inner) | base_loc | frame.offset
+    if not sealed and not is_last:
+        raise JournalCorrupt(path, decoder.offset, "segment ends without a seal")
+    result.next_seq = next_seq
+    end = decoder.offset if result.torn_at is None or not is_last else result.torn_at
+    result.segments.append(Segment(number, header, end, sealed, name))
+
+
+Outcome = tuple[Any, ...]
+
+
+def walk(storage: Storage, upto: int | None = None, resume: Resume | None = None) -> Outcome:
+    """Everything a walk shows: records and locations, then its result or error."""
+    result = ScanResult()
+    seen: list[tuple[list[Any], int]] = []
+    try:
+        for rec, loc in iter_scan(storage, result, upto, resume):
+            seen.append((rec, loc))
+    except JournalCorrupt as exc:
+        return ("error", type(exc).__name__, exc.file, exc.offset, exc.reason, seen,
+                result.records)
+    return ("ok", seen, result)
+
+
+def both_walks(
+    storage: Storage, upto: int | None = None, resume: Resume | None = None
+) -> tuple[Outcome, Outcome]:
+    fast = walk(storage, upto, resume)
+    with mock.patch.object(_reader, "_scan_segment", reference_scan_segment):
+        reference = walk(storage, upto, resume)
+    return fast, reference
+
+
+# -- generated journals -----------------------------------------------------------------
+
+ints = st.integers(-(2**63), 2**64 - 1)
+small_text = st.text(max_size=6)
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | ints | st.floats(allow_nan=False) | small_text
+    | st.binary(max_size=6),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(small_text, inner, max_size=3),
+    max_leaves=8,
+)
+_FIELD_VALUES: dict[type, st.SearchStrategy[Any]] = {
+    int: ints | st.booleans(),
+    str: small_text,
+    bytes: st.binary(max_size=8),
+    type(None): st.none(),
+    dict: st.dictionaries(small_text, st.sampled_from([0, 1, r.TIMER_FIRED,
+                                                       r.SUSPEND_TIMED_OUT, 99]), max_size=2),
+}
+
+
+@st.composite
+def well_typed(draw: st.DrawFn) -> list[Any]:
+    """A record of a random type with fields of allowed types (seq set later)."""
+    rtype = draw(st.sampled_from(sorted(r.SCHEMA)))
+    fields = [draw(st.one_of(*(_FIELD_VALUES[t] for t in allowed)))
+              for _, allowed in r.SCHEMA[rtype][1]]
+    if rtype == r.STATE_IMAGE:
+        fields[0] = draw(st.integers(-1, 7))
+    return [rtype, 0, draw(ints), draw(small_text), *fields]
+
+
+@st.composite
+def odd_record(draw: st.DrawFn) -> list[Any]:
+    """Record-shaped but maybe wrong: types, length, first four fields."""
+    rec = draw(well_typed())
+    choice = draw(st.integers(0, 5))
+    if choice == 0:
+        rec[draw(st.integers(0, len(rec) - 1))] = draw(msgpack_values)
+    elif choice == 1:
+        rec.append(draw(msgpack_values))
+    elif choice == 2 and len(rec) > 1:
+        rec.pop()
+    elif choice == 3:
+        rec[0] = draw(st.sampled_from([True, False, 1.0, 0, 16, -1, "1", None]))
+    elif choice == 4:
+        return draw(st.lists(msgpack_values, max_size=8))
+    return rec
+
+
+# An item of a segment: ("rec", record, keep_seq), ("raw", payload bytes),
+# ("seal", delta) or ("block", [records, or None for a seal]); each with a
+# batch-start bit. Blocks belong in compacted segments only.
+items = st.one_of(
+    st.tuples(st.just("rec"), well_typed(), st.just(False)),
+    st.tuples(st.just("rec"), well_typed(), st.just(False)),
+    st.tuples(st.just("rec"), odd_record(), st.booleans()),
+    st.tuples(st.just("raw"), st.binary(min_size=1, max_size=12)),
+    st.tuples(st.just("seal"), st.sampled_from([0, 0, 0, 1, -1])),
+    st.tuples(st.just("block"), st.lists(
+        well_typed() | well_typed() | odd_record() | st.none(), min_size=1, max_size=4)),
+)
+
+
+def frame_of(payload: bytes, batch_start: bool) -> bytes:
+    return encode_frame(payload, SALT, batch_start=batch_start)
+
+
+def packed(rec: Any) -> bytes:
+    return msgpack.packb(rec, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@st.composite
+def segment_body(draw: st.DrawFn, first_seq: int, compacted: bool) -> tuple[bytes, int]:
+    """Frames of one segment and the seq after them."""
+    out = bytearray()
+    seq = first_seq
+    for item in draw(st.lists(items, max_size=8)):
+        batch = draw(st.booleans())
+        if item[0] == "rec":
+            rec = item[1]
+            if type(rec) is list and len(rec) > 1 and not item[2]:
+                rec[1] = 0 if compacted else seq
+                seq += not compacted
+            out += frame_of(packed(rec), batch)
+        elif item[0] == "raw":
+            out += frame_of(item[1], batch)
+        elif item[0] == "seal":
+            out += frame_of(packed([0, seq + item[1]]), batch)
+        else:
+            inner = []
+            for rec in item[1]:
+                if rec is None:
+                    rec = [0, seq]
+                elif type(rec) is list and len(rec) > 1:
+                    rec[1] = 0 if compacted else seq
+                    seq += not compacted
+                inner.append(packed(rec))
+            out += encode_block(inner, SALT)
+    return bytes(out), seq
+
+
+@st.composite
+def journals(draw: st.DrawFn) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    number, seq = 1, 1
+    if draw(st.booleans()):  # start with a compacted segment
+        number = draw(st.integers(1, 3))
+        first_seq = draw(st.integers(1, 40))
+        body, _ = draw(segment_body(first_seq, compacted=True))
+        if draw(st.booleans()):
+            body += frame_of(packed([0, first_seq]), True)
+        header = SegmentHeader(FORMAT_VERSION, SEG_COMPACTED, SALT, number, first_seq)
+        files[compacted_name(number)] = pack_header(header) + body
+        if number > 1 and draw(st.booleans()):  # superseded by the compacted one
+            files[segment_name(number - 1)] = draw(st.binary(max_size=60))
+        seq = first_seq
+        number += 1
+    for i in range(draw(st.integers(1, 3))):
+        body, next_seq = draw(segment_body(seq, compacted=False))
+        last = i == 2 or draw(st.booleans())
+        if not last or draw(st.integers(0, 4)) == 0:
+            body += frame_of(packed([0, next_seq]), True)
+        header = SegmentHeader(FORMAT_VERSION, 0, SALT, number, seq)
+        files[segment_name(number)] = pack_header(header) + body
+        seq, number = next_seq, number + 1
+        if last:
+            break
+    return files
+
+
+@st.composite
+def damaged(draw: st.DrawFn, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Zero to three mutations of the files' bytes."""
+    out = {name: bytearray(data) for name, data in files.items()}
+    names = sorted(out)
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(names))
+        data = out[name]
+        where = draw(st.integers(0, max(len(data) - 1, 0)))
+        kind = draw(st.integers(0, 5))
+        if kind == 0 and data:
+            data[where] ^= 1 << draw(st.integers(0, 7))
+        elif kind == 1:
+            del data[where:]
+        elif kind == 2:
+            data[where:where] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == 3:
+            data += draw(st.binary(min_size=1, max_size=16))
+        elif kind == 4:  # a valid commit after whatever damage comes before it
+            data += frame_of(draw(st.binary(min_size=1, max_size=8)), True)
+        elif kind == 5 and len(data) > where + 4:  # a damaged length
+            word = struct.unpack_from("<I", data, where)[0] ^ draw(st.sampled_from(
+                [FRAME_BLOCK, FRAME_RESERVED_MASK, 0x00FF_FFFF, FRAME_BATCH_START]))
+            struct.pack_into("<I", data, where, word)
+    return {name: bytes(data) for name, data in out.items()}
+
+
+@settings(max_examples=400)
+@given(st.data())
+def test_fast_scan_agrees_with_the_reference_walk(data: st.DataObject) -> None:
+    files = data.draw(journals())
+    files = data.draw(damaged(files))
+    upto = data.draw(st.none() | st.integers(1, 4))
+    fast, reference = both_walks(storage_from(files), upto)
+    assert fast == reference
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_fast_scan_agrees_when_resumed_anywhere(data: st.DataObject) -> None:
+    """A resumed walk (from an index snapshot) starts mid-segment at an
+    offset it trusts: on a frame boundary or not, both walks agree."""
+    files = data.draw(damaged(data.draw(journals())))
+    storage = storage_from(files)
+    walked = _reader.plan_walk(storage, ScanResult())
+    index = data.draw(st.integers(0, max(len(walked) - 1, 0)))
+    size = len(files.get(walked[index][0], b"")) if walked else 0
+    offset = data.draw(st.integers(HEADER_SIZE, max(size, HEADER_SIZE) + 10))
+    # As from a snapshot: the segment's first ``offset`` bytes, already read.
+    head = files[walked[index][0]][:offset] if walked and offset <= size else b""
+    resume = Resume(index, offset, data.draw(st.integers(0, 50)), data.draw(st.integers(0, 5)),
+                    [], head if data.draw(st.booleans()) else b"")
+    fast, reference = both_walks(storage, resume=resume)
+    assert fast == reference
+
+
+@settings(max_examples=150)
+@given(journals())
+def test_fast_scan_agrees_on_undamaged_journals(files: dict[str, bytes]) -> None:
+    fast, reference = both_walks(storage_from(files))
+    assert fast == reference
+
+
+def test_the_generated_journals_reach_every_verdict() -> None:
+    """The equivalence test sees clean reads, torn tails and corruption alike."""
+    good = {segment_name(1): pack_header(SegmentHeader(FORMAT_VERSION, 0, SALT, 1, 1))
+            + frame_of(packed([r.CREATED, 1, 5, "i", "wf", b"x"]), True)}
+    fast, reference = both_walks(storage_from(good))
+    assert fast == reference
+    assert fast[0] == "ok"
+    assert len(fast[1]) == 1
+    torn = {name: data[:-3] for name, data in good.items()}
+    fast, reference = both_walks(storage_from(torn))
+    assert fast == reference
+    assert fast[0] == "ok"
+    assert fast[2].torn_at == HEADER_SIZE
+    proven = {name: data[:-3] + frame_of(b"\x01", True) for name, data in good.items()}
+    fast, reference = both_walks(storage_from(proven))
+    assert fast == reference
+    assert fast[0:2] == ("error", "JournalCorrupt")
+    assert fast[2].endswith(segment_name(1))
+    assert fast[3] == HEADER_SIZE
+    assert "proves these bytes were once durable" in fast[4]
+
+
+# -- the record check ------------------------------------------------------------------
+
+
+def verdict(check: Any, rec: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", check(rec))
+    except r.RecordError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=400)
+@given(st.one_of(odd_record(), well_typed(), msgpack_values))
+def test_check_agrees_with_the_generic_walk(rec: Any) -> None:
+    assert verdict(r.check, rec) == verdict(reference_check, rec)
+
+
+def test_every_signature_is_a_layout_the_generic_walk_accepts() -> None:
+    samples: dict[type, Any] = {int: 7, bool: True, str: "s", bytes: b"b", type(None): None}
+    for layout, rtypes in r.SIGNATURES.items():
+        for rtype in rtypes:
+            rec = [rtype, *(samples[t] for t in layout[1:])]
+            assert reference_check(rec) is rec
+
+
+def test_every_record_type_but_state_image_has_a_signature() -> None:
+    covered = set().union(*r.SIGNATURES.values())
+    assert covered == set(r.SCHEMA) - {r.STATE_IMAGE}
+
+
+def test_a_bool_record_type_is_not_taken_for_created() -> None:
+    """True == 1 == CREATED as a dict key: the layout lookup must see bool."""
+    rec = [True, 1, 5, "i", "wf", b"x"]
+    with pytest.raises(r.RecordError, match="unknown record type True"):
+        r.check(rec)
+
+
+def test_a_list_subclass_is_not_a_record() -> None:
+    class Sneaky(list[Any]):
+        pass
+
+    with pytest.raises(r.RecordError, match="not a record array"):
+        r.check(Sneaky([r.CREATED, 1, 5, "i", "wf", b"x"]))
+
+
+# -- blocks ----------------------------------------------------------------------------
+
+
+def block_verdict(decode: Any, payload: bytes) -> tuple[Any, ...]:
+    try:
+        return ("ok", decode(payload, SALT))
+    except FrameError as exc:
+        return ("error", exc.offset, exc.reason)
+
+
+def compressed(inner: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1).compress(inner)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=6), st.data())
+def test_block_split_agrees_with_frame_decoder(payloads: list[bytes], data: st.DataObject) -> None:
+    inner = bytearray(b"".join(frame_of(p, False) for p in payloads))
+    if inner and data.draw(st.booleans()):
+        where = data.draw(st.integers(0, len(inner) - 1))
+        kind = data.draw(st.integers(0, 2))
+        if kind == 0:
+            inner[where] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == 1:
+            del inner[where:]
+        else:
+            inner[where:where] = data.draw(st.binary(min_size=1, max_size=9))
+    if data.draw(st.booleans()):
+        inner += encode_block([b"z"], SALT)  # a block inside a block is damage
+    payload = compressed(bytes(inner))
+    assert block_verdict(decode_block, payload) == block_verdict(reference_decode_block, payload)
+
+
+def test_block_split_keeps_every_payload_in_order() -> None:
+    payloads = [bytes([i]) * (i + 1) for i in range(200)]
+    assert decode_block(encode_block(payloads, SALT)[8:], SALT) == payloads
+
+
+# -- the fast path is the one taken ----------------------------------------------------
+
+
+def test_common_records_never_reach_the_generic_check() -> None:
+    """Seals aside, a clean journal of every common record type is checked by
+    layout alone: the generic walk (r.check) is never called."""
+    recs = []
+    for rtype in sorted(r.SCHEMA):
+        if rtype == r.STATE_IMAGE:
+            continue
+        fields = [next(iter(_FIELD_EXAMPLES[t] for t in allowed if t in _FIELD_EXAMPLES))
+                  for _, allowed in r.SCHEMA[rtype][1]]
+        recs.append([rtype, len(recs) + 1, 1_000, "inst", *fields])
+    seal = packed([0, len(recs) + 1])
+    body = b"".join(frame_of(packed(rec), True) for rec in recs) + frame_of(seal, True)
+    files = {segment_name(1): pack_header(SegmentHeader(FORMAT_VERSION, 0, SALT, 1, 1)) + body,
+             segment_name(2): pack_header(
+                 SegmentHeader(FORMAT_VERSION, 0, SALT, 2, len(recs) + 1))}
+    with mock.patch.object(r, "check", side_effect=AssertionError("generic check called")):
+        outcome = walk(storage_from(files))
+    assert outcome[0] == "ok"
+    assert [rec for rec, _ in outcome[1]] == recs
+    assert outcome[2].records == len(recs)
+    assert outcome[2].next_seq == len(recs) + 1
+
+
+_FIELD_EXAMPLES: dict[type, Any] = {str: "k", bytes: b"v", int: 3, type(None): None}
+
+
+def test_word_checksum_cache_is_per_segment_salt() -> None:
+    """Two segments with different salts and frames of the same length: a
+    cached word checksum from one segment must not pass frames of the other."""
+    rec1 = [r.CREATED, 1, 5, "a", "wf", b"x"]
+    rec2 = [r.CREATED, 2, 5, "b", "wf", b"y"]
+    seal = packed([0, 2])
+    one = pack_header(SegmentHeader(FORMAT_VERSION, 0, SALT, 1, 1)) + frame_of(
+        packed(rec1), True) + frame_of(seal, True)
+    other_salt = SALT ^ 0xFFFF
+    frame2 = encode_frame(packed(rec2), other_salt, batch_start=True)
+    two = pack_header(SegmentHeader(FORMAT_VERSION, 0, other_salt, 2, 2)) + frame2
+    fast, reference = both_walks(storage_from({segment_name(1): one, segment_name(2): two}))
+    assert fast == reference
+    assert fast[0] == "ok"
+    assert [rec for rec, _ in fast[1]] == [rec1, rec2]
+    # The first segment's salt on the second's frame is a checksum mismatch.
+    bad = pack_header(SegmentHeader(FORMAT_VERSION, 0, other_salt, 2, 2)) + frame_of(
+        packed(rec2), True)
+    fast, reference = both_walks(storage_from({segment_name(1): one, segment_name(2): bad}))
+    assert fast == reference
+    assert fast[0] == "ok"
+    assert fast[2].torn_at == HEADER_SIZE
