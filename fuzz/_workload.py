@@ -251,10 +251,10 @@ async def until_settled(engine: Engine, instance_id: str) -> str:
         state = engine.status(instance_id).state
         if state != "running":
             return state
-        failed = engine._require().failed
+        failed = engine._backend.journal.failed
         if failed is not None:  # its runner stopped: it stays running until reopened
             raise JournalFailed(failed)
-        event = engine._changed.setdefault(instance_id, trio.Event())
+        event = engine._host.changed(instance_id)
         await event.wait()
 
 

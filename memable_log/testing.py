@@ -66,7 +66,7 @@ from ._core.status import ErrorInfo, InstanceStatus
 from ._engine.builder import EngineBuilder
 from ._engine.clock import ManualClock
 from ._engine.context import Context
-from ._engine.engine import Engine
+from ._engine.engine import Engine, host_of
 from ._storage.memory import MemoryStorage, PowerCut
 from .reader import JournalReader, RecordView
 
@@ -161,7 +161,7 @@ async def settle(engine: Engine, instance_id: str) -> InstanceStatus:
         status = engine.status(instance_id)
         if status.state != "running":
             return status
-        await engine._changed.setdefault(instance_id, trio.Event()).wait()
+        await host_of(engine).changed(instance_id).wait()
 
 
 async def wait_for_state(engine: Engine, instance_id: str, *states: str) -> InstanceStatus:
@@ -183,7 +183,7 @@ async def wait_for_state(engine: Engine, instance_id: str, *states: str) -> Inst
                 + (f" ({status.error.type}: {status.error.message})" if status.error else "")
                 + f" instead of reaching {' or '.join(states)}"
             )
-        await engine._changed.setdefault(instance_id, trio.Event()).wait()
+        await host_of(engine).changed(instance_id).wait()
 
 
 # -- crash tests -----------------------------------------------------------------
@@ -269,7 +269,7 @@ class _Lab:
         def count(instance_id: str, key: str) -> None:
             calls[key] += 1
 
-        engine._on_step_call = count
+        host_of(engine).on_step_call = count
         return engine
 
     async def drive(
@@ -329,7 +329,7 @@ class _Lab:
         patience = _MOCK_PATIENCE if _on_mock_clock() else math.inf
         with trio.move_on_after(patience):
             if not running_only:
-                await engine._changed.setdefault(self.instance_id, trio.Event()).wait()
+                await host_of(engine).changed(self.instance_id).wait()
             return await settle(engine, self.instance_id)
         raise CrashTestFailure(
             self.name, point, None,

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -40,12 +41,9 @@ from .._core.format import HEADER_SIZE, compacted_name, segment_name, unpack_hea
 from .._core.index import InstanceEntry
 from .._journal.journal import Journal
 from .._storage.crashpoints import crashpoint
-from .._storage.files import FileStorage, Storage
+from .._storage.files import FileStorage
 from .child import ChildFailed, Rewritten, compact_in_child, usable
 from .compactor import apply_moves, compact_prefix, finish, moves, settle_seqs
-
-if TYPE_CHECKING:
-    from .._engine.engine import Engine
 
 logger = logging.getLogger("memable_log")
 
@@ -82,7 +80,13 @@ class _Slices:
 class Compaction:
     """State of background compaction for one engine lifetime."""
 
-    def __init__(self, retention_ms: int | None) -> None:
+    def __init__(
+        self, journal: Journal, now_ms: Callable[[], int], retention_ms: int | None
+    ) -> None:
+        self.journal = journal
+        self.storage = journal.storage
+        self.index = journal.index  # the live index: the journal applies to it
+        self.now_ms = now_ms
         self.retention_ms = retention_ms
         self.compacted_upto = 0  # the newest cmp-<k> in use
         self.leftovers_upto = 0  # segments up to it still wait for deletion
@@ -94,42 +98,44 @@ class Compaction:
         self.retiring: set[str] = set()
         self.decided = trio.Event()
 
-    def start(self, journal: Journal) -> None:
         scan = journal.scan_result
         if scan is not None and scan.segments and scan.segments[0].name.startswith("cmp-"):
             self.compacted_upto = scan.segments[0].number
 
-    async def _io(self, storage: Storage, fn: Any, *args: Any) -> Any:
-        if storage.blocking:
+    async def _io(self, fn: Any, *args: Any) -> Any:
+        if self.storage.blocking:
             return await trio.to_thread.run_sync(fn, *args)
         await trio.lowlevel.checkpoint()
         return fn(*args)
 
-    async def run(self, engine: Engine, journal: Journal, storage: Storage) -> None:
+    async def run(self) -> None:
         """The service: compact after every roll-over, until cancelled."""
+        journal = self.journal
         while True:
             await journal.wait_for_roll()
             # Loop: a roll-over during a compaction sets an event nobody
             # waits on yet, and must not wait for the next roll-over.
             while (upto := journal.applied_segment - 1) > self.compacted_upto:
                 try:
-                    await self.compact(engine, journal, storage, upto)
+                    await self.compact(upto)
                 except (OSError, EngineError, ChildFailed) as exc:
                     logger.error("background compaction stopped: %s", exc)
                     return
 
-    async def compact(self, engine: Engine, journal: Journal, storage: Storage, upto: int) -> None:
+    async def compact(self, upto: int) -> None:
+        """Compact the sealed segments up to ``upto`` (see the module comment)."""
+        journal, storage = self.journal, self.storage
         if self.leftovers_upto:
             # A read that looked its location up before the last re-pointing
             # may still name a leftover (compactions can follow each other
             # within one read's thread hop).
             await journal.reads_before(self.leftovers_epoch)
-            await self._io(storage, finish, storage, self.leftovers_upto)
+            await self._io(finish, storage, self.leftovers_upto)
             self.leftovers_upto = 0
         # The seq after the prefix: the first of the segment after it.
-        header = await self._io(storage, storage.read_at, segment_name(upto + 1), 0, HEADER_SIZE)
+        header = await self._io(storage.read_at, segment_name(upto + 1), 0, HEADER_SIZE)
         next_seq = unpack_header(header).first_seq
-        live = engine._index.instances
+        live = self.index.instances
         ids = list(live)
         removed: dict[str, InstanceEntry] = {}
         try:
@@ -138,11 +144,11 @@ class Compaction:
             journal.keep_snapshot = False
             written = False
             try:
-                await self._take_expired(engine, journal, ids, next_seq, removed)
+                await self._take_expired(ids, next_seq, removed)
                 # An engine stopping now kills a compaction child (its files are
                 # as after a crash: the next start cleans them up); a worker
                 # thread cannot be stopped and is waited for.
-                done = await self._rewrite(engine, journal, storage, upto, removed)
+                done = await self._rewrite(upto, removed)
                 written = True
             finally:
                 # Back in only if the new file never became visible: once renamed
@@ -163,7 +169,7 @@ class Compaction:
             # Written: re-pointing runs to its end even when the engine is
             # stopping, so the exit snapshots an index that points at the new file.
             with trio.CancelScope(shield=True):
-                await self._repoint(engine, journal, upto, done, ids)
+                await self._repoint(upto, done, ids)
         finally:
             self.retiring = set()
             self.decided.set()
@@ -173,13 +179,12 @@ class Compaction:
             upto, done.records, len(removed),
         )
 
-    async def _repoint(
-        self, engine: Engine, journal: Journal, upto: int, done: Rewritten, ids: list[str]
-    ) -> None:
+    async def _repoint(self, upto: int, done: Rewritten, ids: list[str]) -> None:
         """Point the live index at ``cmp-<upto>``; the old files become leftovers."""
+        journal = self.journal
         journal.writer.salts[compacted_name(upto)] = done.salt
         crashpoint("compact.before-remap")
-        index, slices = engine._index, _Slices(journal)
+        index, slices = self.index, _Slices(journal)
         for i, move in enumerate(done.moved):
             if slices.used_up(i):
                 await slices.pause()
@@ -195,8 +200,7 @@ class Compaction:
         self.runs += 1
 
     async def _take_expired(
-        self, engine: Engine, journal: Journal, ids: list[str], next_seq: int,
-        removed: dict[str, InstanceEntry],
+        self, ids: list[str], next_seq: int, removed: dict[str, InstanceEntry]
     ) -> None:
         """Take the instances past retention out of the live index, into ``removed``.
 
@@ -207,8 +211,9 @@ class Compaction:
         """
         if self.retention_ms is None:
             return
-        cutoff = engine._now() - self.retention_ms
-        live = engine._index.instances
+        journal = self.journal
+        cutoff = self.now_ms() - self.retention_ms
+        live = self.index.instances
         finished, slices = lc.FINISHED, _Slices(journal)
         busy = journal.pending_instances()
         for i, iid in enumerate(ids):
@@ -224,12 +229,10 @@ class Compaction:
                 removed[iid] = live.pop(iid)
                 self.retiring.add(iid)
 
-    async def _rewrite(
-        self, engine: Engine, journal: Journal, storage: Storage, upto: int,
-        removed: dict[str, InstanceEntry],
-    ) -> Rewritten:
+    async def _rewrite(self, upto: int, removed: dict[str, InstanceEntry]) -> Rewritten:
         """compact_prefix, in a child process when the storage allows."""
-        inline, snapshot = engine._inline_limit, journal.snapshots
+        storage = self.storage
+        inline, snapshot = self.index.inline_limit, self.journal.snapshots
         if self.use_child and usable(storage):
             assert isinstance(storage, FileStorage)
             try:
@@ -238,15 +241,21 @@ class Compaction:
                 logger.warning("compaction child not started (%s); compacting in-process", exc)
                 self.use_child = False
         fresh, salt, next_seq = await self._io(
-            storage, compact_prefix, storage, upto, inline, removed, snapshot
+            compact_prefix, storage, upto, inline, removed, snapshot
         )
         return Rewritten(salt, next_seq, fresh.records, moves(fresh))
 
-    async def close(self, storage: Storage) -> None:
+    async def settled(self, instance_id: str) -> None:
+        """Return once ``instance_id`` is not being compacted away: gone for
+        good, or back in the live index if the compaction failed."""
+        while instance_id in self.retiring:
+            await self.decided.wait()
+
+    async def close(self) -> None:
         """Delete the leftovers of the last compaction (no task holds them now)."""
         if self.leftovers_upto:
             try:
-                await self._io(storage, finish, storage, self.leftovers_upto)
+                await self._io(finish, self.storage, self.leftovers_upto)
             except OSError as exc:  # the next start deletes them (writer.recover)
                 logger.warning("compacted-away segments not deleted: %s", exc)
             self.leftovers_upto = 0

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Self
 
+from .._backend.local import LocalBackend
 from .._core.codec import DEFAULT_COMPRESS_THRESHOLD, Codec, DecodeHook, EncodeHook
 from .._core.index import DEFAULT_INLINE_LIMIT
 from .._storage.files import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, FileStorage, Storage
@@ -129,16 +130,22 @@ class EngineBuilder:
         return self
 
     def build(self) -> Engine:
+        """The engine, over the local journal chosen by ``open`` or ``in_memory``."""
         if self._storage is None:
             raise ValueError("say where the journal lives: .open(path) or .in_memory()")
-        return Engine(
+        clock = self._clock or Clock()
+        backend = LocalBackend(
             self._storage,
-            clock=self._clock or Clock(),
+            segment_size=self._segment_size,
+            snapshots=self._snapshots,
+            compaction=self._compaction,
+            retention_ms=None if self._retention is None else round(self._retention * 1000),
+            now_ms=clock.now_ms,
+        )
+        return Engine(
+            backend,
+            clock=clock,
             codec=self._codec,
             max_running=self._max_running,
-            segment_size=self._segment_size,
             inline_limit=self._inline_limit,
-            retention_ms=None if self._retention is None else round(self._retention * 1000),
-            compaction=self._compaction,
-            snapshots=self._snapshots,
         )

@@ -22,7 +22,7 @@ import logging
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -38,9 +38,7 @@ from .._core.errors import (
     SuspendTimedOut,
 )
 from .._core.records import check_key
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .host import Host
 
 logger = logging.getLogger("memable_log")
 
@@ -56,20 +54,14 @@ class Unwind(BaseException):
     """Raised to drop a workflow that is now suspended or sleeping."""
 
 
-class ValueUnreadable(BaseException):
-    """A recorded value could not be read back (an I/O error, damage found
-    on reading). Not the workflow's outcome: the instance stops as it is
-    recorded and runs again at the next start. A BaseException, so that a
-    workflow's ``except Exception`` cannot take it for its own error."""
-
-
 class Context:
     """The handle a workflow gets: its id, input, and durable steps."""
 
-    __slots__ = ("_engine", "_hits", "_keys", "input", "instance_id", "workflow")
+    __slots__ = ("_hits", "_host", "_instances", "_keys", "input", "instance_id", "workflow")
 
-    def __init__(self, engine: Engine, instance_id: str, workflow: str, input: Any) -> None:
-        self._engine = engine
+    def __init__(self, host: Host, instance_id: str, workflow: str, input: Any) -> None:
+        self._host = host
+        self._instances = host.index.instances  # one index per engine lifetime
         self._keys: set[str] = set()
         self._hits = 0
         self.instance_id = instance_id
@@ -83,7 +75,7 @@ class Context:
         if key in keys:
             raise DuplicateStepKey(self.instance_id, key)
         keys.add(key)
-        return self._engine._index.instances[self.instance_id]
+        return self._instances[self.instance_id]
 
     def step(self, key: str) -> Step:
         """A step memoised under ``key``; configure it, then ``await .run(fn)``."""
@@ -105,26 +97,26 @@ class Context:
         that outcome is memoised.
         """
         entry = self._claim(key)
-        engine = self._engine
+        host = self._host
         if entry.signals is not None and key in entry.signals:
-            return await engine._replayed(entry.signals[key], 5)
+            return await host.replayed(entry.signals[key], r.SIGNALLED_PAYLOAD)
         if entry.done_waits is not None and key in entry.done_waits:
             raise SuspendTimedOut(self.instance_id, key)
         if entry.state == lc.SUSPENDED and entry.wait_key == key:  # woken by its deadline
             deadline = entry.deadline_ms
-            if deadline is not None and engine._clock.now_ms() >= deadline:
-                timed_out = r.make(r.SUSPEND_TIMED_OUT, engine._now(), self.instance_id, key)
-                await engine._append(timed_out)
+            if deadline is not None and host.now_ms() >= deadline:
+                timed_out = r.make(r.SUSPEND_TIMED_OUT, host.now_ms(), self.instance_id, key)
+                await host.append(timed_out)
                 logger.info("instance %s: suspension %r timed out", self.instance_id, key,
                             extra=_extra(self.instance_id, key))
                 raise SuspendTimedOut(self.instance_id, key)
             raise Unwind
         seconds = _seconds(timeout)
-        deadline = engine._clock.now_ms() + round(seconds * 1000) if seconds is not None else None
+        deadline = host.now_ms() + round(seconds * 1000) if seconds is not None else None
         if status is not None and type(status) is not str:
             raise TypeError("status must be a str")
-        await engine._append(
-            r.make(r.SUSPENDED, engine._now(), self.instance_id, key, status, deadline)
+        await host.append(
+            r.make(r.SUSPENDED, host.now_ms(), self.instance_id, key, status, deadline)
         )
         logger.info("instance %s: suspended on %r (%s)", self.instance_id, key, status or "",
                     extra=_extra(self.instance_id, key))
@@ -137,25 +129,25 @@ class Context:
         workflow is dropped and the engine's poller resumes it afterwards.
         """
         entry = self._claim(key)
-        engine = self._engine
+        host = self._host
         if entry.done_waits is not None and key in entry.done_waits:
             return
         deadline = entry.timers.get(key) if entry.timers is not None else None
         if deadline is None:
             seconds = _seconds(delay)
             assert seconds is not None
-            deadline = engine._clock.now_ms() + round(seconds * 1000)
-            timer = r.make(r.TIMER_SET, engine._now(), self.instance_id, key, deadline)
-            await engine._append(timer)
-        if engine._clock.now_ms() >= deadline:
-            await engine._append(r.make(r.TIMER_FIRED, engine._now(), self.instance_id, key))
+            deadline = host.now_ms() + round(seconds * 1000)
+            timer = r.make(r.TIMER_SET, host.now_ms(), self.instance_id, key, deadline)
+            await host.append(timer)
+        if host.now_ms() >= deadline:
+            await host.append(r.make(r.TIMER_FIRED, host.now_ms(), self.instance_id, key))
             return
         if not (entry.state == lc.SLEEPING and entry.wait_key == key):
             # Set in an earlier run but not slept on now (a restart after a
             # cancel, a second timer in a nursery): re-arm the same deadline,
             # or the runner would find the instance running and spin.
-            rearm = r.make(r.TIMER_SET, engine._now(), self.instance_id, key, deadline)
-            await engine._append(rearm)
+            rearm = r.make(r.TIMER_SET, host.now_ms(), self.instance_id, key, deadline)
+            await host.append(rearm)
         logger.info("instance %s: sleeping on %r", self.instance_id, key,
                     extra=_extra(self.instance_id, key))
         raise Unwind
@@ -222,7 +214,7 @@ class Step:
         """
         ctx, key = self._ctx, self._key
         entry = ctx._claim(key)
-        engine = ctx._engine
+        host = ctx._host
         table = entry.table
         found = (table if type(table) is dict else entry.steps).get(key)
         if found is not None:
@@ -233,22 +225,25 @@ class Step:
                     await trio.lowlevel.checkpoint()
                     found = entry.steps.get(key, found)  # a compaction may have moved it
                 if type(found) is bytes:  # inline: no read, no coroutine
-                    return engine._codec.decode(found)
-                return await engine._replayed(ix.entry_loc(found), 5)  # type: ignore[arg-type]
+                    return host.codec.decode(found)
+                return await host.replayed(ix.entry_loc(found), r.STEP_DONE_VALUE)  # type: ignore[arg-type]
             kind = ix.entry_kind(found)
             if kind == ix.STEP_FAILED_AT:
-                rec = await engine._recorded(ix.entry_loc(found))  # type: ignore[arg-type]
-                raise StepFailed(key, rec[5], rec[6], rec[7])
+                rec = await host.recorded(ix.entry_loc(found))  # type: ignore[arg-type]
+                raise StepFailed(
+                    key, rec[r.STEP_FAILED_TYPE], rec[r.STEP_FAILED_MESSAGE],
+                    rec[r.STEP_FAILED_TRACEBACK],
+                )
             raise StepInterrupted(ctx.instance_id, key)
         iid = ctx.instance_id
         if self._at_most_once:
-            await engine._append(r.make(r.STEP_STARTED, engine._now(), iid, key))
+            await host.append(r.make(r.STEP_STARTED, host.now_ms(), iid, key))
         max_attempts, delay, backoff, max_delay, kinds = self._retry or (1, 0.0, 1.0, 0.0, ())
         attempt = 0
         while True:
             attempt += 1
-            if engine._on_step_call is not None:  # memable_log.testing counts executions
-                engine._on_step_call(iid, key)
+            if host.on_step_call is not None:  # memable_log.testing counts executions
+                host.on_step_call(iid, key)
             try:
                 if self._in_thread:
                     result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -265,24 +260,24 @@ class Step:
                         iid, key, attempt, max_attempts, type(exc).__qualname__, exc, delay,
                         extra=_extra(iid, key),
                     )
-                    await engine._clock.sleep(delay)
+                    await host.sleep(delay)
                     delay = min(delay * backoff, max_delay)
                     continue
                 text = "".join(traceback.format_exception(exc))
                 failed = r.make(
-                    r.STEP_FAILED, engine._now(), iid, key, type(exc).__qualname__, str(exc), text
+                    r.STEP_FAILED, host.now_ms(), iid, key, type(exc).__qualname__, str(exc), text
                 )
-                await engine._append(failed)
+                await host.append(failed)
                 logger.warning(
                     "instance %s: step %r failed after %d attempt(s): %s: %s",
                     iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
                 )
                 raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
         try:
-            blob = engine._codec.encode(result)
+            blob = host.codec.encode(result)
         except EncodeError as exc:
             raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
-        await engine._append(r.make(r.STEP_DONE, engine._now(), iid, key, blob))
+        await host.append(r.make(r.STEP_DONE, host.now_ms(), iid, key, blob))
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
-        return engine._codec.decode(blob)
+        return host.codec.decode(blob)

@@ -1,19 +1,22 @@
 """The Engine: lifecycle, and the calls a program makes on instances.
 
-Theory of operation. ``async with engine:`` opens the journal (lock, scan,
+Theory of operation. ``async with engine:`` opens the backend (lock, scan,
 recovery; the index is rebuilt by the same ``apply`` that follows every
-append), then starts, in the engine's own nursery, the timer poller and a
-runner for every instance the journal shows running. Leaving the block
+append), then starts, in the engine's own nursery, the timer poller, a
+runner for every instance the journal shows running and the backend's own
+services (compaction, hand-overs from other processes). Leaving the block
 cancels that nursery (runners stop where they are; the journal keeps their
-state for the next start) and closes the journal.
+state for the next start) and closes the backend.
 
-A *runner* is one task per live instance while it executes (see _runner.py).
+A *runner* is one task per live instance while it executes (see runner.py).
 Suspended and sleeping instances have no task: only their index entry and,
 with a deadline, a heap entry in the poller.
 
-Every state change is a record appended through ``_append`` and applied to
-the index by the journal before the call returns, so the index is always
-what a restart would rebuild. Calls that must not write twice under
+The engine runs over a backend (backend.py: the seam; the local journal is
+_backend/local.py), which holds the records and applies each to the index
+before an append returns, so the index is always what a restart would
+rebuild. The parts the engine runs (Context, the runner) reach it only
+through its Host (host.py), which names what they may use. Calls that must not write twice under
 concurrency (``invoke`` of one id, two signals for one key) reserve their
 key in memory while their append is in flight.
 """
@@ -23,24 +26,17 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._compaction.service import Compaction
-from .._core import index as ix
 from .._core import lifecycle as lc
 from .._core import records as r
-from .._core.codec import Codec, EncodeError
+from .._core.codec import Codec
 from .._core.errors import (
     EngineError,
-    JournalCorrupt,
     JournalFailed,
-    NotSerializable,
-    SignalAlreadyDelivered,
-    UnknownInstance,
     UnknownWorkflow,
     WorkflowCancelled,
     WorkflowFailed,
@@ -48,19 +44,9 @@ from .._core.errors import (
 from .._core.index import Index
 from .._core.signals import check_signal
 from .._core.status import InstanceStatus, status_of
-from .._journal.journal import Journal
-from .._storage.files import FileStorage, Storage
-from .._storage.inbox import (
-    HandoverError,
-    InboxWatcher,
-    decode_handover,
-    pending,
-    read_handover,
-    remove_handover,
-    remove_stale_temps,
-)
+from .backend import Backend
 from .clock import Clock
-from .context import Context, ValueUnreadable
+from .host import Host, Workflow
 from .runner import run_instance
 from .timers import TimerQueue
 
@@ -69,52 +55,28 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memable_log")
 
-Workflow = Callable[[Context], Awaitable[Any]]
-
 
 class Engine:
     """A durable-execution engine over one journal. Build it with ``Engine.builder()``."""
 
     def __init__(
         self,
-        storage: Callable[[], Storage],
+        backend: Backend,
         *,
         clock: Clock,
         codec: Codec,
         max_running: int | None,
-        segment_size: int,
         inline_limit: int,
-        retention_ms: int | None = None,
-        compaction: bool = True,
-        snapshots: bool = True,
     ) -> None:
-        self._make_storage = storage
-        self._clock = clock
-        self._codec = codec
+        self._backend = backend
         self._max_running = max_running
-        self._segment_size = segment_size
-        self._inline_limit = inline_limit
-        self._retention_ms = retention_ms
-        self._compaction_enabled = compaction
-        self._snapshots = snapshots
-        self._compaction: Compaction | None = None
-        self._workflows: dict[str, Workflow] = {}
-        self._index = Index(inline_limit)
-        self._journal: Journal | None = None
+        self._host = Host(clock, codec, inline_limit)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._timers: TimerQueue | None = None
-        self._limiter = trio.CapacityLimiter(math.inf)
-        self._active: set[str] = set()  # instances with a runner task
-        self._scopes: dict[str, trio.CancelScope] = {}  # runners inside a workflow
         self._orphans: dict[str, set[str]] = {}  # workflow name -> instances waiting for it
-        self._changed: dict[str, trio.Event] = {}
         self._reserved: set[tuple[str, str]] = set()  # (instance, key) being written
         self._creating: dict[str, trio.Event] = {}
-        self._watcher: InboxWatcher | None = None
-        # Private hook for memable_log.testing: called with (instance, key)
-        # right before a step's function is called (each attempt).
-        self._on_step_call: Callable[[str, str], None] | None = None
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -131,46 +93,36 @@ class Engine:
             raise TypeError(f"a workflow name must be a non-empty str, not {name!r}")
         if not callable(fn):
             raise TypeError(f"workflow {name!r} must be an async function taking a Context")
-        if name in self._workflows:
+        workflows = self._host.workflows
+        if name in workflows:
             raise EngineError(f"workflow {name!r} is already registered; names are unique")
-        self._workflows[name] = fn
+        workflows[name] = fn
         for instance_id in sorted(self._orphans.pop(name, ())):
             self._start(instance_id)
 
     async def __aenter__(self) -> Engine:
-        if self._journal is not None:
+        host = self._host
+        if host.backend is not None:
             raise EngineError("this engine is already running")
-        storage = await trio.to_thread.run_sync(self._make_storage)
-        self._clock.start()
-        self._index = Index(self._inline_limit)
-        journal = Journal(
-            storage, self._index, segment_size=self._segment_size, snapshots=self._snapshots
-        )
-        await journal.__aenter__()  # JournalLocked / JournalCorrupt surface as themselves
+        host.clock.start()
+        host.index = Index(host.index.inline_limit)
+        backend = self._backend
+        await backend.open(host.index)  # JournalLocked / JournalCorrupt surface as themselves
         try:
-            self._limiter = trio.CapacityLimiter(self._max_running or math.inf)
+            host.limiter = trio.CapacityLimiter(self._max_running or math.inf)
             self._nursery_cm = trio.open_nursery()
             self._nursery = await self._nursery_cm.__aenter__()
         except BaseException:
-            await journal.__aexit__(None, None, None)
+            await backend.close()
             raise
-        self._journal = journal
+        host.backend = backend
         try:
-            self._timers = TimerQueue(self._clock, self._on_deadline)
+            self._timers = TimerQueue(host.clock, self._on_deadline)
             self._nursery.start_soon(self._timers.run)
             self._resume_all()
-            if self._compaction_enabled:
-                self._compaction = Compaction(self._retention_ms)
-                self._compaction.start(journal)
-                self._nursery.start_soon(self._compaction.run, self, journal, storage)
-            if isinstance(storage, FileStorage):
-                # Hand-overs left while no engine ran are applied before we return.
-                await self._apply_handovers(storage.path, pending(storage.path))
-                await trio.to_thread.run_sync(remove_stale_temps, storage.path)
-                self._watcher = InboxWatcher(storage.path)
-                self._nursery.start_soon(self._inbox_service, self._watcher)
+            await self._nursery.start(backend.serve, self)
         except BaseException as exc:
-            # Close the nursery and the journal, or trio's nursery stack is
+            # Close the nursery and the backend, or trio's nursery stack is
             # left corrupt (a failed append while applying hand-overs, say).
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -178,7 +130,7 @@ class Engine:
 
     def _resume_all(self) -> None:
         assert self._timers is not None
-        for instance_id, entry in self._index.instances.items():
+        for instance_id, entry in self._host.index.instances.items():
             if entry.state == lc.RUNNING:
                 self._start(instance_id)
             elif entry.state in lc.WAITING and entry.deadline_ms is not None:
@@ -195,129 +147,51 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # The journal stays set until the runners are gone: one resumed
+        # The backend stays set until the runners are gone: one resumed
         # just before the cancel runs on to its next append, and must get
         # Cancelled there, not "the engine is not running".
-        journal = self._journal
-        assert journal is not None
         assert self._nursery is not None
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
         self._nursery.cancel_scope.cancel()
         try:
             # The body's own exception propagates by itself; the nursery
             # only reports failures of the engine's tasks.
             await self._nursery_cm.__aexit__(None, None, None)
         finally:
-            self._journal = None
             self._nursery = None
             self._timers = None
-            self._active.clear()
-            self._scopes.clear()
             self._orphans.clear()
             self._reserved.clear()
-            for event in self._changed.values():
-                event.set()
-            self._changed.clear()
-            try:
-                if self._compaction is not None and journal.failed is None:
-                    await self._compaction.close(journal.storage)
-            finally:
-                self._compaction = None
-                await journal.__aexit__(None, None, None)
+            self._host.stopped()
+            await self._backend.close()
 
-    async def _inbox_service(self, watcher: InboxWatcher) -> None:
-        """Apply signals handed over by other processes (see _inbox.py)."""
-        while True:
-            names = await trio.to_thread.run_sync(watcher.wait, abandon_on_cancel=True)
-            if not names:
-                return
-            await self._apply_handovers(watcher.path, names)
-
-    async def _apply_handovers(self, path: str, names: list[str]) -> None:
-        for name in names:
-            data = await trio.to_thread.run_sync(read_handover, path, name)
-            try:
-                workflow, instance_id, key, blob = decode_handover(data)
-                await self.signal(workflow, instance_id, key, self._codec.decode(blob))
-            except (HandoverError, UnknownInstance, SignalAlreadyDelivered, ValueError) as exc:
-                logger.warning("signal hand-over %s not applied: %s", name, exc)
-            await trio.to_thread.run_sync(remove_handover, path, name)
-
-    # -- plumbing for Context and runners -----------------------------------
-
-    def _require(self) -> Journal:
-        if self._journal is None:
-            raise EngineError("the engine is not running: use it inside `async with engine:`")
-        return self._journal
-
-    async def _append(self, rec: list[Any]) -> None:
-        await self._require().append(rec)
-
-    def _now(self) -> int:
-        return self._clock.now_ms()
-
-    async def _value(self, where: ix.Entry, field: int) -> Any:
-        """Decode a value kept inline (a blob) or at a location (field of its record)."""
-        if type(where) is bytes:
-            return self._codec.decode(where)
-        rec = await self._require().read(where)  # type: ignore[arg-type]
-        return self._codec.decode(rec[field])
-
-    async def _recorded(self, loc: int) -> list[Any]:
-        """The record at ``loc``, for a workflow's replay (see ValueUnreadable)."""
-        try:
-            return await self._require().read(loc)
-        except (OSError, JournalCorrupt) as exc:
-            raise ValueUnreadable(f"record at {ix.unpack_loc(loc)}: {exc}") from exc
-
-    async def _replayed(self, where: ix.Entry, field: int) -> Any:
-        """Like ``_value``, for a workflow's replay (see ValueUnreadable)."""
-        if type(where) is bytes:
-            return self._codec.decode(where)
-        return self._codec.decode((await self._recorded(where))[field])  # type: ignore[arg-type]
-
-    def _encode(self, value: Any, what: str) -> bytes:
-        try:
-            return self._codec.encode(value)
-        except EncodeError as exc:
-            raise NotSerializable(what, exc.type_name, exc.reason) from None
-
-    def _entry(self, instance_id: str) -> ix.InstanceEntry:
-        entry = self._index.instances.get(instance_id)
-        if entry is None:
-            raise UnknownInstance(instance_id)
-        return entry
+    # -- the runners ----------------------------------------------------------
 
     def _start(self, instance_id: str) -> None:
         """Run the instance now unless a runner already has it."""
-        if self._nursery is None or instance_id in self._active:
+        host = self._host
+        if self._nursery is None or instance_id in host.running:
             return
-        entry = self._index.instances[instance_id]
-        if entry.workflow not in self._workflows:
+        entry = host.index.instances[instance_id]
+        if entry.workflow not in host.workflows:
             self._orphans.setdefault(entry.workflow, set()).add(instance_id)
             return
-        self._active.add(instance_id)
-        self._nursery.start_soon(run_instance, self, instance_id, name=f"memable:{instance_id}")
-
-    def _notify(self, instance_id: str) -> None:
-        event = self._changed.pop(instance_id, None)
-        if event is not None:
-            event.set()
+        host.running.add(instance_id)
+        self._nursery.start_soon(
+            run_instance, host, instance_id, self._after_run, name=f"memable:{instance_id}"
+        )
 
     def _on_deadline(self, instance_id: str, deadline_ms: int) -> None:
-        entry = self._index.instances.get(instance_id)
+        entry = self._host.index.instances.get(instance_id)
         if entry is not None and entry.state in lc.WAITING and entry.deadline_ms == deadline_ms:
             self._start(instance_id)
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
-        entry = self._index.instances[instance_id]
+        entry = self._host.index.instances[instance_id]
         timers = self._timers  # `is not None`: an empty TimerQueue is falsy
         if entry.state in lc.WAITING and entry.deadline_ms is not None and timers is not None:
             timers.push(entry.deadline_ms, instance_id)
-        self._notify(instance_id)
+        self._host.notify(instance_id)
 
     # -- the public calls ---------------------------------------------------
 
@@ -327,27 +201,24 @@ class Engine:
         An existing ``instance_id`` is returned as it is and nothing starts.
         Raises UnknownWorkflow (nothing written) and NotSerializable.
         """
-        self._require()
-        if name not in self._workflows:
-            raise UnknownWorkflow(name, list(self._workflows))
+        host = self._host
+        backend = host.require()
+        if name not in host.workflows:
+            raise UnknownWorkflow(name, list(host.workflows))
         if instance_id is None:
             instance_id = secrets.token_hex(8)
         elif type(instance_id) is not str or not instance_id:
             raise TypeError(f"instance_id must be a non-empty str, not {instance_id!r}")
-        while True:
-            if instance_id in self._creating:
-                await self._creating[instance_id].wait()
-            elif self._compaction is not None and instance_id in self._compaction.retiring:
-                # Being compacted away: gone for good, or back if that fails.
-                await self._compaction.decided.wait()
-            else:
-                break
-        if instance_id in self._index.instances:
+        while instance_id in self._creating:
+            await self._creating[instance_id].wait()
+        # Being compacted away: gone for good, or back if that fails.
+        await backend.settled(instance_id)
+        if instance_id in host.index.instances:
             return instance_id
-        blob = self._encode(input, f"input of workflow {name!r}")
+        blob = host.encode(input, f"input of workflow {name!r}")
         self._creating[instance_id] = created = trio.Event()
         try:
-            await self._append(r.make(r.CREATED, self._now(), instance_id, name, blob))
+            await host.append(r.make(r.CREATED, host.now_ms(), instance_id, name, blob))
         finally:
             del self._creating[instance_id]
             created.set()
@@ -361,26 +232,28 @@ class Engine:
 
         Raises WorkflowFailed, WorkflowCancelled, UnknownInstance.
         """
+        host = self._host
         while True:
-            journal = self._require()
-            entry = self._entry(instance_id)
+            backend = host.require()
+            entry = host.entry(instance_id)
             if entry.state == lc.COMPLETED:
                 assert entry.outcome is not None
-                return await self._value(entry.outcome, 4)
+                return await host.value(entry.outcome, r.COMPLETED_RESULT)
             if entry.state == lc.FAILED:
                 assert isinstance(entry.outcome, int)
-                rec = await journal.read(entry.outcome)
-                raise WorkflowFailed(instance_id, rec[4], rec[5], rec[6])
+                rec = await backend.read(entry.outcome)
+                raise WorkflowFailed(
+                    instance_id, rec[r.FAILED_TYPE], rec[r.FAILED_MESSAGE], rec[r.FAILED_TRACEBACK]
+                )
             if entry.state == lc.CANCELLED:
                 raise WorkflowCancelled(instance_id)
-            if journal.failed is not None:
-                raise JournalFailed(journal.failed)
-            event = self._changed.setdefault(instance_id, trio.Event())
-            await event.wait()
+            if backend.failed is not None:
+                raise JournalFailed(backend.failed)
+            await host.changed(instance_id).wait()
 
     def status(self, instance_id: str) -> InstanceStatus:
         """The instance's state as the journal records it (UnknownInstance if none)."""
-        return status_of(instance_id, self._entry(instance_id))
+        return status_of(instance_id, self._host.entry(instance_id))
 
     def instances(self, state: str | None = None) -> list[InstanceStatus]:
         """Every instance (in creation order), or those in ``state``."""
@@ -391,7 +264,7 @@ class Engine:
             wanted = lc.STATE_BY_NAME[state]
         return [
             status_of(iid, entry)
-            for iid, entry in self._index.instances.items()
+            for iid, entry in self._host.index.instances.items()
             if wanted is None or entry.state == wanted
         ]
 
@@ -402,13 +275,14 @@ class Engine:
         SignalAlreadyDelivered (a second signal, or after a timeout); in both
         cases nothing is written.
         """
-        self._require()
-        check_signal(self._index, workflow, instance_id, key, self._now(), self._reserved)
-        entry = self._index.instances[instance_id]
-        blob = self._encode(payload, f"signal {key!r}")
+        host = self._host
+        host.require()
+        check_signal(host.index, workflow, instance_id, key, host.now_ms(), self._reserved)
+        entry = host.index.instances[instance_id]
+        blob = host.encode(payload, f"signal {key!r}")
         self._reserved.add((instance_id, key))
         try:
-            await self._append(r.make(r.SIGNALLED, self._now(), instance_id, key, blob))
+            await host.append(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
         finally:
             self._reserved.discard((instance_id, key))
         logger.info("instance %s: signal %r delivered", instance_id, key,
@@ -418,29 +292,37 @@ class Engine:
 
     async def cancel(self, instance_id: str) -> None:
         """Durably mark the instance cancelled and stop it if it runs."""
-        entry = self._entry(instance_id)
+        host = self._host
+        entry = host.entry(instance_id)
         if entry.state not in lc.LIVE:
             return
-        await self._append(r.make(r.CANCELLED, self._now(), instance_id))
-        scope = self._scopes.get(instance_id)
+        await host.append(r.make(r.CANCELLED, host.now_ms(), instance_id))
+        scope = host.scopes.get(instance_id)
         if scope is not None:
             scope.cancel()
-        self._notify(instance_id)
+        host.notify(instance_id)
 
     async def forget(self, instance_id: str, key_or_prefix: str) -> None:
         """Durably forget memoised step outcomes: ``key``, or all under ``prefix*``."""
-        self._entry(instance_id)
+        host = self._host
+        host.entry(instance_id)
         if type(key_or_prefix) is not str or not key_or_prefix:
             raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
-        await self._append(r.make(r.FORGOT, self._now(), instance_id, key_or_prefix))
+        await host.append(r.make(r.FORGOT, host.now_ms(), instance_id, key_or_prefix))
 
     async def restart(self, instance_id: str) -> None:
         """Run a finished instance again from the top (memoised steps stay)."""
-        entry = self._entry(instance_id)
+        host = self._host
+        entry = host.entry(instance_id)
         if entry.state in lc.LIVE:
             raise EngineError(
                 f"instance {instance_id!r} is {lc.STATE_NAMES[entry.state]}; only a completed, "
                 "failed or cancelled instance can be restarted"
             )
-        await self._append(r.make(r.RESTARTED, self._now(), instance_id))
+        await host.append(r.make(r.RESTARTED, host.now_ms(), instance_id))
         self._start(instance_id)
+
+
+def host_of(engine: Engine) -> Host:
+    """The engine's Host, for memable_log.testing (its step counter and change events)."""
+    return engine._host

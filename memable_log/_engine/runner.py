@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -31,26 +32,28 @@ from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import EncodeError
 from .._core.errors import JournalClosed, JournalFailed
-from .context import Context, Unwind, ValueUnreadable
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .context import Context, Unwind
+from .host import Host, ValueUnreadable
 
 logger = logging.getLogger("memable_log")
 
 
-async def run_instance(engine: Engine, instance_id: str) -> None:
+async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None]) -> None:
+    """Run the instance until it is no longer running; then ``ended(instance_id)``.
+
+    ``ended`` is not called if the task is cancelled (the engine stopping).
+    """
     try:
-        async with engine._limiter:
+        async with host.limiter:
             while True:
-                entry = engine._index.instances[instance_id]
+                entry = host.entry(instance_id)
                 if entry.state in lc.FINISHED:
                     break
-                if entry.state in lc.WAITING and not await _end_wait(engine, instance_id):
+                if entry.state in lc.WAITING and not await _end_wait(host, instance_id):
                     break  # not due yet: it stays waiting
-                fn = engine._workflows[entry.workflow]
-                await _run_once(engine, instance_id, entry.workflow, fn)
-                if engine._index.instances[instance_id].state != lc.RUNNING:
+                fn = host.workflows[entry.workflow]
+                await _run_once(host, instance_id, entry.workflow, fn)
+                if host.entry(instance_id).state != lc.RUNNING:
                     break
     except (JournalFailed, JournalClosed) as exc:
         logger.error("instance %s stopped: %s", instance_id, exc,
@@ -60,11 +63,11 @@ async def run_instance(engine: Engine, instance_id: str) -> None:
                      "value cannot be read: %s", instance_id, exc,
                      extra={"instance_id": instance_id})
     finally:
-        engine._active.discard(instance_id)
-    engine._after_run(instance_id)
+        host.running.discard(instance_id)
+    ended(instance_id)
 
 
-async def _end_wait(engine: Engine, instance_id: str) -> bool:
+async def _end_wait(host: Host, instance_id: str) -> bool:
     """Record that a due timer fired or a due suspension timed out.
 
     Woken by its deadline, the instance is running again before the
@@ -72,25 +75,25 @@ async def _end_wait(engine: Engine, instance_id: str) -> bool:
     longer reaches that key (a bumped timer key would otherwise leave it
     sleeping on a passed deadline, woken again and again).
     """
-    entry = engine._index.instances[instance_id]
+    entry = host.entry(instance_id)
     key, deadline = entry.wait_key, entry.deadline_ms
-    if key is None or deadline is None or engine._clock.now_ms() < deadline:
+    if key is None or deadline is None or host.now_ms() < deadline:
         return False
     rtype = r.TIMER_FIRED if entry.state == lc.SLEEPING else r.SUSPEND_TIMED_OUT
-    await engine._append(r.make(rtype, engine._now(), instance_id, key))
+    await host.append(r.make(rtype, host.now_ms(), instance_id, key))
     return True
 
 
-async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) -> None:
-    entry = engine._index.instances[instance_id]
-    ctx = Context(engine, instance_id, workflow, await engine._replayed(entry.input, 5))
+async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> None:
+    entry = host.entry(instance_id)
+    ctx = Context(host, instance_id, workflow, await host.replayed(entry.input, r.CREATED_INPUT))
     error: BaseException | None = None
     if entry.state not in lc.LIVE:
         # engine.cancel landed while the input was read, before the scope
         # below existed for it to cancel: the workflow must not start.
         return
     with trio.CancelScope() as scope:
-        engine._scopes[instance_id] = scope
+        host.scopes[instance_id] = scope
         try:
             result = await fn(ctx)
         except Unwind:
@@ -108,24 +111,25 @@ async def _run_once(engine: Engine, instance_id: str, workflow: str, fn: Any) ->
         except Exception as exc:
             error = exc
         finally:
-            engine._scopes.pop(instance_id, None)
+            host.scopes.pop(instance_id, None)
     if scope.cancelled_caught or entry.state not in lc.LIVE:
         return  # cancelled (the record is written) while it ran
-    now = engine._now()
+    now = host.now_ms()
     if error is None:
         try:
-            rec = r.make(r.COMPLETED, now, instance_id, engine._codec.encode(result))
+            rec = r.make(r.COMPLETED, now, instance_id, host.codec.encode(result))
         except EncodeError as exc:
             message = f"the workflow's result ({exc.type_name}) cannot be encoded: {exc}"
             rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
     else:
         text = "".join(traceback.format_exception(error))
         rec = r.make(r.FAILED, now, instance_id, *_describe(error), text)
-    await engine._append(rec)
-    if rec[0] == r.COMPLETED:
+    await host.append(rec)
+    if rec[r.TYPE] == r.COMPLETED:
         logger.info("instance %s completed", instance_id, extra={"instance_id": instance_id})
     else:
-        logger.warning("instance %s failed: %s: %s", instance_id, rec[4], rec[5],
+        logger.warning("instance %s failed: %s: %s", instance_id, rec[r.FAILED_TYPE],
+                       rec[r.FAILED_MESSAGE],
                        extra={"instance_id": instance_id})
 
 

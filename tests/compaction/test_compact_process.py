@@ -227,10 +227,10 @@ async def test_an_engine_on_a_directory_compacts_in_a_child(
         for i in range(12):
             await engine.wait(await engine.invoke("work", instance_id=f"i{i}"))
         upto = await watch.through_sealed()
-        assert engine._compaction is not None
-        assert engine._compaction.use_child
+        assert engine._backend.compaction is not None
+        assert engine._backend.compaction.use_child
         # Every large value now lives in the compacted file or later.
-        for entry in engine._index.instances.values():
+        for entry in engine._host.index.instances.values():
             step = entry.steps["blob"]
             assert isinstance(step, int)
             segment = ix.unpack_loc(ix.entry_loc(step))[0]
@@ -242,7 +242,7 @@ async def test_an_engine_on_a_directory_compacts_in_a_child(
     engine.register("work", work)
     async with engine:
         assert {iid: await engine.wait(iid) for iid in results} == results
-        assert all(engine._index.instances[i].state == lc.COMPLETED for i in results)
+        assert all(engine._host.index.instances[i].state == lc.COMPLETED for i in results)
 
 
 @pytest.mark.parametrize("point", ["compact.after-temp-sync", "compact.after-rename"])

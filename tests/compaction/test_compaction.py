@@ -311,10 +311,10 @@ async def outcome(engine: Engine, iid: str) -> tuple[Any, ...]:
 async def engine_view(engine: Engine) -> dict[str, Any]:
     """Every answer the engine gives about every instance, values decoded."""
     view: dict[str, Any] = {}
-    journal = engine._require()
+    journal = engine._backend.journal
     for status in engine.instances():
         iid = status.instance_id
-        entry = engine._index.instances[iid]
+        entry = engine._host.index.instances[iid]
         steps: dict[str, Any] = {}
         for key, step in entry.steps.items():
             kind = ix.entry_kind(step)
@@ -325,10 +325,10 @@ async def engine_view(engine: Engine) -> dict[str, Any]:
                 steps[key] = ("failed", rec[5], rec[6])
             else:
                 steps[key] = ("started",)
-        signals = {k: await engine._value(v, 5) for k, v in (entry.signals or {}).items()}
+        signals = {k: await engine._host.value(v, 5) for k, v in (entry.signals or {}).items()}
         finished = status.state in ("completed", "failed", "cancelled")
         view[iid] = {
-            "status": status, "input": await engine._value(entry.input, 5), "steps": steps,
+            "status": status, "input": await engine._host.value(entry.input, 5), "steps": steps,
             "signals": signals, "outcome": await outcome(engine, iid) if finished else None,
         }
     return view
@@ -336,7 +336,7 @@ async def engine_view(engine: Engine) -> dict[str, Any]:
 
 async def roll(engine: Engine, watch: CompactionWatch, tag: str) -> None:
     """Write until the active segment is sealed, then wait until it is compacted."""
-    journal = engine._require()
+    journal = engine._backend.journal
     segment = journal.writer.segment
     n = 0
     while journal.writer.segment == segment:
@@ -348,7 +348,7 @@ async def roll(engine: Engine, watch: CompactionWatch, tag: str) -> None:
 def in_blocks(engine: Engine) -> int:
     """How many locations of the live index point inside compacted blocks."""
     count = 0
-    for entry in engine._index.instances.values():
+    for entry in engine._host.index.instances.values():
         for value in (entry.input, entry.outcome, *entry.steps.values()):
             if isinstance(value, int):
                 loc = ix.entry_loc(value) if value in entry.steps.values() else value
@@ -378,9 +378,9 @@ async def lifetime_one(engine: Engine, world: World) -> dict[str, Any]:
         assert await outcome(engine, iid) == want, iid
     await roll(engine, watch, "fill-a")
     assert watch.done > 0
-    assert engine._compaction is not None
-    assert engine._compaction.runs >= watch.done
-    assert any(name.startswith("cmp-") for name in engine._require().storage.list())
+    assert engine._backend.compaction is not None
+    assert engine._backend.compaction.runs >= watch.done
+    assert any(name.startswith("cmp-") for name in engine._backend.journal.storage.list())
 
     # Every answer, large values read back from compacted blocks included.
     view = await engine_view(engine)
@@ -461,9 +461,9 @@ async def test_a_roll_over_during_a_compaction_is_compacted_without_waiting_for_
     world = World(delay=1)
     engine = build(Engine.builder().in_memory(MemoryStorage()).clock(ManualClock()), world)
     async with engine:
-        compaction = engine._compaction
+        compaction = engine._backend.compaction
         assert compaction is not None
-        journal = engine._require()
+        journal = engine._backend.journal
         original = compaction.compact
         started: list[int] = []
 

@@ -478,7 +478,7 @@ async def failed_compaction(op: str) -> tuple[set[str], set[str]]:
     for name, fn in workflows(steps).items():
         engine.register(name, fn)
     async with engine:
-        compaction = engine._compaction
+        compaction = engine._backend.compaction
         assert compaction is not None
         original = compaction.compact
         failed = trio.Event()
@@ -487,7 +487,7 @@ async def failed_compaction(op: str) -> tuple[set[str], set[str]]:
         async def compact(*args: Any) -> None:
             if compaction.runs == 1:  # the second compaction fails
                 expired.update(
-                    iid for iid, e in engine._index.instances.items()
+                    iid for iid, e in engine._host.index.instances.items()
                     if e.state == lc.COMPLETED
                 )
                 storage.failing = op
@@ -509,15 +509,15 @@ async def failed_compaction(op: str) -> tuple[set[str], set[str]]:
         await engine.invoke("short", instance_id="later")
         assert await engine.wait("later") == 1
         for iid in sorted(expired):
-            if iid in engine._index.instances:
+            if iid in engine._host.index.instances:
                 assert engine.status(iid).state == "completed"
                 await engine.forget(iid, "only")  # a record of it, after the failure
             else:
                 with pytest.raises(UnknownInstance):
                     await engine.forget(iid, "only")
-        journal = engine._require()
+        journal = engine._backend.journal
         live = answers(
-            engine._index, lambda loc: read_record_at(storage, journal.writer.salts, loc)
+            engine._host.index, lambda loc: read_record_at(storage, journal.writer.salts, loc)
         )
     assert await reopened(storage) == live
     return expired, set(live)

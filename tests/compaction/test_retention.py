@@ -94,7 +94,7 @@ def make_engine(storage: MemoryStorage, clock: ManualClock, gates: Gates,
 
 async def compact_now(engine: Engine, watch: CompactionWatch, tag: str) -> None:
     """Seal the active segment with filler instances, then wait for its compaction."""
-    journal = engine._require()
+    journal = engine._backend.journal
     segment, n = journal.writer.segment, 0
     while journal.writer.segment == segment:
         n += 1
@@ -107,7 +107,7 @@ def gone(engine: Engine, iid: str) -> bool:
         engine.status(iid)
     except UnknownInstance:
         assert iid not in {s.instance_id for s in engine.instances()}
-        assert iid not in engine._index.instances
+        assert iid not in engine._host.index.instances
         return True
     return False
 
@@ -258,7 +258,7 @@ async def test_the_memory_index_shrinks_as_finished_instances_expire(
         await compact_now(engine, watch, "fill")
         left = {s.instance_id for s in engine.instances()}
         assert not any(iid.startswith(("d", "warm")) for iid in left)
-        assert 0 < len(engine._index.instances) < 10
+        assert 0 < len(engine._host.index.instances) < 10
     assert in_journal(storage) == left
 
 
@@ -289,13 +289,13 @@ async def test_a_restart_in_flight_while_compaction_drops_expired_instances_keep
     storage, gates = HeldCommit(), Gates()
     engine = make_engine(storage, ManualClock(), gates, retention=0)
     async with engine:
-        compaction = engine._compaction
+        compaction = engine._backend.compaction
         assert compaction is not None
         original = compaction.compact
         restarted = trio.Event()
 
         async def compact(*args: Any) -> None:
-            if "old" in engine._index.instances and not restarted.is_set():
+            if "old" in engine._host.index.instances and not restarted.is_set():
                 storage.armed = True  # hold the restart's commit mid-fsync
 
                 async def restart() -> None:
@@ -363,14 +363,14 @@ async def test_invoking_an_id_being_compacted_away_waits_for_the_outcome(
         await engine.wait(await engine.invoke("done", instance_id="x"))
         await trio.sleep(2 * HOUR)  # virtual time: x expires
         async with trio.open_nursery() as nursery:
-            journal = engine._require()
+            journal = engine._backend.journal
             segment, n = journal.writer.segment, 0
             while journal.writer.segment == segment:  # seal: a compaction starts
                 n += 1
                 await engine.wait(await engine.invoke("fill", instance_id=f"f-{n}"))
             await held.reached.wait()
-            assert engine._compaction is not None
-            assert "x" in engine._compaction.retiring
+            assert engine._backend.compaction is not None
+            assert "x" in engine._backend.compaction.retiring
             invoked: list[str] = []
 
             async def invoke_again() -> None:
@@ -382,7 +382,7 @@ async def test_invoking_an_id_being_compacted_away_waits_for_the_outcome(
             held.release.set()
         assert invoked == ["x"]
         assert await engine.wait("x") == "v-x"
-        assert not engine._compaction.retiring
+        assert not engine._backend.compaction.retiring
     # Either way the journal holds exactly one instance x, and it is finished.
     creations = []
     scan(storage, lambda rec, loc: creations.append(rec) if rec[3] == "x" and rec[0] == 1 else None)
@@ -423,8 +423,8 @@ async def test_an_engine_stopping_during_a_child_compaction_kills_it_and_opens_t
         while not started.is_set():  # fill until a roll-over starts a compaction
             n += 1
             await engine.wait(await engine.invoke("fill", instance_id=f"f-{n}"))
-        assert engine._compaction is not None
-        assert "x" in engine._compaction.retiring
+        assert engine._backend.compaction is not None
+        assert "x" in engine._backend.compaction.retiring
     # The exit did not wait for the child: it killed it, and put x back.
     assert len(outcome) == 1
     assert not outcome[0].startswith("exit")  # cancelled (in trio's group), not finished

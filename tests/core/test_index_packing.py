@@ -415,20 +415,20 @@ async def test_a_restarted_packed_instance_replays_its_memoised_steps(tmp_path: 
     async with engine:
         iid = await engine.invoke("counted", instance_id="x")
         first = await engine.wait(iid)
-        assert engine._index.instances[iid].packed
+        assert engine._host.index.instances[iid].packed
     calls = dict(workflow.calls)
     # The next start loads the entry from the snapshot, still packed.
     engine = engine_on(tmp_path / "j", workflow)
     async with engine:
-        assert engine._journal is not None
-        assert engine._journal.resumed
-        entry = engine._index.instances[iid]
+        assert engine._backend.journal is not None
+        assert engine._backend.journal.resumed
+        entry = engine._host.index.instances[iid]
         assert entry.packed
         assert engine.status(iid).steps == 5
         await engine.restart(iid)
         assert await engine.wait(iid) == first
         assert workflow.calls == calls  # every step replayed from the journal
-        assert engine._index.instances[iid].packed  # finished again: packed again
+        assert engine._host.index.instances[iid].packed  # finished again: packed again
 
 
 async def test_a_forget_on_a_packed_instance_forgets_only_its_keys(tmp_path: Path) -> None:
@@ -437,7 +437,7 @@ async def test_a_forget_on_a_packed_instance_forgets_only_its_keys(tmp_path: Pat
     async with engine:
         iid = await engine.invoke("counted", instance_id="x")
         await engine.wait(iid)
-        entry = engine._index.instances[iid]
+        entry = engine._host.index.instances[iid]
         assert entry.packed
         await engine.forget(iid, "a:*")
         assert entry.packed  # a finished instance stays packed
@@ -451,8 +451,8 @@ async def test_a_forget_on_a_packed_instance_forgets_only_its_keys(tmp_path: Pat
     storage_path = tmp_path / "j"
     engine = engine_on(storage_path, workflow)
     async with engine:
-        assert engine._journal is not None
-        assert engine._journal.resumed
-        assert list(engine._index.instances[iid].steps) == [
+        assert engine._backend.journal is not None
+        assert engine._backend.journal.resumed
+        assert list(engine._host.index.instances[iid].steps) == [
             "b:1", "big", "big:value", "a:1", "a:2"
         ]

@@ -62,7 +62,7 @@ async def test_early_signal_is_kept_and_consumed_without_suspending() -> None:
         assert engine.status(iid).state == "running"
         gate.set()
         assert await finish(engine, iid) == ["data", {"ok": True}]
-        storage = engine._make_storage()
+        storage = engine._backend.make_storage()
         assert types_of(storage, iid) == ["created", "signalled", "step_done", "completed"]
 
 
@@ -79,10 +79,10 @@ async def test_early_signal_for_a_later_key_keeps_the_current_suspension() -> No
         await engine.signal("wf", iid, "second", 2)
         status = engine.status(iid)
         assert (status.state, status.key, status.status) == ("suspended", "first", "one")
-        assert not engine._active  # the early signal woke nothing
+        assert not engine._host.running  # the early signal woke nothing
         await engine.signal("wf", iid, "first", 1)
         assert await finish(engine, iid) == [1, 2]
-        assert types_of(engine._make_storage(), iid).count("suspended") == 1
+        assert types_of(engine._backend.make_storage(), iid).count("suspended") == 1
 
 
 async def test_early_signal_is_kept_across_an_engine_restart() -> None:
@@ -131,7 +131,7 @@ async def test_signal_racing_the_suspension_record_is_never_lost() -> None:
                 gates[iid].set()
             with trio.fail_after(10):
                 assert await finish(engine, iid) == n
-            kinds = types_of(engine._make_storage(), iid)
+            kinds = types_of(engine._backend.make_storage(), iid)
             orders.add(tuple(k for k in kinds if k in ("suspended", "signalled")))
             if len(orders) == 2:
                 break
@@ -205,7 +205,7 @@ async def test_signal_after_the_suspension_timed_out_is_refused(
         with pytest.raises(SignalAlreadyDelivered, match="timed out"):
             await engine.signal("wf", iid, "k", "late")
         assert written(engine) == before
-        assert "signalled" not in types_of(engine._make_storage(), iid)
+        assert "signalled" not in types_of(engine._backend.make_storage(), iid)
 
 
 async def test_signal_past_the_deadline_is_refused_before_the_poller_runs(
@@ -300,7 +300,7 @@ async def test_two_concurrent_signals_exactly_one_succeeds() -> None:
         winner = next(p for p, o in outcomes.items() if o == "delivered")
         assert await finish(engine, iid) == winner
         signals = [
-            rec for rec in records_of(engine._make_storage())
+            rec for rec in records_of(engine._backend.make_storage())
             if rec.type == "signalled" and rec.instance == iid
         ]
         assert len(signals) == 1
@@ -329,4 +329,4 @@ async def test_many_concurrent_signals_to_many_instances() -> None:
         for n, iid in enumerate(ids):
             result = await finish(engine, iid)
             assert result[0] == n
-        assert types_of(engine._make_storage()).count("signalled") == 50
+        assert types_of(engine._backend.make_storage()).count("signalled") == 50

@@ -85,7 +85,7 @@ async def test_approval_survives_a_process_restart_between_suspend_and_signal(
         assert status.steps == 1
         assert [s.instance_id for s in engine.instances("suspended")] == ["order-42"]
         # Nothing of the workflow runs in this process until the signal.
-        assert not engine._active
+        assert not engine._host.running
         await engine.signal("approval", "order-42", APPROVAL_KEY, True)
         with trio.fail_after(30):
             result = await finish(engine, "order-42")
@@ -131,7 +131,7 @@ async def test_suspended_instance_resumes_in_a_later_engine_lifetime() -> None:
     engine = memory_engine(storage, wf=wf)
     async with engine:
         assert engine.status(iid).state == "suspended"
-        assert not engine._active  # a suspended instance is not resumed at start
+        assert not engine._host.running  # a suspended instance is not resumed at start
         await engine.signal("wf", iid, "go", {"n": [1, 2]})
         assert await finish(engine, iid) == {"n": [1, 2]}
     assert ledger == ["before", "after"]
@@ -417,7 +417,7 @@ async def test_suspend_inside_a_nursery_suspends_the_instance() -> None:
         iid = await engine.invoke("wf")
         await until_state(engine, iid, "suspended")
         assert engine.status(iid).key == "a"
-        assert not engine._active
+        assert not engine._host.running
         await engine.signal("wf", iid, "a", 1)
         assert await finish(engine, iid) == {"a": 1}
     assert ran == ["side"]
@@ -451,7 +451,7 @@ async def test_suspend_rejects_bad_arguments_and_writes_nothing() -> None:
     async with engine:
         iid = await engine.invoke("wf")
         assert await finish(engine, iid) == ["ValueError", "ValueError", "TypeError"]
-    assert "suspended" not in types_of(engine._make_storage(), iid)
+    assert "suspended" not in types_of(engine._backend.make_storage(), iid)
 
 
 # -- cancel and restart -----------------------------------------------------
@@ -475,7 +475,7 @@ async def test_cancel_a_suspended_instance(autojump_clock: trio.testing.MockCloc
         await trio.sleep(2 * 3600)
         await engine.cancel(iid)
         assert written(engine) == before
-        assert not engine._active
+        assert not engine._host.running
     assert ledger == []
 
 

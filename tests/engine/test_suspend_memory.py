@@ -66,8 +66,8 @@ async def check_dropped(wait: str, state: str) -> None:
         gc.collect()
         assert len(refs) == 1
         assert refs[0]() is None, "the workflow's frame outlived its suspension"
-        assert not engine._active
-        assert not engine._scopes
+        assert not engine._host.running
+        assert not engine._host.scopes
         assert engine_tasks(engine) == services
         assert all_tasks() == everything
         if wait == "timer":
@@ -143,7 +143,7 @@ async def test_ten_thousand_waiting_instances_stay_bounded(autojump_clock: MockC
         # Every instance has settled into its wait and no runner is left.
         await trio.testing.wait_all_tasks_blocked()
         assert len(ids) == count
-        assert not engine._active
+        assert not engine._host.running
         assert len(engine.instances("suspended")) == count // 2
         assert len(engine.instances("sleeping")) == count // 2
         assert engine_tasks(engine) == services
@@ -167,10 +167,10 @@ async def test_ten_thousand_waiting_instances_stay_bounded(autojump_clock: MockC
             gc.collect()
             held = tracemalloc.get_traced_memory()[0] - before
             tracemalloc.stop()
-            assert len(engine._index.instances) == count
+            assert len(engine._host.index.instances) == count
             assert engine_tasks(engine) == services
             assert all_tasks() == everything
-            assert not engine._active
+            assert not engine._host.running
             assert engine._timers is not None
             assert len(engine._timers) == deadlines
     finally:

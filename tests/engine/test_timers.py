@@ -60,14 +60,14 @@ async def test_timer_sleeps_with_nothing_in_memory_and_fires_after_its_deadline(
         assert (status.state, status.key, status.status) == ("sleeping", "nap", None)
         assert status.deadline == datetime.fromtimestamp(START + 3600, tz=UTC)
         assert engine.instances("sleeping") == [status]
-        assert not engine._active
+        assert not engine._host.running
         assert engine_tasks(engine) == services
         fired_at = await finish(engine, iid)
         assert fired_at - began == pytest.approx(3600, abs=0.01)
         assert engine.status(iid).state == "completed"
         assert engine.status(iid).deadline is None
     assert ledger == ["before", "after"]
-    kinds = types_of(engine._make_storage(), iid)
+    kinds = types_of(engine._backend.make_storage(), iid)
     assert kinds == ["created", "step_done", "timer_set", "timer_fired", "step_done", "completed"]
 
 
@@ -101,7 +101,7 @@ async def test_zero_delay_does_not_sleep(autojump_clock: MockClock) -> None:
         began = trio.current_time()
         iid = await engine.invoke("wf")
         assert await finish(engine, iid) == began
-        assert "timer_fired" in types_of(engine._make_storage(), iid)
+        assert "timer_fired" in types_of(engine._backend.make_storage(), iid)
 
 
 async def test_negative_delay_is_an_error(autojump_clock: MockClock) -> None:
@@ -110,7 +110,7 @@ async def test_negative_delay_is_an_error(autojump_clock: MockClock) -> None:
         iid = await engine.invoke("wf")
         with pytest.raises(WorkflowFailed, match="ValueError"):
             await finish(engine, iid)
-        assert "timer_set" not in types_of(engine._make_storage(), iid)
+        assert "timer_set" not in types_of(engine._backend.make_storage(), iid)
 
 
 async def test_restart_mid_sleep_keeps_the_deadline_and_fires_at_it(

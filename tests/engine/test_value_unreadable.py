@@ -85,7 +85,7 @@ async def test_an_unreadable_value_stops_the_instance_and_the_next_start_finishe
             await trio.testing.wait_all_tasks_blocked()
             assert storage.failures > 0
             assert engine.status("i").state == "running"  # not failed, not completed
-            assert "i" not in engine._active  # stopped
+            assert "i" not in engine._host.running  # stopped
     assert "a recorded value cannot be read" in caplog.text
     storage.broken = False
     kinds = [rec[0] for rec in _records(storage)]

@@ -54,8 +54,8 @@ async def compacted_journal(**failing: Any) -> MemoryStorage:
         # Background compaction runs inline on a MemoryStorage: once every
         # task waits, it is done, and the exit has leftovers to delete.
         await trio.testing.wait_all_tasks_blocked()
-        assert engine._compaction is not None
-        assert engine._compaction.leftovers_upto
+        assert engine._backend.compaction is not None
+        assert engine._backend.compaction.leftovers_upto
         storage.armed = True  # only what the engine does on its way out fails
     storage.armed = False
     return storage
@@ -245,7 +245,7 @@ async def test_a_failure_while_the_engine_starts_closes_it_and_leaves_trio_intac
         assert await workload.until_settled(first, "a") == "suspended"
     write_handover(str(path), encode_handover("waits", "a", "go", Codec().encode("yes")))
     failing = engine()
-    failing._make_storage = lambda: FullDisk(path, create=False)
+    failing._backend.make_storage = lambda: FullDisk(path, create=False)
     with pytest.raises(JournalFailed, match="ENOSPC"):
         async with failing:
             pytest.fail("the engine started on a full disk")

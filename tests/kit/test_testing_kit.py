@@ -428,7 +428,7 @@ async def test_memory_engine_applies_configure_before_storage_and_clock() -> Non
         {"wf": order_workflow(Ledger())}, configure=lambda b: b.max_running(1)
     )
     assert engine._max_running == 1
-    assert engine._clock is clock
+    assert engine._host.clock is clock
 
 
 async def test_wait_for_state_fails_when_the_instance_finishes_elsewhere() -> None:

@@ -45,8 +45,8 @@ async def flow(ctx: Context) -> Any:
 
 async def build(storage: Storage, instances: int = 40, segment_size: int = 8192) -> None:
     engine = Engine.builder().in_memory().build()
-    engine._make_storage = lambda: storage  # the same storage, memory or disk
-    engine._segment_size = segment_size
+    engine._backend.make_storage = lambda: storage  # the same storage, memory or disk
+    engine._backend.segment_size = segment_size
     engine.register("flow", flow)
     async with engine:
         for n in range(instances):

@@ -338,9 +338,9 @@ def copy_records(records: list[list[Any]]) -> list[list[Any]]:
 
 async def step_value(engine: Any, iid: str, key: str) -> Any:
     """The decoded memoised value of a done step (read back if not inline)."""
-    entry = engine._index.instances[iid].steps[key]
+    entry = engine._host.index.instances[iid].steps[key]
     assert ix.entry_kind(entry) == ix.STEP_DONE_AT
-    return await engine._value(entry if type(entry) is bytes else ix.entry_loc(entry), 5)
+    return await engine._host.value(entry if type(entry) is bytes else ix.entry_loc(entry), 5)
 
 
 class CompactionWatch:
@@ -351,7 +351,7 @@ class CompactionWatch:
     """
 
     def __init__(self, engine: Any) -> None:
-        compaction = engine._compaction
+        compaction = engine._backend.compaction
         assert compaction is not None, "background compaction is off"
         self.compaction = compaction
         self.engine = engine
@@ -373,7 +373,7 @@ class CompactionWatch:
 
     async def through_sealed(self) -> int:
         """Wait until every segment sealed by now is compacted; return the last one."""
-        journal = self.engine._journal
+        journal = self.engine._backend.journal
         target = journal.writer.segment - 1
         # On a MockClock a missing compaction lets the clock jump here at once.
         with trio.fail_after(patience()):

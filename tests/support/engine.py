@@ -65,7 +65,7 @@ class Home:
             self._engine = _configure(Engine.builder().in_memory(), settings).build()
         self._current.update(workflows)
         for name in workflows:
-            if name not in self._engine._workflows:
+            if name not in self._engine._host.workflows:
                 self._engine.register(name, self._dispatch(name))
         return self._engine
 
@@ -83,7 +83,7 @@ class Home:
             storage = self.storage
         else:
             assert self._engine is not None
-            storage = self._engine._make_storage()
+            storage = self._engine._backend.make_storage()
         return list(JournalReader(storage))
 
 

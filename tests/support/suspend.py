@@ -76,20 +76,20 @@ async def until(
 
     def settled() -> bool:
         status = engine.status(instance_id)
-        gone = status.state == "running" or instance_id not in engine._active
+        gone = status.state == "running" or instance_id not in engine._host.running
         return gone and check(status)
 
     with trio.fail_after(patience()):
         while not settled():
-            event = engine._changed.setdefault(instance_id, trio.Event())
+            event = engine._host.changed(instance_id)
             await event.wait()
 
 
 def written(engine: Engine) -> tuple[int, int]:
     """(records applied to the index, the seq the journal would give next)."""
-    journal = engine._journal
+    journal = engine._backend.journal
     assert journal is not None
-    return engine._index.records, journal.next_seq
+    return engine._host.index.records, journal.next_seq
 
 
 def limit_writes(engine: Engine, limit: int) -> None:
@@ -99,7 +99,7 @@ def limit_writes(engine: Engine, limit: int) -> None:
     the runaway loop writes a record each time and never lets a MockClock
     jump, so a timeout alone would never fire.
     """
-    journal = engine._journal
+    journal = engine._backend.journal
     assert journal is not None
     append_many = journal.append_many
     count = 0

@@ -404,7 +404,7 @@ async def main(path: str, first: int, rounds: int, per_round: int) -> None:
     engine = Engine.builder().open(path).segment_size(4096).build()
     engine.register("work", work)
     async with engine:
-        compaction, compacted = engine._compaction, trio.Event()
+        compaction, compacted = engine._backend.compaction, trio.Event()
         original = compaction.compact
 
         async def compact(*args):
@@ -416,7 +416,7 @@ async def main(path: str, first: int, rounds: int, per_round: int) -> None:
         compaction.compact = compact
         if first == 0:  # something for the followers to show before the rounds
             await engine.wait(await engine.invoke("work", -1, instance_id="warm-up"))
-        print(json.dumps({"last_seq": engine._journal.writer.next_seq - 1}), flush=True)
+        print(json.dumps({"last_seq": engine._backend.journal.writer.next_seq - 1}), flush=True)
         for rnd in range(first, first + rounds):
             await trio.to_thread.run_sync(sys.stdin.readline)
             ids = [
@@ -427,12 +427,12 @@ async def main(path: str, first: int, rounds: int, per_round: int) -> None:
                 await engine.wait(instance_id)
             # Compaction runs in a child process: let it catch up, so each
             # round's report comes after the compactions of its roll-overs.
-            while compaction.compacted_upto < engine._journal.applied_segment - 1:
+            while compaction.compacted_upto < engine._backend.journal.applied_segment - 1:
                 await compacted.wait()
             # Private, for the test only: the last seq, and compactions so far.
             print(json.dumps({
-                "last_seq": engine._journal.writer.next_seq - 1,
-                "compactions": engine._compaction.runs,
+                "last_seq": engine._backend.journal.writer.next_seq - 1,
+                "compactions": engine._backend.compaction.runs,
             }), flush=True)
 
 

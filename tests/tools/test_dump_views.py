@@ -521,7 +521,7 @@ async def main(path: str) -> None:
     engine = Engine.builder().open(path).segment_size(4096).build()
     engine.register("work", work)
     async with engine, trio.open_nursery() as nursery:
-        compaction = engine._compaction
+        compaction = engine._backend.compaction
 
         async def busy() -> None:
             i = 0

@@ -1,0 +1,80 @@
+"""The backend seam: what the engine needs from the place its records live.
+
+Theory of operation. The engine keeps no state of its own that a restart
+would not rebuild: every change is a record, and the index (``_core/index``)
+is what ``Index.apply`` makes of the records in order. A backend is where
+those records live. It promises the engine four things:
+
+* ``open(index)`` takes the journal for this engine (a lock, a lease) and
+  feeds every record it holds to ``index.apply``, in order, before it
+  returns; recovery's decisions are durable by then.
+* ``append(rec)`` returns only once the record is durable and applied to
+  that same index (the one ``apply`` for replay and for live appends), so
+  the index never runs ahead of the durable history. It gives the record
+  its sequence number.
+* ``read(loc)`` returns a record the index points at (values too large to
+  keep in memory are read back on demand).
+* ``serve(calls)`` runs the backend's own background work until cancelled
+  (compaction, hand-overs from other processes): anything that must change
+  an instance goes through ``calls``, the engine's public operations, with
+  the same checks as a program's call.
+
+Everything else (running workflows, timers, the limiter, waits) is the
+engine's and the same over every backend. The local journal
+(``_backend/local.py``: a directory, or memory for tests) implements this
+protocol; a PostgreSQL journal implements it with rows, a lease and NOTIFY,
+without touching Context or the runner.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import trio
+
+from .._core.index import Index
+
+
+class EngineCalls(Protocol):
+    """The engine's public operations a backend's services may call."""
+
+    async def signal(
+        self, workflow: str, instance_id: str, key: str, payload: Any = None
+    ) -> None: ...
+
+
+class Backend(Protocol):
+    """Where an engine's records live. See the module comment."""
+
+    @property
+    def failed(self) -> str | None:
+        """Why the backend refuses writes (the engine is then unusable), or None."""
+        ...
+
+    async def open(self, index: Index) -> None:
+        """Take the journal, replay it into ``index``, make recovery durable."""
+        ...
+
+    async def close(self) -> None:
+        """Release the journal (after ``serve`` has been cancelled)."""
+        ...
+
+    async def append(self, rec: list[Any]) -> None:
+        """Durably append ``rec`` (see _core/records.make) and apply it to the index."""
+        ...
+
+    async def read(self, loc: int) -> list[Any]:
+        """The record at ``loc``, a location the index holds."""
+        ...
+
+    async def settled(self, instance_id: str) -> None:
+        """Return once ``instance_id`` is not being taken out of the index
+        by background work (compaction); at once if it is not."""
+        ...
+
+    async def serve(
+        self, calls: EngineCalls, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run background work until cancelled; ``started()`` once work left
+        for the engine by other processes has been applied."""
+        ...

@@ -1,0 +1,146 @@
+"""Host: what the engine lends the parts it runs (Context, the runner).
+
+Theory of operation. A workflow's Context and the runner that drives it are
+parts of the engine, not its clients, but they need only a few of its
+things: append a record (durable and applied before it returns), the
+instance's index entry, a recorded value decoded (kept inline, or read back
+by location), the codec, the engine's clock and its sleep, the limiter, the
+registered workflows and the cancel scope of a running instance. ``Host``
+holds exactly those, under public names, and nothing else; the Engine owns
+one and is the only code that sets it up (at each start) and tears it down.
+
+The replay of a memoised step is the hot path (about a microsecond): its
+callers read ``host.index`` and ``host.codec`` once and then go straight to
+the objects, no extra call per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._core import index as ix
+from .._core.codec import Codec, EncodeError
+from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
+from .._core.index import Index
+from .clock import Clock
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .context import Context
+
+Workflow = Callable[["Context"], Awaitable[Any]]
+
+
+class ValueUnreadable(BaseException):
+    """A recorded value could not be read back (an I/O error, damage found
+    on reading). Not the workflow's outcome: the instance stops as it is
+    recorded and runs again at the next start. A BaseException, so that a
+    workflow's ``except Exception`` cannot take it for its own error."""
+
+
+class Host:
+    """The engine's state its parts share, and the operations they may use."""
+
+    __slots__ = (
+        "_changed", "backend", "clock", "codec", "index", "limiter", "on_step_call",
+        "running", "scopes", "workflows",
+    )
+
+    def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
+        self.clock = clock
+        self.codec = codec
+        self.index = Index(inline_limit)
+        self.backend: Backend | None = None  # set while the engine runs
+        self.limiter = trio.CapacityLimiter(math.inf)
+        self.workflows: dict[str, Workflow] = {}
+        self.running: set[str] = set()  # instances with a runner task
+        self.scopes: dict[str, trio.CancelScope] = {}  # runners inside a workflow
+        self._changed: dict[str, trio.Event] = {}
+        # Called with (instance, key) right before a step's function is
+        # called (each attempt); memable_log.testing counts executions.
+        self.on_step_call: Callable[[str, str], None] | None = None
+
+    # -- the journal ----------------------------------------------------------
+
+    def require(self) -> Backend:
+        """The backend, or EngineError when the engine is not running."""
+        backend = self.backend
+        if backend is None:
+            raise EngineError("the engine is not running: use it inside `async with engine:`")
+        return backend
+
+    async def append(self, rec: list[Any]) -> None:
+        """Append a record durably; the index has it when this returns."""
+        await self.require().append(rec)
+
+    def now_ms(self) -> int:
+        """The engine's wall clock, in milliseconds (what records carry)."""
+        return self.clock.now_ms()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the engine's clock (virtual under trio's MockClock)."""
+        await self.clock.sleep(seconds)
+
+    def entry(self, instance_id: str) -> ix.InstanceEntry:
+        """The instance's index entry; UnknownInstance if there is none."""
+        entry = self.index.instances.get(instance_id)
+        if entry is None:
+            raise UnknownInstance(instance_id)
+        return entry
+
+    # -- values ---------------------------------------------------------------
+
+    def encode(self, value: Any, what: str) -> bytes:
+        """``value`` as a blob; NotSerializable (naming ``what``) if it cannot be."""
+        try:
+            return self.codec.encode(value)
+        except EncodeError as exc:
+            raise NotSerializable(what, exc.type_name, exc.reason) from None
+
+    async def value(self, where: ix.Entry, field: int) -> Any:
+        """Decode a value kept inline (a blob) or at a location (``field`` of its record)."""
+        if type(where) is bytes:
+            return self.codec.decode(where)
+        rec = await self.require().read(where)  # type: ignore[arg-type]
+        return self.codec.decode(rec[field])
+
+    async def recorded(self, loc: int) -> list[Any]:
+        """The record at ``loc``, for a workflow's replay (see ValueUnreadable)."""
+        try:
+            return await self.require().read(loc)
+        except (OSError, JournalCorrupt) as exc:
+            raise ValueUnreadable(f"record at {ix.unpack_loc(loc)}: {exc}") from exc
+
+    async def replayed(self, where: ix.Entry, field: int) -> Any:
+        """Like ``value``, for a workflow's replay (see ValueUnreadable)."""
+        if type(where) is bytes:
+            return self.codec.decode(where)
+        return self.codec.decode((await self.recorded(where))[field])  # type: ignore[arg-type]
+
+    # -- changes --------------------------------------------------------------
+
+    def changed(self, instance_id: str) -> trio.Event:
+        """An event set at the instance's next change of state (or engine stop)."""
+        event = self._changed.get(instance_id)
+        if event is None:
+            event = self._changed[instance_id] = trio.Event()
+        return event
+
+    def notify(self, instance_id: str) -> None:
+        """Wake whoever waits on ``changed(instance_id)``."""
+        event = self._changed.pop(instance_id, None)
+        if event is not None:
+            event.set()
+
+    def stopped(self) -> None:
+        """The engine stopped: wake every waiter, forget every runner."""
+        self.backend = None
+        self.running.clear()
+        self.scopes.clear()
+        for event in self._changed.values():
+            event.set()
+        self._changed.clear()
