@@ -116,15 +116,17 @@ class LocalBackend:
     ) -> None:
         storage = self._require().storage
         watcher = None
+        if isinstance(storage, FileStorage):
+            # Hand-overs left while no engine ran are applied before the engine's
+            # start returns (a failure there surfaces from it as itself).
+            await self._apply_handovers(calls, storage.path, pending(storage.path))
+            await trio.to_thread.run_sync(remove_stale_temps, storage.path)
+            watcher = InboxWatcher(storage.path)
         try:
             async with trio.open_nursery() as nursery:
                 if self.compaction is not None:
                     nursery.start_soon(self.compaction.run)
-                if isinstance(storage, FileStorage):
-                    # Hand-overs left while no engine ran are applied before we return.
-                    await self._apply_handovers(calls, storage.path, pending(storage.path))
-                    await trio.to_thread.run_sync(remove_stale_temps, storage.path)
-                    watcher = InboxWatcher(storage.path)
+                if watcher is not None:
                     nursery.start_soon(self._inbox_service, calls, watcher)
                 task_status.started()
         finally:

@@ -32,6 +32,7 @@ from memable_log import (
 from memable_log._compaction import service as _maintenance
 from memable_log._compaction.service import Compaction
 from memable_log._core import records as r
+from memable_log._core.index import Index
 from memable_log._core.codec import Codec
 from memable_log._core.format import HEADER_SIZE, parse_compacted_name, parse_segment_name
 from memable_log._core.framing import decode_block, encode_block
@@ -329,6 +330,9 @@ class RolledJournal:
         self.writer = SimpleNamespace(segment=3)
         self.applied_segment = 2
         self.rolls = 0
+        self.storage = MemoryStorage()
+        self.index = Index()
+        self.scan_result = None
 
     async def wait_for_roll(self) -> None:
         self.rolls += 1
@@ -344,23 +348,22 @@ async def test_the_compaction_service_compacts_only_applied_segments(
     segment 2 yet (its last records are not in the index)."""
     compacted: list[int] = []
 
-    async def compact(self: Compaction, engine: Any, journal: Any, storage: Any,
-                      upto: int) -> None:
+    async def compact(self: Compaction, upto: int) -> None:
         compacted.append(upto)
         self.compacted_upto = upto
 
     monkeypatch.setattr(Compaction, "compact", compact)
-    service = Compaction(None)
-    service.compacted_upto = 1
     journal = RolledJournal()
+    service = Compaction(journal, lambda: 0, None)  # type: ignore[arg-type]
+    service.compacted_upto = 1
     with trio.move_on_after(1):  # virtual time: over once the service waits
-        await service.run(None, journal, MemoryStorage())  # type: ignore[arg-type]
+        await service.run()
     assert journal.rolls == 2  # it went back to waiting for a roll-over
     assert compacted == []
     journal.applied_segment = 3  # the commit is applied: now segment 2 may go
     journal.rolls = 0
     with trio.move_on_after(1):
-        await service.run(None, journal, MemoryStorage())  # type: ignore[arg-type]
+        await service.run()
     assert compacted == [2]
 
 
@@ -439,7 +442,10 @@ async def test_compacted_away_segments_wait_for_reads_that_may_name_them(
         await journal.append_many([big_created(1)])
         loc = journal.index.instances["big1"].input
         assert type(loc) is int  # a location: reading it goes to the file
-        service = Compaction(None)
+        service = Compaction(journal, lambda: 0, None)
+        # Its own deletions go through a storage that is not blocking, so
+        # they happen inline, before the test goes on.
+        service.storage = MemoryStorage()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(journal.read, loc)  # looks up before the re-pointing...
             await trio.to_thread.run_sync(storage.reached.wait, 30)
@@ -448,9 +454,7 @@ async def test_compacted_away_segments_wait_for_reads_that_may_name_them(
 
             async def next_compaction() -> None:
                 with pytest.raises(Stop):
-                    # Its own deletions go through a storage that is not blocking,
-                    # so they happen inline, before the test goes on.
-                    await service.compact(None, journal, MemoryStorage(), 2)  # type: ignore[arg-type]
+                    await service.compact(2)
 
             nursery.start_soon(next_compaction)
             await trio.testing.wait_all_tasks_blocked()
