@@ -68,6 +68,7 @@ __all__ = [
     "status",
 ]
 
+
 class Delivery(enum.Enum):
     """How an action reached the journal; durable either way.
 
