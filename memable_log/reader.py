@@ -39,8 +39,9 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgpack
@@ -63,6 +64,7 @@ from ._core.format import (
 )
 from ._core.framing import FrameDecoder, FrameError, decode_block
 from ._core.index import Index, loc_inner, unpack_loc
+from ._core.lifecycle import STATE_NAMES
 from ._core.records import RecordView, view
 from ._core.status import InstanceStatus, status_of
 from ._storage.files import FileStorage, Storage
@@ -780,3 +782,37 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, msgpack.Timestamp):
         return {"$ext": -1, "hex": value.to_bytes().hex()}
     raise TypeError(f"unexpected decoded type {type(value).__name__}")  # pragma: no cover
+
+
+# -- names for programs that read journals ------------------------------------
+# What memable-dump (or any program) needs to name what it reads, without
+# reaching into the private modules that define them.
+
+RECORD_TYPES: Final[Mapping[int, str]] = MappingProxyType(dict(r.TYPE_NAMES))
+"""Record type codes and their names, as ``RecordView.type`` shows them.
+
+A ``state_image`` record's ``done_waits`` field maps keys to such codes.
+"""
+
+INSTANCE_STATES: Final[tuple[str, ...]] = tuple(STATE_NAMES)
+"""Instance state names, as ``InstanceStatus.state`` shows them.
+
+A ``state_image`` record's ``state`` field is an index into this tuple.
+"""
+
+
+def is_segment_file(name: str) -> bool:
+    """Whether ``name`` is the file name of a segment of a journal.
+
+    Args:
+        name: a file name (no directory), such as ``seg-0000000042.mlog`` or
+            ``cmp-0000000041.mlog``.
+
+    Returns:
+        True for a plain or a compacted segment's name; False for anything
+        else (the lock file, temporary files, the index snapshot, the inbox).
+    """
+    return _segment_file(name)
+
+
+__all__ += ["INSTANCE_STATES", "RECORD_TYPES", "is_segment_file"]

@@ -1,8 +1,9 @@
 """memable-compact: compact a journal that no engine holds.
 
-Every sealed segment, and the active one (sealed first if it has records),
-is rewritten as one compacted segment holding only what is live: every
-record of instances in flight, the memoised outcomes, signals and timers of
+A thin shell around ``memable_log.operations.compact``. Every sealed
+segment, and the active one (sealed first if it has records), is rewritten
+as one compacted segment holding only what is live: every record of
+instances in flight, the memoised outcomes, signals and timers of
 finished instances, and nothing superseded. With ``--retention``, finished
 instances unchanged for longer are dropped entirely. The rewrite is
 crash-safe (temp file, fsync, rename, directory fsync, then the old
@@ -16,16 +17,11 @@ journal: JournalLocked; the journal is damaged; a write failed), 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import time
 from collections.abc import Sequence
 
-from memable_log import EngineError, JournalLocked
-from memable_log._compaction.compactor import compact_offline
-from memable_log._storage.files import FileStorage
-from memable_log._storage.segments import segment_numbers
+from memable_log import EngineError, NotAJournal, operations
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
 
@@ -59,27 +55,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run memable-compact with ``argv`` (default: the command line); return the exit status."""
     return run(lambda: _main(argv))
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    if not os.path.isdir(args.path) or (not any(
-        n.startswith("cmp-") for n in os.listdir(args.path)
-    ) and not segment_numbers(os.listdir(args.path))):
+    try:
+        stats = operations.compact(args.path, retention=args.retention)
+    except NotAJournal:
         error(PROG, f"no journal at {args.path!r}")
         return EXIT_USAGE
-    retention_ms = None if args.retention is None else round(args.retention * 1000)
-    try:
-        stats = compact_offline(
-            FileStorage(args.path, create=False),
-            now_ms=round(time.time() * 1000),
-            retention_ms=retention_ms,
-        )
-    except JournalLocked as exc:
-        error(PROG, str(exc))
-        return EXIT_FAILED
-    except EngineError as exc:
+    except EngineError as exc:  # JournalLocked, JournalCorrupt
         error(PROG, str(exc))
         return EXIT_FAILED
     except OSError as exc:

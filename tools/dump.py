@@ -40,19 +40,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from memable_log import JournalCorrupt, JournalFormatError
-from memable_log._core.format import parse_compacted_name, parse_segment_name
-from memable_log._core.lifecycle import STATE_NAMES
-from memable_log._core.records import TYPE_NAMES
-from memable_log._core.status import InstanceStatus
+from memable_log import InstanceStatus, JournalCorrupt, JournalFormatError
 from memable_log.reader import (
     DEFAULT_INTERVAL,
+    INSTANCE_STATES,
+    RECORD_TYPES,
     FollowGap,
     JournalReader,
     NotAJournal,
     RecordView,
     decode_value,
     follow_journal,
+    is_segment_file,
     read_journal,
 )
 
@@ -66,7 +65,7 @@ PROG = "memable-dump"
 _LOOKAHEAD = 256
 _INSTANCE_CAP = 36
 _KEY_CAP = 32
-_TYPE_WIDTH = max(len(name) for name in TYPE_NAMES.values())
+_TYPE_WIDTH = max(len(name) for name in RECORD_TYPES.values())
 _VALUE_WIDTH = 60  # one decoded value in the text output
 _MESSAGE_WIDTH = 80  # an error message in the text output
 _BARE = re.compile(r"[\w.:/@+\-]+")
@@ -113,12 +112,12 @@ def _names(text: str, valid: Iterable[str], what: str) -> list[str]:
 
 def _record_types(text: str) -> list[str]:
     """argparse type for --type: comma-separated record type names."""
-    return _names(text, TYPE_NAMES.values(), "record type")
+    return _names(text, RECORD_TYPES.values(), "record type")
 
 
 def _states(text: str) -> list[str]:
     """argparse type for --state: comma-separated instance state names."""
-    return _names(text, STATE_NAMES, "state")
+    return _names(text, INSTANCE_STATES, "state")
 
 
 def _interval(text: str) -> float:
@@ -171,7 +170,7 @@ def summary(rec: RecordView) -> str:
             parts.append(f"state={_state_name(value)}")
         elif isinstance(value, dict):  # state_image: timers, done_waits
             shown = {
-                k: c.iso_ms(v) if name == "timers" else TYPE_NAMES.get(v, v)
+                k: c.iso_ms(v) if name == "timers" else RECORD_TYPES.get(v, v)
                 for k, v in value.items()
             }
             parts.append(f"{name}={c.clip(_compact(shown), _VALUE_WIDTH)}")
@@ -236,7 +235,7 @@ class TextPrinter:
 
 
 def _state_name(state: int) -> str:
-    return STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else str(state)
+    return INSTANCE_STATES[state] if 0 <= state < len(INSTANCE_STATES) else str(state)
 
 
 def _key(rec: RecordView) -> str:
@@ -390,7 +389,7 @@ def stats_json(reader: JournalReader, statuses: Sequence[InstanceStatus]) -> dic
         "leftovers": reader.skipped,
         "instances": {
             "total": len(statuses),
-            "by_state": {state: by_state.get(state, 0) for state in STATE_NAMES},
+            "by_state": {state: by_state.get(state, 0) for state in INSTANCE_STATES},
         },
         "torn_tail": None if torn is None else {
             "file": os.path.basename(torn.file), "segment": torn.segment,
@@ -487,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--type", action="append", type=_record_types, metavar="TYPE", dest="types",
         help=f"only records of these types (repeatable or comma-separated): "
-        f"{', '.join(TYPE_NAMES.values())}",
+        f"{', '.join(RECORD_TYPES.values())}",
     )
     parser.add_argument(
         "-f", "--follow", action="store_true",
@@ -506,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state", action="append", type=_states, metavar="STATE", dest="states",
         help=f"with --instances: only instances in these states (repeatable or "
-        f"comma-separated): {', '.join(STATE_NAMES)}",
+        f"comma-separated): {', '.join(INSTANCE_STATES)}",
     )
     parser.add_argument(
         "--stats", action="store_true",
@@ -618,8 +617,7 @@ def _guarded(args: argparse.Namespace, err: TextIO, body: Callable[[], int]) -> 
 
 
 def _is_segment(path: object) -> bool:
-    name = os.path.basename(path) if isinstance(path, str) else ""
-    return parse_segment_name(name) is not None or parse_compacted_name(name) is not None
+    return isinstance(path, str) and is_segment_file(os.path.basename(path))
 
 
 class _CannotOpen(OSError):

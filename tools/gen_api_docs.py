@@ -1,7 +1,8 @@
 """Generate docs/api.md from the docstrings of every public name.
 
 Theory of operation. The public surface is ``__all__`` of ``memable_log``,
-``memable_log.reader`` and ``memable_log.testing``. Each name is rendered
+``memable_log.reader``, ``memable_log.operations`` and
+``memable_log.testing``. Each name is rendered
 once, under the module that defines it for users: the journal's names,
 which ``memable_log`` re-exports, under ``memable_log.reader``. A class
 shows its constructor's signature, its docstring, and its own public
@@ -38,7 +39,7 @@ from typing import Any, ForwardRef
 
 ROOT = Path(__file__).resolve().parent.parent
 API_MD = ROOT / "docs" / "api.md"
-MODULES = ("memable_log", "memable_log.reader", "memable_log.testing")
+MODULES = ("memable_log", "memable_log.reader", "memable_log.operations", "memable_log.testing")
 HEADER = """\
 # API reference
 
@@ -52,6 +53,7 @@ on disk in [format.md](format.md), and how to test workflows in
 """
 NOTES = {
     "memable_log.reader": "These names are also importable from `memable_log`.",
+    "memable_log.operations": "Import it explicitly: `from memable_log import operations`.",
     "memable_log.testing": "Import it explicitly: `from memable_log import testing`.",
 }
 # Classes users get from the library rather than construct: no __init__ shown.
@@ -122,6 +124,9 @@ def _render_class(qualified: str, cls: type) -> str:
             f"    {f}: {_annotation(cls.__annotations__.get(f, 'Any'))}\n" for f in cls._fields
         )
         parts.append(f"```python\nclass {cls.__name__}(NamedTuple):\n{fields}```\n")
+    elif issubclass(cls, enum.Enum):  # its members, not Enum's constructor
+        members = "".join(f"    {m.name} = {m.value!r}\n" for m in cls)
+        parts.append(f"```python\nclass {head}:\n{members}```\n")
     elif signature is None:
         parts.append(f"```python\nclass {head}: ...\n```\n")
     else:

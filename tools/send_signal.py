@@ -1,9 +1,9 @@
 """memable-signal: deliver a signal to a suspended instance from another process.
 
-If no engine holds the journal, the tool takes the lock and appends the
-signal itself. If an engine holds it, the tool checks the journal read-only
-and hands the signal over through the journal's inbox (durably: see
-memable_log/_inbox.py); the engine applies it within moments.
+A thin shell around ``memable_log.operations.signal``: if no engine holds
+the journal, the signal is appended; if one does, it is checked read-only
+and handed over through the journal's inbox (durably), and the engine
+applies it within moments.
 
 Exit status: 0 delivered (appended, or handed over durably), 1 refused
 (unknown instance, workflow mismatch, key already signalled or timed out,
@@ -15,31 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from collections.abc import Sequence
 
-from memable_log import EngineError, JournalLocked
-from memable_log._core.codec import Codec, EncodeError
-from memable_log._core.index import Index
-from memable_log._core.records import SIGNALLED, make
-from memable_log._core.signals import check_signal
-from memable_log._journal.offline import OfflineJournal
-from memable_log._storage.files import FileStorage
-from memable_log._storage.inbox import (
-    HandoverError,
-    decode_handover,
-    encode_handover,
-    pending,
-    read_handover,
-    write_handover,
-)
-from memable_log._storage.segments import scan, segment_numbers
+from memable_log import EngineError, NotAJournal, NotSerializable, operations
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
 
 PROG = "memable-signal"
+_HOW = {
+    operations.Delivery.APPENDED: "appended to the journal",
+    operations.Delivery.HANDED_OVER: "handed over to the running engine",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run memable-signal with ``argv`` (default: the command line); return the exit status."""
     return run(lambda: _main(argv))
 
 
@@ -71,29 +59,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except json.JSONDecodeError as exc:
         error(PROG, f"the payload is not valid JSON: {exc}")
         return EXIT_USAGE
-    if not os.path.isdir(args.path) or not segment_numbers(os.listdir(args.path)):
+    try:
+        how = operations.signal(args.path, args.workflow, args.instance, args.key, payload)
+    except NotAJournal:
         error(PROG, f"no journal at {args.path!r}")
         return EXIT_USAGE
-    try:
-        blob = Codec().encode(payload)
-    except EncodeError as exc:  # JSON values always encode; a guard, not a path
+    except NotSerializable as exc:  # JSON values always encode; a guard, not a path
         error(PROG, f"cannot encode the payload: {exc}")
         return EXIT_USAGE
-    storage = FileStorage(args.path, create=False)
-    now_ms = round(time.time() * 1000)
-    try:
-        try:
-            with OfflineJournal(storage) as journal:
-                check_signal(journal.index, args.workflow, args.instance, args.key, now_ms)
-                journal.append([make(SIGNALLED, now_ms, args.instance, args.key, blob)])
-            how = "appended to the journal"
-        except JournalLocked:
-            index = _read_index(storage)
-            check_signal(index, args.workflow, args.instance, args.key, now_ms)
-            _check_inbox(args.path, args.instance, args.key)
-            data = encode_handover(args.workflow, args.instance, args.key, blob)
-            write_handover(args.path, data)
-            how = "handed over to the running engine"
     except EngineError as exc:
         error(PROG, str(exc))
         return EXIT_FAILED
@@ -101,45 +74,8 @@ def _main(argv: Sequence[str] | None) -> int:
         error(PROG, f"cannot write the signal: {exc}")
         return EXIT_FAILED
     if not args.quiet:
-        print(f"signal {args.key!r} for instance {args.instance!r} {how}")
+        print(f"signal {args.key!r} for instance {args.instance!r} {_HOW[how]}")
     return EXIT_OK
-
-
-def _read_index(storage: FileStorage, attempts: int = 10) -> Index:
-    """The journal's index, read without the lock while an engine runs.
-
-    The engine's compaction deletes the segments it replaced, so a file
-    listed a moment ago can be gone when it is read: read again, from the
-    new listing.
-    """
-    for _ in range(attempts - 1):
-        index = Index()
-        try:
-            scan(storage, index.apply)
-            return index
-        except FileNotFoundError:
-            continue
-    index = Index()
-    scan(storage, index.apply)
-    return index
-
-
-def _check_inbox(path: str, instance_id: str, key: str) -> None:
-    """Refuse a key that a hand-over still waiting in the inbox already signals."""
-    for name in pending(path):
-        try:
-            _, waiting_instance, waiting_key, _ = decode_handover(read_handover(path, name))
-        except (HandoverError, OSError):
-            continue  # the engine reports damaged hand-overs; a vanished one was applied
-        if (waiting_instance, waiting_key) == (instance_id, key):
-            raise _Refused(
-                f"a signal for key {key!r} of instance {instance_id!r} is already handed "
-                "over and waiting for the engine; a key takes one signal"
-            )
-
-
-class _Refused(EngineError):
-    pass
 
 
 if __name__ == "__main__":

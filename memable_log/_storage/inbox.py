@@ -16,6 +16,26 @@ next pass finds the key already signalled, logs it and deletes the file:
 nothing is applied twice. Of two hand-overs racing for one key the first
 (by name) is applied and the second logged. A tool killed before its rename
 leaves a temp file; the engine deletes it at start once its writer is gone.
+
+The writing side lives in ``memable_log.operations`` (``signal``), which
+``memable-signal`` calls; ``waiting_signal`` lets it refuse a key whose
+hand-over is already here.
+
+How the other operator actions (SPEC-NEXT section 6: invoke, cancel,
+forget, restart) will be added: through this same inbox, written by
+``write_handover`` and applied in name order by the same watcher, never a
+second mechanism. The file format stays as it is for signals (a signal is
+always written as today's four-element body, so every engine that ever
+shipped applies it). An action is a new body shape beside it: the msgpack
+array ``[action_name, instance_id, arguments]`` (a str, a str, a map),
+under ``MAGIC`` and the crc32 as today, in a file named
+``<time_ns>-<pid>-<random>.act``. The new suffix keeps such files out of
+``pending`` of an engine too old to apply them: it leaves them in the inbox
+instead of logging and deleting what a tool was told is durable, and the
+next engine that knows them applies them. ``pending`` then lists both
+suffixes, so one name order (creation time) sorts signals and actions
+together, and a ``decode_action`` returns the action's name and arguments
+for the engine's dispatch. ``decode_handover`` keeps its signature.
 """
 
 from __future__ import annotations
@@ -45,15 +65,18 @@ class HandoverError(ValueError):
 
 
 def inbox_path(journal_path: str) -> str:
+    """The inbox directory of the journal at ``journal_path``."""
     return os.path.join(journal_path, INBOX)
 
 
 def encode_handover(workflow: str, instance_id: str, key: str, blob: bytes) -> bytes:
+    """A signal hand-over file's bytes: ``MAGIC``, crc32, the msgpack body."""
     body: bytes = msgpack.packb([workflow, instance_id, key, blob], use_bin_type=True)
     return MAGIC + _CRC.pack(zlib.crc32(body)) + body
 
 
 def decode_handover(data: bytes) -> tuple[str, str, str, bytes]:
+    """(workflow, instance_id, key, payload blob) of a hand-over; HandoverError if damaged."""
     head = len(MAGIC) + _CRC.size
     if len(data) < head or not data.startswith(MAGIC):
         raise HandoverError("not a hand-over file")
@@ -151,11 +174,13 @@ def remove_stale_temps(journal_path: str, now: float | None = None) -> list[str]
 
 
 def read_handover(journal_path: str, name: str) -> bytes:
+    """The bytes of the hand-over file ``name`` (at most one byte past the cap)."""
     with open(os.path.join(inbox_path(journal_path), name), "rb") as f:
         return bytes(f.read(_MAX_HANDOVER + 1))
 
 
 def remove_handover(journal_path: str, name: str) -> None:
+    """Delete an applied hand-over durably; one already gone is not an error."""
     inbox = inbox_path(journal_path)
     crashpoint("inbox.before-remove")
     try:
@@ -163,6 +188,23 @@ def remove_handover(journal_path: str, name: str) -> None:
     except FileNotFoundError:
         return
     _fsync_dir(inbox)
+
+
+def waiting_signal(journal_path: str, instance_id: str, key: str) -> str | None:
+    """The name of a hand-over in the inbox that signals ``key`` of ``instance_id``.
+
+    None if there is none. A damaged file is skipped (the engine reports
+    it when it gets there), and so is one that vanished while being read
+    (the engine applied it: the journal shows the signal then).
+    """
+    for name in pending(journal_path):
+        try:
+            _, waiting_instance, waiting_key, _ = decode_handover(read_handover(journal_path, name))
+        except (HandoverError, OSError):
+            continue
+        if (waiting_instance, waiting_key) == (instance_id, key):
+            return name
+    return None
 
 
 class InboxWatcher:

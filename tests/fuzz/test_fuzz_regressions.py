@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from memable_log_tools import send_signal
 from support.fuzz import ledger as fuzz_ledger
 from support.fuzz import workload
 
@@ -37,7 +36,7 @@ from memable_log._core.codec import Codec
 from memable_log._core.format import HEADER_SIZE, parse_compacted_name, parse_segment_name
 from memable_log._core.framing import decode_block, encode_block
 from memable_log._journal.journal import Journal
-from memable_log._journal.offline import OfflineJournal
+from memable_log._journal.offline import OfflineJournal, read_index
 from memable_log._storage.files import FileStorage
 from memable_log._storage.inbox import encode_handover, write_handover
 from memable_log._storage.memory import _MemHandle
@@ -386,7 +385,9 @@ async def test_memable_signal_reads_the_journal_again_when_compaction_deletes_a_
     """Found by fuzz/killnine.py: memable-signal, handing a signal over to a
     running engine, reads the journal without the lock; a segment that the
     engine's compaction deleted meanwhile made it fail with "cannot write
-    the signal: No such file". It now reads again from a new listing."""
+    the signal: No such file". It now reads again from a new listing (the
+    read is memable_log._journal.offline.read_index, which
+    operations.signal uses when an engine holds the lock)."""
     path = tmp_path / "journal"
     engine = Engine.builder().open(path).build()
 
@@ -396,7 +397,7 @@ async def test_memable_signal_reads_the_journal_again_when_compaction_deletes_a_
     engine.register("waits", waits)
     async with engine:
         await engine.invoke("waits", instance_id="a")
-    index = send_signal._read_index(VanishingOnce(path, create=False))
+    index = read_index(VanishingOnce(path, create=False))
     assert "a" in index.instances
 
 

@@ -8,8 +8,8 @@ import re
 from memable_log_tools import gen_api_docs
 
 import memable_log
+from memable_log import operations, testing
 from memable_log import reader as journal
-from memable_log import testing
 
 
 def test_api_md_is_up_to_date() -> None:
@@ -22,7 +22,7 @@ def test_api_md_is_up_to_date() -> None:
 
 def test_api_md_documents_every_public_name() -> None:
     text = gen_api_docs.API_MD.read_text()
-    for module in (memable_log, journal, testing):
+    for module in (memable_log, journal, operations, testing):
         for name in module.__all__:
             owner = "memable_log.reader" if name in journal.__all__ else module.__name__
             assert f"\n### {owner}.{name}\n" in text, f"{owner}.{name} is missing"
