@@ -31,10 +31,10 @@ from memable_log import (
 from memable_log._compaction import service as _maintenance
 from memable_log._compaction.service import Compaction
 from memable_log._core import records as r
-from memable_log._core.index import Index
 from memable_log._core.codec import Codec
 from memable_log._core.format import HEADER_SIZE, parse_compacted_name, parse_segment_name
 from memable_log._core.framing import decode_block, encode_block
+from memable_log._core.index import Index
 from memable_log._journal.journal import Journal
 from memable_log._journal.offline import OfflineJournal, read_index
 from memable_log._storage.files import FileStorage
