@@ -143,7 +143,11 @@ class LocalBackend:
 
     async def _apply_handovers(self, calls: EngineCalls, path: str, names: list[str]) -> None:
         for name in names:
-            data = await trio.to_thread.run_sync(read_handover, path, name)
+            try:
+                data = await trio.to_thread.run_sync(read_handover, path, name)
+            except FileNotFoundError:  # only this engine deletes them; nothing to do
+                logger.warning("signal hand-over %s vanished before it was read", name)
+                continue
             try:
                 workflow, instance_id, key, blob = decode_handover(data)
                 payload = self._handover_codec.decode(blob)
