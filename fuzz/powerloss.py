@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import random
 import sys
 import time
@@ -49,6 +48,7 @@ import trio
 import trio.testing
 from _forking import in_workers
 from _ledger import MemoryLedger
+from _summary import finish
 from _workload import OPS, Acks, check, collect, memory_engine, op_specs, run_ops
 
 from memable_log import ManualClock, MemoryStorage
@@ -291,13 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": result.cases, "violations": len(result.violations),
         "seconds": round(elapsed, 1),
     }
-    print(json.dumps(summary))
-    for line in result.violations[:20]:
-        print("VIOLATION", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f)
-    return 1 if result.violations else 0
+    return finish(summary, result.violations, args.json, show=20)
 
 
 if __name__ == "__main__":
