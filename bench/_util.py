@@ -1,4 +1,6 @@
-"""Small helpers for the benchmarks: repeats, medians, disks, tables.
+"""Small helpers for the benchmarks: repeats, medians, disks, tables, and the
+scaffolding every benchmark's main shares (options, the data dir, the banner,
+progress lines, the machine's load, the JSON file).
 
 The machine a benchmark runs on is shared and noisy, so every measurement is
 repeated and quoted as a median with its range, and every rate is set
@@ -7,13 +9,20 @@ against a baseline measured in the same invocation.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")
 
 
 @dataclass
@@ -44,6 +53,13 @@ class Stat:
 def ratios(num: Stat, den: Stat) -> Stat:
     """Per-round ratios of two interleaved series (robust to drift)."""
     return Stat([a / b for a, b in zip(num.values, den.values, strict=True) if b])
+
+
+def ratios_if_paired(num: Stat | None, den: Stat | None) -> Stat | None:
+    """``ratios``, or None when a series is missing or they have different rounds."""
+    if num is None or den is None or len(num.values) != len(den.values):
+        return None
+    return ratios(num, den)
 
 
 @dataclass(frozen=True)
@@ -106,3 +122,70 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> s
 
     sep = "  " + "  ".join("-" * w for w in widths)
     return "\n".join([title, line(header), sep, *(line(r) for r in rows)])
+
+
+# -- a benchmark's main ----------------------------------------------------------------
+
+
+def bench_parser(doc: str, *, quick: str, data_dir: str, runs: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes (--quick, --json, --data-dir,
+    --runs), described by the first line of ``doc`` and the given help texts."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", metavar="PATH", help="also write results as JSON to PATH")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA, help=data_dir)
+    parser.add_argument("--runs", type=int, help=runs)
+    return parser
+
+
+def open_data_dir(path: str) -> tuple[str, Disk]:
+    """``path`` made absolute and created, and the disk it is on."""
+    data_dir = os.path.abspath(path)
+    os.makedirs(data_dir, exist_ok=True)
+    return data_dir, disk_of(data_dir)
+
+
+def progress(msg: str) -> None:
+    """A progress line on stderr (stdout holds the report)."""
+    print(f"... {msg}", file=sys.stderr, flush=True)
+
+
+def print_banner(what: str, quick: bool, data_dir: str, disk: Disk) -> None:
+    """The report's first two lines: which benchmark, and the disk it measures."""
+    print(f"memable_log {what} benchmark{' (--quick)' if quick else ''}")
+    print(f"  data dir {data_dir}: {disk.device} ({disk.fstype}, mounted on {disk.mount})")
+
+
+def warn_if_in_memory(disk: Disk) -> None:
+    if disk.fstype in ("tmpfs", "ramfs"):
+        print("  WARNING: the data dir is in memory; fsync costs nothing here")
+
+
+def fsync_probe(data_dir: str, n: int = 300) -> float:
+    """Raw 128-byte write + fsync appends per second: the disk's state right now."""
+    with scratch_dir(data_dir, "probe-") as d:
+        fd = os.open(os.path.join(d, "probe.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            record = b"p" * 127 + b"\n"
+            os.write(fd, record)
+            os.fsync(fd)
+            t = time.perf_counter()
+            for _ in range(n):
+                os.write(fd, record)
+                os.fsync(fd)
+            return n / (time.perf_counter() - t)
+        finally:
+            os.close(fd)
+
+
+def machine_line(data_dir: str) -> str:
+    """Load and raw fsync rate: how busy the shared machine and its disk are."""
+    return (f"load {os.getloadavg()[0]:.2f}, raw write+fsync {fsync_probe(data_dir):,.0f}/s")
+
+
+def write_json(path: str, out: dict[str, Any], **dump: Any) -> None:
+    """Write ``out`` to ``path`` (its directory created) and say so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2, **dump)
+    print(f"\nresults written to {path}")

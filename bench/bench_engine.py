@@ -45,11 +45,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from _util import Stat, disk_of, fmt_range, scratch_dir, table
+from _util import (
+    Stat,
+    bench_parser,
+    fmt_range,
+    machine_line,
+    open_data_dir,
+    print_banner,
+    progress,
+    ratios_if_paired,
+    scratch_dir,
+    table,
+    warn_if_in_memory,
+    write_json,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "peers")
-DEFAULT_DATA = os.path.join(HERE, ".data")
 STARTUP_DATA_VERSION = 1  # bump when the generated start-up data changes
 
 SYSTEMS = ("memable_log", "sqlite3", "DBOS")
@@ -338,28 +350,6 @@ def child_main(argv: list[str]) -> int:
 # == the driver =======================================================================
 
 
-def fsync_probe(data_dir: str, n: int = 300) -> float:
-    """Raw 128-byte write + fsync appends per second: the disk's state right now."""
-    with scratch_dir(data_dir, "probe-") as d:
-        fd = os.open(os.path.join(d, "probe.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            record = b"p" * 127 + b"\n"
-            os.write(fd, record)
-            os.fsync(fd)
-            t = time.perf_counter()
-            for _ in range(n):
-                os.write(fd, record)
-                os.fsync(fd)
-            return n / (time.perf_counter() - t)
-        finally:
-            os.close(fd)
-
-
-def machine_line(data_dir: str) -> str:
-    """Load and raw fsync rate: how busy the shared machine and its disk are."""
-    return (f"load {os.getloadavg()[0]:.2f}, raw write+fsync {fsync_probe(data_dir):,.0f}/s")
-
-
 class Unavailable(Exception):
     """A system that cannot run here (DBOS not installed)."""
 
@@ -526,12 +516,6 @@ def profile(sizes: Sizes, data_dir: str) -> None:
 # -- report ------------------------------------------------------------------------
 
 
-def _per_round(num: Stat | None, den: Stat | None) -> Stat | None:
-    if num is None or den is None or len(num.values) != len(den.values):
-        return None
-    return Stat([a / b for a, b in zip(num.values, den.values, strict=True) if b])
-
-
 def _fmt(stat: Stat | None, fmt: str) -> str:
     return "n/a" if stat is None or not stat.values else fmt.format(stat.median)
 
@@ -554,8 +538,8 @@ def report(res: Results, sizes: Sizes, out: dict[str, Any]) -> str:
     def row(label: str, key: str, fmt: str, higher_better: bool, target: str,
             passed: bool | None) -> None:
         mv, qv, dv = g(m, key), g(q, key), g(d, key)
-        vs_q = _per_round(mv, qv) if higher_better else _per_round(qv, mv)
-        vs_d = _per_round(mv, dv) if higher_better else _per_round(dv, mv)
+        vs_q = ratios_if_paired(mv, qv) if higher_better else ratios_if_paired(qv, mv)
+        vs_d = ratios_if_paired(mv, dv) if higher_better else ratios_if_paired(dv, mv)
         rows.append([label, _fmt(mv, fmt), _fmt(qv, fmt), _fmt(dv, fmt),
                      _x(vs_q), _x(vs_d), target, _verdict(passed) if target else ""])
         summary[key] = {
@@ -571,9 +555,9 @@ def report(res: Results, sizes: Sizes, out: dict[str, Any]) -> str:
     def med(stat: Stat | None) -> float | None:
         return stat.median if stat is not None and stat.values else None
 
-    a_q = med(_per_round(g(m, "a_rate"), g(q, "a_rate")))
-    b_d = med(_per_round(g(m, "b_rate"), g(d, "b_rate")))
-    c_d = med(_per_round(g(m, "c_rate"), g(d, "c_rate")))
+    a_q = med(ratios_if_paired(g(m, "a_rate"), g(q, "a_rate")))
+    b_d = med(ratios_if_paired(g(m, "b_rate"), g(d, "b_rate")))
+    c_d = med(ratios_if_paired(g(m, "c_rate"), g(d, "c_rate")))
     d_ms = med(g(m, "d_ms"))
     start_ok = rss_ok = None
     m_start, d_start = med(g(m, "e_start_ms")), med(g(d, "e_start_ms"))
@@ -610,8 +594,8 @@ def report(res: Results, sizes: Sizes, out: dict[str, Any]) -> str:
     )
     inline = g(m, "a_rate_inline")
     if inline is not None:
-        vs_lib = _per_round(inline, g(m, "a_rate"))
-        vs_q = _per_round(inline, g(q, "a_rate"))
+        vs_lib = ratios_if_paired(inline, g(m, "a_rate"))
+        vs_q = ratios_if_paired(inline, g(q, "a_rate"))
         text += "\n\n" + table(
             "What-if (an experiment, not the library): (a) with each commit run on the trio "
             "thread instead of a worker thread, same rounds",
@@ -651,13 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return child_main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check")
-    parser.add_argument("--json", metavar="PATH", help="also write results as JSON to PATH")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA,
-                        help="where journals and databases live (must be on the disk you "
-                        "mean to measure; default bench/.data)")
-    parser.add_argument("--runs", type=int, help="rounds (default 5, quick 1)")
+    parser = bench_parser(
+        __doc__, quick="small sizes: a smoke check", runs="rounds (default 5, quick 1)",
+        data_dir="where journals and databases live (must be on the disk you "
+        "mean to measure; default bench/.data)",
+    )
     parser.add_argument("--skip-startup", action="store_true", help="scenarios (a)-(d) only")
     parser.add_argument("--only-startup", action="store_true", help="scenario (e) only")
     parser.add_argument("--what-if", action="store_true",
@@ -671,19 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.runs:
         sizes = Sizes(**{**sizes.__dict__, "runs": args.runs, "e_runs": args.runs})
-    data_dir = os.path.abspath(args.data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    disk = disk_of(data_dir)
-
-    def progress(msg: str) -> None:
-        print(f"... {msg}", file=sys.stderr, flush=True)
-
-    print(f"memable_log engine benchmark{' (--quick)' if args.quick else ''}")
-    print(f"  data dir {data_dir}: {disk.device} ({disk.fstype}, mounted on {disk.mount})")
+    data_dir, disk = open_data_dir(args.data_dir)
+    print_banner("engine", args.quick, data_dir, disk)
     before = machine_line(data_dir)
     print(f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus; before: {before}")
-    if disk.fstype in ("tmpfs", "ramfs"):
-        print("  WARNING: the data dir is in memory; fsync costs nothing here")
+    warn_if_in_memory(disk)
     out: dict[str, Any] = {"quick": args.quick, "sizes": sizes.__dict__, "disk": disk.__dict__,
                            "machine_before": before}
     res = Results()
@@ -700,10 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile(sizes, data_dir)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2, default=str)
-        print(f"\nresults written to {args.json}")
+        write_json(args.json, out, default=str)
     return 0
 
 

@@ -34,7 +34,21 @@ from typing import Any
 
 import msgpack
 import trio
-from _util import Stat, disk_of, fmt_range, fmt_rate, ratios, rss_bytes, scratch_dir, table
+from _util import (
+    Stat,
+    bench_parser,
+    fmt_range,
+    fmt_rate,
+    open_data_dir,
+    print_banner,
+    progress,
+    ratios,
+    rss_bytes,
+    scratch_dir,
+    table,
+    warn_if_in_memory,
+    write_json,
+)
 
 from memable_log._core import records as r
 from memable_log._core.format import FORMAT_VERSION
@@ -45,7 +59,6 @@ from memable_log._storage.segments import scan, segment_numbers
 from memable_log._storage.writer import SegmentWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DATA = os.path.join(HERE, ".data")
 BENCH_DATA_VERSION = 1  # bump when the generated start-up journal changes
 
 RAW_RECORD = 128  # bytes per raw append
@@ -451,13 +464,11 @@ def _ok(passed: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check")
-    parser.add_argument("--json", metavar="PATH", help="also write results as JSON to PATH")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA,
-                        help="where scratch journals and the cached start-up journal live "
-                        "(must be on the disk you mean to measure; default bench/.data)")
-    parser.add_argument("--runs", type=int, help="write rounds (default 5, quick 3)")
+    parser = bench_parser(
+        __doc__, quick="small sizes: a smoke check", runs="write rounds (default 5, quick 3)",
+        data_dir="where scratch journals and the cached start-up journal live "
+        "(must be on the disk you mean to measure; default bench/.data)",
+    )
     parser.add_argument("--skip-writes", action="store_true", help="start-up only")
     parser.add_argument("--skip-startup", action="store_true", help="write throughput only")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
@@ -473,19 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.runs:
         sizes = Sizes(**{**sizes.__dict__, "runs": args.runs})
-    data_dir = os.path.abspath(args.data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    disk = disk_of(data_dir)
-
-    def progress(msg: str) -> None:
-        print(f"... {msg}", file=sys.stderr, flush=True)
-
-    print(f"memable_log journal benchmark{' (--quick)' if args.quick else ''}")
-    print(f"  data dir {data_dir}: {disk.device} ({disk.fstype}, mounted on {disk.mount})")
+    data_dir, disk = open_data_dir(args.data_dir)
+    print_banner("journal", args.quick, data_dir, disk)
     print(f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.2f}, {sizes.runs} interleaved write rounds")
-    if disk.fstype in ("tmpfs", "ramfs"):
-        print("  WARNING: the data dir is in memory; fsync costs nothing here")
+    warn_if_in_memory(disk)
     out: dict[str, Any] = {"quick": args.quick, "sizes": sizes.__dict__, "disk": disk.__dict__}
 
     if not args.skip_writes:
@@ -496,10 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_report_startup(sizes, data_dir, progress, out, args.profile))
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2, default=str)
-        print(f"\nresults written to {args.json}")
+        write_json(args.json, out, default=str)
     return 0
 
 

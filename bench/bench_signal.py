@@ -39,12 +39,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from _util import Stat, disk_of, scratch_dir, table
-from bench_engine import machine_line
+from _util import (
+    Stat,
+    bench_parser,
+    machine_line,
+    open_data_dir,
+    print_banner,
+    progress,
+    scratch_dir,
+    table,
+    write_json,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DBOS_PEER = os.path.join(HERE, "peers", "dbos_peer.py")
-DEFAULT_DATA = os.path.join(HERE, ".data")
 WORKFLOW = "waiter"
 KEY = "go"
 TARGET_INPROC_MS = 5.0
@@ -246,25 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return child_main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few samples: a smoke check")
-    parser.add_argument("--json", metavar="PATH", help="also write results as JSON to PATH")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA,
-                        help="where journals and databases live (default bench/.data)")
-    parser.add_argument("--runs", type=int, help="rounds (default 5, quick 1)")
+    parser = bench_parser(
+        __doc__, quick="a few samples: a smoke check", runs="rounds (default 5, quick 1)",
+        data_dir="where journals and databases live (default bench/.data)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.runs:
         sizes = Sizes(**{**sizes.__dict__, "runs": args.runs})
-    data_dir = os.path.abspath(args.data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    disk = disk_of(data_dir)
-
-    def progress(msg: str) -> None:
-        print(f"... {msg}", file=sys.stderr, flush=True)
-
-    print(f"memable_log signal benchmark{' (--quick)' if args.quick else ''}")
-    print(f"  data dir {data_dir}: {disk.device} ({disk.fstype}, mounted on {disk.mount})")
+    data_dir, disk = open_data_dir(args.data_dir)
+    print_banner("signal", args.quick, data_dir, disk)
     before = machine_line(data_dir)
     print(f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus; before: {before}")
     cli = signal_cli()
@@ -347,10 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                "series": {name: s.as_dict() for name, s in series.items() if s.rounds},
                "cli_help_ms": cli_start.as_dict(), "unavailable": unavailable,
                "target_inproc_ms": TARGET_INPROC_MS}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"\nresults written to {args.json}")
+        write_json(args.json, out)
     return 0
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import errno
-import json
 import sys
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ import powerloss
 import trio
 import trio.testing
 from _ledger import MemoryLedger
+from _summary import finish
 from _workload import (
     OPS,
     WORKFLOW,
@@ -243,13 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "outcomes": dict(sorted(result.outcomes.items())),
         "violations": len(result.violations), "seconds": round(time.monotonic() - started, 1),
     }
-    print(json.dumps(summary))
-    for line in result.violations[:30]:
-        print("VIOLATION", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**summary, "violation_list": result.violations}, f)
-    return 1 if result.violations else 0
+    return finish(summary, result.violations, args.json, show=30)
 
 
 if __name__ == "__main__":

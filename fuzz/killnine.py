@@ -72,6 +72,7 @@ from typing import Any
 import trio
 from _forking import in_workers
 from _ledger import FileLedger, read_file_ledger
+from _summary import finish
 from _workload import WORKFLOW, Acks, Spec, check, make_workflow, payload_for, until_settled
 from memable_log_tools import send_signal  # type: ignore[import-not-found,unused-ignore]
 
@@ -560,13 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                      args.dir, args.first, args.repeat, args.stop_early)
     summary = {"campaign": "killnine", "seed": args.seed, **stats.summary(),
                "seconds": round(time.monotonic() - started, 1)}
-    print(json.dumps(summary))
-    for line in stats.violations[:20]:
-        print("VIOLATION", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**summary, "violation_list": stats.violations}, f)
-    return 1 if stats.violations else 0
+    return finish(summary, stats.violations, args.json, show=20)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ printed) and the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import struct
 import sys
@@ -67,6 +66,7 @@ import trio
 import trio.testing
 from _forking import in_workers
 from _ledger import MemoryLedger
+from _summary import finish
 from _workload import Acks, collect, memory_engine, run_ops
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -679,13 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         "slowest_case_seconds": round(stats.slowest, 3), "slowest_case": stats.slowest_case,
         "violations": len(stats.violations), "seconds": round(time.monotonic() - started, 1),
     }
-    print(json.dumps(summary))
-    for line in stats.violations:
-        print("VIOLATION", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**summary, "violation_list": stats.violations}, f)
-    return 1 if stats.violations else 0
+    return finish(summary, stats.violations, args.json, show=None)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import random
 import sys
 import time
@@ -49,12 +48,14 @@ import trio
 import trio.testing
 from _forking import in_workers
 from _ledger import MemoryLedger
+from _summary import finish
 from _workload import OPS, Acks, check, collect, memory_engine, op_specs, run_ops
 
 from memable_log import ManualClock, MemoryStorage
 from memable_log._core.format import FRAME_HEADER_SIZE, FRAME_LENGTH_MASK
-from memable_log._storage.memory import PowerCut, TearFn
+from memable_log._storage.memory import TearFn
 from memable_log.reader import JournalReader, RecordView
+from memable_log.testing import _is_power_cut as is_power_cut
 
 SECTOR = 512
 DOWNTIME = 7.0  # seconds of wall time between the cut and the restart
@@ -88,17 +89,6 @@ async def within(seconds: float, work: Awaitable[None]) -> bool:
 
 def workloads(max_ops: int = 3) -> list[tuple[str, ...]]:
     return [ops for n in range(1, max_ops + 1) for ops in itertools.product(OPS, repeat=n)]
-
-
-def power_cut_of(exc: BaseException) -> PowerCut | None:
-    """The PowerCut in ``exc`` (bare or in nested groups), if that is all it holds."""
-    if isinstance(exc, PowerCut):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        cuts = [power_cut_of(e) for e in exc.exceptions]
-        if cuts and all(cut is not None for cut in cuts):
-            return cuts[0]
-    return None
 
 
 # -- how unsynced bytes land ---------------------------------------------------
@@ -220,7 +210,7 @@ async def run_workload(ops: tuple[str, ...], seed: int = 0) -> Result:
                 HANG_SECONDS, _lifetime(storage, clock, ops, acks, ledger, redo=False)
             )
         except BaseException as exc:
-            if power_cut_of(exc) is None:
+            if not is_power_cut(exc):
                 result.violations.append(f"{name} cut at op {n}: the run raised {exc!r}")
                 continue
         else:
@@ -301,13 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": result.cases, "violations": len(result.violations),
         "seconds": round(elapsed, 1),
     }
-    print(json.dumps(summary))
-    for line in result.violations[:20]:
-        print("VIOLATION", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f)
-    return 1 if result.violations else 0
+    return finish(summary, result.violations, args.json, show=20)
 
 
 if __name__ == "__main__":

@@ -636,7 +636,11 @@ async def _outcome(engine: Engine, instance_id: str) -> Outcome:
 
 
 def _is_power_cut(exc: BaseException) -> bool:
-    """A PowerCut, bare or inside trio's exception groups (with nothing else)."""
+    """A PowerCut, bare or inside trio's exception groups (with nothing else but Cancelled).
+
+    The one power-cut detector: the project's tests (tests/support/powerloss.py)
+    and the power-loss campaign (fuzz/powerloss.py) import it from here.
+    """
     if isinstance(exc, PowerCut):
         return True
     if isinstance(exc, BaseExceptionGroup):

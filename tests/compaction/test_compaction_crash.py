@@ -43,7 +43,6 @@ from support.compaction import (
     answers,
     copy_records,
     expired_ids,
-    is_power_cut,
     reader,
     reference,
     step_value,
@@ -51,7 +50,7 @@ from support.compaction import (
     without,
 )
 from support.journal import files_of
-from support.powerloss import tears
+from support.powerloss import is_power_cut, tears
 
 from memable_log import Context, Engine, ManualClock, UnknownInstance
 from memable_log._compaction.compactor import (

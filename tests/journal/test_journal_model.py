@@ -26,7 +26,7 @@ import trio
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from support.powerloss import SECTOR, power_cut_of
+from support.powerloss import SECTOR, is_power_cut
 
 from memable_log._core import records as r
 from memable_log._core.index import STEP_DONE_AT, Index, entry_kind, entry_loc
@@ -189,7 +189,7 @@ class JournalMachine(RuleBasedStateMachine):
         try:
             trio.run(action.run, self.storage)
         except BaseException as exc:
-            if power_cut_of(exc) is None:
+            if not is_power_cut(exc):
                 raise
             event("power cut inside the action")
         self.storage = self.storage.crash(tear_fn(mode, fraction, seed))

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from support.powerloss import created, power_cut_of, read_all, tears
+from support.powerloss import created, is_power_cut, read_all, tears
 
 from memable_log._journal.journal import Journal
 from memable_log._storage.memory import MemoryStorage, PowerCut
@@ -149,7 +149,7 @@ async def test_every_crash_point_recovers_acknowledged_prefix(ops: tuple[str, ..
         try:
             await run_workload(storage, ops, log)
         except BaseException as exc:
-            if power_cut_of(exc) is None:
+            if not is_power_cut(exc):
                 raise
         else:
             pytest.fail(f"no power cut at operation {n} of {total}")
@@ -208,7 +208,7 @@ async def test_crash_during_recovery_of_torn_tail() -> None:
 
     with pytest.raises(BaseExceptionGroup) as info:
         await cut_after_write()
-    assert power_cut_of(info.value) is not None
+    assert is_power_cut(info.value)
     torn = storage.crash(lambda name, data: data[: len(data) - 3])
     records, result = read_all(torn)
     assert len(records) == 1 + BATCH + BATCH - 1  # the last record is torn

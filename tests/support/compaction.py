@@ -29,7 +29,6 @@ from memable_log._core import lifecycle as lc
 from memable_log._core import records as r
 from memable_log._core.index import Index
 from memable_log._storage.files import Storage
-from memable_log._storage.memory import PowerCut
 from memable_log._storage.segments import ScanResult, read_record_at, scan
 
 START_MS = 1_700_000_000_000
@@ -317,18 +316,6 @@ def history(ops: list[tuple[int, int, int, int]]) -> History:
     made = History()
     made.run(ops)
     return made
-
-
-def is_power_cut(exc: BaseException) -> bool:
-    """A PowerCut, bare or in trio's exception groups (with nothing else but Cancelled)."""
-    if isinstance(exc, PowerCut):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        cuts, rest = exc.split(PowerCut)
-        return cuts is not None and (
-            rest is None or rest.subgroup(lambda e: not isinstance(e, trio.Cancelled)) is None
-        )
-    return False
 
 
 def copy_records(records: list[list[Any]]) -> list[list[Any]]:

@@ -1,7 +1,8 @@
 """Helpers for the power-loss, model and group-commit tests.
 
-* ``power_cut_of(exc)``: the PowerCut inside whatever trio wrapped it in, or
-  None if ``exc`` carries anything else as well.
+* ``is_power_cut(exc)``: whether ``exc`` is a PowerCut, bare or in trio's
+  exception groups with nothing else but Cancelled (the one detector, shared
+  with ``memable_log.testing.crash_test`` and the power-loss campaign).
 * ``tears(storage, rng)``: the ways a power cut can leave the bytes written
   since the last fsync (nothing, everything, every or sampled prefixes,
   zeroed sectors, garbage), each as a named ``TearFn`` for
@@ -21,22 +22,17 @@ from typing import Any
 from memable_log._core import records as r
 from memable_log._core.format import FRAME_HEADER_SIZE, FRAME_LENGTH_MASK
 from memable_log._storage.files import Storage
-from memable_log._storage.memory import MemoryStorage, PowerCut, TearFn
+from memable_log._storage.memory import MemoryStorage, TearFn
 from memable_log._storage.segments import ScanResult, scan
+from memable_log.testing import _is_power_cut as is_power_cut
+
+__all__ = [
+    "ALL_PREFIXES_UP_TO", "SECTOR", "created", "frame_ends", "is_power_cut", "prefix_lengths",
+    "read_all", "tears",
+]
 
 SECTOR = 512
 ALL_PREFIXES_UP_TO = 48  # below this many unsynced bytes, try every prefix
-
-
-def power_cut_of(exc: BaseException) -> PowerCut | None:
-    """The PowerCut in ``exc`` (bare or in nested groups), if that is all it holds."""
-    if isinstance(exc, PowerCut):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        cuts = [power_cut_of(e) for e in exc.exceptions]
-        if cuts and all(cut is not None for cut in cuts):
-            return cuts[0]
-    return None
 
 
 def created(n: int, size: int = 24) -> list[Any]:

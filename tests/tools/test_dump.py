@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 from memable_log_tools import dump
+from support.dump import run
 
 from memable_log._core import records as r
 from memable_log._core.codec import Codec
@@ -63,12 +64,6 @@ async def write(
 
 def numbered(n: int, size: int = 100) -> list[Any]:
     return r.make(r.CREATED, T0 + n, f"inst-{n}", "wf", codec.encode("v" * size))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
-    code = dump.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import msgpack
 import pytest
 import trio
 from memable_log_tools import dump
+from support.dump import run
 from support.suspend import until_state
 
 from memable_log import Context, Engine, JournalCorrupt
@@ -73,12 +74,6 @@ async def write(path: Path, recs: list[list[Any]], segment_size: int = 1 << 20) 
     async with Journal(FileStorage(path), segment_size=segment_size) as journal:
         for rec in recs:
             await journal.append(rec)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
-    code = dump.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err
 
 
 @pytest.fixture
