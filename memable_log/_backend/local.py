@@ -42,7 +42,7 @@ from .._storage.inbox import (
 )
 
 if TYPE_CHECKING:
-    from .._engine.backend import EngineCalls
+    from .seam import EngineCalls
 
 logger = logging.getLogger("memable_log")
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._backend.seam import Backend
 from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import Codec
@@ -44,7 +45,6 @@ from .._core.errors import (
 from .._core.index import Index
 from .._core.signals import check_signal
 from .._core.status import InstanceStatus, status_of
-from .backend import Backend
 from .clock import Clock
 from .host import Host, Workflow
 from .runner import run_instance

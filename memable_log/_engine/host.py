@@ -29,7 +29,7 @@ from .._core.index import Index
 from .clock import Clock
 
 if TYPE_CHECKING:
-    from .backend import Backend
+    from .._backend.seam import Backend
     from .context import Context
 
 Workflow = Callable[["Context"], Awaitable[Any]]

@@ -2,7 +2,8 @@
 public names, and no module touches another module's private attributes.
 
 The parts, lowest first: _core (pure: no I/O, no trio), _storage (sync I/O),
-_journal, _compaction, _engine; the public modules (``memable_log``,
+_journal, _compaction, _backend (the seam and the local journal behind it),
+_engine; the public modules (``memable_log``,
 ``memable_log.reader``, ``memable_log.testing``, ``memable_log.operations``)
 stand on all of them. Imports are read with ``ast`` (support/layers.py),
 wherever they stand: in functions and ``if TYPE_CHECKING:`` blocks too.
@@ -28,7 +29,7 @@ from support.layers import (
 
 import memable_log
 
-LAYERS = ("_core", "_storage", "_journal", "_compaction", "_engine")
+LAYERS = ("_core", "_storage", "_journal", "_compaction", "_backend", "_engine")
 PUBLIC_MODULES = ("memable_log.reader", "memable_log.testing", "memable_log.operations")
 
 # Modules a pure core must not touch: the file system and processes, threads
@@ -40,23 +41,9 @@ IMPURE = (
     "sqlite3", "urllib", "http", "ctypes",
 )
 
-ENGINE_BRANCH = "until the engine branch lands (a named interface for what the engine hosts)"
-OPERATIONS_BRANCH = "until the operations branch lands (tools import memable_log.operations)"
-
 # path -> why it fails today; xfail_strict makes each mark come off once it passes.
-IMPORTS_PENDING = {
-    "memable_log/_compaction/service.py": "imports Engine (for its types) " + ENGINE_BRANCH,
-    "tools/compact.py": "imports private modules " + OPERATIONS_BRANCH,
-    "tools/dump.py": "imports private modules " + OPERATIONS_BRANCH,
-    "tools/send_signal.py": "imports private modules " + OPERATIONS_BRANCH,
-}
-PRIVATE_PENDING = {
-    "memable_log/_compaction/service.py": "reads Engine's private attributes " + ENGINE_BRANCH,
-    "memable_log/_engine/context.py": "reads Engine's private attributes " + ENGINE_BRANCH,
-    "memable_log/_engine/runner.py": "reads Engine's private attributes " + ENGINE_BRANCH,
-    "memable_log/testing.py": "sets Engine._on_step_call and waits on Engine._changed "
-    + ENGINE_BRANCH,
-}
+IMPORTS_PENDING: dict[str, str] = {}
+PRIVATE_PENDING: dict[str, str] = {}
 
 
 def _files(folder: str, pending: dict[str, str]) -> list[object]:
@@ -119,9 +106,15 @@ def test_journal_imports_neither_compaction_nor_engine(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", _files("memable_log/_compaction", IMPORTS_PENDING))
-def test_compaction_does_not_import_the_engine(path: Path) -> None:
+def test_compaction_imports_neither_backend_nor_engine(path: Path) -> None:
     offences = _reaches_above(path, "_compaction")
-    assert not offences, _report("compaction imports the engine or the public API", offences)
+    assert not offences, _report("compaction imports the backend, the engine or the API", offences)
+
+
+@pytest.mark.parametrize("path", _files("memable_log/_backend", IMPORTS_PENDING))
+def test_backend_does_not_import_the_engine(path: Path) -> None:
+    offences = _reaches_above(path, "_backend")
+    assert not offences, _report("the backend imports the engine or the public API", offences)
 
 
 @pytest.mark.parametrize("path", _files("memable_log/_engine", IMPORTS_PENDING))

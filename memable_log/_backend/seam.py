@@ -21,7 +21,7 @@ those records live. It promises the engine four things:
 
 Everything else (running workflows, timers, the limiter, waits) is the
 engine's and the same over every backend. The local journal
-(``_backend/local.py``: a directory, or memory for tests) implements this
+(``local.py``: a directory, or memory for tests) implements this
 protocol; a PostgreSQL journal implements it with rows, a lease and NOTIFY,
 without touching Context or the runner.
 """
