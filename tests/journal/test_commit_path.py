@@ -222,10 +222,12 @@ async def test_closing_ends_the_commit_thread() -> None:
 async def test_memory_storage_commits_without_a_thread() -> None:
     """Storage that does not block keeps committing on the event loop (so a
     simulated power cut surfaces from the journal), with no thread started."""
+    before = threading.active_count()
     async with Journal(MemoryStorage()) as journal:
         await journal.append(created(1))
         assert journal.commits == 1
-        assert journal._thread is None
+        assert threading.active_count() == before
+        assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
 
 
 async def test_between_commits_returns_as_the_commit_in_flight_begins_its_fsync() -> None:
@@ -239,10 +241,10 @@ async def test_between_commits_returns_as_the_commit_in_flight_begins_its_fsync(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(journal.append, created(2))
             await trio.testing.wait_all_tasks_blocked()
-            assert journal._committing is not None
+            assert journal.commit_in_flight
             with trio.fail_after(30):  # the old pause waited for the commit: stuck here
                 await journal.between_commits()
-            assert journal._committing is not None  # still in its fsync
+            assert journal.commit_in_flight  # still in its fsync
             await hold.reached()
             storage.before_sync = lambda: None
             hold.release.set()
@@ -258,7 +260,7 @@ async def test_between_commits_returns_at_once_with_no_commit_in_flight() -> Non
             await journal.between_commits()
         finally:
             trio.lowlevel.remove_instrument(steps)
-        assert journal._committing is None
+        assert not journal.commit_in_flight
         assert sum(steps.steps.values()) <= 3  # a checkpoint, no waiting
 
 
@@ -301,7 +303,7 @@ async def test_between_commits_is_woken_by_a_commit_that_fails_before_its_fsync(
             with trio.fail_after(30):
                 await journal.between_commits()
         assert failures == ["JournalFailed"]
-        assert journal._committing is None
+        assert not journal.commit_in_flight
 
 
 async def test_between_commits_returns_once_a_commit_ends_and_no_other_follows() -> None:
@@ -330,7 +332,7 @@ async def test_between_commits_returns_once_a_commit_ends_and_no_other_follows()
             storage.before_sync = lambda: None
             hold.release.set()
         assert returned.is_set()
-        assert journal._committing is None
+        assert not journal.commit_in_flight
 
 
 async def test_a_power_cut_on_the_event_loop_wakes_a_shielded_pause() -> None:
@@ -344,7 +346,7 @@ async def test_a_power_cut_on_the_event_loop_wakes_a_shielded_pause() -> None:
     async def pause(journal: Journal) -> None:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 30) as scope:
             for _ in range(10_000):  # until the appender holds the doomed batch
-                if journal._committing is not None:
+                if journal.commit_in_flight:
                     break
                 await trio.lowlevel.checkpoint()
             await journal.between_commits()

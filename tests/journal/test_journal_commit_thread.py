@@ -1,10 +1,10 @@
-"""Commits on a worker thread (blocking storage): results, failures, cancellation.
+"""Commits on the journal's commit thread (blocking storage): results, failures, cancellation.
 
-The appender hands ``SegmentWriter.commit`` to a cached worker thread itself
-(trio.lowlevel.start_thread_soon) rather than through trio.to_thread, which
-costs a lone writer ~60 us more per append. These tests pin what the hand-off must
-keep: each batch's locations come back in order, a failure in the thread fails
-the batch, and a commit in flight is never abandoned on cancellation.
+The scheduler hands ``SegmentWriter.commit`` to the commit thread through a
+pipe and takes the result back through another (executors.py). These tests
+pin what the hand-off must keep: each batch's locations come back in order,
+a failure in the thread fails the batch, and a commit in flight is never
+abandoned on cancellation.
 """
 
 from __future__ import annotations

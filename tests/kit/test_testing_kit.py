@@ -37,7 +37,7 @@ from memable_log import (
     testing,
 )
 from memable_log._core import records as r
-from memable_log._journal import journal as journal_module
+from memable_log._journal import opening as opening_module
 from memable_log.testing import (
     CRASH_TEST_INSTANCE,
     DEFAULT_START,
@@ -352,7 +352,7 @@ async def test_crash_test_catches_an_engine_that_reruns_a_durable_step(
     monkeypatch: pytest.MonkeyPatch, autojump_clock: MockClock
 ) -> None:
     # Plant an engine bug: start-up forgets the durable result of step "a".
-    real_scan = journal_module.scan
+    real_scan = opening_module.scan
 
     def forgetful_scan(storage: Any, on_record: Any) -> Any:
         def apply(rec: list[Any], loc: int) -> None:
@@ -361,7 +361,7 @@ async def test_crash_test_catches_an_engine_that_reruns_a_durable_step(
 
         return real_scan(storage, apply)
 
-    monkeypatch.setattr(journal_module, "scan", forgetful_scan)
+    monkeypatch.setattr(opening_module, "scan", forgetful_scan)
 
     async def simple(ctx: Context) -> str:
         return str(await ctx.step("a").run(lambda: "A")) + await ctx.step("b").run(lambda: "B")
