@@ -258,7 +258,7 @@ async def open_journal(path: str, snapshots: bool) -> tuple[float, bool]:
     async with journal:
         elapsed = time.perf_counter() - start
         resumed = journal.resumed
-        journal.keep_snapshot = snapshots
+        journal.maintenance.keep_snapshot = snapshots
     return elapsed, resumed
 
 
@@ -270,7 +270,7 @@ def index_bytes(path: str) -> tuple[float, int]:
 
     async def load() -> None:
         async with Journal(FileStorage(path), index, snapshots=True) as journal:
-            journal.keep_snapshot = False
+            journal.maintenance.keep_snapshot = False
             assert journal.resumed
 
     trio.run(load)

@@ -40,6 +40,7 @@ from .._core.errors import EngineError, JournalCorrupt
 from .._core.format import HEADER_SIZE, compacted_name, segment_name, unpack_header
 from .._core.index import InstanceEntry
 from .._journal.journal import Journal
+from .._journal.maintenance import Maintenance
 from .._storage.crashpoints import crashpoint
 from .._storage.files import FileStorage
 from .child import ChildFailed, Rewritten, compact_in_child, usable
@@ -63,7 +64,7 @@ class _Slices:
 
     __slots__ = ("_deadline", "_journal")
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Maintenance) -> None:
         self._journal = journal
         self._deadline = time.perf_counter() + _SLICE_S
 
@@ -83,7 +84,7 @@ class Compaction:
     def __init__(
         self, journal: Journal, now_ms: Callable[[], int], retention_ms: int | None
     ) -> None:
-        self.journal = journal
+        self.journal = journal.maintenance  # what compaction may do with the journal
         self.storage = journal.storage
         self.index = journal.index  # the live index: the journal applies to it
         self.now_ms = now_ms
@@ -98,7 +99,7 @@ class Compaction:
         self.retiring: set[str] = set()
         self.decided = trio.Event()
 
-        scan = journal.scan_result
+        scan = self.journal.scan_result
         if scan is not None and scan.segments and scan.segments[0].name.startswith("cmp-"):
             self.compacted_upto = scan.segments[0].number
 
@@ -182,7 +183,7 @@ class Compaction:
     async def _repoint(self, upto: int, done: Rewritten, ids: list[str]) -> None:
         """Point the live index at ``cmp-<upto>``; the old files become leftovers."""
         journal = self.journal
-        journal.writer.salts[compacted_name(upto)] = done.salt
+        journal.add_segment(compacted_name(upto), done.salt)
         crashpoint("compact.before-remap")
         index, slices = self.index, _Slices(journal)
         for i, move in enumerate(done.moved):

@@ -115,7 +115,7 @@ class Journal:
             # nursery reports only failures of the reaper (or a commit on
             # the event loop, which the reaper raises).
             await self._nursery_cm.__aexit__(None, None, None)
-            if self.snapshots and self.failed is None and self.keep_snapshot:
+            if self.snapshots and self.failed is None and self.maintenance.keep_snapshot:
                 try:
                     await self._run_io(write_snapshot, self.storage, self.index, self.writer)
                 except OSError as exc:  # a snapshot only speeds up the next start
@@ -200,39 +200,3 @@ class Journal:
     def scan_result(self) -> ScanResult | None:
         """What the open's scan found (None before the journal is open)."""
         return self.maintenance.scan_result
-
-    # -- old names of the compaction hooks (use journal.maintenance) ----------
-
-    async def between_commits(self) -> None:
-        """Alias of ``maintenance.between_commits``."""
-        await self._pauses.between_commits()
-
-    def pending_instances(self) -> set[str]:
-        """Alias of ``maintenance.pending_instances``."""
-        return self._scheduler.pending_instances()
-
-    async def wait_for_roll(self) -> None:
-        """Alias of ``maintenance.wait_for_roll``."""
-        await self._scheduler.wait_for_roll()
-
-    @property
-    def applied_segment(self) -> int:
-        """Alias of ``maintenance.applied_segment``."""
-        return self._scheduler.applied_segment
-
-    def new_epoch(self) -> int:
-        """Alias of ``maintenance.new_epoch``."""
-        return self._epochs.new_epoch()
-
-    async def reads_before(self, epoch: int) -> None:
-        """Alias of ``maintenance.reads_before``."""
-        await self._epochs.reads_before(epoch)
-
-    @property
-    def keep_snapshot(self) -> bool:
-        """Alias of ``maintenance.keep_snapshot``."""
-        return self.maintenance.keep_snapshot
-
-    @keep_snapshot.setter
-    def keep_snapshot(self, keep: bool) -> None:
-        self.maintenance.keep_snapshot = keep

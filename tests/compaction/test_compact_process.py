@@ -127,7 +127,7 @@ async def test_the_child_writes_and_moves_what_the_in_process_path_does(
     index = Index(INLINE)
     async with Journal(storage, index, snapshots=True) as journal:
         assert journal.resumed
-        journal.keep_snapshot = False
+        journal.maintenance.keep_snapshot = False
     assert answers(index, reader(storage, scan(storage))) == before
 
 

@@ -307,17 +307,17 @@ async def test_a_commit_in_flight_past_a_roll_over_does_not_count_as_applied() -
     storage = HeldCommitStorage(held="seg-0000000002.mlog")
     async with Journal(storage, segment_size=4096) as journal:
         await journal.append_many([big_created(1)])
-        assert journal.applied_segment == journal.writer.segment == 1
+        assert journal.maintenance.applied_segment == journal.writer.segment == 1
 
         async with trio.open_nursery() as nursery:
             # Two records: the first fits in segment 1, the second rolls over.
             nursery.start_soon(journal.append_many, [big_created(2), big_created(3)])
             await trio.to_thread.run_sync(storage.reached.wait, 30)
             assert journal.writer.segment == 2  # the worker thread rolled over...
-            assert journal.applied_segment == 1  # ...but nothing of it is applied yet
+            assert journal.maintenance.applied_segment == 1  # ...but nothing of it is applied yet
             assert "big2" not in journal.index.instances
             storage.release.set()
-        assert journal.applied_segment == journal.writer.segment == 2
+        assert journal.maintenance.applied_segment == journal.writer.segment == 2
         assert {"big1", "big2", "big3"} <= set(journal.index.instances)
 
 
@@ -332,6 +332,7 @@ class RolledJournal:
         self.storage = MemoryStorage()
         self.index = Index()
         self.scan_result = None
+        self.maintenance = self  # the hooks compaction uses, on the same fake
 
     async def wait_for_roll(self) -> None:
         self.rolls += 1
@@ -359,7 +360,7 @@ async def test_the_compaction_service_compacts_only_applied_segments(
         await service.run()
     assert journal.rolls == 2  # it went back to waiting for a roll-over
     assert compacted == []
-    journal.applied_segment = 3  # the commit is applied: now segment 2 may go
+    journal.maintenance.applied_segment = 3  # the commit is applied: now segment 2 may go
     journal.rolls = 0
     with trio.move_on_after(1):
         await service.run()
@@ -451,7 +452,7 @@ async def test_compacted_away_segments_wait_for_reads_that_may_name_them(
             nursery.start_soon(journal.read, loc)  # looks up before the re-pointing...
             await trio.to_thread.run_sync(storage.reached.wait, 30)
             service.leftovers_upto = 1  # ...which a compaction then does
-            service.leftovers_epoch = journal.new_epoch()
+            service.leftovers_epoch = journal.maintenance.new_epoch()
 
             async def next_compaction() -> None:
                 with pytest.raises(Stop):

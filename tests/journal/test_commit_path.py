@@ -243,7 +243,7 @@ async def test_between_commits_returns_as_the_commit_in_flight_begins_its_fsync(
             await trio.testing.wait_all_tasks_blocked()
             assert journal.commit_in_flight
             with trio.fail_after(30):  # the old pause waited for the commit: stuck here
-                await journal.between_commits()
+                await journal.maintenance.between_commits()
             assert journal.commit_in_flight  # still in its fsync
             await hold.reached()
             storage.before_sync = lambda: None
@@ -257,7 +257,7 @@ async def test_between_commits_returns_at_once_with_no_commit_in_flight() -> Non
         steps = TaskSteps()
         trio.lowlevel.add_instrument(steps)
         try:
-            await journal.between_commits()
+            await journal.maintenance.between_commits()
         finally:
             trio.lowlevel.remove_instrument(steps)
         assert not journal.commit_in_flight
@@ -301,7 +301,7 @@ async def test_between_commits_is_woken_by_a_commit_that_fails_before_its_fsync(
 
             nursery.start_soon(let_go)
             with trio.fail_after(30):
-                await journal.between_commits()
+                await journal.maintenance.between_commits()
         assert failures == ["JournalFailed"]
         assert not journal.commit_in_flight
 
@@ -318,14 +318,14 @@ async def test_between_commits_returns_once_a_commit_ends_and_no_other_follows()
 
         async def pause() -> None:
             with trio.fail_after(30):
-                await journal.between_commits()
+                await journal.maintenance.between_commits()
             returned.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(journal.append, created(2))
             await hold.reached()  # in its fsync before anyone waits for one
             with trio.fail_after(30):
-                await journal.between_commits()  # at once: it is in its fsync
+                await journal.maintenance.between_commits()  # at once: it is in its fsync
             nursery.start_soon(pause)  # one moment per fsync: this one waits
             await trio.testing.wait_all_tasks_blocked()
             assert not returned.is_set()  # the commit is still in flight
@@ -349,7 +349,7 @@ async def test_a_power_cut_on_the_event_loop_wakes_a_shielded_pause() -> None:
                 if journal.commit_in_flight:
                     break
                 await trio.lowlevel.checkpoint()
-            await journal.between_commits()
+            await journal.maintenance.between_commits()
         outcome.append("timed out" if scope.cancelled_caught else "returned")
 
     async def cut() -> None:

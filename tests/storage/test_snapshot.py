@@ -59,7 +59,7 @@ async def build(storage: Storage, instances: int = 40, segment_size: int = 8192)
 async def open_index(storage: Storage, snapshots: bool) -> tuple[Index, bool]:
     index = Index()
     async with Journal(storage, index, snapshots=snapshots) as journal:
-        journal.keep_snapshot = False  # look, don't rewrite it
+        journal.maintenance.keep_snapshot = False  # look, don't rewrite it
         resumed = journal.resumed
     return index, resumed
 
@@ -89,7 +89,7 @@ async def test_a_stale_snapshot_resumes_and_scans_the_records_after_it(
 ) -> None:
     await build(storage)
     async with Journal(storage, Index(), snapshots=False) as journal:
-        journal.keep_snapshot = False
+        journal.maintenance.keep_snapshot = False
         for n in range(30):
             await journal.append(make(STEP_DONE, 5, "i3", f"later-{n}", b"\x00\x01"))
     fast, resumed = await open_index(storage, snapshots=True)
@@ -179,11 +179,11 @@ async def test_a_snapshot_taken_with_another_inline_limit_is_not_used(
     await build(storage)
     index = Index(inline_limit=8)
     async with Journal(storage, index, snapshots=True) as journal:
-        journal.keep_snapshot = False
+        journal.maintenance.keep_snapshot = False
         assert not journal.resumed
     full = Index(inline_limit=8)
     async with Journal(storage, full, snapshots=False) as journal:
-        journal.keep_snapshot = False
+        journal.maintenance.keep_snapshot = False
     assert answers(index) == answers(full)
 
 
@@ -212,9 +212,9 @@ async def test_an_engine_stopped_mid_compaction_writes_no_misleading_snapshot(
     await build(storage)
     index = Index()
     async with Journal(storage, index, snapshots=True) as journal:
-        journal.keep_snapshot = False
+        journal.maintenance.keep_snapshot = False
     storage.remove(SNAPSHOT_NAME)
     async with Journal(storage, Index(), snapshots=True) as journal:
-        journal.keep_snapshot = False
+        journal.maintenance.keep_snapshot = False
     assert SNAPSHOT_NAME not in storage.list()
     trio.lowlevel.current_task()  # (keeps this an async test for trio mode)

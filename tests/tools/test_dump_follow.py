@@ -427,7 +427,8 @@ async def main(path: str, first: int, rounds: int, per_round: int) -> None:
                 await engine.wait(instance_id)
             # Compaction runs in a child process: let it catch up, so each
             # round's report comes after the compactions of its roll-overs.
-            while compaction.compacted_upto < engine._backend.journal.applied_segment - 1:
+            maintenance = engine._backend.journal.maintenance
+            while compaction.compacted_upto < maintenance.applied_segment - 1:
                 await compacted.wait()
             # Private, for the test only: the last seq, and compactions so far.
             print(json.dumps({
