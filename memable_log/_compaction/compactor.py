@@ -19,7 +19,7 @@ with the same contents.
 The new file's locations come back as *moves* (``moves``), so a running
 engine can re-point its index entries (``Index.repoint``) before the old
 files go. ``compact_prefix`` is the whole rewrite over a Storage; a running engine
-runs it in a child process (_compact_process.py), since it is CPU work that
+runs it in a child process (child.py), since it is CPU work that
 would otherwise hold the GIL against the engine's own commits.
 """
 

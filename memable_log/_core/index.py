@@ -4,7 +4,7 @@
 replay calls it for every record in the journal, the appender for every
 record it has just made durable. So the index after a restart is, by
 construction, the index before it. What a record does to an instance's
-state (running, suspended, ...) and its wait is decided by _lifecycle.py,
+state (running, suspended, ...) and its wait is decided by lifecycle.py,
 its table and its conditions; apply records the data (steps, signals,
 timers, outcomes). Besides apply, the index changes only by the methods a
 running compaction calls (``retire``, ``restore``, ``repoint``, ``settle``),
@@ -33,7 +33,7 @@ Locations beyond 64 bits travel as msgpack ext type ``BIG_INT``. Replaying
 the stream (``unpack_steps``) builds the very dict apply would have built,
 in the same order, so nothing observable depends on the form. Snapshots
 store packed tables as they are: a change to this form is a new snapshot
-version (_snapshot.py).
+version (_storage/snapshot.py).
 
 Why two forms: a dict of nine steps with small inline values costs ~900
 bytes (the dict, and a 33-byte-header object per value); packed, the same
@@ -282,7 +282,7 @@ class Index:
         self._keys: dict[str, bytes] = {}  # a key's msgpack bytes (keys repeat)
 
     def apply(self, rec: list[Any], loc: int) -> None:
-        """Fold one well-formed record (see _records.check) into the index."""
+        """Fold one well-formed record (see records.check) into the index."""
         rtype = rec[TYPE]
         self.records += 1
         if rtype == r.CREATED:

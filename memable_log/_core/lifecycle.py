@@ -1,7 +1,7 @@
 """The instance state machine: its table and its conditions. Pure.
 
 Everything that decides an instance's next state lives here (as h11's
-_state.py); _index.py records the data (steps, signals, timers, outcomes)
+_state.py); index.py records the data (steps, signals, timers, outcomes)
 and asks this module what a record does to the state.
 
 States are small ints so the index stays compact; ``STATE_NAMES`` gives the

@@ -4,7 +4,7 @@ A record is a msgpack array ``[type, seq, ts_ms, instance, *fields]``:
 ``seq`` is the journal's dense sequence number (given by the appender),
 ``ts_ms`` the engine's wall clock in milliseconds, ``instance`` the instance
 id. User values (inputs, results, signal payloads) are opaque *blobs* here:
-bytes produced by _codec.py, never decoded by the journal.
+bytes produced by codec.py, never decoded by the journal.
 
 The seal (type 0) is not a record of the history: it is the last frame of a
 full segment, ``[0, next_seq]``.
