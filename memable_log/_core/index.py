@@ -111,6 +111,7 @@ _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _KEY_CACHE = 4096  # distinct keys whose msgpack bytes an index keeps
 _FINISHED = lc.FINISHED
 _RULES = lc.RULES  # inlined lc.advance: apply runs per record
+_ONLY_ON_A_MOVE = lc.ONLY_ON_A_MOVE
 
 
 def pack_loc(segment: int, offset: int, inner: int = 0) -> int:
@@ -301,15 +302,15 @@ class Index:
         inst.last_seq = rec[SEQ]
         rule = _RULES.get(rtype)
         if rule is None:  # the bulk of the records: steps, which leave the state be
-            _APPLY[rtype](self, inst, rec, loc, False)
+            _APPLY[rtype](self, inst, rec, loc)
             if inst.state in _FINISHED and type(inst.table) is dict:
                 inst.pack()  # a forget after the end: at rest again
             return
         # The lifecycle decides the state (its conditions read the record's
-        # fields); the index then records the data, some of it only if the
-        # state moved (an outcome, a restart's clearing of it).
-        moved = rule(inst, rec)
-        _APPLY[rtype](self, inst, rec, loc, moved)
+        # fields); the index then records the data, an outcome or a
+        # restart's clearing of it only if the record moved the state.
+        if rule(inst, rec) or rtype not in _ONLY_ON_A_MOVE:
+            _APPLY[rtype](self, inst, rec, loc)
         if type(inst.table) is dict and inst.state in _AT_REST:
             inst.pack()  # at rest: nobody reads its steps for a while
 
@@ -406,9 +407,9 @@ class Index:
         return False
 
     # One function per record type: the data it records (the state is the
-    # lifecycle's, decided before; ``moved``: whether the record moved it).
+    # lifecycle's, decided before).
 
-    def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         blob = rec[STEP_DONE_VALUE]
         size = len(blob)
         if size <= self.inline_limit:
@@ -427,53 +428,50 @@ class Index:
                 return
         inst.steps[sys.intern(rec[KEY])] = value
 
-    def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         value = loc << 2 | STEP_FAILED_AT
         if not self._append(inst, rec[KEY], value):
             inst.steps[sys.intern(rec[KEY])] = value
 
-    def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         value = loc << 2 | STEP_STARTED_AT
         if not self._append(inst, rec[KEY], value):
             inst.steps.setdefault(sys.intern(rec[KEY]), value)
 
-    def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if not self._append(inst, rec[KEY], None):
             forget(inst.steps, rec[KEY])
 
-    def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if inst.signals is None:
             inst.signals = {}
         inst.signals.setdefault(rec[KEY], self._blob_or_loc(rec[SIGNALLED_PAYLOAD], loc))
 
-    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if inst.timers is None:
             inst.timers = {}
         inst.timers.setdefault(rec[KEY], rec[TIMER_SET_DEADLINE])
 
-    def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if inst.done_waits is None:
             inst.done_waits = {}
         inst.done_waits.setdefault(rec[KEY], rec[TYPE])
 
-    def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
-        if moved:
-            inst.outcome = self._blob_or_loc(rec[COMPLETED_RESULT], loc)
+    def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.outcome = self._blob_or_loc(rec[COMPLETED_RESULT], loc)
 
-    def _failed(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
-        if moved:
-            inst.outcome, inst.error = loc, (rec[FAILED_TYPE], rec[FAILED_MESSAGE])
+    def _failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.outcome, inst.error = loc, (rec[FAILED_TYPE], rec[FAILED_MESSAGE])
 
-    def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
-        if moved:
-            inst.outcome = inst.error = None
+    def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.outcome = inst.error = None
 
-    def _state_image(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _state_image(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         # The state and the wait are the lifecycle's; the tables are set as is.
         inst.timers = {sys.intern(k): v for k, v in rec[IMAGE_TIMERS].items()} or None
         inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_DONE_WAITS].items()} or None
 
-    def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int, moved: bool) -> None:
+    def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         """suspended, cancelled: the lifecycle records all there is."""
 
 
@@ -503,7 +501,7 @@ def _old(value: Entry | None, shift: int, upto: int) -> bool:
     return segment < upto or (segment == upto and loc_inner(loc) == 0)
 
 
-_Apply = Callable[[Index, InstanceEntry, list[Any], int, bool], None]
+_Apply = Callable[[Index, InstanceEntry, list[Any], int], None]
 # Record type -> what apply records for it besides the state (``created``
 # makes the entry, in apply itself).
 _APPLY: dict[int, _Apply] = {

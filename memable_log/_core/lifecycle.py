@@ -14,11 +14,12 @@ key it waits on; a suspension whose signal came first does not suspend; a
 timer or a timeout ends only the awaited wait; concurrent timers sleep until
 the earliest; a state image sets the state as is). A rule changes only the
 fields of ``Machine`` it may write (the state and the wait) and returns
-whether the state moved along the table; the index records an outcome
-(``completed``, ``failed``) and a restart clears it only then, so an
-outcome counts only from a live state and a restart only from a finished
-one. ``UNCHANGED_BY`` lists the record types that never change the state:
-the bulk of a journal, which the index applies without asking.
+whether the state moved along the table. For the types in
+``ONLY_ON_A_MOVE`` the index records the record's data (an outcome, a
+restart's clearing of it) only then: an outcome counts only from a live
+state, a restart only from a finished one. ``UNCHANGED_BY`` lists the
+record types that never change the state: the bulk of a journal, which the
+index applies without asking.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ TRANSITIONS: Final = _table()
 UNCHANGED_BY: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.FORGOT,
 })
+
+
+# Record types whose data counts only if they moved the state (see above).
+ONLY_ON_A_MOVE: Final = frozenset({r.COMPLETED, r.FAILED, r.CANCELLED, r.RESTARTED})
 
 
 def next_state(state: int, rtype: int) -> int:
