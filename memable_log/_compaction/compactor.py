@@ -17,9 +17,9 @@ that a crash left behind). A crash at any point leaves a journal that opens
 with the same contents.
 
 The new file's locations come back as *moves* (``moves``), so a running
-engine can re-point its index entries (``apply_moves``) before the old files
-go. ``compact_prefix`` is the whole rewrite over a Storage; a running engine
-runs it in a child process (_compact_process.py), since it is CPU work that
+engine can re-point its index entries (``Index.repoint``) before the old
+files go. ``compact_prefix`` is the whole rewrite over a Storage; a running engine
+runs it in a child process (child.py), since it is CPU work that
 would otherwise hold the GIL against the engine's own commits.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Container, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -48,6 +48,8 @@ from .._core.format import (
 )
 from .._core.framing import BLOCK_TARGET, encode_block, encode_frame
 from .._core.index import Index, InstanceEntry, pack_loc
+from .._core.index import Move as Move  # the child sends these over a pipe
+from .._core.index import moves as moves
 from .._storage import snapshot as _snapshot
 from .._storage.crashpoints import crashpoint
 from .._storage.files import Storage
@@ -82,6 +84,20 @@ def expired(index: Index, now_ms: int, retention_ms: int | None) -> set[str]:
     }
 
 
+# The record types synthesize writes, and those it never writes because what
+# they did is in what it writes: a forget in the step table it leaves out, a
+# restart in the state and the cleared outcome, a suspension, a timer and
+# the end of a wait in the state image. Every record type is in exactly one
+# (tests/core/test_records.py).
+SYNTHESISED: Final = frozenset({
+    r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SIGNALLED, r.STATE_IMAGE,
+    r.COMPLETED, r.FAILED, r.CANCELLED,
+})
+SUPERSEDED: Final = frozenset({
+    r.SUSPENDED, r.TIMER_SET, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT, r.RESTARTED,
+})
+
+
 def synthesize(index: Index, read: ReadRecord, drop: Container[str] = ()) -> Iterator[list[Any]]:
     """Records that rebuild ``index`` (less ``drop``) when applied in order."""
     for iid, entry in index.instances.items():
@@ -91,22 +107,26 @@ def synthesize(index: Index, read: ReadRecord, drop: Container[str] = ()) -> Ite
 
 def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[list[Any]]:
     def blob(where: ix.Entry, field: int) -> bytes:
+        """An inline blob, or ``field`` of the record at location ``where``."""
         return where if type(where) is bytes else read(where)[field]  # type: ignore[arg-type]
 
     ts = e.updated_ms
-    yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, 5)]
+    yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
     for key, step in e.steps.items():
         kind = ix.entry_kind(step)
         if kind == ix.STEP_DONE_AT:
-            value = step if type(step) is bytes else read(ix.entry_loc(step))[5]  # type: ignore[arg-type]
+            value = step if type(step) is bytes else read(ix.entry_loc(step))[r.STEP_DONE_VALUE]  # type: ignore[arg-type]
             yield [r.STEP_DONE, 0, ts, iid, key, value]
         elif kind == ix.STEP_FAILED_AT:
             failed = read(ix.entry_loc(step))  # type: ignore[arg-type]
-            yield [r.STEP_FAILED, 0, ts, iid, key, failed[5], failed[6], failed[7]]
+            yield [
+                r.STEP_FAILED, 0, ts, iid, key, failed[r.STEP_FAILED_TYPE],
+                failed[r.STEP_FAILED_MESSAGE], failed[r.STEP_FAILED_TRACEBACK],
+            ]
         else:
             yield [r.STEP_STARTED, 0, ts, iid, key]
     for key, payload in (e.signals or {}).items():
-        yield [r.SIGNALLED, 0, ts, iid, key, blob(payload, 5)]
+        yield [r.SIGNALLED, 0, ts, iid, key, blob(payload, r.SIGNALLED_PAYLOAD)]
     state = e.state if e.state in lc.LIVE else lc.RUNNING
     # Else ``created`` said it all, unless a later record (a forget, a
     # restart) moved updated_ms with nothing else to carry it.
@@ -118,10 +138,13 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
         ]
     if e.state == lc.COMPLETED:
         assert e.outcome is not None
-        yield [r.COMPLETED, 0, ts, iid, blob(e.outcome, 4)]
+        yield [r.COMPLETED, 0, ts, iid, blob(e.outcome, r.COMPLETED_RESULT)]
     elif e.state == lc.FAILED:
         failed = read(e.outcome)  # type: ignore[arg-type]
-        yield [r.FAILED, 0, ts, iid, failed[4], failed[5], failed[6]]
+        yield [
+            r.FAILED, 0, ts, iid, failed[r.FAILED_TYPE], failed[r.FAILED_MESSAGE],
+            failed[r.FAILED_TRACEBACK],
+        ]
     elif e.state == lc.CANCELLED:
         yield [r.CANCELLED, 0, ts, iid]
 
@@ -201,83 +224,18 @@ def finish(storage: Storage, upto: int) -> list[str]:
     return names
 
 
-Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int]]
-"""An instance's new locations: (id, input, outcome, steps, signals); only
-the entries that are locations (inline values never move)."""
-
-
-def moves(fresh: Index) -> Iterator[Move]:
-    """Every location in ``fresh`` (a compacted segment's index), by instance."""
-    for iid, e in fresh.instances.items():
-        steps = {k: v for k, v in e.steps.items() if type(v) is int}
-        signals = {k: v for k, v in (e.signals or {}).items() if type(v) is int}
-        inp = e.input if type(e.input) is int else None
-        out = e.outcome if type(e.outcome) is int else None
-        if steps or signals or inp is not None or out is not None:
-            yield iid, inp, out, steps, signals
-
-
-def _old(value: ix.Entry | None, shift: int, upto: int) -> bool:
-    """Whether ``value`` is a location that ``cmp-<upto>`` replaced: in a plain
-    segment up to ``upto``, or in an older compacted one."""
-    if type(value) is not int:
-        return False
-    loc = value >> shift
-    segment = ix.unpack_loc(loc)[0]
-    return segment < upto or (segment == upto and ix.loc_inner(loc) == 0)
+# For _compaction/service.py until it calls Index.repoint and Index.settle
+# itself (issue 12); delete them then.
 
 
 def apply_moves(live: Index, moved: Iterable[Move], upto: int) -> int:
-    """Re-point ``live`` entries that point into what ``cmp-<upto>`` replaced.
-
-    A live entry still at an old location was last written in the compacted
-    prefix, so the compacted file holds its counterpart, of the same kind and
-    inlined alike: its move. Entries written since (later segments) are left
-    alone. Returns how many entries changed.
-    """
-    changed = 0
-    instances = live.instances
-    for iid, inp, out, steps, signals in moved:
-        entry = instances.get(iid)
-        if entry is None:
-            continue
-        if inp is not None and _old(entry.input, 0, upto):
-            entry.input, changed = inp, changed + 1
-        if out is not None and _old(entry.outcome, 0, upto):
-            entry.outcome, changed = out, changed + 1
-        if steps:
-            table = entry.steps
-            for key, value in steps.items():
-                if _old(table.get(key), 2, upto):
-                    table[key], changed = value, changed + 1
-        if signals and entry.signals:
-            table = entry.signals
-            for key, value in signals.items():
-                if _old(table.get(key), 0, upto):
-                    table[key], changed = value, changed + 1
-    return changed
+    """``live.repoint(moved, upto)``."""
+    return live.repoint(moved, upto)
 
 
 def settle_seqs(live: Index, ids: Iterable[str], next_seq: int) -> None:
-    """Instances with no record after the compacted history (``next_seq`` is
-    the seq after it) take its ``last_seq``, 0, as a full scan would give."""
-    instances = live.instances
-    for iid in ids:
-        entry = instances.get(iid)
-        if entry is not None and entry.last_seq < next_seq:
-            entry.last_seq = 0
-
-
-def remap(live: Index, fresh: Index, upto: int, next_seq: int | None = None) -> int:
-    """Re-point ``live`` at ``fresh``, the index of ``cmp-<upto>``, at once.
-
-    Returns how many entries changed. With ``next_seq`` (the seq after the
-    compacted history) ``last_seq`` is settled too (see settle_seqs).
-    """
-    changed = apply_moves(live, moves(fresh), upto)
-    if next_seq is not None:
-        settle_seqs(live, fresh.instances, next_seq)
-    return changed
+    """``live.settle(ids, next_seq)``."""
+    live.settle(ids, next_seq)
 
 
 def compact_prefix(

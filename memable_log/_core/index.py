@@ -1,9 +1,14 @@
 """The in-memory index: what the journal says, by instance and key. Pure.
 
-``Index.apply(rec, loc)`` is the one way the index changes: start-up replay
-calls it for every record in the journal, the appender for every record it
-has just made durable. So the index after a restart is, by construction,
-the index before it.
+``Index.apply(rec, loc)`` is the one way records change the index: start-up
+replay calls it for every record in the journal, the appender for every
+record it has just made durable. So the index after a restart is, by
+construction, the index before it. What a record does to an instance's
+state (running, suspended, ...) and its wait is decided by lifecycle.py,
+its table and its conditions; apply records the data (steps, signals,
+timers, outcomes). Besides apply, the index changes only by the methods a
+running compaction calls (``retire``, ``restore``, ``repoint``, ``settle``),
+each of which leaves it what a full scan of the journal's files would give.
 
 Layout, chosen for memory (a million entries must fit in ~100 bytes each)
 and for start-up from a snapshot (a million entries in well under a second).
@@ -28,7 +33,7 @@ Locations beyond 64 bits travel as msgpack ext type ``BIG_INT``. Replaying
 the stream (``unpack_steps``) builds the very dict apply would have built,
 in the same order, so nothing observable depends on the form. Snapshots
 store packed tables as they are: a change to this form is a new snapshot
-version (_snapshot.py).
+version (_storage/snapshot.py).
 
 Why two forms: a dict of nine steps with small inline values costs ~900
 bytes (the dict, and a 33-byte-header object per value); packed, the same
@@ -50,8 +55,8 @@ Which form when:
 * When an instance comes to rest (finished, suspended or sleeping), apply
   packs its table again; so too after any record for a finished instance
   (a forget). Readers that only count (``memoised_steps``) decode without
-  keeping the dict; one that materialises tables at rest in bulk (the
-  re-pointing after a compaction) can pack them again with ``repack``.
+  keeping the dict; ``repoint`` packs again a table at rest it re-pointed,
+  and ``repack`` does so for any other reader that materialises in bulk.
 
 Nobody holds ``entry.steps`` across an ``apply``: callers read it anew (the
 engine's context, compaction's re-pointing), so a table packed under them
@@ -61,13 +66,30 @@ is never written to by mistake.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
 
 import msgpack
 
 from . import lifecycle as lc
 from . import records as r
+from .records import (
+    COMPLETED_RESULT,
+    CREATED_INPUT,
+    CREATED_WORKFLOW,
+    FAILED_MESSAGE,
+    FAILED_TYPE,
+    IMAGE_DONE_WAITS,
+    IMAGE_TIMERS,
+    INSTANCE,
+    KEY,
+    SEQ,
+    SIGNALLED_PAYLOAD,
+    STEP_DONE_VALUE,
+    TIMER_SET_DEADLINE,
+    TS,
+    TYPE,
+)
 
 OFFSET_BITS = 40
 STEP_DONE_AT = 0
@@ -87,7 +109,9 @@ _U64 = (1 << 64) - 1
 _AT_REST = lc.WAITING | lc.FINISHED
 _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _KEY_CACHE = 4096  # distinct keys whose msgpack bytes an index keeps
-_TRANSITIONS = lc.TRANSITIONS  # inlined lc.next_state: apply runs per record
+_FINISHED = lc.FINISHED
+_RULES = lc.RULES  # inlined lc.advance: apply runs per record
+_ONLY_ON_A_MOVE = lc.ONLY_ON_A_MOVE
 
 
 def pack_loc(segment: int, offset: int, inner: int = 0) -> int:
@@ -259,30 +283,34 @@ class Index:
         self._keys: dict[str, bytes] = {}  # a key's msgpack bytes (keys repeat)
 
     def apply(self, rec: list[Any], loc: int) -> None:
-        """Fold one well-formed record (see _records.check) into the index."""
-        rtype = rec[0]
+        """Fold one well-formed record (see records.check) into the index."""
+        rtype = rec[TYPE]
         self.records += 1
         if rtype == r.CREATED:
-            if rec[3] not in self.instances:
-                entry = InstanceEntry(sys.intern(rec[4]), rec[2], self._blob_or_loc(rec[5], loc))
-                entry.last_seq = rec[1]
-                self.instances[rec[3]] = entry
+            if rec[INSTANCE] not in self.instances:
+                entry = InstanceEntry(
+                    sys.intern(rec[CREATED_WORKFLOW]), rec[TS],
+                    self._blob_or_loc(rec[CREATED_INPUT], loc),
+                )
+                entry.last_seq = rec[SEQ]
+                self.instances[rec[INSTANCE]] = entry
             return
-        inst = self.instances.get(rec[3])
+        inst = self.instances.get(rec[INSTANCE])
         if inst is None:
-            raise r.RecordError(f"record for unknown instance {rec[3]!r}")
-        inst.updated_ms = rec[2]
-        inst.last_seq = rec[1]
-        before = inst.state
-        # False: an early signal, an old key, a signalled suspension, a state image.
-        if _APPLY[rtype](self, inst, rec, loc):
-            new_state = _TRANSITIONS.get((before, rtype), before)
-            if new_state != before:
-                if new_state not in lc.WAITING:
-                    inst.wait_key = inst.status = inst.deadline_ms = None
-                inst.state = new_state
-            elif before not in lc.FINISHED:
-                return  # the bulk of the records: a step of a running instance
+            raise r.RecordError(f"record for unknown instance {rec[INSTANCE]!r}")
+        inst.updated_ms = rec[TS]
+        inst.last_seq = rec[SEQ]
+        rule = _RULES.get(rtype)
+        if rule is None:  # the bulk of the records: steps, which leave the state be
+            _APPLY[rtype](self, inst, rec, loc)
+            if inst.state in _FINISHED and type(inst.table) is dict:
+                inst.pack()  # a forget after the end: at rest again
+            return
+        # The lifecycle decides the state (its conditions read the record's
+        # fields); the index then records the data, an outcome or a
+        # restart's clearing of it only if the record moved the state.
+        if rule(inst, rec) or rtype not in _ONLY_ON_A_MOVE:
+            _APPLY[rtype](self, inst, rec, loc)
         if type(inst.table) is dict and inst.state in _AT_REST:
             inst.pack()  # at rest: nobody reads its steps for a while
 
@@ -297,6 +325,67 @@ class Index:
                 inst.pack()
                 packed += 1
         return packed
+
+    # -- what compaction does to a live index ----------------------------------------
+    # A running engine's compaction takes expired instances out (retire) and,
+    # if the rewrite never became visible, puts them back (restore); once it
+    # did, it re-points locations at the new file (repoint) and settles
+    # last_seq (settle). Each keeps the index what a full scan of the new
+    # files would build.
+
+    def retire(self, instance_id: str) -> InstanceEntry | None:
+        """Take an instance out of the index; its entry, or None if absent."""
+        return self.instances.pop(instance_id, None)
+
+    def restore(self, entries: Mapping[str, InstanceEntry]) -> None:
+        """Put retired entries back; an id present again keeps its present entry."""
+        instances = self.instances
+        for iid, entry in entries.items():
+            instances.setdefault(iid, entry)
+
+    def repoint(self, moved: Iterable[Move], upto: int) -> int:
+        """Re-point entries that point into what ``cmp-<upto>`` replaced.
+
+        ``moved`` are the new file's locations (``moves``). An entry still at
+        an old location was last written in the compacted prefix, so the
+        compacted file holds its counterpart, of the same kind and inlined
+        alike: its move. Entries written since (later segments) are left
+        alone. A step table at rest is left packed. Returns how many entries
+        changed.
+        """
+        changed = 0
+        instances = self.instances
+        for iid, inp, out, steps, signals in moved:
+            entry = instances.get(iid)
+            if entry is None:
+                continue
+            if inp is not None and _old(entry.input, 0, upto):
+                entry.input, changed = inp, changed + 1
+            if out is not None and _old(entry.outcome, 0, upto):
+                entry.outcome, changed = out, changed + 1
+            if steps:
+                table = entry.steps
+                for key, value in steps.items():
+                    if _old(table.get(key), 2, upto):
+                        table[key], changed = value, changed + 1
+                if entry.state in _AT_REST:
+                    entry.pack()
+            if signals and entry.signals:
+                table = entry.signals
+                for key, value in signals.items():
+                    if _old(table.get(key), 0, upto):
+                        table[key], changed = value, changed + 1
+        return changed
+
+    def settle(self, ids: Iterable[str], next_seq: int) -> None:
+        """Instances of ``ids`` with no record after the compacted history
+        (``next_seq`` is the seq after it) take its ``last_seq``, 0, as a
+        full scan would give."""
+        instances = self.instances
+        for iid in ids:
+            entry = instances.get(iid)
+            if entry is not None and entry.last_seq < next_seq:
+                entry.last_seq = 0
 
     def _blob_or_loc(self, blob: bytes, loc: int) -> Entry:
         return blob if len(blob) <= self.inline_limit else loc
@@ -317,118 +406,119 @@ class Index:
             return True
         return False
 
-    # One function per record type: what it changes besides the state. Each
-    # returns whether the record may change the state (see _lifecycle).
+    # One function per record type: the data it records (the state is the
+    # lifecycle's, decided before).
 
-    def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        blob = rec[5]
+    def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        blob = rec[STEP_DONE_VALUE]
         size = len(blob)
         if size <= self.inline_limit:
             table = inst.table
             # The bulk of a scan: an inline value onto a small packed table
             # (by hand: a msgpack bin 8 is 0xc4, its length, its bytes).
             if type(table) is bytes and size < 256 and len(table) < APPEND_LIMIT:
-                key = rec[4]
+                key = rec[KEY]
                 packed_key = self._keys.get(key) or self._key_bytes(key)
                 inst.table = b"".join((table, packed_key, _BIN8[size], blob))
-                return True
+                return
             value: Entry = blob
         else:
             value = loc << 2 | STEP_DONE_AT
-            if self._append(inst, rec[4], value):
-                return True
-        inst.steps[sys.intern(rec[4])] = value
-        return True
+            if self._append(inst, rec[KEY], value):
+                return
+        inst.steps[sys.intern(rec[KEY])] = value
 
-    def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+    def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         value = loc << 2 | STEP_FAILED_AT
-        if not self._append(inst, rec[4], value):
-            inst.steps[sys.intern(rec[4])] = value
-        return True
+        if not self._append(inst, rec[KEY], value):
+            inst.steps[sys.intern(rec[KEY])] = value
 
-    def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+    def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         value = loc << 2 | STEP_STARTED_AT
-        if not self._append(inst, rec[4], value):
-            inst.steps.setdefault(sys.intern(rec[4]), value)
-        return True
+        if not self._append(inst, rec[KEY], value):
+            inst.steps.setdefault(sys.intern(rec[KEY]), value)
 
-    def _suspended(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        if inst.signals is not None and rec[4] in inst.signals:
-            return False  # its signal came first: the instance keeps running
-        if inst.state == lc.RUNNING:
-            inst.wait_key, inst.status, inst.deadline_ms = rec[4], rec[5], rec[6]
-        return True
+    def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        if not self._append(inst, rec[KEY], None):
+            forget(inst.steps, rec[KEY])
 
-    def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+    def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if inst.signals is None:
             inst.signals = {}
-        inst.signals.setdefault(rec[4], self._blob_or_loc(rec[5], loc))
-        return bool(rec[4] == inst.wait_key)
+        inst.signals.setdefault(rec[KEY], self._blob_or_loc(rec[SIGNALLED_PAYLOAD], loc))
 
-    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if inst.timers is None:
             inst.timers = {}
-        inst.timers.setdefault(rec[4], rec[5])
-        # Concurrent timers (a nursery in the workflow): sleep until the earliest.
-        if inst.state == lc.RUNNING or (
-            inst.state == lc.SLEEPING and inst.deadline_ms is not None
-            and rec[5] < inst.deadline_ms
-        ):
-            inst.wait_key, inst.status, inst.deadline_ms = rec[4], None, rec[5]
-        return True
+        inst.timers.setdefault(rec[KEY], rec[TIMER_SET_DEADLINE])
 
-    def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
+    def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if inst.done_waits is None:
             inst.done_waits = {}
-        inst.done_waits.setdefault(rec[4], rec[0])
-        return bool(rec[4] == inst.wait_key)
+        inst.done_waits.setdefault(rec[KEY], rec[TYPE])
 
-    def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        if not self._append(inst, rec[4], None):
-            forget(inst.steps, rec[4])
-        return True
+    def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.outcome = self._blob_or_loc(rec[COMPLETED_RESULT], loc)
 
-    def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        if inst.state in lc.LIVE:
-            inst.outcome = self._blob_or_loc(rec[4], loc)
-        return True
+    def _failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.outcome, inst.error = loc, (rec[FAILED_TYPE], rec[FAILED_MESSAGE])
 
-    def _failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        if inst.state in lc.LIVE:
-            inst.outcome, inst.error = loc, (rec[4], rec[5])
-        return True
+    def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.outcome = inst.error = None
 
-    def _cancelled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        return True  # only the state changes
+    def _state_image(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        # The state and the wait are the lifecycle's; the tables are set as is.
+        inst.timers = {sys.intern(k): v for k, v in rec[IMAGE_TIMERS].items()} or None
+        inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_DONE_WAITS].items()} or None
 
-    def _state_image(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        # Compaction's summary of what the state machine had reached: set as is.
-        inst.state = rec[4]
-        inst.wait_key, inst.status, inst.deadline_ms = rec[5], rec[6], rec[7]
-        inst.timers = {sys.intern(k): v for k, v in rec[8].items()} or None
-        inst.done_waits = {sys.intern(k): v for k, v in rec[9].items()} or None
+    def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        """suspended, cancelled: the lifecycle records all there is."""
+
+
+Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int]]
+"""An instance's new locations: (id, input, outcome, steps, signals); only
+the entries that are locations (inline values never move)."""
+
+
+def moves(fresh: Index) -> Iterator[Move]:
+    """Every location in ``fresh`` (a compacted segment's index), by instance."""
+    for iid, e in fresh.instances.items():
+        steps = {k: v for k, v in e.steps.items() if type(v) is int}
+        signals = {k: v for k, v in (e.signals or {}).items() if type(v) is int}
+        inp = e.input if type(e.input) is int else None
+        out = e.outcome if type(e.outcome) is int else None
+        if steps or signals or inp is not None or out is not None:
+            yield iid, inp, out, steps, signals
+
+
+def _old(value: Entry | None, shift: int, upto: int) -> bool:
+    """Whether ``value`` is a location that ``cmp-<upto>`` replaced: in a plain
+    segment up to ``upto``, or in an older compacted one."""
+    if type(value) is not int:
         return False
-
-    def _restarted(self, inst: InstanceEntry, rec: list[Any], loc: int) -> bool:
-        if inst.state in lc.FINISHED:
-            inst.outcome = inst.error = None
-        return True
+    loc = value >> shift
+    segment = unpack_loc(loc)[0]
+    return segment < upto or (segment == upto and loc_inner(loc) == 0)
 
 
-_Apply = Callable[[Index, InstanceEntry, list[Any], int], bool]
+_Apply = Callable[[Index, InstanceEntry, list[Any], int], None]
+# Record type -> what apply records for it besides the state (``created``
+# makes the entry, in apply itself).
 _APPLY: dict[int, _Apply] = {
     r.STEP_DONE: Index._step_done,
     r.STEP_FAILED: Index._step_failed,
     r.STEP_STARTED: Index._step_started,
-    r.SUSPENDED: Index._suspended,
+    r.FORGOT: Index._forgot,
+    r.SUSPENDED: Index._state_only,
     r.SIGNALLED: Index._signalled,
     r.TIMER_SET: Index._timer_set,
     r.TIMER_FIRED: Index._wait_done,
     r.SUSPEND_TIMED_OUT: Index._wait_done,
-    r.FORGOT: Index._forgot,
     r.COMPLETED: Index._completed,
     r.FAILED: Index._failed,
-    r.CANCELLED: Index._cancelled,
+    r.CANCELLED: Index._state_only,
     r.RESTARTED: Index._restarted,
     r.STATE_IMAGE: Index._state_image,
 }
+# Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
+APPLIED: Final = frozenset({r.CREATED, *_APPLY})

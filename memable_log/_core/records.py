@@ -4,7 +4,7 @@ A record is a msgpack array ``[type, seq, ts_ms, instance, *fields]``:
 ``seq`` is the journal's dense sequence number (given by the appender),
 ``ts_ms`` the engine's wall clock in milliseconds, ``instance`` the instance
 id. User values (inputs, results, signal payloads) are opaque *blobs* here:
-bytes produced by _codec.py, never decoded by the journal.
+bytes produced by codec.py, never decoded by the journal.
 
 The seal (type 0) is not a record of the history: it is the last frame of a
 full segment, ``[0, next_seq]``.
@@ -80,6 +80,7 @@ TYPE: Final = 0
 SEQ: Final = 1
 TS: Final = 2
 INSTANCE: Final = 3
+FIELDS: Final = 4  # where a type's own fields (SCHEMA) begin
 # KEY: every keyed record (step_*, suspended, signalled, timer_*, suspend_timed_out, forgot)
 KEY: Final = 4
 CREATED_WORKFLOW: Final = 4
@@ -109,7 +110,7 @@ TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
 TYPE_NAMES_WITH_SEAL: Final[dict[int, str]] = {SEAL: "seal", **TYPE_NAMES}
 
 _CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
-    t: (4 + len(fields), tuple(types for _, types in fields))
+    t: (FIELDS + len(fields), tuple(types for _, types in fields))
     for t, (_, fields) in SCHEMA.items()
 }
 
@@ -151,11 +152,11 @@ def check(rec: Any) -> list[Any]:
         # Fast path; any other input takes the full walk below, which also
         # words the error.
         rtypes = SIGNATURES.get(tuple(map(type, rec)))
-        if rtypes is not None and rec[0] in rtypes:
+        if rtypes is not None and rec[TYPE] in rtypes:
             return rec
-    if type(rec) is not list or len(rec) < 4:
+    if type(rec) is not list or len(rec) < FIELDS:
         raise RecordError("payload is not a record array")
-    rtype = rec[0]
+    rtype = rec[TYPE]
     spec = _CHECKS.get(rtype) if type(rtype) is int else None
     if spec is None:
         raise RecordError(f"unknown record type {rtype!r}")
@@ -164,9 +165,9 @@ def check(rec: Any) -> list[Any]:
         raise RecordError(
             f"{TYPE_NAMES[rtype]} record has {len(rec)} fields, expected {length}"
         )
-    if type(rec[1]) is not int or type(rec[2]) is not int or type(rec[3]) is not str:
+    if type(rec[SEQ]) is not int or type(rec[TS]) is not int or type(rec[INSTANCE]) is not str:
         raise RecordError("record seq, time or instance has the wrong type")
-    for value, allowed in zip(rec[4:], types, strict=False):
+    for value, allowed in zip(rec[FIELDS:], types, strict=False):
         if not isinstance(value, allowed):
             raise RecordError(
                 f"{TYPE_NAMES[rtype]} record has a field of type {type(value).__name__}"
@@ -176,14 +177,14 @@ def check(rec: Any) -> list[Any]:
     return rec
 
 
-_N_STATES = 6  # see _lifecycle.STATE_NAMES
+_N_STATES = 6  # see lifecycle.STATE_NAMES
 _WAIT_KINDS = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT})
 
 
 def _check_image(rec: list[Any]) -> None:
-    if not 0 <= rec[4] < _N_STATES:
-        raise RecordError(f"state_image record has unknown state {rec[4]!r}")
-    for table, kinds in ((rec[8], None), (rec[9], _WAIT_KINDS)):
+    if not 0 <= rec[IMAGE_STATE] < _N_STATES:
+        raise RecordError(f"state_image record has unknown state {rec[IMAGE_STATE]!r}")
+    for table, kinds in ((rec[IMAGE_TIMERS], None), (rec[IMAGE_DONE_WAITS], _WAIT_KINDS)):
         for key, value in table.items():
             if type(key) is not str or type(value) is not int or (
                 kinds is not None and value not in kinds
@@ -193,8 +194,10 @@ def _check_image(rec: list[Any]) -> None:
 
 def check_seal(rec: Any) -> int | None:
     """The next_seq of a seal record, or None if ``rec`` is not a seal."""
-    if type(rec) is list and len(rec) == 2 and rec[0] == SEAL and type(rec[1]) is int:
-        return int(rec[1])
+    if type(rec) is not list or len(rec) != 2 or rec[TYPE] != SEAL:
+        return None
+    next_seq = rec[SEAL_NEXT_SEQ]
+    return next_seq if type(next_seq) is int else None
     return None
 
 
@@ -226,9 +229,9 @@ class RecordView:
 
 
 def view(rec: list[Any], segment: int, offset: int) -> RecordView:
-    name, fields = SCHEMA[rec[0]]
+    name, fields = SCHEMA[rec[TYPE]]
     return RecordView(
-        seq=rec[1], type=name, ts_ms=rec[2], instance=rec[3],
-        fields={fname: value for (fname, _), value in zip(fields, rec[4:], strict=False)},
+        seq=rec[SEQ], type=name, ts_ms=rec[TS], instance=rec[INSTANCE],
+        fields={fname: value for (fname, _), value in zip(fields, rec[FIELDS:], strict=False)},
         segment=segment, offset=offset,
     )

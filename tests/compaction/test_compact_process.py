@@ -37,7 +37,6 @@ from memable_log import Context, Engine
 from memable_log._compaction import child as cp
 from memable_log._compaction import service as _maintenance
 from memable_log._compaction.compactor import (
-    apply_moves,
     compact_prefix,
     finish,
     moves,
@@ -117,7 +116,7 @@ async def test_the_child_writes_and_moves_what_the_in_process_path_does(
     # answers from the new file once the old ones are gone.
     live = Index(INLINE)
     scan(FileStorage(path), live.apply)
-    apply_moves(live, got, upto)
+    live.repoint(got, upto)
     storage = FileStorage(there)
     finish(storage, upto)
     assert answers(live, reader(storage, scan(storage))) == before

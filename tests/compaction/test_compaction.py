@@ -10,7 +10,7 @@ location, each signal) must answer the same:
 * after the pieces (``prefix_state``, ``synthesize``, ``write_compacted``,
   ``finish``) with ``upto`` in the middle, so a tail of plain segments
   follows the compacted one, with the old segments still there (leftovers)
-  and after they are gone; a live index re-pointed with ``remap`` answers
+  and after they are gone; a live index re-pointed with ``Index.repoint`` answers
   the same from the new file;
 * after reopening and appending more records: the compacted journal and an
   uncompacted copy given the same records answer alike;
@@ -65,8 +65,8 @@ from memable_log import (
 from memable_log._compaction.compactor import (
     compact_offline,
     finish,
+    moves,
     prefix_state,
-    remap,
     synthesize,
     write_compacted,
 )
@@ -171,7 +171,7 @@ async def _equivalence(
         after = scan(pieces)
         assert after.segments[0].name == compacted_name(upto)
         # A live index re-pointed at the new file answers the same from it.
-        remap(live, fresh, upto)
+        live.repoint(moves(fresh), upto)
         assert answers(live, reader(pieces, after)) == before
         assert old_locations(live, upto) == []
         assert answers(fresh, reader(pieces, after)) == prefix_answers
