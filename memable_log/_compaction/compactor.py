@@ -26,7 +26,7 @@ would otherwise hold the GIL against the engine's own commits.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any, Final
 
 import msgpack
@@ -222,20 +222,6 @@ def finish(storage: Storage, upto: int) -> list[str]:
     if names:
         storage.sync_dir()
     return names
-
-
-# For _compaction/service.py until it calls Index.repoint and Index.settle
-# itself (issue 12); delete them then.
-
-
-def apply_moves(live: Index, moved: Iterable[Move], upto: int) -> int:
-    """``live.repoint(moved, upto)``."""
-    return live.repoint(moved, upto)
-
-
-def settle_seqs(live: Index, ids: Iterable[str], next_seq: int) -> None:
-    """``live.settle(ids, next_seq)``."""
-    live.settle(ids, next_seq)
 
 
 def compact_prefix(

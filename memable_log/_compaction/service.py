@@ -44,7 +44,7 @@ from .._journal.maintenance import Maintenance
 from .._storage.crashpoints import crashpoint
 from .._storage.files import FileStorage
 from .child import ChildFailed, Rewritten, compact_in_child, usable
-from .compactor import apply_moves, compact_prefix, finish, moves, settle_seqs
+from .compactor import compact_prefix, finish, moves
 
 logger = logging.getLogger("memable_log")
 
@@ -158,8 +158,7 @@ class Compaction:
                 # appended now would name an instance the journal lacks.
                 # (A quick listing, kept synchronous: no checkpoint in a finally.)
                 if not written and compacted_name(upto) not in storage.list():
-                    for iid, entry in removed.items():
-                        live.setdefault(iid, entry)
+                    self.index.restore(removed)
                     journal.keep_snapshot = True  # the index matches the files again
             if done.next_seq != next_seq:
                 raise JournalCorrupt(
@@ -189,12 +188,11 @@ class Compaction:
         for i, move in enumerate(done.moved):
             if slices.used_up(i):
                 await slices.pause()
-            apply_moves(index, (move,), upto)
-            index.repack((move[0],))  # a table at rest it unpacked
+            index.repoint((move,), upto)
         for i in range(0, len(ids), 16):
             if slices.used_up(i):
                 await slices.pause()
-            settle_seqs(index, ids[i : i + 16], done.next_seq)
+            index.settle(ids[i : i + 16], done.next_seq)
         journal.keep_snapshot = True
         self.compacted_upto = self.leftovers_upto = upto
         self.leftovers_epoch = journal.new_epoch()
@@ -227,7 +225,8 @@ class Compaction:
                 and entry.updated_ms <= cutoff and entry.last_seq < next_seq
                 and iid not in busy
             ):
-                removed[iid] = live.pop(iid)
+                removed[iid] = entry
+                self.index.retire(iid)
                 self.retiring.add(iid)
 
     async def _rewrite(self, upto: int, removed: dict[str, InstanceEntry]) -> Rewritten:
