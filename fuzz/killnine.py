@@ -20,7 +20,7 @@ parent counts a memable-signal exit 0 as the signal's acknowledgement.
 The parent kills the child with SIGKILL, one to three times per iteration,
 each time in one of three ways: after a random delay (also during start-up
 and recovery), right after a random acknowledgement, or at a crash point
-armed in the child (memable_log/_crashpoints.py: torn write, before/after
+armed in the child (memable_log/_storage/crashpoints.py: torn write, before/after
 fsync, each step of a segment roll-over, before a hand-over is deleted).
 Some memable-signal runs are themselves killed at a crash point (hand-over
 temp written, renamed; or a write of their offline append). Then a last,

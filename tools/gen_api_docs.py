@@ -18,7 +18,7 @@ sections into lists, and ``::`` blocks into fenced Python code.
     python tools/gen_api_docs.py           # rewrite docs/api.md
     python tools/gen_api_docs.py --check   # exit 1 if docs/api.md is stale
 
-tests/test_api_docs.py fails when docs/api.md differs from what this
+tests/project/test_api_docs.py fails when docs/api.md differs from what this
 prints, so a changed docstring is a changed doc.
 """
 

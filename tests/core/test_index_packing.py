@@ -44,7 +44,7 @@ from memable_log._storage.segments import scan
 SEGMENT_SIZE = 4096  # the smallest: histories span several segments
 BIG = 1 << 64
 
-OP = st.tuples(  # History.op's choices, as tests/test_compaction.py draws them
+OP = st.tuples(  # History.op's choices, as tests/compaction/test_compaction.py draws them
     st.integers(0, 9 * 12 - 1), st.integers(0, 5), st.integers(0, 7), st.integers(0, 3)
 )
 OPS = st.lists(OP, min_size=1, max_size=70)
