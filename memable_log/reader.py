@@ -1,9 +1,9 @@
 """Read-only access to a journal, for operators and tools.
 
 Theory of operation. ``read_journal(path)`` walks the journal's segments in
-order with the same checks and the same torn-tail policy as start-up
-(``_storage/segments.iter_scan``: there is one implementation of that policy), and
-yields each record as a ``RecordView``. It takes no lock and opens every
+order with the same checks and the same torn-tail policy as start-up (it
+is start-up's walk, ``_storage/segments.iter_scan``), and yields each
+record as a ``RecordView``. It takes no lock and opens every
 file read-only, so it works while an engine holds the journal and never
 blocks or changes it. What it shows is a snapshot: records appended after a
 segment was read are not seen.
@@ -26,7 +26,10 @@ through the engine's own index and returns each instance's status.
 then each new one as a writer appends it, across segment roll-over and
 compaction. It holds each segment open while it reads it (a segment that
 compaction deletes stays readable through the open file) and decodes only
-complete frames, so it never shows a partial or a repeated record.
+complete frames, so it never shows a partial or a repeated record. Both
+read every segment with the same segment reader
+(``_storage/segment_reader.py``), so they apply the same rules; the
+follower (``_storage/follower.py``) only adds what following needs.
 
 User values (inputs, step results, signal payloads, workflow results) are
 stored as opaque blobs; ``decode_value`` turns one into a JSON-ready value
