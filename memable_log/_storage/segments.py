@@ -36,7 +36,6 @@ from .._core.errors import JournalCorrupt
 from .._core.format import (
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
-    HEADER_SIZE,
     SegmentHeader,
     compacted_name,
     parse_compacted_name,
@@ -157,11 +156,9 @@ def iter_scan(
     walk = plan_walk(storage, result)
     if upto is not None:
         walk = [(name, n) for name, n in walk if n <= upto]
-    start, first_seq = HEADER_SIZE, None
     if resume is not None:
         result.segments = list(resume.segments)
         result.records = resume.records
-        start, first_seq = resume.offset, resume.next_seq
     for i, (name, number) in enumerate(walk):
         if resume is not None and i < resume.index:
             continue
@@ -171,42 +168,52 @@ def iter_scan(
                 f"segment {walk[i - 1][1] + 1} is missing",
             )
         is_last = i == len(walk) - 1 and upto is None
-        resumed = resume is not None and i == resume.index
-        yield from _scan_segment(
-            storage, name, number, is_last, result,
-            start if resumed else HEADER_SIZE, first_seq if resumed else None,
-            resume.head if resume is not None and resumed else b"",
-        )
+        if resume is not None and i == resume.index:
+            reader, data = _open_segment(
+                storage, name, number, result, (resume.offset, resume.next_seq), resume.head
+            )
+        else:
+            reader, data = _open_segment(storage, name, number, result, None, b"")
+        # Straight from the reader: a generator in between costs start-up
+        # time on every record.
+        try:
+            yield from reader.records()
+        finally:
+            result.records += reader.count
+        _close_segment(reader, name, data, is_last, result)
 
 
 def _path(storage: Storage, name: str) -> str:
     return f"{storage.location}/{name}"
 
 
-def _scan_segment(
-    storage: Storage, name: str, number: int, is_last: bool, result: ScanResult,
-    start: int = HEADER_SIZE, resume_seq: int | None = None, known: bytes = b"",
-) -> Iterator[tuple[list[Any], int]]:
+def _open_segment(
+    storage: Storage, name: str, number: int, result: ScanResult,
+    resume: tuple[int, int] | None, known: bytes,
+) -> tuple[SegmentReader, bytes]:
+    """A reader for the segment, its header checked, fed the segment's bytes."""
     path = _path(storage, name)
     if known and (rest := storage.size(name) - len(known)) >= 0:
-        # The bytes before ``start`` were read (and checked) already.
+        # The bytes before the resume offset were read (and checked) already.
         data = known + storage.read_at(name, len(known), rest) if rest else known
     else:
         data = storage.read(name)
     header = read_header(path, name, number, data)
-    reader = SegmentReader(
-        path, number, header, after=result.next_seq if result.segments else None,
-        # Resumed from a snapshot: what came before was checked when it was taken.
-        resume=None if resume_seq is None else (start, resume_seq),
-    )
+    # Resumed from a snapshot: what came before was checked when it was taken.
+    after = result.next_seq if result.segments else None
+    reader = SegmentReader(path, number, header, after=after, resume=resume)
+    reader.feed(data, at=0)
+    return reader, data
+
+
+def _close_segment(
+    reader: SegmentReader, name: str, data: bytes, is_last: bool, result: ScanResult
+) -> None:
+    """The walk's policy for the end of a segment read to its end."""
+    path = reader.path
     # A compacted segment is fsynced whole before its rename makes it
     # visible: damage in it, or a missing seal, is never a torn tail.
     is_last = is_last and not reader.compacted
-    reader.feed(data, at=0)
-    try:
-        yield from reader.records()
-    finally:
-        result.records += reader.count
     damage = reader.ended()
     if damage is not None:
         if not is_last:
@@ -220,7 +227,7 @@ def _scan_segment(
         raise JournalCorrupt(path, reader.pos, "segment ends without a seal")
     result.next_seq = reader.next_seq
     end = reader.pos if result.torn_at is None or not is_last else result.torn_at
-    result.segments.append(Segment(number, header, end, reader.sealed, name))
+    result.segments.append(Segment(reader.number, reader.header, end, reader.sealed, name))
 
 
 def read_record_at(storage: Storage, salts: dict[str, int], loc: int) -> list[Any]:
