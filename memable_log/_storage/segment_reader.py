@@ -296,7 +296,8 @@ class SegmentReader:
                         next_seq = seq + 1
                     count += 1
                     yield rec, loc
-                    loc += inner_one
+                    if block:
+                        loc += inner_one
         finally:
             self._pos, self.sealed, self.next_seq = pos, sealed, next_seq
             self.count += count
