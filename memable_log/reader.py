@@ -1,9 +1,9 @@
 """Read-only access to a journal, for operators and tools.
 
 Theory of operation. ``read_journal(path)`` walks the journal's segments in
-order with the same checks and the same torn-tail policy as start-up
-(``_reader.iter_scan``: there is one implementation of that policy), and
-yields each record as a ``RecordView``. It takes no lock and opens every
+order with the same checks and the same torn-tail policy as start-up (it
+is start-up's walk, ``_storage/segments.iter_scan``), and yields each
+record as a ``RecordView``. It takes no lock and opens every
 file read-only, so it works while an engine holds the journal and never
 blocks or changes it. What it shows is a snapshot: records appended after a
 segment was read are not seen.
@@ -26,7 +26,10 @@ through the engine's own index and returns each instance's status.
 then each new one as a writer appends it, across segment roll-over and
 compaction. It holds each segment open while it reads it (a segment that
 compaction deletes stays readable through the open file) and decodes only
-complete frames, so it never shows a partial or a repeated record.
+complete frames, so it never shows a partial or a repeated record. Both
+read every segment with the same segment reader
+(``_storage/segment_reader.py``), so they apply the same rules; the
+follower (``_storage/follower.py``) only adds what following needs.
 
 User values (inputs, step results, signal payloads, workflow results) are
 stored as opaque blobs; ``decode_value`` turns one into a JSON-ready value
@@ -39,7 +42,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -48,27 +51,24 @@ import msgpack
 import zstandard
 
 from ._core import records as r
-from ._core.errors import EngineError, JournalCorrupt, JournalFormatError
+from ._core.errors import EngineError, JournalCorrupt
 from ._core.format import (
-    HEADER_SIZE,
     LOCK_NAME,
-    SEG_COMPACTED,
     TEMP_SUFFIX,
-    HeaderError,
-    SegmentHeader,
     compacted_name,
     parse_compacted_name,
     parse_segment_name,
     segment_name,
-    unpack_header,
 )
-from ._core.framing import FrameDecoder, FrameError, decode_block
 from ._core.index import Index, loc_inner, unpack_loc
 from ._core.lifecycle import STATE_NAMES
 from ._core.records import RecordView, view
 from ._core.status import InstanceStatus, status_of
 from ._storage.files import FileStorage, Storage
-from ._storage.segments import ScanResult, _damage, iter_scan, unpack_record
+from ._storage.follower import DEFAULT_INTERVAL as DEFAULT_INTERVAL
+from ._storage.follower import FollowGap as FollowGap
+from ._storage.follower import JournalFollower as JournalFollower
+from ._storage.segments import ScanResult, iter_scan
 
 __all__ = [
     "FollowGap",
@@ -152,6 +152,7 @@ class JournalReader(Iterator[RecordView]):
         self._failed = False
         self._started = False
         self._compacted = 0
+        self._count = 0
 
     def __iter__(self) -> JournalReader:
         return self
@@ -175,7 +176,8 @@ class JournalReader(Iterator[RecordView]):
         except BaseException:
             self._failed = True
             raise
-        if rec[1] == 0:
+        self._count += 1
+        if rec[r.SEQ] == 0:
             self._compacted += 1
         return rec, loc
 
@@ -274,7 +276,7 @@ class JournalReader(Iterator[RecordView]):
     @property
     def records(self) -> int:
         """How many records have been read so far."""
-        return self._result.records
+        return self._count
 
     @property
     def compacted(self) -> int:
@@ -319,345 +321,6 @@ def _check_journal_dir(text: str) -> None:
         raise NotAJournal(text, "not a directory")
     if not any(_journal_file(name) for name in os.listdir(text)):
         raise NotAJournal(text, "the directory holds no segment files")
-
-
-# -- following ----------------------------------------------------------------
-
-DEFAULT_INTERVAL: Final = 0.1  # seconds between looks for new records
-_READ_CHUNK = 1 << 20  # bytes read at a time
-_AHEAD = 32  # most segments held open ahead of the one being read
-_LISTING_RETRIES = 3  # a directory listing can miss a file renamed during it
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FollowGap:
-    """Records a follower could not show: compacted before it could read them.
-
-    The records numbered ``first_seq`` up to ``next_seq - 1`` were in
-    segments that a compaction rewrote and deleted before the follower
-    opened them (it fell behind by more than a compaction cycle). Their
-    effect lives on in the compacted segment; the records themselves are
-    gone. ``next_seq`` is the number of the next record the follower shows.
-    """
-
-    first_seq: int
-    next_seq: int
-
-
-class _Open:
-    """A segment file the follower holds open, and how far it has read it."""
-
-    __slots__ = ("bad", "compacted", "fd", "header", "judged", "name", "number", "path", "pos",
-                 "rechecked", "sealed", "seen")
-
-    def __init__(self, fd: int, path: str, name: str, number: int, header: SegmentHeader) -> None:
-        self.fd = fd
-        self.path = path
-        self.name = name
-        self.number = number
-        self.header = header
-        self.compacted = bool(header.flags & SEG_COMPACTED)
-        self.pos = HEADER_SIZE  # end of the last complete frame read
-        self.sealed = False
-        self.seen: tuple[int, int] | None = None  # (size, mtime) when last read
-        self.bad: tuple[int, str] | None = None  # (offset, reason) of a bad frame
-        self.judged: tuple[int, int] | None = None  # ``seen`` when ``bad`` was judged
-        self.rechecked: int | None = None  # bad offset read again after the next segment came
-
-
-class JournalFollower(Iterator[RecordView]):
-    """An endless iterator over a journal's records: those there are, then new ones.
-
-    Returned by ``follow_journal``. It yields what ``read_journal`` would,
-    then waits at the end of the last segment and yields each record as a
-    writer appends it, moving to the next segment when the current one is
-    sealed. Only complete frames with a valid checksum are decoded, so a
-    write in progress or a torn tail is never shown; a torn tail that the
-    next writer cuts off is simply read again from the cut.
-
-    Every record yielded after the compacted ones (seq 0, only at the
-    start) has a sequence number one above the previous one's, unless a
-    gap is reported: history that a compaction rewrites while it follows
-    is never shown again. A segment is read through a file it holds open, so a
-    compaction deleting it changes nothing; segments after it are opened
-    as soon as they appear. Only if it falls behind by more than a whole
-    compaction cycle are records lost to it: it calls ``on_gap`` with a
-    ``FollowGap`` and goes on with the segments that are left.
-
-    ``next_seq`` is the sequence number of the next plain record it
-    expects. Damage raises ``JournalCorrupt``, as when reading: in the
-    segment being written, only once a later commit (or the next segment)
-    proves the bytes were complete. ``close()`` releases the open files.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        interval: float = DEFAULT_INTERVAL,
-        sleep: Callable[[float], None] = time.sleep,
-        on_wait: Callable[[], None] | None = None,
-        on_gap: Callable[[FollowGap], None] | None = None,
-    ) -> None:
-        self._dir = path
-        self._interval = interval
-        self._sleep = sleep
-        self._on_wait = on_wait
-        self._on_gap = on_gap
-        self._ahead: dict[int, int] = {}  # segment number -> open fd
-        self._current: _Open | None = None
-        self.next_seq = 1
-        self._records = self._follow()
-
-    def __iter__(self) -> JournalFollower:
-        return self
-
-    def __next__(self) -> RecordView:
-        return next(self._records)
-
-    def close(self) -> None:
-        """Stop following and close every file held open."""
-        self._records.close()
-
-    @property
-    def location(self) -> str:
-        """The journal directory being followed (for messages)."""
-        return self._dir
-
-    # The walk ----------------------------------------------------------------
-
-    def _follow(self) -> Generator[RecordView, None, None]:
-        try:
-            seg = self._current = self._first()
-            while True:
-                yield from self._read(seg)
-                if seg.bad is not None:
-                    if self._judge(seg):
-                        continue
-                elif seg.sealed:
-                    following = self._next_segment(seg)
-                    if following is not None:
-                        os.close(seg.fd)
-                        seg = self._current = following
-                        continue
-                elif seg.compacted:  # complete before it was renamed into place
-                    raise JournalCorrupt(seg.path, seg.pos, "segment ends without a seal")
-                elif os.fstat(seg.fd).st_nlink == 0:
-                    raise JournalCorrupt(
-                        seg.path, seg.pos, "the segment was deleted before it was sealed "
-                        "(was the journal removed or replaced while being followed?)",
-                    )
-                self._wait()
-        finally:
-            if self._current is not None:
-                os.close(self._current.fd)
-                self._current = None
-            for fd in self._ahead.values():
-                os.close(fd)
-            self._ahead.clear()
-
-    def _wait(self) -> None:
-        if self._on_wait is not None:
-            self._on_wait()
-        self._sleep(self._interval)
-        self._open_ahead(os.listdir(self._dir))
-
-    def _first(self) -> _Open:
-        """The segment to start with: the compacted one if any, else the first."""
-        misses = 0
-        while True:
-            names = os.listdir(self._dir)
-            compacted = sorted(n for n in map(parse_compacted_name, names) if n is not None)
-            plain = sorted(n for n in map(parse_segment_name, names) if n is not None)
-            if compacted:
-                name, number = compacted_name(compacted[-1]), compacted[-1]
-            elif plain:
-                name, number = segment_name(plain[0]), plain[0]
-            else:
-                self._wait()  # an empty journal: no segment yet
-                continue
-            seg = self._open(name, number)
-            if seg is None:
-                continue  # replaced by a newer compaction since the listing
-            if not seg.compacted and seg.header.first_seq != 1:
-                os.close(seg.fd)
-                misses += 1
-                if misses < _LISTING_RETRIES:
-                    continue  # the listing may have missed a compacted segment
-                raise JournalCorrupt(
-                    seg.path, 0, f"the first segment starts at seq {seg.header.first_seq}: "
-                    "earlier segments are missing",
-                )
-            self.next_seq = seg.header.first_seq
-            self._open_ahead(names, after=number)
-            return seg
-
-    def _open(self, name: str, number: int, fd: int | None = None) -> _Open | None:
-        """Open a segment and check its header; None if it no longer exists."""
-        path = os.path.join(self._dir, name)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-        try:
-            header = unpack_header(os.pread(fd, HEADER_SIZE, 0))
-            if header.segment != number:
-                raise JournalCorrupt(path, 0, f"header says segment {header.segment}")
-            if bool(header.flags & SEG_COMPACTED) != name.startswith("cmp-"):
-                raise JournalCorrupt(
-                    path, 0, "the segment's compacted flag does not match its name"
-                )
-        except HeaderError as exc:
-            os.close(fd)
-            cls = JournalFormatError if "version" in str(exc) else JournalCorrupt
-            raise cls(path, 0, str(exc)) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        return _Open(fd, path, name, number, header)
-
-    def _open_ahead(self, names: list[str], after: int | None = None) -> None:
-        """Hold later segments open, so a compaction cannot delete them unread."""
-        if after is None:
-            if self._current is None:
-                return
-            after = self._current.number
-        for number in sorted(n for n in map(parse_segment_name, names) if n is not None):
-            if len(self._ahead) >= _AHEAD:
-                break
-            if number > after and number not in self._ahead:
-                try:
-                    self._ahead[number] = os.open(
-                        os.path.join(self._dir, segment_name(number)), os.O_RDONLY
-                    )
-                except FileNotFoundError:
-                    continue
-
-    def _next_segment(self, seg: _Open) -> _Open | None:
-        """The segment after ``seg`` (sealed), or None if it is not there yet."""
-        number = seg.number + 1
-        fd = self._ahead.pop(number, None)
-        following = self._open(segment_name(number), number, fd)
-        skipped_to = None
-        if following is None:
-            names = os.listdir(self._dir)
-            top = max((n for n in map(parse_compacted_name, names) if n is not None), default=0)
-            if top < number:
-                return None  # a roll-over in progress: the next segment comes
-            # Compacted and deleted before we opened it: go on with the
-            # lowest segment still held open or present after the compacted
-            # one (a newer compaction may delete that too: try the next).
-            plain = (n for n in map(parse_segment_name, names) if n is not None and n > top)
-            for later in sorted({*self._ahead, *plain}):
-                following = self._open(segment_name(later), later, self._ahead.pop(later, None))
-                if following is not None:
-                    skipped_to = later
-                    break
-            if following is None:
-                return None
-        first = following.header.first_seq
-        if following.compacted or first < self.next_seq or (
-            first > self.next_seq and skipped_to is None
-        ):
-            os.close(following.fd)
-            raise JournalCorrupt(
-                following.path, 0, f"segment starts at seq {first}, expected {self.next_seq}"
-            )
-        if first > self.next_seq and self._on_gap is not None:
-            self._on_gap(FollowGap(first_seq=self.next_seq, next_seq=first))
-        self.next_seq = first
-        return following
-
-    # One segment -------------------------------------------------------------
-
-    def _read(self, seg: _Open) -> Iterator[RecordView]:
-        """Yield the complete records written to ``seg`` since it was last read.
-
-        Decoding starts afresh at the end of the last complete frame every
-        time, so bytes of a torn tail seen before a writer cut them off are
-        never mixed with what it wrote after the cut.
-        """
-        stat = os.fstat(seg.fd)
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        if stamp == seg.seen:
-            return
-        seg.seen, seg.bad = stamp, None
-        decoder = FrameDecoder(seg.header.salt, seg.pos, blocks=seg.compacted)
-        offset = seg.pos
-        while chunk := os.pread(seg.fd, _READ_CHUNK, offset):
-            offset += len(chunk)
-            decoder.feed(chunk)
-            while True:
-                try:
-                    frame = decoder.next_frame()
-                except FrameError as exc:
-                    seg.bad = (exc.offset, exc.reason)
-                    return
-                if frame is None:
-                    break
-                records = self._records_of(seg, frame.offset, frame.payload, frame.block)
-                seg.pos = frame.end
-                yield from records
-
-    def _records_of(
-        self, seg: _Open, offset: int, payload: bytes, block: bool
-    ) -> list[RecordView]:
-        """Check one frame's records (and advance ``next_seq``); the same rules as reading."""
-        if seg.sealed:
-            raise JournalCorrupt(seg.path, offset, "record after the segment's seal")
-        try:
-            payloads = decode_block(payload, seg.header.salt) if block else [payload]
-        except FrameError as exc:
-            raise JournalCorrupt(seg.path, offset, exc.reason) from None
-        out = []
-        for item in payloads:
-            try:
-                rec = unpack_record(item)
-            except Exception as exc:  # msgpack raises several types; none is ours
-                raise JournalCorrupt(seg.path, offset, f"undecodable record: {exc}") from None
-            seal = r.check_seal(rec)
-            expected = seg.header.first_seq if seg.compacted else self.next_seq
-            if seal is not None:
-                if seal != expected or block:
-                    raise JournalCorrupt(seg.path, offset, "seal's sequence number is wrong")
-                seg.sealed = True
-                continue
-            try:
-                r.check(rec)
-                if seg.compacted and rec[1] != 0:
-                    raise r.RecordError("a compacted record with a sequence number")
-                if not seg.compacted and rec[1] != expected:
-                    raise r.RecordError(f"sequence number {rec[1]}, expected {expected}")
-            except r.RecordError as exc:
-                raise JournalCorrupt(seg.path, offset, str(exc)) from None
-            if not seg.compacted:
-                self.next_seq += 1
-            out.append(view(rec, seg.number, offset))
-        return out
-
-    def _judge(self, seg: _Open) -> bool:
-        """Bad bytes where the writer appends: a torn tail to wait out, or damage.
-
-        The reader's rule decides (a later valid commit proves the bytes
-        were once durable), and so does the next segment's existence: a
-        segment is sealed, its torn tail cut, before the next one appears,
-        so bad bytes that are still there when read again after that are
-        damage. Returns True when the segment should be read again now.
-        """
-        assert seg.bad is not None
-        offset, reason = seg.bad
-        if seg.judged != seg.seen:
-            seg.judged = seg.seen
-            size = os.fstat(seg.fd).st_size
-            _damage(seg.path, os.pread(seg.fd, size, 0), seg.header.salt, offset, reason, True,
-                    ScanResult())
-        if seg.compacted or os.path.exists(os.path.join(self._dir, segment_name(seg.number + 1))):
-            if seg.rechecked == offset:
-                raise JournalCorrupt(seg.path, offset, reason)
-            seg.rechecked, seg.seen = offset, None  # the cut may have landed just now
-            return True
-        return False
 
 
 def follow_journal(

@@ -84,11 +84,27 @@ def pack_header(header: SegmentHeader) -> bytes:
 
 
 class HeaderError(ValueError):
-    """A segment header is unreadable; the message says why."""
+    """A segment header is unreadable: damaged, cut short or not ours.
+
+    The message says why. Readers report it as corruption, except for its
+    subclass NewerFormatError.
+    """
+
+
+class NewerFormatError(HeaderError):
+    """A segment header from a format version newer than FORMAT_VERSION.
+
+    Not damage: the journal is fine, this library is too old to read it.
+    """
 
 
 def unpack_header(data: bytes | memoryview) -> SegmentHeader:
-    """Parse and check a segment header; raise HeaderError if it is bad."""
+    """Parse and check a segment header.
+
+    Raises NewerFormatError for a version above FORMAT_VERSION, and
+    HeaderError for anything else wrong with it (too short, bad magic,
+    checksum, a version below 1, unknown flags).
+    """
     if len(data) < HEADER_SIZE:
         raise HeaderError(f"segment shorter than its {HEADER_SIZE}-byte header")
     body = bytes(data[: _HEADER.size])
@@ -99,7 +115,7 @@ def unpack_header(data: bytes | memoryview) -> SegmentHeader:
     if zlib.crc32(body) != crc:
         raise HeaderError("segment header checksum mismatch")
     if version > FORMAT_VERSION:
-        raise HeaderError(
+        raise NewerFormatError(
             f"segment written in format version {version}, newer than this "
             f"library reads ({FORMAT_VERSION}); upgrade memable_log"
         )

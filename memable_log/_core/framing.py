@@ -19,11 +19,12 @@ valid batch start after a damaged frame proves the damaged frame was once
 fsynced, so the damage is corruption, not a torn tail.
 
 FrameDecoder is incremental (feed bytes as they come: whole, byte by byte)
-and reports a frame, "need more bytes", or FrameError. It decides nothing
-about torn tails; _reader.py does. The start-up scan (_reader._scan_segment)
-and ``decode_block`` have whole buffers in hand and cut frames out of them
-in place, with FrameDecoder's checks in its order; tests/test_scan_fast.py
-holds them to the same verdicts.
+and reports a frame, "need more bytes", or FrameError; it decides nothing
+about torn tails. The segment reader (_storage/segment_reader.py) and
+``decode_block`` cut frames out of their buffers in place instead, with
+FrameDecoder's checks in its order; tests/storage/test_scan_fast.py holds
+them to the same verdicts (FrameDecoder is its reference) and
+``read_record_at`` uses it to read one frame back.
 """
 
 from __future__ import annotations

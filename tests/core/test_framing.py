@@ -25,6 +25,7 @@ from memable_log._core.format import (
     MAGIC,
     MAX_RECORD,
     HeaderError,
+    NewerFormatError,
     SegmentHeader,
     pack_header,
     parse_segment_name,
@@ -433,6 +434,19 @@ def test_header_version_zero_and_unknown_flags_are_rejected() -> None:
         unpack_header(pack_header(header(version=0)))
     with pytest.raises(HeaderError, match="unknown segment flags"):
         unpack_header(pack_header(header(flags=0x0002)))  # 0x0001 marks compaction
+
+
+def test_only_a_newer_version_is_a_newer_format_error() -> None:
+    """The kind is the error's type: readers never look at its message."""
+    with pytest.raises(NewerFormatError):
+        unpack_header(pack_header(header(version=FORMAT_VERSION + 1)))
+    packed = pack_header(header())
+    damaged = [pack_header(header(version=0)), pack_header(header(flags=0x0002)),
+               packed[:10], b"X" + packed[1:], packed[:-1] + bytes([packed[-1] ^ 1])]
+    for data in damaged:
+        with pytest.raises(HeaderError) as info:
+            unpack_header(data)
+        assert not isinstance(info.value, NewerFormatError), info.value
 
 
 def test_header_crc_covers_the_reserved_word() -> None:

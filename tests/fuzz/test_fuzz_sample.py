@@ -26,7 +26,7 @@ from support.fuzz import REPO, faults, mutate, powerloss, workload
 from memable_log._core import index as _index
 from memable_log._core import records as r
 from memable_log._storage import crashpoints as cp
-from memable_log._storage import segments as _reader
+from memable_log._storage import segment_reader as _reader  # the scan decodes blocks there
 from memable_log._storage.memory import _MemHandle
 
 SEED = int(os.environ.get("MEMABLE_FUZZ_SEED", "20240601"))

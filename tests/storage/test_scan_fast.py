@@ -1,9 +1,11 @@
 """The fast scan reads every journal exactly as the reference walk did.
 
-``_reader._scan_segment`` cuts frames straight out of a segment's bytes and
-checks common records by their type layout (``_records.SIGNATURES``). The
-reference here is the walk it replaced, kept as the oracle: FrameDecoder fed
-the segment, the generic record check, a FrameDecoder split of each block.
+The scan (``iter_scan``, reading each segment with a ``SegmentReader``) cuts
+frames straight out of a segment's bytes and checks common records by their
+type layout (``records.SIGNATURES``). The reference here is the walk it
+replaced, kept as an independent oracle: FrameDecoder fed the segment, the
+generic record check, a FrameDecoder split of each block, and its own
+torn-tail rule.
 For generated journals, good and damaged (torn tails, flipped bits, hostile
 payloads with valid checksums, blocks, seals in the wrong places), both walks
 must yield the same records at the same locations, fill in the same
@@ -13,31 +15,36 @@ same records.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
-import msgpack
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage.generated import (
+    SALT,
+    damaged,
+    frame_of,
+    journals,
+    msgpack_values,
+    odd_record,
+    packed,
+    well_typed,
+)
 from support.journal import storage_from
 
 from memable_log._core import records as r
-from memable_log._core.errors import JournalCorrupt
+from memable_log._core.errors import JournalCorrupt, JournalFormatError
 from memable_log._core.format import (
     FORMAT_VERSION,
-    FRAME_BATCH_START,
-    FRAME_BLOCK,
-    FRAME_RESERVED_MASK,
     HEADER_SIZE,
     MAX_RECORD,
     SEG_COMPACTED,
     HeaderError,
+    NewerFormatError,
     SegmentHeader,
-    compacted_name,
     pack_header,
     segment_name,
     unpack_header,
@@ -45,16 +52,21 @@ from memable_log._core.format import (
 from memable_log._core.framing import (
     FrameDecoder,
     FrameError,
+    check_frame_at,
     decode_block,
     encode_block,
     encode_frame,
 )
 from memable_log._core.index import pack_loc
-from memable_log._storage import segments as _reader
 from memable_log._storage.files import Storage
-from memable_log._storage.segments import Resume, ScanResult, Segment, iter_scan, unpack_record
-
-SALT = 0x5EED_CAFE
+from memable_log._storage.segments import (
+    Resume,
+    ScanResult,
+    Segment,
+    iter_scan,
+    plan_walk,
+    unpack_record,
+)
 
 # -- the reference: the walk before the fast path ------------------------------------
 
@@ -108,6 +120,51 @@ def reference_decode_block(payload: bytes, salt: int) -> list[bytes]:
     return out
 
 
+def reference_damage(
+    path: str, data: bytes, salt: int, offset: int, reason: str, is_last: bool,
+    result: ScanResult,
+) -> None:
+    """Torn tail or corruption, byte by byte: a later valid batch start proves it."""
+    if not is_last:
+        raise JournalCorrupt(path, offset, reason)
+    for pos in range(offset + 1, len(data)):
+        found = check_frame_at(data, pos, salt)
+        if found is not None and found[0]:
+            raise JournalCorrupt(
+                path, offset, f"{reason}, and a later commit at byte {pos} proves "
+                "these bytes were once durable",
+            )
+    result.torn_at = offset
+    result.torn_bytes = len(data) - offset
+
+
+def reference_iter_scan(
+    storage: Storage, result: ScanResult, upto: int | None = None, resume: Resume | None = None
+) -> Iterator[tuple[list[Any], int]]:
+    """The walk over the segments, each read by ``reference_scan_segment``."""
+    walk = plan_walk(storage, result)
+    if upto is not None:
+        walk = [(name, n) for name, n in walk if n <= upto]
+    if resume is not None:
+        result.segments = list(resume.segments)
+        result.records = resume.records
+    for i, (name, number) in enumerate(walk):
+        if resume is not None and i < resume.index:
+            continue
+        if i and number != walk[i - 1][1] + 1:
+            raise JournalCorrupt(
+                f"{storage.location}/{segment_name(walk[i - 1][1] + 1)}", 0,
+                f"segment {walk[i - 1][1] + 1} is missing",
+            )
+        is_last = i == len(walk) - 1 and upto is None
+        if resume is not None and i == resume.index:
+            yield from reference_scan_segment(
+                storage, name, number, is_last, result, resume.offset, resume.next_seq
+            )
+        else:
+            yield from reference_scan_segment(storage, name, number, is_last, result)
+
+
 def reference_scan_segment(
     storage: Storage, name: str, number: int, is_last: bool, result: ScanResult,
     start: int = HEADER_SIZE, resume_seq: int | None = None, known: bytes = b"",
@@ -117,7 +174,7 @@ def reference_scan_segment(
     try:
         header = unpack_header(data)
     except HeaderError as exc:
-        cls = _reader.JournalFormatError if "version" in str(exc) else JournalCorrupt
+        cls = JournalFormatError if isinstance(exc, NewerFormatError) else JournalCorrupt
         raise cls(path, 0, str(exc)) from None
     if header.segment != number:
         raise JournalCorrupt(path, 0, f"header says segment {header.segment}")
@@ -148,11 +205,11 @@ def reference_scan_segment(
         try:
             frame = decoder.next_frame()
         except FrameError as exc:
-            _reader._damage(path, data, header.salt, exc.offset, exc.reason, is_last, result)
+            reference_damage(path, data, header.salt, exc.offset, exc.reason, is_last, result)
             break
         if frame is None:
             if decoder.buffered:
-                _reader._damage(path, data, header.salt, decoder.offset, "record cut short",
+                reference_damage(path, data, header.salt, decoder.offset, "record cut short",
                                 is_last, result)
             break
         if sealed:
@@ -198,12 +255,15 @@ def reference_scan_segment(
 Outcome = tuple[Any, ...]
 
 
-def walk(storage: Storage, upto: int | None = None, resume: Resume | None = None) -> Outcome:
+def walk(
+    storage: Storage, upto: int | None = None, resume: Resume | None = None,
+    scan: Any = iter_scan,
+) -> Outcome:
     """Everything a walk shows: records and locations, then its result or error."""
     result = ScanResult()
     seen: list[tuple[list[Any], int]] = []
     try:
-        for rec, loc in iter_scan(storage, result, upto, resume):
+        for rec, loc in scan(storage, result, upto, resume):
             seen.append((rec, loc))
     except JournalCorrupt as exc:
         return ("error", type(exc).__name__, exc.file, exc.offset, exc.reason, seen,
@@ -214,168 +274,7 @@ def walk(storage: Storage, upto: int | None = None, resume: Resume | None = None
 def both_walks(
     storage: Storage, upto: int | None = None, resume: Resume | None = None
 ) -> tuple[Outcome, Outcome]:
-    fast = walk(storage, upto, resume)
-    with mock.patch.object(_reader, "_scan_segment", reference_scan_segment):
-        reference = walk(storage, upto, resume)
-    return fast, reference
-
-
-# -- generated journals -----------------------------------------------------------------
-
-ints = st.integers(-(2**63), 2**64 - 1)
-small_text = st.text(max_size=6)
-msgpack_values = st.recursive(
-    st.none() | st.booleans() | ints | st.floats(allow_nan=False) | small_text
-    | st.binary(max_size=6),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(small_text, inner, max_size=3),
-    max_leaves=8,
-)
-_FIELD_VALUES: dict[type, st.SearchStrategy[Any]] = {
-    int: ints | st.booleans(),
-    str: small_text,
-    bytes: st.binary(max_size=8),
-    type(None): st.none(),
-    dict: st.dictionaries(small_text, st.sampled_from([0, 1, r.TIMER_FIRED,
-                                                       r.SUSPEND_TIMED_OUT, 99]), max_size=2),
-}
-
-
-@st.composite
-def well_typed(draw: st.DrawFn) -> list[Any]:
-    """A record of a random type with fields of allowed types (seq set later)."""
-    rtype = draw(st.sampled_from(sorted(r.SCHEMA)))
-    fields = [draw(st.one_of(*(_FIELD_VALUES[t] for t in allowed)))
-              for _, allowed in r.SCHEMA[rtype][1]]
-    if rtype == r.STATE_IMAGE:
-        fields[0] = draw(st.integers(-1, 7))
-    return [rtype, 0, draw(ints), draw(small_text), *fields]
-
-
-@st.composite
-def odd_record(draw: st.DrawFn) -> list[Any]:
-    """Record-shaped but maybe wrong: types, length, first four fields."""
-    rec = draw(well_typed())
-    choice = draw(st.integers(0, 5))
-    if choice == 0:
-        rec[draw(st.integers(0, len(rec) - 1))] = draw(msgpack_values)
-    elif choice == 1:
-        rec.append(draw(msgpack_values))
-    elif choice == 2 and len(rec) > 1:
-        rec.pop()
-    elif choice == 3:
-        rec[0] = draw(st.sampled_from([True, False, 1.0, 0, 16, -1, "1", None]))
-    elif choice == 4:
-        return draw(st.lists(msgpack_values, max_size=8))
-    return rec
-
-
-# An item of a segment: ("rec", record, keep_seq), ("raw", payload bytes),
-# ("seal", delta) or ("block", [records, or None for a seal]); each with a
-# batch-start bit. Blocks belong in compacted segments only.
-items = st.one_of(
-    st.tuples(st.just("rec"), well_typed(), st.just(False)),
-    st.tuples(st.just("rec"), well_typed(), st.just(False)),
-    st.tuples(st.just("rec"), odd_record(), st.booleans()),
-    st.tuples(st.just("raw"), st.binary(min_size=1, max_size=12)),
-    st.tuples(st.just("seal"), st.sampled_from([0, 0, 0, 1, -1])),
-    st.tuples(st.just("block"), st.lists(
-        well_typed() | well_typed() | odd_record() | st.none(), min_size=1, max_size=4)),
-)
-
-
-def frame_of(payload: bytes, batch_start: bool) -> bytes:
-    return encode_frame(payload, SALT, batch_start=batch_start)
-
-
-def packed(rec: Any) -> bytes:
-    return msgpack.packb(rec, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-@st.composite
-def segment_body(draw: st.DrawFn, first_seq: int, compacted: bool) -> tuple[bytes, int]:
-    """Frames of one segment and the seq after them."""
-    out = bytearray()
-    seq = first_seq
-    for item in draw(st.lists(items, max_size=8)):
-        batch = draw(st.booleans())
-        if item[0] == "rec":
-            rec = item[1]
-            if type(rec) is list and len(rec) > 1 and not item[2]:
-                rec[1] = 0 if compacted else seq
-                seq += not compacted
-            out += frame_of(packed(rec), batch)
-        elif item[0] == "raw":
-            out += frame_of(item[1], batch)
-        elif item[0] == "seal":
-            out += frame_of(packed([0, seq + item[1]]), batch)
-        else:
-            inner = []
-            for rec in item[1]:
-                if rec is None:
-                    rec = [0, seq]
-                elif type(rec) is list and len(rec) > 1:
-                    rec[1] = 0 if compacted else seq
-                    seq += not compacted
-                inner.append(packed(rec))
-            out += encode_block(inner, SALT)
-    return bytes(out), seq
-
-
-@st.composite
-def journals(draw: st.DrawFn) -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-    number, seq = 1, 1
-    if draw(st.booleans()):  # start with a compacted segment
-        number = draw(st.integers(1, 3))
-        first_seq = draw(st.integers(1, 40))
-        body, _ = draw(segment_body(first_seq, compacted=True))
-        if draw(st.booleans()):
-            body += frame_of(packed([0, first_seq]), True)
-        header = SegmentHeader(FORMAT_VERSION, SEG_COMPACTED, SALT, number, first_seq)
-        files[compacted_name(number)] = pack_header(header) + body
-        if number > 1 and draw(st.booleans()):  # superseded by the compacted one
-            files[segment_name(number - 1)] = draw(st.binary(max_size=60))
-        seq = first_seq
-        number += 1
-    for i in range(draw(st.integers(1, 3))):
-        body, next_seq = draw(segment_body(seq, compacted=False))
-        last = i == 2 or draw(st.booleans())
-        if not last or draw(st.integers(0, 4)) == 0:
-            body += frame_of(packed([0, next_seq]), True)
-        header = SegmentHeader(FORMAT_VERSION, 0, SALT, number, seq)
-        files[segment_name(number)] = pack_header(header) + body
-        seq, number = next_seq, number + 1
-        if last:
-            break
-    return files
-
-
-@st.composite
-def damaged(draw: st.DrawFn, files: dict[str, bytes]) -> dict[str, bytes]:
-    """Zero to three mutations of the files' bytes."""
-    out = {name: bytearray(data) for name, data in files.items()}
-    names = sorted(out)
-    for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(names))
-        data = out[name]
-        where = draw(st.integers(0, max(len(data) - 1, 0)))
-        kind = draw(st.integers(0, 5))
-        if kind == 0 and data:
-            data[where] ^= 1 << draw(st.integers(0, 7))
-        elif kind == 1:
-            del data[where:]
-        elif kind == 2:
-            data[where:where] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == 3:
-            data += draw(st.binary(min_size=1, max_size=16))
-        elif kind == 4:  # a valid commit after whatever damage comes before it
-            data += frame_of(draw(st.binary(min_size=1, max_size=8)), True)
-        elif kind == 5 and len(data) > where + 4:  # a damaged length
-            word = struct.unpack_from("<I", data, where)[0] ^ draw(st.sampled_from(
-                [FRAME_BLOCK, FRAME_RESERVED_MASK, 0x00FF_FFFF, FRAME_BATCH_START]))
-            struct.pack_into("<I", data, where, word)
-    return {name: bytes(data) for name, data in out.items()}
+    return walk(storage, upto, resume), walk(storage, upto, resume, reference_iter_scan)
 
 
 @settings(max_examples=400)
@@ -395,7 +294,7 @@ def test_fast_scan_agrees_when_resumed_anywhere(data: st.DataObject) -> None:
     offset it trusts: on a frame boundary or not, both walks agree."""
     files = data.draw(damaged(data.draw(journals())))
     storage = storage_from(files)
-    walked = _reader.plan_walk(storage, ScanResult())
+    walked = plan_walk(storage, ScanResult())
     index = data.draw(st.integers(0, max(len(walked) - 1, 0)))
     size = len(files.get(walked[index][0], b"")) if walked else 0
     offset = data.draw(st.integers(HEADER_SIZE, max(size, HEADER_SIZE) + 10))
