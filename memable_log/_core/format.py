@@ -40,6 +40,7 @@ FRAME_RESERVED_MASK = 0x3F00_0000  # must be zero
 MAX_RECORD = FRAME_LENGTH_MASK  # 16 MiB - 1: longer is corruption
 
 LOCK_NAME = "LOCK"
+SNAPSHOT_NAME = "index.snap"  # the index snapshot (_storage/snapshot.py)
 SEGMENT_SUFFIX = ".mlog"
 TEMP_SUFFIX = ".tmp"
 _SEGMENT_RE = re.compile(r"^seg-(\d{10})\.mlog$")
@@ -63,6 +64,16 @@ def parse_segment_name(name: str) -> int | None:
     """The segment number in ``name``, or None if it is not a segment."""
     match = _SEGMENT_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temp file this library writes (a segment, a
+    compacted segment or the snapshot, before its rename). Any other file
+    in the directory is not ours to delete, ``*.tmp`` or not."""
+    if not name.endswith(TEMP_SUFFIX):
+        return False
+    stem = name[: -len(TEMP_SUFFIX)]
+    return stem == SNAPSHOT_NAME or bool(_SEGMENT_RE.match(stem) or _COMPACTED_RE.match(stem))
 
 
 def compacted_name(number: int) -> str:

@@ -38,6 +38,7 @@ from .._core.format import (
     FRAME_LENGTH_MASK,
     SegmentHeader,
     compacted_name,
+    is_temp_name,
     parse_compacted_name,
     parse_segment_name,
     segment_name,
@@ -127,7 +128,7 @@ def plan_walk(storage: Storage, result: ScanResult) -> list[tuple[str, int]]:
     """The segment files to read, in order; fills in temp and superseded files."""
     names = storage.list()
     numbers = segment_numbers(names)
-    result.temp_files = [n for n in names if n.endswith(".tmp")]
+    result.temp_files = [n for n in names if is_temp_name(n)]
     compacted = sorted(n for n in map(parse_compacted_name, names) if n is not None)
     walk = [(segment_name(n), n) for n in numbers]
     if compacted:

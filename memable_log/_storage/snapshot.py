@@ -49,12 +49,18 @@ from typing import Any
 
 import msgpack
 
-from .._core.format import HEADER_SIZE, HeaderError, compacted_name, segment_name, unpack_header
+from .._core.format import (
+    HEADER_SIZE,
+    SNAPSHOT_NAME,
+    HeaderError,
+    compacted_name,
+    segment_name,
+    unpack_header,
+)
 from .._core.index import Entry, Index, InstanceEntry, ext_hook, pack_steps, wire
 from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
 
-SNAPSHOT_NAME = "index.snap"
 MAGIC = b"MMBLSNP1"
 VERSION = 2
 _CRC = struct.Struct("<I")
