@@ -175,7 +175,10 @@ def signal(
             still waiting in the inbox.
         JournalCorrupt: the journal is damaged.
         OSError: reading or writing failed.
+        TypeError, ValueError: ``key`` cannot name a suspension (empty, not
+            a str, or ending in ``*``); nothing is read or written.
     """
+    r.check_key(key)
     text = _written_journal(path)
     try:
         blob = Codec(encode).encode(payload)

@@ -59,6 +59,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except json.JSONDecodeError as exc:
         error(PROG, f"the payload is not valid JSON: {exc}")
         return EXIT_USAGE
+    except RecursionError:
+        error(PROG, "the payload is nested too deeply to read")
+        return EXIT_USAGE
     try:
         how = operations.signal(args.path, args.workflow, args.instance, args.key, payload)
     except NotAJournal:
@@ -73,6 +76,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as exc:
         error(PROG, f"cannot write the signal: {exc}")
         return EXIT_FAILED
+    except (TypeError, ValueError) as exc:  # a key that cannot name a suspension
+        error(PROG, str(exc))
+        return EXIT_USAGE
     if not args.quiet:
         print(f"signal {args.key!r} for instance {args.instance!r} {_HOW[how]}")
     return EXIT_OK

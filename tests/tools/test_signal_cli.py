@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from memable_log import Context, Engine
@@ -110,6 +111,27 @@ async def test_refusals_and_usage_errors_exit_codes(journal_dir: Path, tmp_path:
         capture_stdout=True, capture_stderr=True, check=False,
     )
     assert missing_args.returncode == 2
+    assert signal_records(journal_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "payload", "says"),
+    [
+        ("", "null", b"a key must be a non-empty str"),
+        ("approval:*", "null", b"ends in '*'"),
+        ("approval:v1", "[" * 3000 + "]" * 3000, b"nested too deeply"),
+    ],
+    ids=["empty-key", "prefix-key", "deep-json"],
+)
+async def test_bad_input_is_a_usage_error_with_a_message_and_no_traceback(
+    journal_dir: Path, key: str, payload: str, says: bytes
+) -> None:
+    """Issue 13 e: these printed a traceback and exited 1."""
+    await suspended_instances(journal_dir, "a1")
+    done = await run_cli(journal_dir, "approval", "a1", key, payload)
+    assert done.returncode == 2
+    assert says in done.stderr
+    assert b"Traceback" not in done.stderr
     assert signal_records(journal_dir) == []
 
 
