@@ -35,6 +35,8 @@ _MAX_VALUE = MAX_RECORD  # a value cannot be larger than a record
 # deep inside the journal's appender, after the caller was told nothing.
 MAX_BLOB = MAX_RECORD - 64 * 1024
 
+_INT_RANGE = "an int outside msgpack's 64 bits (-2**63 to 2**64-1); store it as a str"
+
 EncodeHook = Callable[[Any], tuple[str, Any]]
 DecodeHook = Callable[[str, Any], Any]
 
@@ -69,6 +71,8 @@ class Codec:
 
     def _default(self, obj: Any) -> Any:
         if self._encode_hook is None:
+            if type(obj) is int:  # msgpack hands over the ints it cannot hold
+                raise EncodeError("int", _INT_RANGE)
             raise EncodeError(type(obj).__qualname__)
         try:
             tag, plain = self._encode_hook(obj)
@@ -85,7 +89,9 @@ class Codec:
             return msgpack.packb(value, default=self._default, use_bin_type=True)  # type: ignore[no-any-return]
         except EncodeError:
             raise
-        except (TypeError, ValueError, OverflowError) as exc:
+        except OverflowError as exc:  # msgpack's ints are 64 bits
+            raise EncodeError(type(value).__qualname__, _INT_RANGE) from exc
+        except (TypeError, ValueError) as exc:
             raise EncodeError(type(value).__qualname__, str(exc)) from exc
 
     def _ext(self, code: int, data: bytes) -> Any:

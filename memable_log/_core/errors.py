@@ -129,17 +129,31 @@ class StepInterrupted(EngineError):
         )
 
 
+_MSGPACK_TYPES = frozenset({"NoneType", "bool", "int", "float", "str", "bytes", "list",
+                            "tuple", "dict"})
+
+
 class NotSerializable(EngineError):
-    """A value could not be encoded; nothing was written."""
+    """A value could not be encoded; nothing was written.
+
+    Values are msgpack types (None, bool, int, float, str, bytes, list,
+    tuple, dict), others through the builder's codec hooks. An int must fit
+    in 64 bits (-2**63 to 2**64-1), and a value encoded (compressed if that
+    is smaller) must fit in one journal record: 16 MiB less 64 KiB.
+    """
 
     def __init__(self, what: str, value_type: str, reason: str = "") -> None:
         self.what = what
         self.value_type = value_type
         extra = f" ({reason})" if reason else ""
+        # The list of types helps only when the type is not one of them: an
+        # int too big or bytes too long are refused for the reason given.
+        hint = "" if value_type in _MSGPACK_TYPES and reason else (
+            "; return msgpack types (None, bool, int, float, str, bytes, list, tuple, "
+            "dict) or give the builder a codec for this type"
+        )
         super().__init__(
-            f"{what}: cannot encode a value of type {value_type}{extra}; return "
-            "msgpack types (None, bool, int, float, str, bytes, list, tuple, dict) "
-            "or give the builder a codec for this type. Nothing was written"
+            f"{what}: cannot encode a value of type {value_type}{extra}{hint}. Nothing was written"
         )
 
 

@@ -353,3 +353,40 @@ def test_hooked_values_round_trip(points: list[Point], moments: list[datetime]) 
     codec = Codec(encode_hook, decode_hook)
     value = {"points": points, "moments": moments}
     assert codec.decode(codec.encode(value)) == value
+
+
+# -- issue 13 o: refusals say why, and name the limits ----------------------------
+
+
+@pytest.mark.parametrize("value", [2**70, -(2**63) - 1, [1, {"n": 2**64}]])
+def test_an_int_beyond_64_bits_is_refused_naming_the_range(value: object) -> None:
+    with pytest.raises(EncodeError, match=r"64 bits \(-2\*\*63 to 2\*\*64-1\)"):
+        Codec().encode(value)
+
+
+def test_not_serializable_lists_the_types_only_when_the_type_is_not_one() -> None:
+    too_big = NotSerializable("step 'n'", "int", "an int outside msgpack's 64 bits")
+    assert "return msgpack types" not in str(too_big)
+    too_long = NotSerializable("step 'b'", "bytes", "above the 16711679-byte limit")
+    assert "return msgpack types" not in str(too_long)
+    assert "16711679" in str(too_long)
+    stranger = NotSerializable("step 'o'", "object")
+    assert "return msgpack types" in str(stranger)
+    assert "codec" in str(stranger)
+
+
+async def test_a_step_s_refusal_for_a_big_int_names_the_range_and_writes_nothing() -> None:
+    async def flow(ctx: Context) -> str:
+        try:
+            await ctx.step("n").run(lambda: 2**70)
+        except NotSerializable as exc:
+            return str(exc)
+        return "written"
+
+    engine = Engine.builder().in_memory().build()
+    engine.register("flow", flow)
+    async with engine:
+        message = await engine.wait(await engine.invoke("flow"))
+        assert engine.status((engine.instances())[0].instance_id).steps == 0
+    assert "64 bits" in message
+    assert "return msgpack types" not in message
