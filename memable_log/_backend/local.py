@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._compaction.service import Compaction
-from .._core.codec import Codec
 from .._core.errors import EngineError, SignalAlreadyDelivered, UnknownInstance
 from .._core.index import Index
 from .._journal.journal import Journal
@@ -59,6 +58,7 @@ class LocalBackend:
         compaction: bool,
         retention_ms: int | None,
         now_ms: Callable[[], int],
+        decode: Callable[[bytes], Any],
     ) -> None:
         self.make_storage = make_storage
         self.segment_size = segment_size
@@ -68,9 +68,9 @@ class LocalBackend:
         self._now_ms = now_ms
         self.journal: Journal | None = None  # while open
         self.compaction: Compaction | None = None  # while open, if enabled
-        # Hand-over payloads are JSON values encoded by memable_log.operations
-        # with a plain codec: no user hooks are needed to read them.
-        self._handover_codec = Codec()
+        # The engine's codec decodes hand-over payloads: operations.signal
+        # may have encoded one with the same codec's encode hook.
+        self._decode = decode
 
     def _require(self) -> Journal:
         if self.journal is None:
@@ -150,7 +150,7 @@ class LocalBackend:
                 continue
             try:
                 workflow, instance_id, key, blob = decode_handover(data)
-                payload = self._handover_codec.decode(blob)
+                payload = self._decode(blob)
                 await calls.signal(workflow, instance_id, key, payload)
             except (HandoverError, UnknownInstance, SignalAlreadyDelivered, ValueError) as exc:
                 logger.warning("signal hand-over %s not applied: %s", name, exc)

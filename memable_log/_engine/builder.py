@@ -141,6 +141,7 @@ class EngineBuilder:
             compaction=self._compaction,
             retention_ms=None if self._retention is None else round(self._retention * 1000),
             now_ms=clock.now_ms,
+            decode=self._codec.decode,
         )
         return Engine(
             backend,
