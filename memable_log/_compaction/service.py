@@ -98,6 +98,9 @@ class Compaction:
         # invoking one of their ids waits until it is decided (see Engine.invoke).
         self.retiring: set[str] = set()
         self.decided = trio.Event()
+        # The segment as the journal opened: a roll-over after it and before
+        # ``run`` waits (the engine's runners start first) is not missed.
+        self._opened_at = self.journal.applied_segment
 
         scan = self.journal.scan_result
         if scan is not None and scan.segments and scan.segments[0].name.startswith("cmp-"):
@@ -112,8 +115,9 @@ class Compaction:
     async def run(self) -> None:
         """The service: compact after every roll-over, until cancelled."""
         journal = self.journal
-        while True:
+        if journal.applied_segment == self._opened_at:
             await journal.wait_for_roll()
+        while True:
             # Loop: a roll-over during a compaction sets an event nobody
             # waits on yet, and must not wait for the next roll-over.
             while (upto := journal.applied_segment - 1) > self.compacted_upto:
@@ -122,6 +126,7 @@ class Compaction:
                 except (OSError, EngineError, ChildFailed) as exc:
                     logger.error("background compaction stopped: %s", exc)
                     return
+            await journal.wait_for_roll()
 
     async def compact(self, upto: int) -> None:
         """Compact the sealed segments up to ``upto`` (see the module comment)."""

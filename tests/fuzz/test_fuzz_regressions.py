@@ -367,6 +367,43 @@ async def test_the_compaction_service_compacts_only_applied_segments(
     assert compacted == [2]
 
 
+class QuietJournal(RolledJournal):
+    """A journal that rolls over no more: waiting for a roll-over is forever."""
+
+    async def wait_for_roll(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_roll_over_before_the_compaction_service_waits_is_not_missed(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found while chasing why fuzz/killnine.py rarely reached the compaction
+    crash points (that was timing: a compaction child takes ~0.4 s to start
+    here): the engine's services start after its runners, so a roll-over can
+    come before the service waits for one, and it waited for the next, which
+    with 64 MiB segments can be hours away."""
+    compacted: list[int] = []
+
+    async def compact(self: Compaction, upto: int) -> None:
+        compacted.append(upto)
+        self.compacted_upto = upto
+
+    monkeypatch.setattr(Compaction, "compact", compact)
+    journal = QuietJournal()
+    service = Compaction(journal, lambda: 0, None)  # type: ignore[arg-type]
+    service.compacted_upto = 1
+    journal.applied_segment = 3  # a roll-over while the engine was starting
+    with trio.move_on_after(1):
+        await service.run()
+    assert compacted == [2]
+    # With no roll-over since the open, it waits for one, as ever.
+    journal, compacted[:] = QuietJournal(), []
+    service = Compaction(journal, lambda: 0, None)  # type: ignore[arg-type]
+    with trio.move_on_after(1):
+        await service.run()
+    assert compacted == []
+
+
 class VanishingOnce(FileStorage):
     """The first segment read finds the file gone, as when a running
     engine's compaction deletes it between the listing and the read."""
