@@ -108,6 +108,7 @@ class LocalBackend:
         return await self._require().read(loc)
 
     async def settled(self, instance_id: str) -> None:
+        await self._require().flushed(instance_id)
         if self.compaction is not None:
             await self.compaction.settled(instance_id)
 

@@ -68,8 +68,10 @@ class Backend(Protocol):
         ...
 
     async def settled(self, instance_id: str) -> None:
-        """Return once ``instance_id`` is not being taken out of the index
-        by background work (compaction); at once if it is not."""
+        """Return once nothing of ``instance_id`` is in flight: no record of
+        it still to be committed (an append cancelled while it waited may
+        yet be), and it is not being taken out of the index by background
+        work (compaction). At once if so already."""
         ...
 
     async def serve(

@@ -53,6 +53,10 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
                     break  # not due yet: it stays waiting
                 fn = host.workflows[entry.workflow]
                 await _run_once(host, instance_id, entry.workflow, fn)
+                # A branch's append cancelled by another branch's wait may
+                # still be committing: the state it leaves (a deadline) must
+                # be the one this run ends with, and ``ended`` arms.
+                await host.require().settled(instance_id)
                 if host.entry(instance_id).state != lc.RUNNING:
                     break
     except (JournalFailed, JournalClosed) as exc:

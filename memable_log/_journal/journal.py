@@ -180,6 +180,10 @@ class Journal:
 
     # -- reading ------------------------------------------------------------
 
+    async def flushed(self, instance_id: str) -> None:
+        """Return once no record of ``instance_id`` is still to be committed."""
+        await self._scheduler.flushed(instance_id)
+
     async def read(self, loc: int) -> list[Any]:
         """The record at a packed location (as kept by the index)."""
         salts = self.writer.salts

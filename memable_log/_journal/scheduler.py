@@ -290,6 +290,14 @@ class CommitScheduler:
         batches = [self._batch] if self.committing is None else [self._batch, self.committing]
         return {rec[INSTANCE] for batch in batches for rec in batch.records}
 
+    async def flushed(self, instance_id: str) -> None:
+        """Return once no record of ``instance_id`` waits for its commit
+        (applied, or failed with its batch): an append cancelled while it
+        waited may still be committed, after its caller has moved on."""
+        for batch in (self.committing, self._batch):
+            if batch is not None and any(rec[INSTANCE] == instance_id for rec in batch.records):
+                await batch.done.wait()
+
     async def wait_for_roll(self) -> None:
         """Return once the next segment roll-over is done."""
         await self._rolled.wait()
