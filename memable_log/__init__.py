@@ -23,6 +23,7 @@ from ._core.errors import JournalFormatError as JournalFormatError
 from ._core.errors import JournalLocked as JournalLocked
 from ._core.errors import NotSerializable as NotSerializable
 from ._core.errors import SignalAlreadyDelivered as SignalAlreadyDelivered
+from ._core.errors import SignalRefused as SignalRefused
 from ._core.errors import StepFailed as StepFailed
 from ._core.errors import StepInterrupted as StepInterrupted
 from ._core.errors import SuspendTimedOut as SuspendTimedOut
@@ -43,6 +44,7 @@ from .reader import read_journal as read_journal
 if TYPE_CHECKING:
     from ._core.status import ErrorInfo as ErrorInfo
     from ._core.status import InstanceStatus as InstanceStatus
+    from ._core.status import Wait as Wait
     from ._engine.builder import EngineBuilder as EngineBuilder
     from ._engine.clock import Clock as Clock
     from ._engine.clock import ManualClock as ManualClock
@@ -61,6 +63,7 @@ _LAZY = {
     "ManualClock": "._engine.clock",
     "MemoryStorage": "._storage.memory",
     "Step": "._engine.context",
+    "Wait": "._core.status",
 }
 
 
@@ -96,6 +99,7 @@ __all__ = [
     "NotSerializable",
     "RecordView",
     "SignalAlreadyDelivered",
+    "SignalRefused",
     "Step",
     "StepFailed",
     "StepInterrupted",
@@ -103,6 +107,7 @@ __all__ = [
     "TornTail",
     "UnknownInstance",
     "UnknownWorkflow",
+    "Wait",
     "WorkflowCancelled",
     "WorkflowFailed",
     "decode_value",

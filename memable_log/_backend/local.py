@@ -104,6 +104,9 @@ class LocalBackend:
     async def append(self, rec: list[Any]) -> None:
         await self._require().append(rec)
 
+    async def append_many(self, recs: list[list[Any]]) -> None:
+        await self._require().append_many(recs)
+
     async def read(self, loc: int) -> list[Any]:
         return await self._require().read(loc)
 

@@ -63,6 +63,11 @@ class Backend(Protocol):
         """Durably append ``rec`` (see _core/records.make) and apply it to the index."""
         ...
 
+    async def append_many(self, recs: list[list[Any]]) -> None:
+        """Append records in order, durable together: a crash keeps a prefix
+        of them (the first, if any) and acknowledges none until all are."""
+        ...
+
     async def read(self, loc: int) -> list[Any]:
         """The record at ``loc``, a location the index holds."""
         ...

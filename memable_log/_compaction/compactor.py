@@ -4,7 +4,7 @@ Theory of operation. Segments up to a sealed segment ``k`` are scanned into
 a fresh Index (their *prefix state*). For every instance kept, the records
 that rebuild exactly that state through ``Index.apply`` are synthesised:
 ``created``, one record per memoised step outcome, per signal, a
-``state_image`` (state, wait, timers, finished waits) and, for a finished
+``state_image`` (state, pending waits, registered waits, finished waits) and, for a finished
 instance, its outcome. Superseded records (forgotten keys, at-most-once
 markers replaced by results, consumed suspensions, retries) simply have no
 counterpart. Instances past retention are left out.
@@ -131,11 +131,10 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
     # Else ``created`` said it all, unless a later record (a forget, a
     # restart) moved updated_ms with nothing else to carry it.
     bare = not e.steps and not e.signals and e.state in lc.LIVE
-    if state != lc.RUNNING or e.timers or e.done_waits or (bare and ts != e.created_ms):
-        yield [
-            r.STATE_IMAGE, 0, ts, iid, state, e.wait_key, e.status, e.deadline_ms,
-            dict(e.timers or {}), dict(e.done_waits or {}),
-        ]
+    if state != lc.RUNNING or e.waits or e.done_waits or (bare and ts != e.created_ms):
+        pending = list(e.pending or ()) if state != lc.RUNNING else []
+        waits = {key: list(wait) for key, wait in (e.waits or {}).items()}
+        yield [r.STATE_IMAGE, 0, ts, iid, state, pending, waits, dict(e.done_waits or {})]
     if e.state == lc.COMPLETED:
         assert e.outcome is not None
         yield [r.COMPLETED, 0, ts, iid, blob(e.outcome, r.COMPLETED_RESULT)]

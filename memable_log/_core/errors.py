@@ -193,6 +193,19 @@ class SignalAlreadyDelivered(EngineError):
         )
 
 
+class SignalRefused(EngineError):
+    """A signal that can never be consumed: the instance has finished, or the
+    journal shows its key as a timer or a step. Nothing was written."""
+
+    def __init__(self, instance_id: str, key: str, reason: str) -> None:
+        self.instance_id = instance_id
+        self.key = key
+        self.reason = reason
+        super().__init__(
+            f"signal {key!r} for instance {instance_id!r} refused: {reason}. Nothing was written"
+        )
+
+
 class SuspendTimedOut(EngineError):
     """A suspension's timeout expired before its signal; memoised."""
 

@@ -19,7 +19,9 @@ import zlib
 from typing import NamedTuple
 
 MAGIC = b"MEMABLE\x1a"
-FORMAT_VERSION = 1
+# 2: each wait registered on its own, ``parked`` (records.py). A version 1
+# segment stays readable; a writer never appends to one (it seals it first).
+FORMAT_VERSION = 2
 
 # magic, version, flags, salt, segment number, first sequence number,
 # reserved, then a crc32 of those 36 bytes.

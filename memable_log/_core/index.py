@@ -80,12 +80,20 @@ from .records import (
     FAILED_MESSAGE,
     FAILED_TYPE,
     IMAGE_DONE_WAITS,
-    IMAGE_TIMERS,
+    IMAGE_STATE,
+    IMAGE_V1_DEADLINE,
+    IMAGE_V1_DONE_WAITS,
+    IMAGE_V1_STATUS,
+    IMAGE_V1_TIMERS,
+    IMAGE_V1_WAIT_KEY,
+    IMAGE_WAITS,
     INSTANCE,
     KEY,
     SEQ,
     SIGNALLED_PAYLOAD,
     STEP_DONE_VALUE,
+    SUSPENDED_DEADLINE,
+    SUSPENDED_STATUS,
     TIMER_SET_DEADLINE,
     TS,
     TYPE,
@@ -106,7 +114,7 @@ Entry = bytes | int
 SEGMENT_BITS = 24
 INNER_SHIFT = OFFSET_BITS + SEGMENT_BITS  # 64
 _U64 = (1 << 64) - 1
-_AT_REST = lc.WAITING | lc.FINISHED
+_AT_REST = lc.PARKED | lc.FINISHED
 _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _KEY_CACHE = 4096  # distinct keys whose msgpack bytes an index keeps
 _FINISHED = lc.FINISHED
@@ -213,8 +221,8 @@ class InstanceEntry:
 
     __slots__ = (
         "workflow", "state", "created_ms", "updated_ms", "input", "outcome",
-        "error", "wait_key", "status", "deadline_ms", "table", "signals",
-        "timers", "done_waits", "last_seq",
+        "error", "pending", "status", "deadline_ms", "table", "signals",
+        "waits", "done_waits", "last_seq",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -225,14 +233,18 @@ class InstanceEntry:
         self.input: Entry = input_  # blob, or loc of the created record
         self.outcome: Entry | None = None  # result blob, or loc of the record
         self.error: tuple[str, str] | None = None
-        self.wait_key: str | None = None  # the key a suspension or timer waits on
+        # Set while parked (lifecycle.py): the keys it waits on, the first
+        # pending suspension's status text, the earliest pending deadline.
+        self.pending: tuple[str, ...] | None = None
         self.status: str | None = None
         self.deadline_ms: int | None = None
         # The step table, packed or materialised (module comment); read .steps.
         self.table: dict[str, Entry] | bytes = b""
         self.signals: dict[str, Entry] | None = None  # key -> payload
-        self.timers: dict[str, int] | None = None  # key -> deadline_ms
-        # keys whose wait ended: timers fired, suspensions timed out
+        # Every wait registered, in the order first reached: key -> (kind,
+        # deadline_ms, status); its deadline is never moved (lifecycle.py).
+        self.waits: dict[str, lc.Wait] | None = None
+        # keys whose wait ended by its deadline: key -> TIMER_FIRED or SUSPEND_TIMED_OUT
         self.done_waits: dict[str, int] | None = None
         self.last_seq = 0  # seq of its latest record (0: only compacted history)
 
@@ -259,6 +271,12 @@ class InstanceEntry:
         table = self.table
         if isinstance(table, dict):
             self.table = pack_steps(table)
+
+    def has_step(self, key: str) -> bool:
+        """Whether the step table has ``key`` (a packed table stays packed)."""
+        table = self.table
+        steps = table if isinstance(table, dict) else unpack_steps(table, intern=False)
+        return key in steps
 
     def memoised_steps(self) -> int:
         """How many steps have an outcome (at-most-once markers excluded)."""
@@ -442,20 +460,37 @@ class Index:
         if not self._append(inst, rec[KEY], None):
             forget(inst.steps, rec[KEY])
 
+    # A wait ends once, by whichever record came first: a signal after its
+    # suspension timed out, or a timeout after its signal, records nothing.
+
     def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        if inst.done_waits is not None and rec[KEY] in inst.done_waits:
+            return
         if inst.signals is None:
             inst.signals = {}
         inst.signals.setdefault(rec[KEY], self._blob_or_loc(rec[SIGNALLED_PAYLOAD], loc))
 
-    def _timer_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        if inst.timers is None:
-            inst.timers = {}
-        inst.timers.setdefault(rec[KEY], rec[TIMER_SET_DEADLINE])
-
     def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        if inst.signals is not None and rec[KEY] in inst.signals:
+            return
         if inst.done_waits is None:
             inst.done_waits = {}
         inst.done_waits.setdefault(rec[KEY], rec[TYPE])
+
+    def _suspension(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        self._register(inst, rec[KEY], (
+            lc.WAIT_SIGNAL, rec[SUSPENDED_DEADLINE], rec[SUSPENDED_STATUS]
+        ))
+
+    def _timer(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        self._register(inst, rec[KEY], (lc.WAIT_TIMER, rec[TIMER_SET_DEADLINE], None))
+
+    @staticmethod
+    def _register(inst: InstanceEntry, key: str, wait: lc.Wait) -> None:
+        """The first registration of a key wins: its deadline never moves."""
+        if inst.waits is None:
+            inst.waits = {}
+        inst.waits.setdefault(sys.intern(key), wait)
 
     def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         inst.outcome = self._blob_or_loc(rec[COMPLETED_RESULT], loc)
@@ -467,12 +502,27 @@ class Index:
         inst.outcome = inst.error = None
 
     def _state_image(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        # The state and the wait are the lifecycle's; the tables are set as is.
-        inst.timers = {sys.intern(k): v for k, v in rec[IMAGE_TIMERS].items()} or None
+        # The state and the pending waits are the lifecycle's; the tables are set as is.
+        inst.waits = {
+            sys.intern(k): (w[0], w[1], w[2]) for k, w in rec[IMAGE_WAITS].items()
+        } or None
         inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_DONE_WAITS].items()} or None
 
+    def _state_image_v1(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        # Version 1 kept timers' deadlines, and the one wait's in the image.
+        waits: dict[str, lc.Wait] = {
+            sys.intern(k): (lc.WAIT_TIMER, v, None) for k, v in rec[IMAGE_V1_TIMERS].items()
+        }
+        key = rec[IMAGE_V1_WAIT_KEY]
+        if rec[IMAGE_STATE] == lc.SUSPENDED and key is not None:
+            waits.setdefault(sys.intern(key), (
+                lc.WAIT_SIGNAL, rec[IMAGE_V1_DEADLINE], rec[IMAGE_V1_STATUS]
+            ))
+        inst.waits = waits or None
+        inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_V1_DONE_WAITS].items()} or None
+
     def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        """suspended, cancelled: the lifecycle records all there is."""
+        """parked, cancelled: the lifecycle records all there is."""
 
 
 Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int]]
@@ -509,9 +559,10 @@ _APPLY: dict[int, _Apply] = {
     r.STEP_FAILED: Index._step_failed,
     r.STEP_STARTED: Index._step_started,
     r.FORGOT: Index._forgot,
-    r.SUSPENDED: Index._state_only,
+    r.SUSPENDED: Index._suspension,
+    r.TIMER_SET: Index._timer,
+    r.PARKED: Index._state_only,
     r.SIGNALLED: Index._signalled,
-    r.TIMER_SET: Index._timer_set,
     r.TIMER_FIRED: Index._wait_done,
     r.SUSPEND_TIMED_OUT: Index._wait_done,
     r.COMPLETED: Index._completed,
@@ -519,6 +570,9 @@ _APPLY: dict[int, _Apply] = {
     r.CANCELLED: Index._state_only,
     r.RESTARTED: Index._restarted,
     r.STATE_IMAGE: Index._state_image,
+    r.SUSPENDED_V1: Index._suspension,
+    r.TIMER_SET_V1: Index._timer,
+    r.STATE_IMAGE_V1: Index._state_image_v1,
 }
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
 APPLIED: Final = frozenset({r.CREATED, *_APPLY})

@@ -1,7 +1,7 @@
 """The instance state machine: its table and its conditions. Pure.
 
 Everything that decides an instance's next state lives here (as h11's
-_state.py); index.py records the data (steps, signals, timers, outcomes)
+_state.py); index.py records the data (steps, signals, waits, outcomes)
 and asks this module what a record does to the state.
 
 States are small ints so the index stays compact; ``STATE_NAMES`` gives the
@@ -9,31 +9,47 @@ names used by the public API. ``TRANSITIONS`` maps (state, record type) to
 the next state; a pair missing from the table leaves the state as it is
 (early signals, a cancel of a finished instance). Beside it, ``RULES`` maps
 every record type that can touch the state to its *condition*: what the
-record's fields add to the table (a signal wakes a suspension only for the
-key it waits on; a suspension whose signal came first does not suspend; a
-timer or a timeout ends only the awaited wait; concurrent timers sleep until
-the earliest; a state image sets the state as is). A rule changes only the
-fields of ``Machine`` it may write (the state and the wait) and returns
-whether the state moved along the table. For the types in
-``ONLY_ON_A_MOVE`` the index records the record's data (an outcome, a
-restart's clearing of it) only then: an outcome counts only from a live
-state, a restart only from a finished one. ``UNCHANGED_BY`` lists the
-record types that never change the state: the bulk of a journal, which the
-index applies without asking.
+record's fields add to the table. A rule changes only the fields of
+``Machine`` it may write (the state, the pending waits, their status and
+earliest deadline) and returns whether the state moved along the table.
+For the types in ``ONLY_ON_A_MOVE`` the index records the record's data (an
+outcome, a restart's clearing of it) only then: an outcome counts only from
+a live state, a restart only from a finished one. ``UNCHANGED_BY`` lists
+the record types that never change the state: the bulk of a journal, which
+the index applies without asking.
+
+Waits (SPEC-NEXT §1). A workflow may wait in several branches at once.
+Each wait is *registered* the first time its key is reached (``suspended``,
+``timer_set``: the index keeps its kind, deadline and status, so a re-run
+never moves the deadline) and the branch blocks in memory. Only when every
+task of the workflow is blocked does the engine write ``parked`` with the
+keys it waits on: the instance leaves memory, *suspended* if every pending
+wait is a signal, *sleeping* if every one is a timer, *waiting* otherwise.
+Whichever pending wait resolves first (its signal, its deadline) makes it
+running again; the others stay registered for the re-run to block in.
+``parked`` moves nothing if one of its keys is already resolved (a signal
+that came while the record was being written): the instance stays running.
+
+Format version 1 records (``records.LEGACY``) keep their meaning: its
+``suspended`` and ``timer_set`` registered a wait *and* parked the instance
+on it, and its state image named one wait.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from . import records as r
 from .records import (
-    IMAGE_DEADLINE,
+    IMAGE_PENDING,
     IMAGE_STATE,
-    IMAGE_STATUS,
-    IMAGE_WAIT_KEY,
+    IMAGE_V1_DEADLINE,
+    IMAGE_V1_STATUS,
+    IMAGE_V1_WAIT_KEY,
+    IMAGE_WAITS,
     KEY,
+    PARKED_KEYS,
     SUSPENDED_DEADLINE,
     SUSPENDED_STATUS,
     TIMER_SET_DEADLINE,
@@ -45,12 +61,21 @@ SLEEPING: Final = 2
 COMPLETED: Final = 3
 FAILED: Final = 4
 CANCELLED: Final = 5
+WAITING: Final = 6
 
-STATE_NAMES: Final = ("running", "suspended", "sleeping", "completed", "failed", "cancelled")
+STATE_NAMES: Final = (
+    "running", "suspended", "sleeping", "completed", "failed", "cancelled", "waiting",
+)
 STATE_BY_NAME: Final = {name: i for i, name in enumerate(STATE_NAMES)}
-LIVE: Final = frozenset({RUNNING, SUSPENDED, SLEEPING})
-WAITING: Final = frozenset({SUSPENDED, SLEEPING})
+PARKED: Final = frozenset({SUSPENDED, SLEEPING, WAITING})  # live, out of memory
+LIVE: Final = frozenset({RUNNING}) | PARKED
 FINISHED: Final = frozenset({COMPLETED, FAILED, CANCELLED})
+
+# A registered wait's kind (index: key -> (kind, deadline_ms, status)).
+WAIT_SIGNAL: Final = 0
+WAIT_TIMER: Final = 1
+WAIT_KIND_NAMES: Final = ("signal", "timer")
+Wait = tuple[int, int | None, str | None]  # kind, deadline_ms, status
 
 
 def _table() -> dict[tuple[int, int], int]:
@@ -59,11 +84,16 @@ def _table() -> dict[tuple[int, int], int]:
         table[live, r.COMPLETED] = COMPLETED
         table[live, r.FAILED] = FAILED
         table[live, r.CANCELLED] = CANCELLED
-    table[RUNNING, r.SUSPENDED] = SUSPENDED  # unless its signal came first
-    table[RUNNING, r.TIMER_SET] = SLEEPING
-    table[SUSPENDED, r.SIGNALLED] = RUNNING  # only for the awaited key
-    table[SUSPENDED, r.SUSPEND_TIMED_OUT] = RUNNING  # only for the awaited key
-    table[SLEEPING, r.TIMER_FIRED] = RUNNING  # only for the awaited key
+    # parked: SUSPENDED, SLEEPING or WAITING by the kinds of its waits (the
+    # table names the general case), unless one of them already resolved.
+    table[RUNNING, r.PARKED] = WAITING
+    for parked in PARKED:
+        # Only for a pending key; a timeout only of a pending suspension.
+        table[parked, r.SIGNALLED] = RUNNING
+        table[parked, r.SUSPEND_TIMED_OUT] = RUNNING
+        table[parked, r.TIMER_FIRED] = RUNNING
+    table[RUNNING, r.SUSPENDED_V1] = SUSPENDED  # format version 1: unless its signal came first
+    table[RUNNING, r.TIMER_SET_V1] = SLEEPING  # format version 1
     for done in FINISHED:
         table[done, r.RESTARTED] = RUNNING
     return table
@@ -72,9 +102,9 @@ def _table() -> dict[tuple[int, int], int]:
 TRANSITIONS: Final = _table()
 
 # Record types that never change the state (``created`` sets the first one,
-# RUNNING, as the index makes the entry).
+# RUNNING, as the index makes the entry; a registration only records a wait).
 UNCHANGED_BY: Final = frozenset({
-    r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.FORGOT,
+    r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.FORGOT, r.SUSPENDED, r.TIMER_SET,
 })
 
 
@@ -91,52 +121,79 @@ class Machine(Protocol):
     """The fields of an index entry that the lifecycle reads and writes."""
 
     state: int
-    wait_key: str | None  # the key a suspension or timer waits on
-    status: str | None  # a suspension's status text
-    deadline_ms: int | None  # the wait's deadline
+    pending: tuple[str, ...] | None  # the keys a parked instance waits on
+    status: str | None  # the first pending suspension's status text
+    deadline_ms: int | None  # the earliest pending deadline
 
     @property
     def signals(self) -> Mapping[str, object] | None:
         """The signals that have come, by key (read only: the index's data)."""
 
+    @property
+    def waits(self) -> Mapping[str, Wait] | None:
+        """Every registered wait, by key, in the order first reached."""
 
-def _move(m: Machine, rtype: int) -> bool:
-    """Take the table's transition, if any; a state that is not waiting
-    has no wait. Returns whether the state changed."""
+    @property
+    def done_waits(self) -> Mapping[str, int] | None:
+        """Waits ended by their deadline, by key."""
+
+
+def _move(m: Machine, rtype: int, to: int | None = None) -> bool:
+    """Take the table's transition (to ``to``, a refinement the rule chose),
+    if any; a state that is not parked has no pending waits. Returns
+    whether the state changed."""
     before = m.state
     after = TRANSITIONS.get((before, rtype), before)
     if after == before:
         return False
-    if after not in WAITING:
-        m.wait_key = m.status = m.deadline_ms = None
+    if to is not None:
+        after = to
+    if after not in PARKED:
+        m.pending = m.status = m.deadline_ms = None
     m.state = after
     return True
 
 
-def _suspended(m: Machine, rec: list[Any]) -> bool:
-    key = rec[KEY]
-    if m.signals is not None and key in m.signals:
-        return False  # its signal came first: the instance keeps running
-    if _move(m, r.SUSPENDED):
-        m.wait_key, m.status, m.deadline_ms = key, rec[SUSPENDED_STATUS], rec[SUSPENDED_DEADLINE]
-        return True
-    return False
+def resolved(m: Machine, key: str) -> bool:
+    """Whether the wait on ``key`` has ended: its signal came or its deadline
+    was recorded as passed."""
+    return (m.signals is not None and key in m.signals) or (
+        m.done_waits is not None and key in m.done_waits
+    )
 
 
-def _timer_set(m: Machine, rec: list[Any]) -> bool:
-    deadline = rec[TIMER_SET_DEADLINE]
-    if _move(m, r.TIMER_SET):
-        m.wait_key, m.status, m.deadline_ms = rec[KEY], None, deadline
-        return True
-    # Concurrent timers (a nursery in the workflow): sleep until the earliest.
-    if m.state == SLEEPING and m.deadline_ms is not None and deadline < m.deadline_ms:
-        m.wait_key, m.status, m.deadline_ms = rec[KEY], None, deadline
-    return False
+def parked_state(kinds: Iterable[int]) -> int:
+    """SUSPENDED if every wait is a signal, SLEEPING if every one is a timer, else WAITING."""
+    seen = set(kinds)
+    if seen == {WAIT_SIGNAL}:
+        return SUSPENDED
+    if seen == {WAIT_TIMER}:
+        return SLEEPING
+    return WAITING
+
+
+def _park(m: Machine, keys: Sequence[str], waits: Mapping[str, Wait]) -> None:
+    """Set the pending waits (the state is set by the caller)."""
+    m.pending = tuple(keys)
+    deadlines = [d for k in keys if (d := waits[k][1]) is not None]
+    m.deadline_ms = min(deadlines) if deadlines else None
+    m.status = next((s for k in keys if (s := waits[k][2]) is not None), None)
+
+
+def _parked(m: Machine, rec: list[Any]) -> bool:
+    keys = rec[PARKED_KEYS]
+    waits = m.waits or {}
+    if m.state != RUNNING or any(resolved(m, k) or k not in waits for k in keys):
+        return False  # a wait resolved first (or was never registered): stay running
+    _move(m, r.PARKED, parked_state(waits[k][0] for k in keys))
+    _park(m, keys, waits)
+    return True
 
 
 def _awaited(m: Machine, rec: list[Any]) -> bool:
-    """signalled, timer_fired, suspend_timed_out: they end only the awaited wait."""
-    return rec[KEY] == m.wait_key and _move(m, rec[r.TYPE])
+    """signalled, timer_fired, suspend_timed_out: a pending wait ended, so
+    the instance runs again (any other key: nothing to wake)."""
+    return m.pending is not None and rec[KEY] in m.pending and _move(m, rec[r.TYPE])
 
 
 def _by_table(m: Machine, rec: list[Any]) -> bool:
@@ -147,9 +204,48 @@ def _by_table(m: Machine, rec: list[Any]) -> bool:
 def _state_image(m: Machine, rec: list[Any]) -> bool:
     # Compaction's summary of what this machine had reached: set as is.
     m.state = rec[IMAGE_STATE]
-    m.wait_key, m.status, m.deadline_ms = (
-        rec[IMAGE_WAIT_KEY], rec[IMAGE_STATUS], rec[IMAGE_DEADLINE]
-    )
+    if m.state in PARKED and rec[IMAGE_PENDING]:
+        waits = {k: (w[0], w[1], w[2]) for k, w in rec[IMAGE_WAITS].items()}
+        _park(m, rec[IMAGE_PENDING], waits)
+    else:
+        m.pending = m.status = m.deadline_ms = None
+    return False
+
+
+# -- format version 1 --------------------------------------------------------------
+
+
+def _suspended_v1(m: Machine, rec: list[Any]) -> bool:
+    key = rec[KEY]
+    if m.signals is not None and key in m.signals:
+        return False  # its signal came first: the instance keeps running
+    if _move(m, r.SUSPENDED_V1):
+        m.pending, m.status, m.deadline_ms = (key,), rec[SUSPENDED_STATUS], rec[SUSPENDED_DEADLINE]
+        return True
+    return False
+
+
+def _timer_set_v1(m: Machine, rec: list[Any]) -> bool:
+    key, deadline = rec[KEY], rec[TIMER_SET_DEADLINE]
+    if _move(m, r.TIMER_SET_V1):
+        m.pending, m.status, m.deadline_ms = (key,), None, deadline
+        return True
+    # Concurrent timers (a nursery): version 1 slept until the earliest;
+    # each is a pending wait.
+    if m.state == SLEEPING and m.pending is not None and key not in m.pending:
+        m.pending += (key,)
+        if m.deadline_ms is None or deadline < m.deadline_ms:
+            m.deadline_ms = deadline
+    return False
+
+
+def _state_image_v1(m: Machine, rec: list[Any]) -> bool:
+    m.state = rec[IMAGE_STATE]
+    key = rec[IMAGE_V1_WAIT_KEY]
+    if m.state in PARKED and key is not None:
+        m.pending, m.status, m.deadline_ms = (key,), rec[IMAGE_V1_STATUS], rec[IMAGE_V1_DEADLINE]
+    else:
+        m.pending = m.status = m.deadline_ms = None
     return False
 
 
@@ -158,9 +254,8 @@ Rule = Callable[[Machine, list[Any]], bool]
 # Record type -> its condition (module comment). Every record type is here
 # or in UNCHANGED_BY, never both (tests/core/test_records.py).
 RULES: Final[dict[int, Rule]] = {
-    r.SUSPENDED: _suspended,
+    r.PARKED: _parked,
     r.SIGNALLED: _awaited,
-    r.TIMER_SET: _timer_set,
     r.TIMER_FIRED: _awaited,
     r.SUSPEND_TIMED_OUT: _awaited,
     r.COMPLETED: _by_table,
@@ -168,6 +263,9 @@ RULES: Final[dict[int, Rule]] = {
     r.CANCELLED: _by_table,
     r.RESTARTED: _by_table,
     r.STATE_IMAGE: _state_image,
+    r.SUSPENDED_V1: _suspended_v1,
+    r.TIMER_SET_V1: _timer_set_v1,
+    r.STATE_IMAGE_V1: _state_image_v1,
 }
 
 

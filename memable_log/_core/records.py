@@ -23,9 +23,9 @@ CREATED: Final = 1
 STEP_DONE: Final = 2
 STEP_FAILED: Final = 3
 STEP_STARTED: Final = 4
-SUSPENDED: Final = 5
+SUSPENDED_V1: Final = 5  # format version 1 only: read, never written (below)
 SIGNALLED: Final = 6
-TIMER_SET: Final = 7
+TIMER_SET_V1: Final = 7  # format version 1 only
 TIMER_FIRED: Final = 8
 SUSPEND_TIMED_OUT: Final = 9
 FORGOT: Final = 10
@@ -33,7 +33,19 @@ COMPLETED: Final = 11
 FAILED: Final = 12
 CANCELLED: Final = 13
 RESTARTED: Final = 14
-STATE_IMAGE: Final = 15  # written by compaction only
+STATE_IMAGE_V1: Final = 15  # format version 1 only
+SUSPENDED: Final = 16  # a suspension reached for the first time: its wait, registered
+TIMER_SET: Final = 17  # a timer reached for the first time: its deadline, registered
+PARKED: Final = 18  # every task of the instance waits: it leaves memory
+STATE_IMAGE: Final = 19  # written by compaction only
+
+# Format version 1 wrote one wait per instance: its ``suspended`` and
+# ``timer_set`` records both registered the wait and parked the instance on
+# it, and its state image had one wait key. Version 2 registers each wait on
+# its own (SUSPENDED, TIMER_SET) and parks with PARKED, which names every
+# wait the instance is blocked in. The version 1 types keep their numbers
+# and their meaning, so a version 1 journal reads as it always did.
+LEGACY: Final = frozenset({SUSPENDED_V1, TIMER_SET_V1, STATE_IMAGE_V1})
 
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
@@ -49,12 +61,12 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
          ("traceback", (str,))),
     ),
     STEP_STARTED: ("step_started", (("key", (str,)),)),
-    SUSPENDED: (
-        "suspended",
+    SUSPENDED_V1: (
+        "suspended_v1",
         (("key", (str,)), ("status", _OPT_STR), ("deadline_ms", _OPT_INT)),
     ),
     SIGNALLED: ("signalled", (("key", (str,)), ("payload", (bytes,)))),
-    TIMER_SET: ("timer_set", (("key", (str,)), ("deadline_ms", (int,)))),
+    TIMER_SET_V1: ("timer_set_v1", (("key", (str,)), ("deadline_ms", (int,)))),
     TIMER_FIRED: ("timer_fired", (("key", (str,)),)),
     SUSPEND_TIMED_OUT: ("suspend_timed_out", (("key", (str,)),)),
     FORGOT: ("forgot", (("key", (str,)),)),
@@ -65,10 +77,21 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
     ),
     CANCELLED: ("cancelled", ()),
     RESTARTED: ("restarted", ()),
-    STATE_IMAGE: (
-        "state_image",
+    STATE_IMAGE_V1: (
+        "state_image_v1",
         (("state", (int,)), ("wait_key", _OPT_STR), ("status", _OPT_STR),
          ("deadline_ms", _OPT_INT), ("timers", (dict,)), ("done_waits", (dict,))),
+    ),
+    SUSPENDED: (
+        "suspended",
+        (("key", (str,)), ("status", _OPT_STR), ("deadline_ms", _OPT_INT)),
+    ),
+    TIMER_SET: ("timer_set", (("key", (str,)), ("deadline_ms", (int,)))),
+    PARKED: ("parked", (("keys", (list,)),)),
+    STATE_IMAGE: (
+        "state_image",
+        (("state", (int,)), ("pending", (list,)), ("waits", (dict,)),
+         ("done_waits", (dict,))),
     ),
 }
 
@@ -81,7 +104,7 @@ SEQ: Final = 1
 TS: Final = 2
 INSTANCE: Final = 3
 FIELDS: Final = 4  # where a type's own fields (SCHEMA) begin
-# KEY: every keyed record (step_*, suspended, signalled, timer_*, suspend_timed_out, forgot)
+# KEY: every keyed record (step_*, suspended*, signalled, timer_*, suspend_timed_out, forgot)
 KEY: Final = 4
 CREATED_WORKFLOW: Final = 4
 CREATED_INPUT: Final = 5
@@ -97,12 +120,16 @@ COMPLETED_RESULT: Final = 4
 FAILED_TYPE: Final = 4
 FAILED_MESSAGE: Final = 5
 FAILED_TRACEBACK: Final = 6
-IMAGE_STATE: Final = 4
-IMAGE_WAIT_KEY: Final = 5
-IMAGE_STATUS: Final = 6
-IMAGE_DEADLINE: Final = 7
-IMAGE_TIMERS: Final = 8
-IMAGE_DONE_WAITS: Final = 9
+PARKED_KEYS: Final = 4
+IMAGE_STATE: Final = 4  # state_image and state_image_v1
+IMAGE_PENDING: Final = 5
+IMAGE_WAITS: Final = 6
+IMAGE_DONE_WAITS: Final = 7
+IMAGE_V1_WAIT_KEY: Final = 5
+IMAGE_V1_STATUS: Final = 6
+IMAGE_V1_DEADLINE: Final = 7
+IMAGE_V1_TIMERS: Final = 8
+IMAGE_V1_DONE_WAITS: Final = 9
 SEAL_NEXT_SEQ: Final = 1  # a seal is [SEAL, next_seq]
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
@@ -115,17 +142,73 @@ _CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
 }
 
 
+_N_STATES = 7  # see lifecycle.STATE_NAMES
+_N_STATES_V1 = 6
+_ENDED_BY = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT})
+_N_WAIT_KINDS = 2  # lifecycle.WAIT_SIGNAL, WAIT_TIMER: a wait's kind is below this
+
+
+def _keys(value: object) -> bool:
+    """A list of distinct non-empty str keys."""
+    return (
+        type(value) is list and all(type(k) is str and k for k in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _check_parked(rec: list[Any]) -> None:
+    if not rec[PARKED_KEYS] or not _keys(rec[PARKED_KEYS]):
+        raise RecordError("parked record needs a list of one or more distinct keys")
+
+
+def _check_done_waits(table: dict[Any, Any]) -> None:
+    for key, value in table.items():
+        if type(key) is not str or value not in _ENDED_BY or type(value) is not int:
+            raise RecordError("state_image record has a bad done_waits entry")
+
+
+def _check_image(rec: list[Any]) -> None:
+    if type(rec[IMAGE_STATE]) is not int or not 0 <= rec[IMAGE_STATE] < _N_STATES:
+        raise RecordError(f"state_image record has unknown state {rec[IMAGE_STATE]!r}")
+    if not _keys(rec[IMAGE_PENDING]):
+        raise RecordError("state_image record has a bad pending list")
+    for key, wait in rec[IMAGE_WAITS].items():
+        if not (
+            type(key) is str and type(wait) is list and len(wait) == 3
+            and type(wait[0]) is int and 0 <= wait[0] < _N_WAIT_KINDS
+            and (wait[1] is None or type(wait[1]) is int)
+            and (wait[2] is None or type(wait[2]) is str)
+        ):
+            raise RecordError("state_image record has a bad waits entry")
+    if any(key not in rec[IMAGE_WAITS] for key in rec[IMAGE_PENDING]):
+        raise RecordError("state_image record has a pending key with no wait")
+    _check_done_waits(rec[IMAGE_DONE_WAITS])
+
+
+def _check_image_v1(rec: list[Any]) -> None:
+    if type(rec[IMAGE_STATE]) is not int or not 0 <= rec[IMAGE_STATE] < _N_STATES_V1:
+        raise RecordError(f"state_image_v1 record has unknown state {rec[IMAGE_STATE]!r}")
+    for key, value in rec[IMAGE_V1_TIMERS].items():
+        if type(key) is not str or type(value) is not int:
+            raise RecordError("state_image_v1 record has a bad timers entry")
+    _check_done_waits(rec[IMAGE_V1_DONE_WAITS])
+
+
+# Record types whose lists or maps ``check`` looks into.
+_DEEP: Final = {PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1}
+
+
 def _signatures() -> dict[tuple[type, ...], frozenset[int]]:
     """Every exact type layout ``check`` accepts, with the types that have it.
 
     ``check`` tests fields with isinstance, so an int field also takes a
-    bool; that is the only subclass msgpack produces. STATE_IMAGE is left
-    out: its tables need a closer look (``_check_image``).
+    bool; that is the only subclass msgpack produces. The types with a list
+    or a map are left out: their contents need a closer look (``_DEEP``).
     """
     widened: dict[type, tuple[type, ...]] = {int: (int, bool)}
     out: dict[tuple[type, ...], set[int]] = {}
     for rtype, (_, fields) in _CHECKS.items():
-        if rtype == STATE_IMAGE:
+        if rtype in _DEEP:
             continue
         layouts: list[tuple[type, ...]] = [(int, int, int, str)]
         for allowed in fields:
@@ -172,24 +255,12 @@ def check(rec: Any) -> list[Any]:
             raise RecordError(
                 f"{TYPE_NAMES[rtype]} record has a field of type {type(value).__name__}"
             )
-    if rtype == STATE_IMAGE:
-        _check_image(rec)
+    deep = _DEEP.get(rtype)
+    if deep is not None:
+        deep(rec)
     return rec
 
 
-_N_STATES = 6  # see lifecycle.STATE_NAMES
-_WAIT_KINDS = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT})
-
-
-def _check_image(rec: list[Any]) -> None:
-    if not 0 <= rec[IMAGE_STATE] < _N_STATES:
-        raise RecordError(f"state_image record has unknown state {rec[IMAGE_STATE]!r}")
-    for table, kinds in ((rec[IMAGE_TIMERS], None), (rec[IMAGE_DONE_WAITS], _WAIT_KINDS)):
-        for key, value in table.items():
-            if type(key) is not str or type(value) is not int or (
-                kinds is not None and value not in kinds
-            ):
-                raise RecordError("state_image record has a bad timers or done_waits entry")
 
 
 def check_seal(rec: Any) -> int | None:

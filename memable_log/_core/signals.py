@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Container
 
 from . import lifecycle as lc
-from .errors import SignalAlreadyDelivered, UnknownInstance
+from . import records as r
+from .errors import SignalAlreadyDelivered, SignalRefused, UnknownInstance
 from .index import Index
 from .records import check_key
 
@@ -18,9 +19,13 @@ def check_signal(
     now_ms: int,
     reserved: Container[tuple[str, str]] = (),
 ) -> None:
-    """Raise UnknownInstance or SignalAlreadyDelivered unless the signal may be written.
+    """Raise unless the signal may be written: UnknownInstance (no such
+    instance of ``workflow``), SignalRefused (it finished; the key is a
+    timer's or a step's), SignalAlreadyDelivered (the key has its signal,
+    or its suspension timed out).
 
-    ``reserved`` holds (instance, key) pairs whose signal is being written.
+    ``reserved`` holds (instance, key) pairs being written: a signal, or a
+    suspension's timeout.
     """
     entry = index.instances.get(instance_id)
     if entry is None or entry.workflow != workflow:
@@ -29,12 +34,16 @@ def check_signal(
         )
         raise UnknownInstance(instance_id, detail)
     check_key(key)
+    if entry.state in lc.FINISHED:
+        raise SignalRefused(instance_id, key, f"the instance is {lc.STATE_NAMES[entry.state]}")
+    wait = entry.waits.get(key) if entry.waits is not None else None
+    ended = entry.done_waits.get(key) if entry.done_waits is not None else None
+    if (wait is not None and wait[0] == lc.WAIT_TIMER) or ended == r.TIMER_FIRED:
+        raise SignalRefused(instance_id, key, "the key is a timer's")
+    if entry.has_step(key):
+        raise SignalRefused(instance_id, key, "the key is a step's")
     if (entry.signals is not None and key in entry.signals) or (instance_id, key) in reserved:
         raise SignalAlreadyDelivered(instance_id, key)
-    if (entry.done_waits is not None and key in entry.done_waits) or (
-        entry.state == lc.SUSPENDED
-        and entry.wait_key == key
-        and entry.deadline_ms is not None
-        and now_ms >= entry.deadline_ms
-    ):
+    deadline = wait[1] if wait is not None else None
+    if ended is not None or (deadline is not None and now_ms >= deadline):
         raise SignalAlreadyDelivered(instance_id, key, "timed out")

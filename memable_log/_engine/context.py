@@ -10,9 +10,11 @@ Sync step functions are called directly on the trio thread, like any
 function call: they must not block. Blocking work (``requests``, big file
 I/O) goes to a worker thread with ``.in_thread()``.
 
-Suspension and sleeping unwind the workflow with ``Unwind``, a
-BaseException, so ``except Exception`` in a workflow cannot swallow it; the
-runner catches it and drops the workflow.
+A suspension or timer that must wait registers its wait (the first time
+its key is reached) and blocks its branch (waits.py); once every branch
+waits, the instance is parked and the blocked branches unwind with
+``Unwind``, a BaseException, so ``except Exception`` in a workflow cannot
+swallow it; the runner catches it and drops the workflow.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .._core import records as r
 from .._core.codec import EncodeError
 from .._core.errors import (
     DuplicateStepKey,
+    EngineError,
     NotSerializable,
     StepFailed,
     StepInterrupted,
@@ -39,6 +42,7 @@ from .._core.errors import (
 )
 from .._core.records import check_key
 from .host import Host
+from .waits import RunWaits
 
 logger = logging.getLogger("memable_log")
 
@@ -50,17 +54,18 @@ _YIELD_EVERY = 256
 _PLAIN = frozenset({int, str, float, bool, bytes, list, dict, tuple, type(None)})
 
 
-class Unwind(BaseException):
-    """Raised to drop a workflow that is now suspended or sleeping."""
-
-
 class Context:
     """The handle a workflow gets: its id, input, and durable steps."""
 
-    __slots__ = ("_hits", "_host", "_instances", "_keys", "input", "instance_id", "workflow")
+    __slots__ = (
+        "_hits", "_host", "_instances", "_keys", "_waits", "input", "instance_id", "workflow",
+    )
 
-    def __init__(self, host: Host, instance_id: str, workflow: str, input: Any) -> None:
+    def __init__(
+        self, host: Host, waits: RunWaits, instance_id: str, workflow: str, input: Any
+    ) -> None:
         self._host = host
+        self._waits = waits
         self._instances = host.index.instances  # one index per engine lifetime
         self._keys: set[str] = set()
         self._hits = 0
@@ -90,67 +95,101 @@ class Context:
     ) -> Any:
         """Wait for the signal for ``key``; return its payload.
 
-        If the signal is in the journal, return it at once. Otherwise mark
-        the instance suspended (with ``status``), drop the workflow, and run
-        it again from the top once the signal arrives. With ``timeout``
-        (seconds or timedelta), raise SuspendTimedOut if it expires first;
-        that outcome is memoised.
+        If the signal is in the journal, return it at once. Otherwise the
+        wait is recorded (with ``status`` and the deadline of ``timeout``,
+        computed the first time ``key`` is reached) and this branch blocks;
+        once every branch of the workflow waits, the instance is marked
+        suspended (or waiting) and dropped from memory, to run again from
+        the top when a wait resolves. With ``timeout`` (seconds or
+        timedelta), raise SuspendTimedOut if it expires first; that outcome
+        is memoised.
         """
         entry = self._claim(key)
-        host = self._host
-        if entry.signals is not None and key in entry.signals:
-            return await host.replayed(entry.signals[key], r.SIGNALLED_PAYLOAD)
-        if entry.done_waits is not None and key in entry.done_waits:
-            raise SuspendTimedOut(self.instance_id, key)
-        if entry.state == lc.SUSPENDED and entry.wait_key == key:  # woken by its deadline
-            deadline = entry.deadline_ms
-            if deadline is not None and host.now_ms() >= deadline:
-                timed_out = r.make(r.SUSPEND_TIMED_OUT, host.now_ms(), self.instance_id, key)
-                await host.append(timed_out)
-                logger.info("instance %s: suspension %r timed out", self.instance_id, key,
-                            extra=_extra(self.instance_id, key))
-                raise SuspendTimedOut(self.instance_id, key)
-            raise Unwind
-        seconds = _seconds(timeout)
-        deadline = host.now_ms() + round(seconds * 1000) if seconds is not None else None
+        host, iid = self._host, self.instance_id
         if status is not None and type(status) is not str:
             raise TypeError("status must be a str")
-        await host.append(
-            r.make(r.SUSPENDED, host.now_ms(), self.instance_id, key, status, deadline)
-        )
-        logger.info("instance %s: suspended on %r (%s)", self.instance_id, key, status or "",
-                    extra=_extra(self.instance_id, key))
-        raise Unwind
+        seconds = _seconds(timeout)
+        register: list[Any] | None = None
+        wait = entry.waits.get(key) if entry.waits is not None else None
+        if wait is None:
+            deadline = host.now_ms() + round(seconds * 1000) if seconds is not None else None
+            register = r.make(r.SUSPENDED, host.now_ms(), iid, key, status, deadline)
+        elif wait[0] != lc.WAIT_SIGNAL:
+            raise EngineError(_other_kind(iid, key, "a timer", "a suspension"))
+        else:
+            deadline = wait[1]
+        while True:
+            entry = host.entry(iid)
+            if entry.signals is not None and key in entry.signals:
+                return await host.replayed(entry.signals[key], r.SIGNALLED_PAYLOAD)
+            if entry.done_waits is not None and key in entry.done_waits:
+                raise SuspendTimedOut(iid, key)
+            if register is None and deadline is not None and host.now_ms() >= deadline:
+                await self._time_out(key)
+                continue
+            if register is not None:
+                logger.info("instance %s: waits for signal %r (%s)", iid, key, status or "",
+                            extra=_extra(iid, key))
+            await self._waits.block(key, deadline, register)
+            register = None
+
+    async def _time_out(self, key: str) -> None:
+        """Record that the suspension on ``key`` timed out, unless its signal
+        is being written: then wait for it (the caller looks again)."""
+        host, iid = self._host, self.instance_id
+        reserved = host.reserved
+        busy = reserved.get((iid, key))
+        if busy is not None:
+            await busy.wait()
+            return
+        reserved[iid, key] = done = trio.Event()
+        try:
+            await host.append(r.make(r.SUSPEND_TIMED_OUT, host.now_ms(), iid, key))
+        finally:
+            del reserved[iid, key]
+            done.set()
+        logger.info("instance %s: suspension %r timed out", iid, key, extra=_extra(iid, key))
 
     async def timer(self, key: str, delay: float | timedelta) -> None:
         """Sleep durably until ``delay`` after the first time ``key`` is reached.
 
-        The deadline is persisted once; re-runs never move it. Before it the
-        workflow is dropped and the engine's poller resumes it afterwards.
+        The deadline is persisted once; re-runs never move it. This branch
+        blocks until it; once every branch of the workflow waits, the
+        instance is dropped from memory and the engine's poller resumes it
+        at the deadline.
         """
         entry = self._claim(key)
-        host = self._host
-        if entry.done_waits is not None and key in entry.done_waits:
-            return
-        deadline = entry.timers.get(key) if entry.timers is not None else None
-        if deadline is None:
-            seconds = _seconds(delay)
-            assert seconds is not None
+        host, iid = self._host, self.instance_id
+        seconds = _seconds(delay)
+        if seconds is None:
+            raise TypeError("a timer needs a delay")
+        register: list[Any] | None = None
+        wait = entry.waits.get(key) if entry.waits is not None else None
+        if wait is None:
             deadline = host.now_ms() + round(seconds * 1000)
-            timer = r.make(r.TIMER_SET, host.now_ms(), self.instance_id, key, deadline)
-            await host.append(timer)
-        if host.now_ms() >= deadline:
-            await host.append(r.make(r.TIMER_FIRED, host.now_ms(), self.instance_id, key))
-            return
-        if not (entry.state == lc.SLEEPING and entry.wait_key == key):
-            # Set in an earlier run but not slept on now (a restart after a
-            # cancel, a second timer in a nursery): re-arm the same deadline,
-            # or the runner would find the instance running and spin.
-            rearm = r.make(r.TIMER_SET, host.now_ms(), self.instance_id, key, deadline)
-            await host.append(rearm)
-        logger.info("instance %s: sleeping on %r", self.instance_id, key,
-                    extra=_extra(self.instance_id, key))
-        raise Unwind
+            register = r.make(r.TIMER_SET, host.now_ms(), iid, key, deadline)
+        elif wait[0] != lc.WAIT_TIMER or wait[1] is None:
+            raise EngineError(_other_kind(iid, key, "a suspension", "a timer"))
+        else:
+            deadline = wait[1]
+        while True:
+            entry = host.entry(iid)
+            if entry.done_waits is not None and key in entry.done_waits:
+                return
+            if register is None and host.now_ms() >= deadline:
+                await host.append(r.make(r.TIMER_FIRED, host.now_ms(), iid, key))
+                continue
+            if register is not None:
+                logger.info("instance %s: sleeping on %r", iid, key, extra=_extra(iid, key))
+            await self._waits.block(key, deadline, register)
+            register = None
+
+
+def _other_kind(instance_id: str, key: str, was: str, now: str) -> str:
+    return (
+        f"key {key!r} of instance {instance_id!r} is {was} in the journal, not {now}: "
+        "steps, suspensions and timers share one key space, give each its own key"
+    )
 
 
 def _extra(instance_id: str, key: str) -> dict[str, str]:

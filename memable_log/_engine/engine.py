@@ -75,7 +75,6 @@ class Engine:
         self._nursery_cm: Any = None
         self._timers: TimerQueue | None = None
         self._orphans: dict[str, set[str]] = {}  # workflow name -> instances waiting for it
-        self._reserved: set[tuple[str, str]] = set()  # (instance, key) being written
         self._creating: dict[str, trio.Event] = {}
 
     @staticmethod
@@ -116,6 +115,7 @@ class Engine:
             await backend.close()
             raise
         host.backend = backend
+        trio.lowlevel.add_instrument(host.exits)
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
             self._nursery.start_soon(self._timers.run)
@@ -133,7 +133,7 @@ class Engine:
         for instance_id, entry in self._host.index.instances.items():
             if entry.state == lc.RUNNING:
                 self._start(instance_id)
-            elif entry.state in lc.WAITING and entry.deadline_ms is not None:
+            elif entry.state in lc.PARKED and entry.deadline_ms is not None:
                 self._timers.push(entry.deadline_ms, instance_id)
         if self._orphans:
             for name, ids in self._orphans.items():
@@ -160,7 +160,7 @@ class Engine:
             self._nursery = None
             self._timers = None
             self._orphans.clear()
-            self._reserved.clear()
+            trio.lowlevel.remove_instrument(self._host.exits)
             self._host.stopped()
             await self._backend.close()
 
@@ -182,14 +182,14 @@ class Engine:
 
     def _on_deadline(self, instance_id: str, deadline_ms: int) -> None:
         entry = self._host.index.instances.get(instance_id)
-        if entry is not None and entry.state in lc.WAITING and entry.deadline_ms == deadline_ms:
+        if entry is not None and entry.state in lc.PARKED and entry.deadline_ms == deadline_ms:
             self._start(instance_id)
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
         entry = self._host.index.instances[instance_id]
         timers = self._timers  # `is not None`: an empty TimerQueue is falsy
-        if entry.state in lc.WAITING and entry.deadline_ms is not None and timers is not None:
+        if entry.state in lc.PARKED and entry.deadline_ms is not None and timers is not None:
             timers.push(entry.deadline_ms, instance_id)
         self._host.notify(instance_id)
 
@@ -271,22 +271,29 @@ class Engine:
     async def signal(self, workflow: str, instance_id: str, key: str, payload: Any = None) -> None:
         """Durably deliver ``payload`` to suspension ``key`` and wake the instance.
 
-        Raises UnknownInstance (also when ``workflow`` does not match) and
-        SignalAlreadyDelivered (a second signal, or after a timeout); in both
-        cases nothing is written.
+        A signal for a key not reached yet is kept for it. Raises
+        UnknownInstance (also when ``workflow`` does not match),
+        SignalRefused (the instance finished; the key is a timer's or a
+        step's) and SignalAlreadyDelivered (a second signal, or after a
+        timeout); in each case nothing is written.
         """
         host = self._host
         host.require()
-        check_signal(host.index, workflow, instance_id, key, host.now_ms(), self._reserved)
+        reserved = host.reserved
+        check_signal(host.index, workflow, instance_id, key, host.now_ms(), reserved)
         entry = host.index.instances[instance_id]
         blob = host.encode(payload, f"signal {key!r}")
-        self._reserved.add((instance_id, key))
+        reserved[instance_id, key] = done = trio.Event()
         try:
             await host.append(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
         finally:
-            self._reserved.discard((instance_id, key))
+            del reserved[instance_id, key]
+            done.set()
         logger.info("instance %s: signal %r delivered", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
+        run = host.waits.get(instance_id)
+        if run is not None:
+            run.wake(key)  # a branch blocked on it in memory goes on in place
         if entry.state == lc.RUNNING:
             self._start(instance_id)
 

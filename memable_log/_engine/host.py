@@ -27,6 +27,7 @@ from .._core.codec import Codec, EncodeError
 from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
 from .._core.index import Index
 from .clock import Clock
+from .waits import RunWaits, TaskExits
 
 if TYPE_CHECKING:
     from .._backend.seam import Backend
@@ -46,8 +47,8 @@ class Host:
     """The engine's state its parts share, and the operations they may use."""
 
     __slots__ = (
-        "_changed", "backend", "clock", "codec", "index", "limiter", "on_step_call",
-        "running", "scopes", "workflows",
+        "_changed", "backend", "clock", "codec", "exits", "index", "limiter", "on_step_call",
+        "reserved", "running", "scopes", "waits", "workflows",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -58,6 +59,11 @@ class Host:
         self.limiter = trio.CapacityLimiter(math.inf)
         self.workflows: dict[str, Workflow] = {}
         self.running: set[str] = set()  # instances with a runner task
+        self.waits: dict[str, RunWaits] = {}  # the run of each instance in memory
+        self.exits = TaskExits()  # a trio instrument while the engine runs (waits.py)
+        # (instance, key) whose signal or suspension timeout is being
+        # written; the event is set once it is applied.
+        self.reserved: dict[tuple[str, str], trio.Event] = {}
         self.scopes: dict[str, trio.CancelScope] = {}  # runners inside a workflow
         self._changed: dict[str, trio.Event] = {}
         # Called with (instance, key) right before a step's function is
@@ -77,6 +83,10 @@ class Host:
         """Append a record durably; the index has it when this returns."""
         await self.require().append(rec)
 
+    async def append_many(self, recs: list[list[Any]]) -> None:
+        """Append records in order, in one batch (see Backend.append_many)."""
+        await self.require().append_many(recs)
+
     def now_ms(self) -> int:
         """The engine's wall clock, in milliseconds (what records carry)."""
         return self.clock.now_ms()
@@ -84,6 +94,10 @@ class Host:
     async def sleep(self, seconds: float) -> None:
         """Sleep on the engine's clock (virtual under trio's MockClock)."""
         await self.clock.sleep(seconds)
+
+    async def sleep_until_ms(self, deadline_ms: int) -> None:
+        """Sleep until the wall-clock deadline (ms), on the engine's clock."""
+        await self.clock.sleep_until(deadline_ms / 1000)
 
     def entry(self, instance_id: str) -> ix.InstanceEntry:
         """The instance's index entry; UnknownInstance if there is none."""
@@ -141,6 +155,9 @@ class Host:
         self.backend = None
         self.running.clear()
         self.scopes.clear()
+        self.waits.clear()
+        self.reserved.clear()
+        self.exits.runs.clear()
         for event in self._changed.values():
             event.set()
         self._changed.clear()

@@ -7,16 +7,17 @@ fresh Context. How the run ends decides what is written:
 
 * it returns: the result is encoded and a ``completed`` record appended;
 * it raises an Exception: a ``failed`` record (type, message, traceback);
-* it unwinds with ``Unwind`` (suspended or sleeping): nothing more, the
-  suspension's record is already written, and the task ends, dropping the
-  workflow's frames;
+* it unwinds with ``Unwind`` (every branch waits: waits.py wrote
+  ``parked``): nothing more, and the task ends, dropping the workflow's
+  frames;
 * it is cancelled by ``engine.cancel``: nothing more (``cancelled`` is
   already written); by the engine stopping: nothing at all;
 * a recorded value cannot be read back (``ValueUnreadable``: an I/O error,
   damage): nothing; the instance stops and runs again at the next start.
 
 If the instance is running again when the run ends (a signal arrived while
-it was suspending), it runs again at once.
+it was being parked), it runs again at once. A parked instance woken by a
+deadline first records which of its waits are due (``_end_wait``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import EncodeError
 from .._core.errors import JournalClosed, JournalFailed
-from .context import Context, Unwind
+from .context import Context
 from .host import Host, ValueUnreadable
+from .waits import RunWaits, Unwind
 
 logger = logging.getLogger("memable_log")
 
@@ -49,7 +51,7 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
                 entry = host.entry(instance_id)
                 if entry.state in lc.FINISHED:
                     break
-                if entry.state in lc.WAITING and not await _end_wait(host, instance_id):
+                if entry.state in lc.PARKED and not await _end_wait(host, instance_id):
                     break  # not due yet: it stays waiting
                 fn = host.workflows[entry.workflow]
                 await _run_once(host, instance_id, entry.workflow, fn)
@@ -80,17 +82,26 @@ async def _end_wait(host: Host, instance_id: str) -> bool:
     sleeping on a passed deadline, woken again and again).
     """
     entry = host.entry(instance_id)
-    key, deadline = entry.wait_key, entry.deadline_ms
-    if key is None or deadline is None or host.now_ms() < deadline:
+    now = host.now_ms()
+    ended = []
+    for key in entry.pending or ():
+        kind, deadline, _ = (entry.waits or {})[key]
+        # A signal being written for it wins: it wakes the instance itself.
+        if deadline is not None and deadline <= now and (instance_id, key) not in host.reserved:
+            rtype = r.TIMER_FIRED if kind == lc.WAIT_TIMER else r.SUSPEND_TIMED_OUT
+            ended.append(r.make(rtype, now, instance_id, key))
+    if not ended:
         return False
-    rtype = r.TIMER_FIRED if entry.state == lc.SLEEPING else r.SUSPEND_TIMED_OUT
-    await host.append(r.make(rtype, host.now_ms(), instance_id, key))
+    await host.append_many(ended)
     return True
 
 
 async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> None:
     entry = host.entry(instance_id)
-    ctx = Context(host, instance_id, workflow, await host.replayed(entry.input, r.CREATED_INPUT))
+    waits = RunWaits(host, instance_id)
+    ctx = Context(
+        host, waits, instance_id, workflow, await host.replayed(entry.input, r.CREATED_INPUT)
+    )
     error: BaseException | None = None
     if entry.state not in lc.LIVE:
         # engine.cancel landed while the input was read, before the scope
@@ -98,6 +109,8 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
         return
     with trio.CancelScope() as scope:
         host.scopes[instance_id] = scope
+        host.waits[instance_id] = waits
+        host.exits.runs[waits.root] = waits
         try:
             result = await fn(ctx)
         except Unwind:
@@ -116,6 +129,8 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
             error = exc
         finally:
             host.scopes.pop(instance_id, None)
+            host.waits.pop(instance_id, None)
+            host.exits.runs.pop(waits.root, None)
     if scope.cancelled_caught or entry.state not in lc.LIVE:
         return  # cancelled (the record is written) while it ran
     now = host.now_ms()

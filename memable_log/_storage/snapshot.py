@@ -21,8 +21,8 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
     [2, inline_limit, [segment name, offset, next_seq, records],
      [[name, salt, length, crc32], ...], [workflow name, ...],
      {instance: [workflow number, state, created_ms, updated_ms, input,
-                 outcome, error, wait_key, status, deadline_ms, step table,
-                 signals, timers, done_waits, last_seq]}]
+                 outcome, error, pending, status, deadline_ms, step table,
+                 signals, waits, done_waits, last_seq]}]
 
 Load does as little per instance as it can, since a million-record journal
 holds a hundred thousand of them: the step table is the packed form of
@@ -62,7 +62,7 @@ from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
 
 MAGIC = b"MMBLSNP1"
-VERSION = 2
+VERSION = 3  # 3: waits and pending (format version 2)
 _CRC = struct.Struct("<I")
 
 
@@ -89,9 +89,9 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
         table = e.table
         instances[iid] = (
             number, e.state, e.created_ms, e.updated_ms, wire(e.input), wire(e.outcome),
-            e.error, e.wait_key, e.status, e.deadline_ms,
+            e.error, e.pending, e.status, e.deadline_ms,
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
-            _wire_table(e.signals), e.timers, e.done_waits, e.last_seq,
+            _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
         )
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances],
@@ -174,8 +174,8 @@ def decode_into(
             e = new(InstanceEntry)
             (
                 number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
-                e.error, e.wait_key, e.status, e.deadline_ms, e.table,
-                e.signals, e.timers, e.done_waits, e.last_seq,
+                e.error, e.pending, e.status, e.deadline_ms, e.table,
+                e.signals, e.waits, e.done_waits, e.last_seq,
             ) = fields
             e.workflow = names[number]
             instances[iid] = e

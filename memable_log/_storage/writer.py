@@ -81,6 +81,14 @@ class SegmentWriter:
             self.storage.sync_dir()
             self.next_seq = scan.next_seq
             self.salts = {seg.name: seg.header.salt for seg in scan.segments}
+            if last is not None and not last.sealed and last.header.version < FORMAT_VERSION:
+                # Records of this version never go into an older version's
+                # segment (an older reader would misread them): seal it.
+                self.segment, self._salt, self._size = last.number, last.header.salt, last.end
+                self._records_in_segment = 1
+                self._file = self.storage.open_append(segment_name(last.number))
+                self.seal_and_roll()
+                return
             if last is None or last.sealed:
                 self._new_segment(last.number + 1 if last else 1)
                 return

@@ -2,7 +2,9 @@
 
 Exhaustively, over every state and record type, a record moves the state
 only as the table says; then each condition on a record's fields, as
-Index.apply shows it (the lifecycle decides, the index records the data).
+Index.apply shows it (the lifecycle decides, the index records the data):
+waits registered on their own, ``parked`` naming several, any one of them
+waking the instance, and the version 1 records read as they always were.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ KEY = "k"
 
 
 class Machine:
-    """The least that satisfies lc.Machine."""
+    """The least that satisfies lc.Machine: parked states wait on KEY (a signal wait)."""
 
-    def __init__(self, state: int, wait_key: str | None = None) -> None:
+    def __init__(self, state: int) -> None:
+        parked = state in lc.PARKED
         self.state = state
-        self.wait_key = wait_key
-        self.status: str | None = "waiting" if wait_key else None
-        self.deadline_ms: int | None = 5_000 if wait_key else None
+        self.pending: tuple[str, ...] | None = (KEY,) if parked else None
+        self.status: str | None = "waiting" if parked else None
+        self.deadline_ms: int | None = 5_000 if parked else None
         self.signals: Mapping[str, object] | None = None
+        self.waits: Mapping[str, lc.Wait] | None = {KEY: (lc.WAIT_SIGNAL, 5_000, "waiting")}
+        self.done_waits: Mapping[str, int] | None = None
 
 
 def record(rtype: int, *fields: Any, instance: str = "i") -> list[Any]:
@@ -41,8 +46,10 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.SUSPENDED: (key, None, None), r.SIGNALLED: (key, b"p"),
         r.TIMER_SET: (key, 9_000), r.TIMER_FIRED: (key,), r.SUSPEND_TIMED_OUT: (key,),
         r.FORGOT: (key,), r.COMPLETED: (b"out",), r.FAILED: ("E", "m", "tb"),
-        r.CANCELLED: (), r.RESTARTED: (),
-        r.STATE_IMAGE: (lc.SLEEPING, key, None, 7_000, {key: 7_000}, {}),
+        r.CANCELLED: (), r.RESTARTED: (), r.PARKED: ([key],),
+        r.STATE_IMAGE: (lc.SLEEPING, [key], {key: [lc.WAIT_TIMER, 7_000, None]}, {}),
+        r.SUSPENDED_V1: (key, None, None), r.TIMER_SET_V1: (key, 9_000),
+        r.STATE_IMAGE_V1: (lc.SLEEPING, key, None, 7_000, {key: 7_000}, {}),
     }
     return r.check(record(rtype, *fields[rtype]))
 
@@ -58,65 +65,118 @@ def entry(index: ix.Index) -> ix.InstanceEntry:
     return index.instances["i"]
 
 
+def parked(e: ix.InstanceEntry) -> tuple[Any, ...]:
+    return (lc.STATE_NAMES[e.state], e.pending, e.status, e.deadline_ms)
+
+
+IMAGES = {r.STATE_IMAGE, r.STATE_IMAGE_V1}
+
+
 @pytest.mark.parametrize("state", sorted(lc.STATE_BY_NAME.values()), ids=lc.STATE_NAMES)
-@pytest.mark.parametrize("rtype", sorted(set(r.SCHEMA) - {r.STATE_IMAGE}), ids=r.TYPE_NAMES.get)
-def test_a_record_for_the_awaited_key_moves_the_state_as_the_table_says(
+@pytest.mark.parametrize("rtype", sorted(set(r.SCHEMA) - IMAGES), ids=r.TYPE_NAMES.get)
+def test_a_record_for_a_pending_key_moves_the_state_as_the_table_says(
     state: int, rtype: int
 ) -> None:
-    m = Machine(state, KEY if state in lc.WAITING else None)
+    m = Machine(state)
     moved = lc.advance(m, a_record_of(rtype))
     expected = lc.next_state(state, rtype)
+    if rtype == r.PARKED and expected != state:
+        expected = lc.SUSPENDED  # the table's general case, refined by the kinds
     assert (m.state, moved) == (expected, expected != state)
-    if expected != state and expected not in lc.WAITING:
-        assert (m.wait_key, m.status, m.deadline_ms) == (None, None, None)
+    if expected != state and expected not in lc.PARKED:
+        assert (m.pending, m.status, m.deadline_ms) == (None, None, None)
 
 
-def test_record_types_that_never_change_the_state_leave_a_waiting_instance_waiting() -> None:
+def test_record_types_that_never_change_the_state_leave_a_parked_instance_parked() -> None:
     for rtype in lc.UNCHANGED_BY:
-        m = Machine(lc.SUSPENDED, KEY)
+        m = Machine(lc.SUSPENDED)
         assert not lc.advance(m, a_record_of(rtype))
-        assert (m.state, m.wait_key, m.deadline_ms) == (lc.SUSPENDED, KEY, 5_000)
+        assert (m.state, m.pending, m.deadline_ms) == (lc.SUSPENDED, (KEY,), 5_000)
 
 
-def test_a_signal_wakes_a_suspension_only_for_the_awaited_key() -> None:
-    index = an_index(record(r.SUSPENDED, "approve", "pending", 5_000),
-                     record(r.SIGNALLED, "other", b"p"))
+def test_a_registered_wait_leaves_the_instance_running_and_keeps_its_first_deadline() -> None:
+    index = an_index(record(r.SUSPENDED, "approve", "check", 5_000),
+                     record(r.TIMER_SET, "nap", 9_000),
+                     record(r.SUSPENDED, "approve", "other", 7_000),  # a re-run's: ignored
+                     record(r.TIMER_SET, "nap", 12_000))
     e = entry(index)
-    assert (e.state, e.wait_key, e.status, e.deadline_ms) == (
-        lc.SUSPENDED, "approve", "pending", 5_000,
+    assert parked(e) == ("running", None, None, None)
+    assert e.waits == {
+        "approve": (lc.WAIT_SIGNAL, 5_000, "check"), "nap": (lc.WAIT_TIMER, 9_000, None),
+    }
+
+
+@pytest.mark.parametrize(("waits", "state"), [
+    ((r.SUSPENDED,), "suspended"), ((r.SUSPENDED, r.SUSPENDED), "suspended"),
+    ((r.TIMER_SET,), "sleeping"), ((r.TIMER_SET, r.TIMER_SET), "sleeping"),
+    ((r.SUSPENDED, r.TIMER_SET), "waiting"), ((r.TIMER_SET, r.SUSPENDED), "waiting"),
+])
+def test_parked_names_the_state_by_the_kinds_of_its_waits(
+    waits: tuple[int, ...], state: str
+) -> None:
+    registrations = [
+        record(r.SUSPENDED, f"w{i}", f"s{i}", None) if kind == r.SUSPENDED
+        else record(r.TIMER_SET, f"w{i}", 9_000 - i)
+        for i, kind in enumerate(waits)
+    ]
+    keys = [f"w{i}" for i in range(len(waits))]
+    e = entry(an_index(*registrations, record(r.PARKED, keys)))
+    deadlines = [9_000 - i for i, kind in enumerate(waits) if kind == r.TIMER_SET]
+    statuses = [f"s{i}" for i, kind in enumerate(waits) if kind == r.SUSPENDED]
+    assert parked(e) == (
+        state, tuple(keys), statuses[0] if statuses else None,
+        min(deadlines) if deadlines else None,
     )
+
+
+def test_any_pending_wait_wakes_the_instance_and_the_others_stay_registered() -> None:
+    base = [record(r.SUSPENDED, "approve", None, 50_000), record(r.TIMER_SET, "remind", 9_000),
+            record(r.PARKED, ["approve", "remind"])]
+    for ending in (record(r.TIMER_FIRED, "remind"), record(r.SIGNALLED, "approve", b"y"),
+                   record(r.SUSPEND_TIMED_OUT, "approve")):
+        index = an_index(*base)
+        assert parked(entry(index)) == ("waiting", ("approve", "remind"), None, 9_000)
+        index.apply(ending, 9)
+        e = entry(index)
+        assert parked(e) == ("running", None, None, None)
+        assert set(e.waits or ()) == {"approve", "remind"}
+
+
+def test_a_record_for_a_key_not_pending_wakes_nothing() -> None:
+    index = an_index(record(r.SUSPENDED, "approve", None, None), record(r.PARKED, ["approve"]),
+                     record(r.SIGNALLED, "other", b"p"), record(r.TIMER_FIRED, "cool"),
+                     record(r.SUSPEND_TIMED_OUT, "else"))
+    e = entry(index)
+    assert parked(e) == ("suspended", ("approve",), None, None)
     assert e.signals == {"other": b"p"}  # recorded all the same
-    index.apply(record(r.SIGNALLED, "approve", b"yes"), 9)
-    assert (e.state, e.wait_key, e.status, e.deadline_ms) == (lc.RUNNING, None, None, None)
+    assert e.done_waits == {"cool": r.TIMER_FIRED, "else": r.SUSPEND_TIMED_OUT}
 
 
-def test_a_suspension_whose_signal_came_first_does_not_suspend() -> None:
-    index = an_index(record(r.SIGNALLED, "approve", b"yes"),
-                     record(r.SUSPENDED, "approve", None, None))
-    assert (entry(index).state, entry(index).wait_key) == (lc.RUNNING, None)
+def test_parked_with_a_wait_already_resolved_leaves_the_instance_running() -> None:
+    # The signal came while the parked record was being written.
+    index = an_index(record(r.SUSPENDED, "a", None, None), record(r.SUSPENDED, "b", None, None),
+                     record(r.SIGNALLED, "b", b"p"), record(r.PARKED, ["a", "b"]))
+    assert parked(entry(index)) == ("running", None, None, None)
+    # And a key never registered is never parked on.
+    index = an_index(record(r.PARKED, ["ghost"]))
+    assert parked(entry(index)) == ("running", None, None, None)
 
 
-def test_a_timer_or_a_timeout_ends_only_the_awaited_wait() -> None:
-    index = an_index(record(r.TIMER_SET, "nap", 5_000), record(r.TIMER_FIRED, "cool"))
-    e = entry(index)
-    assert (e.state, e.wait_key) == (lc.SLEEPING, "nap")
-    assert e.done_waits == {"cool": r.TIMER_FIRED}
-    index.apply(record(r.TIMER_FIRED, "nap"), 9)
-    assert (e.state, e.wait_key, e.deadline_ms) == (lc.RUNNING, None, None)
-
-    index = an_index(record(r.SUSPENDED, "approve", None, 5_000),
-                     record(r.SUSPEND_TIMED_OUT, "other"))
-    assert entry(index).state == lc.SUSPENDED
-    index.apply(record(r.SUSPEND_TIMED_OUT, "approve"), 9)
-    assert entry(index).state == lc.RUNNING
+def test_parked_counts_only_from_running() -> None:
+    index = an_index(record(r.SUSPENDED, "a", None, None), record(r.CANCELLED),
+                     record(r.PARKED, ["a"]))
+    assert parked(entry(index)) == ("cancelled", None, None, None)
 
 
-def test_concurrent_timers_sleep_until_the_earliest() -> None:
-    index = an_index(record(r.TIMER_SET, "late", 9_000), record(r.TIMER_SET, "soon", 4_000),
-                     record(r.TIMER_SET, "later", 12_000))
-    e = entry(index)
-    assert (e.state, e.wait_key, e.deadline_ms) == (lc.SLEEPING, "soon", 4_000)
-    assert e.timers == {"late": 9_000, "soon": 4_000, "later": 12_000}
+def test_a_wait_ends_once_by_whichever_record_came_first() -> None:
+    index = an_index(record(r.SUSPENDED, "a", None, 5_000), record(r.SIGNALLED, "a", b"p"),
+                     record(r.SUSPEND_TIMED_OUT, "a"))
+    assert (entry(index).signals, entry(index).done_waits) == ({"a": b"p"}, None)
+    index = an_index(record(r.SUSPENDED, "a", None, 5_000), record(r.SUSPEND_TIMED_OUT, "a"),
+                     record(r.SIGNALLED, "a", b"p"))
+    assert (entry(index).signals, entry(index).done_waits) == (
+        None, {"a": r.SUSPEND_TIMED_OUT},
+    )
 
 
 def test_an_outcome_is_recorded_only_from_a_live_state() -> None:
@@ -143,10 +203,63 @@ def test_a_restart_clears_the_outcome_only_of_a_finished_instance() -> None:
     assert (e.state, e.outcome, e.error) == (lc.RUNNING, None, None)
 
 
-def test_a_state_image_sets_the_state_and_wait_as_is() -> None:
-    # Even from a state the table has no way out of, and keys as given.
-    index = an_index(record(r.CANCELLED), a_record_of(r.STATE_IMAGE, "nap"))
+def test_a_cancel_then_restart_keeps_every_registered_deadline() -> None:
+    index = an_index(record(r.TIMER_SET, "nap", 9_000), record(r.PARKED, ["nap"]),
+                     record(r.CANCELLED), record(r.RESTARTED))
     e = entry(index)
-    assert (e.state, e.wait_key, e.status, e.deadline_ms) == (lc.SLEEPING, "nap", None, 7_000)
-    assert (e.timers, e.done_waits) == ({"nap": 7_000}, None)
+    assert parked(e) == ("running", None, None, None)
+    assert e.waits == {"nap": (lc.WAIT_TIMER, 9_000, None)}
+
+
+def test_a_state_image_sets_the_state_and_waits_as_is() -> None:
+    # Even from a state the table has no way out of, and keys as given.
+    index = an_index(record(r.CANCELLED), record(
+        r.STATE_IMAGE, lc.WAITING, ["nap", "ok"],
+        {"ok": [lc.WAIT_SIGNAL, None, "check"], "nap": [lc.WAIT_TIMER, 7_000, None],
+         "old": [lc.WAIT_TIMER, 1_000, None]},
+        {"old": r.TIMER_FIRED},
+    ))
+    e = entry(index)
+    assert parked(e) == ("waiting", ("nap", "ok"), "check", 7_000)
+    assert e.waits == {"ok": (lc.WAIT_SIGNAL, None, "check"), "nap": (lc.WAIT_TIMER, 7_000, None),
+                       "old": (lc.WAIT_TIMER, 1_000, None)}
+    assert e.done_waits == {"old": r.TIMER_FIRED}
     assert e.packed  # at rest
+
+
+# -- format version 1 --------------------------------------------------------------
+
+
+def test_a_v1_suspension_parks_unless_its_signal_came_first() -> None:
+    index = an_index(record(r.SUSPENDED_V1, "approve", "pending", 5_000),
+                     record(r.SIGNALLED, "other", b"p"))
+    e = entry(index)
+    assert parked(e) == ("suspended", ("approve",), "pending", 5_000)
+    assert e.waits == {"approve": (lc.WAIT_SIGNAL, 5_000, "pending")}
+    index.apply(record(r.SIGNALLED, "approve", b"yes"), 9)
+    assert parked(e) == ("running", None, None, None)
+
+    index = an_index(record(r.SIGNALLED, "approve", b"yes"),
+                     record(r.SUSPENDED_V1, "approve", None, None))
+    assert parked(entry(index)) == ("running", None, None, None)
+
+
+def test_v1_concurrent_timers_each_wait_and_the_earliest_wakes() -> None:
+    index = an_index(record(r.TIMER_SET_V1, "late", 9_000), record(r.TIMER_SET_V1, "soon", 4_000),
+                     record(r.TIMER_SET_V1, "late", 9_000))  # version 1 re-armed
+    e = entry(index)
+    assert parked(e) == ("sleeping", ("late", "soon"), None, 4_000)
+    assert e.waits == {"late": (lc.WAIT_TIMER, 9_000, None), "soon": (lc.WAIT_TIMER, 4_000, None)}
+    index.apply(record(r.TIMER_FIRED, "soon"), 9)
+    assert parked(e) == ("running", None, None, None)
+
+
+def test_a_v1_state_image_reads_as_its_one_wait() -> None:
+    index = an_index(record(r.STATE_IMAGE_V1, lc.SUSPENDED, "ok", "check", 5_000,
+                            {"nap": 3_000}, {"nap": r.TIMER_FIRED}))
+    e = entry(index)
+    assert parked(e) == ("suspended", ("ok",), "check", 5_000)
+    assert e.waits == {"nap": (lc.WAIT_TIMER, 3_000, None), "ok": (lc.WAIT_SIGNAL, 5_000, "check")}
+    assert e.done_waits == {"nap": r.TIMER_FIRED}
+    index = an_index(record(r.STATE_IMAGE_V1, lc.RUNNING, None, None, None, {}, {}))
+    assert parked(entry(index)) == ("running", None, None, None)
