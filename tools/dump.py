@@ -166,14 +166,14 @@ def summary(rec: RecordView) -> str:
             parts.append(f"error={_text(value)}: {message}")
         elif name == "deadline_ms":
             parts.append(f"deadline={c.iso_ms(value)}")
-        elif rec.type == "state_image" and name == "state":
+        elif rec.type.startswith("state_image") and name == "state":
             parts.append(f"state={_state_name(value)}")
-        elif isinstance(value, dict):  # state_image: timers, done_waits
-            shown = {
-                k: c.iso_ms(v) if name == "timers" else RECORD_TYPES.get(v, v)
-                for k, v in value.items()
-            }
+        elif isinstance(value, dict):  # state images: waits, timers, done_waits
+            shown = {k: _wait_text(name, v) for k, v in value.items()}
             parts.append(f"{name}={c.clip(_compact(shown), _VALUE_WIDTH)}")
+        elif isinstance(value, list):  # parked keys, an image's pending keys
+            if value:
+                parts.append(f"{name}={c.clip(_text(','.join(value)), _VALUE_WIDTH)}")
         elif isinstance(value, bytes):
             parts.append(f"{name}={c.clip(_compact(decode_value(value)), _VALUE_WIDTH)}")
         elif isinstance(value, str):
@@ -232,6 +232,18 @@ class TextPrinter:
             f"{c.escape(rec.instance):<{inst_w}}  {_key(rec):<{key_w}}  {summary(rec)}"
         )
         self._out.write(line.rstrip() + "\n")
+
+
+def _wait_text(table: str, value: Any) -> Any:
+    """One entry of a state image's table, readable: a deadline as a time,
+    a wait as its kind and deadline, an ended wait as the record that ended it."""
+    if table == "timers" and type(value) is int:
+        return c.iso_ms(value)
+    if table == "waits" and type(value) is list and len(value) == 3:
+        kind, deadline, _ = value
+        name = ("signal", "timer")[kind] if kind in (0, 1) else str(kind)
+        return f"{name} until {c.iso_ms(deadline)}" if type(deadline) is int else name
+    return RECORD_TYPES.get(value, value) if type(value) is int else value
 
 
 def _state_name(state: int) -> str:
@@ -299,6 +311,11 @@ def instance_json(status: InstanceStatus) -> dict[str, Any]:
         "status": status.status,
         "key": status.key,
         "deadline": c.iso_datetime(status.deadline) if status.deadline is not None else None,
+        "waits": [
+            {"kind": w.kind, "key": w.key,
+             "deadline": c.iso_datetime(w.deadline) if w.deadline is not None else None}
+            for w in status.waits
+        ],
         "steps": status.steps,
         "error": {"type": error.type, "message": error.message} if error is not None else None,
         "created_at": c.iso_datetime(status.created_at),

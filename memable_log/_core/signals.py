@@ -34,16 +34,15 @@ def check_signal(
         )
         raise UnknownInstance(instance_id, detail)
     check_key(key)
-    if entry.state in lc.FINISHED:
-        raise SignalRefused(instance_id, key, f"the instance is {lc.STATE_NAMES[entry.state]}")
+    if (entry.signals is not None and key in entry.signals) or (instance_id, key) in reserved:
+        raise SignalAlreadyDelivered(instance_id, key)
     wait = entry.waits.get(key) if entry.waits is not None else None
     ended = entry.done_waits.get(key) if entry.done_waits is not None else None
     if (wait is not None and wait[0] == lc.WAIT_TIMER) or ended == r.TIMER_FIRED:
         raise SignalRefused(instance_id, key, "the key is a timer's")
+    if ended is not None or (wait is not None and wait[1] is not None and now_ms >= wait[1]):
+        raise SignalAlreadyDelivered(instance_id, key, "timed out")
+    if entry.state in lc.FINISHED:
+        raise SignalRefused(instance_id, key, f"the instance is {lc.STATE_NAMES[entry.state]}")
     if entry.has_step(key):
         raise SignalRefused(instance_id, key, "the key is a step's")
-    if (entry.signals is not None and key in entry.signals) or (instance_id, key) in reserved:
-        raise SignalAlreadyDelivered(instance_id, key)
-    deadline = wait[1] if wait is not None else None
-    if ended is not None or (deadline is not None and now_ms >= deadline):
-        raise SignalAlreadyDelivered(instance_id, key, "timed out")

@@ -119,14 +119,17 @@ def old_locations(index: Index, upto: int) -> list[tuple[str, str]]:
 
 
 @settings(max_examples=100, deadline=None)
-@given(ops=OPS, more=st.lists(OP, max_size=20), batch=st.integers(1, 4), cut=st.integers(0, 99))
+@given(ops=OPS, more=st.lists(OP, max_size=20), batch=st.integers(1, 4), cut=st.integers(0, 99),
+       legacy=st.sampled_from([0, 0, 30, 10_000]))
 def test_compaction_answers_every_query_as_before(
     ops: list[tuple[int, int, int, int]],
     more: list[tuple[int, int, int, int]],
     batch: int,
     cut: int,
+    legacy: int,
 ) -> None:
-    trio.run(_equivalence, ops, more, batch, cut)
+    # ``legacy``: that many first ops write format version 1's records.
+    trio.run(_equivalence, ops, more, batch, cut, legacy)
 
 
 async def _equivalence(
@@ -134,8 +137,9 @@ async def _equivalence(
     more: list[tuple[int, int, int, int]],
     batch: int,
     cut: int,
+    legacy: int,
 ) -> None:
-    made = history(ops)
+    made = history(ops, legacy)
     records = list(made.records)
     original = MemoryStorage()
     await write(original, records, batch)

@@ -83,9 +83,10 @@ class Recording(MemoryStorage):
 
 
 def rich_history(seed: int = 5, length: int = 140) -> History:
-    """A history with several sealed segments, finished and live instances."""
+    """A history with several sealed segments, finished and live instances
+    (its first 40 ops in format version 1's records)."""
     rng = random.Random(seed)
-    made = History()
+    made = History(legacy=40)
     made.run([
         (rng.randrange(108), rng.randrange(6), rng.randrange(8), rng.randrange(4))
         for _ in range(length)

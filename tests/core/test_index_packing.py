@@ -64,7 +64,7 @@ def view(index: Index) -> dict[str, tuple[Any, ...]]:
     return {
         iid: (
             e.workflow, e.state, e.created_ms, e.updated_ms, e.input, e.outcome, e.error,
-            e.wait_key, e.status, e.deadline_ms, step_items(e), e.signals, e.timers,
+            e.pending, e.status, e.deadline_ms, step_items(e), e.signals, e.waits,
             e.done_waits, e.last_seq, e.memoised_steps(), status_of(iid, e),
         )
         for iid, e in index.instances.items()
@@ -168,6 +168,7 @@ def test_repack_packs_materialised_tables_of_instances_at_rest_only() -> None:
             index.apply(r.make(r.COMPLETED, 3, iid, b""), 3)
         elif last == r.SUSPENDED:
             index.apply(r.make(r.SUSPENDED, 3, iid, "k", None, None), 3)
+            index.apply(r.make(r.PARKED, 3, iid, ["k"]), 4)
         index.instances[iid].steps  # noqa: B018 (a reader materialises it)
     assert index.repack() == 2
     assert [e.packed for e in index.instances.values()] == [True, False, True]
@@ -196,9 +197,31 @@ def resolved(storage: Storage, index: Index) -> dict[str, dict[str, Any]]:
     return answers(index, reader(storage, scan(storage)))
 
 
-async def snapshot_round_trip(ops: list[Any], more: list[Any]) -> tuple[Index, Index]:
+def parked_instances(now: int) -> list[list[Any]]:
+    """An instance parked in each parked state (and one by version 1 records)."""
+    out = []
+    for iid, waits in (("s", "ss"), ("z", "tt"), ("w", "st"), ("v", "1")):
+        out.append(r.make(r.CREATED, now, iid, "wf", b""))
+        keys = []
+        for n, kind in enumerate(waits):
+            key = f"{kind}{n}"
+            keys.append(key)
+            if kind == "s":
+                out.append(r.make(r.SUSPENDED, now, iid, key, f"status {n}", None))
+            elif kind == "t":
+                out.append(r.make(r.TIMER_SET, now, iid, key, now + 1_000 * (n + 1)))
+            else:
+                out.append(r.make(r.SUSPENDED_V1, now, iid, key, None, now + 5))
+        if waits != "1":
+            out.append(r.make(r.PARKED, now, iid, keys))
+    return out
+
+
+async def snapshot_round_trip(
+    ops: list[Any], more: list[Any], parked: bool = False
+) -> tuple[Index, Index]:
     made = history(ops)
-    records = list(made.records)
+    records = list(made.records) + (parked_instances(made.now) if parked else [])
     extra = made.run(more)
     storage = MemoryStorage()
     await append_all(storage, records, snapshots=False)
@@ -234,17 +257,17 @@ async def test_a_snapshot_keeps_big_locations_signals_timers_and_finished_and_ru
     ops = [(rng.randrange(108), rng.randrange(6), rng.randrange(8), rng.randrange(4))
            for _ in range(300)]
     more = [(0, 0, 0, 3), (9, 1, 1, 3)]  # after the compaction: two instances, large inputs
-    fast, _ = await snapshot_round_trip(ops, more)
+    fast, _ = await snapshot_round_trip(ops, more, parked=True)
     entries = list(fast.instances.values())
     states = {e.state for e in entries}
-    assert states == {lc.RUNNING, *lc.WAITING, *lc.FINISHED}
+    assert states == {lc.RUNNING, *lc.PARKED, *lc.FINISHED}
     locations = [v for e in entries for _, v in step_items(e) if type(v) is int]
     locations += [v for e in entries for v in (e.signals or {}).values() if type(v) is int]
     locations += [v for e in entries for v in (e.input, e.outcome) if type(v) is int]
     assert any(v >= BIG for v in locations), "no location inside a compacted block"
     assert any(v < BIG for v in locations), "no location in a plain segment"
     assert any(e.signals for e in entries)
-    assert any(e.timers for e in entries)
+    assert any(e.waits for e in entries)
     assert any(e.done_waits for e in entries)
     assert any(e.error for e in entries)
 
@@ -262,8 +285,8 @@ def encode_v1(index: Index, position: snap.Position, segments: list[snap.Covered
     instances = {
         iid: [
             e.workflow, e.state, e.created_ms, e.updated_ms, out(e.input), out(e.outcome),
-            list(e.error) if e.error is not None else None, e.wait_key, e.status,
-            e.deadline_ms, table(e.steps), table(e.signals), e.timers, e.done_waits,
+            list(e.error) if e.error is not None else None, e.pending, e.status,
+            e.deadline_ms, table(e.steps), table(e.signals), e.waits, e.done_waits,
             e.last_seq,
         ]
         for iid, e in index.instances.items()
@@ -321,7 +344,7 @@ def test_a_snapshot_load_leaves_the_garbage_collector_as_it_found_it(enabled: bo
         with pytest.raises(snap.SnapshotInvalid):
             snap.decode_into(Index(), framed(b"\xc1"))
         assert gc.isenabled() is enabled
-        wrong = [2, ix.DEFAULT_INLINE_LIMIT, ["seg", 40, 2, 1], [], ["wf"], {"i": [0, 1]}]
+        wrong = [snap.VERSION, ix.DEFAULT_INLINE_LIMIT, ["seg", 40, 2, 1], [], ["wf"], {"i": [0, 1]}]
         with pytest.raises(ValueError, match="unpack"):
             snap.decode_into(Index(), framed(msgpack.packb(wrong)))
         assert gc.isenabled() is enabled

@@ -26,7 +26,13 @@ from memable_log import JournalCorrupt, JournalFormatError, JournalLocked
 from memable_log._compaction.compactor import compact_offline
 from memable_log._core import records as r
 from memable_log._core.codec import Codec
-from memable_log._core.format import HEADER_SIZE, pack_header, segment_name, unpack_header
+from memable_log._core.format import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    pack_header,
+    segment_name,
+    unpack_header,
+)
 from memable_log._core.index import loc_inner
 from memable_log._journal.journal import Journal
 from memable_log._storage.files import FileStorage
@@ -272,7 +278,7 @@ async def test_a_newer_format_version_is_refused_clearly(journal_dir: Path) -> N
     seg = journal_dir / SEG1
     data = seg.read_bytes()
     header = unpack_header(data)
-    seg.write_bytes(pack_header(header._replace(version=2)) + data[HEADER_SIZE:])
+    seg.write_bytes(pack_header(header._replace(version=FORMAT_VERSION + 1)) + data[HEADER_SIZE:])
     with pytest.raises(JournalFormatError, match=r"newer than this library reads.*upgrade"):
         list(read_journal(journal_dir))
 
@@ -597,7 +603,7 @@ def test_doc_example_hex_is_a_real_journal(tmp_path: Path) -> None:
 def test_doc_record_table_matches_the_schema() -> None:
     text = DOC.read_text()
     table = text.split("<!-- record-types -->", 1)[1].strip().split("\n\n", 1)[0]
-    names = {str: "str", bytes: "blob", int: "int", type(None): "nil", dict: "map"}
+    names = {str: "str", bytes: "blob", int: "int", type(None): "nil", dict: "map", list: "array"}
     rows = {}
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]

@@ -4,7 +4,8 @@
   journal records an engine could write: instances created, steps done
   (small and large values), failed or started, suspensions with and
   without a deadline, early and matching signals, timers set and fired,
-  timeouts, forgets of a key or a prefix, completions, failures, cancels
+  instances parked on several waits and woken by any one, timeouts, format
+  version 1's records (a prefix of the history, if asked), forgets of a key or a prefix, completions, failures, cancels
   and restarts, interleaved across instances. A small model of each
   instance's lifecycle keeps the order one the engine could produce.
 * ``answers(index, read)``: everything a query can learn from an index,
@@ -92,8 +93,8 @@ def answers(index: Index, read: Read) -> Answers:
         out[iid] = {
             "workflow": e.workflow, "state": lc.STATE_NAMES[e.state],
             "created_ms": e.created_ms, "updated_ms": e.updated_ms,
-            "wait_key": e.wait_key, "status": e.status, "deadline_ms": e.deadline_ms,
-            "timers": e.timers, "done_waits": e.done_waits, "error": e.error,
+            "pending": e.pending, "status": e.status, "deadline_ms": e.deadline_ms,
+            "waits": e.waits, "done_waits": e.done_waits, "error": e.error,
             "input": value, "outcome": outcome, "steps": steps, "signals": signals,
             "memoised": e.memoised_steps(),
         }
@@ -141,22 +142,33 @@ def expired_ids(full: Answers, now_ms: int, retention_ms: int) -> set[str]:
 @dataclass
 class _Inst:
     state: int = lc.RUNNING
-    wait_key: str | None = None
-    deadline: int | None = None
+    pending: tuple[str, ...] = ()
     steps: set[str] = field(default_factory=set)
     signals: set[str] = field(default_factory=set)
-    timers: dict[str, int] = field(default_factory=dict)
+    waits: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # kind, deadline
     done: set[str] = field(default_factory=set)
+
+    def resolved(self, key: str) -> bool:
+        return key in self.signals or key in self.done
+
+    def open_waits(self) -> list[str]:
+        """Registered waits that have not ended, in the order first reached."""
+        return [k for k in self.waits if not self.resolved(k)]
 
 
 class History:
-    """Engine-plausible records from small integer choices (see the module comment)."""
+    """Engine-plausible records from small integer choices (see the module comment).
 
-    def __init__(self, start_ms: int = START_MS) -> None:
+    ``legacy`` ops (the first ones) write format version 1's records: a
+    suspension or timer that registers its wait and parks on it at once.
+    """
+
+    def __init__(self, start_ms: int = START_MS, legacy: int = 0) -> None:
         self.now = start_ms
         self.records: list[list[Any]] = []
         self.insts: dict[str, _Inst] = {}
         self._blobs = 0
+        self._legacy = legacy  # ops left that write version 1 records
 
     def blob(self, large: bool) -> bytes:
         """A value unique in the history: small (inline) or above the inline limit."""
@@ -176,6 +188,8 @@ class History:
 
     def op(self, code: int, which: int, key: int, extra: int) -> None:
         self.now += 1 + 997 * extra + 13 * key
+        legacy = self._legacy > 0
+        self._legacy -= 1
         if not self.insts or code % 9 == 0:
             iid = f"i{len(self.insts)}"
             self.insts[iid] = _Inst()
@@ -183,19 +197,75 @@ class History:
             return
         iid = sorted(self.insts)[which % len(self.insts)]
         inst = self.insts[iid]
-        actions = {
-            lc.RUNNING: self._running, lc.SUSPENDED: self._suspended,
-            lc.SLEEPING: self._sleeping,
-        }.get(inst.state, self._finished)
-        actions(iid, inst, code // 9, key, extra)
+        if inst.state == lc.RUNNING:
+            (self._running_v1 if legacy else self._running)(iid, inst, code // 9, key, extra)
+        elif inst.state in lc.PARKED:
+            self._parked(iid, inst, code // 9, key, extra, legacy)
+        else:
+            self._finished(iid, inst, code // 9, key, extra)
 
     # One method per state: what the engine could write next for the instance.
 
     def _running(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
-        step = STEP_KEYS[key % len(STEP_KEYS)]
+        choice = code % 12
+        if self._common(iid, inst, choice, key, extra):
+            return
         wait = WAIT_KEYS[key % len(WAIT_KEYS)]
         timer = TIMER_KEYS[key % len(TIMER_KEYS)]
-        choice = code % 12
+        if choice == 4 and wait not in inst.waits and not inst.resolved(wait):
+            # A suspension reached for the first time (its branch blocks).
+            deadline = self.now + 5_000 * (extra + 1) if extra % 2 else None
+            status = f"waiting for {wait}" if extra else None
+            inst.waits[wait] = (lc.WAIT_SIGNAL, deadline)
+            self._emit(r.SUSPENDED, iid, wait, status, deadline)
+            if key % 4 != 3:  # the last branch to block: parked in the same batch
+                self._park(iid, inst, 1 if key % 2 else 2)
+        elif choice == 5 and timer not in inst.waits and not inst.resolved(timer):
+            deadline = self.now + 3_000 * (extra + 1)
+            inst.waits[timer] = (lc.WAIT_TIMER, deadline)
+            self._emit(r.TIMER_SET, iid, timer, deadline)
+            if key % 4 != 3:
+                self._park(iid, inst, 1 if extra else 3)
+        elif choice == 11 and key % 3 == 0:
+            self._ends_in_memory(iid, inst, key, extra)
+        elif choice == 11:
+            self._park(iid, inst, extra)
+
+    def _park(self, iid: str, inst: _Inst, extra: int) -> None:
+        """Every branch waits: parked, on some of the open waits."""
+        open_waits = inst.open_waits()
+        if not open_waits:
+            return
+        keys = [k for i, k in enumerate(open_waits) if (extra >> i) & 1 or i == 0]
+        if extra == 3 and (inst.signals or inst.done):
+            # A wait resolved while parked was written: the instance stays.
+            keys.append(sorted(inst.signals | inst.done)[0])
+            keys = [k for k in inst.waits if k in keys] + [k for k in keys if k not in inst.waits]
+            self._emit(r.PARKED, iid, keys)
+            return
+        kinds = {inst.waits[k][0] for k in keys}
+        inst.state = lc.parked_state(kinds)
+        inst.pending = tuple(keys)
+        self._emit(r.PARKED, iid, keys)
+
+    def _ends_in_memory(self, iid: str, inst: _Inst, key: int, extra: int) -> None:
+        """A blocked branch's wait ends while the instance is in memory."""
+        open_waits = inst.open_waits()
+        if not open_waits:
+            return
+        wait = open_waits[key % len(open_waits)]
+        kind, deadline = inst.waits[wait]
+        if kind == lc.WAIT_SIGNAL and (deadline is None or extra % 2):
+            inst.signals.add(wait)
+            self._emit(r.SIGNALLED, iid, wait, self.blob(large=extra >= 2))
+        elif deadline is not None:
+            self.now = max(self.now, deadline)
+            inst.done.add(wait)
+            self._emit(r.TIMER_FIRED if kind == lc.WAIT_TIMER else r.SUSPEND_TIMED_OUT, iid, wait)
+
+    def _common(self, iid: str, inst: _Inst, choice: int, key: int, extra: int) -> bool:
+        """What a running instance writes in either format; whether it wrote."""
+        step = STEP_KEYS[key % len(STEP_KEYS)]
         if choice in (0, 1):
             inst.steps.add(step)
             self._emit(r.STEP_DONE, iid, step, self.blob(large=extra >= 2))
@@ -206,21 +276,6 @@ class History:
         elif choice == 3 and step not in inst.steps:
             inst.steps.add(step)  # an at-most-once marker: the step may crash mid-way
             self._emit(r.STEP_STARTED, iid, step)
-        elif choice in (4, 11) and wait not in inst.done:
-            timeout = extra % 2 or choice == 11
-            deadline = self.now + 5_000 * (extra + 1) if timeout else None
-            status = f"waiting for {wait}" if extra else None
-            if wait not in inst.signals:  # else the suspend records nothing, or lost a race
-                inst.state, inst.wait_key, inst.deadline = lc.SUSPENDED, wait, deadline
-            self._emit(r.SUSPENDED, iid, wait, status, deadline)
-        elif choice == 5 and timer not in inst.done:
-            deadline = inst.timers.setdefault(timer, self.now + 3_000 * (extra + 1))
-            if deadline <= self.now:  # due at once: the re-run records it fired
-                inst.done.add(timer)
-                self._emit(r.TIMER_FIRED, iid, timer)
-            else:
-                inst.state, inst.wait_key, inst.deadline = lc.SLEEPING, timer, deadline
-                self._emit(r.TIMER_SET, iid, timer, deadline)
         elif choice == 6:
             self._early_signal(iid, inst, key, extra)
         elif choice == 7:
@@ -235,52 +290,69 @@ class History:
             inst.state = lc.CANCELLED
             self._emit(r.CANCELLED, iid)
         else:
-            inst.steps.add(step)
-            self._emit(r.STEP_DONE, iid, step, self.blob(large=extra == 0))
+            return False
+        return True
 
-    def _suspended(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
+    def _running_v1(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
+        choice = code % 12
+        if self._common(iid, inst, choice, key, extra):
+            return
+        wait = WAIT_KEYS[key % len(WAIT_KEYS)]
+        timer = TIMER_KEYS[key % len(TIMER_KEYS)]
+        if choice in (4, 11) and wait not in inst.done:
+            timeout = extra % 2 or choice == 11
+            deadline = self.now + 5_000 * (extra + 1) if timeout else None
+            status = f"waiting for {wait}" if extra else None
+            inst.waits.setdefault(wait, (lc.WAIT_SIGNAL, deadline))
+            if wait not in inst.signals:  # else the suspend records nothing, or lost a race
+                inst.state, inst.pending = lc.SUSPENDED, (wait,)
+            self._emit(r.SUSPENDED_V1, iid, wait, status, deadline)
+        elif choice == 5 and timer not in inst.done:
+            deadline = inst.waits.setdefault(timer, (lc.WAIT_TIMER, self.now + 3_000 * (extra + 1)))[1]
+            assert deadline is not None
+            if deadline <= self.now:  # due at once: the re-run records it fired
+                inst.done.add(timer)
+                self._emit(r.TIMER_FIRED, iid, timer)
+            else:
+                inst.state, inst.pending = lc.SLEEPING, (timer,)
+                self._emit(r.TIMER_SET_V1, iid, timer, deadline)
+
+    def _parked(
+        self, iid: str, inst: _Inst, code: int, key: int, extra: int, legacy: bool
+    ) -> None:
         choice = code % 7
-        assert inst.wait_key is not None
-        if choice in (0, 1, 6):  # the awaited signal wakes it
-            inst.signals.add(inst.wait_key)
-            self._emit(r.SIGNALLED, iid, inst.wait_key, self.blob(large=extra >= 2))
-            inst.state, inst.wait_key, inst.deadline = lc.RUNNING, None, None
-        elif choice in (2, 5) and inst.deadline is not None:
-            self.now = max(self.now, inst.deadline)
-            inst.done.add(inst.wait_key)
-            self._emit(r.SUSPEND_TIMED_OUT, iid, inst.wait_key)
-            inst.state, inst.wait_key, inst.deadline = lc.RUNNING, None, None
+        signal_waits = [k for k in inst.pending if inst.waits[k][0] == lc.WAIT_SIGNAL]
+        deadlines = [d for k in inst.pending if (d := inst.waits[k][1]) is not None]
+        if choice == 0 and signal_waits:  # a pending signal wakes it
+            wait = signal_waits[key % len(signal_waits)]
+            inst.signals.add(wait)
+            self._emit(r.SIGNALLED, iid, wait, self.blob(large=extra >= 2))
+            inst.state, inst.pending = lc.RUNNING, ()
+        elif choice in (0, 1) and deadlines:
+            # The earliest deadline: the runner records every due wait.
+            self.now = max(self.now, min(deadlines))
+            for k in inst.pending:
+                kind, deadline = inst.waits[k]
+                if deadline is not None and deadline <= self.now:
+                    inst.done.add(k)
+                    self._emit(r.TIMER_FIRED if kind == lc.WAIT_TIMER else r.SUSPEND_TIMED_OUT,
+                               iid, k)
+            inst.state, inst.pending = lc.RUNNING, ()
+        elif choice == 2 and legacy and inst.state == lc.SLEEPING:
+            timer = TIMER_KEYS[key % len(TIMER_KEYS)]
+            if timer not in inst.waits and timer not in inst.done:
+                # Version 1: a second timer in a nursery, set as the first unwinds.
+                deadline = self.now + 100 * (extra + 1)
+                inst.waits[timer] = (lc.WAIT_TIMER, deadline)
+                inst.pending += (timer,)
+                self._emit(r.TIMER_SET_V1, iid, timer, deadline)
         elif choice == 3:
             self._early_signal(iid, inst, key, extra)
         elif choice == 4:
-            inst.state = lc.CANCELLED
+            inst.state, inst.pending = lc.CANCELLED, ()
             self._emit(r.CANCELLED, iid)
         elif choice == 5:
             self._forget(iid, inst, key)
-
-    def _sleeping(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
-        choice = code % 5
-        assert inst.wait_key is not None
-        assert inst.deadline is not None
-        if choice in (0, 1):  # due: the poller resumes it
-            self.now = max(self.now, inst.deadline)
-            inst.done.add(inst.wait_key)
-            self._emit(r.TIMER_FIRED, iid, inst.wait_key)
-            inst.state, inst.wait_key, inst.deadline = lc.RUNNING, None, None
-        elif choice == 2:
-            timer = TIMER_KEYS[key % len(TIMER_KEYS)]
-            if timer not in inst.timers and timer not in inst.done:
-                # A second timer in a nursery of the workflow, set as the first unwinds.
-                deadline = self.now + 100 * (extra + 1)
-                inst.timers[timer] = deadline
-                if deadline < inst.deadline:
-                    inst.wait_key, inst.deadline = timer, deadline
-                self._emit(r.TIMER_SET, iid, timer, deadline)
-        elif choice == 3:
-            inst.state = lc.CANCELLED
-            self._emit(r.CANCELLED, iid)
-        else:
-            self._early_signal(iid, inst, key, extra)
 
     def _finished(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
         choice = code % 4
@@ -297,8 +369,11 @@ class History:
             self._emit(r.CREATED, iid, f"wf{key % 2}", self.blob(large=extra == 3))
 
     def _early_signal(self, iid: str, inst: _Inst, key: int, extra: int) -> None:
+        """A signal for a suspension key no branch waits on now (kept for it)."""
         wait = WAIT_KEYS[(key + 1) % len(WAIT_KEYS)]
-        if wait not in inst.signals and wait not in inst.done and wait != inst.wait_key:
+        if not inst.resolved(wait) and wait not in inst.pending and (
+            inst.waits.get(wait, (lc.WAIT_SIGNAL,))[0] == lc.WAIT_SIGNAL
+        ):
             inst.signals.add(wait)
             self._emit(r.SIGNALLED, iid, wait, self.blob(large=extra == 1))
 
@@ -311,9 +386,9 @@ class History:
         }
         self._emit(r.FORGOT, iid, pattern)
 
-
-def history(ops: list[tuple[int, int, int, int]]) -> History:
-    made = History()
+def history(ops: list[tuple[int, int, int, int]], legacy: int = 0) -> History:
+    """The history of ``ops``; the first ``legacy`` of them in format version 1's records."""
+    made = History(legacy=legacy)
     made.run(ops)
     return made
 

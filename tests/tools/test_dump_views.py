@@ -54,8 +54,10 @@ def every_state() -> list[list[Any]]:
         r.make(r.STEP_DONE, T0 + 4, "suspended-instance-2", "draft", codec.encode("d")),
         r.make(r.SUSPENDED, T0 + 5, "suspended-instance-2", "approve", "waiting for Bob",
                T0 + HOUR),
+        r.make(r.PARKED, T0 + 5, "suspended-instance-2", ["approve"]),
         r.make(r.CREATED, T0 + 6, "sleep-3", "etl", codec.encode(None)),
         r.make(r.TIMER_SET, T0 + 7, "sleep-3", "nap", T0 + 2 * HOUR),
+        r.make(r.PARKED, T0 + 7, "sleep-3", ["nap"]),
         r.make(r.CREATED, T0 + 8, "done-4", "etl", codec.encode(None)),
         r.make(r.STEP_DONE, T0 + 9, "done-4", "extract:v1", codec.encode(1)),
         r.make(r.STEP_DONE, T0 + 10, "done-4", "load:v1", codec.encode(2)),
@@ -132,6 +134,7 @@ def test_instances_json_has_one_object_per_instance(
     assert objs[1] == {
         "instance_id": "suspended-instance-2", "workflow": "approval", "state": "suspended",
         "status": "waiting for Bob", "key": "approve", "deadline": "2024-05-01T13:00:00.000Z",
+        "waits": [{"kind": "signal", "key": "approve", "deadline": "2024-05-01T13:00:00.000Z"}],
         "steps": 1, "error": None, "created_at": "2024-05-01T12:00:00.003Z",
         "updated_at": "2024-05-01T12:00:00.005Z",
     }
@@ -184,6 +187,7 @@ def test_instances_escape_what_they_show(
     trio.run(write, journal_dir, [
         r.make(r.CREATED, T0, nasty, "wf\x1b[2J", codec.encode(None)),
         r.make(r.SUSPENDED, T0, nasty, "k\r\n", "status\x9b31m", None),
+        r.make(r.PARKED, T0, nasty, ["k\r\n"]),
     ])
     code, lines, _ = run(capsys, str(journal_dir), "--instances")
     assert code == 0
@@ -274,7 +278,7 @@ async def test_instances_match_what_the_engine_says_before_and_after_compaction(
     assert after_stats["instances"] == before_stats["instances"]
     assert after_stats["instances"]["by_state"] == {
         "running": 1, "suspended": 1, "sleeping": 1, "completed": 30, "failed": 1,
-        "cancelled": 1,
+        "cancelled": 1, "waiting": 0,
     }
     assert after_stats["segments"]["compacted"] == 1
     assert after_stats["records"]["plain"] == 0
@@ -302,8 +306,8 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
     assert got == {
         "path": str(journal),
         "segments": {"plain": 1, "compacted": 0, "files": [seg.name]},
-        "records": {"total": 18, "compacted": 0, "plain": 18},
-        "next_seq": 19,
+        "records": {"total": 20, "compacted": 0, "plain": 20},
+        "next_seq": 21,
         "bytes": {
             "segments": seg.stat().st_size, "leftovers": 0, "other": others,
             "total": seg.stat().st_size + others,
@@ -311,7 +315,7 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
         "leftovers": [],
         "instances": {"total": 6, "by_state": {
             "running": 1, "suspended": 1, "sleeping": 1, "completed": 1, "failed": 1,
-            "cancelled": 1,
+            "cancelled": 1, "waiting": 0,
         }},
         "torn_tail": None,
     }
@@ -319,13 +323,13 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     text = dict(line.split(None, 1) for line in lines if not line.startswith(" "))
     assert text["segments"] == f"1: 0 compacted, 1 plain ({seg.name})"
-    assert text["records"] == "18: 0 compacted, 18 plain; next seq 19"
+    assert text["records"] == "20: 0 compacted, 20 plain; next seq 21"
     assert text["instances"] == "6"
     assert text["torn"] == "tail    none"
     assert [line.split() for line in lines if line.startswith(" ")] == [
         [state, "1"] for state in
         ("running", "suspended", "sleeping", "completed", "failed", "cancelled")
-    ]
+    ] + [["waiting", "0"]]
 
 
 def test_stats_of_a_compacted_journal_with_leftovers_and_a_torn_tail(
@@ -348,7 +352,7 @@ def test_stats_of_a_compacted_journal_with_leftovers_and_a_torn_tail(
         "plain": 1, "compacted": 1, "files": [compacted_name(1), segment_name(2)],
     }
     assert got["records"] == {"total": rewritten + 1, "compacted": rewritten, "plain": 1}
-    assert got["next_seq"] == 20
+    assert got["next_seq"] == 22
     assert got["leftovers"] == [segment_name(1)]
     assert got["bytes"]["leftovers"] == old.stat().st_size
     assert got["bytes"]["segments"] == (
@@ -376,14 +380,14 @@ def test_compacted_records_show_their_state_image(
     code, lines, _ = run(capsys, str(journal), "--type", "state_image")
     assert code == 0
     by_instance = {line.split()[3]: line for line in lines}
-    assert set(by_instance) == {"suspended-instance-2", "sleep-3"}
+    # Every instance with a registered wait (a cancelled one's too: its deadline stays).
+    assert set(by_instance) == {"suspended-instance-2", "sleep-3", "cancel-6"}
     assert by_instance["suspended-instance-2"].split(None, 5)[5] == (
-        'state=suspended wait_key=approve status="waiting for Bob" '
-        "deadline=2024-05-01T13:00:00.000Z"
+        'state=suspended pending=approve waits={"approve":"signal until '
+        '2024-05-01T13:00:00.000Z"}'
     )
     assert by_instance["sleep-3"].endswith(
-        'state=sleeping wait_key=nap deadline=2024-05-01T14:00:00.000Z '
-        'timers={"nap":"2024-05-01T14:00:00.000Z"}'
+        'state=sleeping pending=nap waits={"nap":"timer until 2024-05-01T14:00:00.000Z"}'
     )
     assert all(line.split()[0] == "0" for line in lines)  # rewritten history: seq 0
     code, lines, _ = run(capsys, str(journal), "--type", "state_image", "--json",
@@ -392,8 +396,8 @@ def test_compacted_records_show_their_state_image(
     assert obj["seq"] == 0
     assert obj["segment"] == 1
     assert obj["fields"] == {
-        "state": 2, "wait_key": "nap", "status": None, "deadline_ms": T0 + 2 * HOUR,
-        "timers": {"nap": T0 + 2 * HOUR}, "done_waits": {},
+        "state": 2, "pending": ["nap"], "waits": {"nap": [1, T0 + 2 * HOUR, None]},
+        "done_waits": {},
     }
 
 
