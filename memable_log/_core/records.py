@@ -195,7 +195,7 @@ def _check_image_v1(rec: list[Any]) -> None:
 
 
 # Record types whose lists or maps ``check`` looks into.
-_DEEP: Final = {PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1}
+DEEP: Final = {PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1}
 
 
 def _signatures() -> dict[tuple[type, ...], frozenset[int]]:
@@ -203,12 +203,12 @@ def _signatures() -> dict[tuple[type, ...], frozenset[int]]:
 
     ``check`` tests fields with isinstance, so an int field also takes a
     bool; that is the only subclass msgpack produces. The types with a list
-    or a map are left out: their contents need a closer look (``_DEEP``).
+    or a map are left out: their contents need a closer look (``DEEP``).
     """
     widened: dict[type, tuple[type, ...]] = {int: (int, bool)}
     out: dict[tuple[type, ...], set[int]] = {}
     for rtype, (_, fields) in _CHECKS.items():
-        if rtype in _DEEP:
+        if rtype in DEEP:
             continue
         layouts: list[tuple[type, ...]] = [(int, int, int, str)]
         for allowed in fields:
@@ -255,7 +255,7 @@ def check(rec: Any) -> list[Any]:
             raise RecordError(
                 f"{TYPE_NAMES[rtype]} record has a field of type {type(value).__name__}"
             )
-    deep = _DEEP.get(rtype)
+    deep = DEEP.get(rtype)
     if deep is not None:
         deep(rec)
     return rec

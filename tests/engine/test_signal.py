@@ -143,8 +143,9 @@ def test_index_ignores_a_suspension_whose_signal_came_first() -> None:
     index.apply([r.CREATED, 1, 0, "i", "wf", b"\xc0"], 1)
     index.apply([r.SIGNALLED, 2, 0, "i", "k", b"\x01"], 2)
     index.apply([r.SUSPENDED, 3, 0, "i", "k", "text", None], 3)
+    index.apply([r.PARKED, 4, 0, "i", ["k"]], 4)
     entry = index.instances["i"]
-    assert (entry.state, entry.wait_key, entry.status) == (lc.RUNNING, None, None)
+    assert (entry.state, entry.pending, entry.status) == (lc.RUNNING, None, None)
 
 
 # -- refusals write nothing --------------------------------------------------

@@ -372,7 +372,8 @@ async def test_bumped_suspend_key_after_a_timeout_does_not_spin(
         await engine.signal("wf", iid, "approval:v2", "ok")
         assert await finish(engine, iid) == "ok"
     assert types_of(storage, iid) == [
-        "created", "suspended", "suspend_timed_out", "suspended", "signalled", "completed"
+        "created", "suspended", "parked", "suspend_timed_out", "suspended", "parked",
+        "signalled", "completed",
     ]
 
 

@@ -68,7 +68,9 @@ async def test_timer_sleeps_with_nothing_in_memory_and_fires_after_its_deadline(
         assert engine.status(iid).deadline is None
     assert ledger == ["before", "after"]
     kinds = types_of(engine._backend.make_storage(), iid)
-    assert kinds == ["created", "step_done", "timer_set", "timer_fired", "step_done", "completed"]
+    assert kinds == [
+        "created", "step_done", "timer_set", "parked", "timer_fired", "step_done", "completed",
+    ]
 
 
 async def test_a_lone_timer_fires_when_the_poller_heap_is_empty(autojump_clock: MockClock) -> None:
@@ -223,8 +225,8 @@ async def test_bumped_timer_key_while_sleeping_does_not_spin(autojump_clock: Moc
         assert engine.status(iid).deadline == datetime.fromtimestamp(START + 300, tz=UTC)
         assert await finish(engine, iid) - began == pytest.approx(100, abs=0.01)
     assert types_of(storage, iid) == [
-        "created", "step_done", "timer_set", "timer_fired", "timer_set", "timer_fired",
-        "step_done", "completed",
+        "created", "step_done", "timer_set", "parked", "timer_fired", "timer_set", "parked",
+        "timer_fired", "step_done", "completed",
     ]
 
 
@@ -264,10 +266,17 @@ def test_index_sleeps_until_the_earliest_of_concurrent_timers() -> None:
     index.apply([r.TIMER_SET, 3, 0, "i", "short", 10_000], 3)
     index.apply([r.TIMER_SET, 4, 0, "i", "longer", 30_000], 4)
     entry = index.instances["i"]
-    assert (entry.state, entry.wait_key, entry.deadline_ms) == (lc.SLEEPING, "short", 10_000)
-    assert entry.timers == {"long": 20_000, "short": 10_000, "longer": 30_000}
-    index.apply([r.TIMER_FIRED, 5, 10_000, "i", "short"], 5)
-    assert (entry.state, entry.wait_key, entry.deadline_ms) == (lc.RUNNING, None, None)
+    assert entry.state == lc.RUNNING  # registered: the branches block in memory
+    index.apply([r.PARKED, 5, 0, "i", ["long", "short", "longer"]], 5)
+    assert (entry.state, entry.pending, entry.deadline_ms) == (
+        lc.SLEEPING, ("long", "short", "longer"), 10_000,
+    )
+    assert entry.waits == {
+        "long": (lc.WAIT_TIMER, 20_000, None), "short": (lc.WAIT_TIMER, 10_000, None),
+        "longer": (lc.WAIT_TIMER, 30_000, None),
+    }
+    index.apply([r.TIMER_FIRED, 6, 10_000, "i", "short"], 6)
+    assert (entry.state, entry.pending, entry.deadline_ms) == (lc.RUNNING, None, None)
 
 
 async def test_sequential_timers_do_not_rerun_finished_steps(autojump_clock: MockClock) -> None:

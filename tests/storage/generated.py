@@ -46,8 +46,10 @@ _FIELD_VALUES: dict[type, st.SearchStrategy[Any]] = {
     str: small_text,
     bytes: st.binary(max_size=8),
     type(None): st.none(),
-    dict: st.dictionaries(small_text, st.sampled_from([0, 1, r.TIMER_FIRED,
-                                                       r.SUSPEND_TIMED_OUT, 99]), max_size=2),
+    dict: st.dictionaries(small_text, st.sampled_from([
+        0, 1, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, 99, [0, None, None], [1, 5, "s"], [2, 1, None],
+    ]), max_size=2),
+    list: st.lists(small_text, max_size=3),
 }
 
 
@@ -57,8 +59,8 @@ def well_typed(draw: st.DrawFn) -> list[Any]:
     rtype = draw(st.sampled_from(sorted(r.SCHEMA)))
     fields = [draw(st.one_of(*(_FIELD_VALUES[t] for t in allowed)))
               for _, allowed in r.SCHEMA[rtype][1]]
-    if rtype == r.STATE_IMAGE:
-        fields[0] = draw(st.integers(-1, 7))
+    if rtype in (r.STATE_IMAGE, r.STATE_IMAGE_V1):
+        fields[0] = draw(st.integers(-1, 8))
     return [rtype, 0, draw(ints), draw(small_text), *fields]
 
 

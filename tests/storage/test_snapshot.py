@@ -24,7 +24,7 @@ def answers(index: Index) -> dict[str, Any]:
     return {
         iid: (
             e.workflow, e.state, e.created_ms, e.updated_ms, e.input, e.outcome, e.error,
-            e.wait_key, e.status, e.deadline_ms, dict(e.steps), e.signals, e.timers,
+            e.pending, e.status, e.deadline_ms, dict(e.steps), e.signals, e.waits,
             e.done_waits, e.last_seq,
         )
         for iid, e in index.instances.items()
