@@ -80,7 +80,7 @@ def _named(exc: OSError, path: str) -> OSError:
     """``exc`` with ``path`` as its file name (os.write and os.fsync give none)."""
     if exc.filename is not None or exc.errno is None:
         return exc
-    return type(exc)(exc.errno, exc.strerror, path)
+    return OSError(exc.errno, exc.strerror, path)  # the subclass for the errno
 
 
 class _OsFile:
