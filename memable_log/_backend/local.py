@@ -9,6 +9,13 @@ Theory of operation. ``LocalBackend`` implements the engine's backend seam
 * for a real directory, the inbox (``_storage/inbox.py``): signals that
   other processes hand over while the engine holds the lock, applied
   through the engine's own ``signal`` with the same checks as a program's.
+  A hand-over refused for a reason of the journal's (unknown instance,
+  already signalled) is logged and deleted; one that cannot be applied at
+  all (unreadable, undecodable, invalid) is logged by name and moved to
+  ``inbox/rejected/``, and the engine goes on. A journal that fails while
+  a hand-over is applied is the engine's failed journal: the hand-over
+  stays for the next start, the inbox stops (a failure at start surfaces
+  from the start as itself).
 
 A ``MemoryStorage`` journal is the same backend over another storage: it
 compacts on a worker thread instead of a child process and has no inbox.
@@ -21,23 +28,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .._compaction.service import Compaction
-from .._core.errors import EngineError, SignalAlreadyDelivered, UnknownInstance
+from .._core.errors import (
+    EngineError,
+    JournalClosed,
+    JournalFailed,
+    SignalAlreadyDelivered,
+    UnknownInstance,
+)
 from .._core.index import Index
 from .._journal.journal import Journal
 from .._storage.files import FileStorage, Storage
 from .._storage.inbox import (
-    HandoverError,
+    INBOX,
     InboxWatcher,
     decode_handover,
+    move_inbox_aside,
     pending,
     read_handover,
+    reject_handover,
     remove_handover,
-    remove_stale_temps,
 )
 
 if TYPE_CHECKING:
@@ -121,11 +136,15 @@ class LocalBackend:
         storage = self._require().storage
         watcher = None
         if isinstance(storage, FileStorage):
-            # Hand-overs left while no engine ran are applied before the engine's
-            # start returns (a failure there surfaces from it as itself).
-            await self._apply_handovers(calls, storage.path, pending(storage.path))
-            await trio.to_thread.run_sync(remove_stale_temps, storage.path)
             watcher = InboxWatcher(storage.path)
+            # Hand-overs left while no engine ran are applied before the engine's
+            # start returns (a failed journal there surfaces from it as itself).
+            names = await self._pending(watcher)
+            if names is None:
+                watcher = None  # the inbox cannot be listed (logged)
+            else:
+                await self._apply_handovers(calls, watcher, names)
+                await trio.to_thread.run_sync(partial(watcher.sweep, now=True))
         try:
             async with trio.open_nursery() as nursery:
                 if self.compaction is not None:
@@ -140,22 +159,95 @@ class LocalBackend:
     async def _inbox_service(self, calls: EngineCalls, watcher: InboxWatcher) -> None:
         """Apply signals handed over by other processes (see _storage/inbox.py)."""
         while True:
-            names = await trio.to_thread.run_sync(watcher.wait, abandon_on_cancel=True)
+            try:
+                names = await trio.to_thread.run_sync(watcher.wait, abandon_on_cancel=True)
+            except OSError as exc:
+                if await self._inbox_unlistable(watcher.path, exc):
+                    continue
+                return
             if not names:
                 return
-            await self._apply_handovers(calls, watcher.path, names)
+            try:
+                await self._apply_handovers(calls, watcher, names)
+            except (JournalFailed, JournalClosed):
+                return  # logged; the engine's calls report it, as its runners do
 
-    async def _apply_handovers(self, calls: EngineCalls, path: str, names: list[str]) -> None:
+    async def _pending(self, watcher: InboxWatcher) -> list[str] | None:
+        """The hand-overs waiting now; None if the inbox cannot be listed (logged)."""
+        path = watcher.path
+        while True:
+            try:
+                names = await trio.to_thread.run_sync(pending, path)
+            except OSError as exc:
+                if await self._inbox_unlistable(path, exc):
+                    continue
+                return None
+            return [name for name in names if name not in watcher.skip]
+
+    async def _inbox_unlistable(self, path: str, exc: OSError) -> bool:
+        """Move an inbox that is not a directory aside (True: look again), or give up."""
+        try:
+            aside = await trio.to_thread.run_sync(move_inbox_aside, path)
+        except OSError as move_exc:
+            aside, exc = None, move_exc
+        if aside is not None:
+            logger.error("%s is not a directory (%s): renamed it %s; signals are handed "
+                         "over through a new %s", INBOX, exc, aside, INBOX)
+            return True
+        logger.error("signal hand-overs are not applied until the engine starts again: "
+                     "cannot list %s: %s", INBOX, exc)
+        return False
+
+    async def _apply_handovers(
+        self, calls: EngineCalls, watcher: InboxWatcher, names: list[str]
+    ) -> None:
+        path = watcher.path
         for name in names:
             try:
                 data = await trio.to_thread.run_sync(read_handover, path, name)
             except FileNotFoundError:  # only this engine deletes them; nothing to do
-                logger.warning("signal hand-over %s vanished before it was read", name)
+                logger.warning("signal hand-over %s/%s vanished before it was read", INBOX, name)
+                continue
+            except OSError as exc:  # a directory, unreadable
+                await self._reject(watcher, name, f"cannot be read: {_why(exc)}")
                 continue
             try:
                 workflow, instance_id, key, blob = decode_handover(data)
-                payload = self._decode(blob)
+                payload = self._decode(blob)  # the codec's hooks may raise anything
+            except Exception as exc:
+                await self._reject(watcher, name, f"cannot be decoded: {_why(exc)}")
+                continue
+            try:
                 await calls.signal(workflow, instance_id, key, payload)
-            except (HandoverError, UnknownInstance, SignalAlreadyDelivered, ValueError) as exc:
-                logger.warning("signal hand-over %s not applied: %s", name, exc)
-            await trio.to_thread.run_sync(remove_handover, path, name)
+            except (UnknownInstance, SignalAlreadyDelivered) as exc:
+                logger.warning("signal hand-over %s/%s not applied: %s", INBOX, name, exc)
+            except (JournalFailed, JournalClosed) as exc:
+                logger.error("signal hand-over %s/%s not applied; it stays in the inbox for "
+                             "the next start: %s", INBOX, name, exc)
+                raise
+            except Exception as exc:  # an empty key, a payload it cannot encode again
+                await self._reject(watcher, name, f"refused: {_why(exc)}")
+                continue
+            try:
+                await trio.to_thread.run_sync(remove_handover, path, name)
+            except OSError as exc:
+                # Applied: the next start finds it signalled and deletes it.
+                watcher.skip.add(name)
+                logger.error("signal hand-over %s/%s applied but not deleted: %s",
+                             INBOX, name, exc)
+
+    async def _reject(self, watcher: InboxWatcher, name: str, why: str) -> None:
+        """Move a hand-over that cannot be applied to inbox/rejected/ and log it."""
+        try:
+            where = await trio.to_thread.run_sync(reject_handover, watcher.path, name)
+        except OSError as exc:
+            watcher.skip.add(name)  # not looked at again until the next start
+            logger.error("signal hand-over %s/%s not applied, %s; not moved aside (%s): "
+                         "it stays in the inbox", INBOX, name, why, exc)
+            return
+        logger.error("signal hand-over %s/%s not applied, %s; moved to %s",
+                     INBOX, name, why, where)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

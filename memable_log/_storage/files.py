@@ -5,8 +5,10 @@ directory; ``MemoryStorage`` (in _memstorage.py) keeps files in memory and
 can simulate a power cut. Everything here is synchronous and may block: the
 async journal calls it from a worker thread when ``blocking`` is true.
 
-Writes either write every byte or raise OSError (a short write is reported
-as an error, never retried: what follows it is unknown). ``sync`` is fsync;
+Writes either write every byte or raise OSError. A short write (fewer bytes
+than asked, as on a disk that fills up) is followed by a write of the rest:
+on a full disk that one raises ENOSPC, the truth to report, where a short
+write alone would say nothing of why. An error names the file. ``sync`` is fsync;
 ``sync_dir`` fsyncs the directory, which makes creations, renames and
 removals durable.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from .._core.errors import JournalLocked
@@ -56,19 +59,48 @@ class Storage(Protocol):
     def unlock(self) -> None: ...
 
 
-class _OsFile:
-    __slots__ = ("_fd",)
+def write_all(
+    fd: int, data: bytes, write: Callable[[int, memoryview], int] | None = None
+) -> None:
+    """Write every byte of ``data`` to ``fd``, the rest again after a short write.
 
-    def __init__(self, fd: int) -> None:
+    ``write`` is ``os.write`` unless a test gives a fake. A write that takes
+    no byte at all raises OSError (EIO) rather than spin.
+    """
+    write = os.write if write is None else write
+    view = memoryview(data)
+    while view:
+        written = write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, f"write took no byte of {len(view)}")
+        view = view[written:]
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` with ``path`` as its file name (os.write and os.fsync give none)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, path)  # the subclass for the errno
+
+
+class _OsFile:
+    __slots__ = ("_fd", "_path")
+
+    def __init__(self, fd: int, path: str) -> None:
         self._fd = fd
+        self._path = path
 
     def write(self, data: bytes) -> None:
-        written = os.write(self._fd, data)
-        if written != len(data):
-            raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes")
+        try:
+            write_all(self._fd, data)
+        except OSError as exc:
+            raise _named(exc, self._path) from exc
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _named(exc, self._path) from exc
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
@@ -126,10 +158,11 @@ class FileStorage:
 
     def create(self, name: str) -> _OsFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        return _OsFile(os.open(self._p(name), flags, self._file_mode))
+        return _OsFile(os.open(self._p(name), flags, self._file_mode), self._p(name))
 
     def open_append(self, name: str) -> _OsFile:
-        return _OsFile(os.open(self._p(name), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        return _OsFile(os.open(self._p(name), flags), self._p(name))
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(self._p(src), self._p(dst))

@@ -14,8 +14,21 @@ as an in-process signal), and only then deletes it and fsyncs the
 directory. A crash between the append and the delete leaves the file; the
 next pass finds the key already signalled, logs it and deletes the file:
 nothing is applied twice. Of two hand-overs racing for one key the first
-(by name) is applied and the second logged. A tool killed before its rename
-leaves a temp file; the engine deletes it at start once its writer is gone.
+(by name) is applied and the second logged. A hand-over the engine cannot
+apply at all (damaged, undecodable, invalid, not a file) is moved to
+``inbox/rejected/`` by ``reject_handover``, where an operator finds it; an
+``inbox`` that is not a directory is renamed ``inbox.rejected-<time_ns>``
+(``move_inbox_aside``). Nothing a tool was told is durable is deleted
+unread.
+
+A writer that fails removes its temp file. One killed before its rename
+leaves it: the engine deletes it at start, and the watcher every
+``STALE_TEMP_SECONDS`` while it runs, once it is *stale*: the process named
+in it is gone and it was last written ``STALE_TEMP_SECONDS`` ago. A live
+writer's temp is never stale (its process exists); a writer in another PID
+namespace may look gone, but it writes its temp in well under a minute,
+and if it were slower still its rename would fail and it would report the
+failure: nothing acknowledged is lost.
 
 The writing side lives in ``memable_log.operations`` (``signal``), which
 ``memable-signal`` calls; ``waiting_signal`` lets it refuse a key whose
@@ -40,24 +53,31 @@ for the engine's dispatch. ``decode_handover`` keeps its signature.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 
 import msgpack
 
 from .crashpoints import crashpoint
 from .files import fsync_dir as _fsync_dir
+from .files import write_all
 
 INBOX = "inbox"
+REJECTED = "rejected"
 MAGIC = b"MMBLSIG1"
 SUFFIX = ".sig"
 POLL_SECONDS = 0.01
 STALE_TEMP_SECONDS = 60.0
 _CRC = struct.Struct("<I")
 _MAX_HANDOVER = 16 * 1024 * 1024
+
+logger = logging.getLogger("memable_log")
 
 
 class HandoverError(ValueError):
@@ -109,14 +129,18 @@ def write_handover(journal_path: str, data: bytes, *, file_mode: int = 0o600) ->
     temp = os.path.join(inbox, name + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    crashpoint("inbox.after-temp-write")
-    os.rename(temp, os.path.join(inbox, name))
+        try:
+            write_all(fd, data)  # a full disk: ENOSPC
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        crashpoint("inbox.after-temp-write")
+        os.rename(temp, os.path.join(inbox, name))
+    except BaseException:
+        # Never acknowledged: leave no half hand-over behind (a full disk).
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
     crashpoint("inbox.after-rename")
     _fsync_dir(inbox)
     return name
@@ -179,6 +203,42 @@ def read_handover(journal_path: str, name: str) -> bytes:
         return bytes(f.read(_MAX_HANDOVER + 1))
 
 
+def reject_handover(journal_path: str, name: str) -> str:
+    """Move a hand-over the engine cannot apply to ``inbox/rejected/``, durably.
+
+    Returns where it went, relative to the journal (``inbox/rejected/<name>``,
+    with ``.1``, ``.2``... added if that name is taken).
+    """
+    inbox = inbox_path(journal_path)
+    rejected = os.path.join(inbox, REJECTED)
+    if not os.path.isdir(rejected):
+        os.mkdir(rejected, 0o700)
+        _fsync_dir(inbox)
+    target, n = name, 0
+    while os.path.lexists(os.path.join(rejected, target)):
+        n += 1
+        target = f"{name}.{n}"
+    os.rename(os.path.join(inbox, name), os.path.join(rejected, target))
+    _fsync_dir(rejected)
+    _fsync_dir(inbox)
+    return f"{INBOX}/{REJECTED}/{target}"
+
+
+def move_inbox_aside(journal_path: str) -> str | None:
+    """Rename an ``inbox`` that is not a directory to ``inbox.rejected-<time_ns>``.
+
+    Returns the new name, or None if the inbox is a directory or absent
+    (nothing to do).
+    """
+    inbox = inbox_path(journal_path)
+    if os.path.isdir(inbox) or not os.path.lexists(inbox):
+        return None
+    aside = f"{INBOX}.rejected-{time.time_ns():020d}"
+    os.rename(inbox, os.path.join(journal_path, aside))
+    _fsync_dir(journal_path)
+    return aside
+
+
 def remove_handover(journal_path: str, name: str) -> None:
     """Delete an applied hand-over durably; one already gone is not an error."""
     inbox = inbox_path(journal_path)
@@ -208,21 +268,51 @@ def waiting_signal(journal_path: str, instance_id: str, key: str) -> str | None:
 
 
 class InboxWatcher:
-    """Blocks a worker thread until hand-overs appear or ``stop()`` is called."""
+    """Blocks a worker thread until hand-overs appear or ``stop()`` is called.
 
-    def __init__(self, journal_path: str) -> None:
+    Names in ``skip`` (hand-overs the engine could neither apply nor move
+    aside) are not returned again. Every ``STALE_TEMP_SECONDS`` of
+    ``monotonic`` time it removes stale temp files (``remove_stale_temps``).
+    """
+
+    def __init__(
+        self, journal_path: str, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = journal_path
+        self.skip: set[str] = set()
+        self._monotonic = monotonic
+        self._next_sweep = monotonic() + STALE_TEMP_SECONDS
         self._stop = threading.Event()
 
     def wait(self) -> list[str]:
-        """Pending names, as soon as there are any; [] once stopped."""
+        """Pending names, as soon as there are any; [] once stopped.
+
+        An OSError listing the inbox (not a directory, unreadable) is raised.
+        """
         while not self._stop.is_set():
-            names = pending(self.path)
+            self.sweep()
+            names = [n for n in pending(self.path) if n not in self.skip]
             if names:
                 return names
             self._stop.wait(POLL_SECONDS)
         return []
 
+    def sweep(self, *, now: bool = False) -> None:
+        """Remove stale temp files if a sweep is due (or ``now``); log what went.
+
+        An error is logged and the next sweep tries again.
+        """
+        if not now and self._monotonic() < self._next_sweep:
+            return
+        self._next_sweep = self._monotonic() + STALE_TEMP_SECONDS
+        try:
+            removed = remove_stale_temps(self.path)
+        except OSError as exc:
+            logger.warning("stale hand-over temp files not removed: %s", exc)
+            return
+        for name in removed:
+            logger.info("removed %s/%s, left by a memable-signal that died writing it",
+                        INBOX, name)
+
     def stop(self) -> None:
         self._stop.set()
-

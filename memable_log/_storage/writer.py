@@ -22,6 +22,7 @@ acknowledge bytes that are gone. Reopen to recover.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from typing import NoReturn
@@ -191,7 +192,12 @@ class SegmentWriter:
         self._file = self.storage.open_append(name)
 
     def _break(self, exc: OSError) -> NoReturn:
-        self.broken = f"{exc.strerror or exc}" + (f" [{exc.filename}]" if exc.filename else "")
+        code = errno.errorcode.get(exc.errno or 0)
+        self.broken = (
+            f"{exc.strerror or exc}"
+            + (f" ({code})" if code and code not in f"{exc.strerror}" else "")
+            + (f" [{exc.filename}]" if exc.filename else "")
+        )
         if self._file is not None:
             try:
                 self._file.close()
