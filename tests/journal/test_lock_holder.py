@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,14 @@ sys.stdin.read()
 """
 
 
+@contextmanager
 def holding(script: str, path: Path) -> Iterator[subprocess.Popen[str]]:
     with subprocess.Popen(
         [sys.executable, "-c", script, str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     ) as holder:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
         yield holder
         assert holder.stdin is not None
         holder.stdin.close()
@@ -55,7 +58,8 @@ def holding(script: str, path: Path) -> Iterator[subprocess.Popen[str]]:
 
 @pytest.fixture
 def held(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    yield from holding(HOLD, tmp_path)
+    with holding(HOLD, tmp_path) as holder:
+        yield holder
 
 
 def test_the_refusal_names_the_holders_pid(tmp_path: Path, held: subprocess.Popen[str]) -> None:
@@ -70,7 +74,7 @@ def test_a_lock_file_without_a_pid_still_locks_and_is_written_once_taken(
     tmp_path: Path,
 ) -> None:
     (tmp_path / LOCK_NAME).write_bytes(b"")
-    for holder in holding(HOLD_OLD, tmp_path):
+    with holding(HOLD_OLD, tmp_path):
         with pytest.raises(JournalLocked) as info:
             FileStorage(tmp_path).lock()
         assert info.value.pid is None
@@ -87,7 +91,7 @@ def test_a_lock_file_without_a_pid_still_locks_and_is_written_once_taken(
 
 def test_garbage_in_the_lock_file_gives_the_message_without_a_pid(tmp_path: Path) -> None:
     (tmp_path / LOCK_NAME).write_bytes(b"\xff not a pid")
-    for _ in holding(HOLD_OLD, tmp_path):
+    with holding(HOLD_OLD, tmp_path):
         with pytest.raises(JournalLocked) as info:
             FileStorage(tmp_path).lock()
         assert info.value.pid is None
