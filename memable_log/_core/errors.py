@@ -13,7 +13,7 @@ class EngineError(Exception):
 
 
 class JournalLocked(EngineError):
-    """Another process holds the journal open for writing."""
+    """Another process holds the journal open for writing (``pid``: its id, when known)."""
 
     def __init__(self, path: str, pid: int | None = None) -> None:
         self.path, self.pid = path, pid  # pid: the holder's, when its LOCK file says
