@@ -11,11 +11,23 @@ chunks between checkpoints.
 
 Safety. The child inherits the engine's lock descriptor: the flock stays
 held until both have exited, so if the engine dies no new engine can open
-the journal while the child still writes. The child also watches its parent
-and exits at once when it is gone, so a dead engine does not leave the
-journal locked for the length of a compaction. A child stopped half-way
-leaves a temp file that the next start removes, as after any crash; one
-stopped after its rename leaves a complete ``cmp-<k>``.
+the journal while the child still writes. So the child must die with the
+engine, at once, or a restart right after a kill -9 finds the journal
+locked. The engine keeps the write end of a pipe (the *watch* pipe) whose
+read end only the child has; nobody ever writes to it, and when the engine
+dies, however it dies, the kernel closes the write end. On Linux the read
+end is set O_ASYNC, owned by the child, so that close raises SIGIO in the
+child, whose default action ends it: the kernel does it, with no Python
+code in the child (which may be deep in a zstd or msgpack call that holds
+its GIL for seconds, and runs under SCHED_IDLE: a watcher thread took up
+to 18 s to get the GIL on a busy machine). Elsewhere, and as a second line,
+a thread blocked reading the pipe exits when the read returns end-of-file.
+Not prctl(PR_SET_PDEATHSIG): it fires when the *thread* that spawned the
+child exits, and trio spawns processes from a worker thread it retires
+when idle, which would kill a healthy compaction; nor a poll of getppid,
+which needs the GIL too. A child stopped half-way leaves a temp file that
+the next start (or the service's next attempt) removes, as after any crash;
+one stopped after its rename leaves a complete ``cmp-<k>``.
 
 Priority. The child runs under SCHED_IDLE (elsewhere: nice 19): it takes
 only CPU time nothing else wants, so the engine's threads, woken for a
@@ -32,10 +44,12 @@ all of it is written; otherwise stderr says why.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
+import signal
 import sys
 import threading
-import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -46,7 +60,6 @@ from .._storage import crashpoints as _crashpoints
 from .._storage.files import FileStorage
 from .compactor import Move, compact_prefix, moves
 
-_WATCH_INTERVAL_S = 0.05
 # The child must import this very package, wherever it was loaded from.
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -101,19 +114,26 @@ async def compact_in_child(
     Cancelling the call kills the child; what it leaves is what a crash at
     that point leaves (see Safety).
     """
-    request = msgpack.packb({
-        "path": storage.path, "upto": upto, "inline_limit": inline_limit,
-        "drop": sorted(drop), "snapshot": snapshot, "parent": os.getpid(),
-        "crash_point": _crashpoints.armed(),
-    })
     lock_fd = storage.lock_fd
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
-    done = await trio.run_process(
-        [sys.executable, "-m", "memable_log._compaction.child"],
-        stdin=request, capture_stdout=True, capture_stderr=True, check=False, env=env,
-        pass_fds=() if lock_fd is None else (lock_fd,), deliver_cancel=_kill,
-    )
+    # The watch pipe (see Safety): both ends close-on-exec, so only the
+    # child gets the read end, and only this process holds the write end.
+    watch, alive = os.pipe()
+    try:
+        request = msgpack.packb({
+            "path": storage.path, "upto": upto, "inline_limit": inline_limit,
+            "drop": sorted(drop), "snapshot": snapshot, "watch": watch,
+            "crash_point": _crashpoints.armed(),
+        })
+        done = await trio.run_process(
+            [sys.executable, "-m", "memable_log._compaction.child"],
+            stdin=request, capture_stdout=True, capture_stderr=True, check=False, env=env,
+            pass_fds=(watch,) if lock_fd is None else (watch, lock_fd), deliver_cancel=_kill,
+        )
+    finally:  # the child has exited (a cancel kills it and waits)
+        os.close(watch)
+        os.close(alive)
     if done.returncode != 0:
         if _crashpoints.armed() is not None:  # the fuzz campaign watches fd 2
             for line in done.stderr.splitlines(keepends=True):
@@ -135,16 +155,22 @@ async def compact_in_child(
 # -- the child --------------------------------------------------------------
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit the moment the engine that started us is gone (see Safety)."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_WATCH_INTERVAL_S)
+def _die_with_parent(watch: int) -> None:
+    """End this process the moment the engine is gone (see Safety)."""
+    if sys.platform.startswith("linux"):
+        signal.signal(signal.SIGIO, signal.SIG_DFL)  # an ignored SIGIO would be inherited
+        fcntl.fcntl(watch, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(watch, fcntl.F_SETFL, fcntl.fcntl(watch, fcntl.F_GETFL) | os.O_ASYNC)
+    # Gone already (before the line above could arm the signal): end before
+    # writing anything. The pipe is readable only at its end: nobody writes.
+    if select.select([watch], [], [], 0)[0]:
         os._exit(3)
 
-    if os.getppid() != parent:
+    def watch_thread() -> None:
+        os.read(watch, 1)
         os._exit(3)
-    threading.Thread(target=watch, daemon=True).start()
+
+    threading.Thread(target=watch_thread, daemon=True).start()
 
 
 def _step_aside() -> None:
@@ -160,7 +186,7 @@ def _step_aside() -> None:
 
 def main() -> int:
     request = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
-    _watch_parent(request["parent"])
+    _die_with_parent(request["watch"])
     _step_aside()
     if request.get("crash_point"):
         _crashpoints.arm(*_crashpoints.parse(request["crash_point"]))

@@ -24,6 +24,18 @@ The old segments stay until the *next* compaction (or the engine's exit):
 a task may hold a location it looked up before step 3 and read it a moment
 later. Until they go they are leftovers that any reader skips and the
 writer deletes if a crash comes first.
+
+A compaction that fails (a full disk, an I/O error, its child killed) is
+logged as a WARNING and tried again after ``RETRY_FIRST_S``, then twice as
+long each time up to ``RETRY_MAX_S`` (on trio's clock, the engine's); a
+success resets the wait. A failure changes nothing acknowledged: before the
+new file is visible the instances taken out go back into the live index;
+after it, they stay out (the files no longer hold them), and the live
+index still points at the old segments, which stay until a compaction
+succeeds. The next attempt starts over from the files: it removes a temp
+file a failed attempt left, and writes a compacted file anew over one
+already renamed into place. Only a failed journal (its commits failed)
+stops the service.
 """
 
 from __future__ import annotations
@@ -37,12 +49,19 @@ import trio
 
 from .._core import lifecycle as lc
 from .._core.errors import EngineError, JournalCorrupt
-from .._core.format import HEADER_SIZE, compacted_name, segment_name, unpack_header
+from .._core.format import (
+    HEADER_SIZE,
+    TEMP_SUFFIX,
+    compacted_name,
+    parse_compacted_name,
+    segment_name,
+    unpack_header,
+)
 from .._core.index import InstanceEntry
 from .._journal.journal import Journal
 from .._journal.maintenance import Maintenance
 from .._storage.crashpoints import crashpoint
-from .._storage.files import FileStorage
+from .._storage.files import FileStorage, Storage
 from .child import ChildFailed, Rewritten, compact_in_child, usable
 from .compactor import compact_prefix, finish, moves
 
@@ -52,6 +71,11 @@ logger = logging.getLogger("memable_log")
 # does (Journal.between_commits), it ends before the fsync (~150-250 us
 # here) does, so the commit thread never waits for the GIL behind it.
 _SLICE_S = 50e-6
+
+# The wait before trying a failed compaction again: doubled after each
+# failure in a row, up to the limit; a success starts over.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 class _Slices:
@@ -85,6 +109,8 @@ class Compaction:
         self, journal: Journal, now_ms: Callable[[], int], retention_ms: int | None
     ) -> None:
         self.journal = journal.maintenance  # what compaction may do with the journal
+        # Whether the journal failed (its commits did): compaction stops then.
+        self._journal_failed: Callable[[], str | None] = lambda: journal.failed
         self.storage = journal.storage
         self.index = journal.index  # the live index: the journal applies to it
         self.now_ms = now_ms
@@ -117,6 +143,7 @@ class Compaction:
         journal = self.journal
         if journal.applied_segment == self._opened_at:
             await journal.wait_for_roll()
+        wait = 0.0  # before the next attempt, after a failure (see the module comment)
         while True:
             # Loop: a roll-over during a compaction sets an event nobody
             # waits on yet, and must not wait for the next roll-over.
@@ -124,8 +151,17 @@ class Compaction:
                 try:
                     await self.compact(upto)
                 except (OSError, EngineError, ChildFailed) as exc:
-                    logger.error("background compaction stopped: %s", exc)
-                    return
+                    if self._journal_failed() is not None:
+                        logger.error("background compaction stopped (the journal failed): %s", exc)
+                        return
+                    wait = min(RETRY_MAX_S, 2 * wait or RETRY_FIRST_S)
+                    logger.warning(
+                        "background compaction of segments up to %d failed: %s; retrying in %g s",
+                        upto, exc, wait,
+                    )
+                    await trio.sleep(wait)
+                else:
+                    wait = 0.0
             await journal.wait_for_roll()
 
     async def compact(self, upto: int) -> None:
@@ -138,6 +174,8 @@ class Compaction:
             await journal.reads_before(self.leftovers_epoch)
             await self._io(finish, storage, self.leftovers_upto)
             self.leftovers_upto = 0
+        # A failed attempt may have left its temp file (a start would remove it).
+        await self._io(_remove_temps, storage)
         # The seq after the prefix: the first of the segment after it.
         header = await self._io(storage.read_at, segment_name(upto + 1), 0, HEADER_SIZE)
         next_seq = unpack_header(header).first_seq
@@ -264,3 +302,11 @@ class Compaction:
             except OSError as exc:  # the next start deletes them (writer.recover)
                 logger.warning("compacted-away segments not deleted: %s", exc)
             self.leftovers_upto = 0
+
+
+def _remove_temps(storage: Storage) -> None:
+    """Delete the temp files of compacted segments (no compaction is writing one)."""
+    for name in storage.list():
+        stem = name[: -len(TEMP_SUFFIX)]
+        if name.endswith(TEMP_SUFFIX) and parse_compacted_name(stem) is not None:
+            storage.remove(name)

@@ -13,12 +13,13 @@ class EngineError(Exception):
 
 
 class JournalLocked(EngineError):
-    """Another process holds the journal open for writing."""
+    """Another process holds the journal open for writing (``pid``: its id, when known)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, pid: int | None = None) -> None:
+        self.path, self.pid = path, pid  # pid: the holder's, when its LOCK file says
         super().__init__(
-            f"journal {path!r} is locked by another process; stop that process "
+            f"journal {path!r} is locked by another process"
+            f"{'' if pid is None else f' (pid {pid})'}; stop that process "
             "or open the journal read-only (memable-dump needs no lock)"
         )
 

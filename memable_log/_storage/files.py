@@ -174,17 +174,29 @@ class FileStorage:
         fsync_dir(self.path)
 
     def lock(self) -> None:
-        """Take the journal's write lock or raise JournalLocked at once."""
+        """Take the journal's write lock or raise JournalLocked at once.
+
+        The holder's pid goes into the file (for the refusal's message only:
+        the flock alone decides, and a file without a pid, as older versions
+        left it, is fine).
+        """
         fd = os.open(self._p(LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            pid = _holder(fd)
             os.close(fd)
-            raise JournalLocked(self.path) from None
+            raise JournalLocked(self.path, pid) from None
         except BaseException:
             os.close(fd)
             raise
         self._lock_fd = fd
+        try:  # written, then cut: a reader meanwhile still finds one whole first line
+            mine = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, mine, 0)
+            os.ftruncate(fd, len(mine))
+        except OSError:  # a full disk: the lock holds without it
+            pass
 
     @property
     def lock_fd(self) -> int | None:
@@ -195,6 +207,15 @@ class FileStorage:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
+
+
+def _holder(fd: int) -> int | None:
+    """The pid a lock holder wrote into the lock file, if it did (see lock)."""
+    try:
+        first = os.pread(fd, 32, 0).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    return int(first) if first.isdigit() and 0 < len(first) < 20 else None
 
 
 def fsync_dir(path: str) -> None:

@@ -12,6 +12,7 @@ that an engine on a real directory compacts through it.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -165,14 +166,19 @@ def test_an_orphaned_child_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "j"
     trio.run(write, path, [CREATED])
     names = FileStorage(path).list()
+    watch, alive = os.pipe()
+    os.close(alive)  # the engine is gone: its end of the watch pipe closed
     request = msgpack.packb({
         "path": str(path), "upto": 1, "inline_limit": INLINE, "drop": [],
-        "snapshot": True, "parent": 1,  # not our parent: the engine is gone
+        "snapshot": True, "watch": watch,
     })
-    done = subprocess.run(
-        [sys.executable, "-m", "memable_log._compaction.child"], input=request,
-        capture_output=True, check=False, timeout=60,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "memable_log._compaction.child"], input=request,
+            capture_output=True, check=False, timeout=60, pass_fds=(watch,),
+        )
+    finally:
+        os.close(watch)
     assert done.returncode == 3, done.stderr
     assert FileStorage(path).list() == names
 
@@ -200,7 +206,7 @@ async def test_the_child_holds_the_engines_lock(
             await cp.compact_in_child(storage, 1, INLINE, (), False)
     finally:
         storage.unlock()
-    assert seen["pass_fds"] == (fd,)
+    assert seen["pass_fds"][1:] == (fd,)  # after the watch pipe's read end
 
 
 async def test_an_engine_on_a_directory_compacts_in_a_child(

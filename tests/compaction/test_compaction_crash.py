@@ -22,9 +22,10 @@ the records written up to some point at or after the last acknowledged one
 would (whichever way the unacknowledged ones landed), and a new engine
 finishes every instance without running an acknowledged step again.
 
-Last, an I/O error at each operation on the compacted file stops the
-service and leaves an engine whose answers are exactly what the journal
-says when reopened.
+Last, an I/O error at each operation on the compacted file fails that
+compaction (the service tries again later: test_compaction_retry.py) and
+leaves an engine whose answers are exactly what the journal says when
+reopened.
 """
 
 from __future__ import annotations
@@ -505,7 +506,7 @@ async def failed_compaction(op: str) -> tuple[set[str], set[str]]:
             await engine.invoke("long", instance_id=f"c{n}")
             await engine.wait(f"c{n}")
         assert compaction.runs == 1
-        # The service stopped; the engine goes on.
+        # The compaction failed (the service tries again later); the engine goes on.
         await engine.invoke("short", instance_id="later")
         assert await engine.wait("later") == 1
         for iid in sorted(expired):
@@ -525,7 +526,7 @@ async def failed_compaction(op: str) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("op", ["create", "write", "sync", "rename"])
 async def test_a_compaction_failing_before_its_rename_puts_every_instance_back(op: str) -> None:
-    """An I/O error inside a compaction stops the service; the engine goes on,
+    """An I/O error inside a compaction fails it; the engine goes on,
     with the expired instances it had taken out back in, and the journal
     opens with exactly the engine's answers."""
     expired, known = await failed_compaction(op)
