@@ -38,10 +38,10 @@ for display, without running any code and without constructing objects.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -327,27 +327,56 @@ def follow_journal(
     path: str | os.PathLike[str],
     *,
     interval: float = DEFAULT_INTERVAL,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     on_wait: Callable[[], None] | None = None,
     on_gap: Callable[[FollowGap], None] | None = None,
+    wait_for_journal: bool = False,
 ) -> JournalFollower:
     """Follow the journal directory at ``path``: its records, then new ones as they come.
 
-    Returns a ``JournalFollower``, an iterator that never ends by itself:
+    Returns a ``JournalFollower``, an iterator that ends only when closed:
     when it has yielded every complete record it calls ``on_wait`` (a
-    chance to flush output), then ``sleep(interval)``, and looks again. Like
-    ``read_journal`` it takes no lock and writes nothing, so it runs beside
-    an engine without slowing it. ``on_gap`` is called with a ``FollowGap``
-    if compaction deleted records before they could be read.
+    chance to flush output), then waits ``interval`` seconds (or calls
+    ``sleep(interval)`` if given), and looks again. Like ``read_journal``
+    it takes no lock and writes nothing, so it runs beside an engine
+    without slowing it. ``on_gap`` is called with a ``FollowGap`` if
+    compaction deleted records before they could be read. ``close()`` may
+    be called from any thread, even while it waits in another.
 
     Raises ``NotAJournal`` at once as ``read_journal`` does (a directory
     with only a lock file is an empty journal: it waits for the first
-    segment). Iterating raises ``JournalCorrupt`` for damage and
-    ``OSError`` if the directory or a file cannot be read.
+    segment). With ``wait_for_journal=True``, a path that does not exist
+    yet, or a directory that holds no journal file yet, is waited for in
+    the same way (``waiting_for_journal`` is true meanwhile): start the
+    follower before the program that creates the journal. A path that is
+    not a directory still raises ``NotAJournal``. Iterating raises
+    ``JournalCorrupt`` for damage and ``OSError`` if the directory or a
+    file cannot be read.
     """
     text = os.fspath(path)
-    _check_journal_dir(text)
-    return JournalFollower(text, interval=interval, sleep=sleep, on_wait=on_wait, on_gap=on_gap)
+    ready: Callable[[], bool] | None = None
+    if wait_for_journal:
+        _journal_ready(text)  # a path that is not a directory fails now
+        ready = functools.partial(_journal_ready, text)
+    else:
+        _check_journal_dir(text)
+    return JournalFollower(
+        text, interval=interval, sleep=sleep, on_wait=on_wait, on_gap=on_gap, ready=ready
+    )
+
+
+def _journal_ready(text: str) -> bool:
+    """Whether a journal is at ``text`` now; False if nothing is there yet.
+
+    Raises NotAJournal if something other than a directory is there.
+    """
+    try:
+        names = os.listdir(text)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        raise NotAJournal(text, "not a directory") from None
+    return any(_journal_file(name) for name in names)
 
 
 # -- values -----------------------------------------------------------------

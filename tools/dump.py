@@ -12,7 +12,9 @@ it. The sink is a printer, text or JSON lines: each takes records one at a
 time (``emit``), may hold some back (the text printer sizes its columns on
 its first records) until ``flush``, and is closed at the end (``close``).
 When following, the follower calls ``flush`` each time it has caught up,
-so a line appears as soon as its record is durable.
+so a line appears as soon as its record is durable. A follower may be
+started before the application creates the journal: it says so once on
+stderr and waits for the journal to appear.
 
 ``--instances`` and ``--stats`` replace the printer: they replay the whole
 journal through the engine's own index (``JournalReader.instances``) and
@@ -21,7 +23,9 @@ print a table of instances, or the journal's size and shape.
 Exit status: 0 every record was printed; 1 the journal is damaged or could
 not be read (the records before the damage are printed, then an error
 naming the file and byte offset goes to stderr); 2 bad usage, or the path is
-missing or not a journal (as ``ls`` and ``grep`` do for a bad argument);
+missing or not a journal (as ``ls`` and ``grep`` do for a bad argument; with
+``--follow`` a missing path, or a directory with no journal in it yet, is
+waited for instead, and only a path that is not a directory is bad usage);
 130 interrupted (Ctrl-C, the way to stop ``--follow``); 141 the output pipe
 closed early (``| head``), as a shell reports SIGPIPE.
 """
@@ -34,7 +38,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -482,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
             "first, with seq 0. "
             "Exit status: 0 done; 1 the journal is damaged or unreadable (records "
             "before the damage are printed first); 2 bad usage, or PATH is not a "
-            "journal; 130 interrupted (Ctrl-C stops --follow); 141 the output pipe "
+            "journal (--follow waits for a PATH that does not exist yet, or holds no "
+            "journal yet); 130 interrupted (Ctrl-C stops --follow); 141 the output pipe "
             "was closed."
         ),
     )
@@ -508,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-f", "--follow", action="store_true",
         help="keep printing new records as they are appended, across segment roll-over "
-        "and compaction, until interrupted (Ctrl-C)",
+        "and compaction, until interrupted (Ctrl-C); if PATH holds no journal yet, wait "
+        "for one",
     )
     parser.add_argument(
         "--interval", type=_interval, default=DEFAULT_INTERVAL, metavar="SECONDS",
@@ -574,10 +579,13 @@ def dump(
         printer.close()
 
 
-def main(argv: Sequence[str] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, sleep: Callable[[float], None] | None = None
+) -> int:
     """Run memable-dump with ``argv`` (default: the command line); return the exit status.
 
-    ``sleep`` is how ``--follow`` waits between looks for new records.
+    ``sleep`` is how ``--follow`` waits between looks for new records
+    (default: the follower's own wait).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -670,11 +678,17 @@ def _dump_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _follow_command(
-    args: argparse.Namespace, out: TextIO, err: TextIO, sleep: Callable[[float], None]
+    args: argparse.Namespace, out: TextIO, err: TextIO, sleep: Callable[[float], None] | None
 ) -> int:
     printer = JsonPrinter(out) if args.json else TextPrinter(out)
+    noted = False
 
     def caught_up() -> None:
+        nonlocal noted
+        if not noted and follower.waiting_for_journal:
+            noted = True
+            c.error(PROG, f"note: {args.path}: no journal there yet; waiting for it to "
+                    "appear (Ctrl-C to stop)", err)
         printer.flush()
         if c.output_closed(out):
             raise BrokenPipeError(errno.EPIPE, "the output was closed")
@@ -690,7 +704,8 @@ def _follow_command(
 
     try:
         follower = follow_journal(
-            args.path, interval=args.interval, sleep=sleep, on_wait=caught_up, on_gap=gap
+            args.path, interval=args.interval, sleep=sleep, on_wait=caught_up, on_gap=gap,
+            wait_for_journal=True,
         )
     except NotAJournal:
         raise

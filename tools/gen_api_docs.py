@@ -50,6 +50,7 @@ Every public name of memable_log. The contract these implement is the
 project's SPEC; how they work inside is in [design.md](design.md), the bytes
 on disk in [format.md](format.md), and how to test workflows in
 [testing.md](testing.md).
+Changing a workflow while instances run: [changing-workflows.md](changing-workflows.md).
 """
 NOTES = {
     "memable_log.reader": "These names are also importable from `memable_log`.",

@@ -35,7 +35,9 @@ If a commit fails, that batch's waiters and every later append get
 ``JournalFailed``; the journal stays failed until it is reopened. A commit
 that dies of anything but JournalFailed (a simulated power cut, a bug)
 fails the same way, and the exception is raised from the reaper, so it
-surfaces from the journal's nursery whichever task ran the commit.
+surfaces from the journal's nursery whichever task ran the commit; the
+appends' JournalFailed then has it as its ``__cause__``, so whoever logs
+the failure can tell a simulated power cut (``PowerCut``) from a disk's.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class CommitScheduler:
         # the index: compaction must not count on them.
         self.applied_segment = 0
         self.failed: str | None = None  # why appends are refused for good
+        self._failed_by: BaseException | None = None  # what killed a commit, if not I/O
         self.committing: Batch | None = None  # submitted, not yet applied
         # One Packer for the journal's life (used on the event loop only):
         # ``msgpack.packb`` builds a new one per call, twice the cost.
@@ -122,7 +125,7 @@ class CommitScheduler:
     async def append_many(self, recs: list[list[Any]]) -> None:
         """Durably append records, in order, in one batch."""
         if self.failed is not None:
-            raise JournalFailed(self.failed)
+            raise JournalFailed(self.failed) from self._failed_by
         if not self.accepting:
             raise JournalClosed("the journal is closed; open it to append")
         batch = self._batch
@@ -142,12 +145,12 @@ class CommitScheduler:
                 self._send()  # straight to the executor: no task to wake first
                 await self._lead()
                 if batch.error is not None:
-                    raise JournalFailed(batch.error)
+                    raise JournalFailed(batch.error) from self._failed_by
                 return
             self._duty.set()
         await batch.done.wait()
         if batch.error is not None:
-            raise JournalFailed(batch.error)
+            raise JournalFailed(batch.error) from self._failed_by
 
     def _send(self) -> None:
         """Submit the open batch (no commit may be in flight)."""
@@ -243,7 +246,7 @@ class CommitScheduler:
             self._fail(batch, exc.reason)
             return
         except BaseException as exc:  # not an OSError (the writer turns those into JournalFailed)
-            self._fail(batch, f"commit failed: {exc!r}")
+            self._fail(batch, f"commit failed: {exc!r}", exc)
             if not leader:
                 raise
             # A leader is an appending task: its caller gets JournalFailed,
@@ -275,10 +278,14 @@ class CommitScheduler:
         self._gathering = batch.waiters > 1
         batch.done.set()
 
-    def _fail(self, batch: Batch, reason: str) -> None:
-        """The commit of ``batch`` failed: it and every later append fail."""
+    def _fail(self, batch: Batch, reason: str, cause: BaseException | None = None) -> None:
+        """The commit of ``batch`` failed: it and every later append fail.
+
+        ``cause``: what killed the commit, if it was not a write error.
+        """
         self.committing = None
         self.failed = reason
+        self._failed_by = cause
         for failed in (batch, self._batch):
             failed.error = reason
             failed.done.set()

@@ -23,12 +23,23 @@ that changes under it:
   rename): it reads it once more, in case a cut landed just then, and
   whatever is still wrong is corruption (the scan's rule for a segment
   that is not the last).
+* Before the first segment it may have to wait for the journal itself
+  (``ready``, given by the reader: the directory may not exist yet).
+
+Closing. A follower usually runs in a thread of its own while another
+(an event loop) decides when to stop, so ``close()`` may come from any
+thread at any moment, even while the walk is blocked in its wait. It never
+touches the walk while the walk runs: it sets ``_stop`` (which also ends
+the default wait, an ``Event.wait``), and the thread running the walk
+notices it at its next wait or record, leaves the walk and closes the files
+itself. Only a walk that is not running is closed there and then. A lock
+held around each step of the walk tells which case it is.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -95,6 +106,10 @@ class _Open:
         return self.reader
 
 
+class _Stopped(Exception):
+    """Raised inside the walk when ``close()`` was called: leave it."""
+
+
 class JournalFollower(Iterator[RecordView]):
     """An endless iterator over a journal's records: those there are, then new ones.
 
@@ -117,7 +132,15 @@ class JournalFollower(Iterator[RecordView]):
     ``next_seq`` is the sequence number of the next plain record it
     expects. Damage raises ``JournalCorrupt``, as when reading: in the
     segment being written, only once a later commit (or the next segment)
-    proves the bytes were complete. ``close()`` releases the open files.
+    proves the bytes were complete.
+
+    ``close()`` ends the follow and releases the open files. It may be
+    called from any thread at any time: while the iterator is blocked in
+    its wait in another thread (the usual way to follow from trio code,
+    ``trio.to_thread.run_sync(next, follower)``), the wait ends at once,
+    iteration stops (``StopIteration``) and that thread closes the files
+    as it returns. A ``sleep`` passed in cannot be interrupted: iteration
+    stops as soon as it returns.
     """
 
     def __init__(
@@ -125,29 +148,60 @@ class JournalFollower(Iterator[RecordView]):
         path: str,
         *,
         interval: float = DEFAULT_INTERVAL,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         on_wait: Callable[[], None] | None = None,
         on_gap: Callable[[FollowGap], None] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._dir = path
         self._interval = interval
-        self._sleep = sleep
+        self._stop = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stop.wait
         self._on_wait = on_wait
         self._on_gap = on_gap
+        self._ready = ready  # whether the journal is there yet (None: it is)
+        self._waiting_for_journal = ready is not None
         self._ahead: dict[int, int] = {}  # segment number -> open fd
         self._current: _Open | None = None
         self.next_seq = 1
         self._records = self._follow()
+        self._walking = threading.Lock()  # held while a thread runs the walk
 
     def __iter__(self) -> JournalFollower:
         return self
 
     def __next__(self) -> RecordView:
-        return next(self._records)
+        with self._walking:
+            if self._stop.is_set():
+                self._records.close()
+                raise StopIteration
+            rec = next(self._records)
+        if self._stop.is_set():
+            self._close_idle()  # closed while we read: the files go now
+        return rec
 
     def close(self) -> None:
-        """Stop following and close every file held open."""
-        self._records.close()
+        """Stop following and close every file held open; from any thread, at any time.
+
+        If another thread is running the follower (blocked in its wait, or
+        reading), it stops there: its wait ends at once, its ``next()``
+        raises ``StopIteration`` and it closes the files as it returns.
+        """
+        self._stop.set()
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close the walk unless a thread is running it (that thread will)."""
+        if self._walking.acquire(blocking=False):
+            try:
+                self._records.close()
+            finally:
+                self._walking.release()
+
+    @property
+    def waiting_for_journal(self) -> bool:
+        """True while there is no journal at the path yet (``wait_for_journal``)."""
+        return self._waiting_for_journal
 
     @property
     def location(self) -> str:
@@ -158,6 +212,7 @@ class JournalFollower(Iterator[RecordView]):
 
     def _follow(self) -> Generator[RecordView, None, None]:
         try:
+            self._await_journal()
             seg = self._current = self._first()
             while True:
                 yield from self._read(seg)
@@ -180,6 +235,8 @@ class JournalFollower(Iterator[RecordView]):
                         "(was the journal removed or replaced while being followed?)",
                     )
                 self._wait()
+        except _Stopped:
+            return
         finally:
             if self._current is not None:
                 os.close(self._current.fd)
@@ -189,10 +246,26 @@ class JournalFollower(Iterator[RecordView]):
             self._ahead.clear()
 
     def _wait(self) -> None:
+        self._idle()
+        self._open_ahead(os.listdir(self._dir))
+
+    def _idle(self) -> None:
+        """Call on_wait, then sleep; raise _Stopped if closed meanwhile."""
         if self._on_wait is not None:
             self._on_wait()
+        if self._stop.is_set():
+            raise _Stopped
         self._sleep(self._interval)
-        self._open_ahead(os.listdir(self._dir))
+        if self._stop.is_set():
+            raise _Stopped
+
+    def _await_journal(self) -> None:
+        """Wait until there is a journal at the path (see ``ready``)."""
+        if self._ready is None:
+            return
+        while not self._ready():
+            self._idle()
+        self._waiting_for_journal = False
 
     def _first(self) -> _Open:
         """The segment to start with: the compacted one if any, else the first."""
