@@ -76,6 +76,10 @@ class Codec:
         self.compress_threshold = compress_threshold
         self._compressor = zstandard.ZstdCompressor(level=compress_level)
         self._decompressor = zstandard.ZstdDecompressor()
+        # (blob, value): the last checked blob and what it decoded to, handed
+        # out by the next decode of that very blob (a step decodes what it
+        # wrote), once, so no decoded object is ever shared.
+        self._read_back: tuple[bytes, Any] | None = None
 
     def _default(self, obj: Any) -> Any:
         if self._encode_hook is None:
@@ -123,8 +127,15 @@ class Codec:
         containers and other types are decoded to check.
         """
         body = self._pack(value)
-        if type(value) not in _SCALARS:
-            self._check_reads_back(value, body)
+        if type(value) in _SCALARS:
+            return self._framed(body, value)
+        back = self._check_reads_back(value, body)
+        blob = self._framed(body, value)
+        if len(blob) <= _READ_BACK_KEPT:
+            self._read_back = (blob, back)
+        return blob
+
+    def _framed(self, body: bytes, value: Any) -> bytes:
         threshold = self.compress_threshold
         if threshold is not None and len(body) > threshold:
             packed = self._compressor.compress(body)
@@ -132,7 +143,8 @@ class Codec:
                 return _fits(bytes([TAG_ZSTD]) + packed, value)
         return _fits(bytes([TAG_MSGPACK]) + body, value)
 
-    def _check_reads_back(self, value: Any, body: bytes) -> None:
+    def _check_reads_back(self, value: Any, body: bytes) -> Any:
+        """What ``body`` decodes to, if that is ``value`` (tuples as lists)."""
         try:
             back = self._unpack(body)
         except Exception as exc:
@@ -148,9 +160,14 @@ class Codec:
                 f"it would read back as a different value (at {''.join(parts) or 'the top'}): "
                 "the value could be written but would not be the same when replayed",
             )
+        return back
 
     def decode(self, blob: bytes) -> Any:
         """The value in ``blob`` (ValueError if the blob is malformed)."""
+        read_back = self._read_back
+        if read_back is not None and read_back[0] is blob:
+            self._read_back = None
+            return read_back[1]
         if not blob:
             raise ValueError("empty value blob")
         tag = blob[0]
@@ -162,6 +179,7 @@ class Codec:
         raise ValueError(f"unknown value blob tag {tag:#04x}")
 
 
+_READ_BACK_KEPT = 64 * 1024  # larger values are decoded again rather than kept
 _SCALARS = frozenset({int, str, float, bool, bytes, type(None)})
 _EQUAL_SCALARS = (int, str, bytes, bytearray, memoryview, msgpack.ExtType)
 

@@ -130,3 +130,16 @@ async def test_a_step_returning_tuple_keys_is_not_serializable_and_writes_nothin
     assert "step 'grid'" in str(error)
     assert "(0, 0)" in str(error)
     assert "Nothing was written" in str(error)
+
+
+def test_the_checked_value_is_handed_out_once_and_equals_a_fresh_decode() -> None:
+    # encode keeps what it decoded for the next decode of that blob (a step
+    # returns what it wrote); a second decode must build a new object.
+    codec = Codec()
+    blob = codec.encode({"a": [1, (2, 3)]})
+    first = codec.decode(blob)
+    second = codec.decode(blob)
+    assert first == second == {"a": [1, [2, 3]]}
+    assert first is not second
+    first["a"].append("mutated")
+    assert codec.decode(blob) == {"a": [1, [2, 3]]}
