@@ -13,6 +13,14 @@ step ran or was memoised. Other types go through the user's hooks: ``encode``
 maps an object to ``(tag, plain)`` with ``plain`` encodable; the library
 stores it as msgpack ext type 1 and ``decode(tag, plain)`` rebuilds it.
 Decoding never constructs anything else: no pickle, no class lookup.
+
+What is written must read back: ``encode`` decodes what it packed (a value
+that is not a plain scalar) and refuses, with EncodeError, a value that
+fails to decode (a dict key that is a tuple packs as an array, which reads
+back as a list, which cannot be a dict key) or decodes to a different value
+(tuples as lists are not a difference; values through the hooks are the
+hooks' to round-trip). Otherwise a step's result would be written once and
+its replay would fail forever.
 """
 
 from __future__ import annotations
@@ -68,6 +76,10 @@ class Codec:
         self.compress_threshold = compress_threshold
         self._compressor = zstandard.ZstdCompressor(level=compress_level)
         self._decompressor = zstandard.ZstdDecompressor()
+        # (blob, value): the last checked blob and what it decoded to, handed
+        # out by the next decode of that very blob (a step decodes what it
+        # wrote), once, so no decoded object is ever shared.
+        self._read_back: tuple[bytes, Any] | None = None
 
     def _default(self, obj: Any) -> Any:
         if self._encode_hook is None:
@@ -108,8 +120,22 @@ class Codec:
         )
 
     def encode(self, value: Any) -> bytes:
-        """The blob for ``value``; raise EncodeError if it cannot be encoded."""
+        """The blob for ``value``; raise EncodeError if it cannot be encoded.
+
+        Also if it would not read back as an equal value (see the module
+        comment); a scalar of a msgpack type always does, so only
+        containers and other types are decoded to check.
+        """
         body = self._pack(value)
+        if type(value) in _SCALARS:
+            return self._framed(body, value)
+        back = self._check_reads_back(value, body)
+        blob = self._framed(body, value)
+        if len(blob) <= _READ_BACK_KEPT:
+            self._read_back = (blob, back)
+        return blob
+
+    def _framed(self, body: bytes, value: Any) -> bytes:
         threshold = self.compress_threshold
         if threshold is not None and len(body) > threshold:
             packed = self._compressor.compress(body)
@@ -117,8 +143,31 @@ class Codec:
                 return _fits(bytes([TAG_ZSTD]) + packed, value)
         return _fits(bytes([TAG_MSGPACK]) + body, value)
 
+    def _check_reads_back(self, value: Any, body: bytes) -> Any:
+        """What ``body`` decodes to, if that is ``value`` (tuples as lists)."""
+        try:
+            back = self._unpack(body)
+        except Exception as exc:
+            raise EncodeError(type(value).__qualname__, _unreadable(value, exc)) from exc
+        try:
+            # The C comparison first: true for plain values without tuples.
+            parts = None if value == back else _differs(value, back)
+        except Exception:  # a hooked type's own __eq__: the hooks' business
+            parts = None
+        if parts is not None:
+            raise EncodeError(
+                type(value).__qualname__,
+                f"it would read back as a different value (at {''.join(parts) or 'the top'}): "
+                "the value could be written but would not be the same when replayed",
+            )
+        return back
+
     def decode(self, blob: bytes) -> Any:
         """The value in ``blob`` (ValueError if the blob is malformed)."""
+        read_back = self._read_back
+        if read_back is not None and read_back[0] is blob:
+            self._read_back = None
+            return read_back[1]
         if not blob:
             raise ValueError("empty value blob")
         tag = blob[0]
@@ -128,6 +177,85 @@ class Codec:
             body = self._decompressor.decompress(blob[1:], max_output_size=_MAX_VALUE)
             return self._unpack(body)
         raise ValueError(f"unknown value blob tag {tag:#04x}")
+
+
+_READ_BACK_KEPT = 64 * 1024  # larger values are decoded again rather than kept
+_SCALARS = frozenset({int, str, float, bool, bytes, type(None)})
+_EQUAL_SCALARS = (int, str, bytes, bytearray, memoryview, msgpack.ExtType)
+
+
+def _unreadable(value: Any, exc: Exception) -> str:
+    """Why ``value`` fails to decode: the first tuple dict key if there is one."""
+    found = _tuple_key(value, "")
+    if found is None:
+        return f"it would not read back ({type(exc).__name__}: {exc}), so it is not written"
+    key, at = found
+    return (
+        f"the dict key {_short(key)}{' at ' + at if at else ''} is a tuple: it would be "
+        "written as an array and read back as a list, which cannot be a dict key, so the "
+        "value could never be read; use str or int keys"
+    )
+
+
+def _tuple_key(value: Any, at: str) -> tuple[Any, str] | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, tuple) and type(key) is not msgpack.ExtType:
+                return key, at
+            found = _tuple_key(item, f"{at}[{_short(key)}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _tuple_key(item, f"{at}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _differs(value: Any, back: Any) -> list[str] | None:
+    """Where ``back`` (decoded) differs from ``value``, tuples as lists, as the
+    parts of a path (empty: right here); None if nowhere.
+
+    Called only where ``value == back`` is false. The C comparison is tried
+    first for every item, so only the parts holding tuples (or NaN) are
+    walked here. A type's own ``__eq__`` may raise: the caller catches it.
+    """
+    if isinstance(value, (list, tuple)) and not isinstance(value, msgpack.ExtType):
+        if type(back) is not list or len(back) != len(value):
+            return []
+        if type(value) is not list and list(value) == back:
+            return None
+        for i, item in enumerate(value):
+            item_back = back[i]
+            if item == item_back or (type(item) is tuple and list(item) == item_back):
+                continue
+            where = _differs(item, item_back)
+            if where is not None:
+                return [f"[{i}]", *where]
+        return None
+    if isinstance(value, dict):
+        if type(back) is not dict or len(back) != len(value):
+            return []
+        # msgpack keeps a dict's order: compare item by item.
+        for (key, item), (key_back, item_back) in zip(value.items(), back.items(), strict=True):
+            where = None if key == key_back else _differs(key, key_back)
+            if where is not None:
+                return [f" (the key {_short(key)})", *where]
+            where = None if item == item_back else _differs(item, item_back)
+            if where is not None:
+                return [f"[{_short(key)}]", *where]
+        return None
+    if isinstance(value, float):
+        return None if value != value and back != back else []  # NaN reads back as NaN
+    if value is None or isinstance(value, _EQUAL_SCALARS):
+        return []
+    return None  # through the codec's hooks: theirs to round-trip
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fits(blob: bytes, value: Any) -> bytes:

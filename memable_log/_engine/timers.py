@@ -2,8 +2,10 @@
 
 Sleeping instances and suspensions with a timeout are pushed as
 ``(deadline_ms, instance_id)``. The poller sleeps until the earliest
-deadline (on the engine's clock) and calls ``fire(instance_id, deadline_ms)``
-for every entry that is due; the engine checks the instance still waits on
+deadline (on the engine's clock, whose ``sleep_until`` re-reads the wall
+clock while asleep: a clock stepped meanwhile fires it by the corrected
+time, never early) and calls ``fire(instance_id, deadline_ms)`` for every
+entry that is due by the wall clock as it is then; the engine checks the instance still waits on
 that deadline (entries are never removed early: a stale one is ignored).
 Pushing an earlier deadline wakes the poller to re-aim its sleep.
 """
