@@ -140,9 +140,14 @@ def parse_json(body: bytes) -> Any:
 
 
 def status_json(status: Any) -> dict[str, Any]:
-    fields = dataclasses.asdict(status)
-    return {name: value.isoformat() if isinstance(value, datetime) else value
-            for name, value in fields.items()}
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, (list, tuple)):  # the pending waits, error info
+            return [plain(item) for item in value]
+        return value
+
+    return {name: plain(value) for name, value in dataclasses.asdict(status).items()}
 
 
 async def read_request(stream: trio.SocketStream) -> tuple[str, str, bytes]:

@@ -171,7 +171,8 @@ class RunWaits:
         """Park the instance on the waits its tasks are blocked in."""
         host, iid = self._host, self._iid
         order = {key: i for i, key in enumerate(host.entry(iid).waits or ())}
-        keys = sorted({key for key, _ in self._blocked.values()}, key=lambda k: order.get(k, len(order)))
+        blocked_on = {key for key, _ in self._blocked.values()}
+        keys = sorted(blocked_on, key=lambda k: order.get(k, len(order)))
         parked = r.make(r.PARKED, host.now_ms(), iid, keys)
         self._dropping = True
         try:

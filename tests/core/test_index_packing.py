@@ -344,7 +344,9 @@ def test_a_snapshot_load_leaves_the_garbage_collector_as_it_found_it(enabled: bo
         with pytest.raises(snap.SnapshotInvalid):
             snap.decode_into(Index(), framed(b"\xc1"))
         assert gc.isenabled() is enabled
-        wrong = [snap.VERSION, ix.DEFAULT_INLINE_LIMIT, ["seg", 40, 2, 1], [], ["wf"], {"i": [0, 1]}]
+        wrong = [
+            snap.VERSION, ix.DEFAULT_INLINE_LIMIT, ["seg", 40, 2, 1], [], ["wf"], {"i": [0, 1]},
+        ]
         with pytest.raises(ValueError, match="unpack"):
             snap.decode_into(Index(), framed(msgpack.packb(wrong)))
         assert gc.isenabled() is enabled

@@ -26,8 +26,7 @@ from pathlib import Path
 import trio
 from trio.testing import MockClock
 
-from memable_log import Context, Engine, ManualClock
-from memable_log import operations
+from memable_log import Context, Engine, ManualClock, operations
 
 OUT = Path(__file__).parent / "journal-v1"
 

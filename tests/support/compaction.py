@@ -5,9 +5,10 @@
   (small and large values), failed or started, suspensions with and
   without a deadline, early and matching signals, timers set and fired,
   instances parked on several waits and woken by any one, timeouts, format
-  version 1's records (a prefix of the history, if asked), forgets of a key or a prefix, completions, failures, cancels
-  and restarts, interleaved across instances. A small model of each
-  instance's lifecycle keeps the order one the engine could produce.
+  version 1's records (a prefix of the history, if asked), forgets of a key
+  or a prefix, completions, failures, cancels and restarts, interleaved
+  across instances. A small model of each instance's lifecycle keeps the
+  order one the engine could produce.
 * ``answers(index, read)``: everything a query can learn from an index,
   with every value that sits at a location read back (and the record there
   checked to be the right one), so two indexes compare equal exactly when
@@ -308,7 +309,8 @@ class History:
                 inst.state, inst.pending = lc.SUSPENDED, (wait,)
             self._emit(r.SUSPENDED_V1, iid, wait, status, deadline)
         elif choice == 5 and timer not in inst.done:
-            deadline = inst.waits.setdefault(timer, (lc.WAIT_TIMER, self.now + 3_000 * (extra + 1)))[1]
+            first = (lc.WAIT_TIMER, self.now + 3_000 * (extra + 1))
+            deadline = inst.waits.setdefault(timer, first)[1]
             assert deadline is not None
             if deadline <= self.now:  # due at once: the re-run records it fired
                 inst.done.add(timer)
