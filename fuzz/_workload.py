@@ -9,9 +9,12 @@ One workflow, ``mixed``, does what its input (a *spec*, a small dict) says:
   and shows in the result as ``"interrupted"``);
 * ``par``: that many steps ``p0..`` at once, in a nursery;
 * ``suspend``: waits for the signal ``approve`` (its payload is fixed by the
-  instance id); ``timeout``: waits for a signal ``maybe`` that never comes,
-  and its timeout is caught; ``hold``: waits for ``never`` (it ends only
-  when cancelled); ``timer``: a durable timer ``nap`` of that many seconds;
+  instance id); with ``remind`` beside a durable timer ``remind`` of that
+  many seconds in another branch, whose step ``reminded`` runs when it
+  fires (several waits at once: either may come first); ``timeout``: waits
+  for a signal ``maybe`` that never comes, and its timeout is caught;
+  ``hold``: waits for ``never`` (it ends only when cancelled); ``timer``: a
+  durable timer ``nap`` of that many seconds;
 * then a step ``last``.
 
 Every step body records ``instance key attempt`` in a ledger (see
@@ -91,6 +94,8 @@ def step_keys(spec: Spec) -> list[str]:
     if spec.get("amo"):
         keys.append(AMO_KEY)
     keys += [f"p{j}" for j in range(spec.get("par", 0))]
+    if spec.get("suspend") and spec.get("remind") is not None:
+        keys.append("reminded")
     return [*keys, "last"]
 
 
@@ -99,6 +104,8 @@ def expected_result(spec: Spec, instance: str, charged: Any = CHARGE) -> dict[st
     total = sum(step_value(instance, f"s{i}") for i in range(spec.get("steps", 0)))
     total += sum(step_value(instance, f"p{j}") for j in range(spec.get("par", 0)))
     total += step_value(instance, "last")
+    if spec.get("suspend") and spec.get("remind") is not None:
+        total += step_value(instance, "reminded")
     return {
         "sum": total,
         "big": BIG_SIZE * spec["big"] if spec.get("big") else None,
@@ -221,7 +228,22 @@ def make_workflow(ledger: Ledger, sink: AckSink) -> Callable[[Context], Awaitabl
                     nursery.start_soon(one, j)
             total += sum(got)
         payload = None
-        if spec.get("suspend"):
+        if spec.get("suspend") and spec.get("remind") is not None:
+            waited: dict[str, Any] = {}
+
+            async def approval() -> None:
+                waited["got"] = await ctx.suspend("approve", status="waiting for approval")
+
+            async def reminder() -> None:
+                await ctx.timer("remind", spec["remind"])
+                waited["reminded"] = await step(ctx, "reminded", step_value(iid, "reminded"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(approval)
+                nursery.start_soon(reminder)
+            payload = waited["got"]
+            total += waited["reminded"]
+        elif spec.get("suspend"):
             payload = await ctx.suspend("approve", status="waiting for approval")
         timed_out = None
         if spec.get("timeout") is not None:
@@ -262,10 +284,11 @@ async def until_settled(engine: Engine, instance_id: str) -> str:
 
 OPS = ("invoke", "step", "signal", "timer", "cancel", "forget")
 TIMER_SECONDS = 30.0
+WAITING_FOR_SIGNAL = ("suspended", "waiting")  # "waiting": beside a timer (``remind``)
 OP_SPECS: dict[str, Spec] = {
     "invoke": {"steps": 2, "big": 3},  # 5.4 kB of results: a roll-over
     "step": {"steps": 1, "amo": True, "par": 2, "big": 1},
-    "signal": {"steps": 1, "suspend": True},
+    "signal": {"steps": 1, "suspend": True, "remind": TIMER_SECONDS},
     "timer": {"timer": TIMER_SECONDS},
     "cancel": {"steps": 1, "hold": True},
     "forget": {"steps": 1, "amo": True},  # its own instance when nothing came before
@@ -305,7 +328,7 @@ async def run_ops(
             await _finish(engine, iid, acks)
             await _forget_restart(engine, iid, acks, ledger, redo)
             continue
-        if op in ("signal", "cancel") and await until_settled(engine, iid) == "suspended":
+        if op in ("signal", "cancel") and await until_settled(engine, iid) in WAITING_FOR_SIGNAL:
             if op == "signal":
                 try:
                     await engine.signal(WORKFLOW, iid, "approve", payload_for(iid))
@@ -333,7 +356,7 @@ async def _forget_restart(
     if redo:
         # Before a crash the target may have been left mid-run: let it end.
         await until_settled(engine, iid)
-        if engine.status(iid).state in ("running", "suspended", "sleeping"):
+        if engine.status(iid).state in ("running", "suspended", "sleeping", "waiting"):
             await _finish(engine, iid, acks)
     acks.forget_calls.append(Forget(iid, "*", ledger.size()))
     await engine.forget(iid, "*")

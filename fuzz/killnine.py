@@ -121,6 +121,8 @@ def make_plan(rng: random.Random) -> list[dict[str, Any]]:
             if rng.random() < 0.5:
                 spec["suspend"] = True
                 inst["signal"] = rng.choice(["early", "late", "parent", "parent"])
+                if rng.random() < 0.4:  # a reminder timer beside the approval
+                    spec["remind"] = round(rng.uniform(0.01, 0.1), 3)
             if rng.random() < 0.2:
                 spec["timeout"] = round(rng.uniform(0.01, 0.08), 3)
             if rng.random() < 0.3:

@@ -163,7 +163,7 @@ def _check_parked(rec: list[Any]) -> None:
 
 def _check_done_waits(table: dict[Any, Any]) -> None:
     for key, value in table.items():
-        if type(key) is not str or value not in _ENDED_BY or type(value) is not int:
+        if type(key) is not str or type(value) is not int or value not in _ENDED_BY:
             raise RecordError("state_image record has a bad done_waits entry")
 
 

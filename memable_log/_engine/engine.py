@@ -278,7 +278,9 @@ class Engine:
         timeout); in each case nothing is written.
         """
         host = self._host
-        host.require()
+        backend = host.require()
+        if backend.failed is not None:  # nothing may be written: say so first
+            raise JournalFailed(backend.failed)
         reserved = host.reserved
         check_signal(host.index, workflow, instance_id, key, host.now_ms(), reserved)
         entry = host.index.instances[instance_id]
