@@ -153,6 +153,7 @@ class JournalReader(Iterator[RecordView]):
         self._started = False
         self._compacted = 0
         self._count = 0
+        self._created: set[str] = set()  # instances seen created so far
 
     def __iter__(self) -> JournalReader:
         return self
@@ -179,7 +180,20 @@ class JournalReader(Iterator[RecordView]):
         self._count += 1
         if rec[r.SEQ] == 0:
             self._compacted += 1
+        # The writer refuses a record for an instance never created (its
+        # index cannot apply it): so does the reader.
+        if rec[r.TYPE] == r.CREATED:
+            self._created.add(rec[r.INSTANCE])
+        elif rec[r.INSTANCE] not in self._created:
+            raise self._corrupt(loc, f"record for unknown instance {rec[r.INSTANCE]!r}")
         return rec, loc
+
+    def _corrupt(self, loc: int, reason: str) -> JournalCorrupt:
+        """The error for the record at ``loc``; iteration ends with it."""
+        self._failed = True
+        segment, offset = unpack_loc(loc)
+        name = compacted_name(segment) if loc_inner(loc) else segment_name(segment)
+        return JournalCorrupt(f"{self._storage.location}/{name}", offset, reason)
 
     def instances(self) -> list[InstanceStatus]:
         """Replay the journal into the engine's index; return every instance.
@@ -205,12 +219,7 @@ class JournalReader(Iterator[RecordView]):
             try:
                 index.apply(rec, loc)
             except r.RecordError as exc:
-                self._failed = True
-                segment, offset = unpack_loc(loc)
-                name = compacted_name(segment) if loc_inner(loc) else segment_name(segment)
-                raise JournalCorrupt(
-                    f"{self._storage.location}/{name}", offset, str(exc)
-                ) from None
+                raise self._corrupt(loc, str(exc)) from None
         return [status_of(iid, entry) for iid, entry in index.instances.items()]
 
     @property

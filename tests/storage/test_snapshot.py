@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 
@@ -16,6 +19,7 @@ from memable_log._core.records import STEP_DONE, make
 from memable_log._journal.journal import Journal
 from memable_log._storage.files import FileStorage, Storage
 from memable_log._storage.memory import MemoryStorage
+from memable_log._storage import snapshot as snap
 from memable_log._storage.snapshot import SNAPSHOT_NAME
 
 
@@ -218,3 +222,62 @@ async def test_an_engine_stopped_mid_compaction_writes_no_misleading_snapshot(
         journal.maintenance.keep_snapshot = False
     assert SNAPSHOT_NAME not in storage.list()
     trio.lowlevel.current_task()  # (keeps this an async test for trio mode)
+
+
+def craft_snapshot(storage: Storage, change: Any) -> None:
+    """Rewrite the snapshot with one instance's fields changed, its crc valid."""
+    data = storage.read(SNAPSHOT_NAME)
+    head = len(snap.MAGIC) + 4
+    body = msgpack.unpackb(data[head:], raw=False, strict_map_key=False)
+    change(body[5])
+    packed = msgpack.packb(body, use_bin_type=True)
+    storage.remove(SNAPSHOT_NAME)
+    file = storage.create(SNAPSHOT_NAME)
+    file.write(snap.MAGIC + struct.pack("<I", zlib.crc32(packed)) + packed)
+    file.sync()
+    file.close()
+
+
+def _set(iid: str, field: int, value: Any) -> Any:
+    def change(instances: dict[str, list[Any]]) -> None:
+        instances[iid][field] = value
+
+    return change
+
+
+CRAFTED = {
+    "state 99": _set("i3", 1, 99),
+    "no such workflow": _set("i3", 0, 7),
+    "a time that is text": _set("i3", 2, "noon"),
+    "a bool for an int": _set("i3", 14, True),
+    "a step table that is a map": _set("i3", 10, {}),
+    "a pending key with no wait": _set("i0", 7, ["ghost"]),
+    "a wait of an unknown kind": _set("i0", 12, {"approval": [5, None, None]}),
+    "a signal that is a list": _set("i3", 11, {"k": [1]}),
+    "an error of three parts": _set("i2", 6, ["E", "m", "x"]),
+    "a key that is an int": lambda instances: instances.__setitem__(5, instances["i3"]),
+}
+
+
+@pytest.mark.parametrize("how", sorted(CRAFTED))
+async def test_a_crafted_snapshot_with_a_valid_crc_falls_back_to_the_full_scan(
+    tmp_path: Path, how: str
+) -> None:
+    storage = MemoryStorage()
+    await build(storage, instances=8)
+    full, _ = await open_index(storage, snapshots=False)
+    assert full.instances["i0"].state == 1 and full.instances["i0"].pending == ("approval",)
+    craft_snapshot(storage, CRAFTED[how])
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert not resumed
+    assert answers(fast) == answers(full)
+
+
+async def test_an_untouched_snapshot_passes_the_same_checks(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+    await build(storage, instances=8)
+    craft_snapshot(storage, lambda instances: None)  # decoded and packed again as it was
+    fast, resumed = await open_index(storage, snapshots=True)
+    assert resumed
+    full, _ = await open_index(storage, snapshots=False)
+    assert answers(fast) == answers(full)
