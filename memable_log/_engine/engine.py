@@ -230,7 +230,10 @@ class Engine:
     async def wait(self, instance_id: str) -> Any:
         """The workflow's return value, once it has finished.
 
-        Raises WorkflowFailed, WorkflowCancelled, UnknownInstance.
+        Raises WorkflowFailed, WorkflowCancelled, UnknownInstance;
+        JournalFailed if the journal failed, and EngineError if the
+        instance stopped because a recorded value cannot be read (it runs
+        again at the next start) rather than wait for ever.
         """
         host = self._host
         while True:
@@ -249,6 +252,12 @@ class Engine:
                 raise WorkflowCancelled(instance_id)
             if backend.failed is not None:
                 raise JournalFailed(backend.failed)
+            halted = host.halted.get(instance_id)
+            if halted is not None and instance_id not in host.running:
+                raise EngineError(
+                    f"instance {instance_id!r} stopped: a recorded value cannot be read "
+                    f"({halted}); it runs again at the next start of the engine"
+                )
             await host.changed(instance_id).wait()
 
     def status(self, instance_id: str) -> InstanceStatus:

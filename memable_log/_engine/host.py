@@ -47,8 +47,8 @@ class Host:
     """The engine's state its parts share, and the operations they may use."""
 
     __slots__ = (
-        "_changed", "backend", "clock", "codec", "exits", "index", "limiter", "on_step_call",
-        "reserved", "running", "scopes", "waits", "workflows",
+        "_changed", "backend", "clock", "codec", "exits", "halted", "index", "limiter",
+        "on_step_call", "reserved", "running", "scopes", "waits", "workflows",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -64,6 +64,9 @@ class Host:
         # (instance, key) whose signal or suspension timeout is being
         # written; the event is set once it is applied.
         self.reserved: dict[tuple[str, str], trio.Event] = {}
+        # Instances whose run stopped until the next start (a recorded value
+        # unreadable), with why.
+        self.halted: dict[str, str] = {}
         self.scopes: dict[str, trio.CancelScope] = {}  # runners inside a workflow
         self._changed: dict[str, trio.Event] = {}
         # Called with (instance, key) right before a step's function is
@@ -157,6 +160,7 @@ class Host:
         self.scopes.clear()
         self.waits.clear()
         self.reserved.clear()
+        self.halted.clear()
         self.exits.runs.clear()
         for event in self._changed.values():
             event.set()

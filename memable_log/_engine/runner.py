@@ -73,6 +73,7 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
         logger.error("instance %s stopped, to run again at the next start: a recorded "
                      "value cannot be read: %s", instance_id, exc,
                      extra={"instance_id": instance_id})
+        host.halted[instance_id] = str(exc)  # engine.wait says so, rather than wait
     finally:
         host.running.discard(instance_id)
     ended(instance_id)

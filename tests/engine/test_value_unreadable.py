@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from memable_log import Context, Engine, MemoryStorage
+from memable_log import Context, Engine, EngineError, MemoryStorage
 from memable_log._core import records as r
 from memable_log._storage.segments import scan
 from memable_log.testing import wait_for_state
@@ -86,6 +86,9 @@ async def test_an_unreadable_value_stops_the_instance_and_the_next_start_finishe
             assert storage.failures > 0
             assert engine.status("i").state == "running"  # not failed, not completed
             assert "i" not in engine._host.running  # stopped
+            # Waiting on it says so, rather than block until the engine stops.
+            with pytest.raises(EngineError, match="stopped: a recorded value cannot be read"):
+                await engine.wait("i")
     assert "a recorded value cannot be read" in caplog.text
     storage.broken = False
     kinds = [rec[0] for rec in _records(storage)]
