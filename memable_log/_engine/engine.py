@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,20 @@ logger = logging.getLogger("memable_log")
 
 
 class Engine:
-    """A durable-execution engine over one journal. Build it with ``Engine.builder()``."""
+    """A durable-execution engine over one journal. Build it with ``Engine.builder()``.
+
+    An engine runs inside one ``trio.run``, on its thread: call it from
+    tasks of that run. From another thread (a web framework's worker, a
+    thread with its own ``trio.run``), go through trio, with the token of
+    the engine's run (``trio.lowlevel.current_trio_token()`` taken inside
+    ``async with engine:``)::
+
+        instance_id = trio.from_thread.run(engine.invoke, "wf", trio_token=token)
+        status = trio.from_thread.run_sync(engine.status, instance_id, trio_token=token)
+
+    A call made directly from another thread raises EngineError at once and
+    writes nothing.
+    """
 
     def __init__(
         self,
@@ -76,6 +90,10 @@ class Engine:
         self._timers: TimerQueue | None = None
         self._orphans: dict[str, set[str]] = {}  # workflow name -> instances waiting for it
         self._creating: dict[str, trio.Event] = {}
+        # The trio run and the thread the engine runs in (while it runs):
+        # every call must come from them (``_here``).
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread: int | None = None
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -115,6 +133,7 @@ class Engine:
             await backend.close()
             raise
         host.backend = backend
+        self._token, self._thread = trio.lowlevel.current_trio_token(), threading.get_ident()
         trio.lowlevel.add_instrument(host.exits)
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
@@ -161,6 +180,7 @@ class Engine:
             self._timers = None
             self._orphans.clear()
             trio.lowlevel.remove_instrument(self._host.exits)
+            self._token = self._thread = None
             self._host.stopped()
             await self._backend.close()
 
@@ -195,13 +215,26 @@ class Engine:
 
     # -- the public calls ---------------------------------------------------
 
+    def _here(self) -> Host:
+        """The host, for a call made where the engine runs: its own trio run,
+        on its own thread. A call from another thread (its own ``trio.run``,
+        or none) would corrupt the engine's state: it is refused at once,
+        before anything is written."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            raise EngineError(
+                "this engine runs in another thread's trio run: call it there, or from "
+                "this thread through trio.from_thread.run(engine.<call>, ..., "
+                "trio_token=...) with that run's token (see docs/api.md)"
+            )
+        return self._host
+
     async def invoke(self, name: str, input: Any = None, *, instance_id: str | None = None) -> str:
         """Durably record a new instance of workflow ``name``, start it, return its id.
 
         An existing ``instance_id`` is returned as it is and nothing starts.
         Raises UnknownWorkflow (nothing written) and NotSerializable.
         """
-        host = self._host
+        host = self._here()
         backend = host.require()
         if name not in host.workflows:
             raise UnknownWorkflow(name, list(host.workflows))
@@ -235,7 +268,7 @@ class Engine:
         instance stopped because a recorded value cannot be read (it runs
         again at the next start) rather than wait for ever.
         """
-        host = self._host
+        host = self._here()
         while True:
             backend = host.require()
             entry = host.entry(instance_id)
@@ -262,7 +295,7 @@ class Engine:
 
     def status(self, instance_id: str) -> InstanceStatus:
         """The instance's state as the journal records it (UnknownInstance if none)."""
-        return status_of(instance_id, self._host.entry(instance_id))
+        return status_of(instance_id, self._here().entry(instance_id))
 
     def instances(self, state: str | None = None) -> list[InstanceStatus]:
         """Every instance (in creation order), or those in ``state``."""
@@ -273,7 +306,7 @@ class Engine:
             wanted = lc.STATE_BY_NAME[state]
         return [
             status_of(iid, entry)
-            for iid, entry in self._host.index.instances.items()
+            for iid, entry in self._here().index.instances.items()
             if wanted is None or entry.state == wanted
         ]
 
@@ -286,7 +319,7 @@ class Engine:
         step's) and SignalAlreadyDelivered (a second signal, or after a
         timeout); in each case nothing is written.
         """
-        host = self._host
+        host = self._here()
         backend = host.require()
         if backend.failed is not None:  # nothing may be written: say so first
             raise JournalFailed(backend.failed)
@@ -310,7 +343,7 @@ class Engine:
 
     async def cancel(self, instance_id: str) -> None:
         """Durably mark the instance cancelled and stop it if it runs."""
-        host = self._host
+        host = self._here()
         entry = host.entry(instance_id)
         if entry.state not in lc.LIVE:
             return
@@ -322,7 +355,7 @@ class Engine:
 
     async def forget(self, instance_id: str, key_or_prefix: str) -> None:
         """Durably forget memoised step outcomes: ``key``, or all under ``prefix*``."""
-        host = self._host
+        host = self._here()
         host.entry(instance_id)
         if type(key_or_prefix) is not str or not key_or_prefix:
             raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
@@ -330,7 +363,7 @@ class Engine:
 
     async def restart(self, instance_id: str) -> None:
         """Run a finished instance again from the top (memoised steps stay)."""
-        host = self._host
+        host = self._here()
         entry = host.entry(instance_id)
         if entry.state in lc.LIVE:
             raise EngineError(
