@@ -49,6 +49,7 @@ from typing import Any
 
 import msgpack
 
+from .._core import lifecycle as lc
 from .._core.format import (
     HEADER_SIZE,
     SNAPSHOT_NAME,
@@ -57,7 +58,6 @@ from .._core.format import (
     segment_name,
     unpack_header,
 )
-from .._core import lifecycle as lc
 from .._core.index import Entry, Index, InstanceEntry, ext_hook, pack_steps, wire
 from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk

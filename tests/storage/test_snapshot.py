@@ -17,9 +17,9 @@ from memable_log._compaction.compactor import compact_offline
 from memable_log._core.index import Index
 from memable_log._core.records import STEP_DONE, make
 from memable_log._journal.journal import Journal
+from memable_log._storage import snapshot as snap
 from memable_log._storage.files import FileStorage, Storage
 from memable_log._storage.memory import MemoryStorage
-from memable_log._storage import snapshot as snap
 from memable_log._storage.snapshot import SNAPSHOT_NAME
 
 
@@ -266,7 +266,8 @@ async def test_a_crafted_snapshot_with_a_valid_crc_falls_back_to_the_full_scan(
     storage = MemoryStorage()
     await build(storage, instances=8)
     full, _ = await open_index(storage, snapshots=False)
-    assert full.instances["i0"].state == 1 and full.instances["i0"].pending == ("approval",)
+    assert full.instances["i0"].state == 1
+    assert full.instances["i0"].pending == ("approval",)
     craft_snapshot(storage, CRAFTED[how])
     fast, resumed = await open_index(storage, snapshots=True)
     assert not resumed
