@@ -18,7 +18,8 @@ itself (an engine compacts its own journal in the background)::
 Failures are the library's typed errors, so a caller (a tool mapping them
 to exit codes) can tell them apart: ``NotAJournal`` for a path that is not
 a journal, ``JournalLocked``, ``JournalCorrupt``, the refusals
-(``UnknownInstance``, ``SignalAlreadyDelivered``), ``NotSerializable``;
+(``UnknownInstance``, ``SignalAlreadyDelivered``, ``SignalRefused``),
+``NotSerializable``;
 ``OSError`` when the disk fails.
 """
 
@@ -173,6 +174,8 @@ def signal(
         SignalAlreadyDelivered: the key has a signal, or timed out; its
             subclass ``SignalAlreadyHandedOver`` when the signal for it is
             still waiting in the inbox.
+        SignalRefused: the instance has finished, or the journal shows
+            ``key`` as a timer's or a step's; nothing is written.
         JournalCorrupt: the journal is damaged.
         OSError: reading or writing failed.
         TypeError, ValueError: ``key`` cannot name a suspension (empty, not

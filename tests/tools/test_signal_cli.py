@@ -211,3 +211,21 @@ async def test_temp_files_of_dead_tools_are_deleted_at_start(journal_dir: Path) 
     async with make_engine(journal_dir):
         pass
     assert sorted(os.listdir(inbox)) == sorted([names["fresh"], names["alive"]])
+
+
+async def test_signals_that_can_never_be_consumed_exit_1_and_write_nothing(
+    journal_dir: Path,
+) -> None:
+    await suspended_instances(journal_dir, "a1")
+    step_key = await run_cli(journal_dir, "approval", "a1", "fetch-data:v1")
+    assert step_key.returncode == 1
+    assert b"refused: the key is a step's" in step_key.stderr
+    assert b"Traceback" not in step_key.stderr
+    assert (await run_cli(journal_dir, "approval", "a1", "approval:v1", "true")).returncode == 0
+    engine = make_engine(journal_dir)
+    async with engine:
+        await engine.wait("a1")
+    finished = await run_cli(journal_dir, "approval", "a1", "later")
+    assert finished.returncode == 1
+    assert b"refused: the instance is completed" in finished.stderr
+    assert signal_records(journal_dir) == [("a1", "approval:v1")]
