@@ -150,7 +150,7 @@ def memory_engine(
 
 
 async def settle(engine: Engine, instance_id: str) -> InstanceStatus:
-    """Wait until the instance stops running (suspended, sleeping or finished).
+    """Wait until the instance stops running (suspended, sleeping, waiting or finished).
 
     Returns its status then. Waits on the engine's own change events, never
     by polling. Raises UnknownInstance for an unknown id. An instance that

@@ -241,8 +241,8 @@ class InstanceEntry:
         # The step table, packed or materialised (module comment); read .steps.
         self.table: dict[str, Entry] | bytes = b""
         self.signals: dict[str, Entry] | None = None  # key -> payload
-        # Every wait registered, in the order first reached: key -> (kind,
-        # deadline_ms, status); its deadline is never moved (lifecycle.py).
+        # Every wait registered and not ended, in the order first reached:
+        # key -> (kind, deadline_ms, status); its deadline never moves.
         self.waits: dict[str, lc.Wait] | None = None
         # keys whose wait ended by its deadline: key -> TIMER_FIRED or SUSPEND_TIMED_OUT
         self.done_waits: dict[str, int] | None = None
@@ -462,20 +462,27 @@ class Index:
 
     # A wait ends once, by whichever record came first: a signal after its
     # suspension timed out, or a timeout after its signal, records nothing.
+    # An ended wait's registration is dropped: its deadline can matter no
+    # more (a re-run finds the signal or the end first), and most finished
+    # instances then keep no wait table at all.
 
     def _signalled(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        if inst.done_waits is not None and rec[KEY] in inst.done_waits:
+        key = rec[KEY]
+        if inst.done_waits is not None and key in inst.done_waits:
             return
         if inst.signals is None:
             inst.signals = {}
-        inst.signals.setdefault(rec[KEY], self._blob_or_loc(rec[SIGNALLED_PAYLOAD], loc))
+        inst.signals.setdefault(key, self._blob_or_loc(rec[SIGNALLED_PAYLOAD], loc))
+        self._unregister(inst, key)
 
     def _wait_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        if inst.signals is not None and rec[KEY] in inst.signals:
+        key = rec[KEY]
+        if inst.signals is not None and key in inst.signals:
             return
         if inst.done_waits is None:
             inst.done_waits = {}
-        inst.done_waits.setdefault(rec[KEY], rec[TYPE])
+        inst.done_waits.setdefault(key, rec[TYPE])
+        self._unregister(inst, key)
 
     def _suspension(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         self._register(inst, rec[KEY], (
@@ -487,10 +494,19 @@ class Index:
 
     @staticmethod
     def _register(inst: InstanceEntry, key: str, wait: lc.Wait) -> None:
-        """The first registration of a key wins: its deadline never moves."""
+        """The first registration of a key wins: its deadline never moves.
+        A wait that has already ended is not registered again."""
+        if lc.resolved(inst, key):
+            return
         if inst.waits is None:
             inst.waits = {}
         inst.waits.setdefault(sys.intern(key), wait)
+
+    @staticmethod
+    def _unregister(inst: InstanceEntry, key: str) -> None:
+        waits = inst.waits
+        if waits is not None and waits.pop(key, None) is not None and not waits:
+            inst.waits = None
 
     def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         inst.outcome = self._blob_or_loc(rec[COMPLETED_RESULT], loc)
@@ -518,8 +534,8 @@ class Index:
             waits.setdefault(sys.intern(key), (
                 lc.WAIT_SIGNAL, rec[IMAGE_V1_DEADLINE], rec[IMAGE_V1_STATUS]
             ))
-        inst.waits = waits or None
         inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_V1_DONE_WAITS].items()} or None
+        inst.waits = {k: w for k, w in waits.items() if not lc.resolved(inst, k)} or None
 
     def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         """parked, cancelled: the lifecycle records all there is."""

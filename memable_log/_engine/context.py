@@ -109,6 +109,13 @@ class Context:
         if status is not None and type(status) is not str:
             raise TypeError("status must be a str")
         seconds = _seconds(timeout)
+        if entry.signals is not None and key in entry.signals:
+            return await host.replayed(entry.signals[key], r.SIGNALLED_PAYLOAD)
+        ended = entry.done_waits.get(key) if entry.done_waits is not None else None
+        if ended == r.TIMER_FIRED:
+            raise EngineError(_other_kind(iid, key, "a timer", "a suspension"))
+        if ended is not None:
+            raise SuspendTimedOut(iid, key)
         register: list[Any] | None = None
         wait = entry.waits.get(key) if entry.waits is not None else None
         if wait is None:
@@ -163,6 +170,11 @@ class Context:
         seconds = _seconds(delay)
         if seconds is None:
             raise TypeError("a timer needs a delay")
+        ended = entry.done_waits.get(key) if entry.done_waits is not None else None
+        if ended == r.TIMER_FIRED:
+            return
+        if ended is not None or (entry.signals is not None and key in entry.signals):
+            raise EngineError(_other_kind(iid, key, "a suspension", "a timer"))
         register: list[Any] | None = None
         wait = entry.waits.get(key) if entry.waits is not None else None
         if wait is None:

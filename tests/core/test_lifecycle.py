@@ -139,7 +139,8 @@ def test_any_pending_wait_wakes_the_instance_and_the_others_stay_registered() ->
         index.apply(ending, 9)
         e = entry(index)
         assert parked(e) == ("running", None, None, None)
-        assert set(e.waits or ()) == {"approve", "remind"}
+        # The ended wait's registration goes; the other stays for the re-run.
+        assert set(e.waits or ()) == {"approve", "remind"} - {ending[r.KEY]}
 
 
 def test_a_record_for_a_key_not_pending_wakes_nothing() -> None:
@@ -166,6 +167,13 @@ def test_parked_counts_only_from_running() -> None:
     index = an_index(record(r.SUSPENDED, "a", None, None), record(r.CANCELLED),
                      record(r.PARKED, ["a"]))
     assert parked(entry(index)) == ("cancelled", None, None, None)
+
+
+def test_an_ended_wait_is_not_registered_again() -> None:
+    index = an_index(record(r.SIGNALLED, "a", b"p"), record(r.SUSPENDED, "a", None, 5_000),
+                     record(r.TIMER_SET, "t", 1_000), record(r.TIMER_FIRED, "t"),
+                     record(r.TIMER_SET, "t", 2_000))
+    assert entry(index).waits is None
 
 
 def test_a_wait_ends_once_by_whichever_record_came_first() -> None:
@@ -238,6 +246,7 @@ def test_a_v1_suspension_parks_unless_its_signal_came_first() -> None:
     assert e.waits == {"approve": (lc.WAIT_SIGNAL, 5_000, "pending")}
     index.apply(record(r.SIGNALLED, "approve", b"yes"), 9)
     assert parked(e) == ("running", None, None, None)
+    assert e.waits is None  # ended: nothing left to keep
 
     index = an_index(record(r.SIGNALLED, "approve", b"yes"),
                      record(r.SUSPENDED_V1, "approve", None, None))
@@ -252,6 +261,7 @@ def test_v1_concurrent_timers_each_wait_and_the_earliest_wakes() -> None:
     assert e.waits == {"late": (lc.WAIT_TIMER, 9_000, None), "soon": (lc.WAIT_TIMER, 4_000, None)}
     index.apply(record(r.TIMER_FIRED, "soon"), 9)
     assert parked(e) == ("running", None, None, None)
+    assert e.waits == {"late": (lc.WAIT_TIMER, 9_000, None)}
 
 
 def test_a_v1_state_image_reads_as_its_one_wait() -> None:
@@ -259,7 +269,7 @@ def test_a_v1_state_image_reads_as_its_one_wait() -> None:
                             {"nap": 3_000}, {"nap": r.TIMER_FIRED}))
     e = entry(index)
     assert parked(e) == ("suspended", ("ok",), "check", 5_000)
-    assert e.waits == {"nap": (lc.WAIT_TIMER, 3_000, None), "ok": (lc.WAIT_SIGNAL, 5_000, "check")}
+    assert e.waits == {"ok": (lc.WAIT_SIGNAL, 5_000, "check")}  # "nap" ended
     assert e.done_waits == {"nap": r.TIMER_FIRED}
     index = an_index(record(r.STATE_IMAGE_V1, lc.RUNNING, None, None, None, {}, {}))
     assert parked(entry(index)) == ("running", None, None, None)

@@ -415,3 +415,17 @@ async def test_a_key_used_as_a_timer_then_as_a_suspension_is_an_error(
     async with engine:
         with pytest.raises(Exception, match="is a timer in the journal, not a suspension"):
             await finish(engine, iid)
+
+
+async def test_a_key_with_a_signal_cannot_become_a_timer(autojump_clock: MockClock) -> None:
+    async def wf(ctx: Context) -> Any:
+        await ctx.step("gate").run(lambda: 1)
+        await ctx.timer("k", HOUR)
+        return "slept"
+
+    engine = memory_engine(clock=ManualClock(START), wf=wf)
+    async with engine:
+        iid = await engine.invoke("wf", instance_id="x")
+        await engine.signal("wf", iid, "k", "early")  # before the key is reached: kept
+        with pytest.raises(Exception, match="is a suspension in the journal, not a timer"):
+            await finish(engine, iid)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,34 @@ def test_running_the_readme_example_twice_runs_the_pipeline_once(
     assert calls == ["extract", "transform", "load"]
     assert capsys.readouterr().out.split() == ["3", "3"]
     assert os.path.isdir(tmp_path / "workflows.memable")
+
+
+def waits_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    found = [block for block in blocks if "async def expense" in block]
+    assert found, "README.md lost its several-waits example"
+    return found[0]
+
+
+@pytest.mark.parametrize(("answer_after", "reminders"), [(3600.0, 0), (2 * 86400.0, 1)])
+async def test_the_readme_several_waits_example_reminds_once_and_only_if_late(
+    autojump_clock: Any, answer_after: float, reminders: int
+) -> None:
+    import trio
+
+    from memable_log import Context, ManualClock
+    from memable_log.testing import memory_engine, wait_for_state
+
+    sent: list[float] = []
+    namespace: dict[str, Any] = {
+        "trio": trio, "Context": Context, "send_reminder": lambda: sent.append(1),
+    }
+    exec(compile(waits_example(), str(README), "exec"), namespace)
+    engine, _ = memory_engine({"expense": namespace["expense"]}, clock=ManualClock())
+    async with engine:
+        iid = await engine.invoke("expense")
+        await wait_for_state(engine, iid, "waiting")
+        await trio.sleep(answer_after)
+        await engine.signal("expense", iid, "approval:v1", "approved")
+        assert await engine.wait(iid) == "approved"
+    assert len(sent) == reminders
