@@ -192,7 +192,9 @@ class JournalReader(Iterator[RecordView]):
         """The error for the record at ``loc``; iteration ends with it."""
         self._failed = True
         segment, offset = unpack_loc(loc)
-        name = compacted_name(segment) if loc_inner(loc) else segment_name(segment)
+        name = compacted_name(segment)
+        if not loc_inner(loc) and name not in self._storage.list():
+            name = segment_name(segment)
         return JournalCorrupt(f"{self._storage.location}/{name}", offset, reason)
 
     def instances(self) -> list[InstanceStatus]:

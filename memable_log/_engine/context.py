@@ -102,7 +102,10 @@ class Context:
         suspended (or waiting) and dropped from memory, to run again from
         the top when a wait resolves. With ``timeout`` (seconds or
         timedelta), raise SuspendTimedOut if it expires first; that outcome
-        is memoised.
+        is memoised. Waits may run side by side in branches of a nursery;
+        each keeps its own deadline and any one wakes the instance. Give a
+        wait its deadline with ``timeout``: a ``trio.move_on_after`` around
+        it lives only in memory and is gone once the instance is dropped.
         """
         entry = self._claim(key)
         host, iid = self._host, self.instance_id

@@ -164,6 +164,10 @@ class JournalFollower(Iterator[RecordView]):
         self._ahead: dict[int, int] = {}  # segment number -> open fd
         self._current: _Open | None = None
         self.next_seq = 1
+        # Instances seen created: a record for another is damage, as for
+        # the reader and the writer (None after a gap: their creation may
+        # be in what was skipped).
+        self._created: set[str] | None = set()
         self._records = self._follow()
         self._walking = threading.Lock()  # held while a thread runs the walk
 
@@ -359,8 +363,10 @@ class JournalFollower(Iterator[RecordView]):
         first = following.header.first_seq
         gap = skipped_to is not None and first > self.next_seq
         following.place(after=first if gap else self.next_seq)
-        if gap and self._on_gap is not None:
-            self._on_gap(FollowGap(first_seq=self.next_seq, next_seq=first))
+        if gap:
+            self._created = None
+            if self._on_gap is not None:
+                self._on_gap(FollowGap(first_seq=self.next_seq, next_seq=first))
         self.next_seq = first
         return following
 
@@ -387,6 +393,15 @@ class JournalFollower(Iterator[RecordView]):
             offset += len(chunk)
             reader.feed(chunk)
             for rec, loc in reader.records():
+                created = self._created
+                if created is not None:
+                    if rec[r.TYPE] == r.CREATED:
+                        created.add(rec[r.INSTANCE])
+                    elif rec[r.INSTANCE] not in created:
+                        raise JournalCorrupt(
+                            seg.path, unpack_loc(loc)[1],
+                            f"record for unknown instance {rec[r.INSTANCE]!r}",
+                        )
                 if not reader.compacted:
                     self.next_seq = rec[r.SEQ] + 1
                 yield view(rec, seg.number, unpack_loc(loc)[1])
