@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
@@ -38,6 +39,7 @@ from .._core.errors import (
     NotSerializable,
     StepFailed,
     StepInterrupted,
+    StepTimedOut,
     SuspendTimedOut,
 )
 from .._core.records import check_key
@@ -221,10 +223,25 @@ def _seconds(value: float | timedelta | None) -> float | None:
     return seconds
 
 
-class Step:
-    """A step being configured: ``.retry()``, ``.at_most_once()``, then ``.run()``."""
+async def _call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], in_thread: bool,
+    *, abandon: bool,
+) -> Any:
+    """One call of a step's function (the general path: ``Step.run`` inlines it)."""
+    if in_thread:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs),
+                                             abandon_on_cancel=abandon)
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
-    __slots__ = ("_at_most_once", "_ctx", "_in_thread", "_key", "_retry")
+
+class Step:
+    """A step being configured: ``.retry()``, ``.timeout()``, ``.at_most_once()``,
+    then ``.run()``."""
+
+    __slots__ = ("_at_most_once", "_ctx", "_in_thread", "_key", "_retry", "_timeout")
 
     def __init__(self, ctx: Context, key: str) -> None:
         self._ctx = ctx
@@ -232,6 +249,7 @@ class Step:
         self._retry: tuple[int, float, float, float, tuple[type[BaseException], ...]] | None = None
         self._at_most_once = False
         self._in_thread = False
+        self._timeout: float | None = None
 
     def retry(
         self,
@@ -248,6 +266,25 @@ class Step:
             raise ValueError("delays must be >= 0 and backoff >= 1")
         kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
         self._retry = (max_attempts, initial_delay, backoff, max_delay, kinds)
+        return self
+
+    def timeout(self, seconds: float | timedelta) -> Step:
+        """Cancel an attempt that runs longer than ``seconds`` (on the engine's
+        clock); it fails with StepTimedOut, retried if ``retry_on`` covers it.
+
+        An async function is cancelled at its next checkpoint. A sync
+        function on the trio thread cannot be interrupted (keep those short);
+        with ``.in_thread()`` the attempt is abandoned at the deadline and its
+        thread runs on to its end in the background, its result unused.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float | timedelta):
+            raise TypeError(f"step {self._key!r}: timeout must be seconds or a timedelta, "
+                            f"not {seconds!r}")
+        value = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        if not 0 < value < math.inf:
+            raise ValueError(f"step {self._key!r}: timeout must be a finite number of "
+                             f"seconds > 0, not {seconds!r}")
+        self._timeout = value
         return self
 
     def at_most_once(self) -> Step:
@@ -293,13 +330,19 @@ class Step:
         if self._at_most_once:
             await host.append(r.make(r.STEP_STARTED, host.now_ms(), iid, key))
         max_attempts, delay, backoff, max_delay, kinds = self._retry or (1, 0.0, 1.0, 0.0, ())
+        timeout = self._timeout
         attempt = 0
         while True:
             attempt += 1
             if host.on_step_call is not None:  # memable_log.testing counts executions
                 host.on_step_call(iid, key)
             try:
-                if self._in_thread:
+                if timeout is not None:
+                    with trio.move_on_after(timeout) as scope:
+                        result = await _call(fn, args, kwargs, self._in_thread, abandon=True)
+                    if scope.cancelled_caught:
+                        raise StepTimedOut(iid, key, timeout)
+                elif self._in_thread:
                     result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
                 else:
                     result = fn(*args, **kwargs)
