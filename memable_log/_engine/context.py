@@ -37,6 +37,7 @@ from .._core.errors import (
     DuplicateStepKey,
     EngineError,
     NotSerializable,
+    RetryAfter,
     StepFailed,
     StepInterrupted,
     StepTimedOut,
@@ -44,6 +45,7 @@ from .._core.errors import (
 )
 from .._core.records import check_key
 from .host import Host
+from .retry import NO_RETRY, RetryPolicy, policy
 from .waits import RunWaits
 
 logger = logging.getLogger("memable_log")
@@ -246,7 +248,7 @@ class Step:
     def __init__(self, ctx: Context, key: str) -> None:
         self._ctx = ctx
         self._key = key
-        self._retry: tuple[int, float, float, float, tuple[type[BaseException], ...]] | None = None
+        self._retry: RetryPolicy | None = None
         self._at_most_once = False
         self._in_thread = False
         self._timeout: float | None = None
@@ -258,14 +260,26 @@ class Step:
         backoff: float = 2.0,
         max_delay: float = 60.0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        *,
+        should_retry: Callable[[BaseException], bool] | None = None,
+        jitter: float = 0.0,
     ) -> Step:
-        """Retry a failing step with exponential backoff on the engine's clock."""
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if initial_delay < 0 or backoff < 1 or max_delay < 0:
-            raise ValueError("delays must be >= 0 and backoff >= 1")
-        kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-        self._retry = (max_attempts, initial_delay, backoff, max_delay, kinds)
+        """Retry a failing step with exponential backoff on the engine's clock.
+
+        At most ``max_attempts`` attempts in all. A failure is retried if it
+        is an instance of ``retry_on`` and then, if given, ``should_retry(exc)``
+        is true. The wait after the first failure is ``initial_delay``, then
+        ``backoff`` times the last, at most ``max_delay``; ``jitter`` (0 to 1)
+        shortens each wait by a random fraction of up to that much, so that
+        many steps failing together do not retry together. A step that raises
+        ``RetryAfter(seconds)`` is tried again after that delay instead
+        (whatever ``retry_on`` and ``should_retry`` say), attempts allowing.
+        """
+        try:
+            self._retry = policy(max_attempts, initial_delay, backoff, max_delay, retry_on,
+                                       should_retry, jitter)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"step {self._key!r}: {exc}") from None
         return self
 
     def timeout(self, seconds: float | timedelta) -> Step:
@@ -329,7 +343,8 @@ class Step:
         iid = ctx.instance_id
         if self._at_most_once:
             await host.append(r.make(r.STEP_STARTED, host.now_ms(), iid, key))
-        max_attempts, delay, backoff, max_delay, kinds = self._retry or (1, 0.0, 1.0, 0.0, ())
+        plan = self._retry or NO_RETRY
+        max_attempts, delay = plan.max_attempts, plan.initial_delay
         timeout = self._timeout
         attempt = 0
         while True:
@@ -351,15 +366,20 @@ class Step:
                         result = await result
                 break
             except Exception as exc:
-                if attempt < max_attempts and isinstance(exc, kinds):
-                    logger.warning(
-                        "instance %s: step %r attempt %d/%d failed (%s: %s); retrying in %.3gs",
-                        iid, key, attempt, max_attempts, type(exc).__qualname__, exc, delay,
-                        extra=_extra(iid, key),
-                    )
-                    await host.sleep(delay)
-                    delay = min(delay * backoff, max_delay)
-                    continue
+                if attempt < max_attempts:
+                    if isinstance(exc, RetryAfter):
+                        pause: float | None = exc.seconds
+                    else:
+                        pause = plan.pause(delay) if plan.retries(exc) else None
+                    if pause is not None:
+                        logger.warning(
+                            "instance %s: step %r attempt %d/%d failed (%s: %s); "
+                            "retrying in %.3gs", iid, key, attempt, max_attempts,
+                            type(exc).__qualname__, exc, pause, extra=_extra(iid, key),
+                        )
+                        await host.sleep(pause)
+                        delay = plan.next_delay(delay)
+                        continue
                 text = "".join(traceback.format_exception(exc))
                 failed = r.make(
                     r.STEP_FAILED, host.now_ms(), iid, key, type(exc).__qualname__, str(exc), text
