@@ -282,6 +282,11 @@ class Step:
             raise type(exc)(f"step {self._key!r}: {exc}") from None
         return self
 
+    def no_retry(self) -> Step:
+        """Try this step once, whatever the builder's ``default_retry`` says."""
+        self._retry = NO_RETRY
+        return self
+
     def timeout(self, seconds: float | timedelta) -> Step:
         """Cancel an attempt that runs longer than ``seconds`` (on the engine's
         clock); it fails with StepTimedOut, retried if ``retry_on`` covers it.
@@ -343,7 +348,7 @@ class Step:
         iid = ctx.instance_id
         if self._at_most_once:
             await host.append(r.make(r.STEP_STARTED, host.now_ms(), iid, key))
-        plan = self._retry or NO_RETRY
+        plan = self._retry or host.default_retry or NO_RETRY
         max_attempts, delay = plan.max_attempts, plan.initial_delay
         timeout = self._timeout
         attempt = 0
