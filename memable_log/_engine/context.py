@@ -24,6 +24,7 @@ import logging
 import math
 import traceback
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +55,10 @@ logger = logging.getLogger("memable_log")
 # ~0.5 ms of replay at a time (a checkpoint costs ~10-30 us, one every 64
 # hits cost a replay ~10% of its speed).
 _YIELD_EVERY = 256
+# The attempt number of the step running in this task (``Context.attempt``):
+# a contextvar, so steps running side by side in a nursery each see their own,
+# and a step's own tasks and worker threads inherit it.
+_ATTEMPT: ContextVar[int] = ContextVar("memable_log.attempt")
 # Exact types of step results that cannot be awaitable (subclasses could be).
 _PLAIN = frozenset({int, str, float, bool, bytes, list, dict, tuple, type(None)})
 
@@ -85,6 +90,21 @@ class Context:
             raise DuplicateStepKey(self.instance_id, key)
         keys.add(key)
         return self._instances[self.instance_id]
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number, from 1, of the step whose function is running.
+
+        Read it inside a step's function (and the tasks and threads it
+        starts); elsewhere it raises EngineError.
+        """
+        attempt = _ATTEMPT.get(0)
+        if attempt == 0:
+            raise EngineError(
+                f"ctx.attempt of instance {self.instance_id!r} was read outside a step's "
+                "function: it is the attempt number of the step running, so read it there"
+            )
+        return attempt
 
     def step(self, key: str) -> Step:
         """A step memoised under ``key``; configure it, then ``await .run(fn)``."""
@@ -352,49 +372,53 @@ class Step:
         max_attempts, delay = plan.max_attempts, plan.initial_delay
         timeout = self._timeout
         attempt = 0
-        while True:
-            attempt += 1
-            if host.on_step_call is not None:  # memable_log.testing counts executions
-                host.on_step_call(iid, key)
-            try:
-                if timeout is not None:
-                    with trio.move_on_after(timeout) as scope:
-                        result = await _call(fn, args, kwargs, self._in_thread, abandon=True)
-                    if scope.cancelled_caught:
-                        raise StepTimedOut(iid, key, timeout)
-                elif self._in_thread:
-                    result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-                else:
-                    result = fn(*args, **kwargs)
-                    # A plain value is never awaitable: skip the slower general test.
-                    if type(result) not in _PLAIN and inspect.isawaitable(result):
-                        result = await result
-                break
-            except Exception as exc:
-                if attempt < max_attempts:
-                    if isinstance(exc, RetryAfter):
-                        pause: float | None = exc.seconds
+        token = _ATTEMPT.set(1)
+        try:
+            while True:
+                attempt += 1
+                if host.on_step_call is not None:  # memable_log.testing counts executions
+                    host.on_step_call(iid, key)
+                try:
+                    if timeout is not None:
+                        with trio.move_on_after(timeout) as scope:
+                            result = await _call(fn, args, kwargs, self._in_thread, abandon=True)
+                        if scope.cancelled_caught:
+                            raise StepTimedOut(iid, key, timeout)
+                    elif self._in_thread:
+                        result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
                     else:
-                        pause = plan.pause(delay) if plan.retries(exc) else None
-                    if pause is not None:
-                        logger.warning(
-                            "instance %s: step %r attempt %d/%d failed (%s: %s); "
-                            "retrying in %.3gs", iid, key, attempt, max_attempts,
-                            type(exc).__qualname__, exc, pause, extra=_extra(iid, key),
-                        )
-                        await host.sleep(pause)
-                        delay = plan.next_delay(delay)
-                        continue
-                text = "".join(traceback.format_exception(exc))
-                failed = r.make(
-                    r.STEP_FAILED, host.now_ms(), iid, key, type(exc).__qualname__, str(exc), text
-                )
-                await host.append(failed)
-                logger.warning(
-                    "instance %s: step %r failed after %d attempt(s): %s: %s",
-                    iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
-                )
-                raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
+                        result = fn(*args, **kwargs)
+                        # A plain value is never awaitable: skip the slower general test.
+                        if type(result) not in _PLAIN and inspect.isawaitable(result):
+                            result = await result
+                    break
+                except Exception as exc:
+                    if attempt < max_attempts:
+                        if isinstance(exc, RetryAfter):
+                            pause: float | None = exc.seconds
+                        else:
+                            pause = plan.pause(delay) if plan.retries(exc) else None
+                        if pause is not None:
+                            logger.warning(
+                                "instance %s: step %r attempt %d/%d failed (%s: %s); "
+                                "retrying in %.3gs", iid, key, attempt, max_attempts,
+                                type(exc).__qualname__, exc, pause, extra=_extra(iid, key),
+                            )
+                            await host.sleep(pause)
+                            delay = plan.next_delay(delay)
+                            _ATTEMPT.set(attempt + 1)
+                            continue
+                    text = "".join(traceback.format_exception(exc))
+                    failed = r.make(r.STEP_FAILED, host.now_ms(), iid, key,
+                                    type(exc).__qualname__, str(exc), text)
+                    await host.append(failed)
+                    logger.warning(
+                        "instance %s: step %r failed after %d attempt(s): %s: %s",
+                        iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
+                    )
+                    raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
+        finally:
+            _ATTEMPT.reset(token)
         try:
             blob = host.codec.encode(result)
         except EncodeError as exc:
