@@ -297,7 +297,7 @@ class Step:
         """
         try:
             self._retry = policy(max_attempts, initial_delay, backoff, max_delay, retry_on,
-                                       should_retry, jitter)
+                                 should_retry, jitter)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"step {self._key!r}: {exc}") from None
         return self
