@@ -22,10 +22,12 @@ from ._core.errors import JournalFailed as JournalFailed
 from ._core.errors import JournalFormatError as JournalFormatError
 from ._core.errors import JournalLocked as JournalLocked
 from ._core.errors import NotSerializable as NotSerializable
+from ._core.errors import RetryAfter as RetryAfter
 from ._core.errors import SignalAlreadyDelivered as SignalAlreadyDelivered
 from ._core.errors import SignalRefused as SignalRefused
 from ._core.errors import StepFailed as StepFailed
 from ._core.errors import StepInterrupted as StepInterrupted
+from ._core.errors import StepTimedOut as StepTimedOut
 from ._core.errors import SuspendTimedOut as SuspendTimedOut
 from ._core.errors import UnknownInstance as UnknownInstance
 from ._core.errors import UnknownWorkflow as UnknownWorkflow
@@ -98,11 +100,13 @@ __all__ = [
     "NotAJournal",
     "NotSerializable",
     "RecordView",
+    "RetryAfter",
     "SignalAlreadyDelivered",
     "SignalRefused",
     "Step",
     "StepFailed",
     "StepInterrupted",
+    "StepTimedOut",
     "SuspendTimedOut",
     "TornTail",
     "UnknownInstance",

@@ -217,3 +217,44 @@ class SuspendTimedOut(EngineError):
             f"suspension {key!r} of instance {instance_id!r} timed out before a "
             "signal arrived (memoised: every re-run takes this branch)"
         )
+
+
+class StepTimedOut(EngineError):
+    """An attempt of a step ran longer than its ``.timeout(seconds)`` and was
+    cancelled. It counts as the attempt's failure: retried if the step's
+    ``retry_on`` covers it (``Exception``, the default, does)."""
+
+    def __init__(self, instance_id: str, key: str, seconds: float) -> None:
+        self.instance_id = instance_id
+        self.key = key
+        self.seconds = seconds
+        super().__init__(
+            f"step {key!r} of instance {instance_id!r}: an attempt ran longer than its "
+            f"timeout of {seconds:g}s and was cancelled"
+        )
+
+
+class RetryAfter(Exception):
+    """Raised by a step's function to ask for its next attempt ``seconds`` from
+    now (an HTTP 429's Retry-After), whatever its backoff says.
+
+    Not an EngineError: the step raises it, the engine never does. The step
+    is tried again after that delay if it has attempts left (``.retry()`` or
+    the builder's ``default_retry``); otherwise it fails with this error.
+    ``cause`` is the error behind the request (also its ``__cause__``).
+    """
+
+    def __init__(self, seconds: float, cause: BaseException | None = None) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"RetryAfter needs a number of seconds, not {seconds!r}")
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(
+                f"RetryAfter needs a finite, non-negative number of seconds, not {seconds!r}"
+            )
+        if cause is not None and not isinstance(cause, BaseException):
+            raise TypeError(f"RetryAfter's cause must be an exception, not {cause!r}")
+        self.seconds = float(seconds)
+        self.cause = cause
+        self.__cause__ = cause
+        why = "" if cause is None else f" ({type(cause).__qualname__}: {cause})"
+        super().__init__(f"asked to retry after {seconds:g}s{why}")

@@ -15,6 +15,8 @@ from .._storage.memory import MemoryStorage
 from .._storage.writer import DEFAULT_SEGMENT_SIZE
 from .clock import Clock
 from .engine import Engine
+from .retry import RetryPolicy
+from .retry import policy as retry_policy
 
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 
@@ -35,6 +37,7 @@ class EngineBuilder:
         self._retention: float | None = DEFAULT_RETENTION
         self._compaction = True
         self._snapshots = True
+        self._default_retry: RetryPolicy | None = None
 
     def open(
         self,
@@ -129,6 +132,28 @@ class EngineBuilder:
         self._snapshots = enabled
         return self
 
+    def default_retry(
+        self,
+        max_attempts: int = 3,
+        initial_delay: float = 1.0,
+        backoff: float = 2.0,
+        max_delay: float = 60.0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        *,
+        should_retry: Callable[[BaseException], bool] | None = None,
+        jitter: float = 0.0,
+    ) -> Self:
+        """The retry policy of every step that sets none: the arguments of
+        ``Step.retry``. A step's own ``.retry()`` replaces it; ``.no_retry()``
+        opts a step out. Without it, a step is tried once."""
+        try:
+            self._default_retry = retry_policy(
+                max_attempts, initial_delay, backoff, max_delay, retry_on, should_retry, jitter
+            )
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"default_retry: {exc}") from None
+        return self
+
     def build(self) -> Engine:
         """The engine, over the local journal chosen by ``open`` or ``in_memory``."""
         if self._storage is None:
@@ -149,4 +174,5 @@ class EngineBuilder:
             codec=self._codec,
             max_running=self._max_running,
             inline_limit=self._inline_limit,
+            default_retry=self._default_retry,
         )

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import traceback
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -36,12 +38,15 @@ from .._core.errors import (
     DuplicateStepKey,
     EngineError,
     NotSerializable,
+    RetryAfter,
     StepFailed,
     StepInterrupted,
+    StepTimedOut,
     SuspendTimedOut,
 )
 from .._core.records import check_key
 from .host import Host
+from .retry import NO_RETRY, RetryPolicy, policy
 from .waits import RunWaits
 
 logger = logging.getLogger("memable_log")
@@ -50,6 +55,10 @@ logger = logging.getLogger("memable_log")
 # ~0.5 ms of replay at a time (a checkpoint costs ~10-30 us, one every 64
 # hits cost a replay ~10% of its speed).
 _YIELD_EVERY = 256
+# The attempt number of the step running in this task (``Context.attempt``):
+# a contextvar, so steps running side by side in a nursery each see their own,
+# and a step's own tasks and worker threads inherit it.
+_ATTEMPT: ContextVar[int] = ContextVar("memable_log.attempt")
 # Exact types of step results that cannot be awaitable (subclasses could be).
 _PLAIN = frozenset({int, str, float, bool, bytes, list, dict, tuple, type(None)})
 
@@ -81,6 +90,21 @@ class Context:
             raise DuplicateStepKey(self.instance_id, key)
         keys.add(key)
         return self._instances[self.instance_id]
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number, from 1, of the step whose function is running.
+
+        Read it inside a step's function (and the tasks and threads it
+        starts); elsewhere it raises EngineError.
+        """
+        attempt = _ATTEMPT.get(0)
+        if attempt == 0:
+            raise EngineError(
+                f"ctx.attempt of instance {self.instance_id!r} was read outside a step's "
+                "function: it is the attempt number of the step running, so read it there"
+            )
+        return attempt
 
     def step(self, key: str) -> Step:
         """A step memoised under ``key``; configure it, then ``await .run(fn)``."""
@@ -221,17 +245,33 @@ def _seconds(value: float | timedelta | None) -> float | None:
     return seconds
 
 
-class Step:
-    """A step being configured: ``.retry()``, ``.at_most_once()``, then ``.run()``."""
+async def _call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], in_thread: bool,
+    *, abandon: bool,
+) -> Any:
+    """One call of a step's function (the general path: ``Step.run`` inlines it)."""
+    if in_thread:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs),
+                                             abandon_on_cancel=abandon)
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
-    __slots__ = ("_at_most_once", "_ctx", "_in_thread", "_key", "_retry")
+
+class Step:
+    """A step being configured: ``.retry()``, ``.timeout()``, ``.at_most_once()``,
+    then ``.run()``."""
+
+    __slots__ = ("_at_most_once", "_ctx", "_in_thread", "_key", "_retry", "_timeout")
 
     def __init__(self, ctx: Context, key: str) -> None:
         self._ctx = ctx
         self._key = key
-        self._retry: tuple[int, float, float, float, tuple[type[BaseException], ...]] | None = None
+        self._retry: RetryPolicy | None = None
         self._at_most_once = False
         self._in_thread = False
+        self._timeout: float | None = None
 
     def retry(
         self,
@@ -240,14 +280,50 @@ class Step:
         backoff: float = 2.0,
         max_delay: float = 60.0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        *,
+        should_retry: Callable[[BaseException], bool] | None = None,
+        jitter: float = 0.0,
     ) -> Step:
-        """Retry a failing step with exponential backoff on the engine's clock."""
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if initial_delay < 0 or backoff < 1 or max_delay < 0:
-            raise ValueError("delays must be >= 0 and backoff >= 1")
-        kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-        self._retry = (max_attempts, initial_delay, backoff, max_delay, kinds)
+        """Retry a failing step with exponential backoff on the engine's clock.
+
+        At most ``max_attempts`` attempts in all. A failure is retried if it
+        is an instance of ``retry_on`` and then, if given, ``should_retry(exc)``
+        is true. The wait after the first failure is ``initial_delay``, then
+        ``backoff`` times the last, at most ``max_delay``; ``jitter`` (0 to 1)
+        shortens each wait by a random fraction of up to that much, so that
+        many steps failing together do not retry together. A step that raises
+        ``RetryAfter(seconds)`` is tried again after that delay instead
+        (whatever ``retry_on`` and ``should_retry`` say), attempts allowing.
+        """
+        try:
+            self._retry = policy(max_attempts, initial_delay, backoff, max_delay, retry_on,
+                                 should_retry, jitter)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"step {self._key!r}: {exc}") from None
+        return self
+
+    def no_retry(self) -> Step:
+        """Try this step once, whatever the builder's ``default_retry`` says."""
+        self._retry = NO_RETRY
+        return self
+
+    def timeout(self, seconds: float | timedelta) -> Step:
+        """Cancel an attempt that runs longer than ``seconds`` (on the engine's
+        clock); it fails with StepTimedOut, retried if ``retry_on`` covers it.
+
+        An async function is cancelled at its next checkpoint. A sync
+        function on the trio thread cannot be interrupted (keep those short);
+        with ``.in_thread()`` the attempt is abandoned at the deadline and its
+        thread runs on to its end in the background, its result unused.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float | timedelta):
+            raise TypeError(f"step {self._key!r}: timeout must be seconds or a timedelta, "
+                            f"not {seconds!r}")
+        value = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        if not 0 < value < math.inf:
+            raise ValueError(f"step {self._key!r}: timeout must be a finite number of "
+                             f"seconds > 0, not {seconds!r}")
+        self._timeout = value
         return self
 
     def at_most_once(self) -> Step:
@@ -292,41 +368,57 @@ class Step:
         iid = ctx.instance_id
         if self._at_most_once:
             await host.append(r.make(r.STEP_STARTED, host.now_ms(), iid, key))
-        max_attempts, delay, backoff, max_delay, kinds = self._retry or (1, 0.0, 1.0, 0.0, ())
+        plan = self._retry or host.default_retry or NO_RETRY
+        max_attempts, delay = plan.max_attempts, plan.initial_delay
+        timeout = self._timeout
         attempt = 0
-        while True:
-            attempt += 1
-            if host.on_step_call is not None:  # memable_log.testing counts executions
-                host.on_step_call(iid, key)
-            try:
-                if self._in_thread:
-                    result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-                else:
-                    result = fn(*args, **kwargs)
-                    # A plain value is never awaitable: skip the slower general test.
-                    if type(result) not in _PLAIN and inspect.isawaitable(result):
-                        result = await result
-                break
-            except Exception as exc:
-                if attempt < max_attempts and isinstance(exc, kinds):
+        token = _ATTEMPT.set(1)
+        try:
+            while True:
+                attempt += 1
+                if host.on_step_call is not None:  # memable_log.testing counts executions
+                    host.on_step_call(iid, key)
+                try:
+                    if timeout is not None:
+                        with trio.move_on_after(timeout) as scope:
+                            result = await _call(fn, args, kwargs, self._in_thread, abandon=True)
+                        if scope.cancelled_caught:
+                            raise StepTimedOut(iid, key, timeout)
+                    elif self._in_thread:
+                        result = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+                    else:
+                        result = fn(*args, **kwargs)
+                        # A plain value is never awaitable: skip the slower general test.
+                        if type(result) not in _PLAIN and inspect.isawaitable(result):
+                            result = await result
+                    break
+                except Exception as exc:
+                    if attempt < max_attempts:
+                        if isinstance(exc, RetryAfter):
+                            pause: float | None = exc.seconds
+                        else:
+                            pause = plan.pause(delay) if plan.retries(exc) else None
+                        if pause is not None:
+                            logger.warning(
+                                "instance %s: step %r attempt %d/%d failed (%s: %s); "
+                                "retrying in %.3gs", iid, key, attempt, max_attempts,
+                                type(exc).__qualname__, exc, pause, extra=_extra(iid, key),
+                            )
+                            await host.sleep(pause)
+                            delay = plan.next_delay(delay)
+                            _ATTEMPT.set(attempt + 1)
+                            continue
+                    text = "".join(traceback.format_exception(exc))
+                    failed = r.make(r.STEP_FAILED, host.now_ms(), iid, key,
+                                    type(exc).__qualname__, str(exc), text)
+                    await host.append(failed)
                     logger.warning(
-                        "instance %s: step %r attempt %d/%d failed (%s: %s); retrying in %.3gs",
-                        iid, key, attempt, max_attempts, type(exc).__qualname__, exc, delay,
-                        extra=_extra(iid, key),
+                        "instance %s: step %r failed after %d attempt(s): %s: %s",
+                        iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
                     )
-                    await host.sleep(delay)
-                    delay = min(delay * backoff, max_delay)
-                    continue
-                text = "".join(traceback.format_exception(exc))
-                failed = r.make(
-                    r.STEP_FAILED, host.now_ms(), iid, key, type(exc).__qualname__, str(exc), text
-                )
-                await host.append(failed)
-                logger.warning(
-                    "instance %s: step %r failed after %d attempt(s): %s: %s",
-                    iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
-                )
-                raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
+                    raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
+        finally:
+            _ATTEMPT.reset(token)
         try:
             blob = host.codec.encode(result)
         except EncodeError as exc:

@@ -48,6 +48,7 @@ from .._core.signals import check_signal
 from .._core.status import InstanceStatus, status_of
 from .clock import Clock
 from .host import Host, Workflow
+from .retry import RetryPolicy
 from .runner import run_instance
 from .timers import TimerQueue
 
@@ -81,10 +82,12 @@ class Engine:
         codec: Codec,
         max_running: int | None,
         inline_limit: int,
+        default_retry: RetryPolicy | None = None,
     ) -> None:
         self._backend = backend
         self._max_running = max_running
         self._host = Host(clock, codec, inline_limit)
+        self._host.default_retry = default_retry
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._timers: TimerQueue | None = None

@@ -27,6 +27,7 @@ from .._core.codec import Codec, EncodeError
 from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
 from .._core.index import Index
 from .clock import Clock
+from .retry import RetryPolicy
 from .waits import RunWaits, TaskExits
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Host:
     __slots__ = (
         "_changed", "backend", "clock", "codec", "exits", "halted", "index", "limiter",
         "on_step_call", "reserved", "running", "scopes", "waits", "workflows",
+        "default_retry",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -72,6 +74,8 @@ class Host:
         # Called with (instance, key) right before a step's function is
         # called (each attempt); memable_log.testing counts executions.
         self.on_step_call: Callable[[str, str], None] | None = None
+        # The retry policy of steps that set none (the builder's default_retry).
+        self.default_retry: RetryPolicy | None = None
 
     # -- the journal ----------------------------------------------------------
 
