@@ -38,6 +38,9 @@ class EngineBuilder:
         self._compaction = True
         self._snapshots = True
         self._default_retry: RetryPolicy | None = None
+        # The engine's life: how it starts and stops.
+        self._shutdown_timeout: float | None = None
+        self._resume_on_start = True
 
     def open(
         self,
@@ -154,6 +157,52 @@ class EngineBuilder:
             raise type(exc)(f"default_retry: {exc}") from None
         return self
 
+    # -- the engine's life: how it starts and stops --------------------------
+
+    def shutdown_timeout(self, seconds: float | timedelta | None) -> Self:
+        """Stop gracefully: leaving ``async with engine:`` waits up to
+        ``seconds`` (a number or timedelta, >= 0) for running steps.
+
+        From the moment the block is left nothing new starts: no instance
+        (an ``invoke`` then is recorded and runs at the next start), no
+        resumed or woken run, no step attempt (one about to begin waits).
+        The step attempts already running may finish and have their result
+        recorded; once none is left, or at the timeout, the rest is
+        cancelled and runs again at the next start. A KeyboardInterrupt, or
+        a cancellation of the code around the block, stops at once. None
+        (the default): leaving cancels at once.
+        """
+        if seconds is not None:
+            if isinstance(seconds, timedelta):
+                seconds = seconds.total_seconds()
+            elif type(seconds) is bool or not isinstance(seconds, int | float):
+                raise TypeError(
+                    f"shutdown_timeout takes seconds (a number or timedelta) or None, "
+                    f"not {seconds!r}"
+                )
+            seconds = float(seconds)
+            if not seconds >= 0:
+                raise ValueError(
+                    f"shutdown_timeout must be a non-negative number of seconds, not {seconds!r}"
+                )
+        self._shutdown_timeout = seconds
+        return self
+
+    def resume_on_start(self, enabled: bool = True) -> Self:
+        """Whether a start resumes interrupted instances (default True).
+
+        With False (inspection, maintenance) the engine starts without
+        running the instances the journal shows running and without arming
+        parked instances' deadlines: a deadline that passes meanwhile does
+        nothing until a start that resumes, which fires it at once. Explicit
+        calls work as usual on any instance (invoke, signal, wake, cancel,
+        restart); a signal or wake that makes an instance run starts it.
+        """
+        if type(enabled) is not bool:
+            raise TypeError(f"resume_on_start takes True or False, not {enabled!r}")
+        self._resume_on_start = enabled
+        return self
+
     def build(self) -> Engine:
         """The engine, over the local journal chosen by ``open`` or ``in_memory``."""
         if self._storage is None:
@@ -175,4 +224,6 @@ class EngineBuilder:
             max_running=self._max_running,
             inline_limit=self._inline_limit,
             default_retry=self._default_retry,
+            shutdown_timeout=self._shutdown_timeout,
+            resume_on_start=self._resume_on_start,
         )

@@ -8,6 +8,15 @@ services (compaction, hand-overs from other processes). Leaving the block
 cancels that nursery (runners stop where they are; the journal keeps their
 state for the next start) and closes the backend.
 
+Two settings change that life (docs/design.md, "The engine's life"). With
+``resume_on_start(False)`` the start resumes nothing and arms no deadline:
+only explicit calls (invoke, signal, wake, cancel, restart) start runners.
+With ``shutdown_timeout(s)`` leaving first *drains*: ``host.draining`` is
+set, so no runner, run or step attempt starts any more (``_start``, the
+runner's loop and ``Host.step_begins`` check it), and the exit waits up to
+``s`` seconds for the step attempts already running to have their outcome
+recorded (``Host.drain``), then cancels the nursery as without it.
+
 A *runner* is one task per live instance while it executes (see runner.py).
 Suspended and sleeping instances have no task: only their index entry and,
 with a deadline, a heap entry in the poller.
@@ -44,6 +53,7 @@ from .._core.errors import (
     WorkflowFailed,
 )
 from .._core.index import Index
+from .._core.records import check_key
 from .._core.signals import check_signal
 from .._core.status import InstanceStatus, status_of
 from .clock import Clock
@@ -83,9 +93,13 @@ class Engine:
         max_running: int | None,
         inline_limit: int,
         default_retry: RetryPolicy | None = None,
+        shutdown_timeout: float | None = None,
+        resume_on_start: bool = True,
     ) -> None:
         self._backend = backend
         self._max_running = max_running
+        self._shutdown_timeout = shutdown_timeout
+        self._resume_on_start = resume_on_start
         self._host = Host(clock, codec, inline_limit)
         self._host.default_retry = default_retry
         self._nursery: trio.Nursery | None = None
@@ -141,7 +155,10 @@ class Engine:
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
             self._nursery.start_soon(self._timers.run)
-            self._resume_all()
+            if self._resume_on_start:
+                self._resume_all()
+            else:
+                self._report_not_resumed()
             await self._nursery.start(backend.serve, self)
         except BaseException as exc:
             # Close the nursery and the backend, or trio's nursery stack is
@@ -163,6 +180,18 @@ class Engine:
                     "%d instance(s) of workflow %r wait for it to be registered", len(ids), name
                 )
 
+    def _report_not_resumed(self) -> None:
+        instances = self._host.index.instances.values()
+        interrupted = sum(1 for entry in instances if entry.state == lc.RUNNING)
+        timed = sum(
+            1 for entry in instances if entry.state in lc.PARKED and entry.deadline_ms is not None
+        )
+        if interrupted or timed:
+            logger.info(
+                "resume_on_start(False): %d interrupted instance(s) not resumed and %d "
+                "deadline(s) not armed until a start that resumes", interrupted, timed,
+            )
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -173,7 +202,22 @@ class Engine:
         # just before the cancel runs on to its next append, and must get
         # Cancelled there, not "the engine is not running".
         assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+        try:
+            # A KeyboardInterrupt, or the caller's own cancellation, stops
+            # at once: only an ordinary exit (or an Exception) drains.
+            grace = self._shutdown_timeout
+            if grace is not None and (exc is None or isinstance(exc, Exception)):
+                with trio.move_on_after(grace) as waited:
+                    await self._host.drain()
+                if waited.cancelled_caught:
+                    logger.info("shutdown: steps still running after %gs are cancelled; "
+                                "they run again at the next start", grace)
+        finally:
+            self._nursery.cancel_scope.cancel()
+            await self._close()
+
+    async def _close(self) -> None:
+        assert self._nursery is not None
         try:
             # The body's own exception propagates by itself; the nursery
             # only reports failures of the engine's tasks.
@@ -192,7 +236,7 @@ class Engine:
     def _start(self, instance_id: str) -> None:
         """Run the instance now unless a runner already has it."""
         host = self._host
-        if self._nursery is None or instance_id in host.running:
+        if self._nursery is None or host.draining or instance_id in host.running:
             return
         entry = host.index.instances[instance_id]
         if entry.workflow not in host.workflows:
@@ -342,6 +386,57 @@ class Engine:
         if run is not None:
             run.wake(key)  # a branch blocked on it in memory goes on in place
         if entry.state == lc.RUNNING:
+            self._start(instance_id)
+
+    async def wake(self, instance_id: str, key: str) -> None:
+        """Fire the pending timer ``key`` now, as if its deadline had passed.
+
+        Durably records that the timer fired; a parked instance waiting on
+        it runs (it returns from ``ctx.timer``), a branch blocked on it in
+        memory goes on, and a timer registered but not reached yet in this
+        run returns at once when the workflow reaches it. Raises
+        UnknownInstance, and EngineError when the instance finished, the
+        timer already fired, or ``key`` is not a timer (a suspension, a
+        step, or never reached); in each case nothing is written.
+        """
+        host = self._here()
+        backend = host.require()
+        if backend.failed is not None:
+            raise JournalFailed(backend.failed)
+        entry = host.entry(instance_id)
+        check_key(key)
+        where = f"wake: instance {instance_id!r}"
+        if entry.state in lc.FINISHED:
+            raise EngineError(
+                f"{where} is {lc.STATE_NAMES[entry.state]}: it has no pending timer to fire"
+            )
+        ended = entry.done_waits.get(key) if entry.done_waits is not None else None
+        if ended == r.TIMER_FIRED or (instance_id, key) in host.reserved:
+            raise EngineError(f"{where}: timer {key!r} already fired")
+        wait = entry.waits.get(key) if entry.waits is not None else None
+        if wait is None or wait[0] != lc.WAIT_TIMER:
+            if wait is not None or ended is not None or (
+                entry.signals is not None and key in entry.signals
+            ):
+                what = "a suspension (signal it with engine.signal)"
+            elif entry.has_step(key):
+                what = "a step"
+            else:
+                what = "not a timer the instance has reached"
+            raise EngineError(f"{where}: key {key!r} is {what}, not a pending timer")
+        reserved = host.reserved
+        reserved[instance_id, key] = done = trio.Event()
+        try:
+            await host.append(r.make(r.TIMER_FIRED, host.now_ms(), instance_id, key))
+        finally:
+            del reserved[instance_id, key]
+            done.set()
+        logger.info("instance %s: timer %r woken", instance_id, key,
+                    extra={"instance_id": instance_id, "key": key})
+        run = host.waits.get(instance_id)
+        if run is not None:
+            run.wake(key)  # a branch blocked on it in memory goes on in place
+        if host.entry(instance_id).state == lc.RUNNING:
             self._start(instance_id)
 
     async def cancel(self, instance_id: str) -> None:

@@ -5,7 +5,9 @@ parts of the engine, not its clients, but they need only a few of its
 things: append a record (durable and applied before it returns), the
 instance's index entry, a recorded value decoded (kept inline, or read back
 by location), the codec, the engine's clock and its sleep, the limiter, the
-registered workflows and the cancel scope of a running instance. ``Host``
+registered workflows and the cancel scope of a running instance, and the
+gate every step attempt passes (``step_begins``: closed while the engine
+stops with a grace period, see engine.py). ``Host``
 holds exactly those, under public names, and nothing else; the Engine owns
 one and is the only code that sets it up (at each start) and tears it down.
 
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._core import index as ix
+from .._core import records as r
 from .._core.codec import Codec, EncodeError
 from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
 from .._core.index import Index
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
 
 Workflow = Callable[["Context"], Awaitable[Any]]
 
+# The records that end a step attempt (it is no longer running).
+_STEP_OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
+
 
 class ValueUnreadable(BaseException):
     """A recorded value could not be read back (an I/O error, damage found
@@ -48,9 +54,9 @@ class Host:
     """The engine's state its parts share, and the operations they may use."""
 
     __slots__ = (
-        "_changed", "backend", "clock", "codec", "exits", "halted", "index", "limiter",
-        "on_step_call", "reserved", "running", "scopes", "waits", "workflows",
-        "default_retry",
+        "_changed", "_idle", "_stepping", "backend", "clock", "codec", "default_retry",
+        "draining", "exits", "halted", "index", "limiter", "on_step_call", "reserved",
+        "running", "scopes", "waits", "workflows",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -76,6 +82,13 @@ class Host:
         self.on_step_call: Callable[[str, str], None] | None = None
         # The retry policy of steps that set none (the builder's default_retry).
         self.default_retry: RetryPolicy | None = None
+        # The engine is stopping with a grace period: nothing new starts
+        # (no runner, no step attempt); the steps in ``_stepping`` (instance
+        # -> keys whose attempt began and whose outcome is not yet
+        # recorded) may finish, and ``_idle`` is set once there are none.
+        self.draining = False
+        self._stepping: dict[str, set[str]] = {}
+        self._idle: trio.Event | None = None
 
     # -- the journal ----------------------------------------------------------
 
@@ -89,6 +102,8 @@ class Host:
     async def append(self, rec: list[Any]) -> None:
         """Append a record durably; the index has it when this returns."""
         await self.require().append(rec)
+        if self._stepping and rec[r.TYPE] in _STEP_OUTCOMES:
+            self._step_ended(rec[r.INSTANCE], rec[r.KEY])
 
     async def append_many(self, recs: list[list[Any]]) -> None:
         """Append records in order, in one batch (see Backend.append_many)."""
@@ -142,6 +157,46 @@ class Host:
             return self.codec.decode(where)
         return self.codec.decode((await self.recorded(where))[field])  # type: ignore[arg-type]
 
+    # -- steps running, for a graceful stop ------------------------------------
+
+    async def step_begins(self, instance_id: str, key: str) -> None:
+        """Called before each attempt of a step's function: the attempt
+        counts as running until its outcome (``step_done``, ``step_failed``)
+        is recorded, or the step comes back here. While the engine is
+        stopping (``draining``) no attempt begins: this blocks until the
+        engine's cancel ends it, and the step runs at the next start."""
+        if self.draining:
+            self._step_ended(instance_id, key)  # a retry waits here: not running
+            await trio.sleep_forever()
+        keys = self._stepping.get(instance_id)
+        if keys is None:
+            keys = self._stepping[instance_id] = set()
+        keys.add(key)
+
+    def run_ended(self, instance_id: str) -> None:
+        """The instance's runner ended: none of its steps runs any more."""
+        if self._stepping.pop(instance_id, None) is not None:
+            self._check_idle()
+
+    def _step_ended(self, instance_id: str, key: str) -> None:
+        keys = self._stepping.get(instance_id)
+        if keys is not None and key in keys:
+            keys.discard(key)
+            if not keys:
+                del self._stepping[instance_id]
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._stepping and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Start no new work; return once no step attempt is running."""
+        self.draining = True
+        if self._stepping:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
     # -- changes --------------------------------------------------------------
 
     def changed(self, instance_id: str) -> trio.Event:
@@ -160,6 +215,9 @@ class Host:
     def stopped(self) -> None:
         """The engine stopped: wake every waiter, forget every runner."""
         self.backend = None
+        self.draining = False
+        self._stepping.clear()
+        self._idle = None
         self.running.clear()
         self.scopes.clear()
         self.waits.clear()

@@ -16,8 +16,10 @@ fresh Context. How the run ends decides what is written:
   damage): nothing; the instance stops and runs again at the next start.
 
 If the instance is running again when the run ends (a signal arrived while
-it was being parked), it runs again at once. A parked instance woken by a
-deadline first records which of its waits are due (``_end_wait``).
+it was being parked), it runs again at once, unless the engine is stopping
+(``host.draining``): then nothing new starts, not even a run that got its
+slot just now; the journal keeps the instance running for the next start.
+A parked instance woken by a deadline first records which of its waits are due (``_end_wait``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
     """
     try:
         async with host.limiter:
-            while True:
+            while not host.draining:  # the engine stopping starts nothing new
                 entry = host.entry(instance_id)
                 if entry.state in lc.FINISHED:
                     break
@@ -76,6 +78,7 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
         host.halted[instance_id] = str(exc)  # engine.wait says so, rather than wait
     finally:
         host.running.discard(instance_id)
+        host.run_ended(instance_id)
     ended(instance_id)
 
 
