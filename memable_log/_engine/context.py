@@ -376,7 +376,8 @@ class Step:
         try:
             while True:
                 attempt += 1
-                await host.step_begins(iid, key)  # none begins while the engine stops
+                if host.graceful:  # none begins while the engine stops
+                    await host.step_begins(iid, key)
                 if host.on_step_call is not None:  # memable_log.testing counts executions
                     host.on_step_call(iid, key)
                 try:

@@ -101,6 +101,7 @@ class Engine:
         self._shutdown_timeout = shutdown_timeout
         self._resume_on_start = resume_on_start
         self._host = Host(clock, codec, inline_limit)
+        self._host.graceful = shutdown_timeout is not None
         self._host.default_retry = default_retry
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None

@@ -55,8 +55,8 @@ class Host:
 
     __slots__ = (
         "_changed", "_idle", "_stepping", "backend", "clock", "codec", "default_retry",
-        "draining", "exits", "halted", "index", "limiter", "on_step_call", "reserved",
-        "running", "scopes", "waits", "workflows",
+        "draining", "exits", "graceful", "halted", "index", "limiter", "on_step_call",
+        "reserved", "running", "scopes", "waits", "workflows",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -87,6 +87,9 @@ class Host:
         # -> keys whose attempt began and whose outcome is not yet
         # recorded) may finish, and ``_idle`` is set once there are none.
         self.draining = False
+        # Whether step attempts are tracked at all: only an engine with a
+        # shutdown_timeout drains them (the step path pays nothing otherwise).
+        self.graceful = False
         self._stepping: dict[str, set[str]] = {}
         self._idle: trio.Event | None = None
 
