@@ -171,17 +171,11 @@ class Context:
         """Record that the suspension on ``key`` timed out, unless its signal
         is being written: then wait for it (the caller looks again)."""
         host, iid = self._host, self.instance_id
-        reserved = host.reserved
-        busy = reserved.get((iid, key))
+        busy = host.reserved.get((iid, key))
         if busy is not None:
             await busy.wait()
             return
-        reserved[iid, key] = done = trio.Event()
-        try:
-            await host.append(r.make(r.SUSPEND_TIMED_OUT, host.now_ms(), iid, key))
-        finally:
-            del reserved[iid, key]
-            done.set()
+        await host.append_ending(r.make(r.SUSPEND_TIMED_OUT, host.now_ms(), iid, key))
         logger.info("instance %s: suspension %r timed out", iid, key, extra=_extra(iid, key))
 
     async def timer(self, key: str, delay: float | timedelta) -> None:

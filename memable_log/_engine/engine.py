@@ -253,6 +253,16 @@ class Engine:
         if entry is not None and entry.state in lc.PARKED and entry.deadline_ms == deadline_ms:
             self._start(instance_id)
 
+    def _wait_ended(self, instance_id: str, key: str) -> None:
+        """The wait on ``key`` ended (its record applied): a branch blocked on
+        it in memory goes on in place; a parked instance it woke runs."""
+        host = self._host
+        run = host.waits.get(instance_id)
+        if run is not None:
+            run.wake(key)
+        if host.entry(instance_id).state == lc.RUNNING:
+            self._start(instance_id)
+
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
         entry = self._host.index.instances[instance_id]
@@ -371,23 +381,12 @@ class Engine:
         backend = host.require()
         if backend.failed is not None:  # nothing may be written: say so first
             raise JournalFailed(backend.failed)
-        reserved = host.reserved
-        check_signal(host.index, workflow, instance_id, key, host.now_ms(), reserved)
-        entry = host.index.instances[instance_id]
+        check_signal(host.index, workflow, instance_id, key, host.now_ms(), host.reserved)
         blob = host.encode(payload, f"signal {key!r}")
-        reserved[instance_id, key] = done = trio.Event()
-        try:
-            await host.append(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
-        finally:
-            del reserved[instance_id, key]
-            done.set()
+        await host.append_ending(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
         logger.info("instance %s: signal %r delivered", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
-        run = host.waits.get(instance_id)
-        if run is not None:
-            run.wake(key)  # a branch blocked on it in memory goes on in place
-        if entry.state == lc.RUNNING:
-            self._start(instance_id)
+        self._wait_ended(instance_id, key)
 
     async def wake(self, instance_id: str, key: str) -> None:
         """Fire the pending timer ``key`` now, as if its deadline had passed.
@@ -425,20 +424,10 @@ class Engine:
             else:
                 what = "not a timer the instance has reached"
             raise EngineError(f"{where}: key {key!r} is {what}, not a pending timer")
-        reserved = host.reserved
-        reserved[instance_id, key] = done = trio.Event()
-        try:
-            await host.append(r.make(r.TIMER_FIRED, host.now_ms(), instance_id, key))
-        finally:
-            del reserved[instance_id, key]
-            done.set()
+        await host.append_ending(r.make(r.TIMER_FIRED, host.now_ms(), instance_id, key))
         logger.info("instance %s: timer %r woken", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
-        run = host.waits.get(instance_id)
-        if run is not None:
-            run.wake(key)  # a branch blocked on it in memory goes on in place
-        if host.entry(instance_id).state == lc.RUNNING:
-            self._start(instance_id)
+        self._wait_ended(instance_id, key)
 
     async def cancel(self, instance_id: str) -> None:
         """Durably mark the instance cancelled and stop it if it runs."""

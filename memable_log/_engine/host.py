@@ -108,6 +108,18 @@ class Host:
         if self._stepping and rec[r.TYPE] in _STEP_OUTCOMES:
             self._step_ended(rec[r.INSTANCE], rec[r.KEY])
 
+    async def append_ending(self, rec: list[Any]) -> None:
+        """Append a record that ends the wait on its key (a signal, a timer
+        fired, a timeout) with the key reserved meanwhile: two ends racing
+        for one key are written one at a time (``reserved``)."""
+        mark = (rec[r.INSTANCE], rec[r.KEY])
+        self.reserved[mark] = done = trio.Event()
+        try:
+            await self.append(rec)
+        finally:
+            del self.reserved[mark]
+            done.set()
+
     async def append_many(self, recs: list[list[Any]]) -> None:
         """Append records in order, in one batch (see Backend.append_many)."""
         await self.require().append_many(recs)
