@@ -131,39 +131,39 @@ class Context:
         wait its deadline with ``timeout``: a ``trio.move_on_after`` around
         it lives only in memory and is gone once the instance is dropped.
         """
-        entry = self._claim(key)
+        self._claim(key)
         host, iid = self._host, self.instance_id
         if status is not None and type(status) is not str:
             raise TypeError("status must be a str")
         seconds = _seconds(timeout)
-        if entry.signals is not None and key in entry.signals:
-            return await host.replayed(entry.signals[key], r.SIGNALLED_PAYLOAD)
-        ended = entry.done_waits.get(key) if entry.done_waits is not None else None
-        if ended == r.TIMER_FIRED:
-            raise EngineError(_other_kind(iid, key, "a timer", "a suspension"))
-        if ended is not None:
-            raise SuspendTimedOut(iid, key)
         register: list[Any] | None = None
-        wait = entry.waits.get(key) if entry.waits is not None else None
-        if wait is None:
-            deadline = host.now_ms() + round(seconds * 1000) if seconds is not None else None
-            register = r.make(r.SUSPENDED, host.now_ms(), iid, key, status, deadline)
-        elif wait[0] != lc.WAIT_SIGNAL:
-            raise EngineError(_other_kind(iid, key, "a timer", "a suspension"))
-        else:
-            deadline = wait[1]
-        while True:
+        deadline: int | None = None
+        first = True
+        while True:  # each pass: has it ended? else (register and) block
             entry = host.entry(iid)
             if entry.signals is not None and key in entry.signals:
                 return await host.replayed(entry.signals[key], r.SIGNALLED_PAYLOAD)
-            if entry.done_waits is not None and key in entry.done_waits:
+            ended = entry.done_waits.get(key) if entry.done_waits is not None else None
+            if ended == r.TIMER_FIRED:
+                raise EngineError(_other_kind(iid, key, "a timer", "a suspension"))
+            if ended is not None:
                 raise SuspendTimedOut(iid, key)
+            if first:
+                first = False
+                wait = entry.waits.get(key) if entry.waits is not None else None
+                if wait is None:  # reached for the first time: its deadline, once
+                    if seconds is not None:
+                        deadline = host.now_ms() + round(seconds * 1000)
+                    register = r.make(r.SUSPENDED, host.now_ms(), iid, key, status, deadline)
+                    logger.info("instance %s: waits for signal %r (%s)", iid, key,
+                                status or "", extra=_extra(iid, key))
+                elif wait[0] != lc.WAIT_SIGNAL:
+                    raise EngineError(_other_kind(iid, key, "a timer", "a suspension"))
+                else:
+                    deadline = wait[1]
             if register is None and deadline is not None and host.now_ms() >= deadline:
                 await self._time_out(key)
                 continue
-            if register is not None:
-                logger.info("instance %s: waits for signal %r (%s)", iid, key, status or "",
-                            extra=_extra(iid, key))
             await self._waits.block(key, deadline, register)
             register = None
 
@@ -186,34 +186,38 @@ class Context:
         instance is dropped from memory and the engine's poller resumes it
         at the deadline.
         """
-        entry = self._claim(key)
+        self._claim(key)
         host, iid = self._host, self.instance_id
         seconds = _seconds(delay)
         if seconds is None:
             raise TypeError("a timer needs a delay")
-        ended = entry.done_waits.get(key) if entry.done_waits is not None else None
-        if ended == r.TIMER_FIRED:
-            return
-        if ended is not None or (entry.signals is not None and key in entry.signals):
-            raise EngineError(_other_kind(iid, key, "a suspension", "a timer"))
         register: list[Any] | None = None
-        wait = entry.waits.get(key) if entry.waits is not None else None
-        if wait is None:
-            deadline = host.now_ms() + round(seconds * 1000)
-            register = r.make(r.TIMER_SET, host.now_ms(), iid, key, deadline)
-        elif wait[0] != lc.WAIT_TIMER or wait[1] is None:
-            raise EngineError(_other_kind(iid, key, "a suspension", "a timer"))
-        else:
-            deadline = wait[1]
-        while True:
+        deadline = 0
+        first = True
+        while True:  # each pass: has it ended? else (register and) block
             entry = host.entry(iid)
-            if entry.done_waits is not None and key in entry.done_waits:
+            ended = entry.done_waits.get(key) if entry.done_waits is not None else None
+            if ended == r.TIMER_FIRED:
                 return
+            if ended is not None or (entry.signals is not None and key in entry.signals):
+                raise EngineError(_other_kind(iid, key, "a suspension", "a timer"))
+            if first:
+                first = False
+                wait = entry.waits.get(key) if entry.waits is not None else None
+                if wait is None:  # reached for the first time: its deadline, once
+                    deadline = host.now_ms() + round(seconds * 1000)
+                    register = r.make(r.TIMER_SET, host.now_ms(), iid, key, deadline)
+                    logger.info("instance %s: sleeping on %r", iid, key, extra=_extra(iid, key))
+                elif wait[0] != lc.WAIT_TIMER or wait[1] is None:
+                    raise EngineError(_other_kind(iid, key, "a suspension", "a timer"))
+                else:
+                    deadline = wait[1]
             if register is None and host.now_ms() >= deadline:
-                await host.append(r.make(r.TIMER_FIRED, host.now_ms(), iid, key))
+                if (iid, key) not in host.reserved:  # else engine.wake is firing it
+                    await host.append_ending(r.make(r.TIMER_FIRED, host.now_ms(), iid, key))
+                else:
+                    await host.reserved[iid, key].wait()
                 continue
-            if register is not None:
-                logger.info("instance %s: sleeping on %r", iid, key, extra=_extra(iid, key))
             await self._waits.block(key, deadline, register)
             register = None
 
