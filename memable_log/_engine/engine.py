@@ -108,9 +108,8 @@ class Engine:
         self._timers: TimerQueue | None = None
         self._orphans: dict[str, set[str]] = {}  # workflow name -> instances waiting for it
         self._creating: dict[str, trio.Event] = {}
-        # The trio run and the thread the engine runs in (while it runs):
-        # every call must come from them (``_here``).
-        self._token: trio.lowlevel.TrioToken | None = None
+        # The thread the engine runs in (while it runs): every call must
+        # come from it (``_here``).
         self._thread: int | None = None
 
     @staticmethod
@@ -151,7 +150,7 @@ class Engine:
             await backend.close()
             raise
         host.backend = backend
-        self._token, self._thread = trio.lowlevel.current_trio_token(), threading.get_ident()
+        self._thread = threading.get_ident()
         trio.lowlevel.add_instrument(host.exits)
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
@@ -228,7 +227,7 @@ class Engine:
             self._timers = None
             self._orphans.clear()
             trio.lowlevel.remove_instrument(self._host.exits)
-            self._token = self._thread = None
+            self._thread = None
             self._host.stopped()
             await self._backend.close()
 

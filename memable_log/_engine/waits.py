@@ -83,11 +83,6 @@ class RunWaits:
         self._failed_at = -1  # _changes when a drop last did not take
         self.dropped = False
 
-    @property
-    def blocked(self) -> bool:
-        """Whether any task of the run is blocked in a wait."""
-        return bool(self._blocked)
-
     async def block(self, key: str, deadline_ms: int | None, register: list[Any] | None) -> None:
         """Block until the wait on ``key`` may have ended: it resolved in the
         index, or ``deadline_ms`` passed. The caller looks again.
