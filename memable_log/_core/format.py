@@ -19,9 +19,11 @@ import zlib
 from typing import NamedTuple
 
 MAGIC = b"MEMABLE\x1a"
-# 2: each wait registered on its own, ``parked`` (records.py). A version 1
-# segment stays readable; a writer never appends to one (it seals it first).
-FORMAT_VERSION = 2
+# 2: each wait registered on its own, ``parked`` (records.py).
+# 3: steps carry their start and attempts, failed attempts, status texts,
+# events, child workflows (records.py). An older segment stays readable; a
+# writer never appends to one (it seals it first).
+FORMAT_VERSION = 3
 
 # magic, version, flags, salt, segment number, first sequence number,
 # reserved, then a crc32 of those 36 bytes.

@@ -132,7 +132,10 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
             if unreadable is not None:
                 raise ValueUnreadable(str(unreadable.exceptions[0])) from group
             if rest.subgroup(lambda e: isinstance(e, Exception)) is None:
-                raise  # cancellation or an interrupt: not the workflow's outcome
+                # Cancellation or an interrupt: not the workflow's outcome.
+                # Without the branches that parked: a run cancelled as it
+                # parks ends as parked runs do, with no Unwind escaping.
+                raise rest from None
             error = rest
         except Exception as exc:
             error = exc

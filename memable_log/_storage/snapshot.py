@@ -63,7 +63,7 @@ from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
 
 MAGIC = b"MMBLSNP1"
-VERSION = 3  # 3: waits and pending (format version 2)
+VERSION = 4  # 3: waits and pending (format version 2); 4: format version 3
 _CRC = struct.Struct("<I")
 
 

@@ -429,3 +429,27 @@ async def test_a_key_with_a_signal_cannot_become_a_timer(autojump_clock: MockClo
         await engine.signal("wf", iid, "k", "early")  # before the key is reached: kept
         with pytest.raises(Exception, match="is a suspension in the journal, not a timer"):
             await finish(engine, iid)
+
+
+async def test_leaving_the_engine_as_an_instance_parks_raises_nothing(
+    autojump_clock: MockClock,
+) -> None:
+    # The parked record is applied, one branch has unwound and the other is
+    # still to run when the engine's exit cancels the run: the run ends with
+    # Unwind beside Cancelled, which is a park, not an error of the engine.
+    async def wf(ctx: Context) -> Any:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ctx.timer, "remind", DAY)
+            answer = await ctx.suspend("approve", timeout=2 * DAY)
+            nursery.cancel_scope.cancel()
+        return answer
+
+    storage = MemoryStorage()
+    async with memory_engine(storage, ManualClock(START), wf=wf) as engine:
+        iid = await engine.invoke("wf")
+        while engine.status(iid).state != "waiting":
+            await trio.lowlevel.checkpoint()
+    async with memory_engine(storage, ManualClock(START), wf=wf) as engine:
+        assert engine.status(iid).state == "waiting"
+        await engine.signal("wf", iid, "approve", "yes")
+        assert await finish(engine, iid) == "yes"
