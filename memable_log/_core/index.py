@@ -492,6 +492,17 @@ class Index:
     def _timer(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         self._register(inst, rec[KEY], (lc.WAIT_TIMER, rec[TIMER_SET_DEADLINE], None))
 
+    def _suspension_v1(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        # Version 1 had no registration: each of its records stated the
+        # wait as it then was (the lifecycle takes its deadline and status),
+        # so a later one replaces an earlier one for the same key.
+        self._unregister(inst, rec[KEY])
+        self._suspension(inst, rec, loc)
+
+    def _timer_v1(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        self._unregister(inst, rec[KEY])
+        self._timer(inst, rec, loc)
+
     @staticmethod
     def _register(inst: InstanceEntry, key: str, wait: lc.Wait) -> None:
         """The first registration of a key wins: its deadline never moves.
@@ -586,8 +597,8 @@ _APPLY: dict[int, _Apply] = {
     r.CANCELLED: Index._state_only,
     r.RESTARTED: Index._restarted,
     r.STATE_IMAGE: Index._state_image,
-    r.SUSPENDED_V1: Index._suspension,
-    r.TIMER_SET_V1: Index._timer,
+    r.SUSPENDED_V1: Index._suspension_v1,
+    r.TIMER_SET_V1: Index._timer_v1,
     r.STATE_IMAGE_V1: Index._state_image_v1,
 }
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).

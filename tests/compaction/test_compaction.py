@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from support.compaction import (
     INLINE,
@@ -121,6 +121,10 @@ def old_locations(index: Index, upto: int) -> list[tuple[str, str]]:
 @settings(max_examples=100, deadline=None)
 @given(ops=OPS, more=st.lists(OP, max_size=20), batch=st.integers(1, 4), cut=st.integers(0, 99),
        legacy=st.sampled_from([0, 0, 30, 10_000]))
+# A version 1 suspension written again after a cancel and a restart, now
+# with no timeout: the scan and the state image must both take the later.
+@example(ops=[(0, 0, 0, 0), (100, 0, 0, 0), (100, 0, 0, 0), (1, 0, 0, 0), (37, 0, 0, 0)],
+         more=[], batch=1, cut=0, legacy=30)
 def test_compaction_answers_every_query_as_before(
     ops: list[tuple[int, int, int, int]],
     more: list[tuple[int, int, int, int]],
