@@ -36,6 +36,7 @@ import logging
 import math
 import secrets
 import threading
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ from .._core.errors import (
 from .._core.index import Index
 from .._core.records import check_key
 from .._core.signals import check_signal
-from .._core.status import InstanceStatus, status_of
+from .._core.status import Event, InstanceStatus, status_of
 from .clock import Clock
 from .events import EventStream, StatusWatch, event
 from .host import Host, Workflow
@@ -369,7 +370,7 @@ class Engine:
         """
         return await event(self._here(), instance_id, key, timeout)
 
-    def events(self, instance_id: str, *, after: int | None = None) -> EventStream:
+    def events(self, instance_id: str, *, after: int | None = None) -> AsyncIterator[Event]:
         """An async iterator of the instance's events (``Event``), in publish
         order, from the one after seq ``after`` (None: from the first).
 
@@ -381,7 +382,7 @@ class Engine:
         """
         return EventStream(self._here(), instance_id, after)
 
-    def watch(self, instance_id: str) -> StatusWatch:
+    def watch(self, instance_id: str) -> AsyncIterator[InstanceStatus]:
         """An async iterator of ``InstanceStatus``: the current status, then
         one per change of state, status text or step count, in order; it
         ends after a finished state (at once for a finished instance).
