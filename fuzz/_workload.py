@@ -19,7 +19,11 @@ One workflow, ``mixed``, does what its input (a *spec*, a small dict) says:
 
 Every step body records ``instance key attempt`` in a ledger (see
 _ledger.py) before it returns, and the workflow acknowledges each step right
-after ``run`` returns. ``expected_result`` computes the result from the spec
+after ``run`` returns. After each step it publishes the event ``e-<key>``
+with the step's value and acknowledges that too, then sets the status text
+``after <key>`` (a kill may land between a publish and the step after it):
+each event key must be in the journal once, with its value, and an
+acknowledged one never lost. ``expected_result`` computes the result from the spec
 alone, so any run, crashed or not, must end with it.
 
 ``Acks`` collects acknowledgements: what the engine confirmed, and so what a
@@ -99,6 +103,18 @@ def step_keys(spec: Spec) -> list[str]:
     return [*keys, "last"]
 
 
+def event_key(step_key: str) -> str:
+    """The event the workflow publishes after step ``step_key``."""
+    return f"e-{step_key}"
+
+
+def event_value(instance: str, step_key: str) -> Any:
+    """What that event holds: the step's value (a big one for ``big<b>``)."""
+    if step_key.startswith("big"):
+        return big_value(instance, int(step_key[3:]))
+    return CHARGE if step_key == AMO_KEY else step_value(instance, step_key)
+
+
 def expected_result(spec: Spec, instance: str, charged: Any = CHARGE) -> dict[str, Any]:
     """The result of a run of ``spec``; ``charged`` as the run reports it."""
     total = sum(step_value(instance, f"s{i}") for i in range(spec.get("steps", 0)))
@@ -132,6 +148,7 @@ class Acks:
     restart_calls: list[tuple[str, int]] = field(default_factory=list)  # issued: (id, tick)
     results: dict[str, tuple[Any, int]] = field(default_factory=dict)  # id -> (value, tick)
     ticks: int = 0  # orders results and restart calls
+    publishes: set[tuple[str, str]] = field(default_factory=set)  # (id, event key)
 
     def tick(self) -> int:
         self.ticks += 1
@@ -143,7 +160,8 @@ class Acks:
 
     def count(self) -> int:
         return (len(self.invokes) + len(self.steps) + len(self.signals) + len(self.cancels)
-                + len(self.forgets) + len(self.restarts) + len(self.results))
+                + len(self.forgets) + len(self.restarts) + len(self.results)
+                + len(self.publishes))
 
     @staticmethod
     def line(kind: str, *fields: object) -> str:
@@ -163,6 +181,8 @@ class Acks:
             self.signals.add((args[0], args[1]))
         elif kind == "cancel":
             self.cancels.add(args[0])
+        elif kind == "publish":
+            self.publishes.add((args[0], args[1]))
         else:
             return False
         return True
@@ -176,6 +196,9 @@ def collect(acks: Acks) -> AckSink:
     """A sink that puts step acknowledgements into ``acks`` directly."""
 
     def sink(kind: str, *fields: object) -> None:
+        if kind == "publish":
+            acks.publishes.add((str(fields[0]), str(fields[1])))
+            return
         assert kind == "step"
         instance, key, pos = fields
         acks.on_step(str(instance), str(key), int(pos))  # type: ignore[call-overload]
@@ -199,6 +222,9 @@ def make_workflow(ledger: Ledger, sink: AckSink) -> Callable[[Context], Awaitabl
             builder = builder.at_most_once()
         got = await builder.run(body)
         sink("step", ctx.instance_id, key, ledger.size())
+        await ctx.publish(event_key(key), got)
+        sink("publish", ctx.instance_id, event_key(key))
+        await ctx.set_status(f"after {key}")
         return got
 
     async def mixed(ctx: Context) -> dict[str, Any]:
@@ -386,6 +412,7 @@ class Facts:
     forgot: set[tuple[str, str]] = field(default_factory=set)
     restarted: set[str] = field(default_factory=set)
     completed: set[str] = field(default_factory=set)
+    published: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # -> values
     compacted: bool = False  # some records were rewritten by compaction (seq 0)
     # the state after the last record: "live", or the finished state and its record
     final: dict[str, tuple[str, RecordView | None]] = field(default_factory=dict)
@@ -408,6 +435,10 @@ class Facts:
                 facts.signalled.add((iid, key))  # type: ignore[arg-type]
             elif rec.type == "forgot":
                 facts.forgot.add((iid, key))  # type: ignore[arg-type]
+            elif rec.type == "published":
+                facts.published.setdefault((iid, key), []).append(  # type: ignore[arg-type]
+                    _CODEC.decode(rec.fields["value"])
+                )
             elif rec.type in ("restarted", "state_image"):
                 if rec.type == "restarted":
                     facts.restarted.add(iid)
@@ -455,6 +486,8 @@ def check(
     })
     lost("signal", acks.signals - facts.signalled - set(handed_over))
     lost("cancel", acks.cancels - facts.cancelled)
+    lost("publish", acks.publishes - set(facts.published))
+    problems += _check_events(facts, specs)
     lost("result of", {
         iid for iid, (_, tick) in acks.results.items()
         if iid not in facts.completed
@@ -475,6 +508,21 @@ def check(
                  for e in ledger if (e.instance, e.key) not in known]
     if final:
         problems += _check_final(facts, specs, ledger)
+    return problems
+
+
+def _check_events(facts: Facts, specs: dict[str, Spec]) -> list[str]:
+    """Each event once, with its value, and only the workload's."""
+    problems = []
+    for (iid, key), values in sorted(facts.published.items()):
+        step = key[2:] if key.startswith("e-") else None
+        if iid not in specs or step is None or step not in step_keys(specs[iid]):
+            problems.append(f"event {key!r} of {iid} is no event of the workload")
+        elif len(values) != 1:
+            problems.append(f"event {key!r} of {iid} is in the journal {len(values)} times")
+        elif values[0] != event_value(iid, step):
+            problems.append(f"event {key!r} of {iid} holds {values[0]!r:.60}, expected "
+                            f"{event_value(iid, step)!r:.60}")
     return problems
 
 

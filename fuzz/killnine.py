@@ -310,7 +310,8 @@ class Iteration:
                 break
         self.stats.iterations += 1
         self.stats.acks.update(invoke=len(self.acks.invokes), step=len(self.acks.steps),
-                               signal=len(self.acks.signals), cancel=len(self.acks.cancels))
+                               signal=len(self.acks.signals), cancel=len(self.acks.cancels),
+                               publish=len(self.acks.publishes))
         return [f"{self.name}: {p}" for p in self.problems]
 
     def _life(self, life: int, final: bool) -> bool:
@@ -387,6 +388,7 @@ class Iteration:
             self.acks.on_step(iid, key, pos)
         self.acks.signals |= acks.signals
         self.acks.cancels |= acks.cancels
+        self.acks.publishes |= acks.publishes
 
     def _deliver(self) -> None:
         """Try once to deliver one owed signal with memable-signal."""

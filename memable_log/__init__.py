@@ -45,6 +45,7 @@ from .reader import read_journal as read_journal
 
 if TYPE_CHECKING:
     from ._core.status import ErrorInfo as ErrorInfo
+    from ._core.status import Event as Event
     from ._core.status import InstanceStatus as InstanceStatus
     from ._core.status import Wait as Wait
     from ._engine.builder import EngineBuilder as EngineBuilder
@@ -61,6 +62,7 @@ _LAZY = {
     "Engine": "._engine.engine",
     "EngineBuilder": "._engine.builder",
     "ErrorInfo": "._core.status",
+    "Event": "._core.status",
     "InstanceStatus": "._core.status",
     "ManualClock": "._engine.clock",
     "MemoryStorage": "._storage.memory",
@@ -86,6 +88,7 @@ __all__ = [
     "EngineBuilder",
     "EngineError",
     "ErrorInfo",
+    "Event",
     "FollowGap",
     "InstanceStatus",
     "JournalClosed",

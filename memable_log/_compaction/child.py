@@ -88,11 +88,12 @@ def _loc_in(value: bytes | None) -> int | None:
 
 
 def _decode_moves(unpacker: msgpack.Unpacker) -> Iterator[Move]:
-    for iid, inp, out, steps, signals in unpacker:
+    for iid, inp, out, steps, signals, events in unpacker:
         yield (
             iid, _loc_in(inp), _loc_in(out),
             {k: int.from_bytes(v, "little") for k, v in steps.items()},
             {k: int.from_bytes(v, "little") for k, v in signals.items()},
+            {seq: int.from_bytes(v, "little") for seq, v in events},  # [seq, loc] pairs
         )
 
 
@@ -198,11 +199,12 @@ def main() -> int:
     out = sys.stdout.buffer
     pack = msgpack.Packer().pack
     out.write(pack([salt, next_seq, fresh.records]))
-    for iid, inp, outcome, steps, signals in moves(fresh):
+    for iid, inp, outcome, steps, signals, events in moves(fresh):
         out.write(pack([
             iid, _loc_out(inp), _loc_out(outcome),
             {k: _loc_out(v) for k, v in steps.items()},
             {k: _loc_out(v) for k, v in signals.items()},
+            [[seq, _loc_out(v)] for seq, v in events.items()],
         ]))
     out.flush()
     return 0

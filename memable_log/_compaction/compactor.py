@@ -92,6 +92,7 @@ def expired(index: Index, now_ms: int, retention_ms: int | None) -> set[str]:
 SYNTHESISED: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SIGNALLED, r.STATE_IMAGE,
     r.COMPLETED, r.FAILED, r.CANCELLED,
+    r.STATUS_SET, r.PUBLISHED,  # the latest status text; every event, in order
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
@@ -113,6 +114,10 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
 
     ts = e.updated_ms
     yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
+    # Each event keeps its own time (``Event.at``) and its place (its seq);
+    # what follows carries the time of the last record.
+    for key, at, value in e.events or ():
+        yield [r.PUBLISHED, 0, at, iid, key, blob(value, r.PUBLISHED_VALUE)]
     for key, step in e.steps.items():
         kind = ix.entry_kind(step)
         if kind == ix.STEP_DONE_AT:
@@ -128,11 +133,15 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
             yield [r.STEP_STARTED, 0, ts, iid, key]
     for key, payload in (e.signals or {}).items():
         yield [r.SIGNALLED, 0, ts, iid, key, blob(payload, r.SIGNALLED_PAYLOAD)]
+    if e.status is not None:  # the latest text, with the latest set_status call's number
+        yield [r.STATUS_SET, 0, ts, iid, e.status, e.status_calls]
     state = e.state if e.state in lc.LIVE else lc.RUNNING
     # Else ``created`` said it all, unless a later record (a forget, a
     # restart) moved updated_ms with nothing else to carry it.
-    bare = not e.steps and not e.signals and e.state in lc.LIVE
-    if state != lc.RUNNING or e.waits or e.done_waits or (bare and ts != e.created_ms):
+    bare = not e.steps and not e.signals and e.state in lc.LIVE and e.status is None
+    if state != lc.RUNNING or e.waits or e.done_waits or (
+        bare and (ts != e.created_ms or e.events)
+    ):
         pending = list(e.pending or ()) if state != lc.RUNNING else []
         waits = {key: list(wait) for key, wait in (e.waits or {}).items()}
         yield [r.STATE_IMAGE, 0, ts, iid, state, pending, waits, dict(e.done_waits or {})]

@@ -89,8 +89,11 @@ from .records import (
     IMAGE_WAITS,
     INSTANCE,
     KEY,
+    PUBLISHED_VALUE,
     SEQ,
     SIGNALLED_PAYLOAD,
+    STATUS_SET_CALL,
+    STATUS_SET_TEXT,
     STEP_DONE_VALUE,
     SUSPENDED_DEADLINE,
     SUSPENDED_STATUS,
@@ -109,6 +112,7 @@ APPEND_LIMIT = 4096
 BIG_INT = 1  # msgpack ext type: an unsigned int beyond 64 bits, big-endian bytes
 
 Entry = bytes | int
+PublishedEvent = tuple[str, int, Entry]  # key, ts_ms, value blob or loc
 
 
 SEGMENT_BITS = 24
@@ -223,6 +227,7 @@ class InstanceEntry:
         "workflow", "state", "created_ms", "updated_ms", "input", "outcome",
         "error", "pending", "status", "deadline_ms", "table", "signals",
         "waits", "done_waits", "last_seq",
+        "events", "status_calls",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -247,6 +252,12 @@ class InstanceEntry:
         # keys whose wait ended by its deadline: key -> TIMER_FIRED or SUSPEND_TIMED_OUT
         self.done_waits: dict[str, int] | None = None
         self.last_seq = 0  # seq of its latest record (0: only compacted history)
+        # Its event stream (ctx.publish), in publish order, only once it has
+        # one: (key, ts_ms, value blob or loc of the record); an event's seq
+        # is its position, from 1.
+        self.events: list[PublishedEvent] | None = None
+        # The call number of the latest status_set (see records.STATUS_SET).
+        self.status_calls = 0
 
     @property
     def steps(self) -> dict[str, Entry]:
@@ -373,7 +384,7 @@ class Index:
         """
         changed = 0
         instances = self.instances
-        for iid, inp, out, steps, signals in moved:
+        for iid, inp, out, steps, signals, events in moved:
             entry = instances.get(iid)
             if entry is None:
                 continue
@@ -393,6 +404,8 @@ class Index:
                 for key, value in signals.items():
                     if _old(table.get(key), 0, upto):
                         table[key], changed = value, changed + 1
+            if events and entry.events:
+                changed += _repoint_events(entry.events, events, upto)
         return changed
 
     def settle(self, ids: Iterable[str], next_seq: int) -> None:
@@ -485,6 +498,11 @@ class Index:
         self._unregister(inst, key)
 
     def _suspension(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key, text = rec[KEY], rec[SUSPENDED_STATUS]
+        if text is not None and not (inst.waits is not None and key in inst.waits) and (
+            not lc.resolved(inst, key)
+        ):
+            inst.status = text  # the latest text recorded (by a registration that counts)
         self._register(inst, rec[KEY], (
             lc.WAIT_SIGNAL, rec[SUSPENDED_DEADLINE], rec[SUSPENDED_STATUS]
         ))
@@ -551,10 +569,26 @@ class Index:
     def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         """parked, cancelled: the lifecycle records all there is."""
 
+    # -- talking to the outside (SPEC-NEXT §3) --
+    # The status text is the latest recorded, by set_status or a suspension's
+    # status= (``_suspension``); nothing else clears it. Events append to the
+    # instance's stream in journal order (the writer never writes a key twice).
 
-Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int]]
-"""An instance's new locations: (id, input, outcome, steps, signals); only
-the entries that are locations (inline values never move)."""
+    def _status_set(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.status = rec[STATUS_SET_TEXT]
+        inst.status_calls = rec[STATUS_SET_CALL]
+
+    def _published(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        event = (sys.intern(rec[KEY]), rec[TS], self._blob_or_loc(rec[PUBLISHED_VALUE], loc))
+        if inst.events is None:
+            inst.events = [event]
+        else:
+            inst.events.append(event)
+
+
+Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int], dict[int, int]]
+"""An instance's new locations: (id, input, outcome, steps, signals, events
+by seq); only the entries that are locations (inline values never move)."""
 
 
 def moves(fresh: Index) -> Iterator[Move]:
@@ -562,10 +596,23 @@ def moves(fresh: Index) -> Iterator[Move]:
     for iid, e in fresh.instances.items():
         steps = {k: v for k, v in e.steps.items() if type(v) is int}
         signals = {k: v for k, v in (e.signals or {}).items() if type(v) is int}
+        events = {i: ev[2] for i, ev in enumerate(e.events or (), 1) if type(ev[2]) is int}
         inp = e.input if type(e.input) is int else None
         out = e.outcome if type(e.outcome) is int else None
-        if steps or signals or inp is not None or out is not None:
-            yield iid, inp, out, steps, signals
+        if steps or signals or events or inp is not None or out is not None:
+            yield iid, inp, out, steps, signals, events
+
+
+def _repoint_events(stream: list[PublishedEvent], moved: dict[int, int], upto: int) -> int:
+    """Re-point the events (by seq) whose value is at an old location."""
+    changed = 0
+    for seq, loc in moved.items():
+        if seq <= len(stream):
+            key, ts, where = stream[seq - 1]
+            if _old(where, 0, upto):
+                stream[seq - 1] = (key, ts, loc)
+                changed += 1
+    return changed
 
 
 def _old(value: Entry | None, shift: int, upto: int) -> bool:
@@ -600,6 +647,8 @@ _APPLY: dict[int, _Apply] = {
     r.SUSPENDED_V1: Index._suspension_v1,
     r.TIMER_SET_V1: Index._timer_v1,
     r.STATE_IMAGE_V1: Index._state_image_v1,
+    r.STATUS_SET: Index._status_set,
+    r.PUBLISHED: Index._published,
 }
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
 APPLIED: Final = frozenset({r.CREATED, *_APPLY})

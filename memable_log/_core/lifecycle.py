@@ -10,7 +10,7 @@ the next state; a pair missing from the table leaves the state as it is
 (early signals, a cancel of a finished instance). Beside it, ``RULES`` maps
 every record type that can touch the state to its *condition*: what the
 record's fields add to the table. A rule changes only the fields of
-``Machine`` it may write (the state, the pending waits, their status and
+``Machine`` it may write (the state, the pending waits and their
 earliest deadline) and returns whether the state moved along the table.
 For the types in ``ONLY_ON_A_MOVE`` the index records the record's data (an
 outcome, a restart's clearing of it) only then: an outcome counts only from
@@ -105,6 +105,8 @@ TRANSITIONS: Final = _table()
 # RUNNING, as the index makes the entry; a registration only records a wait).
 UNCHANGED_BY: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.FORGOT, r.SUSPENDED, r.TIMER_SET,
+    # a status text (the index's data: see ``Machine.status``) and an event
+    r.STATUS_SET, r.PUBLISHED,
 })
 
 
@@ -122,7 +124,10 @@ class Machine(Protocol):
 
     state: int
     pending: tuple[str, ...] | None  # the keys a parked instance waits on
-    status: str | None  # the first pending suspension's status text
+    # The latest status text (set_status, or a suspension's status=): the
+    # index records it and no state change clears it. Only format version 1
+    # rules set it here (their records carried the text of the one wait).
+    status: str | None
     deadline_ms: int | None  # the earliest pending deadline
 
     @property
@@ -149,7 +154,7 @@ def _move(m: Machine, rtype: int, to: int | None = None) -> bool:
     if to is not None:
         after = to
     if after not in PARKED:
-        m.pending = m.status = m.deadline_ms = None
+        m.pending = m.deadline_ms = None
     m.state = after
     return True
 
@@ -177,7 +182,6 @@ def _park(m: Machine, keys: Sequence[str], waits: Mapping[str, Wait]) -> None:
     m.pending = tuple(keys)
     deadlines = [d for k in keys if (d := waits[k][1]) is not None]
     m.deadline_ms = min(deadlines) if deadlines else None
-    m.status = next((s for k in keys if (s := waits[k][2]) is not None), None)
 
 
 def _parked(m: Machine, rec: list[Any]) -> bool:
@@ -208,7 +212,7 @@ def _state_image(m: Machine, rec: list[Any]) -> bool:
         waits = {k: (w[0], w[1], w[2]) for k, w in rec[IMAGE_WAITS].items()}
         _park(m, rec[IMAGE_PENDING], waits)
     else:
-        m.pending = m.status = m.deadline_ms = None
+        m.pending = m.deadline_ms = None
     return False
 
 
@@ -220,7 +224,9 @@ def _suspended_v1(m: Machine, rec: list[Any]) -> bool:
     if m.signals is not None and key in m.signals:
         return False  # its signal came first: the instance keeps running
     if _move(m, r.SUSPENDED_V1):
-        m.pending, m.status, m.deadline_ms = (key,), rec[SUSPENDED_STATUS], rec[SUSPENDED_DEADLINE]
+        m.pending, m.deadline_ms = (key,), rec[SUSPENDED_DEADLINE]
+        if rec[SUSPENDED_STATUS] is not None:
+            m.status = rec[SUSPENDED_STATUS]
         return True
     return False
 
@@ -228,7 +234,7 @@ def _suspended_v1(m: Machine, rec: list[Any]) -> bool:
 def _timer_set_v1(m: Machine, rec: list[Any]) -> bool:
     key, deadline = rec[KEY], rec[TIMER_SET_DEADLINE]
     if _move(m, r.TIMER_SET_V1):
-        m.pending, m.status, m.deadline_ms = (key,), None, deadline
+        m.pending, m.deadline_ms = (key,), deadline
         return True
     # Concurrent timers (a nursery): version 1 slept until the earliest;
     # each is a pending wait.
@@ -243,9 +249,11 @@ def _state_image_v1(m: Machine, rec: list[Any]) -> bool:
     m.state = rec[IMAGE_STATE]
     key = rec[IMAGE_V1_WAIT_KEY]
     if m.state in PARKED and key is not None:
-        m.pending, m.status, m.deadline_ms = (key,), rec[IMAGE_V1_STATUS], rec[IMAGE_V1_DEADLINE]
+        m.pending, m.deadline_ms = (key,), rec[IMAGE_V1_DEADLINE]
     else:
-        m.pending = m.status = m.deadline_ms = None
+        m.pending = m.deadline_ms = None
+    if rec[IMAGE_V1_STATUS] is not None:
+        m.status = rec[IMAGE_V1_STATUS]
     return False
 
 

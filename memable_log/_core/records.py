@@ -38,6 +38,9 @@ SUSPENDED: Final = 16  # a suspension reached for the first time: its wait, regi
 TIMER_SET: Final = 17  # a timer reached for the first time: its deadline, registered
 PARKED: Final = 18  # every task of the instance waits: it leaves memory
 STATE_IMAGE: Final = 19  # written by compaction only
+# -- talking to the outside while running (SPEC-NEXT §3) --
+STATUS_SET: Final = 23  # ctx.set_status: the instance's status text
+PUBLISHED: Final = 24  # ctx.publish: one event of the instance's event stream
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -93,6 +96,10 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
         (("state", (int,)), ("pending", (list,)), ("waits", (dict,)),
          ("done_waits", (dict,))),
     ),
+    # ``call``: the set_status call's 1-based number in its run, so that a
+    # re-run writes none of the texts an earlier run recorded (events.py).
+    STATUS_SET: ("status_set", (("text", (str,)), ("call", (int,)))),
+    PUBLISHED: ("published", (("key", (str,)), ("value", (bytes,)))),
 }
 
 # Where each field sits in a record list, by name (records stay plain lists
@@ -131,6 +138,9 @@ IMAGE_V1_DEADLINE: Final = 7
 IMAGE_V1_TIMERS: Final = 8
 IMAGE_V1_DONE_WAITS: Final = 9
 SEAL_NEXT_SEQ: Final = 1  # a seal is [SEAL, next_seq]
+STATUS_SET_TEXT: Final = 4
+STATUS_SET_CALL: Final = 5
+PUBLISHED_VALUE: Final = 5
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import lifecycle as lc
 from .index import InstanceEntry
@@ -34,10 +34,12 @@ class InstanceStatus:
     failed, cancelled. An instance out of memory, waiting (suspended: on
     signals; sleeping: on timers; waiting: on a mix), has its pending waits
     in ``waits``, in the order first reached; ``key`` is the first one's
-    key, ``deadline`` the earliest deadline (UTC) and ``status`` the first
-    suspension's status text. Otherwise ``waits`` is empty and the three
-    are None (a running instance's branches may be blocked in waits, but
-    only the engine holding it knows). ``steps`` counts memoised step
+    key, ``deadline`` the earliest deadline (UTC). Otherwise ``waits`` is
+    empty and the two are None (a running instance's branches may be
+    blocked in waits, but only the engine holding it knows). ``status`` is
+    the latest text recorded by ``ctx.set_status`` or a suspension's
+    ``status=``, in any state (None if there was none): waits and re-runs
+    without a text leave it as it is. ``steps`` counts memoised step
     outcomes; ``error`` is set for failed instances.
     """
 
@@ -84,3 +86,19 @@ def status_of(instance_id: str, entry: InstanceEntry) -> InstanceStatus:
         updated_at=from_ms(entry.updated_ms),
         waits=_waits(entry),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of an instance's event stream (``ctx.publish``).
+
+    ``key`` and ``value`` are what was published; ``seq`` is the event's
+    1-based position in the instance's stream (the same across restarts and
+    compaction: give it back as ``engine.events(..., after=seq)`` to go on
+    where a reader left off); ``at`` is when it was recorded (UTC).
+    """
+
+    key: str
+    value: Any
+    seq: int
+    at: datetime

@@ -45,6 +45,7 @@ from .._core.errors import (
     SuspendTimedOut,
 )
 from .._core.records import check_key
+from . import events
 from .host import Host
 from .retry import NO_RETRY, RetryPolicy, policy
 from .waits import RunWaits
@@ -68,6 +69,7 @@ class Context:
 
     __slots__ = (
         "_hits", "_host", "_instances", "_keys", "_waits", "input", "instance_id", "workflow",
+        "_talk",
     )
 
     def __init__(
@@ -81,6 +83,7 @@ class Context:
         self.instance_id = instance_id
         self.workflow = workflow
         self.input = input
+        self._talk: events.RunTalk | None = None  # set_status and publish, once used
 
     def _claim(self, key: str) -> ix.InstanceEntry:
         if type(key) is not str or not key or key[-1] == "*":
@@ -109,6 +112,48 @@ class Context:
     def step(self, key: str) -> Step:
         """A step memoised under ``key``; configure it, then ``await .run(fn)``."""
         return Step(self, key)
+
+    # -- talking to the outside (events.py) --
+
+    def _run_talk(self) -> events.RunTalk:
+        talk = self._talk
+        if talk is None:
+            talk = self._talk = events.RunTalk()
+        return talk
+
+    async def set_status(self, text: str) -> None:
+        """Durably record ``text`` as the instance's status (``InstanceStatus.status``).
+
+        It stays until the next ``set_status`` or a suspension's ``status=``.
+        A re-run writes nothing for the calls an earlier run already made
+        (counted in order: the n-th call of a run is the n-th of the last),
+        whatever their text; nor does a call whose text is the current one.
+        """
+        await events.set_status(self._host, self._run_talk(), self.instance_id, text)
+
+    async def publish(self, key: str, value: Any) -> None:
+        """Durably append event ``key`` with ``value`` to the instance's event
+        stream (``engine.event``, ``engine.events``), once.
+
+        ``key`` is in the run's key space, with steps and waits: a key twice
+        in a run raises DuplicateStepKey. A re-run publishes nothing twice
+        (the first value stands), and neither does a retried step's function
+        republishing what an earlier attempt published. Allowed inside an
+        async step's function; a sync one running ``.in_thread()`` publishes
+        through ``trio.from_thread.run(ctx.publish, key, value)``.
+        """
+        if _ATTEMPT.get(0) > 1 and key in self._keys:
+            # A retried step's function publishing again what an earlier
+            # attempt claimed: once that attempt's record is in, nothing to do.
+            await self._host.require().settled(self.instance_id)
+            entry = self._host.entry(self.instance_id)
+            talk = self._run_talk()
+            talk.published = None  # look at the stream again
+            if events.published(talk, entry, key):
+                return
+        else:
+            entry = self._claim(key)
+        await events.publish(self._host, self._run_talk(), self.instance_id, entry, key, value)
 
     async def suspend(
         self,

@@ -36,6 +36,7 @@ import logging
 import math
 import secrets
 import threading
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +56,9 @@ from .._core.errors import (
 from .._core.index import Index
 from .._core.records import check_key
 from .._core.signals import check_signal
-from .._core.status import InstanceStatus, status_of
+from .._core.status import Event, InstanceStatus, status_of
 from .clock import Clock
+from .events import EventStream, StatusWatch, event
 from .host import Host, Workflow
 from .retry import RetryPolicy
 from .runner import run_instance
@@ -353,6 +355,42 @@ class Engine:
     def status(self, instance_id: str) -> InstanceStatus:
         """The instance's state as the journal records it (UnknownInstance if none)."""
         return status_of(instance_id, self._here().entry(instance_id))
+
+    # -- talking to the outside (events.py) --
+
+    async def event(
+        self, instance_id: str, key: str, *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> Any:
+        """The value the instance published under ``key`` (``ctx.publish``),
+        waiting for it if needed.
+
+        Raises UnknownInstance; TimeoutError after ``timeout`` seconds (on
+        trio's clock); EngineError if the instance finishes without
+        publishing ``key``, or the engine stops meanwhile.
+        """
+        return await event(self._here(), instance_id, key, timeout)
+
+    def events(self, instance_id: str, *, after: int | None = None) -> AsyncIterator[Event]:
+        """An async iterator of the instance's events (``Event``), in publish
+        order, from the one after seq ``after`` (None: from the first).
+
+        It yields new events as they are published (woken, not polling) and
+        ends once the instance has finished and every event was yielded. A
+        reader that comes back with the last ``seq`` it saw misses nothing
+        and sees nothing twice. Raises UnknownInstance at once; EngineError
+        if the engine stops while it is read.
+        """
+        return EventStream(self._here(), instance_id, after)
+
+    def watch(self, instance_id: str) -> AsyncIterator[InstanceStatus]:
+        """An async iterator of ``InstanceStatus``: the current status, then
+        one per change of state, status text or step count, in order; it
+        ends after a finished state (at once for a finished instance).
+
+        Raises UnknownInstance at once; EngineError if the engine stops
+        while it is read.
+        """
+        return StatusWatch(self._here(), instance_id)
 
     def instances(self, state: str | None = None) -> list[InstanceStatus]:
         """Every instance (in creation order), or those in ``state``."""

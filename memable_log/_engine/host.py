@@ -19,8 +19,9 @@ the objects, no extra call per step.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -38,6 +39,13 @@ if TYPE_CHECKING:
     from .context import Context
 
 Workflow = Callable[["Context"], Awaitable[Any]]
+
+class Listener(Protocol):
+    """A reader of an instance's events or status (events.py)."""
+
+    def touched(self) -> None:
+        """A record of the instance was applied (or the engine stopped)."""
+
 
 # The records that end a step attempt (it is no longer running).
 _STEP_OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
@@ -57,6 +65,7 @@ class Host:
         "_changed", "_idle", "_stepping", "backend", "clock", "codec", "default_retry",
         "draining", "exits", "graceful", "halted", "index", "limiter", "on_step_call",
         "reserved", "running", "scopes", "waits", "workflows",
+        "listeners",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -92,6 +101,11 @@ class Host:
         self.graceful = False
         self._stepping: dict[str, set[str]] = {}
         self._idle: trio.Event | None = None
+        # Readers of an instance's events or status (events.py), by
+        # instance: each is touched after every append for it. Weak, so an
+        # iterator dropped unfinished leaves nothing behind; empty while
+        # nobody reads, so the step path pays one test.
+        self.listeners: dict[str, weakref.WeakSet[Listener]] = {}
 
     # -- the journal ----------------------------------------------------------
 
@@ -107,6 +121,8 @@ class Host:
         await self.require().append(rec)
         if self._stepping and rec[r.TYPE] in _STEP_OUTCOMES:
             self._step_ended(rec[r.INSTANCE], rec[r.KEY])
+        if self.listeners:
+            self.touch(rec[r.INSTANCE])
 
     async def append_ending(self, rec: list[Any]) -> None:
         """Append a record that ends the wait on its key (a signal, a timer
@@ -123,6 +139,16 @@ class Host:
     async def append_many(self, recs: list[list[Any]]) -> None:
         """Append records in order, in one batch (see Backend.append_many)."""
         await self.require().append_many(recs)
+        if self.listeners:
+            for instance_id in {rec[r.INSTANCE] for rec in recs}:
+                self.touch(instance_id)
+
+    def touch(self, instance_id: str) -> None:
+        """Tell the instance's listeners that a record of it was applied."""
+        listeners = self.listeners.get(instance_id)
+        if listeners is not None:
+            for listener in list(listeners):
+                listener.touched()
 
     def now_ms(self) -> int:
         """The engine's wall clock, in milliseconds (what records carry)."""
@@ -242,3 +268,7 @@ class Host:
         for event in self._changed.values():
             event.set()
         self._changed.clear()
+        listeners, self.listeners = self.listeners, {}
+        for group in listeners.values():
+            for listener in list(group):
+                listener.touched()

@@ -22,7 +22,9 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
      [[name, salt, length, crc32], ...], [workflow name, ...],
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
-                 signals, waits, done_waits, last_seq]}]
+                 signals, waits, done_waits, last_seq, events, status_calls]}]
+
+(``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
 Load does as little per instance as it can, since a million-record journal
 holds a hundred thousand of them: the step table is the packed form of
@@ -58,7 +60,15 @@ from .._core.format import (
     segment_name,
     unpack_header,
 )
-from .._core.index import Entry, Index, InstanceEntry, ext_hook, pack_steps, wire
+from .._core.index import (
+    Entry,
+    Index,
+    InstanceEntry,
+    PublishedEvent,
+    ext_hook,
+    pack_steps,
+    wire,
+)
 from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
 
@@ -73,6 +83,10 @@ class SnapshotInvalid(ValueError):
 
 def _wire_table(table: dict[str, Entry] | None) -> dict[str, Any] | None:
     return None if table is None else {k: wire(v) for k, v in table.items()}
+
+
+def _wire_events(events: list[PublishedEvent] | None) -> list[Any] | None:
+    return None if events is None else [(k, ts, wire(v)) for k, ts, v in events]
 
 
 Position = tuple[str, int, int, int]  # segment name, offset, next_seq, records
@@ -93,6 +107,7 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
             e.error, e.pending, e.status, e.deadline_ms,
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
             _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
+            _wire_events(e.events), e.status_calls,
         )
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances],
@@ -184,6 +199,7 @@ def decode_into(
                 number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
                 e.error, e.pending, e.status, e.deadline_ms, e.table,
                 e.signals, e.waits, e.done_waits, e.last_seq,
+                e.events, e.status_calls,
             ) = fields
             if not (
                 type(number) is int and 0 <= number < workflow_count and e.state in states
@@ -191,13 +207,15 @@ def decode_into(
                 and type(e.last_seq) is int and type(e.table) is bytes
                 and type(e.input) in _VALUE and type(e.outcome) in _OUTCOME
                 and type(e.status) in _TEXT and type(e.deadline_ms) in _TIME
-                and type(iid) is str
+                and type(iid) is str and type(e.status_calls) is int
             ):
                 raise SnapshotInvalid(f"instance {iid!r} is malformed")
             if e.error is not None or e.pending is not None or e.signals is not None or (
                 e.waits is not None or e.done_waits is not None
             ):
                 _check_tables(iid, e)
+            if e.events is not None:
+                e.events = _events(iid, e.events)
             e.workflow = names[number]
             instances[iid] = e
     index.instances = instances
@@ -234,6 +252,16 @@ def _check_tables(iid: str, e: InstanceEntry) -> None:
         )
     if not ok:
         raise SnapshotInvalid(f"instance {iid!r} has a malformed table")
+
+
+def _events(iid: str, events: Any) -> list[PublishedEvent]:
+    """A decoded event stream, checked, as the index keeps it (a list)."""
+    if type(events) is not tuple or not all(
+        type(ev) is tuple and len(ev) == 3 and type(ev[0]) is str and type(ev[1]) is int
+        and type(ev[2]) in _VALUE for ev in events
+    ):
+        raise SnapshotInvalid(f"instance {iid!r} has a malformed event stream")
+    return list(events)
 
 
 def covered(storage: Storage, name: str, salt: int, length: int) -> Covered:

@@ -50,6 +50,7 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.STATE_IMAGE: (lc.SLEEPING, [key], {key: [lc.WAIT_TIMER, 7_000, None]}, {}),
         r.SUSPENDED_V1: (key, None, None), r.TIMER_SET_V1: (key, 9_000),
         r.STATE_IMAGE_V1: (lc.SLEEPING, key, None, 7_000, {key: 7_000}, {}),
+        r.STATUS_SET: ("text", 1), r.PUBLISHED: (key, b"v"),
     }
     return r.check(record(rtype, *fields[rtype]))
 
@@ -84,7 +85,9 @@ def test_a_record_for_a_pending_key_moves_the_state_as_the_table_says(
         expected = lc.SUSPENDED  # the table's general case, refined by the kinds
     assert (m.state, moved) == (expected, expected != state)
     if expected != state and expected not in lc.PARKED:
-        assert (m.pending, m.status, m.deadline_ms) == (None, None, None)
+        assert (m.pending, m.deadline_ms) == (None, None)
+    # The status text is the latest recorded: no state change clears it.
+    assert m.status == ("waiting" if state in lc.PARKED else None)
 
 
 def test_record_types_that_never_change_the_state_leave_a_parked_instance_parked() -> None:
@@ -100,7 +103,9 @@ def test_a_registered_wait_leaves_the_instance_running_and_keeps_its_first_deadl
                      record(r.SUSPENDED, "approve", "other", 7_000),  # a re-run's: ignored
                      record(r.TIMER_SET, "nap", 12_000))
     e = entry(index)
-    assert parked(e) == ("running", None, None, None)
+    # The status text is the latest recorded, in any state: the first
+    # registration's (a second one of a key counts for nothing).
+    assert parked(e) == ("running", None, "check", None)
     assert e.waits == {
         "approve": (lc.WAIT_SIGNAL, 5_000, "check"), "nap": (lc.WAIT_TIMER, 9_000, None),
     }
@@ -124,7 +129,7 @@ def test_parked_names_the_state_by_the_kinds_of_its_waits(
     deadlines = [9_000 - i for i, kind in enumerate(waits) if kind == r.TIMER_SET]
     statuses = [f"s{i}" for i, kind in enumerate(waits) if kind == r.SUSPENDED]
     assert parked(e) == (
-        state, tuple(keys), statuses[0] if statuses else None,
+        state, tuple(keys), statuses[-1] if statuses else None,  # the latest text
         min(deadlines) if deadlines else None,
     )
 
@@ -228,7 +233,8 @@ def test_a_state_image_sets_the_state_and_waits_as_is() -> None:
         {"old": r.TIMER_FIRED},
     ))
     e = entry(index)
-    assert parked(e) == ("waiting", ("nap", "ok"), "check", 7_000)
+    # The status text is not the image's: compaction writes it as status_set.
+    assert parked(e) == ("waiting", ("nap", "ok"), None, 7_000)
     assert e.waits == {"ok": (lc.WAIT_SIGNAL, None, "check"), "nap": (lc.WAIT_TIMER, 7_000, None),
                        "old": (lc.WAIT_TIMER, 1_000, None)}
     assert e.done_waits == {"old": r.TIMER_FIRED}
@@ -245,7 +251,7 @@ def test_a_v1_suspension_parks_unless_its_signal_came_first() -> None:
     assert parked(e) == ("suspended", ("approve",), "pending", 5_000)
     assert e.waits == {"approve": (lc.WAIT_SIGNAL, 5_000, "pending")}
     index.apply(record(r.SIGNALLED, "approve", b"yes"), 9)
-    assert parked(e) == ("running", None, None, None)
+    assert parked(e) == ("running", None, "pending", None)  # the latest text stays
     assert e.waits is None  # ended: nothing left to keep
 
     index = an_index(record(r.SIGNALLED, "approve", b"yes"),

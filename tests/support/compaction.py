@@ -98,8 +98,19 @@ def answers(index: Index, read: Read) -> Answers:
             "waits": e.waits, "done_waits": e.done_waits, "error": e.error,
             "input": value, "outcome": outcome, "steps": steps, "signals": signals,
             "memoised": e.memoised_steps(),
+            "events": _events(e, read, iid), "status_calls": e.status_calls,
         }
     return out
+
+
+def _events(e: ix.InstanceEntry, read: Read, iid: str) -> list[tuple[str, int, bytes]] | None:
+    """The event stream, values read back."""
+    if e.events is None:
+        return None
+    return [
+        (key, at, value if isinstance(value, bytes) else _at(read, value, r.PUBLISHED, iid, key)[5])
+        for key, at, value in e.events
+    ]
 
 
 def reference(records: list[list[Any]], inline_limit: int = INLINE) -> Answers:
@@ -148,6 +159,8 @@ class _Inst:
     signals: set[str] = field(default_factory=set)
     waits: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # kind, deadline
     done: set[str] = field(default_factory=set)
+    events: set[str] = field(default_factory=set)  # published keys
+    calls: int = 0  # the latest set_status call number
 
     def resolved(self, key: str) -> bool:
         return key in self.signals or key in self.done
@@ -270,6 +283,7 @@ class History:
         if choice in (0, 1):
             inst.steps.add(step)
             self._emit(r.STEP_DONE, iid, step, self.blob(large=extra >= 2))
+            self._talk(iid, inst, step, key, extra)
         elif choice == 2:
             inst.steps.add(step)
             self._emit(r.STEP_FAILED, iid, step, "ValueError", f"bad {step}",
@@ -293,6 +307,16 @@ class History:
         else:
             return False
         return True
+
+    def _talk(self, iid: str, inst: _Inst, step: str, key: int, extra: int) -> None:
+        """After a step, maybe an event (once per key) and a status text."""
+        event = f"e-{step}"
+        if key % 2 == 1 and event not in inst.events:
+            inst.events.add(event)
+            self._emit(r.PUBLISHED, iid, event, self.blob(large=extra == 3))
+        if extra % 2 == 1:
+            inst.calls += 1 + key % 2
+            self._emit(r.STATUS_SET, iid, f"after {step}", inst.calls)
 
     def _running_v1(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
         choice = code % 12
