@@ -174,7 +174,9 @@ async def test_the_command_started_first_follows_the_journal_once_created(
                 out += chunk
             assert seqs(out.decode().splitlines()) == [1, 2, 3]
             process.send_signal(signal.SIGINT)  # Ctrl-C
-            assert await process.wait() == 130
+            code = await process.wait()
+            rest = await process.stderr.receive_some(1 << 16)
+            assert code == 130, (note + rest).decode(errors="replace")
     finally:
         if process.returncode is None:
             process.kill()
