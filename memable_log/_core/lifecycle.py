@@ -105,6 +105,7 @@ TRANSITIONS: Final = _table()
 # RUNNING, as the index makes the entry; a registration only records a wait).
 UNCHANGED_BY: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.FORGOT, r.SUSPENDED, r.TIMER_SET,
+    r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
 })
 
 

@@ -56,6 +56,7 @@ from .._core.index import Index
 from .._core.records import check_key
 from .._core.signals import check_signal
 from .._core.status import InstanceStatus, status_of
+from .._core.status import StepStatus, steps_of
 from .clock import Clock
 from .host import Host, Workflow
 from .retry import RetryPolicy
@@ -353,6 +354,11 @@ class Engine:
     def status(self, instance_id: str) -> InstanceStatus:
         """The instance's state as the journal records it (UnknownInstance if none)."""
         return status_of(instance_id, self._here().entry(instance_id))
+
+    def steps(self, instance_id: str) -> list[StepStatus]:
+        """Every memoised step of the instance, in the order first written:
+        its state, times, attempts and error (UnknownInstance if none)."""
+        return steps_of(self._here().entry(instance_id))
 
     def instances(self, state: str | None = None) -> list[InstanceStatus]:
         """Every instance (in creation order), or those in ``state``."""

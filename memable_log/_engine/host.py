@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 Workflow = Callable[["Context"], Awaitable[Any]]
 
 # The records that end a step attempt (it is no longer running).
-_STEP_OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
+_STEP_OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED, r.ATTEMPT_FAILED})
 
 
 class ValueUnreadable(BaseException):
