@@ -64,13 +64,13 @@ is never written to by mistake.
 
 Step times (``engine.steps``). Beside the step table, each instance keeps
 ``meta``: a msgpack stream appended at each step outcome (and at-most-once
-marker), five items an outcome: the key, its first attempt's start less
+marker), an array of five an outcome: the key, its first attempt's start less
 the instance's ``created_ms``, its end (the record's time) less its start
 (nil for a marker), its attempts, and nil or ``[error type, message]``
 for a failure. The step table stays as it is (the replay of memoised steps
 reads only it); ``step_meta`` pairs each key of the table with its latest
-outcome of the same kind. About 14 bytes a step with a short key. It is
-``bytes`` while under ``APPEND_LIMIT`` and a ``bytearray`` past it (each
+outcome of the same kind. About 15 bytes a step with a short key. It is
+``bytes`` while under ``META_LIMIT`` and a ``bytearray`` past it (each
 append to bytes copies them), bytes again when the instance comes to rest.
 ``tries`` holds, for a step whose attempts failed and that has no outcome
 yet, its first attempt's start and every failed attempt's (type, message):
@@ -130,6 +130,8 @@ STEP_STARTED_AT = 2
 DEFAULT_INLINE_LIMIT = 256
 # Appending to a packed table copies it: past this size apply materialises it.
 APPEND_LIMIT = 4096
+# The same for the step meta stream: past this size it grows as a bytearray.
+META_LIMIT = 1024
 BIG_INT = 1  # msgpack ext type: an unsigned int beyond 64 bits, big-endian bytes
 
 Entry = bytes | int
@@ -148,9 +150,6 @@ _AT_REST = lc.PARKED | lc.FINISHED
 _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _KEY_CACHE = 4096  # distinct keys whose msgpack bytes an index keeps
 _FINISHED = lc.FINISHED
-_FIXINT = [bytes((n,)) for n in range(128)]  # msgpack's positive fixints
-_NIL = b"\xc0"
-_ONCE = b"\x01\xc0"  # one attempt, no error
 _RULES = lc.RULES  # inlined lc.advance: apply runs per record
 _ONLY_ON_A_MOVE = lc.ONLY_ON_A_MOVE
 
@@ -261,10 +260,7 @@ def step_meta(
     unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=len(meta))
     unpacker.feed(meta)
     items = list(unpacker)
-    if len(items) % 5:
-        raise ValueError("a step meta stream ends inside an outcome")
-    for i in range(0, len(items), 5):
-        key, since, took, attempts, error = items[i:i + 5]
+    for key, since, took, attempts, error in items:  # ValueError: not a meta stream
         entry = steps.get(key)
         if entry is None:
             continue
@@ -495,19 +491,15 @@ class Index:
 
     def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         key = rec[KEY]
-        packed_key = self._keys.get(key) or self._key_bytes(key)
-        # Its times onto the meta stream (module comment), by hand: the
-        # common case is small ints, one byte each, one attempt, no error.
+        # Its times onto the meta stream (module comment): one msgpack call.
         started = rec[STEP_DONE_STARTED_MS]
-        since, took, attempts = started - inst.created_ms, rec[TS] - started, rec[STEP_DONE_ATTEMPTS]
-        a = _FIXINT[since] if 0 <= since < 128 else self._pack(since)
-        b = _FIXINT[took] if 0 <= took < 128 else self._pack(took)
-        c = _ONCE if attempts == 1 else self._pack(attempts) + _NIL
+        op = self._pack((key, started - inst.created_ms, rec[TS] - started,
+                         rec[STEP_DONE_ATTEMPTS], None))
         meta = inst.meta
-        if type(meta) is bytes and len(meta) < APPEND_LIMIT:
-            inst.meta = b"".join((meta, packed_key, a, b, c))
+        if type(meta) is bytes and len(meta) < META_LIMIT:
+            inst.meta = meta + op
         else:
-            self._grow(inst, b"".join((packed_key, a, b, c)))
+            self._grow(inst, op)
         if inst.tries is not None:
             self._settled(inst, key)
         blob = rec[STEP_DONE_VALUE]
@@ -517,6 +509,7 @@ class Index:
             # The bulk of a scan: an inline value onto a small packed table
             # (by hand: a msgpack bin 8 is 0xc4, its length, its bytes).
             if type(table) is bytes and size < 256 and len(table) < APPEND_LIMIT:
+                packed_key = self._keys.get(key) or self._key_bytes(key)
                 inst.table = b"".join((table, packed_key, _BIN8[size], blob))
                 return
             value: Entry = blob
@@ -566,12 +559,10 @@ class Index:
         self, inst: InstanceEntry, key: str, started: int, took: int | None, attempts: int,
         error: tuple[str, str] | None,
     ) -> None:
-        """Append one outcome's times to the meta stream (the general case)."""
-        pack = self._pack
-        op = b"".join((self._key_bytes(key), pack(started - inst.created_ms), pack(took),
-                       pack(attempts), pack(error)))
+        """Append one outcome's times to the meta stream."""
+        op = self._pack((key, started - inst.created_ms, took, attempts, error))
         meta = inst.meta
-        if type(meta) is bytes and len(meta) < APPEND_LIMIT:
+        if type(meta) is bytes and len(meta) < META_LIMIT:
             inst.meta = meta + op
         else:
             self._grow(inst, op)

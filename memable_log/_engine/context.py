@@ -366,7 +366,8 @@ class Step:
                 )
             raise StepInterrupted(ctx.instance_id, key)
         iid = ctx.instance_id
-        started = host.now_ms()  # the first attempt's, unless a restart continues (attempts.py)
+        now_ms = host.clock.now_ms  # twice per step: spare a call through the host
+        started = now_ms()  # the first attempt's, unless a restart continues (attempts.py)
         plan = self._retry or host.default_retry or NO_RETRY
         max_attempts, delay = plan.max_attempts, plan.initial_delay
         timeout = self._timeout
@@ -438,7 +439,7 @@ class Step:
             blob = host.codec.encode(result)
         except EncodeError as exc:
             raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
-        await host.append([r.STEP_DONE, 0, host.now_ms(), iid, key, blob, started, attempt])
+        await host.append([r.STEP_DONE, 0, now_ms(), iid, key, blob, started, attempt])
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
         return host.codec.decode(blob)
