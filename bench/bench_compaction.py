@@ -176,7 +176,7 @@ def fill_prefix(path: str, instances: int) -> None:
     for i in range(instances):
         iid = f"{i:012x}"
         batch.append(make(CREATED, 1, iid, "filler", b"\x00\xc0"))
-        batch += [make(STEP_DONE, 1, iid, f"step:{k}:v1", b"\x00\x2a") for k in range(8)]
+        batch += [make(STEP_DONE, 1, iid, f"step:{k}:v1", b"\x00\x2a", 1, 1) for k in range(8)]
         batch.append(make(COMPLETED, 1, iid, b"\x00\x08"))
         if len(batch) >= 5000:
             for rec in batch:

@@ -137,7 +137,7 @@ async def _journal_one_writer(path: str, n: int) -> WriteRun:
         start = time.perf_counter()
         for key in keys:
             t = time.perf_counter()
-            await journal.append(r.make(r.STEP_DONE, TS_MS, "bench-1", key, BLOB))
+            await journal.append(r.make(r.STEP_DONE, TS_MS, "bench-1", key, BLOB, TS_MS, 1))
             lat.append(time.perf_counter() - t)
         elapsed = time.perf_counter() - start
         commits = journal.commits - commits
@@ -159,7 +159,7 @@ async def _journal_many_writers(path: str, writers: int, per_writer: int) -> Wri
 
         async def writer(instance: str) -> None:
             for key in keys:
-                await journal.append(r.make(r.STEP_DONE, TS_MS, instance, key, BLOB))
+                await journal.append(r.make(r.STEP_DONE, TS_MS, instance, key, BLOB, TS_MS, 1))
 
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -244,7 +244,7 @@ def _startup_records(instances: int, seq: int) -> Any:
         for k, key in enumerate(KEYS):
             for i, inst in group:
                 blob = pack({"ok": True, "rows": (i * 7 + k) % 1000, "etag": f"{i:x}-{k}"})
-                yield pack([r.STEP_DONE, seq, ts, inst, key, blob])
+                yield pack([r.STEP_DONE, seq, ts, inst, key, blob, ts, 1])
                 seq, ts = seq + 1, ts + 1
 
 

@@ -7,6 +7,11 @@ One workflow, ``mixed``, does what its input (a *spec*, a small dict) says:
   read back from the journal (and fill 4 KiB segments: roll-overs);
 * ``amo``: an at-most-once step ``charge`` (a ``StepInterrupted`` is caught
   and shows in the result as ``"interrupted"``);
+* ``flaky``: a step ``flaky`` whose first ``FLAKY_FAILS`` attempts fail,
+  retried up to ``FLAKY_MAX`` attempts with that delay (seconds): it
+  succeeds at its last allowed attempt only if a restart continues the
+  count. Its ledger key carries ``ctx.attempt`` (``flaky@3``), so the
+  check sees every attempt's number;
 * ``par``: that many steps ``p0..`` at once, in a nursery;
 * ``suspend``: waits for the signal ``approve`` (its payload is fixed by the
   instance id); with ``remind`` beside a durable timer ``remind`` of that
@@ -65,6 +70,9 @@ from memable_log.reader import RecordView
 
 WORKFLOW = "mixed"
 AMO_KEY = "charge"
+FLAKY_KEY = "flaky"
+FLAKY_FAILS = 2  # its first attempts fail ...
+FLAKY_MAX = 3  # ... and it may make this many in all, across crashes
 AT_MOST_ONCE = {AMO_KEY}
 BIG_SIZE = 1800  # above the index's inline limit (256): read back by location
 CHARGE = 1000
@@ -97,6 +105,8 @@ def step_keys(spec: Spec) -> list[str]:
     keys += [f"big{b}" for b in range(spec.get("big", 0))]
     if spec.get("amo"):
         keys.append(AMO_KEY)
+    if spec.get("flaky") is not None:
+        keys.append(FLAKY_KEY)
     keys += [f"p{j}" for j in range(spec.get("par", 0))]
     if spec.get("suspend") and spec.get("remind") is not None:
         keys.append("reminded")
@@ -120,6 +130,8 @@ def expected_result(spec: Spec, instance: str, charged: Any = CHARGE) -> dict[st
     total = sum(step_value(instance, f"s{i}") for i in range(spec.get("steps", 0)))
     total += sum(step_value(instance, f"p{j}") for j in range(spec.get("par", 0)))
     total += step_value(instance, "last")
+    if spec.get("flaky") is not None:
+        total += step_value(instance, FLAKY_KEY)
     if spec.get("suspend") and spec.get("remind") is not None:
         total += step_value(instance, "reminded")
     return {
@@ -227,6 +239,21 @@ def make_workflow(ledger: Ledger, sink: AckSink) -> Callable[[Context], Awaitabl
         await ctx.set_status(f"after {key}")
         return got
 
+    async def flaky(ctx: Context, delay: float) -> Any:
+        iid = ctx.instance_id
+
+        def body() -> Any:
+            attempt = ctx.attempt
+            ledger.record(iid, f"{FLAKY_KEY}@{attempt}")
+            if attempt <= FLAKY_FAILS:
+                raise ConnectionError(f"{iid}: attempt {attempt} of {FLAKY_KEY} fails")
+            return step_value(iid, FLAKY_KEY)
+
+        got = await ctx.step(FLAKY_KEY).retry(
+            max_attempts=FLAKY_MAX, initial_delay=delay, backoff=1.0).run(body)
+        sink("step", iid, FLAKY_KEY, ledger.size())
+        return got
+
     async def mixed(ctx: Context) -> dict[str, Any]:
         spec: Spec = ctx.input
         iid = ctx.instance_id
@@ -236,6 +263,8 @@ def make_workflow(ledger: Ledger, sink: AckSink) -> Callable[[Context], Awaitabl
         big = None
         for b in range(spec.get("big", 0)):
             big = (big or 0) + len(await step(ctx, f"big{b}", big_value(iid, b)))
+        if spec.get("flaky") is not None:
+            total += await flaky(ctx, spec["flaky"])
         charged: Any = None
         if spec.get("amo"):
             try:
@@ -313,7 +342,7 @@ TIMER_SECONDS = 30.0
 WAITING_FOR_SIGNAL = ("suspended", "waiting")  # "waiting": beside a timer (``remind``)
 OP_SPECS: dict[str, Spec] = {
     "invoke": {"steps": 2, "big": 3},  # 5.4 kB of results: a roll-over
-    "step": {"steps": 1, "amo": True, "par": 2, "big": 1},
+    "step": {"steps": 1, "amo": True, "par": 2, "big": 1, "flaky": 0.5},
     "signal": {"steps": 1, "suspend": True, "remind": TIMER_SECONDS},
     "timer": {"timer": TIMER_SECONDS},
     "cancel": {"steps": 1, "hold": True},
@@ -407,6 +436,7 @@ class Facts:
     created: set[str] = field(default_factory=set)
     step_done: set[tuple[str, str]] = field(default_factory=set)
     step_started: set[tuple[str, str]] = field(default_factory=set)
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # latest step_done's
     signalled: set[tuple[str, str]] = field(default_factory=set)
     cancelled: set[str] = field(default_factory=set)
     forgot: set[tuple[str, str]] = field(default_factory=set)
@@ -429,6 +459,7 @@ class Facts:
                 facts.final.setdefault(iid, ("live", None))
             elif rec.type == "step_done":
                 facts.step_done.add((iid, key))  # type: ignore[arg-type]
+                facts.attempts[iid, key] = rec.fields["attempts"]  # type: ignore[index]
             elif rec.type == "step_started":
                 facts.step_started.add((iid, key))  # type: ignore[arg-type]
             elif rec.type == "signalled":
@@ -502,12 +533,50 @@ def check(
         if iid in specs and value != expected_result(specs[iid], iid, value.get("charged")):
             problems.append(f"{iid} returned {value!r}, expected "
                             f"{expected_result(specs[iid], iid, value.get('charged'))!r}")
+    attempts = _attempts(ledger)
+    ledger = [Entry(e.pos, e.instance, e.key.split("@")[0], e.attempt) for e in ledger]
     problems += check_ledger(ledger, acks.steps, AT_MOST_ONCE, acks.forget_calls)
+    problems += _check_attempts(attempts, acks.forget_calls)
     known = {(iid, key) for iid, spec in specs.items() for key in step_keys(spec)}
     problems += [f"ledger entry {e} is no step of the workload"
                  for e in ledger if (e.instance, e.key) not in known]
     if final:
         problems += _check_final(facts, specs, ledger)
+        for (iid, key), seen in sorted(attempts.items()):
+            recorded = facts.attempts.get((iid, key))
+            if recorded is not None and recorded != seen[-1][1]:
+                problems.append(f"{key!r} of {iid}: its step_done says {recorded} attempts, "
+                                f"the ledger's last attempt was {seen[-1][1]}")
+    return problems
+
+
+def _attempts(ledger: list[Entry]) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """(instance, key) -> (ledger position, ctx.attempt) of each execution of a
+    step whose ledger key carries its attempt (``flaky@2``)."""
+    out: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for e in ledger:
+        key, at, attempt = e.key.partition("@")
+        if at:
+            out.setdefault((e.instance, key), []).append((e.pos, int(attempt)))
+    return out
+
+
+def _check_attempts(
+    attempts: dict[tuple[str, str], list[tuple[int, int]]], forgets: list[Forget]
+) -> list[str]:
+    """A step never gets more than FLAKY_MAX attempts, across crashes: no
+    attempt number beyond it, and the count never goes back (a restart
+    continues it; an attempt cut by a crash runs again with its number),
+    unless a forget of the key was issued in between."""
+    problems = []
+    for (iid, key), seen in sorted(attempts.items()):
+        for (pos, n), (last, before) in zip(seen, [(0, 0), *seen], strict=False):
+            if n > FLAKY_MAX:
+                problems.append(f"{key!r} of {iid} ran attempt {n} of at most {FLAKY_MAX} "
+                                f"(ledger position {pos})")
+            if n < before and not forgotten_between(forgets, iid, key, last, pos):
+                problems.append(f"{key!r} of {iid}: attempt {n} ran after attempt {before} "
+                                f"(ledger position {pos}): a restart lost the count")
     return problems
 
 

@@ -127,6 +127,8 @@ def make_plan(rng: random.Random) -> list[dict[str, Any]]:
                 spec["timeout"] = round(rng.uniform(0.01, 0.08), 3)
             if rng.random() < 0.3:
                 spec["timer"] = round(rng.uniform(0.01, 0.1), 3)
+            if rng.random() < 0.4:  # a step whose first attempts fail: retried
+                spec["flaky"] = round(rng.uniform(0.005, 0.03), 3)
         plan.append(inst)
     return plan
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._core.status import ErrorInfo as ErrorInfo
     from ._core.status import Event as Event
     from ._core.status import InstanceStatus as InstanceStatus
+    from ._core.status import StepStatus as StepStatus
     from ._core.status import Wait as Wait
     from ._engine.builder import EngineBuilder as EngineBuilder
     from ._engine.clock import Clock as Clock
@@ -67,6 +68,7 @@ _LAZY = {
     "ManualClock": "._engine.clock",
     "MemoryStorage": "._storage.memory",
     "Step": "._engine.context",
+    "StepStatus": "._core.status",
     "Wait": "._core.status",
 }
 
@@ -109,6 +111,7 @@ __all__ = [
     "Step",
     "StepFailed",
     "StepInterrupted",
+    "StepStatus",
     "StepTimedOut",
     "SuspendTimedOut",
     "TornTail",

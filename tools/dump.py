@@ -169,11 +169,15 @@ def summary(rec: RecordView) -> str:
             parts.append(f"error={_text(value)}: {message}")
         elif name == "deadline_ms":
             parts.append(f"deadline={c.iso_ms(value)}")
+        elif name in _STEP_FIELDS:
+            shown = _step_field(name, value)
+            if shown and not (name == "started_ms" and value == rec.ts_ms):
+                parts.append(shown)
         elif rec.type.startswith("state_image") and name == "state":
             parts.append(f"state={_state_name(value)}")
         elif isinstance(value, dict):  # state images: waits, timers, done_waits
-            shown = {k: _wait_text(name, v) for k, v in value.items()}
-            parts.append(f"{name}={c.clip(_compact(shown), _VALUE_WIDTH)}")
+            waits = {k: _wait_text(name, v) for k, v in value.items()}
+            parts.append(f"{name}={c.clip(_compact(waits), _VALUE_WIDTH)}")
         elif isinstance(value, list):  # parked keys, an image's pending keys
             if value:
                 parts.append(f"{name}={c.clip(_text(','.join(value)), _VALUE_WIDTH)}")
@@ -184,6 +188,24 @@ def summary(rec: RecordView) -> str:
         else:
             parts.append(f"{name}={value!r}")
     return " ".join(parts)
+
+
+# Format version 3's step fields (step_done, step_failed, attempt_failed).
+_STEP_FIELDS = frozenset({"started_ms", "attempts", "errors"})
+
+
+def _step_field(name: str, value: Any) -> str:
+    """A step's start as a time (left out by the caller when it is the
+    record's own), its attempts unless just one, and the type of each
+    attempt's error (the last one's message is its ``error=``)."""
+    if name == "started_ms" and type(value) is int:
+        return f"started={c.iso_ms(value)}"
+    if name == "attempts":
+        return "" if value == 1 else f"attempts={value!r}"
+    if name == "errors" and type(value) is list:
+        types = [str(e[0]) if type(e) is list and e else "?" for e in value]
+        return "" if len(types) < 2 else f"errors={c.clip(_text(','.join(types)), _VALUE_WIDTH)}"
+    return f"{name}={_compact(value)}"
 
 
 class TextPrinter:

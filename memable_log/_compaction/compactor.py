@@ -26,7 +26,7 @@ would otherwise hold the GIL against the engine's own commits.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Generator, Iterator
 from typing import Any, Final
 
 import msgpack
@@ -93,10 +93,12 @@ SYNTHESISED: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SIGNALLED, r.STATE_IMAGE,
     r.COMPLETED, r.FAILED, r.CANCELLED,
     r.STATUS_SET, r.PUBLISHED,  # the latest status text; every event, in order
+    r.ATTEMPT_FAILED,
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
     r.RESTARTED, r.SUSPENDED_V1, r.TIMER_SET_V1, r.STATE_IMAGE_V1,
+    r.STEP_DONE_V2, r.STEP_FAILED_V2,
 })
 
 
@@ -114,34 +116,32 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
 
     ts = e.updated_ms
     yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
-    # Each event keeps its own time (``Event.at``) and its place (its seq);
-    # what follows carries the time of the last record.
+    # Each event keeps its own time (``Event.at``) and its place (its seq),
+    # and step outcomes their own times (engine.steps reads them), so the
+    # last record written may not be at ``ts``: ``last`` follows it.
+    last = e.created_ms
     for key, at, value in e.events or ():
         yield [r.PUBLISHED, 0, at, iid, key, blob(value, r.PUBLISHED_VALUE)]
-    for key, step in e.steps.items():
-        kind = ix.entry_kind(step)
-        if kind == ix.STEP_DONE_AT:
-            value = step if type(step) is bytes else read(ix.entry_loc(step))[r.STEP_DONE_VALUE]  # type: ignore[arg-type]
-            yield [r.STEP_DONE, 0, ts, iid, key, value]
-        elif kind == ix.STEP_FAILED_AT:
-            failed = read(ix.entry_loc(step))  # type: ignore[arg-type]
-            yield [
-                r.STEP_FAILED, 0, ts, iid, key, failed[r.STEP_FAILED_TYPE],
-                failed[r.STEP_FAILED_MESSAGE], failed[r.STEP_FAILED_TRACEBACK],
-            ]
-        else:
-            yield [r.STEP_STARTED, 0, ts, iid, key]
+        last = at
+    step_last = yield from _step_records(iid, e, read)
+    if step_last is not None:
+        last = step_last
+    for key, (started, errors) in (e.tries or {}).items():
+        # A step with failed attempts and no outcome: a restart continues its count.
+        for attempt, (etype, message) in enumerate(errors, 1):
+            yield [r.ATTEMPT_FAILED, 0, ts, iid, key, attempt, etype, message, started]
+            last = ts
     for key, payload in (e.signals or {}).items():
         yield [r.SIGNALLED, 0, ts, iid, key, blob(payload, r.SIGNALLED_PAYLOAD)]
+        last = ts
     if e.status is not None:  # the latest text, with the latest set_status call's number
         yield [r.STATUS_SET, 0, ts, iid, e.status, e.status_calls]
+        last = ts
     state = e.state if e.state in lc.LIVE else lc.RUNNING
-    # Else ``created`` said it all, unless a later record (a forget, a
-    # restart) moved updated_ms with nothing else to carry it.
-    bare = not e.steps and not e.signals and e.state in lc.LIVE and e.status is None
-    if state != lc.RUNNING or e.waits or e.done_waits or (
-        bare and (ts != e.created_ms or e.events)
-    ):
+    # Else the records above said it all, unless a later record (a forget,
+    # a restart) moved updated_ms with nothing else to carry it.
+    bare = e.state in lc.LIVE and last != ts
+    if state != lc.RUNNING or e.waits or e.done_waits or bare:
         pending = list(e.pending or ()) if state != lc.RUNNING else []
         waits = {key: list(wait) for key, wait in (e.waits or {}).items()}
         yield [r.STATE_IMAGE, 0, ts, iid, state, pending, waits, dict(e.done_waits or {})]
@@ -156,6 +156,40 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
         ]
     elif e.state == lc.CANCELLED:
         yield [r.CANCELLED, 0, ts, iid]
+
+
+def _step_records(
+    iid: str, e: InstanceEntry, read: ReadRecord
+) -> Generator[list[Any], None, int | None]:
+    """A record per step outcome (or at-most-once marker), each at its own
+    times (``ix.step_meta``); returns the time of the last one, if any."""
+    steps = e.steps
+    times = ix.step_meta(e.created_ms, steps, e.meta)
+    ts = e.updated_ms
+    last = None
+    rec: list[Any]
+    for key, step in steps.items():
+        started, finished, attempts, _ = times.get(key, (ts, ts, 1, None))
+        end = ts if finished is None else finished
+        kind = ix.entry_kind(step)
+        if kind == ix.STEP_DONE_AT:
+            value = step if type(step) is bytes else read(ix.entry_loc(step))[r.STEP_DONE_VALUE]  # type: ignore[arg-type]
+            rec = [r.STEP_DONE, 0, end, iid, key, value, started, attempts]
+        elif kind == ix.STEP_FAILED_AT:
+            failed = read(ix.entry_loc(step))  # type: ignore[arg-type]
+            etype, message = failed[r.STEP_FAILED_TYPE], failed[r.STEP_FAILED_MESSAGE]
+            # A version 2 record: its one error.
+            errors = failed[r.STEP_FAILED_ERRORS] if failed[r.TYPE] == r.STEP_FAILED else [
+                [etype, message]]
+            rec = [
+                r.STEP_FAILED, 0, end, iid, key, etype, message,
+                failed[r.STEP_FAILED_TRACEBACK], started, attempts, [list(x) for x in errors],
+            ]
+        else:
+            rec = [r.STEP_STARTED, 0, started, iid, key]
+        last = rec[r.TS]
+        yield rec
+    return last
 
 
 def write_compacted(

@@ -7,6 +7,17 @@ and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NamedTuple
+
+
+class ErrorInfo(NamedTuple):
+    """An error as the journal keeps it: the exception's type name and message
+    (why an instance failed, why a step's attempt failed)."""
+
+    type: str
+    message: str
+
 
 class EngineError(Exception):
     """Base class of every error memable_log raises."""
@@ -103,14 +114,23 @@ class StepFailed(EngineError):
     """A step's attempts are exhausted; the failure is memoised.
 
     ``error_type``, ``message`` and ``traceback`` describe the step's last
-    exception. A re-run raises the same StepFailed without calling the step.
+    exception; ``errors`` is every attempt's error (ErrorInfo: type name,
+    message), in order, across restarts, the last one included. A re-run
+    raises the same StepFailed without calling the step.
     """
 
-    def __init__(self, key: str, error_type: str, message: str, traceback: str) -> None:
+    def __init__(
+        self, key: str, error_type: str, message: str, traceback: str,
+        errors: Iterable[tuple[str, str]] | None = None,
+    ) -> None:
         self.key = key
         self.error_type = error_type
         self.message = message
         self.traceback = traceback
+        self.errors: tuple[ErrorInfo, ...] = (
+            (ErrorInfo(error_type, message),) if errors is None
+            else tuple(ErrorInfo(t, m) for t, m in errors)
+        )
         super().__init__(
             f"step {key!r} failed: {error_type}: {message} (memoised: re-runs raise "
             "this again; engine.forget(instance_id, key) after a fix runs it anew)"

@@ -61,6 +61,21 @@ Which form when:
 Nobody holds ``entry.steps`` across an ``apply``: callers read it anew (the
 engine's context, compaction's re-pointing), so a table packed under them
 is never written to by mistake.
+
+Step times (``engine.steps``). Beside the step table, each instance keeps
+``meta``: a msgpack stream appended at each step outcome (and at-most-once
+marker), an array of five an outcome: the key, its first attempt's start less
+the instance's ``created_ms``, its end (the record's time) less its start
+(nil for a marker), its attempts, and nil or ``[error type, message]``
+for a failure. The step table stays as it is (the replay of memoised steps
+reads only it); ``step_meta`` pairs each key of the table with its latest
+outcome of the same kind. About 15 bytes a step with a short key. It is
+``bytes`` while under ``META_LIMIT`` and a ``bytearray`` past it (each
+append to bytes copies them), bytes again when the instance comes to rest.
+``tries`` holds, for a step whose attempts failed and that has no outcome
+yet, its first attempt's start and every failed attempt's (type, message):
+what the engine needs to continue the count after a restart; the outcome
+drops it.
 """
 
 from __future__ import annotations
@@ -74,6 +89,9 @@ import msgpack
 from . import lifecycle as lc
 from . import records as r
 from .records import (
+    ATTEMPT_FAILED_MESSAGE,
+    ATTEMPT_FAILED_STARTED_MS,
+    ATTEMPT_FAILED_TYPE,
     COMPLETED_RESULT,
     CREATED_INPUT,
     CREATED_WORKFLOW,
@@ -94,7 +112,13 @@ from .records import (
     SIGNALLED_PAYLOAD,
     STATUS_SET_CALL,
     STATUS_SET_TEXT,
+    STEP_DONE_ATTEMPTS,
+    STEP_DONE_STARTED_MS,
     STEP_DONE_VALUE,
+    STEP_FAILED_ATTEMPTS,
+    STEP_FAILED_MESSAGE,
+    STEP_FAILED_STARTED_MS,
+    STEP_FAILED_TYPE,
     SUSPENDED_DEADLINE,
     SUSPENDED_STATUS,
     TIMER_SET_DEADLINE,
@@ -109,10 +133,18 @@ STEP_STARTED_AT = 2
 DEFAULT_INLINE_LIMIT = 256
 # Appending to a packed table copies it: past this size apply materialises it.
 APPEND_LIMIT = 4096
+# The same for the step meta stream: past this size it grows as a bytearray.
+META_LIMIT = 1024
 BIG_INT = 1  # msgpack ext type: an unsigned int beyond 64 bits, big-endian bytes
 
 Entry = bytes | int
 PublishedEvent = tuple[str, int, Entry]  # key, ts_ms, value blob or loc
+Tries = tuple[int, tuple[tuple[str, str], ...]]
+"""A step's failed attempts, while it has no outcome: its first attempt's
+start (ms) and each failed attempt's (error type, message), in order."""
+StepMeta = tuple[int, int | None, int, tuple[str, str] | None]
+"""A step outcome's times: started_ms, finished_ms (None for an at-most-once
+marker), attempts, and (error type, message) for a failure."""
 
 
 SEGMENT_BITS = 24
@@ -168,7 +200,7 @@ def ext_hook(code: int, data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
-def forget(steps: dict[str, Entry], pattern: str) -> None:
+def forget(steps: dict[str, Any], pattern: str) -> None:
     """Drop ``pattern``'s key, or every key with its prefix if it ends in ``*``."""
     if pattern.endswith("*"):
         prefix = pattern[:-1]
@@ -220,14 +252,38 @@ def unpack_steps(packed: bytes, intern: bool = True) -> dict[str, Entry]:
     return steps
 
 
+def step_meta(
+    created_ms: int, steps: Mapping[str, Entry], meta: bytes | bytearray
+) -> dict[str, StepMeta]:
+    """The times of each step in ``steps`` (an instance's table), from its
+    meta stream: the latest outcome of the key of the kind its entry has
+    (an outcome forgotten and run again is followed by the new one)."""
+    found: dict[str, StepMeta] = {}
+    if not meta:
+        return found
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=len(meta))
+    unpacker.feed(meta)
+    items = list(unpacker)
+    for key, since, took, attempts, error in items:  # ValueError: not a meta stream
+        entry = steps.get(key)
+        if entry is None:
+            continue
+        kind = STEP_STARTED_AT if took is None else (
+            STEP_DONE_AT if error is None else STEP_FAILED_AT)
+        if entry_kind(entry) == kind:
+            started = created_ms + since
+            found[key] = (started, None if took is None else started + took, attempts,
+                          None if error is None else (error[0], error[1]))
+    return found
+
+
 class InstanceEntry:
     """Everything the index knows about one instance."""
 
     __slots__ = (
         "workflow", "state", "created_ms", "updated_ms", "input", "outcome",
         "error", "pending", "status", "deadline_ms", "table", "signals",
-        "waits", "done_waits", "last_seq",
-        "events", "status_calls",
+        "waits", "done_waits", "last_seq", "events", "status_calls", "meta", "tries",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -258,6 +314,9 @@ class InstanceEntry:
         self.events: list[PublishedEvent] | None = None
         # The call number of the latest status_set (see records.STATUS_SET).
         self.status_calls = 0
+        # Step times and in-flight failed attempts (module comment).
+        self.meta: bytes | bytearray = b""
+        self.tries: dict[str, Tries] | None = None
 
     @property
     def steps(self) -> dict[str, Entry]:
@@ -282,6 +341,8 @@ class InstanceEntry:
         table = self.table
         if isinstance(table, dict):
             self.table = pack_steps(table)
+        if type(self.meta) is bytearray:
+            self.meta = bytes(self.meta)
 
     def has_step(self, key: str) -> bool:
         """Whether the step table has ``key`` (a packed table stays packed)."""
@@ -441,6 +502,18 @@ class Index:
     # lifecycle's, decided before).
 
     def _step_done(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[KEY]
+        # Its times onto the meta stream (module comment): one msgpack call.
+        started = rec[STEP_DONE_STARTED_MS]
+        op = self._pack((key, started - inst.created_ms, rec[TS] - started,
+                         rec[STEP_DONE_ATTEMPTS], None))
+        meta = inst.meta
+        if type(meta) is bytes and len(meta) < META_LIMIT:
+            inst.meta = meta + op
+        else:
+            self._grow(inst, op)
+        if inst.tries is not None:
+            self._settled(inst, key)
         blob = rec[STEP_DONE_VALUE]
         size = len(blob)
         if size <= self.inline_limit:
@@ -448,28 +521,84 @@ class Index:
             # The bulk of a scan: an inline value onto a small packed table
             # (by hand: a msgpack bin 8 is 0xc4, its length, its bytes).
             if type(table) is bytes and size < 256 and len(table) < APPEND_LIMIT:
-                key = rec[KEY]
                 packed_key = self._keys.get(key) or self._key_bytes(key)
                 inst.table = b"".join((table, packed_key, _BIN8[size], blob))
                 return
             value: Entry = blob
         else:
             value = loc << 2 | STEP_DONE_AT
-            if self._append(inst, rec[KEY], value):
+            if self._append(inst, key, value):
                 return
-        inst.steps[sys.intern(rec[KEY])] = value
+        inst.steps[sys.intern(key)] = value
 
     def _step_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[KEY]
+        started = rec[STEP_FAILED_STARTED_MS]
+        self._note(inst, key, started, rec[TS] - started, rec[STEP_FAILED_ATTEMPTS],
+                   (rec[STEP_FAILED_TYPE], rec[STEP_FAILED_MESSAGE]))
+        if inst.tries is not None:
+            self._settled(inst, key)
         value = loc << 2 | STEP_FAILED_AT
-        if not self._append(inst, rec[KEY], value):
-            inst.steps[sys.intern(rec[KEY])] = value
+        if not self._append(inst, key, value):
+            inst.steps[sys.intern(key)] = value
 
     def _step_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[KEY]
+        self._note(inst, key, rec[TS], None, 1, None)
         value = loc << 2 | STEP_STARTED_AT
-        if not self._append(inst, rec[KEY], value):
-            inst.steps.setdefault(sys.intern(rec[KEY]), value)
+        if not self._append(inst, key, value):
+            inst.steps.setdefault(sys.intern(key), value)
+
+    # Version 2's outcomes: one attempt, started when written.
+    def _step_done_v2(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        self._step_done(inst, [*rec, rec[TS], 1], loc)
+
+    def _step_failed_v2(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        self._step_failed(inst, [*rec, rec[TS], 1, None], loc)
+
+    def _attempt_failed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[KEY]
+        error = (rec[ATTEMPT_FAILED_TYPE], rec[ATTEMPT_FAILED_MESSAGE])
+        if inst.tries is None:
+            inst.tries = {}
+        known = inst.tries.get(key)
+        if known is None:
+            inst.tries[sys.intern(key)] = (rec[ATTEMPT_FAILED_STARTED_MS], (error,))
+        else:
+            inst.tries[key] = (known[0], (*known[1], error))
+
+    def _note(
+        self, inst: InstanceEntry, key: str, started: int, took: int | None, attempts: int,
+        error: tuple[str, str] | None,
+    ) -> None:
+        """Append one outcome's times to the meta stream."""
+        op = self._pack((key, started - inst.created_ms, took, attempts, error))
+        meta = inst.meta
+        if type(meta) is bytes and len(meta) < META_LIMIT:
+            inst.meta = meta + op
+        else:
+            self._grow(inst, op)
+
+    @staticmethod
+    def _grow(inst: InstanceEntry, op: bytes) -> None:
+        meta = inst.meta
+        if type(meta) is bytes:
+            meta = inst.meta = bytearray(meta)
+        meta += op
+
+    @staticmethod
+    def _settled(inst: InstanceEntry, pattern: str) -> None:
+        """Drop the failed attempts of ``pattern``'s step (or prefix, ``*``)."""
+        tries = inst.tries
+        if tries is None:
+            return
+        forget(tries, pattern)
+        if not tries:
+            inst.tries = None
 
     def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        if inst.tries is not None:
+            self._settled(inst, rec[KEY])
         if not self._append(inst, rec[KEY], None):
             forget(inst.steps, rec[KEY])
 
@@ -552,6 +681,18 @@ class Index:
             sys.intern(k): (w[0], w[1], w[2]) for k, w in rec[IMAGE_WAITS].items()
         } or None
         inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_DONE_WAITS].items()} or None
+        self._status_from_image(inst)
+
+    @staticmethod
+    def _status_from_image(inst: InstanceEntry) -> None:
+        # A compaction of version 3 writes the status text as a status_set
+        # before the image, and a wait with a text set one then; one of
+        # version 1 or 2 kept the text only in the image's waits: the
+        # latest registered counts, as its suspended record did.
+        if inst.status is None:
+            for _, _, text in (inst.waits or {}).values():
+                if text is not None:
+                    inst.status = text
 
     def _state_image_v1(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         # Version 1 kept timers' deadlines, and the one wait's in the image.
@@ -565,6 +706,7 @@ class Index:
             ))
         inst.done_waits = {sys.intern(k): v for k, v in rec[IMAGE_V1_DONE_WAITS].items()} or None
         inst.waits = {k: w for k, w in waits.items() if not lc.resolved(inst, k)} or None
+        self._status_from_image(inst)
 
     def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         """parked, cancelled: the lifecycle records all there is."""
@@ -631,6 +773,9 @@ _Apply = Callable[[Index, InstanceEntry, list[Any], int], None]
 _APPLY: dict[int, _Apply] = {
     r.STEP_DONE: Index._step_done,
     r.STEP_FAILED: Index._step_failed,
+    r.STEP_DONE_V2: Index._step_done_v2,
+    r.STEP_FAILED_V2: Index._step_failed_v2,
+    r.ATTEMPT_FAILED: Index._attempt_failed,
     r.STEP_STARTED: Index._step_started,
     r.FORGOT: Index._forgot,
     r.SUSPENDED: Index._suspension,

@@ -107,6 +107,7 @@ UNCHANGED_BY: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.FORGOT, r.SUSPENDED, r.TIMER_SET,
     # a status text (the index's data: see ``Machine.status``) and an event
     r.STATUS_SET, r.PUBLISHED,
+    r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
 })
 
 

@@ -20,8 +20,8 @@ from typing import Any, Final
 
 SEAL: Final = 0
 CREATED: Final = 1
-STEP_DONE: Final = 2
-STEP_FAILED: Final = 3
+STEP_DONE_V2: Final = 2  # format version 2 and before: read, never written (below)
+STEP_FAILED_V2: Final = 3  # format version 2 and before
 STEP_STARTED: Final = 4
 SUSPENDED_V1: Final = 5  # format version 1 only: read, never written (below)
 SIGNALLED: Final = 6
@@ -41,6 +41,9 @@ STATE_IMAGE: Final = 19  # written by compaction only
 # -- talking to the outside while running (SPEC-NEXT §3) --
 STATUS_SET: Final = 23  # ctx.set_status: the instance's status text
 PUBLISHED: Final = 24  # ctx.publish: one event of the instance's event stream
+STEP_DONE: Final = 20  # a step's result, with its first attempt's start and its attempts
+STEP_FAILED: Final = 21  # a step failed for good: every attempt's error
+ATTEMPT_FAILED: Final = 22  # one failed attempt of a step that is tried again
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -50,6 +53,13 @@ PUBLISHED: Final = 24  # ctx.publish: one event of the instance's event stream
 # and their meaning, so a version 1 journal reads as it always did.
 LEGACY: Final = frozenset({SUSPENDED_V1, TIMER_SET_V1, STATE_IMAGE_V1})
 
+# Format version 3 gave a step's outcome its first attempt's start and its
+# number of attempts (STEP_DONE, STEP_FAILED: new types, the fields of the
+# old ones and those after them) and journals each failed attempt that is
+# tried again (ATTEMPT_FAILED). The version 2 types keep their numbers and
+# their meaning: a step that ran once, started when its outcome was written.
+LEGACY_V2: Final = frozenset({STEP_DONE_V2, STEP_FAILED_V2})
+
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
 
@@ -57,9 +67,9 @@ _OPT_INT = (int, type(None))
 # the common four. Names are those used by memable-dump and docs/format.md.
 SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] = {
     CREATED: ("created", (("workflow", (str,)), ("input", (bytes,)))),
-    STEP_DONE: ("step_done", (("key", (str,)), ("value", (bytes,)))),
-    STEP_FAILED: (
-        "step_failed",
+    STEP_DONE_V2: ("step_done_v2", (("key", (str,)), ("value", (bytes,)))),
+    STEP_FAILED_V2: (
+        "step_failed_v2",
         (("key", (str,)), ("error_type", (str,)), ("message", (str,)),
          ("traceback", (str,))),
     ),
@@ -100,6 +110,21 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
     # re-run writes none of the texts an earlier run recorded (events.py).
     STATUS_SET: ("status_set", (("text", (str,)), ("call", (int,)))),
     PUBLISHED: ("published", (("key", (str,)), ("value", (bytes,)))),
+    STEP_DONE: (
+        "step_done",
+        (("key", (str,)), ("value", (bytes,)), ("started_ms", (int,)), ("attempts", (int,))),
+    ),
+    STEP_FAILED: (
+        "step_failed",
+        (("key", (str,)), ("error_type", (str,)), ("message", (str,)),
+         ("traceback", (str,)), ("started_ms", (int,)), ("attempts", (int,)),
+         ("errors", (list,))),
+    ),
+    ATTEMPT_FAILED: (
+        "attempt_failed",
+        (("key", (str,)), ("attempt", (int,)), ("error_type", (str,)), ("message", (str,)),
+         ("started_ms", (int,))),
+    ),
 }
 
 # Where each field sits in a record list, by name (records stay plain lists
@@ -111,14 +136,24 @@ SEQ: Final = 1
 TS: Final = 2
 INSTANCE: Final = 3
 FIELDS: Final = 4  # where a type's own fields (SCHEMA) begin
-# KEY: every keyed record (step_*, suspended*, signalled, timer_*, suspend_timed_out, forgot)
+# KEY: every keyed record (step_*, attempt_failed, suspended*, signalled, timer_*,
+# suspend_timed_out, forgot)
 KEY: Final = 4
 CREATED_WORKFLOW: Final = 4
 CREATED_INPUT: Final = 5
-STEP_DONE_VALUE: Final = 5
-STEP_FAILED_TYPE: Final = 5
+STEP_DONE_VALUE: Final = 5  # step_done and step_done_v2
+STEP_DONE_STARTED_MS: Final = 6
+STEP_DONE_ATTEMPTS: Final = 7
+STEP_FAILED_TYPE: Final = 5  # step_failed and step_failed_v2, to the traceback
 STEP_FAILED_MESSAGE: Final = 6
 STEP_FAILED_TRACEBACK: Final = 7
+STEP_FAILED_STARTED_MS: Final = 8
+STEP_FAILED_ATTEMPTS: Final = 9
+STEP_FAILED_ERRORS: Final = 10
+ATTEMPT_FAILED_ATTEMPT: Final = 5
+ATTEMPT_FAILED_TYPE: Final = 6
+ATTEMPT_FAILED_MESSAGE: Final = 7
+ATTEMPT_FAILED_STARTED_MS: Final = 8
 SUSPENDED_STATUS: Final = 5
 SUSPENDED_DEADLINE: Final = 6
 SIGNALLED_PAYLOAD: Final = 5
@@ -204,8 +239,22 @@ def _check_image_v1(rec: list[Any]) -> None:
     _check_done_waits(rec[IMAGE_V1_DONE_WAITS])
 
 
+def _check_step_failed(rec: list[Any]) -> None:
+    errors = rec[STEP_FAILED_ERRORS]
+    if not errors or not all(
+        type(e) is list and len(e) == 2 and type(e[0]) is str and type(e[1]) is str
+        for e in errors
+    ):
+        raise RecordError("step_failed record needs a list of one or more [type, message]")
+    if rec[STEP_FAILED_ATTEMPTS] < 1:
+        raise RecordError("step_failed record has fewer than one attempt")
+
+
 # Record types whose lists or maps ``check`` looks into.
-DEEP: Final = {PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1}
+DEEP: Final = {
+    PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1,
+    STEP_FAILED: _check_step_failed,
+}
 
 
 def _signatures() -> dict[tuple[type, ...], frozenset[int]]:
@@ -292,8 +341,31 @@ def check_key(key: object) -> str:
 
 
 def make(rtype: int, ts_ms: int, instance: str, *fields: Any) -> list[Any]:
-    """A record list; its seq (0 here) is set by the journal on append."""
-    return [rtype, 0, ts_ms, instance, *fields]
+    """A record list; its seq (0 here) is set by the journal on append.
+
+    A ``step_done`` or ``step_failed`` given only the fields of its version 2
+    namesake gets the rest as version 2 meant them: one attempt, started
+    when the record was written, its error the only one (tools and tests
+    build records so; the engine gives every field)."""
+    rec = [rtype, 0, ts_ms, instance, *fields]
+    fill = _SHORT.get(rtype)
+    if fill is not None and len(rec) == fill[0]:
+        fill[1](rec)
+    return rec
+
+
+def _fill_done(rec: list[Any]) -> None:
+    rec += (rec[TS], 1)
+
+
+def _fill_failed(rec: list[Any]) -> None:
+    rec += (rec[TS], 1, [[rec[STEP_FAILED_TYPE], rec[STEP_FAILED_MESSAGE]]])
+
+
+_SHORT: Final = {
+    STEP_DONE: (FIELDS + 2, _fill_done),
+    STEP_FAILED: (FIELDS + 4, _fill_failed),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""InstanceStatus: what ``engine.status()`` and ``engine.instances()`` return."""
+"""InstanceStatus: what ``engine.status()`` and ``engine.instances()`` return;
+StepStatus: what ``engine.steps()`` returns."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from . import index as ix
 from . import lifecycle as lc
+from .errors import ErrorInfo as ErrorInfo
 from .index import InstanceEntry
 
 
@@ -17,13 +20,6 @@ class Wait(NamedTuple):
     kind: str
     key: str
     deadline: datetime | None
-
-
-class ErrorInfo(NamedTuple):
-    """Why an instance failed: the exception's type name and message."""
-
-    type: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,3 +98,52 @@ class Event:
     value: Any
     seq: int
     at: datetime
+# -- engine.steps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepStatus:
+    """One memoised step of an instance, as the journal records it.
+
+    ``state`` is "done", "failed", or "interrupted" (an at-most-once step
+    whose attempt started and recorded no outcome: a re-run raises
+    StepInterrupted). ``started_at`` is when its first attempt started,
+    ``finished_at`` when its outcome was recorded (None if interrupted);
+    both wall-clock UTC. ``attempts`` counts every attempt, across
+    restarts. ``error`` is the last attempt's error if it failed, else None.
+    Steps written by format version 2 ran once as far as the journal
+    knows, and started when their outcome was written.
+    """
+
+    key: str
+    state: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    error: ErrorInfo | None
+
+
+_STEP_STATES = {ix.STEP_DONE_AT: "done", ix.STEP_FAILED_AT: "failed",
+                ix.STEP_STARTED_AT: "interrupted"}
+
+
+def steps_of(entry: InstanceEntry) -> list[StepStatus]:
+    """Every memoised step of the instance, in the order first written."""
+    table = entry.table
+    steps = table if isinstance(table, dict) else ix.unpack_steps(table, intern=False)
+    times = ix.step_meta(entry.created_ms, steps, entry.meta)
+    tries = entry.tries or {}
+    out = []
+    for key, step in steps.items():
+        kind = ix.entry_kind(step)
+        started, finished, attempts, error = times.get(key, (None, None, 1, None))
+        if kind == ix.STEP_STARTED_AT and key in tries:
+            attempts = len(tries[key][1]) + 1  # the failed ones, then the one cut
+        out.append(StepStatus(
+            key=key, state=_STEP_STATES[kind],
+            started_at=None if started is None else from_ms(started),
+            finished_at=None if finished is None else from_ms(finished),
+            attempts=attempts,
+            error=None if error is None else ErrorInfo(*error),
+        ))
+    return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
@@ -45,7 +44,7 @@ from .._core.errors import (
     SuspendTimedOut,
 )
 from .._core.records import check_key
-from . import events
+from . import attempts, events
 from .host import Host
 from .retry import NO_RETRY, RetryPolicy, policy
 from .waits import RunWaits
@@ -406,16 +405,29 @@ class Step:
                 raise StepFailed(
                     key, rec[r.STEP_FAILED_TYPE], rec[r.STEP_FAILED_MESSAGE],
                     rec[r.STEP_FAILED_TRACEBACK],
+                    # a version 2 record has its one error only
+                    rec[r.STEP_FAILED_ERRORS] if rec[r.TYPE] == r.STEP_FAILED else None,
                 )
             raise StepInterrupted(ctx.instance_id, key)
         iid = ctx.instance_id
-        if self._at_most_once:
-            await host.append(r.make(r.STEP_STARTED, host.now_ms(), iid, key))
+        now_ms = host.clock.now_ms  # twice per step: spare a call through the host
+        started = now_ms()  # the first attempt's, unless a restart continues (attempts.py)
         plan = self._retry or host.default_retry or NO_RETRY
         max_attempts, delay = plan.max_attempts, plan.initial_delay
         timeout = self._timeout
         attempt = 0
-        token = _ATTEMPT.set(1)
+        errors: attempts.Errors = ()
+        if entry.tries is not None and key in entry.tries:
+            started, errors = entry.tries[key]
+            attempt = len(errors)
+            delay = attempts.delay_after(plan, attempt)
+            if attempt >= max_attempts:
+                failed = attempts.step_failed(host.now_ms(), iid, key, started, errors, None)
+                await host.append(failed)
+                raise StepFailed(key, *errors[-1], failed[r.STEP_FAILED_TRACEBACK], errors)
+        if self._at_most_once:
+            await host.append(r.make(r.STEP_STARTED, started, iid, key))
+        token = _ATTEMPT.set(attempt + 1)
         try:
             while True:
                 attempt += 1
@@ -444,6 +456,9 @@ class Step:
                         else:
                             pause = plan.pause(delay) if plan.retries(exc) else None
                         if pause is not None:
+                            await host.append(attempts.attempt_failed(
+                                host.now_ms(), iid, key, attempt, exc, started))
+                            errors += (attempts.error_of(exc),)
                             logger.warning(
                                 "instance %s: step %r attempt %d/%d failed (%s: %s); "
                                 "retrying in %.3gs", iid, key, attempt, max_attempts,
@@ -453,22 +468,22 @@ class Step:
                             delay = plan.next_delay(delay)
                             _ATTEMPT.set(attempt + 1)
                             continue
-                    text = "".join(traceback.format_exception(exc))
-                    failed = r.make(r.STEP_FAILED, host.now_ms(), iid, key,
-                                    type(exc).__qualname__, str(exc), text)
+                    errors += (attempts.error_of(exc),)
+                    failed = attempts.step_failed(host.now_ms(), iid, key, started, errors, exc)
                     await host.append(failed)
                     logger.warning(
                         "instance %s: step %r failed after %d attempt(s): %s: %s",
                         iid, key, attempt, type(exc).__qualname__, exc, extra=_extra(iid, key),
                     )
-                    raise StepFailed(key, type(exc).__qualname__, str(exc), text) from exc
+                    raise StepFailed(key, type(exc).__qualname__, str(exc),
+                                     failed[r.STEP_FAILED_TRACEBACK], errors) from exc
         finally:
             _ATTEMPT.reset(token)
         try:
             blob = host.codec.encode(result)
         except EncodeError as exc:
             raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
-        await host.append(r.make(r.STEP_DONE, host.now_ms(), iid, key, blob))
+        await host.append([r.STEP_DONE, 0, now_ms(), iid, key, blob, started, attempt])
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
         return host.codec.decode(blob)

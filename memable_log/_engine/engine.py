@@ -56,7 +56,7 @@ from .._core.errors import (
 from .._core.index import Index
 from .._core.records import check_key
 from .._core.signals import check_signal
-from .._core.status import Event, InstanceStatus, status_of
+from .._core.status import Event, InstanceStatus, StepStatus, status_of, steps_of
 from .clock import Clock
 from .events import EventStream, StatusWatch, event
 from .host import Host, Workflow
@@ -391,6 +391,11 @@ class Engine:
         while it is read.
         """
         return StatusWatch(self._here(), instance_id)
+
+    def steps(self, instance_id: str) -> list[StepStatus]:
+        """Every memoised step of the instance, in the order first written:
+        its state, times, attempts and error (UnknownInstance if none)."""
+        return steps_of(self._here().entry(instance_id))
 
     def instances(self, state: str | None = None) -> list[InstanceStatus]:
         """Every instance (in creation order), or those in ``state``."""

@@ -48,7 +48,7 @@ class Listener(Protocol):
 
 
 # The records that end a step attempt (it is no longer running).
-_STEP_OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
+_STEP_OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED, r.ATTEMPT_FAILED})
 
 
 class ValueUnreadable(BaseException):

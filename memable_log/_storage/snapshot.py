@@ -22,7 +22,8 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
      [[name, salt, length, crc32], ...], [workflow name, ...],
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
-                 signals, waits, done_waits, last_seq, events, status_calls]}]
+                 signals, waits, done_waits, last_seq, events, status_calls,
+                 step meta, tries]}]
 
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
@@ -108,6 +109,7 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
             _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
             _wire_events(e.events), e.status_calls,
+            bytes(e.meta), e.tries,
         )
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances],
@@ -200,11 +202,13 @@ def decode_into(
                 e.error, e.pending, e.status, e.deadline_ms, e.table,
                 e.signals, e.waits, e.done_waits, e.last_seq,
                 e.events, e.status_calls,
+                e.meta, e.tries,
             ) = fields
             if not (
                 type(number) is int and 0 <= number < workflow_count and e.state in states
                 and type(e.created_ms) is int and type(e.updated_ms) is int
                 and type(e.last_seq) is int and type(e.table) is bytes
+                and type(e.meta) is bytes
                 and type(e.input) in _VALUE and type(e.outcome) in _OUTCOME
                 and type(e.status) in _TEXT and type(e.deadline_ms) in _TIME
                 and type(iid) is str and type(e.status_calls) is int
@@ -216,6 +220,8 @@ def decode_into(
                 _check_tables(iid, e)
             if e.events is not None:
                 e.events = _events(iid, e.events)
+            if e.tries is not None:
+                _check_tries(iid, e.tries)
             e.workflow = names[number]
             instances[iid] = e
     index.instances = instances
@@ -262,6 +268,19 @@ def _events(iid: str, events: Any) -> list[PublishedEvent]:
     ):
         raise SnapshotInvalid(f"instance {iid!r} has a malformed event stream")
     return list(events)
+
+
+def _check_tries(iid: str, tries: object) -> None:
+    """A step's failed attempts: key -> (started_ms, ((type, message), ...))."""
+    ok = type(tries) is dict and bool(tries)
+    for key, value in tries.items() if ok else ():  # type: ignore[attr-defined]
+        ok = ok and type(key) is str and type(value) is tuple and len(value) == 2 and (
+            type(value[0]) is int and type(value[1]) is tuple and bool(value[1])
+            and all(type(x) is tuple and len(x) == 2 and type(x[0]) is str
+                    and type(x[1]) is str for x in value[1])
+        )
+    if not ok:
+        raise SnapshotInvalid(f"instance {iid!r} has malformed failed attempts")
 
 
 def covered(storage: Storage, name: str, salt: int, length: int) -> Covered:

@@ -51,6 +51,8 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.SUSPENDED_V1: (key, None, None), r.TIMER_SET_V1: (key, 9_000),
         r.STATE_IMAGE_V1: (lc.SLEEPING, key, None, 7_000, {key: 7_000}, {}),
         r.STATUS_SET: ("text", 1), r.PUBLISHED: (key, b"v"),
+        r.STEP_DONE_V2: (key, b"v"), r.STEP_FAILED_V2: (key, "E", "m", "tb"),
+        r.ATTEMPT_FAILED: (key, 1, "E", "m", 5),
     }
     return r.check(record(rtype, *fields[rtype]))
 
@@ -233,12 +235,22 @@ def test_a_state_image_sets_the_state_and_waits_as_is() -> None:
         {"old": r.TIMER_FIRED},
     ))
     e = entry(index)
-    # The status text is not the image's: compaction writes it as status_set.
-    assert parked(e) == ("waiting", ("nap", "ok"), None, 7_000)
+    # With no text recorded before it (an image of version 1 or 2), the
+    # image's latest wait text is the status, as its suspended record was.
+    assert parked(e) == ("waiting", ("nap", "ok"), "check", 7_000)
     assert e.waits == {"ok": (lc.WAIT_SIGNAL, None, "check"), "nap": (lc.WAIT_TIMER, 7_000, None),
                        "old": (lc.WAIT_TIMER, 1_000, None)}
     assert e.done_waits == {"old": r.TIMER_FIRED}
     assert e.packed  # at rest
+
+
+def test_a_status_text_recorded_before_a_state_image_stays() -> None:
+    # Version 3's compaction writes the text as status_set, before the image.
+    index = an_index(record(r.STATUS_SET, "later text", 2), record(
+        r.STATE_IMAGE, lc.WAITING, ["ok"], {"ok": [lc.WAIT_SIGNAL, None, "check"]}, {},
+    ))
+    e = entry(index)
+    assert (e.status, e.status_calls) == ("later text", 2)
 
 
 # -- format version 1 --------------------------------------------------------------

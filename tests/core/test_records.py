@@ -33,6 +33,8 @@ PREFIXES["IMAGE_V1_"] = r.STATE_IMAGE_V1
 # Version 1 types whose fields sit where their version 2 namesakes' do, and
 # are read with the same constants.
 SAME_AS = {r.SUSPENDED_V1: r.SUSPENDED, r.TIMER_SET_V1: r.TIMER_SET}
+# Version 2 types whose fields are the first ones of their version 3 namesakes'.
+PREFIX_OF = {r.STEP_DONE_V2: r.STEP_DONE, r.STEP_FAILED_V2: r.STEP_FAILED}
 SHARED = {(r.STATE_IMAGE_V1, "state")}  # IMAGE_STATE reads both images' state
 FIELD_ALIASES = {"type": "error_type", "deadline": "deadline_ms"}
 
@@ -69,6 +71,8 @@ def sample(rtype: int) -> list[Any]:
         fields[0] = lc.RUNNING
     if rtype == r.STATE_IMAGE:
         fields[1] = []
+    if rtype == r.STEP_FAILED:
+        fields[-1] = [["E", "m"]]
     return r.check(r.make(rtype, 123, "inst", *fields))
 
 
@@ -105,6 +109,7 @@ def test_key_is_the_first_field_of_every_record_that_has_a_key() -> None:
         r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SUSPENDED, r.SIGNALLED,
         r.TIMER_SET, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT, r.SUSPENDED_V1,
         r.TIMER_SET_V1, r.PUBLISHED,
+        r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
     }
     for rtype in keyed:
         assert r.SCHEMA[rtype][1][r.KEY - r.FIELDS][0] == "key"
@@ -114,10 +119,10 @@ def test_every_schema_field_has_a_constant_or_is_the_key() -> None:
     named = {named_field(constant) for constant in field_constants()}
     for rtype, (name, fields) in r.SCHEMA.items():
         assert rtype not in SAME_AS or r.SCHEMA[SAME_AS[rtype]][1] == fields
+        assert rtype not in PREFIX_OF or r.SCHEMA[PREFIX_OF[rtype]][1][:len(fields)] == fields
+        like = SAME_AS.get(rtype, PREFIX_OF.get(rtype, rtype))
         for field, _ in fields:
-            assert field == "key" or (rtype, field) in SHARED or (
-                SAME_AS.get(rtype, rtype), field
-            ) in named, (
+            assert field == "key" or (rtype, field) in SHARED or (like, field) in named, (
                 f"{name}.{field} has no position constant in _core/records.py"
             )
 

@@ -148,7 +148,7 @@ async def test_a_version_1_reader_refuses_what_version_2_wrote(
 def test_memable_dump_reads_a_version_1_journal(journal: Path) -> None:
     views = list(read_journal(journal))
     assert [v.type for v in views if v.instance == "approval"] == [
-        "created", "step_done", "state_image_v1",
+        "created", "step_done_v2", "state_image_v1",
     ]
     image = next(v for v in views if v.type == "state_image_v1" and v.instance == "nap")
     assert image.fields["wait_key"] == "nap"

@@ -137,9 +137,9 @@ async def test_crash_test_retries_on_a_flaky_fake_and_a_failing_workflow(
 ) -> None:
     attempts = {"n": 0}
 
-    def flaky() -> str:
+    def flaky() -> str:  # its first two calls fail (a restart continues the count)
         attempts["n"] += 1
-        if attempts["n"] % 3:
+        if attempts["n"] < 3:
             raise ConnectionError("try again")
         return "ok"
 

@@ -583,7 +583,7 @@ def test_doc_example_hex_is_a_real_journal(tmp_path: Path) -> None:
     data = bytes.fromhex("".join(
         line.split(maxsplit=1)[1] for line in doc_block("example-hex").splitlines()
     ))
-    assert len(data) == 99
+    assert len(data) == 109
     (tmp_path / SEG1).write_bytes(data)
     (tmp_path / "LOCK").write_bytes(b"")
     reader = read_journal(tmp_path)
@@ -594,7 +594,9 @@ def test_doc_example_hex_is_a_real_journal(tmp_path: Path) -> None:
         (1, 70, 2, "step_done", "i1", 1714564800005),
     ]
     assert views[0].fields == {"workflow": "wf", "input": b"\x00\xc0"}
-    assert views[1].fields == {"key": "k", "value": b"\x00\x2a"}
+    assert views[1].fields == {
+        "key": "k", "value": b"\x00\x2a", "started_ms": 1714564800001, "attempts": 1,
+    }
     assert decode_value(views[0].fields["input"]) is None
     assert decode_value(views[1].fields["value"]) == 42
     assert unpack_header(data).salt == 0x062876E6

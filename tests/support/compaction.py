@@ -69,7 +69,7 @@ def answers(index: Index, read: Read) -> Answers:
                 steps[key] = ("done", _at(read, ix.entry_loc(step), r.STEP_DONE, iid, key)[5])
             elif kind == ix.STEP_FAILED_AT:
                 rec = _at(read, ix.entry_loc(step), r.STEP_FAILED, iid, key)
-                steps[key] = ("failed", rec[5], rec[6], rec[7])
+                steps[key] = ("failed", rec[5], rec[6], rec[7], rec[10])
             else:
                 _at(read, ix.entry_loc(step), r.STEP_STARTED, iid, key)
                 steps[key] = ("started",)
@@ -99,6 +99,8 @@ def answers(index: Index, read: Read) -> Answers:
             "input": value, "outcome": outcome, "steps": steps, "signals": signals,
             "memoised": e.memoised_steps(),
             "events": _events(e, read, iid), "status_calls": e.status_calls,
+            # engine.steps's times, and a step's failed attempts awaiting its outcome
+            "step_meta": ix.step_meta(e.created_ms, e.steps, e.meta), "tries": e.tries,
         }
     return out
 
@@ -161,6 +163,7 @@ class _Inst:
     done: set[str] = field(default_factory=set)
     events: set[str] = field(default_factory=set)  # published keys
     calls: int = 0  # the latest set_status call number
+    tries: dict[str, tuple[int, int]] = field(default_factory=dict)  # step: started, failed
 
     def resolved(self, key: str) -> bool:
         return key in self.signals or key in self.done
@@ -280,17 +283,32 @@ class History:
     def _common(self, iid: str, inst: _Inst, choice: int, key: int, extra: int) -> bool:
         """What a running instance writes in either format; whether it wrote."""
         step = STEP_KEYS[key % len(STEP_KEYS)]
-        if choice in (0, 1):
+        # A step's first attempt started a while ago; its failed attempts
+        # (below) count towards its outcome's attempts.
+        started, failures = inst.tries.pop(step, (self.now - 7 * key - 300 * extra, 0))
+        if choice == 0:
             inst.steps.add(step)
+            self._emit(r.STEP_DONE, iid, step, self.blob(large=extra >= 2), started,
+                       failures + 1)
+        elif choice == 1 and step not in inst.steps:
+            # A failed attempt, tried again: the step has no outcome yet.
+            inst.tries[step] = (started, failures + 1)
+            self._emit(r.ATTEMPT_FAILED, iid, step, failures + 1, "OSError",
+                       f"flaky {step} #{failures + 1}", started)
+        elif choice == 1:
             self._emit(r.STEP_DONE, iid, step, self.blob(large=extra >= 2))
             self._talk(iid, inst, step, key, extra)
         elif choice == 2:
             inst.steps.add(step)
+            errors = [["OSError", f"flaky {step} #{n}"] for n in range(1, failures + 1)]
             self._emit(r.STEP_FAILED, iid, step, "ValueError", f"bad {step}",
-                       "Traceback (most recent call last):\n" + "  frame\n" * (extra * 40))
+                       "Traceback (most recent call last):\n" + "  frame\n" * (extra * 40),
+                       started, failures + 1, [*errors, ["ValueError", f"bad {step}"]])
         elif choice == 3 and step not in inst.steps:
             inst.steps.add(step)  # an at-most-once marker: the step may crash mid-way
             self._emit(r.STEP_STARTED, iid, step)
+            if failures:
+                inst.tries[step] = (started, failures)  # its failed attempts stay
         elif choice == 6:
             self._early_signal(iid, inst, key, extra)
         elif choice == 7:
@@ -408,6 +426,10 @@ class History:
         prefix = pattern[:-1] if pattern.endswith("*") else None
         inst.steps = {
             k for k in inst.steps
+            if not (k == pattern or (prefix is not None and k.startswith(prefix)))
+        }
+        inst.tries = {
+            k: v for k, v in inst.tries.items()
             if not (k == pattern or (prefix is not None and k.startswith(prefix)))
         }
         self._emit(r.FORGOT, iid, pattern)

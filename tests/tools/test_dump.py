@@ -162,7 +162,8 @@ def test_json_lines_carry_every_field(journal: Path, capsys: pytest.CaptureFixtu
     assert objs[2]["fields"]["value"] == {"$bytes": "00ff"}
     assert objs[5]["fields"] == {
         "key": "load:v1", "error_type": "ValueError", "message": "bad row 7",
-        "traceback": "Traceback...",
+        "traceback": "Traceback...", "started_ms": T0 + 5, "attempts": 1,
+        "errors": [["ValueError", "bad row 7"]],
     }
     assert objs[6]["fields"]["deadline_ms"] == T0 + 3_600_000
     assert objs[11]["fields"]["result"] == "x" * 5000

@@ -425,7 +425,7 @@ def test_a_record_the_index_cannot_apply_is_corruption(
     journal_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Well-formed, but for an instance never created: no writer makes it.
-    ghost = [r.STEP_DONE, 1, T0, "ghost", "k", codec.encode(1)]
+    ghost = [r.STEP_DONE_V2, 1, T0, "ghost", "k", codec.encode(1)]
     journal_dir.mkdir()
     (journal_dir / segment_name(1)).write_bytes(
         pack_header(SegmentHeader(FORMAT_VERSION, 0, 7, 1, 1))
