@@ -92,6 +92,7 @@ def expired(index: Index, now_ms: int, retention_ms: int | None) -> set[str]:
 SYNTHESISED: Final = frozenset({
     r.CREATED, r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SIGNALLED, r.STATE_IMAGE,
     r.COMPLETED, r.FAILED, r.CANCELLED,
+    r.CHILD_CREATED, r.CHILD_STARTED, r.CHILD_ENDED,  # a child's creation; the parent's memo
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
@@ -112,10 +113,17 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
         return where if type(where) is bytes else read(where)[field]  # type: ignore[arg-type]
 
     ts = e.updated_ms
-    yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
+    if e.parent is None:
+        yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
+    else:  # a child: its parent and key (the rest of its id) travel with it
+        yield [r.CHILD_CREATED, 0, e.created_ms, iid, e.workflow,
+               blob(e.input, r.CHILD_CREATED_INPUT), e.parent, iid[len(e.parent) + 1:]]
     for key, step in e.steps.items():
         kind = ix.entry_kind(step)
-        if kind == ix.STEP_DONE_AT:
+        if kind == ix.CHILD_AT:  # a child's child_started or child_ended: kept as it is
+            kept = read(ix.entry_loc(step))  # type: ignore[arg-type]
+            yield [kept[r.TYPE], 0, ts, *kept[r.INSTANCE:]]
+        elif kind == ix.STEP_DONE_AT:
             value = step if type(step) is bytes else read(ix.entry_loc(step))[r.STEP_DONE_VALUE]  # type: ignore[arg-type]
             yield [r.STEP_DONE, 0, ts, iid, key, value]
         elif kind == ix.STEP_FAILED_AT:

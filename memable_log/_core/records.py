@@ -38,6 +38,10 @@ SUSPENDED: Final = 16  # a suspension reached for the first time: its wait, regi
 TIMER_SET: Final = 17  # a timer reached for the first time: its deadline, registered
 PARKED: Final = 18  # every task of the instance waits: it leaves memory
 STATE_IMAGE: Final = 19  # written by compaction only
+# Issue 14, workflows that start workflows (SPEC-NEXT §2):
+CHILD_CREATED: Final = 25  # a child's own creation: ``created`` and its parent
+CHILD_STARTED: Final = 26  # in the parent: the child exists; its key is memoised
+CHILD_ENDED: Final = 27  # in the parent: the child's outcome, memoised
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -93,6 +97,16 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
         (("state", (int,)), ("pending", (list,)), ("waits", (dict,)),
          ("done_waits", (dict,))),
     ),
+    CHILD_CREATED: (
+        "child_created",
+        (("workflow", (str,)), ("input", (bytes,)), ("parent", (str,)), ("key", (str,))),
+    ),
+    CHILD_STARTED: ("child_started", (("key", (str,)), ("child_id", (str,)))),
+    CHILD_ENDED: (
+        "child_ended",
+        (("key", (str,)), ("state", (int,)), ("value", (bytes,)), ("error_type", _OPT_STR),
+         ("message", _OPT_STR)),
+    ),
 }
 
 # Where each field sits in a record list, by name (records stay plain lists
@@ -131,6 +145,16 @@ IMAGE_V1_DEADLINE: Final = 7
 IMAGE_V1_TIMERS: Final = 8
 IMAGE_V1_DONE_WAITS: Final = 9
 SEAL_NEXT_SEQ: Final = 1  # a seal is [SEAL, next_seq]
+# child_created's workflow and input sit where created's do (CREATED_*)
+CHILD_CREATED_WORKFLOW: Final = 4
+CHILD_CREATED_INPUT: Final = 5
+CHILD_CREATED_PARENT: Final = 6
+CHILD_CREATED_KEY: Final = 7
+CHILD_STARTED_CHILD_ID: Final = 5
+CHILD_ENDED_STATE: Final = 5  # lifecycle.COMPLETED, FAILED or CANCELLED
+CHILD_ENDED_VALUE: Final = 6  # the result blob if completed, else b""
+CHILD_ENDED_ERROR_TYPE: Final = 7
+CHILD_ENDED_MESSAGE: Final = 8
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
@@ -144,8 +168,9 @@ _CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
 
 _N_STATES = 7  # see lifecycle.STATE_NAMES
 _N_STATES_V1 = 6
-_ENDED_BY = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT})
-_N_WAIT_KINDS = 2  # lifecycle.WAIT_SIGNAL, WAIT_TIMER: a wait's kind is below this
+_ENDED_BY = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT, CHILD_ENDED})
+_N_WAIT_KINDS = 3  # lifecycle.WAIT_SIGNAL, WAIT_TIMER, WAIT_CHILD: a wait's kind is below this
+_CHILD_ENDS = (3, 4, 5)  # lifecycle.COMPLETED, FAILED, CANCELLED
 
 
 def _keys(value: object) -> bool:
@@ -194,8 +219,23 @@ def _check_image_v1(rec: list[Any]) -> None:
     _check_done_waits(rec[IMAGE_V1_DONE_WAITS])
 
 
-# Record types whose lists or maps ``check`` looks into.
-DEEP: Final = {PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1}
+def _check_child_ended(rec: list[Any]) -> None:
+    if rec[CHILD_ENDED_STATE] not in _CHILD_ENDS or type(rec[CHILD_ENDED_STATE]) is not int:
+        raise RecordError(
+            f"child_ended record has state {rec[CHILD_ENDED_STATE]!r}, not a finished one"
+        )
+
+
+def _check_child_created(rec: list[Any]) -> None:
+    if not rec[CHILD_CREATED_PARENT] or not rec[CHILD_CREATED_KEY]:
+        raise RecordError("child_created record needs a non-empty parent and key")
+
+
+# Record types whose lists or maps ``check`` looks into (or whose values it checks).
+DEEP: Final = {
+    PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1,
+    CHILD_ENDED: _check_child_ended, CHILD_CREATED: _check_child_created,
+}
 
 
 def _signatures() -> dict[tuple[type, ...], frozenset[int]]:

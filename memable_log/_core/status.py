@@ -11,8 +11,9 @@ from .index import InstanceEntry
 
 
 class Wait(NamedTuple):
-    """A pending wait of an instance: ``kind`` is "signal" or "timer", ``key``
-    its key, ``deadline`` its wall-clock deadline (UTC) or None."""
+    """A pending wait of an instance: ``kind`` is "signal", "timer" or
+    "child", ``key`` its key, ``deadline`` its wall-clock deadline (UTC) or
+    None (always None for a child)."""
 
     kind: str
     key: str
@@ -38,7 +39,9 @@ class InstanceStatus:
     suspension's status text. Otherwise ``waits`` is empty and the three
     are None (a running instance's branches may be blocked in waits, but
     only the engine holding it knows). ``steps`` counts memoised step
-    outcomes; ``error`` is set for failed instances.
+    outcomes; ``error`` is set for failed instances. ``parent`` is the id
+    of the instance that started this one as a child (``ctx.start_child``),
+    or None.
     """
 
     instance_id: str
@@ -52,6 +55,7 @@ class InstanceStatus:
     created_at: datetime
     updated_at: datetime
     waits: tuple[Wait, ...] = ()
+    parent: str | None = None
 
 
 def from_ms(ms: int) -> datetime:
@@ -83,4 +87,5 @@ def status_of(instance_id: str, entry: InstanceEntry) -> InstanceStatus:
         created_at=from_ms(entry.created_ms),
         updated_at=from_ms(entry.updated_ms),
         waits=_waits(entry),
+        parent=entry.parent,
     )

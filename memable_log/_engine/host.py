@@ -35,6 +35,7 @@ from .waits import RunWaits, TaskExits
 
 if TYPE_CHECKING:
     from .._backend.seam import Backend
+    from .children import Children
     from .context import Context
 
 Workflow = Callable[["Context"], Awaitable[Any]]
@@ -57,6 +58,7 @@ class Host:
         "_changed", "_idle", "_stepping", "backend", "clock", "codec", "default_retry",
         "draining", "exits", "graceful", "halted", "index", "limiter", "on_step_call",
         "reserved", "running", "scopes", "waits", "workflows",
+        "children",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -92,6 +94,8 @@ class Host:
         self.graceful = False
         self._stepping: dict[str, set[str]] = {}
         self._idle: trio.Event | None = None
+        # Children: start, wait, end, cancel (children.py); set by the Engine.
+        self.children: Children | None = None
 
     # -- the journal ----------------------------------------------------------
 

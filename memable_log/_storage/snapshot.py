@@ -22,7 +22,7 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
      [[name, salt, length, crc32], ...], [workflow name, ...],
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
-                 signals, waits, done_waits, last_seq]}]
+                 signals, waits, done_waits, last_seq, parent]}]
 
 Load does as little per instance as it can, since a million-record journal
 holds a hundred thousand of them: the step table is the packed form of
@@ -92,7 +92,7 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
             number, e.state, e.created_ms, e.updated_ms, wire(e.input), wire(e.outcome),
             e.error, e.pending, e.status, e.deadline_ms,
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
-            _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
+            _wire_table(e.signals), e.waits, e.done_waits, e.last_seq, e.parent,
         )
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances],
@@ -183,7 +183,7 @@ def decode_into(
             (
                 number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
                 e.error, e.pending, e.status, e.deadline_ms, e.table,
-                e.signals, e.waits, e.done_waits, e.last_seq,
+                e.signals, e.waits, e.done_waits, e.last_seq, e.parent,
             ) = fields
             if not (
                 type(number) is int and 0 <= number < workflow_count and e.state in states
@@ -191,7 +191,7 @@ def decode_into(
                 and type(e.last_seq) is int and type(e.table) is bytes
                 and type(e.input) in _VALUE and type(e.outcome) in _OUTCOME
                 and type(e.status) in _TEXT and type(e.deadline_ms) in _TIME
-                and type(iid) is str
+                and type(iid) is str and type(e.parent) in _TEXT
             ):
                 raise SnapshotInvalid(f"instance {iid!r} is malformed")
             if e.error is not None or e.pending is not None or e.signals is not None or (
@@ -229,7 +229,7 @@ def _check_tables(iid: str, e: InstanceEntry) -> None:
         )
     for key, wait in (waits or {}).items() if ok else ():
         ok = ok and type(key) is str and type(wait) is tuple and len(wait) == 3 and (
-            wait[0] in (lc.WAIT_SIGNAL, lc.WAIT_TIMER)
+            wait[0] in (lc.WAIT_SIGNAL, lc.WAIT_TIMER, lc.WAIT_CHILD)
             and type(wait[1]) in _TIME and type(wait[2]) in _TEXT
         )
     if not ok:
