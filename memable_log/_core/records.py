@@ -99,7 +99,7 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
     ),
     CHILD_CREATED: (
         "child_created",
-        (("workflow", (str,)), ("input", (bytes,)), ("parent", (str,)), ("key", (str,))),
+        (("workflow", (str,)), ("input", (bytes,)), ("parent", (str,)), ("child_key", (str,))),
     ),
     CHILD_STARTED: ("child_started", (("key", (str,)), ("child_id", (str,)))),
     CHILD_ENDED: (
@@ -149,7 +149,7 @@ SEAL_NEXT_SEQ: Final = 1  # a seal is [SEAL, next_seq]
 CHILD_CREATED_WORKFLOW: Final = 4
 CHILD_CREATED_INPUT: Final = 5
 CHILD_CREATED_PARENT: Final = 6
-CHILD_CREATED_KEY: Final = 7
+CHILD_CREATED_CHILD_KEY: Final = 7  # its key in the parent (not KEY: not the first field)
 CHILD_STARTED_CHILD_ID: Final = 5
 CHILD_ENDED_STATE: Final = 5  # lifecycle.COMPLETED, FAILED or CANCELLED
 CHILD_ENDED_VALUE: Final = 6  # the result blob if completed, else b""
@@ -227,7 +227,7 @@ def _check_child_ended(rec: list[Any]) -> None:
 
 
 def _check_child_created(rec: list[Any]) -> None:
-    if not rec[CHILD_CREATED_PARENT] or not rec[CHILD_CREATED_KEY]:
+    if not rec[CHILD_CREATED_PARENT] or not rec[CHILD_CREATED_CHILD_KEY]:
         raise RecordError("child_created record needs a non-empty parent and key")
 
 

@@ -50,6 +50,8 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.STATE_IMAGE: (lc.SLEEPING, [key], {key: [lc.WAIT_TIMER, 7_000, None]}, {}),
         r.SUSPENDED_V1: (key, None, None), r.TIMER_SET_V1: (key, 9_000),
         r.STATE_IMAGE_V1: (lc.SLEEPING, key, None, 7_000, {key: 7_000}, {}),
+        r.CHILD_CREATED: ("wf", b"in", "parent", key), r.CHILD_STARTED: (key, "p/k"),
+        r.CHILD_ENDED: (key, lc.COMPLETED, b"v", None, None),
     }
     return r.check(record(rtype, *fields[rtype]))
 

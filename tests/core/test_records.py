@@ -69,6 +69,8 @@ def sample(rtype: int) -> list[Any]:
         fields[0] = lc.RUNNING
     if rtype == r.STATE_IMAGE:
         fields[1] = []
+    if rtype == r.CHILD_ENDED:
+        fields[1] = lc.COMPLETED
     return r.check(r.make(rtype, 123, "inst", *fields))
 
 
@@ -104,7 +106,7 @@ def test_key_is_the_first_field_of_every_record_that_has_a_key() -> None:
     assert keyed == {
         r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SUSPENDED, r.SIGNALLED,
         r.TIMER_SET, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT, r.SUSPENDED_V1,
-        r.TIMER_SET_V1,
+        r.TIMER_SET_V1, r.CHILD_STARTED, r.CHILD_ENDED,
     }
     for rtype in keyed:
         assert r.SCHEMA[rtype][1][r.KEY - r.FIELDS][0] == "key"
