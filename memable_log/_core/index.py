@@ -77,8 +77,8 @@ import msgpack
 from . import lifecycle as lc
 from . import records as r
 from .records import (
-    COMPLETED_RESULT,
     CHILD_CREATED_PARENT,
+    COMPLETED_RESULT,
     CREATED_INPUT,
     CREATED_WORKFLOW,
     FAILED_MESSAGE,

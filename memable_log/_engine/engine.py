@@ -56,8 +56,8 @@ from .._core.index import Index
 from .._core.records import check_key
 from .._core.signals import check_signal
 from .._core.status import InstanceStatus, status_of
-from .clock import Clock
 from .children import Children
+from .clock import Clock
 from .host import Host, Workflow
 from .retry import RetryPolicy
 from .runner import run_instance

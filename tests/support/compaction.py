@@ -72,7 +72,8 @@ def answers(index: Index, read: Read) -> Answers:
                 steps[key] = ("failed", rec[5], rec[6], rec[7])
             elif kind == ix.CHILD_AT:
                 rec = read(ix.entry_loc(step))
-                assert rec[0] in (r.CHILD_STARTED, r.CHILD_ENDED) and rec[3:5] == [iid, key]
+                assert rec[0] in (r.CHILD_STARTED, r.CHILD_ENDED)
+                assert rec[3:5] == [iid, key]
                 steps[key] = ("child", rec[0], *rec[5:])
             else:
                 _at(read, ix.entry_loc(step), r.STEP_STARTED, iid, key)
