@@ -431,6 +431,8 @@ class Step:
                     key, rec[r.STEP_FAILED_TYPE], rec[r.STEP_FAILED_MESSAGE],
                     rec[r.STEP_FAILED_TRACEBACK],
                 )
+            if kind == ix.CHILD_AT:
+                raise EngineError(_other_kind(ctx.instance_id, key, "a child", "a step"))
             raise StepInterrupted(ctx.instance_id, key)
         iid = ctx.instance_id
         if self._at_most_once:

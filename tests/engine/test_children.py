@@ -379,3 +379,34 @@ async def test_cancelling_a_child_tells_its_parent_once(autojump_clock: MockCloc
         await engine.cancel("p/c")
         assert await finish(engine, "p") == "p/c"
     assert types_of(storage).count("child_ended") == 1
+
+
+async def test_a_child_key_is_refused_to_a_signal_and_to_a_step_of_a_later_version(
+    autojump_clock: MockClock,
+) -> None:
+    from memable_log import SignalRefused
+
+    storage = MemoryStorage()
+
+    async def parent(ctx: Context) -> Any:
+        return await ctx.child("c", "gate", 1)
+
+    async def changed(ctx: Context) -> Any:
+        return await ctx.step("c").run(lambda: 0)
+
+    engine = memory_engine(storage, parent=parent, gate=Gate())
+    async with engine:
+        await engine.invoke("parent", instance_id="p")
+        await wait_all_tasks_blocked()
+        await until_state(engine, "p", "waiting")
+        with pytest.raises(SignalRefused, match="child"):
+            await engine.signal("parent", "p", "c")
+        await engine.signal("gate", "p/c", "go")
+        await finish(engine, "p")
+        with pytest.raises(SignalRefused, match="child"):
+            await engine.signal("parent", "p", "c")
+    engine = memory_engine(storage, parent=changed, gate=Gate())
+    async with engine:
+        await engine.restart("p")
+        with pytest.raises(WorkflowFailed, match="is a child in the journal"):
+            await finish(engine, "p")
