@@ -57,6 +57,9 @@ class Children:
         self._start = start
         self._ended = wait_ended
         self._quiet = False  # while repairing at start: wake nothing (resume_on_start)
+        # The child_ended just written for a parent whose run is in memory,
+        # by (parent, key): its branch takes it rather than read it back.
+        self._fresh: dict[tuple[str, str], list[Any]] = {}
 
     def _wait_ended(self, parent: str, key: str) -> None:
         if not self._quiet:
@@ -145,7 +148,9 @@ class Children:
                     "it first with ctx.start_child (or use ctx.child)"
                 )
             if entry.done_waits is not None and entry.done_waits.get(key) == r.CHILD_ENDED:
-                rec = await host.recorded(ix.entry_loc(found))  # type: ignore[arg-type]
+                rec = self._fresh.pop((parent, key), None)
+                if rec is None:
+                    rec = await host.recorded(ix.entry_loc(found))  # type: ignore[arg-type]
                 return self._outcome(rec, ix.child_id(parent, key))
             cid = ix.child_id(parent, key)
             child = host.index.instances.get(cid)
@@ -223,15 +228,19 @@ class Children:
             return
 
     async def _write(self, batch: list[list[Any]], marks: list[tuple[str, str]]) -> None:
-        reserved = self._host.reserved
+        host = self._host
+        reserved = host.reserved
         events = {mark: trio.Event() for mark in marks}
         reserved.update(events)
         try:
-            await self._host.append_many(batch)
+            await host.append_many(batch)
         finally:
             for mark, event in events.items():
                 del reserved[mark]
                 event.set()
+        note = batch[-1]
+        if note[r.TYPE] == r.CHILD_ENDED and note[r.INSTANCE] in host.waits:
+            self._fresh[note[r.INSTANCE], note[r.KEY]] = note
 
     async def tell_parent(self, cid: str) -> None:
         """Record a finished child's end in its parent, if not yet recorded."""
