@@ -20,7 +20,7 @@ are the same).
     python bench/peers/dbos_peer.py startup-build   --dir D --instances 10000 --steps 10
     python bench/peers/dbos_peer.py startup-measure --dir D
     python bench/peers/dbos_peer.py signal      --dir D --samples 20 [--poll 1.0]
-    python bench/peers/dbos_peer.py fanout      --dir D --workflows 1000 --concurrency 50 [--poll 1.0]
+    python bench/peers/dbos_peer.py fanout      --dir D --workflows 1000 --concurrency 50
 """
 
 from __future__ import annotations

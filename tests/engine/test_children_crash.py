@@ -54,7 +54,8 @@ async def cut_at_batch(storage: MemoryStorage, workflows: dict[str, Any], batch:
     written, and cut the power before its fsync."""
     engine = memory_engine(storage, **workflows)
     seen = 0
-    with pytest.raises(BaseException) as info:  # noqa: PT011 (a PowerCut, in groups)
+
+    async def run() -> None:
         async with engine:
             journal = engine._backend.journal
             original = journal.append_many
@@ -71,6 +72,9 @@ async def cut_at_batch(storage: MemoryStorage, workflows: dict[str, Any], batch:
             await engine.invoke("parent", instance_id="p")
             with trio.fail_after(10**6):
                 await trio.sleep_forever()
+
+    with pytest.raises(BaseException) as info:  # noqa: PT011 (a PowerCut, in groups)
+        await run()
     assert is_power_cut(info.value), info.value
     assert seen >= nth
 
@@ -120,13 +124,17 @@ async def test_a_power_cut_in_a_cancel_batch_cancels_every_descendant_at_the_nex
     workflows = {"parent": parent, "middle": middle, "gate": gate}
     storage = MemoryStorage()
     engine = memory_engine(storage, **workflows)
-    with pytest.raises(BaseException) as info:  # noqa: PT011 (a PowerCut, in groups)
+
+    async def run() -> None:
         async with engine:
             await engine.invoke("parent", instance_id="p")
             await wait_all_tasks_blocked()
             await until_state(engine, "p/m/g:1", "suspended")
             storage.crash_at = storage.ops + 2
             await engine.cancel("p")
+
+    with pytest.raises(BaseException) as info:  # noqa: PT011 (a PowerCut, in groups)
+        await run()
     assert is_power_cut(info.value)
     for mode, tear in tears(storage, random.Random(7)):
         engine = memory_engine(storage.crash(tear), **workflows)

@@ -84,7 +84,8 @@ async def test_a_snapshot_gives_the_full_scans_children_and_parents(
     full, _ = await open_index(storage, snapshots=False)
     assert resumed
     assert view(fast) == view(full)
-    assert fast.instances["p/g:0"].parent == "p" and fast.instances["p"].parent is None
+    assert fast.instances["p/g:0"].parent == "p"
+    assert fast.instances["p"].parent is None
 
 
 async def test_compaction_keeps_the_memo_and_a_parked_parents_child_wait(
@@ -122,7 +123,8 @@ async def test_retention_may_drop_finished_children_the_parent_reads_its_memo(
     engine = memory_engine(storage, **WORKFLOWS)
     async with engine:
         ids = {s.instance_id for s in engine.instances()}
-        assert "p/one" not in ids and "p/g:0" in ids
+        assert "p/one" not in ids
+        assert "p/g:0" in ids
         for i in (0, 1):
             await engine.signal("gate", f"p/g:{i}", "go", i)
         with trio.fail_after(10**6):

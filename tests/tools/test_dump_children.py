@@ -55,7 +55,8 @@ def test_child_records_read_as_what_they_mean(
     code, lines, _ = run(capsys, str(journal))
     assert code == 0
     text = "\n".join(lines)
-    assert "child_created" in text and "parent=p child_key=a" in text
+    assert "child_created" in text
+    assert "parent=p child_key=a" in text
     assert "child_id=p/a" in text
     ended = [line for line in lines if "child_ended" in line]
     assert 'state=completed value={"answer":10}' in ended[0]
@@ -69,6 +70,7 @@ def test_instances_show_the_parent_and_child_waits(
     code, lines, _ = run(capsys, str(journal), "--instances", "--json")
     assert code == 0
     objs = {o["instance_id"]: o for o in map(json.loads, lines)}
-    assert objs["p/a"]["parent"] == "p" and objs["p"]["parent"] is None
+    assert objs["p/a"]["parent"] == "p"
+    assert objs["p"]["parent"] is None
     assert objs["p"]["state"] == "running"  # woken by its first child's end
     assert objs["p/b"]["state"] == "failed"
