@@ -480,6 +480,22 @@ class Index:
     def _forgot(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         if not self._append(inst, rec[KEY], None):
             forget(inst.steps, rec[KEY])
+        if inst.done_waits is not None:
+            self._forget_children(inst, rec[KEY])
+
+    @staticmethod
+    def _forget_children(inst: InstanceEntry, pattern: str) -> None:
+        """A forgotten child key loses its recorded end too: the re-run
+        adopts the child again and records its outcome anew."""
+        table = inst.done_waits
+        assert table is not None
+        prefix = pattern[:-1] if pattern.endswith("*") else None
+        for key in [k for k, v in table.items() if v == r.CHILD_ENDED and (
+            k == pattern or (prefix is not None and k.startswith(prefix))
+        )]:
+            del table[key]
+        if not table:
+            inst.done_waits = None
 
     # A wait ends once, by whichever record came first: a signal after its
     # suspension timed out, or a timeout after its signal, records nothing.

@@ -410,3 +410,26 @@ async def test_a_child_key_is_refused_to_a_signal_and_to_a_step_of_a_later_versi
         await engine.restart("p")
         with pytest.raises(WorkflowFailed, match="is a child in the journal"):
             await finish(engine, "p")
+
+
+async def test_forget_then_restart_reads_the_existing_childs_outcome_again(
+    autojump_clock: MockClock,
+) -> None:
+    storage = MemoryStorage()
+    calls: list[int] = []
+
+    async def counted(ctx: Context) -> int:
+        calls.append(ctx.input)
+        return await double(ctx)
+
+    async def parent(ctx: Context) -> Any:
+        return [await ctx.child("kid", "counted", 1),
+                await ctx.fan_out("fan", "counted", [2, 3])]
+
+    engine = memory_engine(storage, parent=parent, counted=counted)
+    async with engine:
+        assert await finish(engine, await engine.invoke("parent", instance_id="p")) == [2, [4, 6]]
+        await engine.forget("p", "*")
+        await engine.restart("p")
+        assert await finish(engine, "p") == [2, [4, 6]]
+    assert sorted(calls) == [1, 2, 3]  # the children ran once; the parent read them again
