@@ -269,6 +269,16 @@ class Children:
             return await host.require().read(child.outcome)  # type: ignore[arg-type]
         return r.make(r.CANCELLED, 0, cid)
 
+    def stopped(self, cid: str) -> None:
+        """A child's run stopped with the journal failed: its end will not
+        come, so whoever waits on its ancestors (engine.wait) looks again
+        and finds the journal failed."""
+        instances = self._host.index.instances
+        entry = instances.get(cid)
+        while entry is not None and entry.parent is not None:
+            self._host.notify(entry.parent)
+            entry = instances.get(entry.parent)
+
     # -- cancel -----------------------------------------------------------------------
 
     async def cancel(self, iid: str) -> list[str]:

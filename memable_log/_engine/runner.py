@@ -71,6 +71,8 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
         else:
             logger.error("instance %s stopped: %s", instance_id, exc,
                          extra={"instance_id": instance_id})
+        if host.children is not None:  # its ancestors wait for it: wake their waiters
+            host.children.stopped(instance_id)
     except ValueUnreadable as exc:
         logger.error("instance %s stopped, to run again at the next start: a recorded "
                      "value cannot be read: %s", instance_id, exc,

@@ -433,3 +433,25 @@ async def test_forget_then_restart_reads_the_existing_childs_outcome_again(
         await engine.restart("p")
         assert await finish(engine, "p") == [2, [4, 6]]
     assert sorted(calls) == [1, 2, 3]  # the children ran once; the parent read them again
+
+
+async def test_a_journal_failing_under_a_child_fails_the_wait_on_its_parent(
+    autojump_clock: MockClock,
+) -> None:
+    from memable_log import JournalFailed
+
+    storage = MemoryStorage()
+
+    async def parent(ctx: Context) -> Any:
+        return await ctx.child("c", "gate", 1)
+
+    engine = memory_engine(storage, parent=parent, gate=Gate())
+    async with engine:
+        await engine.invoke("parent", instance_id="p")
+        await wait_all_tasks_blocked()
+        await until_state(engine, "p/c", "suspended")
+        await until_state(engine, "p", "waiting")
+        await engine.signal("gate", "p/c", "go")  # the child runs again ...
+        storage.fail("write")  # ... and its end cannot be written
+        with pytest.raises(JournalFailed):
+            await finish(engine, "p")
