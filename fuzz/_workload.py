@@ -20,6 +20,10 @@ One workflow, ``mixed``, does what its input (a *spec*, a small dict) says:
   for a signal ``maybe`` that never comes, and its timeout is caught;
   ``hold``: waits for ``never`` (it ends only when cancelled); ``timer``: a
   durable timer ``nap`` of that many seconds;
+* ``child``: a child (an instance of ``mixed`` itself, spec ``CHILD_SPEC``:
+  one step) started and waited for under key ``kid``; ``fan``: that many
+  such children at once through ``fan_out("fan", ..., concurrency=2)``;
+  the children's sums show in the result as ``kids``, in order;
 * then a step ``last``.
 
 Every step body records ``instance key attempt`` in a ledger (see
@@ -79,6 +83,8 @@ CHARGE = 1000
 _CODEC = Codec()
 
 Spec = dict[str, Any]
+CHILD_SPEC: Spec = {"steps": 1}  # the spec of every child a spec's ``child``/``fan`` starts
+FAN_CONCURRENCY = 2
 
 
 class Ledger(Protocol):
@@ -125,8 +131,23 @@ def event_value(instance: str, step_key: str) -> Any:
     return CHARGE if step_key == AMO_KEY else step_value(instance, step_key)
 
 
+def child_ids(spec: Spec, instance: str) -> list[str]:
+    """The ids of the children a run of ``spec`` starts, in order."""
+    kids = [f"{instance}/kid"] if spec.get("child") else []
+    return kids + [f"{instance}/fan:{i}" for i in range(spec.get("fan", 0))]
+
+
+def with_children(specs: dict[str, Spec]) -> dict[str, Spec]:
+    """``specs`` and, for each instance, its children's (by child id)."""
+    out = dict(specs)
+    for iid, spec in specs.items():
+        out.update((cid, CHILD_SPEC) for cid in child_ids(spec, iid))
+    return out
+
+
 def expected_result(spec: Spec, instance: str, charged: Any = CHARGE) -> dict[str, Any]:
     """The result of a run of ``spec``; ``charged`` as the run reports it."""
+    kids = [expected_result(CHILD_SPEC, cid)["sum"] for cid in child_ids(spec, instance)]
     total = sum(step_value(instance, f"s{i}") for i in range(spec.get("steps", 0)))
     total += sum(step_value(instance, f"p{j}") for j in range(spec.get("par", 0)))
     total += step_value(instance, "last")
@@ -140,6 +161,7 @@ def expected_result(spec: Spec, instance: str, charged: Any = CHARGE) -> dict[st
         "charged": charged if spec.get("amo") else None,
         "got": payload_for(instance) if spec.get("suspend") else None,
         "timed_out": True if spec.get("timeout") is not None else None,
+        **({"kids": kids} if kids else {}),
     }
 
 
@@ -311,9 +333,16 @@ def make_workflow(ledger: Ledger, sink: AckSink) -> Callable[[Context], Awaitabl
             await ctx.suspend("never", status="held until cancelled")
         if spec.get("timer") is not None:
             await ctx.timer("nap", spec["timer"])
+        kids: list[int] = []
+        if spec.get("child"):
+            kids.append((await ctx.child("kid", WORKFLOW, CHILD_SPEC))["sum"])
+        if spec.get("fan"):
+            fanned = await ctx.fan_out("fan", WORKFLOW, [CHILD_SPEC] * spec["fan"],
+                                       concurrency=FAN_CONCURRENCY)
+            kids += [result["sum"] for result in fanned]
         total += await step(ctx, "last", step_value(iid, "last"))
         return {"sum": total, "big": big, "charged": charged, "got": payload,
-                "timed_out": timed_out}
+                "timed_out": timed_out, **({"kids": kids} if kids else {})}
 
     return mixed
 
@@ -337,7 +366,7 @@ async def until_settled(engine: Engine, instance_id: str) -> str:
 
 # -- the in-memory operations (CrashMonkey style) -----------------------------
 
-OPS = ("invoke", "step", "signal", "timer", "cancel", "forget")
+OPS = ("invoke", "step", "signal", "timer", "cancel", "forget", "child")
 TIMER_SECONDS = 30.0
 WAITING_FOR_SIGNAL = ("suspended", "waiting")  # "waiting": beside a timer (``remind``)
 OP_SPECS: dict[str, Spec] = {
@@ -347,6 +376,7 @@ OP_SPECS: dict[str, Spec] = {
     "timer": {"timer": TIMER_SECONDS},
     "cancel": {"steps": 1, "hold": True},
     "forget": {"steps": 1, "amo": True},  # its own instance when nothing came before
+    "child": {"steps": 1, "child": True, "fan": 3},  # a child, then a fan-out of three
 }
 
 
@@ -366,7 +396,8 @@ def op_plan(ops: Iterable[str]) -> list[tuple[str, str, Spec]]:
 
 
 def op_specs(ops: Iterable[str]) -> dict[str, Spec]:
-    return {iid: spec for _, iid, spec in op_plan(ops) if spec}
+    """Every instance's spec, children included."""
+    return with_children({iid: spec for _, iid, spec in op_plan(ops) if spec})
 
 
 async def run_ops(
@@ -434,6 +465,7 @@ class Facts:
     """What a journal holds, by instance and key (from its records, in order)."""
 
     created: set[str] = field(default_factory=set)
+    created_twice: set[str] = field(default_factory=set)  # a child created more than once
     step_done: set[tuple[str, str]] = field(default_factory=set)
     step_started: set[tuple[str, str]] = field(default_factory=set)
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)  # latest step_done's
@@ -454,7 +486,9 @@ class Facts:
             iid, key = rec.instance, rec.fields.get("key")
             facts.compacted = facts.compacted or rec.seq == 0
             state = facts.final.get(iid, ("live", None))[0]
-            if rec.type == "created":
+            if rec.type in ("created", "child_created"):
+                if iid in facts.created and rec.type == "child_created" and rec.seq != 0:
+                    facts.created_twice.add(iid)
                 facts.created.add(iid)
                 facts.final.setdefault(iid, ("live", None))
             elif rec.type == "step_done":
@@ -508,6 +542,7 @@ def check(
         problems.extend(f"acknowledged {what} {m} is not in the journal" for m in sorted(missing))
 
     lost("invoke", acks.invokes - facts.created)
+    problems += [f"child {iid} was created more than once" for iid in sorted(facts.created_twice)]
     # A step forgotten since its acknowledgement may be gone (compaction
     # drops forgotten results), and so may a result since a restart.
     lost("step", {

@@ -73,7 +73,16 @@ import trio
 from _forking import in_workers
 from _ledger import FileLedger, read_file_ledger
 from _summary import finish
-from _workload import WORKFLOW, Acks, Spec, check, make_workflow, payload_for, until_settled
+from _workload import (
+    WORKFLOW,
+    Acks,
+    Spec,
+    check,
+    make_workflow,
+    payload_for,
+    until_settled,
+    with_children,
+)
 from memable_log_tools import send_signal  # type: ignore[import-not-found,unused-ignore]
 
 from memable_log import (
@@ -129,6 +138,12 @@ def make_plan(rng: random.Random) -> list[dict[str, Any]]:
                 spec["timer"] = round(rng.uniform(0.01, 0.1), 3)
             if rng.random() < 0.4:  # a step whose first attempts fail: retried
                 spec["flaky"] = round(rng.uniform(0.005, 0.03), 3)
+            # Children (one waited for, a small fan-out), drawn from a generator
+            # of their own: the plans of earlier seeds stay what they were.
+            kids = random.Random(f"children-{k}-{sorted(spec.items())}")
+            if kids.random() < 0.3:
+                spec["child"] = kids.random() < 0.7
+                spec["fan"] = kids.choice([0, 2, 3])
         plan.append(inst)
     return plan
 
@@ -289,7 +304,7 @@ class Iteration:
         self.journal = os.path.join(self.dir, "journal")
         self.ledger = os.path.join(self.dir, "ledger")
         self.plan = make_plan(self.rng)
-        self.specs = {inst["id"]: inst["spec"] for inst in self.plan}
+        self.specs = with_children({inst["id"]: inst["spec"] for inst in self.plan})
         self.acks = Acks()
         self.stats = stats
         self.exec_share = exec_share

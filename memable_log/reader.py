@@ -182,7 +182,7 @@ class JournalReader(Iterator[RecordView]):
             self._compacted += 1
         # The writer refuses a record for an instance never created (its
         # index cannot apply it): so does the reader.
-        if rec[r.TYPE] == r.CREATED:
+        if rec[r.TYPE] == r.CREATED or rec[r.TYPE] == r.CHILD_CREATED:
             self._created.add(rec[r.INSTANCE])
         elif rec[r.INSTANCE] not in self._created:
             raise self._corrupt(loc, f"record for unknown instance {rec[r.INSTANCE]!r}")

@@ -175,6 +175,13 @@ def summary(rec: RecordView) -> str:
                 parts.append(shown)
         elif rec.type.startswith("state_image") and name == "state":
             parts.append(f"state={_state_name(value)}")
+        elif rec.type == "child_ended" and name in ("state", "value"):
+            # The child's outcome: its state by name; its value only if it
+            # completed (a failed child's traceback is in --json).
+            if name == "state":
+                parts.append(f"state={_state_name(value)}")
+            elif fields.get("state") == _COMPLETED:
+                parts.append(f"value={c.clip(_compact(decode_value(value)), _VALUE_WIDTH)}")
         elif isinstance(value, dict):  # state images: waits, timers, done_waits
             waits = {k: _wait_text(name, v) for k, v in value.items()}
             parts.append(f"{name}={c.clip(_compact(waits), _VALUE_WIDTH)}")
@@ -266,9 +273,12 @@ def _wait_text(table: str, value: Any) -> Any:
         return c.iso_ms(value)
     if table == "waits" and type(value) is list and len(value) == 3:
         kind, deadline, _ = value
-        name = ("signal", "timer")[kind] if kind in (0, 1) else str(kind)
+        name = ("signal", "timer", "child")[kind] if kind in (0, 1, 2) else str(kind)
         return f"{name} until {c.iso_ms(deadline)}" if type(deadline) is int else name
     return RECORD_TYPES.get(value, value) if type(value) is int else value
+
+
+_COMPLETED = INSTANCE_STATES.index("completed")
 
 
 def _state_name(state: int) -> str:
@@ -345,6 +355,7 @@ def instance_json(status: InstanceStatus) -> dict[str, Any]:
         "error": {"type": error.type, "message": error.message} if error is not None else None,
         "created_at": c.iso_datetime(status.created_at),
         "updated_at": c.iso_datetime(status.updated_at),
+        "parent": status.parent,
     }
 
 

@@ -20,6 +20,7 @@ are the same).
     python bench/peers/dbos_peer.py startup-build   --dir D --instances 10000 --steps 10
     python bench/peers/dbos_peer.py startup-measure --dir D
     python bench/peers/dbos_peer.py signal      --dir D --samples 20 [--poll 1.0]
+    python bench/peers/dbos_peer.py fanout      --dir D --workflows 1000 --concurrency 50
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ if DBOS is not None:
                 os._exit(0)
         _body_done = time.perf_counter()
         return total
+
+    @DBOS.workflow()
+    def fan_child(i: int) -> int:
+        """A trivial child workflow (as memable_log's fan-out children)."""
+        return i * 2
+
+    @DBOS.workflow()
+    def fan_parent(n: int) -> list[int]:
+        """Starts ``n`` children on the concurrency-limited queue, then awaits each."""
+        handles = [_fan_queue.enqueue(fan_child, i) for i in range(n)]
+        return [handle.get_result() for handle in handles]
 
     @DBOS.workflow()
     def wait_workflow() -> Any:
@@ -258,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("scenario", choices=[
         "steps", "concurrent", "prepare", "recover", "startup-build", "startup-measure",
-        "signal",
+        "signal", "fanout",
     ])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--steps", type=int, default=10)
@@ -267,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=0)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--poll", type=float, default=None)
+    parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args(argv)
     if _UNAVAILABLE is not None:
         emit({"unavailable": _UNAVAILABLE})
@@ -284,7 +297,30 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
+_fan_queue: Any = None  # set by scenario_fanout, before DBOS launches
+
+
+def scenario_fanout(path: str, children: int, concurrency: int,
+                    poll: float | None) -> dict[str, Any]:
+    """A workflow that starts ``children`` child workflows on a queue of
+    ``concurrency`` and awaits them all: start to last result. The queue
+    polls every ``poll`` seconds (DBOS's default: 1.0)."""
+    global _fan_queue
+    extra = {} if poll is None else {"polling_interval_sec": poll}
+    start(path)
+    # DBOS 3 declares queues through the running instance (persisted in its
+    # system database); ``concurrency`` is the global limit.
+    _fan_queue = DBOS.register_queue("fanout", concurrency=concurrency, **extra)
+    t = time.perf_counter()
+    result = DBOS.start_workflow(fan_parent, children).get_result()
+    elapsed = time.perf_counter() - t
+    assert result == [i * 2 for i in range(children)], result[:5]
+    return {"elapsed": elapsed, "children": children}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scenario == "fanout":
+        return scenario_fanout(args.dir, args.workflows, args.concurrency, args.poll)
     if args.scenario == "steps":
         return scenario_steps(args.dir, args.steps)
     if args.scenario == "concurrent":

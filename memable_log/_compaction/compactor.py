@@ -94,6 +94,7 @@ SYNTHESISED: Final = frozenset({
     r.COMPLETED, r.FAILED, r.CANCELLED,
     r.STATUS_SET, r.PUBLISHED,  # the latest status text; every event, in order
     r.ATTEMPT_FAILED,
+    r.CHILD_CREATED, r.CHILD_STARTED, r.CHILD_ENDED,  # a child's creation; the parent's memo
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
@@ -115,7 +116,11 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
         return where if type(where) is bytes else read(where)[field]  # type: ignore[arg-type]
 
     ts = e.updated_ms
-    yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
+    if e.parent is None:
+        yield [r.CREATED, 0, e.created_ms, iid, e.workflow, blob(e.input, r.CREATED_INPUT)]
+    else:  # a child: its parent and key (the rest of its id) travel with it
+        yield [r.CHILD_CREATED, 0, e.created_ms, iid, e.workflow,
+               blob(e.input, r.CHILD_CREATED_INPUT), e.parent, iid[len(e.parent) + 1:]]
     # Each event keeps its own time (``Event.at``) and its place (its seq),
     # and step outcomes their own times (engine.steps reads them), so the
     # last record written may not be at ``ts``: ``last`` follows it.
@@ -172,7 +177,10 @@ def _step_records(
         started, finished, attempts, _ = times.get(key, (ts, ts, 1, None))
         end = ts if finished is None else finished
         kind = ix.entry_kind(step)
-        if kind == ix.STEP_DONE_AT:
+        if kind == ix.CHILD_AT:  # a child's child_started or child_ended: kept as it is
+            kept = read(ix.entry_loc(step))  # type: ignore[arg-type]
+            rec = [kept[r.TYPE], 0, ts, *kept[r.INSTANCE:]]
+        elif kind == ix.STEP_DONE_AT:
             value = step if type(step) is bytes else read(ix.entry_loc(step))[r.STEP_DONE_VALUE]  # type: ignore[arg-type]
             rec = [r.STEP_DONE, 0, end, iid, key, value, started, attempts]
         elif kind == ix.STEP_FAILED_AT:

@@ -19,7 +19,10 @@ object). Its step table maps a key to either
 * ``int``: ``loc << 2 | kind``, where ``loc`` packs the record's place in the
   journal (``inner << 64 | segment << 40 | offset``, ``inner`` for records
   inside a compacted block) and kind is STEP_DONE_AT (a value to read back
-  on demand), STEP_FAILED_AT or STEP_STARTED_AT.
+  on demand), STEP_FAILED_AT, STEP_STARTED_AT or CHILD_AT (a child's
+  ``child_started`` or, once it ended, ``child_ended``: SPEC-NEXT §2; a
+  child's key is memoised in the step table, so it shares the key space,
+  the compaction and the snapshot of steps).
 
 Large values never stay in memory; the engine reads them back by location.
 
@@ -92,6 +95,7 @@ from .records import (
     ATTEMPT_FAILED_MESSAGE,
     ATTEMPT_FAILED_STARTED_MS,
     ATTEMPT_FAILED_TYPE,
+    CHILD_CREATED_PARENT,
     COMPLETED_RESULT,
     CREATED_INPUT,
     CREATED_WORKFLOW,
@@ -130,6 +134,7 @@ OFFSET_BITS = 40
 STEP_DONE_AT = 0
 STEP_FAILED_AT = 1
 STEP_STARTED_AT = 2
+CHILD_AT = 3
 DEFAULT_INLINE_LIMIT = 256
 # Appending to a packed table copies it: past this size apply materialises it.
 APPEND_LIMIT = 4096
@@ -175,12 +180,17 @@ def loc_inner(loc: int) -> int:
 
 
 def entry_kind(entry: Entry) -> int:
-    """STEP_DONE_AT, STEP_FAILED_AT or STEP_STARTED_AT."""
+    """STEP_DONE_AT, STEP_FAILED_AT, STEP_STARTED_AT or CHILD_AT."""
     return STEP_DONE_AT if type(entry) is bytes else entry & 3  # type: ignore[operator]
 
 
 def entry_loc(entry: int) -> int:
     return entry >> 2
+
+
+def child_id(parent_id: str, key: str) -> str:
+    """The id of the child that instance ``parent_id`` starts under ``key``."""
+    return f"{parent_id}/{key}"
 
 
 # -- the packed form -----------------------------------------------------------------
@@ -284,6 +294,7 @@ class InstanceEntry:
         "workflow", "state", "created_ms", "updated_ms", "input", "outcome",
         "error", "pending", "status", "deadline_ms", "table", "signals",
         "waits", "done_waits", "last_seq", "events", "status_calls", "meta", "tries",
+        "parent",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -317,6 +328,7 @@ class InstanceEntry:
         # Step times and in-flight failed attempts (module comment).
         self.meta: bytes | bytearray = b""
         self.tries: dict[str, Tries] | None = None
+        self.parent: str | None = None  # the parent's id, for a child (child_created)
 
     @property
     def steps(self) -> dict[str, Entry]:
@@ -351,12 +363,19 @@ class InstanceEntry:
         return key in steps
 
     def memoised_steps(self) -> int:
-        """How many steps have an outcome (at-most-once markers excluded)."""
+        """How many steps have an outcome (at-most-once markers and children excluded)."""
         table = self.table
         steps = table if isinstance(table, dict) else unpack_steps(table, intern=False)
-        # entry_kind inlined (engine.instances() counts every instance's steps)
-        markers = [e for e in steps.values() if type(e) is int and e & 3 == STEP_STARTED_AT]
+        # entry_kind inlined (engine.instances() counts every instance's steps):
+        # STEP_STARTED_AT and CHILD_AT are the kinds with bit 2 set.
+        markers = [e for e in steps.values() if type(e) is int and e & 2]
         return len(steps) - len(markers)
+
+    def child_keys(self) -> list[str]:
+        """The keys of every child it started (their ids: ``child_id``)."""
+        table = self.table
+        steps = table if isinstance(table, dict) else unpack_steps(table, intern=False)
+        return [key for key, e in steps.items() if type(e) is int and e & 3 == CHILD_AT]
 
 
 class Index:
@@ -387,6 +406,9 @@ class Index:
             return
         inst = self.instances.get(rec[INSTANCE])
         if inst is None:
+            if rtype == r.CHILD_CREATED:  # a child's ``created`` (not on the hot path)
+                self._child_created(rec, loc)
+                return
             raise r.RecordError(f"record for unknown instance {rec[INSTANCE]!r}")
         inst.updated_ms = rec[TS]
         inst.last_seq = rec[SEQ]
@@ -601,6 +623,22 @@ class Index:
             self._settled(inst, rec[KEY])
         if not self._append(inst, rec[KEY], None):
             forget(inst.steps, rec[KEY])
+        if inst.done_waits is not None:
+            self._forget_children(inst, rec[KEY])
+
+    @staticmethod
+    def _forget_children(inst: InstanceEntry, pattern: str) -> None:
+        """A forgotten child key loses its recorded end too: the re-run
+        adopts the child again and records its outcome anew."""
+        table = inst.done_waits
+        assert table is not None
+        prefix = pattern[:-1] if pattern.endswith("*") else None
+        for key in [k for k, v in table.items() if v == r.CHILD_ENDED and (
+            k == pattern or (prefix is not None and k.startswith(prefix))
+        )]:
+            del table[key]
+        if not table:
+            inst.done_waits = None
 
     # A wait ends once, by whichever record came first: a signal after its
     # suspension timed out, or a timeout after its signal, records nothing.
@@ -666,6 +704,42 @@ class Index:
         if waits is not None and waits.pop(key, None) is not None and not waits:
             inst.waits = None
 
+    # Children (SPEC-NEXT §2). The child's key is memoised in the parent's
+    # step table (CHILD_AT: its child_started, then its child_ended); the
+    # child wait is registered by child_started and ended by child_ended,
+    # which records CHILD_ENDED in done_waits (so lifecycle.resolved sees it).
+    # The first end wins; a child_started after its child's end (a parent
+    # adopting a child whose start batch was torn) adds nothing.
+
+    def _child_created(self, rec: list[Any], loc: int) -> None:
+        entry = InstanceEntry(
+            sys.intern(rec[CREATED_WORKFLOW]), rec[TS], self._blob_or_loc(rec[CREATED_INPUT], loc),
+        )
+        entry.parent = rec[CHILD_CREATED_PARENT]
+        entry.last_seq = rec[SEQ]
+        self.instances[rec[INSTANCE]] = entry
+
+    def _child_started(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[KEY]
+        if lc.resolved(inst, key):
+            return
+        self._register(inst, key, (lc.WAIT_CHILD, None, None))
+        value = loc << 2 | CHILD_AT
+        if not self._append(inst, key, value):
+            inst.steps[sys.intern(key)] = value
+
+    def _child_ended(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[KEY]
+        if inst.done_waits is None:
+            inst.done_waits = {}
+        elif key in inst.done_waits:
+            return
+        inst.done_waits[sys.intern(key)] = r.CHILD_ENDED
+        value = loc << 2 | CHILD_AT
+        if not self._append(inst, key, value):
+            inst.steps[sys.intern(key)] = value
+        self._unregister(inst, key)
+
     def _completed(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
         inst.outcome = self._blob_or_loc(rec[COMPLETED_RESULT], loc)
 
@@ -709,7 +783,8 @@ class Index:
         self._status_from_image(inst)
 
     def _state_only(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
-        """parked, cancelled: the lifecycle records all there is."""
+        """parked, cancelled: the lifecycle records all there is (and a
+        child_created for an id that exists: nothing)."""
 
     # -- talking to the outside (SPEC-NEXT §3) --
     # The status text is the latest recorded, by set_status or a suspension's
@@ -794,6 +869,9 @@ _APPLY: dict[int, _Apply] = {
     r.STATE_IMAGE_V1: Index._state_image_v1,
     r.STATUS_SET: Index._status_set,
     r.PUBLISHED: Index._published,
+    r.CHILD_CREATED: Index._state_only,  # an id created already: the first creation stands
+    r.CHILD_STARTED: Index._child_started,
+    r.CHILD_ENDED: Index._child_ended,
 }
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
 APPLIED: Final = frozenset({r.CREATED, *_APPLY})

@@ -25,8 +25,15 @@ never moves the deadline) and the branch blocks in memory. Only when every
 task of the workflow is blocked does the engine write ``parked`` with the
 keys it waits on: the instance leaves memory, *suspended* if every pending
 wait is a signal, *sleeping* if every one is a timer, *waiting* otherwise.
-Whichever pending wait resolves first (its signal, its deadline) makes it
-running again; the others stay registered for the re-run to block in.
+Whichever pending wait resolves first (its signal, its deadline, its
+child's end) makes it running again; the others stay registered for the
+re-run to block in.
+
+Child waits (SPEC-NEXT §2). ``child_started`` registers a wait of kind
+``WAIT_CHILD`` (no deadline) in the parent when it starts a child;
+``child_ended``, appended with the child's outcome, ends it (``done_waits``
+maps its key to CHILD_ENDED) and wakes a parent parked on it. A child's own
+``child_created`` makes its entry, running, as ``created`` does.
 ``parked`` moves nothing if one of its keys is already resolved (a signal
 that came while the record was being written): the instance stays running.
 
@@ -74,7 +81,8 @@ FINISHED: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 # A registered wait's kind (index: key -> (kind, deadline_ms, status)).
 WAIT_SIGNAL: Final = 0
 WAIT_TIMER: Final = 1
-WAIT_KIND_NAMES: Final = ("signal", "timer")
+WAIT_CHILD: Final = 2  # registered by ``child_started``, ended by ``child_ended``
+WAIT_KIND_NAMES: Final = ("signal", "timer", "child")
 Wait = tuple[int, int | None, str | None]  # kind, deadline_ms, status
 
 
@@ -92,6 +100,7 @@ def _table() -> dict[tuple[int, int], int]:
         table[parked, r.SIGNALLED] = RUNNING
         table[parked, r.SUSPEND_TIMED_OUT] = RUNNING
         table[parked, r.TIMER_FIRED] = RUNNING
+        table[parked, r.CHILD_ENDED] = RUNNING  # only for a pending key
     table[RUNNING, r.SUSPENDED_V1] = SUSPENDED  # format version 1: unless its signal came first
     table[RUNNING, r.TIMER_SET_V1] = SLEEPING  # format version 1
     for done in FINISHED:
@@ -108,6 +117,7 @@ UNCHANGED_BY: Final = frozenset({
     # a status text (the index's data: see ``Machine.status``) and an event
     r.STATUS_SET, r.PUBLISHED,
     r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
+    r.CHILD_CREATED, r.CHILD_STARTED,  # a child's creation; a child wait's registration
 })
 
 
@@ -141,7 +151,7 @@ class Machine(Protocol):
 
     @property
     def done_waits(self) -> Mapping[str, int] | None:
-        """Waits ended by their deadline, by key."""
+        """Waits ended by their deadline (or a child wait by its child's end), by key."""
 
 
 def _move(m: Machine, rtype: int, to: int | None = None) -> bool:
@@ -161,8 +171,8 @@ def _move(m: Machine, rtype: int, to: int | None = None) -> bool:
 
 
 def resolved(m: Machine, key: str) -> bool:
-    """Whether the wait on ``key`` has ended: its signal came or its deadline
-    was recorded as passed."""
+    """Whether the wait on ``key`` has ended: its signal came, its deadline
+    was recorded as passed, or (a child wait) its child's end was recorded."""
     return (m.signals is not None and key in m.signals) or (
         m.done_waits is not None and key in m.done_waits
     )
@@ -267,6 +277,7 @@ RULES: Final[dict[int, Rule]] = {
     r.SIGNALLED: _awaited,
     r.TIMER_FIRED: _awaited,
     r.SUSPEND_TIMED_OUT: _awaited,
+    r.CHILD_ENDED: _awaited,
     r.COMPLETED: _by_table,
     r.FAILED: _by_table,
     r.CANCELLED: _by_table,

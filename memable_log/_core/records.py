@@ -44,6 +44,10 @@ PUBLISHED: Final = 24  # ctx.publish: one event of the instance's event stream
 STEP_DONE: Final = 20  # a step's result, with its first attempt's start and its attempts
 STEP_FAILED: Final = 21  # a step failed for good: every attempt's error
 ATTEMPT_FAILED: Final = 22  # one failed attempt of a step that is tried again
+# Issue 14, workflows that start workflows (SPEC-NEXT §2):
+CHILD_CREATED: Final = 25  # a child's own creation: ``created`` and its parent
+CHILD_STARTED: Final = 26  # in the parent: the child exists; its key is memoised
+CHILD_ENDED: Final = 27  # in the parent: the child's outcome, memoised
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -125,6 +129,16 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
         (("key", (str,)), ("attempt", (int,)), ("error_type", (str,)), ("message", (str,)),
          ("started_ms", (int,))),
     ),
+    CHILD_CREATED: (
+        "child_created",
+        (("workflow", (str,)), ("input", (bytes,)), ("parent", (str,)), ("child_key", (str,))),
+    ),
+    CHILD_STARTED: ("child_started", (("key", (str,)), ("child_id", (str,)))),
+    CHILD_ENDED: (
+        "child_ended",
+        (("key", (str,)), ("state", (int,)), ("value", (bytes,)), ("error_type", _OPT_STR),
+         ("message", _OPT_STR)),
+    ),
 }
 
 # Where each field sits in a record list, by name (records stay plain lists
@@ -176,6 +190,16 @@ SEAL_NEXT_SEQ: Final = 1  # a seal is [SEAL, next_seq]
 STATUS_SET_TEXT: Final = 4
 STATUS_SET_CALL: Final = 5
 PUBLISHED_VALUE: Final = 5
+# child_created's workflow and input sit where created's do (CREATED_*)
+CHILD_CREATED_WORKFLOW: Final = 4
+CHILD_CREATED_INPUT: Final = 5
+CHILD_CREATED_PARENT: Final = 6
+CHILD_CREATED_CHILD_KEY: Final = 7  # its key in the parent (not KEY: not the first field)
+CHILD_STARTED_CHILD_ID: Final = 5
+CHILD_ENDED_STATE: Final = 5  # lifecycle.COMPLETED, FAILED or CANCELLED
+CHILD_ENDED_VALUE: Final = 6  # the result blob if completed, else b""
+CHILD_ENDED_ERROR_TYPE: Final = 7
+CHILD_ENDED_MESSAGE: Final = 8
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
@@ -189,8 +213,9 @@ _CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
 
 _N_STATES = 7  # see lifecycle.STATE_NAMES
 _N_STATES_V1 = 6
-_ENDED_BY = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT})
-_N_WAIT_KINDS = 2  # lifecycle.WAIT_SIGNAL, WAIT_TIMER: a wait's kind is below this
+_ENDED_BY = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT, CHILD_ENDED})
+_N_WAIT_KINDS = 3  # lifecycle.WAIT_SIGNAL, WAIT_TIMER, WAIT_CHILD: a wait's kind is below this
+_CHILD_ENDS = (3, 4, 5)  # lifecycle.COMPLETED, FAILED, CANCELLED
 
 
 def _keys(value: object) -> bool:
@@ -250,10 +275,23 @@ def _check_step_failed(rec: list[Any]) -> None:
         raise RecordError("step_failed record has fewer than one attempt")
 
 
-# Record types whose lists or maps ``check`` looks into.
+def _check_child_ended(rec: list[Any]) -> None:
+    if rec[CHILD_ENDED_STATE] not in _CHILD_ENDS or type(rec[CHILD_ENDED_STATE]) is not int:
+        raise RecordError(
+            f"child_ended record has state {rec[CHILD_ENDED_STATE]!r}, not a finished one"
+        )
+
+
+def _check_child_created(rec: list[Any]) -> None:
+    if not rec[CHILD_CREATED_PARENT] or not rec[CHILD_CREATED_CHILD_KEY]:
+        raise RecordError("child_created record needs a non-empty parent and key")
+
+
+# Record types whose lists or maps ``check`` looks into (or whose values it checks).
 DEEP: Final = {
     PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1,
     STEP_FAILED: _check_step_failed,
+    CHILD_ENDED: _check_child_ended, CHILD_CREATED: _check_child_created,
 }
 
 

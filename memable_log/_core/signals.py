@@ -40,6 +40,8 @@ def check_signal(
     ended = entry.done_waits.get(key) if entry.done_waits is not None else None
     if (wait is not None and wait[0] == lc.WAIT_TIMER) or ended == r.TIMER_FIRED:
         raise SignalRefused(instance_id, key, "the key is a timer's")
+    if (wait is not None and wait[0] == lc.WAIT_CHILD) or ended == r.CHILD_ENDED:
+        raise SignalRefused(instance_id, key, "the key is a child's")
     if ended is not None or (wait is not None and wait[1] is not None and now_ms >= wait[1]):
         raise SignalAlreadyDelivered(instance_id, key, "timed out")
     if entry.state in lc.FINISHED:

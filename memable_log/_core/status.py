@@ -14,8 +14,9 @@ from .index import InstanceEntry
 
 
 class Wait(NamedTuple):
-    """A pending wait of an instance: ``kind`` is "signal" or "timer", ``key``
-    its key, ``deadline`` its wall-clock deadline (UTC) or None."""
+    """A pending wait of an instance: ``kind`` is "signal", "timer" or
+    "child", ``key`` its key, ``deadline`` its wall-clock deadline (UTC) or
+    None (always None for a child)."""
 
     kind: str
     key: str
@@ -36,7 +37,9 @@ class InstanceStatus:
     the latest text recorded by ``ctx.set_status`` or a suspension's
     ``status=``, in any state (None if there was none): waits and re-runs
     without a text leave it as it is. ``steps`` counts memoised step
-    outcomes; ``error`` is set for failed instances.
+    outcomes; ``error`` is set for failed instances. ``parent`` is the id
+    of the instance that started this one as a child (``ctx.start_child``),
+    or None.
     """
 
     instance_id: str
@@ -50,6 +53,7 @@ class InstanceStatus:
     created_at: datetime
     updated_at: datetime
     waits: tuple[Wait, ...] = ()
+    parent: str | None = None
 
 
 def from_ms(ms: int) -> datetime:
@@ -81,6 +85,7 @@ def status_of(instance_id: str, entry: InstanceEntry) -> InstanceStatus:
         created_at=from_ms(entry.created_ms),
         updated_at=from_ms(entry.updated_ms),
         waits=_waits(entry),
+        parent=entry.parent,
     )
 
 
@@ -128,7 +133,8 @@ _STEP_STATES = {ix.STEP_DONE_AT: "done", ix.STEP_FAILED_AT: "failed",
 
 
 def steps_of(entry: InstanceEntry) -> list[StepStatus]:
-    """Every memoised step of the instance, in the order first written."""
+    """Every memoised step of the instance, in the order first written
+    (children, whose keys share the table, are not steps)."""
     table = entry.table
     steps = table if isinstance(table, dict) else ix.unpack_steps(table, intern=False)
     times = ix.step_meta(entry.created_ms, steps, entry.meta)
@@ -136,6 +142,8 @@ def steps_of(entry: InstanceEntry) -> list[StepStatus]:
     out = []
     for key, step in steps.items():
         kind = ix.entry_kind(step)
+        if kind == ix.CHILD_AT:
+            continue  # a child, not a step: its own instance has its steps
         started, finished, attempts, error = times.get(key, (None, None, 1, None))
         if kind == ix.STEP_STARTED_AT and key in tries:
             attempts = len(tries[key][1]) + 1  # the failed ones, then the one cut

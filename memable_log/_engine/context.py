@@ -45,6 +45,7 @@ from .._core.errors import (
 )
 from .._core.records import check_key
 from . import attempts, events
+from . import children as _children
 from .host import Host
 from .retry import NO_RETRY, RetryPolicy, policy
 from .waits import RunWaits
@@ -69,6 +70,7 @@ class Context:
     __slots__ = (
         "_hits", "_host", "_instances", "_keys", "_waits", "input", "instance_id", "workflow",
         "_talk",
+        "_waited",
     )
 
     def __init__(
@@ -79,6 +81,7 @@ class Context:
         self._instances = host.index.instances  # one index per engine lifetime
         self._keys: set[str] = set()
         self._hits = 0
+        self._waited: set[str] | None = None  # child keys waited on in this run
         self.instance_id = instance_id
         self.workflow = workflow
         self.input = input
@@ -266,6 +269,72 @@ class Context:
             register = None
 
 
+    # -- children (SPEC-NEXT §2; the logic is in children.py) ---------------------
+
+    async def start_child(self, key: str, workflow: Any, input: Any = None) -> str:
+        """Durably start an instance of ``workflow`` as this one's child, once.
+
+        ``workflow`` is a registered name or a registered function. The
+        child's id is ``f"{instance_id}/{key}"`` and is returned (memoised
+        under ``key``, which shares the key space of steps: a re-run finds
+        the same child and starts nothing). Wait for it with ``wait_child``.
+        """
+        self._claim(key)
+        children = self._host.children
+        assert children is not None
+        return await children.start(self.instance_id, key, workflow, input)
+
+    async def wait_child(self, key: str) -> Any:
+        """The result of the child started under ``key``, once it has finished.
+
+        Raises the child's WorkflowFailed or WorkflowCancelled (their
+        ``instance_id`` is the child's). Waits as ``suspend`` does: this
+        branch blocks, and once every branch waits the instance is parked
+        and leaves memory, to run again when the child ends. The outcome is
+        memoised under ``key``: a re-run returns (or raises) it at once.
+        """
+        if type(key) is not str or not key:
+            check_key(key)
+        waited = self._waited
+        if waited is None:
+            waited = self._waited = set()
+        if key in waited:
+            raise DuplicateStepKey(self.instance_id, key)
+        waited.add(key)
+        children = self._host.children
+        assert children is not None
+        return await children.wait(self.instance_id, key, self._waits)
+
+    async def child(self, key: str, workflow: Any, input: Any = None) -> Any:
+        """Start a child (``start_child``) and return its result (``wait_child``)."""
+        await self.start_child(key, workflow, input)
+        return await self.wait_child(key)
+
+    async def fan_out(
+        self, key: str, workflow: Any, inputs: Any, *, concurrency: int | None = None
+    ) -> list[Any]:
+        """Run one child of ``workflow`` per input; their results, in input order.
+
+        Child ``i`` has key ``f"{key}:{i}"``. At most ``concurrency`` children
+        are live at once (all, if None), after a restart too. If children
+        failed or were cancelled, raises the first one's WorkflowFailed (or
+        WorkflowCancelled) in input order, once every child has finished.
+        """
+        self._claim(key)
+        items = list(inputs)
+        if concurrency is None:
+            concurrency = max(1, len(items))
+        elif isinstance(concurrency, bool) or type(concurrency) is not int or concurrency < 1:
+            raise ValueError(f"fan_out {key!r}: concurrency must be an int >= 1, "
+                             f"not {concurrency!r}")
+        children = self._host.children
+        assert children is not None
+        children.workflow_name(workflow)  # an unregistered workflow fails before any child
+        return await _children.fan_out(
+            self.start_child, self.wait_child, key, workflow, items, concurrency
+        )
+
+
 def _other_kind(instance_id: str, key: str, was: str, now: str) -> str:
     return (
         f"key {key!r} of instance {instance_id!r} is {was} in the journal, not {now}: "
@@ -408,6 +477,8 @@ class Step:
                     # a version 2 record has its one error only
                     rec[r.STEP_FAILED_ERRORS] if rec[r.TYPE] == r.STEP_FAILED else None,
                 )
+            if kind == ix.CHILD_AT:
+                raise EngineError(_other_kind(ctx.instance_id, key, "a child", "a step"))
             raise StepInterrupted(ctx.instance_id, key)
         iid = ctx.instance_id
         now_ms = host.clock.now_ms  # twice per step: spare a call through the host

@@ -57,6 +57,7 @@ from .._core.index import Index
 from .._core.records import check_key
 from .._core.signals import check_signal
 from .._core.status import Event, InstanceStatus, StepStatus, status_of, steps_of
+from .children import Children
 from .clock import Clock
 from .events import EventStream, StatusWatch, event
 from .host import Host, Workflow
@@ -105,6 +106,7 @@ class Engine:
         self._host = Host(clock, codec, inline_limit)
         self._host.graceful = shutdown_timeout is not None
         self._host.default_retry = default_retry
+        self._host.children = Children(self._host, self._start, self._wait_ended)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._timers: TimerQueue | None = None
@@ -157,6 +159,7 @@ class Engine:
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
             self._nursery.start_soon(self._timers.run)
+            await self._children().repair()  # what a torn batch of children left
             if self._resume_on_start:
                 self._resume_all()
             else:
@@ -472,16 +475,26 @@ class Engine:
         self._wait_ended(instance_id, key)
 
     async def cancel(self, instance_id: str) -> None:
-        """Durably mark the instance cancelled and stop it if it runs."""
+        """Durably mark the instance cancelled and stop it if it runs.
+
+        Every live descendant (its children, theirs, ...) is cancelled with
+        it, in one batch; a cancelled child's parent is told (``wait_child``
+        raises WorkflowCancelled).
+        """
         host = self._here()
         entry = host.entry(instance_id)
         if entry.state not in lc.LIVE:
             return
-        await host.append(r.make(r.CANCELLED, host.now_ms(), instance_id))
-        scope = host.scopes.get(instance_id)
-        if scope is not None:
-            scope.cancel()
-        host.notify(instance_id)
+        for iid in await self._children().cancel(instance_id):
+            scope = host.scopes.get(iid)
+            if scope is not None:
+                scope.cancel()
+            host.notify(iid)
+
+    def _children(self) -> Children:
+        children = self._host.children
+        assert children is not None
+        return children
 
     async def forget(self, instance_id: str, key_or_prefix: str) -> None:
         """Durably forget memoised step outcomes: ``key``, or all under ``prefix*``."""

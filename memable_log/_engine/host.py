@@ -36,6 +36,7 @@ from .waits import RunWaits, TaskExits
 
 if TYPE_CHECKING:
     from .._backend.seam import Backend
+    from .children import Children
     from .context import Context
 
 Workflow = Callable[["Context"], Awaitable[Any]]
@@ -66,6 +67,7 @@ class Host:
         "draining", "exits", "graceful", "halted", "index", "limiter", "on_step_call",
         "reserved", "running", "scopes", "waits", "workflows",
         "listeners",
+        "children",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -106,6 +108,8 @@ class Host:
         # iterator dropped unfinished leaves nothing behind; empty while
         # nobody reads, so the step path pays one test.
         self.listeners: dict[str, weakref.WeakSet[Listener]] = {}
+        # Children: start, wait, end, cancel (children.py); set by the Engine.
+        self.children: Children | None = None
 
     # -- the journal ----------------------------------------------------------
 

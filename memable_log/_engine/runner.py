@@ -71,6 +71,8 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
         else:
             logger.error("instance %s stopped: %s", instance_id, exc,
                          extra={"instance_id": instance_id})
+        if host.children is not None:  # its ancestors wait for it: wake their waiters
+            host.children.stopped(instance_id)
     except ValueUnreadable as exc:
         logger.error("instance %s stopped, to run again at the next start: a recorded "
                      "value cannot be read: %s", instance_id, exc,
@@ -155,7 +157,10 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
     else:
         text = "".join(traceback.format_exception(error))
         rec = r.make(r.FAILED, now, instance_id, *_describe(error), text)
-    await host.append(rec)
+    if entry.parent is not None and host.children is not None:
+        await host.children.finish(instance_id, rec)  # with its parent's child_ended
+    else:
+        await host.append(rec)
     if rec[r.TYPE] == r.COMPLETED:
         logger.info("instance %s completed", instance_id, extra={"instance_id": instance_id})
     else:

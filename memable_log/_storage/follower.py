@@ -395,7 +395,7 @@ class JournalFollower(Iterator[RecordView]):
             for rec, loc in reader.records():
                 created = self._created
                 if created is not None:
-                    if rec[r.TYPE] == r.CREATED:
+                    if rec[r.TYPE] == r.CREATED or rec[r.TYPE] == r.CHILD_CREATED:
                         created.add(rec[r.INSTANCE])
                     elif rec[r.INSTANCE] not in created:
                         raise JournalCorrupt(

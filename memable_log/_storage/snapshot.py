@@ -23,7 +23,7 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
                  signals, waits, done_waits, last_seq, events, status_calls,
-                 step meta, tries]}]
+                 step meta, tries, parent]}]
 
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
@@ -109,7 +109,7 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
             _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
             _wire_events(e.events), e.status_calls,
-            bytes(e.meta), e.tries,
+            bytes(e.meta), e.tries, e.parent,
         )
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances],
@@ -202,7 +202,7 @@ def decode_into(
                 e.error, e.pending, e.status, e.deadline_ms, e.table,
                 e.signals, e.waits, e.done_waits, e.last_seq,
                 e.events, e.status_calls,
-                e.meta, e.tries,
+                e.meta, e.tries, e.parent,
             ) = fields
             if not (
                 type(number) is int and 0 <= number < workflow_count and e.state in states
@@ -212,6 +212,7 @@ def decode_into(
                 and type(e.input) in _VALUE and type(e.outcome) in _OUTCOME
                 and type(e.status) in _TEXT and type(e.deadline_ms) in _TIME
                 and type(iid) is str and type(e.status_calls) is int
+                and type(e.parent) in _TEXT
             ):
                 raise SnapshotInvalid(f"instance {iid!r} is malformed")
             if e.error is not None or e.pending is not None or e.signals is not None or (
@@ -253,7 +254,7 @@ def _check_tables(iid: str, e: InstanceEntry) -> None:
         )
     for key, wait in (waits or {}).items() if ok else ():
         ok = ok and type(key) is str and type(wait) is tuple and len(wait) == 3 and (
-            wait[0] in (lc.WAIT_SIGNAL, lc.WAIT_TIMER)
+            wait[0] in (lc.WAIT_SIGNAL, lc.WAIT_TIMER, lc.WAIT_CHILD)
             and type(wait[1]) in _TIME and type(wait[2]) in _TEXT
         )
     if not ok:

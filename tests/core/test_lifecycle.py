@@ -53,6 +53,8 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.STATUS_SET: ("text", 1), r.PUBLISHED: (key, b"v"),
         r.STEP_DONE_V2: (key, b"v"), r.STEP_FAILED_V2: (key, "E", "m", "tb"),
         r.ATTEMPT_FAILED: (key, 1, "E", "m", 5),
+        r.CHILD_CREATED: ("wf", b"in", "parent", key), r.CHILD_STARTED: (key, "p/k"),
+        r.CHILD_ENDED: (key, lc.COMPLETED, b"v", None, None),
     }
     return r.check(record(rtype, *fields[rtype]))
 

@@ -73,6 +73,8 @@ def sample(rtype: int) -> list[Any]:
         fields[1] = []
     if rtype == r.STEP_FAILED:
         fields[-1] = [["E", "m"]]
+    if rtype == r.CHILD_ENDED:
+        fields[1] = lc.COMPLETED
     return r.check(r.make(rtype, 123, "inst", *fields))
 
 
@@ -108,7 +110,7 @@ def test_key_is_the_first_field_of_every_record_that_has_a_key() -> None:
     assert keyed == {
         r.STEP_DONE, r.STEP_FAILED, r.STEP_STARTED, r.SUSPENDED, r.SIGNALLED,
         r.TIMER_SET, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT, r.SUSPENDED_V1,
-        r.TIMER_SET_V1, r.PUBLISHED,
+        r.TIMER_SET_V1, r.PUBLISHED, r.CHILD_STARTED, r.CHILD_ENDED,
         r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
     }
     for rtype in keyed:

@@ -136,7 +136,12 @@ def test_killnine_reports_a_planted_lost_write() -> None:
                        "--seed", str(SEED), "--stop-early"])
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert summary_of(done)["violations"] > 0
-    assert "is not in the journal" in done.stdout
+    # Either an acknowledged record missing after the kill, or, first, the
+    # process itself reading back a record it was told was written (a
+    # large value, an event) and finding no bytes there: both are the write
+    # held back.
+    assert ("is not in the journal" in done.stdout
+            or "record expected here is unreadable" in done.stdout), done.stdout[-2000:]
 
 
 # -- power loss -------------------------------------------------------------------------

@@ -70,6 +70,11 @@ def answers(index: Index, read: Read) -> Answers:
             elif kind == ix.STEP_FAILED_AT:
                 rec = _at(read, ix.entry_loc(step), r.STEP_FAILED, iid, key)
                 steps[key] = ("failed", rec[5], rec[6], rec[7], rec[10])
+            elif kind == ix.CHILD_AT:
+                rec = read(ix.entry_loc(step))
+                assert rec[0] in (r.CHILD_STARTED, r.CHILD_ENDED)
+                assert rec[3:5] == [iid, key]
+                steps[key] = ("child", rec[0], *rec[5:])
             else:
                 _at(read, ix.entry_loc(step), r.STEP_STARTED, iid, key)
                 steps[key] = ("started",)
@@ -80,7 +85,7 @@ def answers(index: Index, read: Read) -> Answers:
             signals[key] = payload
         value = e.input
         if isinstance(value, int):
-            value = _at(read, value, r.CREATED, iid)[5]
+            value = _at(read, value, r.CREATED if e.parent is None else r.CHILD_CREATED, iid)[5]
         outcome: Any = None
         if e.outcome is not None:
             if e.state == lc.COMPLETED:
@@ -97,7 +102,7 @@ def answers(index: Index, read: Read) -> Answers:
             "pending": e.pending, "status": e.status, "deadline_ms": e.deadline_ms,
             "waits": e.waits, "done_waits": e.done_waits, "error": e.error,
             "input": value, "outcome": outcome, "steps": steps, "signals": signals,
-            "memoised": e.memoised_steps(),
+            "memoised": e.memoised_steps(), "parent": e.parent,
             "events": _events(e, read, iid), "status_calls": e.status_calls,
             # engine.steps's times, and a step's failed attempts awaiting its outcome
             "step_meta": ix.step_meta(e.created_ms, e.steps, e.meta), "tries": e.tries,
@@ -164,6 +169,7 @@ class _Inst:
     events: set[str] = field(default_factory=set)  # published keys
     calls: int = 0  # the latest set_status call number
     tries: dict[str, tuple[int, int]] = field(default_factory=dict)  # step: started, failed
+    parent: tuple[str, str] | None = None  # a child's parent and key
 
     def resolved(self, key: str) -> bool:
         return key in self.signals or key in self.done
@@ -245,8 +251,41 @@ class History:
                 self._park(iid, inst, 1 if extra else 3)
         elif choice == 11 and key % 3 == 0:
             self._ends_in_memory(iid, inst, key, extra)
+        elif choice == 11 and key % 3 == 1 and extra != 3:
+            self._start_child(iid, inst, extra)
         elif choice == 11:
             self._park(iid, inst, extra)
+
+    def _start_child(self, iid: str, inst: _Inst, extra: int) -> None:
+        """A child started (one batch: its child_created, the parent's child_started)."""
+        key = f"c{len(inst.waits)}"
+        if key in inst.waits or key in inst.steps:
+            return
+        cid = f"{iid}/{key}"
+        self.insts[cid] = _Inst(parent=(iid, key))
+        inst.waits[key] = (lc.WAIT_CHILD, None)
+        inst.steps.add(key)
+        self._emit(r.CHILD_CREATED, cid, "child", self.blob(large=extra == 2), iid, key)
+        self._emit(r.CHILD_STARTED, iid, key, cid)
+
+    def _child_ended(self, iid: str, inst: _Inst, rec: list[Any]) -> None:
+        """A child's outcome: its parent's child_ended in the same batch."""
+        if inst.parent is None:
+            return
+        pid, key = inst.parent
+        parent = self.insts[pid]
+        if key in parent.done:
+            return
+        parent.done.add(key)
+        if key in parent.pending:
+            parent.state, parent.pending = lc.RUNNING, ()
+        if rec[0] == r.COMPLETED:
+            fields: tuple[Any, ...] = (lc.COMPLETED, rec[4], None, None)
+        elif rec[0] == r.FAILED:
+            fields = (lc.FAILED, rec[6].encode(), rec[4], rec[5])
+        else:
+            fields = (lc.CANCELLED, b"", None, None)
+        self._emit(r.CHILD_ENDED, pid, key, *fields)
 
     def _park(self, iid: str, inst: _Inst, extra: int) -> None:
         """Every branch waits: parked, on some of the open waits."""
@@ -272,6 +311,8 @@ class History:
             return
         wait = open_waits[key % len(open_waits)]
         kind, deadline = inst.waits[wait]
+        if kind == lc.WAIT_CHILD:
+            return  # only its child's end ends it
         if kind == lc.WAIT_SIGNAL and (deadline is None or extra % 2):
             inst.signals.add(wait)
             self._emit(r.SIGNALLED, iid, wait, self.blob(large=extra >= 2))
@@ -316,12 +357,15 @@ class History:
         elif choice == 8:
             inst.state = lc.COMPLETED
             self._emit(r.COMPLETED, iid, self.blob(large=extra >= 2))
+            self._child_ended(iid, inst, self.records[-1])
         elif choice == 9:
             inst.state = lc.FAILED
             self._emit(r.FAILED, iid, "RuntimeError", f"{iid} gave up", "tb " * (extra * 50))
+            self._child_ended(iid, inst, self.records[-1])
         elif choice == 10:
             inst.state = lc.CANCELLED
             self._emit(r.CANCELLED, iid)
+            self._child_ended(iid, inst, self.records[-1])
         else:
             return False
         return True
@@ -395,6 +439,7 @@ class History:
         elif choice == 4:
             inst.state, inst.pending = lc.CANCELLED, ()
             self._emit(r.CANCELLED, iid)
+            self._child_ended(iid, inst, self.records[-1])
         elif choice == 5:
             self._forget(iid, inst, key)
 

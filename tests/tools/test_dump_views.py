@@ -136,7 +136,7 @@ def test_instances_json_has_one_object_per_instance(
         "status": "waiting for Bob", "key": "approve", "deadline": "2024-05-01T13:00:00.000Z",
         "waits": [{"kind": "signal", "key": "approve", "deadline": "2024-05-01T13:00:00.000Z"}],
         "steps": 1, "error": None, "created_at": "2024-05-01T12:00:00.003Z",
-        "updated_at": "2024-05-01T12:00:00.005Z",
+        "updated_at": "2024-05-01T12:00:00.005Z", "parent": None,
     }
     assert objs[4]["error"] == {
         "type": "StepFailed", "message": "step load:v1 failed: ValueError: bad row 7",
