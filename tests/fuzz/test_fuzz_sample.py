@@ -148,10 +148,11 @@ def test_killnine_reports_a_planted_lost_write() -> None:
 
 
 def test_powerloss_sample_finds_no_violation() -> None:
-    """Every single operation, and a few sequences of three, at every crash point."""
+    """Every single operation, and one sequence of three, at every crash
+    point (the full campaign runs every sequence: fuzz/README.md)."""
     chosen = [(op,) for op in workload.OPS]
     rng = random.Random(SEED)
-    chosen += rng.sample([w for w in powerloss.workloads(3) if len(w) == 3], 3)
+    chosen += rng.sample([w for w in powerloss.workloads(3) if len(w) == 3], 1)
     result = powerloss.run_shard(chosen, SEED)
     assert result.violations == []
     assert result.workloads == len(chosen)
@@ -215,8 +216,9 @@ def test_mutation_campaign_reports_a_planted_unbounded_allocation(
 
 
 def test_fault_campaign_finds_no_violation() -> None:
-    """Every fault at every call of its operation (the whole campaign)."""
-    result = faults.run_sync()
+    """Every fault at every other call of its operation (fuzz/faults.py
+    tries every call; the full campaign's counts are in fuzz/README.md)."""
+    result = faults.run_sync(stride=2)
     assert result.violations == []
     assert result.outcomes["call-failed"] > 100
     assert result.outcomes["open-failed"] > 0
