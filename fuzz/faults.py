@@ -236,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fault", default=None, choices=[f[0] for f in FAULTS],
                         help="only this fault")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="try every N-th call of each operation (default: every call)")
     parser.add_argument("--json", default=None, help="write the summary here")
     args = parser.parse_args(argv)
+    if args.stride < 1:
+        parser.error("--stride must be 1 or more")
     started = time.monotonic()
-    result = run_sync(args.fault)
+    result = run_sync(args.fault, args.stride)
     summary = {
         "campaign": "faults", "cases": result.cases,
         "outcomes": dict(sorted(result.outcomes.items())),
