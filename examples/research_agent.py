@@ -1,21 +1,28 @@
-"""The article's research agent, with a fake LLM that bills every call.
+"""The article's research agent, with sub-agents and a fake LLM that bills every call.
 
 Run it: ``python examples/research_agent.py`` (``--dir DIR`` keeps the
 journal and the bill in DIR; ``--cooldown SECONDS`` sets the timer).
 
-The agent asks the LLM for a plan (a list of topics), runs a web search per
-topic as parallel tool calls in a trio nursery, asks the LLM to summarise
-each topic (keys ``search:{topic}:v1``, ``summarise:{topic}:v1``), waits on
-a durable cooldown timer (``cooldown:v1``: 300 s against a real provider's
-rate limit, 0.3 s of real time here), and asks for the final report.
+The agent asks the LLM for a plan (a list of topics), then hands each topic
+to a sub-agent: a child workflow, ``topic-agent``, started with
+``ctx.fan_out("topics:v1", "topic-agent", topics, concurrency=2)``, two at a
+time. Each sub-agent runs a web search (``search:v1``) and asks the LLM to
+summarise it (``summarise:v1``), in its own instance
+(``research-1/topics:v1:<i>``) with its own keys. The agent then waits on a
+durable cooldown timer (``cooldown:v1``: 300 s against a real provider's
+rate limit, 0.3 s of real time here) and asks for the final report. As it
+goes it says where it is (``ctx.set_status``, read by ``engine.watch``)
+and publishes its plan, its summaries and its report as events
+(``ctx.publish``, read by ``engine.events``).
 
 The fake LLM is deterministic and writes every answered call to a bill
 (``llm-bill.jsonl``), as a provider's invoice would. Run 1 is a child
-process killed just before its third summary. Run 2 (this process, same
-journal) re-runs the workflow from the top: the plan, the searches and the
-first two summaries come from the journal, so the bill ends with exactly one
-call per distinct prompt. Last, ``memable-dump`` prints the journal's audit
-of every step.
+process killed as the last sub-agent starts its summary (once the three
+others have finished). Run 2 (this process, same journal) resumes: the
+plan, the three finished sub-agents and the last one's search come from the
+journal, so the bill ends with exactly one call per distinct prompt; its
+events show the plan published once, by run 1. Last, ``memable-dump``
+prints the journal's audit.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -41,7 +48,9 @@ from memable_log import Context, Engine
 CHILD = "--child"
 QUESTION = "How do durable-execution engines make AI agents crash-proof?"
 TOPICS = ["journals", "replay", "idempotency", "timers"]
-CRASH_BEFORE = f"summarise:{TOPICS[2]}:v1"  # run 1 dies as this step starts
+PARENT = "research-1"
+FAN_OUT = "topics:v1"
+CRASH_IN = f"{PARENT}/{FAN_OUT}:{len(TOPICS) - 1}"  # run 1 dies as this sub-agent summarises
 
 
 # -- the fake world: an LLM that bills, a search tool ------------------------------
@@ -83,43 +92,57 @@ async def web_search(topic: str) -> list[dict[str, str]]:
 # -- the workflow ----------------------------------------------------------------
 
 
-def make_agent(llm: FakeLLM, cooldown: float) -> Callable[[Context], Any]:
-    """The research agent, bound to this run's LLM client."""
+def make_agent(
+    llm: FakeLLM, cooldown: float, before_crash: Callable[[], Awaitable[None]] | None
+) -> tuple[Callable[[Context], Any], Callable[[Context], Any]]:
+    """The research agent and its sub-agent, bound to this run's LLM client.
+
+    ``before_crash`` is set in run 1 only: the last sub-agent awaits it (the
+    others finishing), then the process kills itself.
+    """
 
     async def summarise(topic: str, hits: list[dict[str, str]]) -> dict[str, Any]:
-        if CHILD in sys.argv and f"summarise:{topic}:v1" == CRASH_BEFORE:
-            print(f"  {CRASH_BEFORE:<26} started... the process is killed (SIGKILL) "
-                  "before it calls the LLM", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
         titles = "; ".join(hit["title"] for hit in hits)
         return await llm.complete(f"Summarise for {topic}: {titles}")
 
+    async def topic_agent(ctx: Context) -> str:
+        topic = ctx.input
+        show = Show(ctx, topic)
+        hits = await show.step("search:v1").run(web_search, topic)
+        if before_crash is not None and ctx.instance_id == CRASH_IN:
+            await before_crash()
+            print(f"  {topic + '/summarise:v1':<28} started... the process is killed "
+                  "(SIGKILL) before it calls the LLM", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        answer = await show.step("summarise:v1").run(summarise, topic, hits)
+        return str(answer["content"])
+
     async def research_agent(ctx: Context) -> str:
-        show = Show(ctx)  # ctx.step, plus a printed line per step (demo only)
+        show = Show(ctx, "agent")  # ctx.step, plus a printed line per step (demo only)
+        await ctx.set_status("planning")
         plan = await show.step("plan:v1").run(
             llm.complete, f"Plan the research: which topics answer {ctx.input!r}?")
         topics = plan["content"]["topics"]
+        await ctx.publish("plan", topics)
 
-        found: dict[str, list[dict[str, str]]] = {}
+        await ctx.set_status(f"researching {len(topics)} topics, two at a time")
+        show.flush()
+        # One sub-agent per topic, each a child workflow with its own journal
+        # entries; two at a time, as the provider limits our rate.
+        summaries = await ctx.fan_out(FAN_OUT, "topic-agent", topics, concurrency=2)
+        print(f"  {'agent/' + FAN_OUT:<28} {len(summaries)} sub-agents finished", flush=True)
+        await ctx.publish("summaries", summaries)
 
-        async def search(topic: str) -> None:
-            found[topic] = await show.step(f"search:{topic}:v1").run(web_search, topic)
-
-        async with trio.open_nursery() as nursery:  # tool calls run in parallel
-            for topic in topics:
-                nursery.start_soon(search, topic)
-
-        summaries = []
-        for topic in topics:  # LLM calls one at a time: the provider limits our rate
-            answer = await show.step(f"summarise:{topic}:v1").run(summarise, topic, found[topic])
-            summaries.append(answer["content"])
-
+        await ctx.set_status("cooling down")
         await show.timer("cooldown:v1", cooldown)  # let the rate limit recover
+        await ctx.set_status("writing the report")
         report = await show.step("report:v1").run(
             llm.complete, "Write the final report from: " + " | ".join(summaries))
+        await ctx.publish("report", report["content"])
+        await ctx.set_status("done")
         return str(report["content"])
 
-    return research_agent
+    return research_agent, topic_agent
 
 
 class Show:
@@ -129,23 +152,25 @@ class Show:
     such steps are listed together on one line.
     """
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, label: str) -> None:
         self.ctx = ctx
+        self.label = label
         self.cached: list[str] = []
-        print("  -- the workflow runs from the top --", flush=True)
+        print(f"  -- {ctx.instance_id} runs from the top --", flush=True)
 
     def step(self, key: str) -> ShownStep:
         return ShownStep(self, key)
 
     async def timer(self, key: str, seconds: float) -> None:
         self.flush()
+        name = f"{self.label}/{key}"
         try:
             await self.ctx.timer(key, seconds)
         except BaseException:  # the engine unwinds a sleeping workflow with a BaseException
-            print(f"  {key:<26} sleeping {seconds} s, dropped from memory until the timer"
+            print(f"  {name:<28} sleeping {seconds} s, dropped from memory until the timer"
                   " fires", flush=True)
             raise
-        print(f"  {key:<26} deadline passed, carry on", flush=True)
+        print(f"  {name:<28} deadline passed, carry on", flush=True)
 
     def flush(self) -> None:
         if self.cached:
@@ -155,6 +180,7 @@ class Show:
             self.cached.clear()
 
     def done(self, key: str, called: bool, result: Any) -> None:
+        key = f"{self.label}/{key}"
         if not called:
             self.cached.append(key)
             return
@@ -163,7 +189,7 @@ class Show:
             what = f"LLM call, {result['usage']} tokens paid"
         else:
             what = f"tool call, {len(result)} results"
-        print(f"  {key:<26} ran: {what}", flush=True)
+        print(f"  {key:<28} ran: {what}", flush=True)
 
 
 class ShownStep:
@@ -191,13 +217,37 @@ class ShownStep:
 async def run(directory: str, cooldown: float, run_name: str) -> None:
     llm = FakeLLM(os.path.join(directory, "llm-bill.jsonl"), run_name)
     engine = Engine.builder().open(os.path.join(directory, "agent.memable")).build()
-    engine.register("research-agent", make_agent(llm, cooldown))
-    async with engine:  # recovery: an interrupted instance resumes here
-        instance_id = await engine.invoke("research-agent", QUESTION, instance_id="research-1")
-        report = await engine.wait(instance_id)
+
+    async def others_finished() -> None:  # run 1: the other sub-agents' results are durable
+        for i in range(len(TOPICS) - 1):
+            await engine.wait(f"{PARENT}/{FAN_OUT}:{i}")
+
+    agent, sub_agent = make_agent(llm, cooldown, others_finished if run_name == "run 1" else None)
+    engine.register("research-agent", agent)
+    engine.register("topic-agent", sub_agent)
+    async with engine:  # recovery: an interrupted instance and its children resume here
+        instance_id = await engine.invoke("research-agent", QUESTION, instance_id=PARENT)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(show_status, engine, instance_id)
+            report = await engine.wait(instance_id)
         status = engine.status(instance_id)
-    print(f"  -> instance {instance_id!r} {status.state}, {status.steps} steps in the journal;"
-          f" report: {report[:60]!r}...")
+        children = [s for s in engine.instances() if s.parent == instance_id]
+        print(f"  -> instance {instance_id!r} {status.state}, {status.steps} steps of its "
+              f"own, {len(children)} sub-agents; report: {report[:50]!r}...")
+        print(f"  events of {instance_id!r} (engine.events, resumable by seq):")
+        async for event in engine.events(instance_id):
+            value = json.dumps(event.value)
+            shown = value if len(value) <= 60 else value[:60] + "..."
+            print(f"    seq {event.seq}  {event.key:<10} {shown}")
+
+
+async def show_status(engine: Engine, instance_id: str) -> None:
+    """Print the agent's status text each time it changes (``engine.watch``)."""
+    shown = None
+    async for status in engine.watch(instance_id):
+        if status.status != shown:
+            shown = status.status
+            print(f"  [status] {shown}", flush=True)
 
 
 def bill_summary(directory: str) -> None:
@@ -214,7 +264,7 @@ def bill_summary(directory: str) -> None:
 
 def audit(directory: str) -> None:
     command = ["memable-dump", os.path.join(directory, "agent.memable"),
-               "--type", "step_done,timer_set,timer_fired"]
+               "--type", "step_done,child_created,child_ended,published,timer_fired"]
     print(f"Audit: $ {' '.join(command)}", flush=True)
     subprocess.run(
         [sys.executable, "-m", "memable_log_tools.dump", *command[1:]], check=True
@@ -235,7 +285,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.dir or tmp
         os.makedirs(directory, exist_ok=True)
-        print(f"Run 1 (a child process, killed as {CRASH_BEFORE} starts):", flush=True)
+        print(f"Run 1 (a child process, killed as {CRASH_IN} summarises):", flush=True)
         child = subprocess.run(
             [sys.executable, __file__, "--dir", directory, "--cooldown", str(args.cooldown),
              CHILD], check=False,

@@ -172,30 +172,45 @@ async def drive_server(proc: trio.Process, http: Any, journal: Path) -> None:
 def test_research_agent_pays_each_llm_call_once_across_the_crash(tmp_path: Path) -> None:
     out = run_example("research_agent.py", "--dir", str(tmp_path), "--cooldown", "0.2")
     run1, run2 = out.split("Run 2")
-    assert "summarise:idempotency:v1   started... the process is killed" in run1
-    ran_in_run1 = {key for key, how in STEP_LINE.findall(run1) if how.startswith("ran")}
-    assert ran_in_run1 == {"plan:v1", "summarise:journals:v1", "summarise:replay:v1"} | {
-        f"search:{topic}:v1" for topic in ("journals", "replay", "idempotency", "timers")}
-    ran_in_run2 = [key for key, how in STEP_LINE.findall(run2) if how.startswith("ran")]
-    assert ran_in_run2 == ["summarise:idempotency:v1", "summarise:timers:v1", "report:v1"]
-    first_pass = run2.split("summarise:idempotency:v1   ran")[0]
-    assert "from journal (no call made): plan:v1," in first_pass
-    assert "cooldown:v1                sleeping 0.2 s" in run2
-    assert "cooldown:v1                deadline passed" in run2
+    assert "timers/summarise:v1          started... the process is killed" in run1
+    ran = re.compile(r"^  (\S+:v1)\s+ran: ", re.MULTILINE)
+    topics = ("journals", "replay", "idempotency", "timers")
+    assert set(ran.findall(run1)) == {"agent/plan:v1"} | {
+        f"{t}/search:v1" for t in topics} | {f"{t}/summarise:v1" for t in topics[:3]}
+    # Run 2: the plan, three sub-agents and the last one's search from the journal.
+    assert ran.findall(run2) == ["timers/summarise:v1", "agent/report:v1"]
+    assert "from journal (no call made): timers/search:v1" in run2
+    assert "agent/cooldown:v1            sleeping 0.2 s" in run2
+    assert "agent/cooldown:v1            deadline passed" in run2
+    assert "[status] planning" in run1
+    assert "[status] done" in run2
+    assert "4 sub-agents; report:" in run2
 
     bill = [json.loads(line) for line in (tmp_path / "llm-bill.jsonl").read_text().splitlines()]
     prompts = [call["prompt"] for call in bill]
     assert len(prompts) == 6  # plan, four summaries, report
     assert len(set(prompts)) == len(prompts)  # no LLM call paid twice
-    assert [call["run"] for call in bill] == ["run 1"] * 3 + ["run 2"] * 3
+    assert [call["run"] for call in bill] == ["run 1"] * 4 + ["run 2"] * 2
     assert "LLM bill: 6 calls for 6 distinct prompts" in out
 
     journal = tmp_path / "agent.memable"
-    keys = step_done_keys(journal)
-    assert len(keys) == 10
-    assert set(keys.values()) == {1}
-    types = [rec.type for rec in read_journal(journal) if rec.fields.get("key") == "cooldown:v1"]
+    records = list(read_journal(journal))
+    done = Counter((rec.instance, rec.fields["key"]) for rec in records
+                   if rec.type == "step_done")
+    assert set(done.values()) == {1}  # every step's result written once
+    assert len(done) == 2 + 2 * len(topics)
+    children = [rec.instance for rec in records if rec.type == "child_created"]
+    assert children == [f"research-1/topics:v1:{i}" for i in range(4)]  # each started once
+    ended = [rec.fields["key"] for rec in records if rec.type == "child_ended"]
+    assert sorted(ended) == [f"topics:v1:{i}" for i in range(4)]
+    # Each event published once, the plan by run 1; engine.events read them in order.
+    assert [rec.fields["key"] for rec in records if rec.type == "published"] == [
+        "plan", "summaries", "report"]
+    events = re.findall(r"^    seq (\d+)  (\w+)", run2, re.MULTILINE)
+    assert events == [("1", "plan"), ("2", "summaries"), ("3", "report")]
+    types = [rec.type for rec in records if rec.fields.get("key") == "cooldown:v1"]
     assert types == ["timer_set", "timer_fired"]
     audit = out.split("Audit: $ memable-dump")[1]
-    assert len(re.findall(r"  step_done\s+research-1  ", audit)) == 10
-    assert re.search(r"  timer_fired\s+research-1  cooldown:v1", audit)
+    assert len(re.findall(r"  step_done\s+research-1", audit)) == len(done)
+    assert len(re.findall(r"  child_created\s+research-1/topics:v1:\d", audit)) == 4
+    assert re.search(r"  timer_fired\s+research-1  +cooldown:v1", audit)
