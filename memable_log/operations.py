@@ -394,10 +394,13 @@ def restart(path: str | os.PathLike[str], instance_id: str) -> Delivery:
             )
 
     def check_inbox() -> None:
-        name = waiting_action(text, "restart", instance_id)
+        # The restart is of the instance as read here (see the comment at
+        # the top): an action for it still waiting would change it first.
+        name = waiting_action(text, None, instance_id)
         if name is not None:
-            raise EngineError(f"a restart of instance {instance_id!r} is already handed over "
-                              f"and waiting for the engine ({INBOX}/{name})")
+            raise EngineError(f"an action on instance {instance_id!r} is already handed over "
+                              f"and waiting for the engine ({INBOX}/{name}); restart it once "
+                              "that is applied")
 
     done = _deliver(text, _Action(
         check=check,

@@ -329,9 +329,10 @@ def rejection(journal_path: str, name: str) -> str | None:
         return ""
 
 
-def waiting_action(journal_path: str, action: str, instance_id: str) -> str | None:
-    """The name of an action hand-over in the inbox doing ``action`` to
-    ``instance_id``, or None (damaged or vanishing files are skipped)."""
+def waiting_action(journal_path: str, action: str | None, instance_id: str) -> str | None:
+    """The name of an action hand-over in the inbox doing ``action`` (None:
+    any action) to ``instance_id``, or None (damaged or vanishing files are
+    skipped)."""
     for name in pending(journal_path):
         if not is_action(name):
             continue
@@ -339,7 +340,7 @@ def waiting_action(journal_path: str, action: str, instance_id: str) -> str | No
             waiting, waiting_instance, _ = decode_action(read_handover(journal_path, name))
         except (HandoverError, OSError):
             continue
-        if (waiting, waiting_instance) == (action, instance_id):
+        if waiting_instance == instance_id and action in (None, waiting):
             return name
     return None
 
