@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from memable_log import Context, Engine, operations, read_journal
+from memable_log.testing import wait_for_state
 
 
 async def quick(ctx: Context) -> int:
@@ -52,8 +53,8 @@ async def test_every_filter_alone_and_together(journal_dir: Path, autojump_clock
     engine = make(journal_dir)
     async with engine:
         times = await populate(engine)
-        while len(engine.instances("suspended")) < 3:
-            await trio.sleep(1)
+        for n in range(3):
+            await wait_for_state(engine, f"p{n}", "suspended")
         assert ids(engine.instances()) == ["a0", "p0", "a1", "p1", "a2", "p2", "a3"]
         assert ids(engine.instances("completed")) == ["a0", "a1", "a2", "a3"]
         assert ids(engine.instances(workflow="parked")) == ["p0", "p1", "p2"]

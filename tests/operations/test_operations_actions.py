@@ -198,7 +198,8 @@ async def test_actions_are_handed_over_and_applied_by_the_engine(journal_dir: Pa
     async with engine:
         got = await off_thread(operations.invoke, journal_dir, "double", 4, instance_id="n")
         assert got.delivery is Delivery.HANDED_OVER
-        assert got.handover is not None and got.handover.endswith(".act")
+        assert got.handover is not None
+        assert got.handover.endswith(".act")
         # the invoke waits in the inbox; wait follows it until the instance ends
         assert await off_thread(operations.wait, journal_dir, "n", handover=got.handover) == 8
         assert await engine.wait("n") == 8
@@ -279,7 +280,7 @@ async def test_wait_reports_failure_and_timeout(journal_dir: Path) -> None:
     await journal_with(journal_dir, ("broken", "b", None), ("parked", "w", None))
     with pytest.raises(WorkflowFailed, match="broken on purpose"):
         operations.wait(journal_dir, "b")
-    with pytest.raises(TimeoutError, match="'w' did not finish within 0.05s"):
+    with pytest.raises(TimeoutError, match=r"'w' did not finish within 0\.05s"):
         operations.wait(journal_dir, "w", timeout=0.05)
     with pytest.raises(UnknownInstance):
         operations.wait(journal_dir, "nope")
