@@ -30,11 +30,13 @@ from typing import Any
 
 from memable_log import (
     EngineError,
+    ErrorInfo,
     InstanceStatus,
     JournalCorrupt,
     NotAJournal,
     NotSerializable,
     StepStatus,
+    Wait,
     WorkflowCancelled,
     WorkflowFailed,
     operations,
@@ -309,11 +311,13 @@ def _record(obj: Any) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Times as UTC ISO 8601; named tuples (ErrorInfo, Wait) as objects."""
+    """Times as UTC ISO 8601; an ErrorInfo or a Wait as an object."""
     if isinstance(value, datetime):
         return c.iso_datetime(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return {name: _jsonable(v) for name, v in zip(value._fields, value, strict=True)}
+    if isinstance(value, ErrorInfo):
+        return {"type": value.type, "message": value.message}
+    if isinstance(value, Wait):
+        return {"kind": value.kind, "key": value.key, "deadline": _jsonable(value.deadline)}
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
