@@ -1,13 +1,14 @@
 """Operator actions on a journal directory, as library functions.
 
-What ``memable-signal``, ``memable-compact`` and ``memable-dump --instances``
-do, for any program: a cron job, a web handler in another service, an
-admin script. Each function takes the journal's path and is synchronous
-(no trio, no engine object). Reads take no lock, so they never block or
-slow an engine that holds the journal. ``signal`` works with or without
-an engine: with none it appends, with one it hands the signal to it
-durably through the journal directory. ``compact`` needs the journal to
-itself (an engine compacts its own journal in the background)::
+What the ``memable`` command does, for any program: a cron job, a web
+handler in another service, an admin script. Each function takes the
+journal's path and is synchronous (no trio, no engine object). Reads
+(``status``, ``steps``, ``instances``, ``wait``) take no lock, so they never
+block or slow an engine that holds the journal. The actions (``invoke``,
+``cancel``, ``restart``, ``forget``, ``signal``) work with or without an
+engine: with none they append, with one they hand the action to it durably
+through the journal directory. ``compact`` needs the journal to itself (an
+engine compacts its own journal in the background)::
 
     from memable_log import operations
 
@@ -18,8 +19,10 @@ itself (an engine compacts its own journal in the background)::
 Failures are the library's typed errors, so a caller (a tool mapping them
 to exit codes) can tell them apart: ``NotAJournal`` for a path that is not
 a journal, ``JournalLocked``, ``JournalCorrupt``, the refusals
-(``UnknownInstance``, ``SignalAlreadyDelivered``, ``SignalRefused``),
-``NotSerializable``;
+(``UnknownInstance``, ``SignalAlreadyDelivered``, ``SignalRefused``,
+``EngineError`` for an action the instance's state does not allow,
+``ActionRefused`` for one the running engine refused), ``WorkflowFailed``
+and ``WorkflowCancelled`` from ``wait``, ``NotSerializable``;
 ``OSError`` when the disk fails.
 """
 
@@ -27,24 +30,55 @@ from __future__ import annotations
 
 import enum
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from ._compaction.compactor import compact_offline
+from ._core import lifecycle as lc
 from ._core import records as r
 from ._core.codec import Codec, EncodeError
-from ._core.errors import JournalLocked, NotSerializable, SignalAlreadyDelivered, UnknownInstance
-from ._core.index import Index
-from ._core.lifecycle import STATE_NAMES
+from ._core.errors import (
+    EngineError,
+    ErrorInfo,
+    JournalLocked,
+    NotSerializable,
+    SignalAlreadyDelivered,
+    UnknownInstance,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
+from ._core.index import Index, InstanceEntry, child_id
+from ._core.listing import select
 from ._core.signals import check_signal
-from ._core.status import InstanceStatus
+from ._core.status import InstanceStatus, StepStatus
 from ._journal.offline import READ_ATTEMPTS, OfflineJournal, read_index
 from ._storage.files import FileStorage
-from ._storage.inbox import encode_handover, waiting_signal, write_handover
-from .reader import NotAJournal, is_segment_file, read_journal
+from ._storage.inbox import (
+    ACTION_SUFFIX,
+    INBOX,
+    encode_action,
+    encode_handover,
+    inbox_path,
+    rejection,
+    waiting_action,
+    waiting_signal,
+    write_handover,
+)
+from ._storage.inbox import SUFFIX as SIGNAL_SUFFIX
+from .reader import (
+    JournalReader,
+    NotAJournal,
+    decode_value,
+    follow_journal,
+    is_segment_file,
+    read_journal,
+)
+
+_T = TypeVar("_T")
 
 # Theory of operation. Reads replay the journal through the engine's own
 # index without a lock (JournalReader.instances); a compaction deletes the
@@ -60,13 +94,21 @@ from .reader import NotAJournal, is_segment_file, read_journal
 # _storage/inbox.py's docstring): no second mechanism.
 
 __all__ = [
+    "ActionRefused",
     "CompactResult",
     "Delivery",
+    "Invocation",
     "SignalAlreadyHandedOver",
+    "cancel",
     "compact",
+    "forget",
     "instances",
+    "invoke",
+    "restart",
     "signal",
     "status",
+    "steps",
+    "wait",
 ]
 
 
@@ -123,20 +165,59 @@ class CompactResult:
 # -- writing actions ------------------------------------------------------------
 
 
+class ActionRefused(EngineError):
+    """The running engine refused an action handed over to it.
+
+    Raised by ``wait`` when the engine moved the hand-over to the inbox's
+    ``rejected/`` directory (an unknown workflow, say). ``handover`` is the
+    file's name, ``reason`` the engine's message.
+    """
+
+    def __init__(self, handover: str, reason: str) -> None:
+        self.handover = handover
+        self.reason = reason
+        super().__init__(f"the running engine refused the action: {reason}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invocation:
+    """What ``invoke`` did.
+
+    ``instance_id`` is the instance's id (the one given, or a new one);
+    ``delivery`` how the invoke reached the journal, or None if an instance
+    with that id was already there (nothing was written: invoke is
+    idempotent by id); ``handover`` the hand-over file's name in the inbox
+    when it was handed over (``wait`` watches it for a refusal), else None.
+    """
+
+    instance_id: str
+    delivery: Delivery | None
+    handover: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Action:
     """One operator action, in the parts ``_deliver`` needs.
 
     ``check(index, now_ms)`` raises the refusal, before anything is written;
-    ``records(now_ms)`` are appended when no engine runs; ``check_inbox()``
-    refuses an action that a hand-over already waiting conflicts with;
-    ``handover`` is the inbox file's content for a running engine.
+    ``records(index, now_ms)`` are what to append when no engine runs
+    ([]: nothing to do, which ``_deliver`` reports as None);
+    ``check_inbox()`` refuses an action that a hand-over already waiting
+    conflicts with; ``handover(index)`` is the inbox file's content for a
+    running engine, ``suffix`` its file name's suffix.
     """
 
     check: Callable[[Index, int], None]
-    records: Callable[[int], list[list[Any]]]
+    records: Callable[[Index, int], list[list[Any]]]
     check_inbox: Callable[[], None]
-    handover: bytes
+    handover: Callable[[Index], bytes]
+    suffix: str = ACTION_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivered:
+    how: Delivery | None  # None: nothing to do
+    handover: str | None = None
 
 
 def signal(
@@ -183,10 +264,7 @@ def signal(
     """
     r.check_key(key)
     text = _written_journal(path)
-    try:
-        blob = Codec(encode).encode(payload)
-    except EncodeError as exc:
-        raise NotSerializable(f"signal {key!r}", exc.type_name, exc.reason) from None
+    blob = _encode(payload, encode, f"signal {key!r}")
 
     def check(index: Index, now_ms: int) -> None:
         check_signal(index, workflow, instance_id, key, now_ms)
@@ -196,29 +274,242 @@ def signal(
         if name is not None:
             raise SignalAlreadyHandedOver(instance_id, key, name)
 
-    return _deliver(text, _Action(
+    done = _deliver(text, _Action(
         check=check,
-        records=lambda now_ms: [r.make(r.SIGNALLED, now_ms, instance_id, key, blob)],
+        records=lambda _, now_ms: [r.make(r.SIGNALLED, now_ms, instance_id, key, blob)],
         check_inbox=check_inbox,
-        handover=encode_handover(workflow, instance_id, key, blob),
+        handover=lambda _: encode_handover(workflow, instance_id, key, blob),
+        suffix=SIGNAL_SUFFIX,
     ))
+    assert done.how is not None
+    return done.how
 
 
-def _deliver(path: str, action: _Action) -> Delivery:
+def invoke(
+    path: str | os.PathLike[str],
+    workflow: str,
+    input: Any = None,
+    *,
+    instance_id: str | None = None,
+    encode: Callable[[Any], tuple[str, Any]] | None = None,
+) -> Invocation:
+    """Durably record a new instance of ``workflow``, as ``engine.invoke`` does.
+
+    With no engine holding the journal, its ``created`` record is appended
+    and the instance starts at the next start of an engine (which waits for
+    ``workflow`` to be registered). With one, the invoke is handed over and
+    the engine applies it with ``engine.invoke`` (which refuses a workflow
+    it has not registered: ``wait`` reports that as ActionRefused). An id
+    already in the journal is returned as it is, and nothing is written.
+
+    Args:
+        path: the journal directory.
+        workflow: the workflow's name.
+        input: the input (``ctx.input``; msgpack types, or ``encode``'s).
+        instance_id: the id; None picks a new random one.
+        encode: the encode hook of the engine's codec, for other types.
+
+    Returns:
+        An ``Invocation``: the id, how it was delivered, the hand-over.
+
+    Raises:
+        NotAJournal: ``path`` is not a journal directory with a segment.
+        NotSerializable: the input cannot be encoded.
+        JournalCorrupt: the journal is damaged.
+        OSError: reading or writing failed.
+        TypeError: ``workflow`` or ``instance_id`` is not a non-empty str.
+    """
+    _check_name("workflow", workflow)
+    if instance_id is None:
+        instance_id = secrets.token_hex(8)
+    _check_name("instance_id", instance_id)
+    text = _written_journal(path)
+    blob = _encode(input, encode, f"input of workflow {workflow!r}")
+    iid = instance_id
+
+    def records(index: Index, now_ms: int) -> list[list[Any]]:
+        if iid in index.instances:
+            return []
+        return [r.make(r.CREATED, now_ms, iid, workflow, blob)]
+
+    done = _deliver(text, _Action(
+        check=lambda index, now_ms: None,
+        records=records,
+        check_inbox=lambda: None,  # a second invoke of one id does nothing
+        handover=lambda _: encode_action("invoke", iid, {"workflow": workflow, "input": blob}),
+    ))
+    return Invocation(instance_id=iid, delivery=done.how, handover=done.handover)
+
+
+def cancel(path: str | os.PathLike[str], instance_id: str) -> Delivery | None:
+    """Durably cancel a live instance and its live descendants, as
+    ``engine.cancel`` does (a parent is told of its cancelled child).
+
+    Returns:
+        How it was delivered, or None if the instance had finished already
+        (nothing written, as ``engine.cancel`` does nothing then).
+
+    Raises:
+        NotAJournal, UnknownInstance, JournalCorrupt, OSError; TypeError for
+        an ``instance_id`` that is not a non-empty str.
+    """
+    _check_name("instance_id", instance_id)
+    text = _written_journal(path)
+
+    def records(index: Index, now_ms: int) -> list[list[Any]]:
+        entry = _entry(index, instance_id)
+        if entry.state not in lc.LIVE:
+            return []
+        return cancel_batch(index, instance_id, now_ms)
+
+    return _deliver(text, _Action(
+        check=lambda index, _: None,
+        records=records,
+        check_inbox=lambda: None,  # cancelling twice does nothing the second time
+        handover=lambda _: encode_action("cancel", instance_id, {}),
+    )).how
+
+
+def restart(path: str | os.PathLike[str], instance_id: str) -> Delivery:
+    """Run a finished instance again from the top, as ``engine.restart``
+    does (its memoised steps stay). A running engine starts it at once;
+    with none, it runs at the next start.
+
+    Raises:
+        NotAJournal, UnknownInstance, JournalCorrupt, OSError;
+        EngineError: the instance is live (only a completed, failed or
+            cancelled one can be restarted), or a restart of it is already
+            handed over and waiting for the engine;
+        TypeError: ``instance_id`` is not a non-empty str.
+    """
+    _check_name("instance_id", instance_id)
+    text = _written_journal(path)
+
+    def check(index: Index, _: int) -> None:
+        entry = _entry(index, instance_id)
+        if entry.state in lc.LIVE:
+            raise EngineError(
+                f"instance {instance_id!r} is {lc.STATE_NAMES[entry.state]}; only a completed, "
+                "failed or cancelled instance can be restarted"
+            )
+
+    def check_inbox() -> None:
+        # The restart is of the instance as read here (see the comment at
+        # the top): an action for it still waiting would change it first.
+        name = waiting_action(text, None, instance_id)
+        if name is not None:
+            raise EngineError(f"an action on instance {instance_id!r} is already handed over "
+                              f"and waiting for the engine ({INBOX}/{name}); restart it once "
+                              "that is applied")
+
+    done = _deliver(text, _Action(
+        check=check,
+        records=lambda _, now_ms: [r.make(r.RESTARTED, now_ms, instance_id)],
+        check_inbox=check_inbox,
+        handover=lambda index: encode_action(
+            "restart", instance_id, {"updated_ms": index.instances[instance_id].updated_ms}
+        ),
+    ))
+    assert done.how is not None
+    return done.how
+
+
+def forget(path: str | os.PathLike[str], instance_id: str, key_or_prefix: str) -> Delivery:
+    """Durably forget memoised step outcomes of an instance, as
+    ``engine.forget`` does: ``key``, or every key under ``prefix*``.
+
+    Raises:
+        NotAJournal, UnknownInstance, JournalCorrupt, OSError;
+        TypeError: ``instance_id`` or ``key_or_prefix`` is not a non-empty str.
+    """
+    _check_name("instance_id", instance_id)
+    if type(key_or_prefix) is not str or not key_or_prefix:
+        raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
+    text = _written_journal(path)
+
+    def check(index: Index, _: int) -> None:
+        _entry(index, instance_id)
+
+    done = _deliver(text, _Action(
+        check=check,
+        records=lambda _, now_ms: [r.make(r.FORGOT, now_ms, instance_id, key_or_prefix)],
+        check_inbox=lambda: None,
+        handover=lambda _: encode_action("forget", instance_id, {"key": key_or_prefix}),
+    ))
+    assert done.how is not None
+    return done.how
+
+
+def cancel_batch(index: Index, instance_id: str, now_ms: int) -> list[list[Any]]:
+    """The records ``engine.cancel`` appends for a live instance: its
+    ``cancelled`` and its live descendants', then its parent's
+    ``child_ended`` (if it has a parent not told yet)."""
+    instances = index.instances
+    ids = [instance_id]
+    stack = [instance_id]
+    while stack:
+        parent = stack.pop()
+        entry = instances.get(parent)
+        if entry is None:
+            continue
+        for key in entry.child_keys():
+            cid = child_id(parent, key)
+            child = instances.get(cid)
+            if child is not None and child.parent == parent:
+                if child.state in lc.LIVE:
+                    ids.append(cid)
+                stack.append(cid)
+    batch = [r.make(r.CANCELLED, now_ms, cid) for cid in ids]
+    parent_id = instances[instance_id].parent
+    told = instances.get(parent_id) if parent_id is not None else None
+    if parent_id is not None and told is not None:
+        key = instance_id[len(parent_id) + 1:]
+        if told.done_waits is None or key not in told.done_waits:
+            batch.append(r.make(r.CHILD_ENDED, now_ms, parent_id, key, lc.CANCELLED, b"",
+                                None, None))
+    return batch
+
+
+def _deliver(path: str, action: _Action) -> _Delivered:
     """Append ``action`` if no engine holds the journal, else hand it over."""
     storage = FileStorage(path, create=False)
     now_ms = round(time.time() * 1000)
     try:
         with OfflineJournal(storage) as journal:
             action.check(journal.index, now_ms)
-            journal.append(action.records(now_ms))
-        return Delivery.APPENDED
+            recs = action.records(journal.index, now_ms)
+            if not recs:
+                return _Delivered(None)
+            journal.append(recs)
+        return _Delivered(Delivery.APPENDED)
     except JournalLocked:
         pass  # an engine runs: check without the lock, then hand over
-    action.check(read_index(storage), now_ms)
+    index = read_index(storage)
+    action.check(index, now_ms)
+    if not action.records(index, now_ms):
+        return _Delivered(None)
     action.check_inbox()
-    write_handover(path, action.handover)
-    return Delivery.HANDED_OVER
+    name = write_handover(path, action.handover(index), suffix=action.suffix)
+    return _Delivered(Delivery.HANDED_OVER, name)
+
+
+def _entry(index: Index, instance_id: str) -> InstanceEntry:
+    entry = index.instances.get(instance_id)
+    if entry is None:
+        raise UnknownInstance(instance_id)
+    return entry
+
+
+def _check_name(what: str, value: object) -> None:
+    if type(value) is not str or not value:
+        raise TypeError(f"{what} must be a non-empty str, not {value!r}")
+
+
+def _encode(value: Any, encode: Callable[[Any], tuple[str, Any]] | None, what: str) -> bytes:
+    try:
+        return Codec(encode).encode(value)
+    except EncodeError as exc:
+        raise NotSerializable(what, exc.type_name, exc.reason) from None
 
 
 def _written_journal(path: str | os.PathLike[str]) -> str:
@@ -308,43 +599,183 @@ def status(path: str | os.PathLike[str], instance_id: str) -> InstanceStatus:
         JournalCorrupt: the journal is damaged.
         OSError: reading failed.
     """
-    for st in _statuses(path):
+    found = _read(path, lambda reader: reader.instances(prefix=instance_id))
+    for st in found:
         if st.instance_id == instance_id:
             return st
     raise UnknownInstance(instance_id)
 
 
-def instances(path: str | os.PathLike[str], state: str | None = None) -> list[InstanceStatus]:
-    """Every instance in the journal, in creation order, or those in ``state``.
+def steps(path: str | os.PathLike[str], instance_id: str) -> list[StepStatus]:
+    """The memoised steps of one instance, as ``engine.steps`` reports them.
 
-    What ``engine.instances(state)`` would return for this journal; read
-    without a lock, so it is safe while an engine runs. A journal that is
-    being compacted is read again from the new files.
-
-    Args:
-        path: the journal directory.
-        state: a state name (``"suspended"``, ...) or None for all.
-
-    Returns:
-        A list of ``InstanceStatus``.
+    Read without a lock, as ``status`` is.
 
     Raises:
-        ValueError: ``state`` is not a state name.
+        NotAJournal, UnknownInstance, JournalCorrupt, OSError.
+    """
+    return _read(path, lambda reader: reader.steps(instance_id))
+
+
+def instances(
+    path: str | os.PathLike[str],
+    state: str | None = None,
+    *,
+    workflow: str | None = None,
+    prefix: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[InstanceStatus]:
+    """The instances of the journal that pass every filter given.
+
+    What ``engine.instances(...)`` would return for this journal, with the
+    same filters (see ``Engine.instances``); read without a lock, so it is
+    safe while an engine runs. A journal that is being compacted is read
+    again from the new files.
+
+    Raises:
+        ValueError: ``state`` is not a state name, a datetime is naive, or
+            ``limit`` is negative (before anything is read).
+        TypeError: a filter of the wrong type.
         NotAJournal: ``path`` is not a journal directory.
         JournalCorrupt: the journal is damaged.
         OSError: reading failed.
     """
-    if state is not None and state not in STATE_NAMES:
-        raise ValueError(f"unknown state {state!r}; one of {', '.join(STATE_NAMES)}")
-    return [st for st in _statuses(path) if state is None or st.state == state]
+    select({}, state, workflow=workflow, prefix=prefix, since=since, until=until,
+           limit=limit, newest_first=newest_first)  # bad filters fail before the read
+    return _read(path, lambda reader: reader.instances(
+        state, workflow=workflow, prefix=prefix, since=since, until=until, limit=limit,
+        newest_first=newest_first,
+    ))
 
 
-def _statuses(path: str | os.PathLike[str]) -> list[InstanceStatus]:
+def _read(path: str | os.PathLike[str], body: Callable[[JournalReader], _T]) -> _T:
     # A compaction deletes the files it replaced, so one listed a moment ago
     # can be gone when it is read: read again, from the new listing.
     for _ in range(READ_ATTEMPTS - 1):
         try:
-            return read_journal(path).instances()
+            return body(read_journal(path))
         except FileNotFoundError:
             continue
-    return read_journal(path).instances()
+    return body(read_journal(path))
+
+
+# -- waiting for an instance ----------------------------------------------------
+
+# Record types that neither end an instance nor hide how it ended; any other
+# type (a compacted state image, a type newer than this code) makes ``wait``
+# ask the replayed index for the state.
+_PLAIN_TYPES = frozenset({
+    "created", "child_created", "step_done", "step_done_v2", "step_failed",
+    "step_failed_v2", "step_started", "attempt_failed", "suspended", "suspended_v1",
+    "signalled", "timer_set", "timer_set_v1", "timer_fired", "suspend_timed_out",
+    "forgot", "parked", "status_set", "published", "child_started", "child_ended",
+    "restarted",
+})
+_ENDS = frozenset({"completed", "failed", "cancelled"})
+
+
+class _Stop(Exception):
+    """Ends the follow from inside its wait."""
+
+
+def wait(
+    path: str | os.PathLike[str],
+    instance_id: str,
+    *,
+    handover: str | None = None,
+    timeout: float | None = None,
+    interval: float = 0.01,
+) -> Any:
+    """The instance's result once it has finished, read by following the journal.
+
+    Follows the journal without a lock (as ``memable-dump --follow`` does)
+    until the instance is completed, failed or cancelled: at once if it has
+    finished already. With no engine holding the journal it waits for one
+    to run the instance. The result is returned as ``memable-dump`` shows
+    values (JSON-ready: ``decode_value``), never by running a codec hook.
+
+    Args:
+        path: the journal directory.
+        instance_id: the instance.
+        handover: the hand-over file of an ``invoke`` that created it
+            (``Invocation.handover``): while it waits in the inbox an
+            instance not in the journal yet is waited for, and the engine's
+            refusal of it raises ActionRefused.
+        timeout: give up after this many seconds (TimeoutError); None waits
+            for ever.
+        interval: seconds between looks for new records.
+
+    Raises:
+        WorkflowFailed, WorkflowCancelled: how the instance ended.
+        ActionRefused: the engine refused ``handover``.
+        UnknownInstance: the journal has no such instance (and no hand-over
+            for it is waiting).
+        TimeoutError: ``timeout`` passed first.
+        NotAJournal, JournalCorrupt, OSError: as the reads do.
+    """
+    text = os.fspath(path)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended: list[Any] | None = None  # [type, fields] of its last end while finished
+    last_result: Any = None
+    seen = False
+    unsure = False  # a record whose effect only the index knows
+    gone_before = False  # the hand-over was gone before this catch-up began
+
+    def caught_up() -> None:
+        nonlocal unsure, gone_before
+        if unsure:
+            unsure = False
+            st = status(text, instance_id)
+            if st.state in _ENDS and (ended is None or ended[0] != st.state):
+                error = st.error or ErrorInfo("?", "?")
+                raise _Stop((st.state, {"result": last_result, "error_type": error.type,
+                                        "message": error.message, "traceback": ""}))
+        if ended is not None:
+            raise _Stop(tuple(ended))
+        if not seen:
+            gone = True
+            if handover is not None:
+                why = rejection(text, handover)
+                if why is not None:
+                    raise ActionRefused(handover, why or "(no reason given)")
+                gone = not os.path.exists(os.path.join(inbox_path(text), handover))
+            if gone and (handover is None or gone_before):
+                raise UnknownInstance(instance_id)
+            gone_before = gone
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"instance {instance_id!r} did not finish within {timeout}s")
+
+    follower = follow_journal(text, interval=interval, on_wait=caught_up)
+    try:
+        for rec in follower:
+            if rec.instance != instance_id:
+                continue
+            seen = True
+            if rec.type in _ENDS:
+                if ended is None:
+                    ended = [rec.type, rec.fields]
+                if rec.type == "completed":
+                    last_result = rec.fields["result"]
+            elif rec.type == "restarted" and ended is not None:
+                ended = None
+            elif rec.type not in _PLAIN_TYPES:
+                unsure = True
+    except _Stop as stop:
+        kind, fields = stop.args[0]
+        return _outcome(instance_id, kind, fields)
+    finally:
+        follower.close()
+    raise AssertionError("a follower ends only when closed")  # pragma: no cover
+
+
+def _outcome(instance_id: str, kind: str, fields: dict[str, Any]) -> Any:
+    if kind == "completed":
+        blob = fields.get("result")
+        return None if blob is None else decode_value(blob)
+    if kind == "failed":
+        raise WorkflowFailed(instance_id, fields["error_type"], fields["message"],
+                             fields["traceback"])
+    raise WorkflowCancelled(instance_id)

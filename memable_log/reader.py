@@ -44,6 +44,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -51,7 +52,7 @@ import msgpack
 import zstandard
 
 from ._core import records as r
-from ._core.errors import EngineError, JournalCorrupt
+from ._core.errors import EngineError, JournalCorrupt, UnknownInstance
 from ._core.format import (
     LOCK_NAME,
     TEMP_SUFFIX,
@@ -62,8 +63,9 @@ from ._core.format import (
 )
 from ._core.index import Index, loc_inner, unpack_loc
 from ._core.lifecycle import STATE_NAMES
+from ._core.listing import select
 from ._core.records import RecordView, view
-from ._core.status import InstanceStatus, status_of
+from ._core.status import InstanceStatus, StepStatus, steps_of
 from ._storage.files import FileStorage, Storage
 from ._storage.follower import DEFAULT_INTERVAL as DEFAULT_INTERVAL
 from ._storage.follower import FollowGap as FollowGap
@@ -197,19 +199,49 @@ class JournalReader(Iterator[RecordView]):
             name = segment_name(segment)
         return JournalCorrupt(f"{self._storage.location}/{name}", offset, reason)
 
-    def instances(self) -> list[InstanceStatus]:
-        """Replay the journal into the engine's index; return every instance.
+    def instances(
+        self,
+        state: str | None = None,
+        *,
+        workflow: str | None = None,
+        prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[InstanceStatus]:
+        """Replay the journal into the engine's index; return its instances.
 
         Each record goes through the same ``apply`` the engine uses at
         start-up, so the result is what ``engine.instances()`` would say
-        for this journal, in order of creation. Call it on a fresh reader,
-        instead of iterating; afterwards ``done``, ``torn`` and the other
-        attributes describe the journal as usual.
+        for this journal, in order of creation, with the same filters
+        (see ``Engine.instances``). Call it on a fresh reader, instead of
+        iterating; afterwards ``done``, ``torn`` and the other attributes
+        describe the journal as usual.
 
         Raises ``JournalCorrupt`` where iterating would, and for a record the
         index cannot apply (one for an instance that was never created);
-        ``RuntimeError`` if iteration has already begun.
+        ``RuntimeError`` if iteration has already begun; ValueError and
+        TypeError for a bad filter, before anything is read.
         """
+        select({}, state, workflow=workflow, prefix=prefix, since=since, until=until,
+               limit=limit, newest_first=newest_first)  # bad filters fail before the read
+        return select(self._replay().instances, state, workflow=workflow, prefix=prefix,
+                      since=since, until=until, limit=limit, newest_first=newest_first)
+
+    def steps(self, instance_id: str) -> list[StepStatus]:
+        """Replay the journal as ``instances`` does; the steps of one instance.
+
+        What ``engine.steps(instance_id)`` would say for this journal.
+        Raises ``UnknownInstance`` if the journal has no such instance, and
+        what ``instances`` raises.
+        """
+        entry = self._replay().instances.get(instance_id)
+        if entry is None:
+            raise UnknownInstance(instance_id)
+        return steps_of(entry)
+
+    def _replay(self) -> Index:
         if self._started:
             raise RuntimeError("instances() reads the journal from the start: use a fresh reader")
         index = Index()
@@ -222,7 +254,7 @@ class JournalReader(Iterator[RecordView]):
                 index.apply(rec, loc)
             except r.RecordError as exc:
                 raise self._corrupt(loc, str(exc)) from None
-        return [status_of(iid, entry) for iid, entry in index.instances.items()]
+        return index
 
     @property
     def location(self) -> str:

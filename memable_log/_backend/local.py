@@ -47,7 +47,9 @@ from .._storage.files import FileStorage, Storage
 from .._storage.inbox import (
     INBOX,
     InboxWatcher,
+    decode_action,
     decode_handover,
+    is_action,
     move_inbox_aside,
     pending,
     read_handover,
@@ -211,41 +213,98 @@ class LocalBackend:
             except OSError as exc:  # a directory, unreadable
                 await self._reject(watcher, name, f"cannot be read: {_why(exc)}")
                 continue
-            try:
-                workflow, instance_id, key, blob = decode_handover(data)
-                payload = self._decode(blob)  # the codec's hooks may raise anything
-            except Exception as exc:
-                await self._reject(watcher, name, f"cannot be decoded: {_why(exc)}")
-                continue
-            try:
-                await calls.signal(workflow, instance_id, key, payload)
-            except (UnknownInstance, SignalAlreadyDelivered) as exc:
-                logger.warning("signal hand-over %s/%s not applied: %s", INBOX, name, exc)
-            except (JournalFailed, JournalClosed) as exc:
-                logger.error("signal hand-over %s/%s not applied; it stays in the inbox for "
-                             "the next start: %s", INBOX, name, exc)
-                raise
-            except Exception as exc:  # an empty key, a payload it cannot encode again
-                await self._reject(watcher, name, f"refused: {_why(exc)}")
+            if is_action(name):
+                applied = await self._apply_action(calls, watcher, name, data)
+            else:
+                applied = await self._apply_signal(calls, watcher, name, data)
+            if not applied:
                 continue
             try:
                 await trio.to_thread.run_sync(remove_handover, path, name)
             except OSError as exc:
-                # Applied: the next start finds it signalled and deletes it.
+                # Applied: the next start finds it applied and deletes it.
                 watcher.skip.add(name)
-                logger.error("signal hand-over %s/%s applied but not deleted: %s",
-                             INBOX, name, exc)
+                logger.error("hand-over %s/%s applied but not deleted: %s", INBOX, name, exc)
 
-    async def _reject(self, watcher: InboxWatcher, name: str, why: str) -> None:
-        """Move a hand-over that cannot be applied to inbox/rejected/ and log it."""
+    async def _apply_signal(
+        self, calls: EngineCalls, watcher: InboxWatcher, name: str, data: bytes
+    ) -> bool:
+        """Apply a signal hand-over; False if it was moved aside instead."""
         try:
-            where = await trio.to_thread.run_sync(reject_handover, watcher.path, name)
+            workflow, instance_id, key, blob = decode_handover(data)
+            payload = self._decode(blob)  # the codec's hooks may raise anything
+        except Exception as exc:
+            await self._reject(watcher, name, f"cannot be decoded: {_why(exc)}")
+            return False
+        try:
+            await calls.signal(workflow, instance_id, key, payload)
+        except (UnknownInstance, SignalAlreadyDelivered) as exc:
+            logger.warning("signal hand-over %s/%s not applied: %s", INBOX, name, exc)
+        except (JournalFailed, JournalClosed) as exc:
+            logger.error("signal hand-over %s/%s not applied; it stays in the inbox for "
+                         "the next start: %s", INBOX, name, exc)
+            raise
+        except Exception as exc:  # an empty key, a payload it cannot encode again
+            await self._reject(watcher, name, f"refused: {_why(exc)}")
+            return False
+        return True
+
+    async def _apply_action(
+        self, calls: EngineCalls, watcher: InboxWatcher, name: str, data: bytes
+    ) -> bool:
+        """Apply an action hand-over through the engine's own call (its checks);
+        False if it was refused or cannot be applied, and moved aside with why."""
+        try:
+            action, instance_id, args = decode_action(data)
+            value = self._decode(args["input"]) if action == "invoke" else None
+        except Exception as exc:
+            await self._reject(watcher, name, f"cannot be decoded: {_why(exc)}")
+            return False
+        try:
+            await self._act(calls, action, instance_id, args, value)
+        except (JournalFailed, JournalClosed) as exc:
+            logger.error("%s hand-over %s/%s not applied; it stays in the inbox for "
+                         "the next start: %s", action, INBOX, name, exc)
+            raise
+        except Exception as exc:  # the engine's refusal: UnknownWorkflow, EngineError...
+            await self._reject(watcher, name, f"refused: {exc}", reason=str(exc))
+            return False
+        logger.info("%s hand-over %s/%s applied to instance %s", action, INBOX, name,
+                    instance_id, extra={"instance_id": instance_id})
+        return True
+
+    @staticmethod
+    async def _act(
+        calls: EngineCalls, action: str, instance_id: str, args: dict[str, Any], value: Any
+    ) -> None:
+        if action == "invoke":
+            await calls.invoke(args["workflow"], value, instance_id=instance_id)
+        elif action == "cancel":
+            await calls.cancel(instance_id)
+        elif action == "forget":
+            await calls.forget(instance_id, args["key"])
+        else:  # restart: of the instance as the tool saw it, so never twice
+            seen = calls.status(instance_id).updated_at
+            if round(seen.timestamp() * 1000) != args["updated_ms"]:
+                raise EngineError(
+                    f"instance {instance_id!r} changed since the restart was asked "
+                    "(restarted already?): not restarted again"
+                )
+            await calls.restart(instance_id)
+
+    async def _reject(
+        self, watcher: InboxWatcher, name: str, why: str, reason: str | None = None
+    ) -> None:
+        """Move a hand-over that cannot be applied to inbox/rejected/ and log it
+        (with ``reason`` beside it, for the tool that handed it over)."""
+        try:
+            where = await trio.to_thread.run_sync(reject_handover, watcher.path, name, reason)
         except OSError as exc:
             watcher.skip.add(name)  # not looked at again until the next start
-            logger.error("signal hand-over %s/%s not applied, %s; not moved aside (%s): "
+            logger.error("hand-over %s/%s not applied, %s; not moved aside (%s): "
                          "it stays in the inbox", INBOX, name, why, exc)
             return
-        logger.error("signal hand-over %s/%s not applied, %s; moved to %s",
+        logger.error("hand-over %s/%s not applied, %s; moved to %s",
                      INBOX, name, why, where)
 
 

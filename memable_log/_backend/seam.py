@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import trio
 
 from .._core.index import Index
+from .._core.status import InstanceStatus
 
 
 class EngineCalls(Protocol):
@@ -41,6 +42,20 @@ class EngineCalls(Protocol):
     async def signal(
         self, workflow: str, instance_id: str, key: str, payload: Any = None
     ) -> None: ...
+
+    # The operator actions handed over by other processes (memable invoke,
+    # cancel, restart, forget), and the status the restart's check reads.
+    async def invoke(
+        self, name: str, input: Any = None, *, instance_id: str | None = None
+    ) -> str: ...
+
+    async def cancel(self, instance_id: str) -> None: ...
+
+    async def restart(self, instance_id: str) -> None: ...
+
+    async def forget(self, instance_id: str, key_or_prefix: str) -> None: ...
+
+    def status(self, instance_id: str) -> InstanceStatus: ...
 
 
 class Backend(Protocol):

@@ -37,6 +37,7 @@ import math
 import secrets
 import threading
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ from .._core.errors import (
     WorkflowFailed,
 )
 from .._core.index import Index
+from .._core.listing import select
 from .._core.records import check_key
 from .._core.signals import check_signal
 from .._core.status import Event, InstanceStatus, StepStatus, status_of, steps_of
@@ -400,18 +402,30 @@ class Engine:
         its state, times, attempts and error (UnknownInstance if none)."""
         return steps_of(self._here().entry(instance_id))
 
-    def instances(self, state: str | None = None) -> list[InstanceStatus]:
-        """Every instance (in creation order), or those in ``state``."""
-        wanted = None
-        if state is not None:
-            if state not in lc.STATE_BY_NAME:
-                raise ValueError(f"unknown state {state!r}; one of {', '.join(lc.STATE_NAMES)}")
-            wanted = lc.STATE_BY_NAME[state]
-        return [
-            status_of(iid, entry)
-            for iid, entry in self._here().index.instances.items()
-            if wanted is None or entry.state == wanted
-        ]
+    def instances(
+        self,
+        state: str | None = None,
+        *,
+        workflow: str | None = None,
+        prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[InstanceStatus]:
+        """The instances that pass every filter given, in creation order.
+
+        ``state`` is a state name; ``workflow`` a workflow name; ``prefix``
+        the start of the instance id; ``since`` (inclusive) and ``until``
+        (exclusive) bound ``created_at`` (timezone-aware datetimes);
+        ``limit`` caps how many are returned (the first ones, or the newest
+        with ``newest_first=True``). Raises ValueError (an unknown state, a
+        naive datetime, a negative limit) and TypeError before reading.
+        """
+        return select(
+            self._here().index.instances, state, workflow=workflow, prefix=prefix,
+            since=since, until=until, limit=limit, newest_first=newest_first,
+        )
 
     async def signal(self, workflow: str, instance_id: str, key: str, payload: Any = None) -> None:
         """Durably deliver ``payload`` to suspension ``key`` and wake the instance.

@@ -34,21 +34,24 @@ The writing side lives in ``memable_log.operations`` (``signal``), which
 ``memable-signal`` calls; ``waiting_signal`` lets it refuse a key whose
 hand-over is already here.
 
-How the other operator actions (SPEC-NEXT section 6: invoke, cancel,
-forget, restart) will be added: through this same inbox, written by
-``write_handover`` and applied in name order by the same watcher, never a
-second mechanism. The file format stays as it is for signals (a signal is
-always written as today's four-element body, so every engine that ever
-shipped applies it). An action is a new body shape beside it: the msgpack
-array ``[action_name, instance_id, arguments]`` (a str, a str, a map),
-under ``MAGIC`` and the crc32 as today, in a file named
-``<time_ns>-<pid>-<random>.act``. The new suffix keeps such files out of
-``pending`` of an engine too old to apply them: it leaves them in the inbox
-instead of logging and deleting what a tool was told is durable, and the
-next engine that knows them applies them. ``pending`` then lists both
-suffixes, so one name order (creation time) sorts signals and actions
-together, and a ``decode_action`` returns the action's name and arguments
-for the engine's dispatch. ``decode_handover`` keeps its signature.
+Operator actions (SPEC-NEXT section 6: invoke, cancel, forget, restart)
+go through this same inbox, written by ``write_handover`` and applied in
+name order by the same watcher: no second mechanism. A signal is always
+written as the four-element body above (so every engine that ever shipped
+applies it). An action is the body ``[action, instance_id, arguments]`` (a
+str, a str, a map; ``ACTIONS`` names what each map holds) under ``MAGIC``
+and the crc32, in a file named ``<time_ns>-<pid>-<random>.act``. The
+suffix keeps such files out of ``pending`` of an engine too old to apply
+them: it leaves them in the inbox rather than deleting what a tool was told
+is durable, and the next engine that knows them applies them. ``pending``
+lists both suffixes, so one name order (creation time) sorts signals and
+actions together; ``decode_action`` checks an action's body.
+
+An action the engine refuses (an unknown workflow, a restart of an instance
+that changed since it was asked) is moved to ``inbox/rejected/`` with its
+reason beside it in ``<name>.why`` (``reject_handover(..., reason)``);
+``rejection`` reads it back, which is how ``memable invoke --wait`` learns
+that the engine refused what it handed over.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -72,6 +76,15 @@ INBOX = "inbox"
 REJECTED = "rejected"
 MAGIC = b"MMBLSIG1"
 SUFFIX = ".sig"
+ACTION_SUFFIX = ".act"
+WHY_SUFFIX = ".why"
+# The actions and the arguments each takes: name -> {argument: type}.
+ACTIONS: dict[str, dict[str, type]] = {
+    "invoke": {"workflow": str, "input": bytes},
+    "cancel": {},
+    "restart": {"updated_ms": int},
+    "forget": {"key": str},
+}
 POLL_SECONDS = 0.01
 STALE_TEMP_SECONDS = 60.0
 _CRC = struct.Struct("<I")
@@ -97,17 +110,7 @@ def encode_handover(workflow: str, instance_id: str, key: str, blob: bytes) -> b
 
 def decode_handover(data: bytes) -> tuple[str, str, str, bytes]:
     """(workflow, instance_id, key, payload blob) of a hand-over; HandoverError if damaged."""
-    head = len(MAGIC) + _CRC.size
-    if len(data) < head or not data.startswith(MAGIC):
-        raise HandoverError("not a hand-over file")
-    (crc,) = _CRC.unpack_from(data, len(MAGIC))
-    body = data[head:]
-    if zlib.crc32(body) != crc:
-        raise HandoverError("hand-over checksum mismatch")
-    try:
-        fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except Exception as exc:
-        raise HandoverError(f"undecodable hand-over: {exc}") from None
+    fields = _body(data)
     if (
         type(fields) is not list
         or len(fields) != 4
@@ -118,14 +121,65 @@ def decode_handover(data: bytes) -> tuple[str, str, str, bytes]:
     return fields[0], fields[1], fields[2], fields[3]
 
 
-def write_handover(journal_path: str, data: bytes, *, file_mode: int = 0o600) -> str:
-    """Durably place a hand-over in the inbox; return its file name."""
+def encode_action(action: str, instance_id: str, arguments: dict[str, object]) -> bytes:
+    """An action hand-over file's bytes: ``MAGIC``, crc32, the msgpack body."""
+    body: bytes = msgpack.packb([action, instance_id, arguments], use_bin_type=True)
+    return MAGIC + _CRC.pack(zlib.crc32(body)) + body
+
+
+def decode_action(data: bytes) -> tuple[str, str, dict[str, Any]]:
+    """(action, instance_id, arguments) of an action hand-over; HandoverError if
+    damaged, or if the action or its arguments are not those of ``ACTIONS``."""
+    fields = _body(data)
+    if type(fields) is not list or len(fields) != 3:
+        raise HandoverError("malformed action hand-over")
+    action, instance_id, arguments = fields
+    if type(action) is not str or action not in ACTIONS:
+        raise HandoverError(f"unknown action {action!r}")
+    if type(instance_id) is not str or not instance_id:
+        raise HandoverError("an action hand-over needs a non-empty instance id")
+    wanted = ACTIONS[action]
+    if (
+        type(arguments) is not dict
+        or set(arguments) != set(wanted)
+        or any(type(arguments[k]) is not t for k, t in wanted.items())
+    ):
+        raise HandoverError(f"bad arguments for action {action!r}: {arguments!r}")
+    return action, instance_id, arguments
+
+
+def _body(data: bytes) -> object:
+    head = len(MAGIC) + _CRC.size
+    if len(data) < head or not data.startswith(MAGIC):
+        raise HandoverError("not a hand-over file")
+    (crc,) = _CRC.unpack_from(data, len(MAGIC))
+    body = data[head:]
+    if zlib.crc32(body) != crc:
+        raise HandoverError("hand-over checksum mismatch")
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise HandoverError(f"undecodable hand-over: {exc}") from None
+
+
+def is_action(name: str) -> bool:
+    """Whether the hand-over file ``name`` holds an action (else a signal)."""
+    return name.endswith(ACTION_SUFFIX)
+
+
+def write_handover(
+    journal_path: str, data: bytes, *, file_mode: int = 0o600, suffix: str = SUFFIX
+) -> str:
+    """Durably place a hand-over in the inbox; return its file name.
+
+    ``suffix`` is ``SUFFIX`` for a signal, ``ACTION_SUFFIX`` for an action.
+    """
     inbox = inbox_path(journal_path)
     created = not os.path.isdir(inbox)
     os.makedirs(inbox, mode=0o700, exist_ok=True)
     if created:
         _fsync_dir(journal_path)
-    name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}"
+    name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}{suffix}"
     temp = os.path.join(inbox, name + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
     try:
@@ -152,7 +206,7 @@ def pending(journal_path: str) -> list[str]:
         names = os.listdir(inbox_path(journal_path))
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.endswith(SUFFIX))
+    return sorted(n for n in names if n.endswith((SUFFIX, ACTION_SUFFIX)))
 
 
 def _writer_alive(pid: int) -> bool:
@@ -181,7 +235,7 @@ def remove_stale_temps(journal_path: str, now: float | None = None) -> list[str]
     now = time.time() if now is None else now
     removed = []
     for name in names:
-        if not name.endswith(SUFFIX + ".tmp"):
+        if not name.endswith((SUFFIX + ".tmp", ACTION_SUFFIX + ".tmp")):
             continue
         parts = name.split("-")
         pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
@@ -203,11 +257,12 @@ def read_handover(journal_path: str, name: str) -> bytes:
         return bytes(f.read(_MAX_HANDOVER + 1))
 
 
-def reject_handover(journal_path: str, name: str) -> str:
+def reject_handover(journal_path: str, name: str, reason: str | None = None) -> str:
     """Move a hand-over the engine cannot apply to ``inbox/rejected/``, durably.
 
     Returns where it went, relative to the journal (``inbox/rejected/<name>``,
-    with ``.1``, ``.2``... added if that name is taken).
+    with ``.1``, ``.2``... added if that name is taken). A ``reason`` is
+    written first, beside it, as ``<that name>.why`` (UTF-8 text).
     """
     inbox = inbox_path(journal_path)
     rejected = os.path.join(inbox, REJECTED)
@@ -218,6 +273,14 @@ def reject_handover(journal_path: str, name: str) -> str:
     while os.path.lexists(os.path.join(rejected, target)):
         n += 1
         target = f"{name}.{n}"
+    if reason is not None:
+        fd = os.open(os.path.join(rejected, target + WHY_SUFFIX),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, reason.encode("utf-8", "backslashreplace"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.rename(os.path.join(inbox, name), os.path.join(rejected, target))
     _fsync_dir(rejected)
     _fsync_dir(inbox)
@@ -250,6 +313,38 @@ def remove_handover(journal_path: str, name: str) -> None:
     _fsync_dir(inbox)
 
 
+def rejection(journal_path: str, name: str) -> str | None:
+    """Why the engine refused the hand-over ``name``, or None if it has not.
+
+    The text of ``inbox/rejected/<name>.why`` once the hand-over is there
+    (an empty string if no reason was written).
+    """
+    rejected = os.path.join(inbox_path(journal_path), REJECTED)
+    if not os.path.lexists(os.path.join(rejected, name)):
+        return None
+    try:
+        with open(os.path.join(rejected, name + WHY_SUFFIX), "rb") as f:
+            return f.read(64 * 1024).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def waiting_action(journal_path: str, action: str | None, instance_id: str) -> str | None:
+    """The name of an action hand-over in the inbox doing ``action`` (None:
+    any action) to ``instance_id``, or None (damaged or vanishing files are
+    skipped)."""
+    for name in pending(journal_path):
+        if not is_action(name):
+            continue
+        try:
+            waiting, waiting_instance, _ = decode_action(read_handover(journal_path, name))
+        except (HandoverError, OSError):
+            continue
+        if waiting_instance == instance_id and action in (None, waiting):
+            return name
+    return None
+
+
 def waiting_signal(journal_path: str, instance_id: str, key: str) -> str | None:
     """The name of a hand-over in the inbox that signals ``key`` of ``instance_id``.
 
@@ -258,6 +353,8 @@ def waiting_signal(journal_path: str, instance_id: str, key: str) -> str | None:
     (the engine applied it: the journal shows the signal then).
     """
     for name in pending(journal_path):
+        if is_action(name):
+            continue
         try:
             _, waiting_instance, waiting_key, _ = decode_handover(read_handover(journal_path, name))
         except (HandoverError, OSError):
