@@ -23,9 +23,10 @@ costs O(log n) however many instances wait behind full keys:
 * per engine (``Capacity.heap``): ``(order, workflow)`` for the head of each
   workflow with room, pushed likewise.
 
-An entry whose group has no room any more, or whose head moved on, is
-stale: it is dropped when it surfaces (the head that replaced it was
-pushed when it changed). An instance dropped from the queue (cancelled,
+Each key and workflow keeps the order it last pushed up (``adv``): only
+that entry is valid, so there is one per key or workflow; one whose group
+has no room any more, or whose head moved on, is stale and dropped when
+it surfaces. An instance dropped from the queue (cancelled,
 timed out) leaves ``queued``; its heap entry is dropped when it surfaces.
 """
 
@@ -88,10 +89,11 @@ def check_limits(name: str, limits: Limits) -> None:
 class _Group:
     """The queued instances of one key of a workflow (key None: no per-key limit)."""
 
-    __slots__ = ("heap", "key", "running")
+    __slots__ = ("adv", "heap", "key", "running")
 
     def __init__(self, key: str | None) -> None:
         self.key = key
+        self.adv: Order | None = None  # its head as entered in its workflow's heap
         self.running = 0
         self.heap: list[tuple[Order, str]] = []
 
@@ -99,8 +101,8 @@ class _Group:
 class _Flow:
     """One workflow: its limits, its running count, its keys, its rate window."""
 
-    __slots__ = ("groups", "heap", "limit", "name", "per_key", "rate_ms", "rate_n", "running",
-                 "starts", "wake_ms")
+    __slots__ = ("adv", "groups", "heap", "limit", "name", "per_key", "rate_ms", "rate_n",
+                 "running", "starts", "wake_ms")
 
     def __init__(self, name: str, limits: Limits) -> None:
         self.name = name
@@ -114,6 +116,7 @@ class _Flow:
         self.heap: list[tuple[Order, str | None]] = []
         self.starts: deque[int] = deque()  # times of the latest starts, for the rate
         self.wake_ms: int | None = None  # the rate deadline armed, if any
+        self.adv: Order | None = None  # its head as entered in the engine's heap
 
     def group(self, key: str | None) -> _Group:
         key = key if self.per_key is not None else None
@@ -246,7 +249,7 @@ class Capacity:
         if self.total_limit is not None:
             # The engine's slot: any workflow's head may take it.
             for other in self.flows.values():
-                if other is not flow and other.heap:
+                if other is not flow and other.heap and other.adv is None:
                     self._touch_flow(other)
         self.pump()
 
@@ -260,18 +263,31 @@ class Capacity:
         flow = self.flows.get(workflow)
         if flow is not None:
             flow.wake_ms = None
+            flow.adv = None
             self._touch_flow(flow)
             self.pump()
 
     # -- the queue ----------------------------------------------------------------------
+    # Each key and workflow remembers the order it last *advertised* one
+    # level up (``adv``): an entry up there is valid only while it equals
+    # it, so each has at most one valid entry, and a stale one is popped
+    # once, when it surfaces.
 
-    def _touch(self, flow: _Flow, group: _Group) -> None:
-        """The key's head changed or it got room: push it up the levels."""
+    def _clean(self, group: _Group) -> None:
         heap = group.heap
         while heap and self.queued.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # dropped from the queue
+
+    def _touch(self, flow: _Flow, group: _Group) -> None:
+        """The key's head changed or it got room: advertise it up the levels."""
+        self._clean(group)
+        heap = group.heap
         if heap and self._group_open(flow, group):
-            heapq.heappush(flow.heap, (heap[0][0], group.key))
+            if group.adv != heap[0][0]:
+                group.adv = heap[0][0]
+                heapq.heappush(flow.heap, (group.adv, group.key))
+        else:
+            group.adv = None
         self._touch_flow(flow)
 
     def _flow_head(self, flow: _Flow) -> tuple[Order, _Group] | None:
@@ -280,20 +296,28 @@ class Capacity:
         while heap:
             order, key = heap[0]
             group = flow.groups[key]
+            if group.adv != order:
+                heapq.heappop(heap)  # stale
+                continue
+            self._clean(group)
             gheap = group.heap
-            while gheap and self.queued.get(gheap[0][1]) != gheap[0][0]:
-                heapq.heappop(gheap)
             if gheap and gheap[0][0] == order and self._group_open(flow, group):
                 return order, group
             heapq.heappop(heap)
-            if gheap and gheap[0][0] != order and self._group_open(flow, group):
-                heapq.heappush(heap, (gheap[0][0], key))  # its head moved on: re-aim
+            group.adv = None
+            if gheap and self._group_open(flow, group):  # its head was dropped
+                group.adv = gheap[0][0]
+                heapq.heappush(heap, (group.adv, key))
         return None
 
     def _touch_flow(self, flow: _Flow) -> None:
         head = self._flow_head(flow)
         if head is not None and self._flow_open(flow):
-            heapq.heappush(self.heap, (head[0], flow.name))
+            if flow.adv != head[0]:
+                flow.adv = head[0]
+                heapq.heappush(self.heap, (flow.adv, flow.name))
+        else:
+            flow.adv = None
 
     def pump(self) -> None:
         """Start queued instances, best first, while there is room."""
@@ -301,13 +325,15 @@ class Capacity:
         while heap and not self.paused and self._total_open():
             order, name = heap[0]
             flow = self.flows[name]
-            head = self._flow_head(flow)
-            if head is None or head[0] != order or not self._flow_open(flow):
-                heapq.heappop(heap)
-                if head is not None and head[0] != order:
-                    self._touch_flow(flow)
+            if flow.adv != order:
+                heapq.heappop(heap)  # stale
                 continue
+            head = self._flow_head(flow)
             heapq.heappop(heap)
+            flow.adv = None
+            if head is None or head[0] != order or not self._flow_open(flow):
+                self._touch_flow(flow)  # re-advertise its true head, if it has room
+                continue
             group = head[1]
             _, iid = heapq.heappop(group.heap)
             del self.queued[iid]

@@ -295,6 +295,7 @@ class Engine:
         if entry.workflow not in host.workflows:
             self._orphans.setdefault(entry.workflow, set()).add(instance_id)
             return
+        self._flow.arm(instance_id, entry)  # its timeout (a child's, say), once
         if self._flow.admit(instance_id, entry):
             self._run(instance_id)
 

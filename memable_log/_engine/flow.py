@@ -62,6 +62,7 @@ class FlowControl:
         self._nursery: trio.Nursery | None = None
         self._queuing: set[str] = set()  # a ``queued`` record being written
         self._polling = False
+        self._armed: set[str] = set()  # instances whose timeout is on the poller
 
     # -- settings -----------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class FlowControl:
         self._timers = None
         self._nursery = None
         self._queuing.clear()
+        self._armed.clear()
 
     # -- slots ----------------------------------------------------------------------
 
@@ -201,8 +203,10 @@ class FlowControl:
         return entry.created_ms + round(limits.timeout * 1000)
 
     def arm(self, iid: str, entry: InstanceEntry) -> None:
+        """Arm the instance's timeout, if it has one (once per engine run)."""
         deadline = self.deadline_of(entry)
-        if deadline is not None:
+        if deadline is not None and iid not in self._armed:
+            self._armed.add(iid)
             self._push(deadline, "t" + iid)
 
     def _wake_at(self, ms: int, workflow: str) -> None:
@@ -223,6 +227,7 @@ class FlowControl:
             if self.capacity is not None:
                 self.capacity.reopen(name)
             return
+        self._armed.discard(name)
         entry = self._host.index.instances.get(name)
         if (
             entry is not None and entry.state in lc.LIVE
