@@ -170,6 +170,8 @@ class Engine:
             max_running=max_running, key=key, max_running_per_key=max_running_per_key,
             rate=rate, timeout=timeout, retention=retention,
         ))
+        if retention is not None:  # overrides the builder's for its instances
+            self._backend.retention_by_workflow[name] = round(retention * 1000)
         workflows[name] = fn
         for instance_id in sorted(self._orphans.pop(name, ())):
             self._start(instance_id)
