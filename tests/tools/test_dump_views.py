@@ -329,7 +329,7 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
     assert [line.split() for line in lines if line.startswith(" ")] == [
         [state, "1"] for state in
         ("running", "suspended", "sleeping", "completed", "failed", "cancelled")
-    ] + [["waiting", "0"]]
+    ] + [["waiting", "0"], ["queued", "0"]]
 
 
 def test_stats_of_a_compacted_journal_with_leftovers_and_a_torn_tail(
