@@ -84,6 +84,8 @@ class LocalBackend:
         self.retention_ms = retention_ms
         self._now_ms = now_ms
         self.journal: Journal | None = None  # while open
+        # Per-workflow retention overrides (ms), filled by the engine's register.
+        self.retention_by_workflow: dict[str, int] = {}
         self.compaction: Compaction | None = None  # while open, if enabled
         # The engine's codec decodes hand-over payloads: operations.signal
         # may have encoded one with the same codec's encode hook.
@@ -107,6 +109,7 @@ class LocalBackend:
         self.journal = journal
         if self.compacts:
             self.compaction = Compaction(journal, self._now_ms, self.retention_ms)
+            self.compaction.retention_by_workflow = self.retention_by_workflow
 
     async def close(self) -> None:
         journal = self._require()

@@ -61,6 +61,10 @@ class EngineCalls(Protocol):
 class Backend(Protocol):
     """Where an engine's records live. See the module comment."""
 
+    # Workflows whose finished instances are kept for a time of their own
+    # (register(retention=)), in ms; the engine fills it, compaction reads it.
+    retention_by_workflow: dict[str, int]
+
     @property
     def failed(self) -> str | None:
         """Why the backend refuses writes (the engine is then unusable), or None."""

@@ -95,11 +95,13 @@ SYNTHESISED: Final = frozenset({
     r.STATUS_SET, r.PUBLISHED,  # the latest status text; every event, in order
     r.ATTEMPT_FAILED,
     r.CHILD_CREATED, r.CHILD_STARTED, r.CHILD_ENDED,  # a child's creation; the parent's memo
+    r.OPTIONS, r.CANCELLED_FOR,  # an invoke's options; a cancel's reason
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
     r.RESTARTED, r.SUSPENDED_V1, r.TIMER_SET_V1, r.STATE_IMAGE_V1,
     r.STEP_DONE_V2, r.STEP_FAILED_V2,
+    r.QUEUED, r.DEQUEUED,  # in the state image (queued) or the state (running)
 })
 
 
@@ -121,6 +123,8 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
     else:  # a child: its parent and key (the rest of its id) travel with it
         yield [r.CHILD_CREATED, 0, e.created_ms, iid, e.workflow,
                blob(e.input, r.CHILD_CREATED_INPUT), e.parent, iid[len(e.parent) + 1:]]
+    if e.flow is not None:  # with its created, as the invoke wrote it
+        yield [r.OPTIONS, 0, e.created_ms, iid, *e.flow]
     # Each event keeps its own time (``Event.at``) and its place (its seq),
     # and step outcomes their own times (engine.steps reads them), so the
     # last record written may not be at ``ts``: ``last`` follows it.
@@ -159,6 +163,8 @@ def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[
             r.FAILED, 0, ts, iid, failed[r.FAILED_TYPE], failed[r.FAILED_MESSAGE],
             failed[r.FAILED_TRACEBACK],
         ]
+    elif e.state == lc.CANCELLED and e.error is not None:  # its reason (a timeout)
+        yield [r.CANCELLED_FOR, 0, ts, iid, e.error[1]]
     elif e.state == lc.CANCELLED:
         yield [r.CANCELLED, 0, ts, iid]
 

@@ -115,6 +115,9 @@ class Compaction:
         self.index = journal.index  # the live index: the journal applies to it
         self.now_ms = now_ms
         self.retention_ms = retention_ms
+        # Workflows with a retention of their own (register(retention=)), in
+        # ms: the engine fills it; it overrides retention_ms for their instances.
+        self.retention_by_workflow: dict[str, int] = {}
         self.compacted_upto = 0  # the newest cmp-<k> in use
         self.leftovers_upto = 0  # segments up to it still wait for deletion
         self.leftovers_epoch = 0  # the journal's read epoch once they became leftovers
@@ -251,10 +254,13 @@ class Compaction:
         record after the prefix (``last_seq``; then the prefix holds all of
         it) nor one in flight (a restart, a forget: not in last_seq yet).
         """
-        if self.retention_ms is None:
+        own = self.retention_by_workflow
+        if self.retention_ms is None and not own:
             return
         journal = self.journal
-        cutoff = self.now_ms() - self.retention_ms
+        now = self.now_ms()
+        default = None if self.retention_ms is None else now - self.retention_ms
+        cutoffs = {name: now - ms for name, ms in own.items()}
         live = self.index.instances
         finished, slices = lc.FINISHED, _Slices(journal)
         busy = journal.pending_instances()
@@ -263,8 +269,11 @@ class Compaction:
                 await slices.pause()
                 busy = journal.pending_instances()  # appends may have come meanwhile
             entry = live.get(iid)
+            if entry is None:
+                continue
+            cutoff = cutoffs.get(entry.workflow, default) if cutoffs else default
             if (
-                entry is not None and entry.state in finished
+                cutoff is not None and entry.state in finished
                 and entry.updated_ms <= cutoff and entry.last_seq < next_seq
                 and iid not in busy
             ):

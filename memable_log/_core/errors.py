@@ -193,12 +193,16 @@ class WorkflowFailed(EngineError):
 
 
 class WorkflowCancelled(EngineError):
-    """The instance was cancelled."""
+    """The instance was cancelled. ``reason`` is why: ``"timeout"`` when its
+    timeout passed (``register(timeout=)``, ``invoke(timeout=)``), None for
+    ``engine.cancel``."""
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, reason: str | None = None) -> None:
         self.instance_id = instance_id
+        self.reason = reason
+        why = "" if reason is None else f" ({reason})"
         super().__init__(
-            f"instance {instance_id!r} was cancelled; engine.restart(...) runs it again"
+            f"instance {instance_id!r} was cancelled{why}; engine.restart(...) runs it again"
         )
 
 

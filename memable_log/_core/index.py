@@ -95,6 +95,7 @@ from .records import (
     ATTEMPT_FAILED_MESSAGE,
     ATTEMPT_FAILED_STARTED_MS,
     ATTEMPT_FAILED_TYPE,
+    CANCELLED_FOR_REASON,
     CHILD_CREATED_PARENT,
     COMPLETED_RESULT,
     CREATED_INPUT,
@@ -111,6 +112,9 @@ from .records import (
     IMAGE_WAITS,
     INSTANCE,
     KEY,
+    OPTIONS_CONCURRENCY_KEY,
+    OPTIONS_DEADLINE,
+    OPTIONS_PRIORITY,
     PUBLISHED_VALUE,
     SEQ,
     SIGNALLED_PAYLOAD,
@@ -140,6 +144,8 @@ DEFAULT_INLINE_LIMIT = 256
 APPEND_LIMIT = 4096
 # The same for the step meta stream: past this size it grows as a bytearray.
 META_LIMIT = 1024
+# The error type of a cancelled instance's entry when its cancel had a reason.
+CANCELLED_ERROR: Final = "WorkflowCancelled"
 BIG_INT = 1  # msgpack ext type: an unsigned int beyond 64 bits, big-endian bytes
 
 Entry = bytes | int
@@ -147,6 +153,8 @@ PublishedEvent = tuple[str, int, Entry]  # key, ts_ms, value blob or loc
 Tries = tuple[int, tuple[tuple[str, str], ...]]
 """A step's failed attempts, while it has no outcome: its first attempt's
 start (ms) and each failed attempt's (error type, message), in order."""
+Flow = tuple[int, int | None, str | None]
+"""An instance's flow-control options: priority, timeout deadline (ms), key."""
 StepMeta = tuple[int, int | None, int, tuple[str, str] | None]
 """A step outcome's times: started_ms, finished_ms (None for an at-most-once
 marker), attempts, and (error type, message) for a failure."""
@@ -295,6 +303,7 @@ class InstanceEntry:
         "error", "pending", "status", "deadline_ms", "table", "signals",
         "waits", "done_waits", "last_seq", "events", "status_calls", "meta", "tries",
         "parent",
+        "flow",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -329,6 +338,9 @@ class InstanceEntry:
         self.meta: bytes | bytearray = b""
         self.tries: dict[str, Tries] | None = None
         self.parent: str | None = None  # the parent's id, for a child (child_created)
+        # Flow control (``options``): (priority, timeout deadline_ms or None,
+        # concurrency key or None); None for an invoke with no options.
+        self.flow: Flow | None = None
 
     @property
     def steps(self) -> dict[str, Entry]:
@@ -786,6 +798,19 @@ class Index:
         """parked, cancelled: the lifecycle records all there is (and a
         child_created for an id that exists: nothing)."""
 
+    # -- flow control (SPEC-NEXT §4) --
+    # An invoke's options are the entry's ``flow``; ``queued`` and
+    # ``dequeued`` move only the state (the lifecycle's); a cancel with a
+    # reason keeps the reason as the entry's error, ("WorkflowCancelled", reason).
+
+    def _options(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        key = rec[OPTIONS_CONCURRENCY_KEY]
+        inst.flow = (rec[OPTIONS_PRIORITY], rec[OPTIONS_DEADLINE],
+                     None if key is None else sys.intern(key))
+
+    def _cancelled_for(self, inst: InstanceEntry, rec: list[Any], loc: int) -> None:
+        inst.error = (CANCELLED_ERROR, rec[CANCELLED_FOR_REASON])
+
     # -- talking to the outside (SPEC-NEXT §3) --
     # The status text is the latest recorded, by set_status or a suspension's
     # status= (``_suspension``); nothing else clears it. Events append to the
@@ -872,6 +897,10 @@ _APPLY: dict[int, _Apply] = {
     r.CHILD_CREATED: Index._state_only,  # an id created already: the first creation stands
     r.CHILD_STARTED: Index._child_started,
     r.CHILD_ENDED: Index._child_ended,
+    r.OPTIONS: Index._options,
+    r.QUEUED: Index._state_only,
+    r.DEQUEUED: Index._state_only,
+    r.CANCELLED_FOR: Index._cancelled_for,
 }
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
 APPLIED: Final = frozenset({r.CREATED, *_APPLY})

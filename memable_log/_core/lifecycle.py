@@ -37,6 +37,13 @@ maps its key to CHILD_ENDED) and wakes a parent parked on it. A child's own
 ``parked`` moves nothing if one of its keys is already resolved (a signal
 that came while the record was being written): the instance stays running.
 
+Flow control (SPEC-NEXT §4). ``queued`` takes a running instance that has
+no slot (capacity.py decides) to QUEUED, in the same batch as its
+``created`` when it never ran; ``dequeued`` takes it out of the queue to
+RUNNING. A queued instance is live and holds no slot; a signal for it is
+kept, as for any key not reached yet. ``cancelled_for`` is ``cancelled``
+with a reason (the index keeps it as the entry's error).
+
 Format version 1 records (``records.LEGACY``) keep their meaning: its
 ``suspended`` and ``timer_set`` registered a wait *and* parked the instance
 on it, and its state image named one wait.
@@ -69,13 +76,15 @@ COMPLETED: Final = 3
 FAILED: Final = 4
 CANCELLED: Final = 5
 WAITING: Final = 6
+QUEUED: Final = 7  # live, waiting for capacity (SPEC-NEXT §4): holds no slot
 
 STATE_NAMES: Final = (
     "running", "suspended", "sleeping", "completed", "failed", "cancelled", "waiting",
+    "queued",
 )
 STATE_BY_NAME: Final = {name: i for i, name in enumerate(STATE_NAMES)}
 PARKED: Final = frozenset({SUSPENDED, SLEEPING, WAITING})  # live, out of memory
-LIVE: Final = frozenset({RUNNING}) | PARKED
+LIVE: Final = frozenset({RUNNING, QUEUED}) | PARKED
 FINISHED: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 
 # A registered wait's kind (index: key -> (kind, deadline_ms, status)).
@@ -92,6 +101,7 @@ def _table() -> dict[tuple[int, int], int]:
         table[live, r.COMPLETED] = COMPLETED
         table[live, r.FAILED] = FAILED
         table[live, r.CANCELLED] = CANCELLED
+        table[live, r.CANCELLED_FOR] = CANCELLED  # a cancel with a reason (a timeout)
     # parked: SUSPENDED, SLEEPING or WAITING by the kinds of its waits (the
     # table names the general case), unless one of them already resolved.
     table[RUNNING, r.PARKED] = WAITING
@@ -105,6 +115,10 @@ def _table() -> dict[tuple[int, int], int]:
     table[RUNNING, r.TIMER_SET_V1] = SLEEPING  # format version 1
     for done in FINISHED:
         table[done, r.RESTARTED] = RUNNING
+    # Flow control: a running instance with no slot waits in the queue; a
+    # start out of the queue makes it running (capacity.py decides both).
+    table[RUNNING, r.QUEUED] = QUEUED
+    table[QUEUED, r.DEQUEUED] = RUNNING
     return table
 
 
@@ -118,11 +132,14 @@ UNCHANGED_BY: Final = frozenset({
     r.STATUS_SET, r.PUBLISHED,
     r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
     r.CHILD_CREATED, r.CHILD_STARTED,  # a child's creation; a child wait's registration
+    r.OPTIONS,  # an invoke's options: the index's data (priority, deadline, key)
 })
 
 
 # Record types whose data counts only if they moved the state (see above).
-ONLY_ON_A_MOVE: Final = frozenset({r.COMPLETED, r.FAILED, r.CANCELLED, r.RESTARTED})
+ONLY_ON_A_MOVE: Final = frozenset({
+    r.COMPLETED, r.FAILED, r.CANCELLED, r.RESTARTED, r.CANCELLED_FOR,
+})
 
 
 def next_state(state: int, rtype: int) -> int:
@@ -282,6 +299,9 @@ RULES: Final[dict[int, Rule]] = {
     r.FAILED: _by_table,
     r.CANCELLED: _by_table,
     r.RESTARTED: _by_table,
+    r.CANCELLED_FOR: _by_table,
+    r.QUEUED: _by_table,
+    r.DEQUEUED: _by_table,
     r.STATE_IMAGE: _state_image,
     r.SUSPENDED_V1: _suspended_v1,
     r.TIMER_SET_V1: _timer_set_v1,

@@ -48,6 +48,11 @@ ATTEMPT_FAILED: Final = 22  # one failed attempt of a step that is tried again
 CHILD_CREATED: Final = 25  # a child's own creation: ``created`` and its parent
 CHILD_STARTED: Final = 26  # in the parent: the child exists; its key is memoised
 CHILD_ENDED: Final = 27  # in the parent: the child's outcome, memoised
+# -- issue 15, flow control (SPEC-NEXT §4): capacity, priority, timeouts --
+OPTIONS: Final = 28  # an invoke's options: priority, timeout's deadline, concurrency key
+QUEUED: Final = 29  # the instance waits for capacity (running -> queued)
+DEQUEUED: Final = 30  # a start out of the queue (queued -> running)
+CANCELLED_FOR: Final = 31  # the instance was cancelled for a reason ("timeout")
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -134,6 +139,14 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
         (("workflow", (str,)), ("input", (bytes,)), ("parent", (str,)), ("child_key", (str,))),
     ),
     CHILD_STARTED: ("child_started", (("key", (str,)), ("child_id", (str,)))),
+    # -- flow control (issue 15) --
+    OPTIONS: (
+        "options",
+        (("priority", (int,)), ("deadline_ms", _OPT_INT), ("concurrency_key", _OPT_STR)),
+    ),
+    QUEUED: ("queued", ()),
+    DEQUEUED: ("dequeued", ()),
+    CANCELLED_FOR: ("cancelled_for", (("reason", (str,)),)),
     CHILD_ENDED: (
         "child_ended",
         (("key", (str,)), ("state", (int,)), ("value", (bytes,)), ("error_type", _OPT_STR),
@@ -199,7 +212,11 @@ CHILD_STARTED_CHILD_ID: Final = 5
 CHILD_ENDED_STATE: Final = 5  # lifecycle.COMPLETED, FAILED or CANCELLED
 CHILD_ENDED_VALUE: Final = 6  # the result blob if completed, else b""
 CHILD_ENDED_ERROR_TYPE: Final = 7
-CHILD_ENDED_MESSAGE: Final = 8
+CHILD_ENDED_MESSAGE: Final = 8  # a cancelled child's reason, if it had one
+OPTIONS_PRIORITY: Final = 4
+OPTIONS_DEADLINE: Final = 5
+OPTIONS_CONCURRENCY_KEY: Final = 6
+CANCELLED_FOR_REASON: Final = 4
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
@@ -211,7 +228,7 @@ _CHECKS: Final[dict[int, tuple[int, tuple[tuple[type, ...], ...]]]] = {
 }
 
 
-_N_STATES = 7  # see lifecycle.STATE_NAMES
+_N_STATES = 8  # see lifecycle.STATE_NAMES
 _N_STATES_V1 = 6
 _ENDED_BY = frozenset({TIMER_FIRED, SUSPEND_TIMED_OUT, CHILD_ENDED})
 _N_WAIT_KINDS = 3  # lifecycle.WAIT_SIGNAL, WAIT_TIMER, WAIT_CHILD: a wait's kind is below this

@@ -27,8 +27,9 @@ class Wait(NamedTuple):
 class InstanceStatus:
     """A snapshot of one instance, as the journal records it.
 
-    ``state`` is one of running, suspended, sleeping, waiting, completed,
-    failed, cancelled. An instance out of memory, waiting (suspended: on
+    ``state`` is one of running, queued (waiting for capacity:
+    ``register(max_running=...)``), suspended, sleeping, waiting,
+    completed, failed, cancelled. An instance out of memory, waiting (suspended: on
     signals; sleeping: on timers; waiting: on a mix), has its pending waits
     in ``waits``, in the order first reached; ``key`` is the first one's
     key, ``deadline`` the earliest deadline (UTC). Otherwise ``waits`` is
@@ -37,7 +38,9 @@ class InstanceStatus:
     the latest text recorded by ``ctx.set_status`` or a suspension's
     ``status=``, in any state (None if there was none): waits and re-runs
     without a text leave it as it is. ``steps`` counts memoised step
-    outcomes; ``error`` is set for failed instances. ``parent`` is the id
+    outcomes; ``error`` is set for failed instances, and for an instance
+    cancelled for a reason (type ``WorkflowCancelled``, message the reason,
+    ``"timeout"``). ``parent`` is the id
     of the instance that started this one as a child (``ctx.start_child``),
     or None.
     """

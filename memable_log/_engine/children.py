@@ -173,7 +173,7 @@ class Children:
                 cid, rec[r.CHILD_ENDED_ERROR_TYPE] or "", rec[r.CHILD_ENDED_MESSAGE] or "",
                 rec[r.CHILD_ENDED_VALUE].decode("utf-8", "replace"),
             )
-        raise WorkflowCancelled(cid)
+        raise WorkflowCancelled(cid, rec[r.CHILD_ENDED_MESSAGE])
 
     # -- a child ends --------------------------------------------------------------
 
@@ -204,6 +204,8 @@ class Children:
         elif rtype == r.FAILED:
             fields = (lc.FAILED, outcome[r.FAILED_TRACEBACK].encode(),
                       outcome[r.FAILED_TYPE], outcome[r.FAILED_MESSAGE])
+        elif rtype == r.CANCELLED_FOR:  # its reason goes to the parent
+            fields = (lc.CANCELLED, b"", None, outcome[r.CANCELLED_FOR_REASON])
         else:
             fields = (lc.CANCELLED, b"", None, None)
         return r.make(r.CHILD_ENDED, self._host.now_ms(), parent, key, *fields)
@@ -267,6 +269,8 @@ class Children:
             return await host.require().read(child.outcome)  # type: ignore[arg-type]
         if child.state == lc.FAILED:
             return await host.require().read(child.outcome)  # type: ignore[arg-type]
+        if child.error is not None:  # cancelled for a reason
+            return r.make(r.CANCELLED_FOR, 0, cid, child.error[1])
         return r.make(r.CANCELLED, 0, cid)
 
     def stopped(self, cid: str) -> None:
@@ -281,9 +285,10 @@ class Children:
 
     # -- cancel -----------------------------------------------------------------------
 
-    async def cancel(self, iid: str) -> list[str]:
+    async def cancel(self, iid: str, reason: str | None = None) -> list[str]:
         """Cancel ``iid`` and every live descendant in one batch; the ids
-        cancelled (empty if ``iid`` is not live)."""
+        cancelled (empty if ``iid`` is not live). With a ``reason``, ``iid``'s
+        record is ``cancelled_for`` (its descendants' plain ``cancelled``)."""
         host = self._host
         while True:
             entry = host.entry(iid)
@@ -297,8 +302,10 @@ class Children:
             if not await self._reserve(marks):
                 continue
             now = host.now_ms()
-            batch = [r.make(r.CANCELLED, now, cid) for cid in ids]
-            note = self._note(iid, entry, r.make(r.CANCELLED, now, iid))
+            first = r.make(r.CANCELLED, now, iid) if reason is None else r.make(
+                r.CANCELLED_FOR, now, iid, reason)
+            batch = [first] + [r.make(r.CANCELLED, now, cid) for cid in ids[1:]]
+            note = self._note(iid, entry, first)
             top = marks[0] if note is not None and entry.parent is not None else None
             await self._write(batch + ([note] if note is not None else []), marks)
             if top is not None:

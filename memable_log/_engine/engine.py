@@ -33,11 +33,10 @@ key in memory while their append is in flight.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
-from collections.abc import AsyncIterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -59,9 +58,11 @@ from .._core.listing import select
 from .._core.records import check_key
 from .._core.signals import check_signal
 from .._core.status import Event, InstanceStatus, StepStatus, status_of, steps_of
+from .capacity import Limits
 from .children import Children
 from .clock import Clock
 from .events import EventStream, StatusWatch, event
+from .flow import FlowControl
 from .host import Host, Workflow
 from .retry import RetryPolicy
 from .runner import run_instance
@@ -109,6 +110,8 @@ class Engine:
         self._host.graceful = shutdown_timeout is not None
         self._host.default_retry = default_retry
         self._host.children = Children(self._host, self._start, self._wait_ended)
+        # Flow control (SPEC-NEXT §4): limits by workflow, slots, the queue, timeouts.
+        self._flow = FlowControl(self._host, self._run, self._cancel)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._timers: TimerQueue | None = None
@@ -127,8 +130,34 @@ class Engine:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def register(self, name: str, fn: Workflow) -> None:
-        """Register workflow ``fn`` under ``name`` (before or after start)."""
+    def register(
+        self,
+        name: str,
+        fn: Workflow,
+        *,
+        max_running: int | None = None,
+        key: Callable[[Any], str] | None = None,
+        max_running_per_key: int | None = None,
+        rate: tuple[int, float] | None = None,
+        timeout: float | None = None,
+        retention: float | timedelta | None = None,
+    ) -> None:
+        """Register workflow ``fn`` under ``name`` (before or after start).
+
+        Flow control (all optional): ``max_running`` caps the instances of
+        this workflow that run at once (suspended, sleeping and waiting ones
+        hold no slot); ``key``, a function of the input returning a str, with
+        ``max_running_per_key`` caps them per key; ``rate=(n, seconds)``
+        allows at most ``n`` starts in any ``seconds``. An instance with no
+        slot is ``queued`` until one frees. ``timeout`` (seconds) cancels an
+        instance not finished that long after it was created
+        (``WorkflowCancelled.reason == "timeout"``). ``retention`` (seconds or
+        a timedelta; None keeps the builder's) is how long its finished
+        instances are kept before compaction drops them.
+
+        Raises TypeError / ValueError naming a bad setting, EngineError for
+        a name already registered.
+        """
         if type(name) is not str or not name:
             raise TypeError(f"a workflow name must be a non-empty str, not {name!r}")
         if not callable(fn):
@@ -136,6 +165,14 @@ class Engine:
         workflows = self._host.workflows
         if name in workflows:
             raise EngineError(f"workflow {name!r} is already registered; names are unique")
+        if isinstance(retention, timedelta):
+            retention = retention.total_seconds()
+        self._flow.register(name, Limits(
+            max_running=max_running, key=key, max_running_per_key=max_running_per_key,
+            rate=rate, timeout=timeout, retention=retention,
+        ))
+        if retention is not None:  # overrides the builder's for its instances
+            self._backend.retention_by_workflow[name] = round(retention * 1000)
         workflows[name] = fn
         for instance_id in sorted(self._orphans.pop(name, ())):
             self._start(instance_id)
@@ -149,7 +186,6 @@ class Engine:
         backend = self._backend
         await backend.open(host.index)  # JournalLocked / JournalCorrupt surface as themselves
         try:
-            host.limiter = trio.CapacityLimiter(self._max_running or math.inf)
             self._nursery_cm = trio.open_nursery()
             self._nursery = await self._nursery_cm.__aenter__()
         except BaseException:
@@ -161,6 +197,7 @@ class Engine:
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
             self._nursery.start_soon(self._timers.run)
+            self._flow.open(self._nursery, self._max_running)
             await self._children().repair()  # what a torn batch of children left
             if self._resume_on_start:
                 self._resume_all()
@@ -176,11 +213,20 @@ class Engine:
 
     def _resume_all(self) -> None:
         assert self._timers is not None
+        queued = []
+        flow = self._flow
         for instance_id, entry in self._host.index.instances.items():
             if entry.state == lc.RUNNING:
                 self._start(instance_id)
             elif entry.state in lc.PARKED and entry.deadline_ms is not None:
                 self._timers.push(entry.deadline_ms, instance_id)
+            elif entry.state == lc.QUEUED:
+                queued.append(instance_id)
+            if entry.state in lc.LIVE:
+                flow.arm(instance_id, entry)
+        # The running ones had their slots: they take them first.
+        for instance_id in queued:
+            self._start(instance_id)
         if self._orphans:
             for name, ids in self._orphans.items():
                 logger.warning(
@@ -213,6 +259,7 @@ class Engine:
             # A KeyboardInterrupt, or the caller's own cancellation, stops
             # at once: only an ordinary exit (or an Exception) drains.
             grace = self._shutdown_timeout
+            self._flow.pause()
             if grace is not None and (exc is None or isinstance(exc, Exception)):
                 with trio.move_on_after(grace) as waited:
                     await self._host.drain()
@@ -232,6 +279,7 @@ class Engine:
         finally:
             self._nursery = None
             self._timers = None
+            self._flow.close()
             self._orphans.clear()
             trio.lowlevel.remove_instrument(self._host.exits)
             self._thread = None
@@ -241,7 +289,8 @@ class Engine:
     # -- the runners ----------------------------------------------------------
 
     def _start(self, instance_id: str) -> None:
-        """Run the instance now unless a runner already has it."""
+        """Run the instance now unless a runner already has it, or queue it
+        if capacity (flow.py) gives it no slot."""
         host = self._host
         if self._nursery is None or host.draining or instance_id in host.running:
             return
@@ -249,6 +298,14 @@ class Engine:
         if entry.workflow not in host.workflows:
             self._orphans.setdefault(entry.workflow, set()).add(instance_id)
             return
+        self._flow.arm(instance_id, entry)  # its timeout (a child's, say), once
+        if self._flow.admit(instance_id, entry):
+            self._run(instance_id)
+
+    def _run(self, instance_id: str) -> None:
+        """Start a runner for an instance that has its slot."""
+        host = self._host
+        assert self._nursery is not None
         host.running.add(instance_id)
         self._nursery.start_soon(
             run_instance, host, instance_id, self._after_run, name=f"memable:{instance_id}"
@@ -271,6 +328,7 @@ class Engine:
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
+        self._flow.released(instance_id)
         entry = self._host.index.instances[instance_id]
         timers = self._timers  # `is not None`: an empty TimerQueue is falsy
         if entry.state in lc.PARKED and entry.deadline_ms is not None and timers is not None:
@@ -292,16 +350,34 @@ class Engine:
             )
         return self._host
 
-    async def invoke(self, name: str, input: Any = None, *, instance_id: str | None = None) -> str:
+    async def invoke(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        instance_id: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str:
         """Durably record a new instance of workflow ``name``, start it, return its id.
 
         An existing ``instance_id`` is returned as it is and nothing starts.
-        Raises UnknownWorkflow (nothing written) and NotSerializable.
+        If its workflow has no free slot (``register(max_running=...)``) the
+        instance is ``queued``: queued instances start in creation order,
+        higher ``priority`` first. ``timeout`` (seconds) cancels it if it
+        has not finished that long after now (``WorkflowCancelled.reason
+        == "timeout"``), instead of its workflow's timeout.
+        Raises UnknownWorkflow (nothing written), NotSerializable, and
+        TypeError / ValueError for a bad priority or timeout.
         """
         host = self._here()
         backend = host.require()
         if name not in host.workflows:
             raise UnknownWorkflow(name, list(host.workflows))
+        if type(priority) is not int:
+            raise TypeError(f"priority must be an int, not {priority!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+            raise ValueError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
         if instance_id is None:
             instance_id = secrets.token_hex(8)
         elif type(instance_id) is not str or not instance_id:
@@ -313,14 +389,32 @@ class Engine:
         if instance_id in host.index.instances:
             return instance_id
         blob = host.encode(input, f"input of workflow {name!r}")
+        flow = self._flow
+        key = flow.key_of(name, input)
+        now = host.now_ms()
+        batch = [r.make(r.CREATED, now, instance_id, name, blob)]
+        deadline = None if timeout is None else now + round(timeout * 1000)
+        if priority or deadline is not None or key is not None:
+            batch.append(r.make(r.OPTIONS, now, instance_id, priority, deadline, key))
+        runs = flow.claim(instance_id, name, key)  # else queued, in the same batch
+        if not runs:
+            batch.append(r.make(r.QUEUED, now, instance_id))
         self._creating[instance_id] = created = trio.Event()
         try:
-            await host.append(r.make(r.CREATED, host.now_ms(), instance_id, name, blob))
+            if len(batch) == 1:
+                await host.append(batch[0])
+            else:
+                await host.append_many(batch)
+        except BaseException:
+            flow.released(instance_id)  # the slot it claimed, if any
+            raise
         finally:
             del self._creating[instance_id]
             created.set()
         logger.info("instance %s of %r created", instance_id, name,
                     extra={"instance_id": instance_id})
+        entry = host.index.instances[instance_id]
+        flow.arm(instance_id, entry)
         self._start(instance_id)
         return instance_id
 
@@ -345,8 +439,8 @@ class Engine:
                 raise WorkflowFailed(
                     instance_id, rec[r.FAILED_TYPE], rec[r.FAILED_MESSAGE], rec[r.FAILED_TRACEBACK]
                 )
-            if entry.state == lc.CANCELLED:
-                raise WorkflowCancelled(instance_id)
+            if entry.state == lc.CANCELLED:  # its reason kept as its error (index.py)
+                raise WorkflowCancelled(instance_id, entry.error[1] if entry.error else None)
             if backend.failed is not None:
                 raise JournalFailed(backend.failed)
             halted = host.halted.get(instance_id)
@@ -499,10 +593,15 @@ class Engine:
         entry = host.entry(instance_id)
         if entry.state not in lc.LIVE:
             return
-        for iid in await self._children().cancel(instance_id):
+        await self._cancel(instance_id, None)
+
+    async def _cancel(self, instance_id: str, reason: str | None) -> None:
+        host = self._host
+        for iid in await self._children().cancel(instance_id, reason):
             scope = host.scopes.get(iid)
             if scope is not None:
                 scope.cancel()
+            self._flow.dropped(iid)
             host.notify(iid)
 
     def _children(self) -> Children:

@@ -4,7 +4,7 @@ Theory of operation. A workflow's Context and the runner that drives it are
 parts of the engine, not its clients, but they need only a few of its
 things: append a record (durable and applied before it returns), the
 instance's index entry, a recorded value decoded (kept inline, or read back
-by location), the codec, the engine's clock and its sleep, the limiter, the
+by location), the codec, the engine's clock and its sleep, the
 registered workflows and the cancel scope of a running instance, and the
 gate every step attempt passes (``step_begins``: closed while the engine
 stops with a grace period, see engine.py). ``Host``
@@ -18,7 +18,6 @@ the objects, no extra call per step.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,7 +63,7 @@ class Host:
 
     __slots__ = (
         "_changed", "_idle", "_stepping", "backend", "clock", "codec", "default_retry",
-        "draining", "exits", "graceful", "halted", "index", "limiter", "on_step_call",
+        "draining", "exits", "graceful", "halted", "index", "on_step_call",
         "reserved", "running", "scopes", "waits", "workflows",
         "listeners",
         "children",
@@ -75,7 +74,6 @@ class Host:
         self.codec = codec
         self.index = Index(inline_limit)
         self.backend: Backend | None = None  # set while the engine runs
-        self.limiter = trio.CapacityLimiter(math.inf)
         self.workflows: dict[str, Workflow] = {}
         self.running: set[str] = set()  # instances with a runner task
         self.waits: dict[str, RunWaits] = {}  # the run of each instance in memory

@@ -1,9 +1,9 @@
 """Running one instance: call the workflow, record how it ended.
 
-``run_instance`` is the task the engine starts for a live instance. It
-waits for a slot (the engine's CapacityLimiter: FIFO, so instances run in
-the order they became ready), then runs the workflow from the top with a
-fresh Context. How the run ends decides what is written:
+``run_instance`` is the task the engine starts for a live instance once
+capacity (capacity.py) gave it a slot; an instance started out of the
+queue first records ``dequeued``. It runs the workflow from the top with
+a fresh Context. How the run ends decides what is written:
 
 * it returns: the result is encoded and a ``completed`` record appended;
 * it raises an Exception: a ``failed`` record (type, message, traceback);
@@ -19,7 +19,7 @@ If the instance is running again when the run ends (a signal arrived while
 it was being parked), it runs again at once, unless the engine is stopping
 (``host.draining``): then nothing new starts, not even a run that got its
 slot just now; the journal keeps the instance running for the next start.
-A parked instance woken by a deadline first records which of its waits are due (``_end_wait``).
+A parked instance woken by a deadline first records which of its waits are due (``end_wait``).
 """
 
 from __future__ import annotations
@@ -49,21 +49,23 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
     ``ended`` is not called if the task is cancelled (the engine stopping).
     """
     try:
-        async with host.limiter:
-            while not host.draining:  # the engine stopping starts nothing new
-                entry = host.entry(instance_id)
-                if entry.state in lc.FINISHED:
-                    break
-                if entry.state in lc.PARKED and not await _end_wait(host, instance_id):
-                    break  # not due yet: it stays waiting
-                fn = host.workflows[entry.workflow]
-                await _run_once(host, instance_id, entry.workflow, fn)
-                # A branch's append cancelled by another branch's wait may
-                # still be committing: the state it leaves (a deadline) must
-                # be the one this run ends with, and ``ended`` arms.
-                await host.require().settled(instance_id)
-                if host.entry(instance_id).state != lc.RUNNING:
-                    break
+        while not host.draining:  # the engine stopping starts nothing new
+            entry = host.entry(instance_id)
+            if entry.state == lc.QUEUED:  # a start out of the queue
+                await host.append(r.make(r.DEQUEUED, host.now_ms(), instance_id))
+                continue
+            if entry.state in lc.FINISHED:
+                break
+            if entry.state in lc.PARKED and not await end_wait(host, instance_id):
+                break  # not due yet: it stays waiting
+            fn = host.workflows[entry.workflow]
+            await _run_once(host, instance_id, entry.workflow, fn)
+            # A branch's append cancelled by another branch's wait may
+            # still be committing: the state it leaves (a deadline) must
+            # be the one this run ends with, and ``ended`` arms.
+            await host.require().settled(instance_id)
+            if host.entry(instance_id).state != lc.RUNNING:
+                break
     except (JournalFailed, JournalClosed) as exc:
         if isinstance(exc.__cause__, PowerCut):  # the testing kit's, not a disk's
             logger.info("instance %s stopped by a simulated power cut (%s)", instance_id,
@@ -84,13 +86,14 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
     ended(instance_id)
 
 
-async def _end_wait(host: Host, instance_id: str) -> bool:
+async def end_wait(host: Host, instance_id: str, then: list[Any] | None = None) -> bool:
     """Record that a due timer fired or a due suspension timed out.
 
     Woken by its deadline, the instance is running again before the
     workflow re-runs, so the re-run is an ordinary one even if the code no
     longer reaches that key (a bumped timer key would otherwise leave it
-    sleeping on a passed deadline, woken again and again).
+    sleeping on a passed deadline, woken again and again). ``then`` goes in
+    the same batch after them (``queued``, when capacity has no slot).
     """
     entry = host.entry(instance_id)
     now = host.now_ms()
@@ -103,7 +106,7 @@ async def _end_wait(host: Host, instance_id: str) -> bool:
             ended.append(r.make(rtype, now, instance_id, key))
     if not ended:
         return False
-    await host.append_many(ended)
+    await host.append_many(ended + ([then] if then is not None else []))
     return True
 
 

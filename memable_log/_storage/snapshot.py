@@ -23,7 +23,7 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
                  signals, waits, done_waits, last_seq, events, status_calls,
-                 step meta, tries, parent]}]
+                 step meta, tries, parent, flow]}]
 
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
@@ -109,7 +109,7 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
             _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
             _wire_events(e.events), e.status_calls,
-            bytes(e.meta), e.tries, e.parent,
+            bytes(e.meta), e.tries, e.parent, e.flow,
         )
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances],
@@ -202,7 +202,7 @@ def decode_into(
                 e.error, e.pending, e.status, e.deadline_ms, e.table,
                 e.signals, e.waits, e.done_waits, e.last_seq,
                 e.events, e.status_calls,
-                e.meta, e.tries, e.parent,
+                e.meta, e.tries, e.parent, e.flow,
             ) = fields
             if not (
                 type(number) is int and 0 <= number < workflow_count and e.state in states
@@ -223,6 +223,8 @@ def decode_into(
                 e.events = _events(iid, e.events)
             if e.tries is not None:
                 _check_tries(iid, e.tries)
+            if e.flow is not None:
+                _check_flow(iid, e.flow)
             e.workflow = names[number]
             instances[iid] = e
     index.instances = instances
@@ -269,6 +271,14 @@ def _events(iid: str, events: Any) -> list[PublishedEvent]:
     ):
         raise SnapshotInvalid(f"instance {iid!r} has a malformed event stream")
     return list(events)
+
+
+def _check_flow(iid: str, flow: object) -> None:
+    if not (
+        type(flow) is tuple and len(flow) == 3 and type(flow[0]) is int
+        and type(flow[1]) in _TIME and type(flow[2]) in _TEXT
+    ):
+        raise SnapshotInvalid(f"instance {iid!r} has malformed flow options")
 
 
 def _check_tries(iid: str, tries: object) -> None:

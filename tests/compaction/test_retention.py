@@ -437,3 +437,25 @@ async def test_an_engine_stopping_during_a_child_compaction_kills_it_and_opens_t
         assert await engine.wait("x") == "v-x"
         assert engine.status("x").state == "completed"
     assert not [name for name in os.listdir(journal_dir) if name.endswith(".tmp")]
+
+
+async def test_a_workflows_own_retention_overrides_the_builders(autojump_clock: MockClock) -> None:
+    storage, clock, gates = MemoryStorage(), ManualClock(), Gates()
+    engine = make_engine(storage, clock, gates, retention=None)  # the builder keeps all
+
+    async def short(ctx: Context) -> Any:
+        return "brief"
+
+    engine.register("short", short, retention=timedelta(minutes=1))
+    async with engine:
+        watch = CompactionWatch(engine)
+        await engine.invoke("done", instance_id="kept")
+        await engine.invoke("short", instance_id="brief")
+        await engine.wait("kept")
+        await engine.wait("brief")
+        await trio.sleep(2 * 60)
+        await compact_now(engine, watch, "fill")
+        assert gone(engine, "brief")
+        assert await engine.wait("kept") == "v-kept"
+    assert "kept" in in_journal(storage)
+    assert "brief" not in in_journal(storage)

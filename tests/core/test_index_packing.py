@@ -260,7 +260,7 @@ async def test_a_snapshot_keeps_big_locations_signals_timers_and_finished_and_ru
     fast, _ = await snapshot_round_trip(ops, more, parked=True)
     entries = list(fast.instances.values())
     states = {e.state for e in entries}
-    assert states == {lc.RUNNING, *lc.PARKED, *lc.FINISHED}
+    assert states == {lc.RUNNING, lc.QUEUED, *lc.PARKED, *lc.FINISHED}
     locations = [v for e in entries for _, v in step_items(e) if type(v) is int]
     locations += [v for e in entries for v in (e.signals or {}).values() if type(v) is int]
     locations += [v for e in entries for v in (e.input, e.outcome) if type(v) is int]

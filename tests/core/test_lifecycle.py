@@ -55,6 +55,8 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.ATTEMPT_FAILED: (key, 1, "E", "m", 5),
         r.CHILD_CREATED: ("wf", b"in", "parent", key), r.CHILD_STARTED: (key, "p/k"),
         r.CHILD_ENDED: (key, lc.COMPLETED, b"v", None, None),
+        r.OPTIONS: (5, 9_000, "tenant"), r.QUEUED: (), r.DEQUEUED: (),
+        r.CANCELLED_FOR: ("timeout",),
     }
     return r.check(record(rtype, *fields[rtype]))
 

@@ -217,10 +217,13 @@ class History:
             iid = f"i{len(self.insts)}"
             self.insts[iid] = _Inst()
             self._emit(r.CREATED, iid, f"wf{which % 2}", self.blob(large=extra == 3))
+            self._flow(iid, self.insts[iid], which, key, extra)
             return
         iid = sorted(self.insts)[which % len(self.insts)]
         inst = self.insts[iid]
-        if inst.state == lc.RUNNING:
+        if inst.state == lc.QUEUED:
+            self._queued(iid, inst, code // 9, key, extra)
+        elif inst.state == lc.RUNNING:
             (self._running_v1 if legacy else self._running)(iid, inst, code // 9, key, extra)
         elif inst.state in lc.PARKED:
             self._parked(iid, inst, code // 9, key, extra, legacy)
@@ -228,6 +231,31 @@ class History:
             self._finished(iid, inst, code // 9, key, extra)
 
     # One method per state: what the engine could write next for the instance.
+
+    def _flow(self, iid: str, inst: _Inst, which: int, key: int, extra: int) -> None:
+        """Flow control at creation, in its batch: options, and queued."""
+        if extra == 2:
+            deadline = self.now + 60_000 if key % 2 else None
+            self._emit(r.OPTIONS, iid, key - 1, deadline, f"k{which % 3}" if which % 2 else None)
+        if which % 3 == 2:
+            inst.state = lc.QUEUED
+            self._emit(r.QUEUED, iid)
+
+    def _queued(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
+        choice = code % 5
+        if choice in (0, 1):
+            inst.state = lc.RUNNING
+            self._emit(r.DEQUEUED, iid)
+        elif choice == 2:
+            self._early_signal(iid, inst, key, extra)
+        elif choice == 3:
+            inst.state = lc.CANCELLED
+            self._emit(r.CANCELLED_FOR, iid, "timeout")
+            self._child_ended(iid, inst, self.records[-1])
+        else:
+            inst.state = lc.CANCELLED
+            self._emit(r.CANCELLED, iid)
+            self._child_ended(iid, inst, self.records[-1])
 
     def _running(self, iid: str, inst: _Inst, code: int, key: int, extra: int) -> None:
         choice = code % 12
@@ -253,6 +281,9 @@ class History:
             self._ends_in_memory(iid, inst, key, extra)
         elif choice == 11 and key % 3 == 1 and extra != 3:
             self._start_child(iid, inst, extra)
+        elif choice == 11 and key % 3 == 2 and extra == 0:
+            inst.state = lc.QUEUED  # woken, or resumed, with no slot
+            self._emit(r.QUEUED, iid)
         elif choice == 11:
             self._park(iid, inst, extra)
 
@@ -283,6 +314,8 @@ class History:
             fields: tuple[Any, ...] = (lc.COMPLETED, rec[4], None, None)
         elif rec[0] == r.FAILED:
             fields = (lc.FAILED, rec[6].encode(), rec[4], rec[5])
+        elif rec[0] == r.CANCELLED_FOR:
+            fields = (lc.CANCELLED, b"", None, rec[4])
         else:
             fields = (lc.CANCELLED, b"", None, None)
         self._emit(r.CHILD_ENDED, pid, key, *fields)
@@ -364,7 +397,10 @@ class History:
             self._child_ended(iid, inst, self.records[-1])
         elif choice == 10:
             inst.state = lc.CANCELLED
-            self._emit(r.CANCELLED, iid)
+            if extra == 1:
+                self._emit(r.CANCELLED_FOR, iid, "timeout")
+            else:
+                self._emit(r.CANCELLED, iid)
             self._child_ended(iid, inst, self.records[-1])
         else:
             return False
@@ -456,6 +492,7 @@ class History:
             iid = f"i{len(self.insts)}"
             self.insts[iid] = _Inst()
             self._emit(r.CREATED, iid, f"wf{key % 2}", self.blob(large=extra == 3))
+            self._flow(iid, self.insts[iid], key, key, extra)
 
     def _early_signal(self, iid: str, inst: _Inst, key: int, extra: int) -> None:
         """A signal for a suspension key no branch waits on now (kept for it)."""

@@ -278,7 +278,7 @@ async def test_instances_match_what_the_engine_says_before_and_after_compaction(
     assert after_stats["instances"] == before_stats["instances"]
     assert after_stats["instances"]["by_state"] == {
         "running": 1, "suspended": 1, "sleeping": 1, "completed": 30, "failed": 1,
-        "cancelled": 1, "waiting": 0,
+        "cancelled": 1, "waiting": 0, "queued": 0,
     }
     assert after_stats["segments"]["compacted"] == 1
     assert after_stats["records"]["plain"] == 0
@@ -315,7 +315,7 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
         "leftovers": [],
         "instances": {"total": 6, "by_state": {
             "running": 1, "suspended": 1, "sleeping": 1, "completed": 1, "failed": 1,
-            "cancelled": 1, "waiting": 0,
+            "cancelled": 1, "waiting": 0, "queued": 0,
         }},
         "torn_tail": None,
     }
@@ -329,7 +329,7 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
     assert [line.split() for line in lines if line.startswith(" ")] == [
         [state, "1"] for state in
         ("running", "suspended", "sleeping", "completed", "failed", "cancelled")
-    ] + [["waiting", "0"]]
+    ] + [["waiting", "0"], ["queued", "0"]]
 
 
 def test_stats_of_a_compacted_journal_with_leftovers_and_a_torn_tail(
