@@ -118,6 +118,7 @@ UNCHANGED_BY: Final = frozenset({
     r.STATUS_SET, r.PUBLISHED,
     r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
     r.CHILD_CREATED, r.CHILD_STARTED,  # a child's creation; a child wait's registration
+    *r.ENGINE_LEVEL,  # schedules and debounce: engine-level, no instance's state
 })
 
 
