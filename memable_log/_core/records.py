@@ -341,7 +341,7 @@ DEEP: Final = {
     PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1,
     STEP_FAILED: _check_step_failed,
     CHILD_ENDED: _check_child_ended, CHILD_CREATED: _check_child_created,
-    **{rtype: _check_engine_level for rtype in ENGINE_LEVEL},
+    **dict.fromkeys(ENGINE_LEVEL, _check_engine_level),
 }
 
 
