@@ -14,7 +14,14 @@ import trio
 from support.suspend import finish, memory_engine, records_of
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from memable_log import Context, Engine, ManualClock, MemoryStorage, NotSerializable, UnknownWorkflow
+from memable_log import (
+    Context,
+    Engine,
+    ManualClock,
+    MemoryStorage,
+    NotSerializable,
+    UnknownWorkflow,
+)
 
 START = 1_700_000_000.0
 
@@ -36,7 +43,6 @@ async def test_a_burst_starts_one_instance_with_the_last_input_after_a_quiet_del
 ) -> None:
     storage = MemoryStorage()
     async with engine_on(storage, ManualClock(START)) as engine:
-        began = trio.current_time()
         ids = []
         for n in range(5):
             ids.append(await engine.debounce("sync", "acct-1", delay=10, input=n))

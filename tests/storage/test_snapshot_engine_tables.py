@@ -115,4 +115,5 @@ async def test_a_snapshot_without_the_tables_falls_back_to_the_full_scan(
     assert not resumed
     full, _ = await open_index(storage, snapshots=False)
     assert tables(fast) == tables(full)
-    assert fast.schedules and fast.debounces
+    assert fast.schedules
+    assert fast.debounces
