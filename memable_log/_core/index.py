@@ -858,7 +858,10 @@ class Index:
         name = rec[r.SCHEDULE_TICKED_NAME]
         entry = self.schedules.get(name)
         if entry is not None and rec[r.SCHEDULE_TICKED_TICK_MS] > entry.after_ms:
-            self.schedules[name] = entry._replace(after_ms=rec[r.SCHEDULE_TICKED_TICK_MS])
+            self.schedules[name] = ScheduleEntry(
+                entry.workflow, entry.cron, entry.input, entry.catch_up,
+                rec[r.SCHEDULE_TICKED_TICK_MS],
+            )
 
     def _debounce_set(self, rec: list[Any]) -> None:
         self.debounces[rec[r.DEBOUNCE_SET_WORKFLOW], rec[r.DEBOUNCE_SET_DEBOUNCE_KEY]] = (

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._core.errors import EngineError
 
-_MISSING = (
+MISSING = (
     "schedules need the cron extra: pip install 'memable-log[cron]' "
     "(cron expressions are parsed by cronsim)"
 )
@@ -28,7 +28,7 @@ def _cronsim() -> Any:
     try:
         import cronsim
     except ImportError:
-        raise EngineError(_MISSING) from None
+        raise EngineError(MISSING) from None
     return cronsim
 
 

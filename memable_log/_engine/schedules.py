@@ -80,7 +80,7 @@ class Schedules(Timed[str]):
         if not arm or not schedules:
             return
         if not cron.available():
-            logger.error("%d schedule(s) are not armed: %s", len(schedules), cron._MISSING)
+            logger.error("%d schedule(s) are not armed: %s", len(schedules), cron.MISSING)
             return
         for name in schedules:
             self._arm_next(name)
