@@ -50,10 +50,12 @@ the same work, as a client retrying unacknowledged calls would.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import trio
@@ -183,6 +185,12 @@ class Acks:
     results: dict[str, tuple[Any, int]] = field(default_factory=dict)  # id -> (value, tick)
     ticks: int = 0  # orders results and restart calls
     publishes: set[tuple[str, str]] = field(default_factory=set)  # (id, event key)
+    # schedules and debounce: name -> the latest time through which every
+    # tick was acknowledged started and finished; debounced id -> the
+    # highest call number acknowledged with that id
+    ticked: dict[str, int] = field(default_factory=dict)
+    scheduled: dict[str, int] = field(default_factory=dict)  # name -> earliest call's return
+    debounced: dict[str, int] = field(default_factory=dict)
 
     def tick(self) -> int:
         self.ticks += 1
@@ -195,7 +203,16 @@ class Acks:
     def count(self) -> int:
         return (len(self.invokes) + len(self.steps) + len(self.signals) + len(self.cancels)
                 + len(self.forgets) + len(self.restarts) + len(self.results)
-                + len(self.publishes))
+                + len(self.publishes) + len(self.ticked) + len(self.debounced))
+
+    def on_ticked(self, name: str, end_ms: int) -> None:
+        self.ticked[name] = max(end_ms, self.ticked.get(name, end_ms))
+
+    def on_scheduled(self, name: str, at_ms: int) -> None:
+        self.scheduled[name] = min(at_ms, self.scheduled.get(name, at_ms))
+
+    def on_debounce(self, instance: str, call: int) -> None:
+        self.debounced[instance] = max(call, self.debounced.get(instance, call))
 
     @staticmethod
     def line(kind: str, *fields: object) -> str:
@@ -217,6 +234,12 @@ class Acks:
             self.cancels.add(args[0])
         elif kind == "publish":
             self.publishes.add((args[0], args[1]))
+        elif kind == "ticked":
+            self.on_ticked(args[0], int(args[1]))
+        elif kind == "scheduled":
+            self.on_scheduled(args[0], int(args[1]))
+        elif kind == "debounce":
+            self.on_debounce(args[0], int(args[1]))
         else:
             return False
         return True
@@ -232,6 +255,15 @@ def collect(acks: Acks) -> AckSink:
     def sink(kind: str, *fields: object) -> None:
         if kind == "publish":
             acks.publishes.add((str(fields[0]), str(fields[1])))
+            return
+        if kind == "ticked":
+            acks.on_ticked(str(fields[0]), int(fields[1]))  # type: ignore[call-overload]
+            return
+        if kind == "debounce":
+            acks.on_debounce(str(fields[0]), int(fields[1]))  # type: ignore[call-overload]
+            return
+        if kind == "scheduled":
+            acks.on_scheduled(str(fields[0]), int(fields[1]))  # type: ignore[call-overload]
             return
         assert kind == "step"
         instance, key, pos = fields
@@ -366,7 +398,7 @@ async def until_settled(engine: Engine, instance_id: str) -> str:
 
 # -- the in-memory operations (CrashMonkey style) -----------------------------
 
-OPS = ("invoke", "step", "signal", "timer", "cancel", "forget", "child")
+OPS = ("invoke", "step", "signal", "timer", "cancel", "forget", "child", "schedule")
 TIMER_SECONDS = 30.0
 WAITING_FOR_SIGNAL = ("suspended", "waiting")  # "waiting": beside a timer (``remind``)
 OP_SPECS: dict[str, Spec] = {
@@ -377,7 +409,9 @@ OP_SPECS: dict[str, Spec] = {
     "cancel": {"steps": 1, "hold": True},
     "forget": {"steps": 1, "amo": True},  # its own instance when nothing came before
     "child": {"steps": 1, "child": True, "fan": 3},  # a child, then a fan-out of three
+    "schedule": {},  # no instance of its own: a schedule and a debounce burst (drive_timed)
 }
+POLL_VIRTUAL = 1.0  # how often a driver looks for starts made by time (MockClock seconds)
 
 
 def op_plan(ops: Iterable[str]) -> list[tuple[str, str, Spec]]:
@@ -390,7 +424,7 @@ def op_plan(ops: Iterable[str]) -> list[tuple[str, str, Spec]]:
             continue
         iid = f"{op}{k}"
         plan.append((op, iid, OP_SPECS[op]))
-        if op != "cancel":
+        if op not in ("cancel", "schedule"):
             finished = iid
     return plan
 
@@ -405,6 +439,10 @@ async def run_ops(
 ) -> None:
     """Run the operations in order, each to its end (see the module comment)."""
     for op, iid, spec in op_plan(ops):
+        if op == "schedule":  # the schedule and the debounce key are named after the op
+            calls = [acks.tick() for _ in range(BURST)]
+            await drive_timed(engine, iid, iid, calls, collect(acks), poll=POLL_VIRTUAL)
+            continue
         if op == "forget" and not spec:
             await _forget_restart(engine, iid, acks, ledger, redo)
             continue
@@ -457,6 +495,76 @@ async def _forget_restart(
     await _finish(engine, iid, acks)
 
 
+# -- schedules and debounce: the driver ---------------------------------------
+
+TICK_CRON = "* * * * *"  # a tick a minute
+MINUTE_MS = 60_000
+TIMED_SPEC: Spec = {"steps": 1}  # what every tick and debounced start runs
+DEBOUNCE_DELAY = 5.0  # seconds
+BURST = 3  # debounce calls a driver makes in a row
+TICK_SPAN = 90.0  # seconds of ticks a driver waits for after its calls (over a minute)
+
+
+def timed_kind(instance_id: str) -> tuple[str, str, int] | None:
+    """("tick", schedule name, tick ms) or ("debounce", key, n) for an id a
+    schedule or a debounce of ``mixed`` made; None for any other."""
+    name, at, when = instance_id.partition("@")
+    if at:
+        try:
+            tick = datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return "tick", name, int(tick.timestamp()) * 1000
+    parts = instance_id.split("~")
+    if len(parts) == 3 and parts[0] == WORKFLOW and parts[2].isdigit():
+        return "debounce", parts[1], int(parts[2])
+    return None
+
+
+async def drive_timed(engine: Engine, name: str, key: str, calls: Iterable[int],
+                      sink: AckSink, *, poll: float, span: float = TICK_SPAN) -> None:
+    """Schedule ``name`` and a debounce burst on ``key``, each to its end.
+
+    Sets the schedule (a tick a minute, ``catch_up``: every lifetime calls
+    it with the same arguments, and only the first call writes), then
+    debounces once per number in ``calls`` (each input carries its call
+    number; ``sink("debounce", id, call)`` acknowledges each), then waits
+    until every tick up to ``span`` seconds after has started and every
+    debounced start of ``key`` exists, waits for those instances, and
+    acknowledges ``sink("ticked", name, end_ms)``. Waiting for a start
+    looks every ``poll`` seconds (nothing signals a start made by time).
+    """
+    await engine.schedule(name, WORKFLOW, cron=TICK_CRON, input=TIMED_SPEC, catch_up=True)
+    sink("scheduled", name, engine._host.now_ms())  # it was set at this time or before
+    last = 0
+    for call in calls:
+        iid = await engine.debounce(WORKFLOW, key, delay=DEBOUNCE_DELAY,
+                                    input={**TIMED_SPEC, "call": call})
+        sink("debounce", iid, call)
+        last = max(last, timed_kind(iid)[2])  # type: ignore[index]
+    end = engine._host.now_ms() + round(span * 1000)
+
+    def started() -> bool:
+        ours = [s for s in engine.schedules() if s.name == name]
+        nxt = ours[0].next_tick if ours else None
+        if nxt is not None and nxt.timestamp() * 1000 <= end:
+            return False
+        ids = {s.instance_id for s in engine.instances()}
+        return all(f"{WORKFLOW}~{key}~{n}" in ids for n in range(1, last + 1))
+
+    while not started():  # noqa: ASYNC110 (no event tells a start made by time)
+        await trio.sleep(poll)
+    for status in engine.instances():
+        kind = timed_kind(status.instance_id)
+        if kind is not None and (kind[:2] == ("debounce", key)
+                                 or (kind[:2] == ("tick", name) and kind[2] <= end)):
+            try:
+                await engine.wait(status.instance_id)
+            except WorkflowCancelled:
+                pass
+    sink("ticked", name, end)
+
+
 # -- the journal as facts, and the check ---------------------------------------
 
 
@@ -476,6 +584,12 @@ class Facts:
     completed: set[str] = field(default_factory=set)
     published: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # -> values
     compacted: bool = False  # some records were rewritten by compaction (seq 0)
+    # schedules and debounce: the ``created`` records of ticks and debounced
+    # starts (how many, and the input of the first), each schedule's set time
+    # (the after_ms of its first schedule_set not rewritten by compaction)
+    timed_created: dict[str, int] = field(default_factory=dict)
+    timed_inputs: dict[str, Any] = field(default_factory=dict)
+    schedule_set: dict[str, int | None] = field(default_factory=dict)
     # the state after the last record: "live", or the finished state and its record
     final: dict[str, tuple[str, RecordView | None]] = field(default_factory=dict)
 
@@ -485,6 +599,7 @@ class Facts:
         for rec in records:
             iid, key = rec.instance, rec.fields.get("key")
             facts.compacted = facts.compacted or rec.seq == 0
+            facts.timed(rec)
             state = facts.final.get(iid, ("live", None))[0]
             if rec.type in ("created", "child_created"):
                 if iid in facts.created and rec.type == "child_created" and rec.seq != 0:
@@ -518,6 +633,19 @@ class Facts:
                     facts.final[iid] = (rec.type, rec)
         return facts
 
+    def timed(self, rec: RecordView) -> None:
+        """Take in a record of schedules and debounce (see ``_check_timed``)."""
+        if rec.type == "schedule_set":
+            name = rec.fields["name"]
+            if name not in self.schedule_set or self.schedule_set[name] is None:
+                self.schedule_set[name] = None if rec.seq == 0 else rec.fields["after_ms"]
+        elif rec.type == "created" and timed_kind(rec.instance) is not None:
+            # A compacted copy (seq 0) stands for the original: not a second one.
+            if rec.instance in self.timed_created and rec.seq != 0:
+                self.timed_created[rec.instance] += 1
+            self.timed_created.setdefault(rec.instance, 1)
+            self.timed_inputs.setdefault(rec.instance, _CODEC.decode(rec.fields["input"]))
+
 
 def check(
     records: list[RecordView],
@@ -536,7 +664,9 @@ def check(
     instance ended as its spec says, with the right result.
     """
     facts = Facts.of(records)
-    problems: list[str] = []
+    problems: list[str] = _check_timed(facts, acks, final=final)
+    # Ticks and debounced starts run the workflow too: their steps are the workload's.
+    everything = {**specs, **facts.timed_inputs}
 
     def lost(what: str, missing: Iterable[Any]) -> None:
         problems.extend(f"acknowledged {what} {m} is not in the journal" for m in sorted(missing))
@@ -553,7 +683,7 @@ def check(
     lost("signal", acks.signals - facts.signalled - set(handed_over))
     lost("cancel", acks.cancels - facts.cancelled)
     lost("publish", acks.publishes - set(facts.published))
-    problems += _check_events(facts, specs)
+    problems += _check_events(facts, everything)
     lost("result of", {
         iid for iid, (_, tick) in acks.results.items()
         if iid not in facts.completed
@@ -572,17 +702,93 @@ def check(
     ledger = [Entry(e.pos, e.instance, e.key.split("@")[0], e.attempt) for e in ledger]
     problems += check_ledger(ledger, acks.steps, AT_MOST_ONCE, acks.forget_calls)
     problems += _check_attempts(attempts, acks.forget_calls)
-    known = {(iid, key) for iid, spec in specs.items() for key in step_keys(spec)}
+    known = {(iid, key) for iid, spec in everything.items() for key in step_keys(spec)}
     problems += [f"ledger entry {e} is no step of the workload"
                  for e in ledger if (e.instance, e.key) not in known]
     if final:
-        problems += _check_final(facts, specs, ledger)
+        problems += _check_final(facts, {**specs, **_timed_due(facts, acks)}, ledger)
         for (iid, key), seen in sorted(attempts.items()):
             recorded = facts.attempts.get((iid, key))
             if recorded is not None and recorded != seen[-1][1]:
                 problems.append(f"{key!r} of {iid}: its step_done says {recorded} attempts, "
                                 f"the ledger's last attempt was {seen[-1][1]}")
     return problems
+
+
+# -- schedules and debounce: the checks ---------------------------------------
+
+
+def _check_timed(facts: Facts, acks: Acks, *, final: bool) -> list[str]:
+    """Ticks and debounced starts: none lost, none twice, the last input.
+
+    Per schedule: each tick's instance created once; the ticks created are
+    consecutive minutes, the first the first minute after the schedule was
+    set (when its first ``schedule_set`` was not rewritten by compaction; at
+    most the minute after an acknowledged ``schedule`` call returned, in any
+    case), and they reach every minute up to the time through which the workload
+    was acknowledged that all ticks had run (``acks.ticked``). Per debounce
+    key: each n created once, the n's 1, 2, ... with no gap; the instance of
+    an acknowledged call exists at the end, and its input is that call's or
+    a later one's (the last input, never an earlier one).
+    """
+    problems = [f"{iid} was created {count} times"
+                for iid, count in sorted(facts.timed_created.items()) if count > 1]
+    ticks: dict[str, list[int]] = {}
+    burst: dict[str, list[int]] = {}
+    for iid in facts.timed_created:
+        kind, name, at = timed_kind(iid)  # type: ignore[misc]
+        (ticks if kind == "tick" else burst).setdefault(name, []).append(at)
+    for name in sorted(set(ticks) | set(acks.scheduled) | set(facts.schedule_set)):
+        got = sorted(ticks.get(name, []))
+        if name not in facts.schedule_set:
+            problems.append(f"schedule {name} (acknowledged, or with ticks {got[:2]}) has no "
+                            "schedule_set in the journal")
+        problems += [f"schedule {name}: ticks between {_utc(a)} and {_utc(b)} were lost"
+                     for a, b in itertools.pairwise(got) if b - a != MINUTE_MS]
+        set_ms = facts.schedule_set.get(name)
+        if set_ms is not None and got and got[0] != _next_minute(set_ms):
+            problems.append(f"schedule {name} set at {_utc(set_ms)}: its first tick is "
+                            f"{_utc(got[0])}, not {_utc(_next_minute(set_ms))}")
+        by = acks.scheduled.get(name)  # set by then: its first tick is at most the next minute
+        if by is not None and got and got[0] > _next_minute(by):
+            problems.append(f"schedule {name} was set by {_utc(by)}: its first tick is "
+                            f"{_utc(got[0])}, the ticks from {_utc(_next_minute(by))} were lost")
+        end = acks.ticked.get(name)
+        if end is not None and (not got or got[-1] < end - end % MINUTE_MS):
+            problems.append(f"schedule {name}: ticks through {_utc(end)} were acknowledged, "
+                            f"the last created is {_utc(got[-1]) if got else 'none'}")
+    for key, ns in sorted(burst.items()):
+        if sorted(ns) != list(range(1, len(ns) + 1)):
+            problems.append(f"debounce {key}: starts {sorted(ns)} are not 1..{len(ns)}")
+    for iid, call in sorted(acks.debounced.items()):
+        if iid not in facts.timed_inputs:
+            if final:
+                problems.append(f"acknowledged debounce {iid} (call {call}) never started")
+            continue
+        got_call = facts.timed_inputs[iid].get("call", -1)
+        if got_call < call:
+            problems.append(f"{iid} started with the input of call {got_call}, but call "
+                            f"{call} was acknowledged with that id: not the last input")
+    return problems
+
+
+def _timed_due(facts: Facts, acks: Acks) -> dict[str, Spec]:
+    """The ticks and debounced starts that must have finished at the end:
+    every debounced start, and every tick up to its acknowledged time."""
+    due = {}
+    for iid, spec in facts.timed_inputs.items():
+        kind, name, at = timed_kind(iid)  # type: ignore[misc]
+        if kind == "debounce" or at <= acks.ticked.get(name, -1):
+            due[iid] = spec
+    return due
+
+
+def _next_minute(ms: int) -> int:
+    return (ms // MINUTE_MS + 1) * MINUTE_MS
+
+
+def _utc(ms: int) -> str:
+    return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):%H:%M:%S.%f}"[:-3]
 
 
 def _attempts(ledger: list[Entry]) -> dict[tuple[str, str], list[tuple[int, int]]]:

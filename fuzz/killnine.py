@@ -66,6 +66,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,18 +75,22 @@ from _forking import in_workers
 from _ledger import FileLedger, read_file_ledger
 from _summary import finish
 from _workload import (
+    BURST,
     WORKFLOW,
     Acks,
     Spec,
     check,
+    drive_timed,
     make_workflow,
     payload_for,
+    timed_kind,
     until_settled,
     with_children,
 )
 from memable_log_tools import send_signal  # type: ignore[import-not-found,unused-ignore]
 
 from memable_log import (
+    Clock,
     Engine,
     JournalLocked,
     NotAJournal,
@@ -108,6 +113,9 @@ TOOL_POINTS = (
 POINT_REACH = {"writer.torn-write": 30, "writer.before-fsync": 30, "writer.after-fsync": 30,
                "roll.after-seal": 2, "roll.after-temp-create": 2}
 MEMABLE_SIGNAL = str(Path(sys.executable).with_name("memable-signal"))
+TIMED_SHARE = 0.5  # iterations that also run a schedule and a debounce burst
+FAST = 240.0  # their wall clock runs this many times real time: a tick every 0.25 s
+SCHEDULE, DEBOUNCE_KEY = "tick", "burst"
 
 
 # -- the plan -----------------------------------------------------------------
@@ -151,11 +159,32 @@ def make_plan(rng: random.Random) -> list[dict[str, Any]]:
 # -- the child ----------------------------------------------------------------
 
 
+class FastClock(Clock):
+    """Wall time running FAST times real time since ``t0`` (the iteration's
+    start, the same in every lifetime: time goes on across kills), so a
+    schedule's minute ticks come a few times a second. Its sleeps until a
+    wall time are the real time that takes (Clock's re-aimed sleep would
+    wake up to FAST seconds late)."""
+
+    def __init__(self, t0: float) -> None:
+        super().__init__(wall=lambda: t0 + (time.time() - t0) * FAST)
+
+    async def sleep_until(self, wall: float) -> None:
+        left = wall - self.now()
+        if left <= 0:
+            await trio.lowlevel.checkpoint()
+        while left > 0:
+            await trio.sleep(min(left / FAST, 0.05))
+            left = wall - self.now()
+
+
+
 def _say(line: str) -> None:
     os.write(1, (line + "\n").encode())  # unbuffered: a SIGKILL loses nothing said
 
 
-async def _child(journal: str, ledger_path: str, life: int, plan: list[dict[str, Any]]) -> None:
+async def _child(journal: str, ledger_path: str, life: int, plan: list[dict[str, Any]],
+                 timed: float | None) -> None:
     ledger = FileLedger(ledger_path, attempt=str(life))
 
     def sink(kind: str, *fields: object) -> None:
@@ -163,8 +192,10 @@ async def _child(journal: str, ledger_path: str, life: int, plan: list[dict[str,
 
     workflow = make_workflow(ledger, sink)
     while True:
-        engine = (Engine.builder().open(journal).segment_size(SEGMENT_SIZE).retention(None)
-                  .build())
+        builder = Engine.builder().open(journal).segment_size(SEGMENT_SIZE).retention(None)
+        if timed is not None:
+            builder = builder.clock(FastClock(timed))
+        engine = builder.build()
         engine.register(WORKFLOW, workflow)
         try:
             async with engine:
@@ -172,6 +203,10 @@ async def _child(journal: str, ledger_path: str, life: int, plan: list[dict[str,
                 async with trio.open_nursery() as nursery:
                     for inst in plan:
                         nursery.start_soon(_drive, engine, inst)
+                    if timed is not None:  # call numbers: unique across lifetimes
+                        calls = [life * 100 + j for j in range(BURST)]
+                        nursery.start_soon(partial(drive_timed, engine, SCHEDULE, DEBOUNCE_KEY,
+                                                   calls, sink, poll=0.005))
             _say("ALLDONE")
             return
         except JournalLocked:
@@ -203,11 +238,11 @@ async def _drive(engine: Engine, inst: dict[str, Any]) -> None:
 
 
 def _child_entry(journal: str, ledger: str, life: int, plan: list[dict[str, Any]],
-                 point: tuple[str, int] | None) -> int:
+                 point: tuple[str, int] | None, timed: float | None) -> int:
     if point is not None:
         cp.arm(*point)
     try:
-        trio.run(_child, journal, ledger, life, plan)
+        trio.run(_child, journal, ledger, life, plan, timed)
         return 0
     except BaseException:
         traceback.print_exc()
@@ -304,6 +339,11 @@ class Iteration:
         self.journal = os.path.join(self.dir, "journal")
         self.ledger = os.path.join(self.dir, "ledger")
         self.plan = make_plan(self.rng)
+        # A schedule and a debounce burst in some iterations, drawn from a
+        # generator of their own (earlier seeds' plans stay what they were),
+        # on a fast clock whose time starts now.
+        timed = random.Random(f"timed-{seed}-{index}").random() < TIMED_SHARE
+        self.timed = time.time() if timed else None
         self.specs = with_children({inst["id"]: inst["spec"] for inst in self.plan})
         self.acks = Acks()
         self.stats = stats
@@ -328,7 +368,9 @@ class Iteration:
         self.stats.iterations += 1
         self.stats.acks.update(invoke=len(self.acks.invokes), step=len(self.acks.steps),
                                signal=len(self.acks.signals), cancel=len(self.acks.cancels),
-                               publish=len(self.acks.publishes))
+                               publish=len(self.acks.publishes),
+                               debounce=len(self.acks.debounced),
+                               ticked=len(self.acks.ticked))
         return [f"{self.name}: {p}" for p in self.problems]
 
     def _life(self, life: int, final: bool) -> bool:
@@ -343,7 +385,7 @@ class Iteration:
         kill_after_acks = self.rng.randint(1, 25) if mode == "ack" else None
         read_fd, write_fd = os.pipe()
         pid = _fork(_child_entry, self.journal, self.ledger, life, self.plan, point,
-                    stdout=write_fd, stderr=write_fd)
+                    self.timed, stdout=write_fd, stderr=write_fd)
         os.close(write_fd)
         self.stats.lives += 1
         output = b""
@@ -406,6 +448,12 @@ class Iteration:
         self.acks.signals |= acks.signals
         self.acks.cancels |= acks.cancels
         self.acks.publishes |= acks.publishes
+        for name, end in acks.ticked.items():
+            self.acks.on_ticked(name, end)
+        for name, at in acks.scheduled.items():
+            self.acks.on_scheduled(name, at)
+        for iid, call in acks.debounced.items():
+            self.acks.on_debounce(iid, call)
 
     def _deliver(self) -> None:
         """Try once to deliver one owed signal with memable-signal."""
@@ -456,6 +504,11 @@ class Iteration:
             self.problems.append(f"{where}: hand-overs left in the inbox: {sorted(waiting)}")
         found = check(records, self.acks, read_file_ledger(self.ledger), self.specs,
                       final=final, handed_over=waiting)
+        if final:  # what the schedules and debounce bursts started
+            for rec in records:
+                kind = timed_kind(rec.instance) if rec.type == "created" else None
+                if kind is not None:
+                    self.stats.acks[f"{kind[0]}_started"] += 1
         self.problems += [f"{where}: {p}" for p in found]
 
 

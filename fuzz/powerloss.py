@@ -3,7 +3,8 @@
 CrashMonkey-style (most crash-consistency bugs need three operations or
 fewer): a workload is every sequence of up to ``--max-ops`` operations from
 {invoke, step, signal (suspend + signal), timer (on a ManualClock), cancel,
-forget (forget + restart)}, run by an in-memory engine on a MemoryStorage
+forget (forget + restart), child, schedule (a schedule ticking every minute
+and a debounce burst, ``drive_timed``)}, run by an in-memory engine on a MemoryStorage
 (see _workload.py for what each operation does). For each workload:
 
 1. a clean run counts its mutating storage operations, N, and must itself
@@ -277,9 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--json", default=None, help="write the summary here")
+    parser.add_argument("--workload", action="append", default=None,
+                        help="run this workload only, its ops joined by '-' "
+                        f"(e.g. schedule-invoke; ops: {', '.join(OPS)}); repeatable")
     args = parser.parse_args(argv)
     chosen = workloads(args.max_ops)
-    if args.sample is not None:
+    if args.workload:
+        chosen = [tuple(name.split("-")) for name in args.workload]
+        unknown = sorted({op for ops in chosen for op in ops} - set(OPS))
+        if unknown:
+            parser.error(f"unknown op(s) {', '.join(unknown)}; ops: {', '.join(OPS)}")
+    elif args.sample is not None:
         chosen = random.Random(args.seed).sample(chosen, min(args.sample, len(chosen)))
     started = time.monotonic()
     result = campaign(chosen, args.seed, args.jobs,

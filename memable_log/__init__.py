@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._core.status import ErrorInfo as ErrorInfo
     from ._core.status import Event as Event
     from ._core.status import InstanceStatus as InstanceStatus
+    from ._core.status import Schedule as Schedule
     from ._core.status import StepStatus as StepStatus
     from ._core.status import Wait as Wait
     from ._engine.builder import EngineBuilder as EngineBuilder
@@ -67,6 +68,7 @@ _LAZY = {
     "InstanceStatus": "._core.status",
     "ManualClock": "._engine.clock",
     "MemoryStorage": "._storage.memory",
+    "Schedule": "._core.status",
     "Step": "._engine.context",
     "StepStatus": "._core.status",
     "Wait": "._core.status",
@@ -106,6 +108,7 @@ __all__ = [
     "NotSerializable",
     "RecordView",
     "RetryAfter",
+    "Schedule",
     "SignalAlreadyDelivered",
     "SignalRefused",
     "Step",

@@ -186,7 +186,7 @@ class JournalReader(Iterator[RecordView]):
         # index cannot apply it): so does the reader.
         if rec[r.TYPE] == r.CREATED or rec[r.TYPE] == r.CHILD_CREATED:
             self._created.add(rec[r.INSTANCE])
-        elif rec[r.INSTANCE] not in self._created:
+        elif rec[r.INSTANCE] not in self._created and rec[r.TYPE] not in r.ENGINE_LEVEL:
             raise self._corrupt(loc, f"record for unknown instance {rec[r.INSTANCE]!r}")
         return rec, loc
 

@@ -169,6 +169,10 @@ def summary(rec: RecordView) -> str:
             parts.append(f"error={_text(value)}: {message}")
         elif name == "deadline_ms":
             parts.append(f"deadline={c.iso_ms(value)}")
+        elif name in _ENGINE_TIMES and type(value) is int:  # schedules, debounce
+            parts.append(f"{_ENGINE_TIMES[name]}={c.iso_ms(value)}")
+        elif rec.type == "debounce_set" and name == "input" and fields.get("due_ms") is None:
+            parts.append("started")  # the start was made: no input, no due time
         elif name in _STEP_FIELDS:
             shown = _step_field(name, value)
             if shown and not (name == "started_ms" and value == rec.ts_ms):
@@ -196,6 +200,9 @@ def summary(rec: RecordView) -> str:
             parts.append(f"{name}={value!r}")
     return " ".join(parts)
 
+
+# Times in engine-level records (schedule_set, schedule_ticked, debounce_set).
+_ENGINE_TIMES = {"after_ms": "after", "tick_ms": "tick", "due_ms": "due"}
 
 # Format version 3's step fields (step_done, step_failed, attempt_failed).
 _STEP_FIELDS = frozenset({"started_ms", "attempts", "errors"})

@@ -96,12 +96,14 @@ SYNTHESISED: Final = frozenset({
     r.ATTEMPT_FAILED,
     r.CHILD_CREATED, r.CHILD_STARTED, r.CHILD_ENDED,  # a child's creation; the parent's memo
     r.OPTIONS, r.CANCELLED_FOR,  # an invoke's options; a cancel's reason
+    r.SCHEDULE_SET, r.DEBOUNCE_SET,  # each schedule, each debounce key's latest call
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
     r.RESTARTED, r.SUSPENDED_V1, r.TIMER_SET_V1, r.STATE_IMAGE_V1,
     r.STEP_DONE_V2, r.STEP_FAILED_V2,
     r.QUEUED, r.DEQUEUED,  # in the state image (queued) or the state (running)
+    r.SCHEDULE_REMOVED, r.SCHEDULE_TICKED,  # in the schedules kept, and their after_ms
 })
 
 
@@ -110,6 +112,19 @@ def synthesize(index: Index, read: ReadRecord, drop: Container[str] = ()) -> Ite
     for iid, entry in index.instances.items():
         if iid not in drop:
             yield from _instance_records(iid, entry, read)
+    yield from engine_records(index)
+
+
+def engine_records(index: Index) -> Iterator[list[Any]]:
+    """The engine-level records that rebuild the schedules and debounce
+    tables: a schedule's last tick started is its ``after_ms`` (at that
+    time); a debounce key keeps its latest call. Retention never drops
+    them: a tick's or a debounce's instance may go, its counter stays."""
+    for name, s in index.schedules.items():
+        yield [r.SCHEDULE_SET, 0, s.after_ms, r.ENGINE, name, s.workflow, s.cron, s.input,
+               s.catch_up, s.after_ms]
+    for (workflow, key), d in index.debounces.items():
+        yield [r.DEBOUNCE_SET, 0, d.ts_ms, r.ENGINE, workflow, key, d.n, d.input, d.due_ms]
 
 
 def _instance_records(iid: str, e: InstanceEntry, read: ReadRecord) -> Iterator[list[Any]]:

@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -390,15 +390,49 @@ class InstanceEntry:
         return [key for key, e in steps.items() if type(e) is int and e & 3 == CHILD_AT]
 
 
+# -- engine-level tables: schedules and debounce (SPEC-NEXT §4, time) ---------------
+# Engine-level records (records.ENGINE_LEVEL) belong to no instance; apply
+# keeps their state in two index-wide tables. Their inputs stay inline
+# whatever their size (schedules are few, and engine.schedules() is sync):
+# nothing of them is a location, so compaction never re-points them.
+
+
+class ScheduleEntry(NamedTuple):
+    """A schedule: its ticks strictly after ``after_ms`` are still to start
+    (``after_ms``: when it was set, then each tick started)."""
+
+    workflow: str
+    cron: str
+    input: bytes
+    catch_up: bool
+    after_ms: int
+
+
+class DebounceEntry(NamedTuple):
+    """A debounce key's latest call: its ``n``, and while the start is
+    pending, its input and ``due_ms`` (None once the start was made);
+    ``ts_ms`` is its record's time."""
+
+    n: int
+    input: bytes
+    due_ms: int | None
+    ts_ms: int
+
+
 class Index:
     """(instance, key) -> where the answer is. See the module comment."""
 
-    __slots__ = ("instances", "inline_limit", "records", "_pack", "_keys")
+    __slots__ = ("instances", "inline_limit", "records", "_pack", "_keys",
+                 "schedules", "debounces")
 
     def __init__(self, inline_limit: int = DEFAULT_INLINE_LIMIT) -> None:
         self.instances: dict[str, InstanceEntry] = {}
         self.inline_limit = inline_limit
         self.records = 0
+        # Engine-level tables (above): schedule name -> its entry;
+        # (workflow, debounce key) -> its entry.
+        self.schedules: dict[str, ScheduleEntry] = {}
+        self.debounces: dict[tuple[str, str], DebounceEntry] = {}
         # One packer per index: an index is used by one thread at a time.
         self._pack: Callable[[Any], bytes] = msgpack.Packer().pack
         self._keys: dict[str, bytes] = {}  # a key's msgpack bytes (keys repeat)
@@ -420,6 +454,10 @@ class Index:
         if inst is None:
             if rtype == r.CHILD_CREATED:  # a child's ``created`` (not on the hot path)
                 self._child_created(rec, loc)
+                return
+            engine_level = _ENGINE_APPLY.get(rtype)
+            if engine_level is not None and rec[INSTANCE] == r.ENGINE:
+                engine_level(self, rec)
                 return
             raise r.RecordError(f"record for unknown instance {rec[INSTANCE]!r}")
         inst.updated_ms = rec[TS]
@@ -828,6 +866,35 @@ class Index:
             inst.events.append(event)
 
 
+    # -- engine-level records: schedules and debounce --
+    # A tick for a schedule removed meanwhile changes nothing; a later tick
+    # never moves after_ms back.
+
+    def _schedule_set(self, rec: list[Any]) -> None:
+        self.schedules[rec[r.SCHEDULE_SET_NAME]] = ScheduleEntry(
+            rec[r.SCHEDULE_SET_WORKFLOW], rec[r.SCHEDULE_SET_CRON], rec[r.SCHEDULE_SET_INPUT],
+            rec[r.SCHEDULE_SET_CATCH_UP], rec[r.SCHEDULE_SET_AFTER_MS],
+        )
+
+    def _schedule_removed(self, rec: list[Any]) -> None:
+        self.schedules.pop(rec[r.SCHEDULE_REMOVED_NAME], None)
+
+    def _schedule_ticked(self, rec: list[Any]) -> None:
+        name = rec[r.SCHEDULE_TICKED_NAME]
+        entry = self.schedules.get(name)
+        if entry is not None and rec[r.SCHEDULE_TICKED_TICK_MS] > entry.after_ms:
+            self.schedules[name] = ScheduleEntry(
+                entry.workflow, entry.cron, entry.input, entry.catch_up,
+                rec[r.SCHEDULE_TICKED_TICK_MS],
+            )
+
+    def _debounce_set(self, rec: list[Any]) -> None:
+        self.debounces[rec[r.DEBOUNCE_SET_WORKFLOW], rec[r.DEBOUNCE_SET_DEBOUNCE_KEY]] = (
+            DebounceEntry(rec[r.DEBOUNCE_SET_N], rec[r.DEBOUNCE_SET_INPUT],
+                          rec[r.DEBOUNCE_SET_DUE_MS], rec[TS])
+        )
+
+
 Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int], dict[int, int]]
 """An instance's new locations: (id, input, outcome, steps, signals, events
 by seq); only the entries that are locations (inline values never move)."""
@@ -902,5 +969,12 @@ _APPLY: dict[int, _Apply] = {
     r.DEQUEUED: Index._state_only,
     r.CANCELLED_FOR: Index._cancelled_for,
 }
+# Engine-level record types (records.ENGINE_LEVEL): what apply records.
+_ENGINE_APPLY: dict[int, Callable[[Index, list[Any]], None]] = {
+    r.SCHEDULE_SET: Index._schedule_set,
+    r.SCHEDULE_REMOVED: Index._schedule_removed,
+    r.SCHEDULE_TICKED: Index._schedule_ticked,
+    r.DEBOUNCE_SET: Index._debounce_set,
+}
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
-APPLIED: Final = frozenset({r.CREATED, *_APPLY})
+APPLIED: Final = frozenset({r.CREATED, *_APPLY, *_ENGINE_APPLY})

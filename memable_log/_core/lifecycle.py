@@ -133,6 +133,7 @@ UNCHANGED_BY: Final = frozenset({
     r.STEP_DONE_V2, r.STEP_FAILED_V2, r.ATTEMPT_FAILED,
     r.CHILD_CREATED, r.CHILD_STARTED,  # a child's creation; a child wait's registration
     r.OPTIONS,  # an invoke's options: the index's data (priority, deadline, key)
+    *r.ENGINE_LEVEL,  # schedules and debounce: engine-level, no instance's state
 })
 
 

@@ -53,6 +53,15 @@ OPTIONS: Final = 28  # an invoke's options: priority, timeout's deadline, concur
 QUEUED: Final = 29  # the instance waits for capacity (running -> queued)
 DEQUEUED: Final = 30  # a start out of the queue (queued -> running)
 CANCELLED_FOR: Final = 31  # the instance was cancelled for a reason ("timeout")
+# Issue 15, schedules and debounce (SPEC-NEXT §4, time). Engine-level
+# records: they belong to no instance, and their ``instance`` field is
+# ENGINE (the empty string, which no instance id can be).
+SCHEDULE_SET: Final = 32  # engine.schedule: a schedule, new or replaced
+SCHEDULE_REMOVED: Final = 33  # engine.unschedule
+SCHEDULE_TICKED: Final = 34  # a tick started (its ``created`` is in the same batch)
+DEBOUNCE_SET: Final = 35  # engine.debounce: a start pending; due_ms nil: it was made
+ENGINE: Final = ""  # the ``instance`` field of an engine-level record
+ENGINE_LEVEL: Final = frozenset({SCHEDULE_SET, SCHEDULE_REMOVED, SCHEDULE_TICKED, DEBOUNCE_SET})
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -152,6 +161,20 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
         (("key", (str,)), ("state", (int,)), ("value", (bytes,)), ("error_type", _OPT_STR),
          ("message", _OPT_STR)),
     ),
+    # -- schedules and debounce (engine-level: instance ENGINE) --
+    # ``after_ms``: the schedule's ticks strictly after it are still to start.
+    SCHEDULE_SET: (
+        "schedule_set",
+        (("name", (str,)), ("workflow", (str,)), ("cron", (str,)), ("input", (bytes,)),
+         ("catch_up", (bool,)), ("after_ms", (int,))),
+    ),
+    SCHEDULE_REMOVED: ("schedule_removed", (("name", (str,)),)),
+    SCHEDULE_TICKED: ("schedule_ticked", (("name", (str,)), ("tick_ms", (int,)))),
+    DEBOUNCE_SET: (
+        "debounce_set",
+        (("workflow", (str,)), ("debounce_key", (str,)), ("n", (int,)), ("input", (bytes,)),
+         ("due_ms", _OPT_INT)),
+    ),
 }
 
 # Where each field sits in a record list, by name (records stay plain lists
@@ -217,6 +240,20 @@ OPTIONS_PRIORITY: Final = 4
 OPTIONS_DEADLINE: Final = 5
 OPTIONS_CONCURRENCY_KEY: Final = 6
 CANCELLED_FOR_REASON: Final = 4
+SCHEDULE_SET_NAME: Final = 4  # and schedule_removed's, schedule_ticked's name
+SCHEDULE_SET_WORKFLOW: Final = 5
+SCHEDULE_SET_CRON: Final = 6
+SCHEDULE_SET_INPUT: Final = 7
+SCHEDULE_SET_CATCH_UP: Final = 8
+SCHEDULE_SET_AFTER_MS: Final = 9
+SCHEDULE_REMOVED_NAME: Final = 4
+SCHEDULE_TICKED_NAME: Final = 4
+SCHEDULE_TICKED_TICK_MS: Final = 5
+DEBOUNCE_SET_WORKFLOW: Final = 4
+DEBOUNCE_SET_DEBOUNCE_KEY: Final = 5
+DEBOUNCE_SET_N: Final = 6
+DEBOUNCE_SET_INPUT: Final = 7
+DEBOUNCE_SET_DUE_MS: Final = 8
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
@@ -304,11 +341,24 @@ def _check_child_created(rec: list[Any]) -> None:
         raise RecordError("child_created record needs a non-empty parent and key")
 
 
+def _check_engine_level(rec: list[Any]) -> None:
+    """An engine-level record: instance ENGINE, names non-empty, n from 1."""
+    name = TYPE_NAMES[rec[TYPE]]
+    if rec[INSTANCE] != ENGINE:
+        raise RecordError(f"{name} record names instance {rec[INSTANCE]!r}; it belongs to none")
+    if not rec[FIELDS] or (rec[TYPE] in (SCHEDULE_SET, DEBOUNCE_SET) and not rec[FIELDS + 1]):
+        raise RecordError(f"{name} record has an empty name")
+    if rec[TYPE] == DEBOUNCE_SET and (type(rec[DEBOUNCE_SET_N]) is not int
+                                      or rec[DEBOUNCE_SET_N] < 1):
+        raise RecordError(f"debounce_set record has n {rec[DEBOUNCE_SET_N]!r}, not 1 or more")
+
+
 # Record types whose lists or maps ``check`` looks into (or whose values it checks).
 DEEP: Final = {
     PARKED: _check_parked, STATE_IMAGE: _check_image, STATE_IMAGE_V1: _check_image_v1,
     STEP_FAILED: _check_step_failed,
     CHILD_ENDED: _check_child_ended, CHILD_CREATED: _check_child_created,
+    **dict.fromkeys(ENGINE_LEVEL, _check_engine_level),
 }
 
 

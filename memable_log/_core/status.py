@@ -158,3 +158,27 @@ def steps_of(entry: InstanceEntry) -> list[StepStatus]:
             error=None if error is None else ErrorInfo(*error),
         ))
     return out
+
+
+# -- engine.schedules ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """A durable schedule (``engine.schedule``), as the journal records it.
+
+    Each tick of ``cron`` (a 5-field cron expression, in UTC) starts one
+    instance of ``workflow`` with ``input``, whose id is
+    ``f"{name}@{tick:%Y-%m-%dT%H:%M:%SZ}"``. ``next_tick`` is the next tick
+    still to start (UTC; in the past while an overdue one is being started;
+    None if the expression matches nothing any more, or cronsim is not
+    installed). ``catch_up``: whether ticks missed while no engine ran are
+    started at the next start.
+    """
+
+    name: str
+    workflow: str
+    cron: str
+    input: Any
+    catch_up: bool
+    next_tick: datetime | None

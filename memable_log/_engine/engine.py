@@ -57,15 +57,18 @@ from .._core.index import Index
 from .._core.listing import select
 from .._core.records import check_key
 from .._core.signals import check_signal
-from .._core.status import Event, InstanceStatus, StepStatus, status_of, steps_of
+from .._core.status import Event, InstanceStatus, Schedule, StepStatus, status_of, steps_of
 from .capacity import Limits
 from .children import Children
 from .clock import Clock
+from .debounce import Debouncer
 from .events import EventStream, StatusWatch, event
 from .flow import FlowControl
 from .host import Host, Workflow
 from .retry import RetryPolicy
 from .runner import run_instance
+from .schedules import Schedules
+from .timed import ENGINE_TIMER
 from .timers import TimerQueue
 
 if TYPE_CHECKING:
@@ -120,6 +123,9 @@ class Engine:
         # The thread the engine runs in (while it runs): every call must
         # come from it (``_here``).
         self._thread: int | None = None
+        # Schedules and debounce (SPEC-NEXT §4, time): engine-level starts.
+        self._schedules = Schedules(self._host, self._start)
+        self._debounce = Debouncer(self._host, self._start)
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -203,6 +209,9 @@ class Engine:
                 self._resume_all()
             else:
                 self._report_not_resumed()
+            now = host.now_ms()
+            self._schedules.started(self._nursery, self._timers, now, self._resume_on_start)
+            self._debounce.started(self._nursery, self._timers, self._resume_on_start)
             await self._nursery.start(backend.serve, self)
         except BaseException as exc:
             # Close the nursery and the backend, or trio's nursery stack is
@@ -280,6 +289,8 @@ class Engine:
             self._nursery = None
             self._timers = None
             self._flow.close()
+            self._schedules.end()
+            self._debounce.end()
             self._orphans.clear()
             trio.lowlevel.remove_instrument(self._host.exits)
             self._thread = None
@@ -312,6 +323,11 @@ class Engine:
         )
 
     def _on_deadline(self, instance_id: str, deadline_ms: int) -> None:
+        if instance_id == ENGINE_TIMER:  # a tick or a debounced start (timed.py)
+            now = self._host.now_ms()
+            self._schedules.fire(now)
+            self._debounce.fire(now)
+            return
         entry = self._host.index.instances.get(instance_id)
         if entry is not None and entry.state in lc.PARKED and entry.deadline_ms == deadline_ms:
             self._start(instance_id)
@@ -581,6 +597,55 @@ class Engine:
         logger.info("instance %s: timer %r woken", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
         self._wait_ended(instance_id, key)
+
+    # -- schedules and debounce (schedules.py, debounce.py) --
+
+    async def schedule(
+        self, name: str, workflow: str, *, cron: str, input: Any = None, catch_up: bool = False
+    ) -> None:
+        """Durably schedule ``workflow``: each tick of ``cron`` (5-field, UTC)
+        starts one instance with ``input``, id ``f"{name}@{tick:%Y-%m-%dT%H:%M:%SZ}"``.
+
+        A tick never runs twice, also across restarts. Ticks that fell while
+        no engine ran are skipped, or with ``catch_up=True`` all started at
+        the next start, oldest first. An existing schedule of that name is
+        replaced (its ticks from now on), unless every argument is the same:
+        then nothing is written and its ticks go on. Needs the ``cron``
+        extra (EngineError without it). Raises UnknownWorkflow, ValueError
+        (a bad cron expression, a name with characters not allowed in an
+        instance id) and NotSerializable; in each case nothing is written.
+        """
+        self._here()
+        await self._schedules.schedule(name, workflow, cron, input, catch_up)
+
+    async def unschedule(self, name: str) -> None:
+        """Durably remove schedule ``name``: no tick of it starts any more
+        (EngineError, nothing written, if there is no such schedule)."""
+        self._here()
+        await self._schedules.unschedule(name)
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by name, with its next tick."""
+        self._here()
+        return self._schedules.list()
+
+    async def debounce(
+        self, workflow: str, key: str, *, delay: float, input: Any = None
+    ) -> str:
+        """Start one instance of ``workflow`` once ``delay`` seconds pass with
+        no further call for the same ``key``; return its id,
+        ``f"{workflow}~{key}~{n}"`` (``n`` from 1 per key).
+
+        A call while a start is pending replaces its input, pushes the start
+        back to ``delay`` from now and returns the same id; the first call
+        after a start begins the next ``n``. Durable: a restart keeps the
+        pending start (started at once if it is overdue). Raises
+        UnknownWorkflow, TypeError/ValueError (a key with characters not
+        allowed in an instance id, ``delay`` not above 0) and
+        NotSerializable; in each case nothing is written.
+        """
+        self._here()
+        return await self._debounce.debounce(workflow, key, delay, input)
 
     async def cancel(self, instance_id: str) -> None:
         """Durably mark the instance cancelled and stop it if it runs.

@@ -397,7 +397,7 @@ class JournalFollower(Iterator[RecordView]):
                 if created is not None:
                     if rec[r.TYPE] == r.CREATED or rec[r.TYPE] == r.CHILD_CREATED:
                         created.add(rec[r.INSTANCE])
-                    elif rec[r.INSTANCE] not in created:
+                    elif rec[r.INSTANCE] not in created and rec[r.TYPE] not in r.ENGINE_LEVEL:
                         raise JournalCorrupt(
                             seg.path, unpack_loc(loc)[1],
                             f"record for unknown instance {rec[r.INSTANCE]!r}",

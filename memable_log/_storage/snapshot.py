@@ -23,7 +23,9 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
                  signals, waits, done_waits, last_seq, events, status_calls,
-                 step meta, tries, parent, flow]}]
+                 step meta, tries, parent, flow]},
+     {"schedules": {name: [workflow, cron, input, catch_up, after_ms]},
+      "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...]}]
 
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
@@ -62,10 +64,12 @@ from .._core.format import (
     unpack_header,
 )
 from .._core.index import (
+    DebounceEntry,
     Entry,
     Index,
     InstanceEntry,
     PublishedEvent,
+    ScheduleEntry,
     ext_hook,
     pack_steps,
     wire,
@@ -112,7 +116,8 @@ def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
             bytes(e.meta), e.tries, e.parent, e.flow,
         )
     body: bytes = msgpack.packb(
-        [VERSION, index.inline_limit, position, segments, list(numbers), instances],
+        [VERSION, index.inline_limit, position, segments, list(numbers), instances,
+         _engine_tables(index)],
         use_bin_type=True,
     )
     return MAGIC + _CRC.pack(zlib.crc32(body)) + body
@@ -167,8 +172,9 @@ def decode_into(
             version = unpacker.unpack() if fields else "?"
             if version != VERSION:
                 raise SnapshotInvalid(f"version {version}")
-            if fields != 6:
-                raise SnapshotInvalid(f"{fields} fields, not 6")
+            if fields != _FIELDS:
+                # 6: written before the engine-level tables (schedules, debounce)
+                raise SnapshotInvalid(f"{fields} fields, not {_FIELDS}")
             inline_limit, position, segments = (unpacker.unpack() for _ in range(3))
         except SnapshotInvalid:
             raise
@@ -182,9 +188,10 @@ def decode_into(
         if on_header is not None:
             on_header(where, covered)
         try:
-            workflows, instances = unpacker.unpack(), unpacker.unpack()
+            workflows, instances, tables = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
         except Exception as exc:
             raise SnapshotInvalid(f"undecodable: {exc}") from None
+        _load_engine_tables(index, tables)
         if type(instances) is not dict or type(workflows) is not tuple:
             raise SnapshotInvalid("malformed")
         names = [sys.intern(w) for w in workflows]
@@ -230,6 +237,42 @@ def decode_into(
     index.instances = instances
     index.records = records
     return where, covered
+
+
+_FIELDS = 7  # the body array's length
+
+
+# -- engine-level tables (schedules, debounce): after the instances map --------------
+# {"schedules": {name: [workflow, cron, input, catch_up, after_ms]},
+#  "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...]}
+
+
+def _engine_tables(index: Index) -> dict[str, Any]:
+    return {
+        "schedules": {name: tuple(e) for name, e in index.schedules.items()},
+        "debounces": [(*key, *e) for key, e in index.debounces.items()],
+    }
+
+
+def _load_engine_tables(index: Index, tables: Any) -> None:
+    """Fill the schedules and debounce tables, every field checked."""
+    if type(tables) is not dict or set(tables) != {"schedules", "debounces"}:
+        raise SnapshotInvalid("malformed engine-level tables")
+    schedules, debounces = tables["schedules"], tables["debounces"]
+    if type(schedules) is not dict or type(debounces) is not tuple:
+        raise SnapshotInvalid("malformed engine-level tables")
+    for name, e in schedules.items():
+        if not (type(name) is str and type(e) is tuple and len(e) == 5 and type(e[0]) is str
+                and type(e[1]) is str and type(e[2]) is bytes and type(e[3]) is bool
+                and type(e[4]) is int):
+            raise SnapshotInvalid(f"schedule {name!r} is malformed")
+        index.schedules[name] = ScheduleEntry(*e)
+    for d in debounces:
+        if not (type(d) is tuple and len(d) == 6 and type(d[0]) is str and type(d[1]) is str
+                and type(d[2]) is int and type(d[3]) is bytes and type(d[4]) in _TIME
+                and type(d[5]) is int):
+            raise SnapshotInvalid(f"debounce entry {d!r:.80} is malformed")
+        index.debounces[d[0], d[1]] = DebounceEntry(*d[2:])
 
 
 _VALUE = frozenset({bytes, int})  # a blob, or where its record is
@@ -370,6 +413,8 @@ def load(storage: Storage, index: Index) -> Resume | None:
     except (SnapshotInvalid, OSError, ValueError, TypeError, KeyError, IndexError):
         index.instances = {}
         index.records = 0
+        index.schedules = {}
+        index.debounces = {}
         return None
 
 

@@ -57,8 +57,13 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.CHILD_ENDED: (key, lc.COMPLETED, b"v", None, None),
         r.OPTIONS: (5, 9_000, "tenant"), r.QUEUED: (), r.DEQUEUED: (),
         r.CANCELLED_FOR: ("timeout",),
+        # engine-level (instance r.ENGINE): schedules and debounce
+        r.SCHEDULE_SET: ("nightly", "wf", "0 3 * * *", b"in", False, 1_000),
+        r.SCHEDULE_REMOVED: ("nightly",), r.SCHEDULE_TICKED: ("nightly", 60_000),
+        r.DEBOUNCE_SET: ("wf", key, 1, b"in", 9_000),
     }
-    return r.check(record(rtype, *fields[rtype]))
+    instance = r.ENGINE if rtype in r.ENGINE_LEVEL else "i"
+    return r.check(record(rtype, *fields[rtype], instance=instance))
 
 
 def an_index(*records: list[Any]) -> ix.Index:

@@ -62,7 +62,9 @@ def named_field(constant: str) -> tuple[int, str]:
 
 def sample(rtype: int) -> list[Any]:
     """A well-formed record of ``rtype`` whose fields all differ."""
-    values: dict[type, Any] = {str: "s", bytes: b"b", int: 1, dict: {}, list: ["k"]}
+    values: dict[type, Any] = {
+        str: "s", bytes: b"b", int: 1, dict: {}, list: ["k"], bool: True,
+    }
     fields = []
     for i, (_, allowed) in enumerate(r.SCHEMA[rtype][1]):
         value = values[allowed[0]]
@@ -75,7 +77,8 @@ def sample(rtype: int) -> list[Any]:
         fields[-1] = [["E", "m"]]
     if rtype == r.CHILD_ENDED:
         fields[1] = lc.COMPLETED
-    return r.check(r.make(rtype, 123, "inst", *fields))
+    instance = r.ENGINE if rtype in r.ENGINE_LEVEL else "inst"  # schedules, debounce
+    return r.check(r.make(rtype, 123, instance, *fields))
 
 
 # -- field names ----------------------------------------------------------------------

@@ -607,7 +607,8 @@ def test_doc_example_hex_is_a_real_journal(tmp_path: Path) -> None:
 def test_doc_record_table_matches_the_schema() -> None:
     text = DOC.read_text()
     table = text.split("<!-- record-types -->", 1)[1].strip().split("\n\n", 1)[0]
-    names = {str: "str", bytes: "blob", int: "int", type(None): "nil", dict: "map", list: "array"}
+    names = {str: "str", bytes: "blob", int: "int", type(None): "nil", dict: "map", list: "array",
+             bool: "bool"}
     rows = {}
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]

@@ -50,6 +50,7 @@ _FIELD_VALUES: dict[type, st.SearchStrategy[Any]] = {
         0, 1, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, 99, [0, None, None], [1, 5, "s"], [2, 1, None],
     ]), max_size=2),
     list: st.lists(small_text, max_size=3),
+    bool: st.booleans(),  # schedule_set's catch_up
 }
 
 
@@ -61,7 +62,10 @@ def well_typed(draw: st.DrawFn) -> list[Any]:
               for _, allowed in r.SCHEMA[rtype][1]]
     if rtype in (r.STATE_IMAGE, r.STATE_IMAGE_V1):
         fields[0] = draw(st.integers(-1, 8))
-    return [rtype, 0, draw(ints), draw(small_text), *fields]
+    # An engine-level record (schedules, debounce) mostly names no instance.
+    instance = draw(st.sampled_from([r.ENGINE, r.ENGINE, "i"]) if rtype in r.ENGINE_LEVEL
+                    else small_text)
+    return [rtype, 0, draw(ints), instance, *fields]
 
 
 @st.composite

@@ -107,6 +107,11 @@ def answers(index: Index, read: Read) -> Answers:
             # engine.steps's times, and a step's failed attempts awaiting its outcome
             "step_meta": ix.step_meta(e.created_ms, e.steps, e.meta), "tries": e.tries,
         }
+    if index.schedules or index.debounces:
+        # Engine-level tables, under the id their records carry (r.ENGINE,
+        # which no instance has): never finished, so never dropped.
+        out[r.ENGINE] = {"state": "engine-level", "schedules": dict(index.schedules),
+                         "debounces": dict(index.debounces)}
     return out
 
 
@@ -190,6 +195,8 @@ class History:
         self.now = start_ms
         self.records: list[list[Any]] = []
         self.insts: dict[str, _Inst] = {}
+        # Engine-level: debounce key -> (n, pending); schedule names set.
+        self.debounced: dict[str, tuple[int, bool]] = {}
         self._blobs = 0
         self._legacy = legacy  # ops left that write version 1 records
 
@@ -218,6 +225,8 @@ class History:
             self.insts[iid] = _Inst()
             self._emit(r.CREATED, iid, f"wf{which % 2}", self.blob(large=extra == 3))
             self._flow(iid, self.insts[iid], which, key, extra)
+            if key % 4 == 3:
+                self._engine_level(which, extra)
             return
         iid = sorted(self.insts)[which % len(self.insts)]
         inst = self.insts[iid]
@@ -229,6 +238,27 @@ class History:
             self._parked(iid, inst, code // 9, key, extra, legacy)
         else:
             self._finished(iid, inst, code // 9, key, extra)
+
+    def _engine_level(self, which: int, extra: int) -> None:
+        """A schedule set, ticked or removed; a debounce call or its start
+        (a tick's or a start's ``created`` is the one just written)."""
+        name, key = f"s{which % 2}", f"k{which % 3}"
+        n, pending = self.debounced.get(key, (0, False))
+        if extra == 0:
+            self._emit(r.SCHEDULE_SET, r.ENGINE, name, "wf0", "*/5 * * * *",
+                       self.blob(large=which >= 4), which % 2 == 1, self.now)
+        elif extra == 1:  # also for a name never set or removed: changes nothing
+            self._emit(r.SCHEDULE_TICKED, r.ENGINE, name, self.now - which)
+        elif extra == 2 or not pending:
+            n = n if pending else n + 1
+            self.debounced[key] = (n, True)
+            self._emit(r.DEBOUNCE_SET, r.ENGINE, "wf1", key, n,
+                       self.blob(large=which >= 4), self.now + 1000)
+        else:
+            self.debounced[key] = (n, False)
+            self._emit(r.DEBOUNCE_SET, r.ENGINE, "wf1", key, n, b"", None)
+            if which % 2:
+                self._emit(r.SCHEDULE_REMOVED, r.ENGINE, name)
 
     # One method per state: what the engine could write next for the instance.
 
