@@ -499,7 +499,7 @@ async def _forget_restart(
 
 TICK_CRON = "* * * * *"  # a tick a minute
 MINUTE_MS = 60_000
-TIMED_SPEC: Spec = {"steps": 1}  # what every tick and debounced start runs
+TIMED_SPEC: Spec = {}  # what every tick and debounced start runs: one step, `last`
 DEBOUNCE_DELAY = 5.0  # seconds
 BURST = 3  # debounce calls a driver makes in a row
 TICK_SPAN = 90.0  # seconds of ticks a driver waits for after its calls (over a minute)
@@ -552,7 +552,10 @@ async def drive_timed(engine: Engine, name: str, key: str, calls: Iterable[int],
         ids = {s.instance_id for s in engine.instances()}
         return all(f"{WORKFLOW}~{key}~{n}" in ids for n in range(1, last + 1))
 
-    while not started():  # noqa: ASYNC110 (no event tells a start made by time)
+    while not started():  # looks every ``poll``: no event tells a start made by time
+        failed = engine._backend.journal.failed
+        if failed is not None:  # no tick or start can be written any more
+            raise JournalFailed(failed)
         await trio.sleep(poll)
     for status in engine.instances():
         kind = timed_kind(status.instance_id)
