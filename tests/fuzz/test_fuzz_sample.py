@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -148,11 +147,9 @@ def test_killnine_reports_a_planted_lost_write() -> None:
 
 
 def test_powerloss_sample_finds_no_violation() -> None:
-    """Every single operation, and one sequence of three, at every crash
-    point (the full campaign runs every sequence: fuzz/README.md)."""
+    """Every single operation at every crash point (the full campaign runs
+    every sequence of up to three: fuzz/README.md)."""
     chosen = [(op,) for op in workload.OPS]
-    rng = random.Random(SEED)
-    chosen += rng.sample([w for w in powerloss.workloads(3) if len(w) == 3], 1)
     result = powerloss.run_shard(chosen, SEED)
     assert result.violations == []
     assert result.workloads == len(chosen)
@@ -216,9 +213,9 @@ def test_mutation_campaign_reports_a_planted_unbounded_allocation(
 
 
 def test_fault_campaign_finds_no_violation() -> None:
-    """Every fault at every other call of its operation (fuzz/faults.py
+    """Every fault at every third call of its operation (fuzz/faults.py
     tries every call; the full campaign's counts are in fuzz/README.md)."""
-    result = faults.run_sync(stride=2)
+    result = faults.run_sync(stride=3)
     assert result.violations == []
     assert result.outcomes["call-failed"] > 100
     assert result.outcomes["open-failed"] > 0
