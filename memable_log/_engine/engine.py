@@ -155,8 +155,11 @@ class Engine:
         this workflow that run at once (suspended, sleeping and waiting ones
         hold no slot); ``key``, a function of the input returning a str, with
         ``max_running_per_key`` caps them per key; ``rate=(n, seconds)``
-        allows at most ``n`` starts in any ``seconds``. An instance with no
-        slot is ``queued`` until one frees. ``timeout`` (seconds) cancels an
+        allows at most ``n`` starts in any ``seconds``. The limits count
+        every instance of the workflow, whether made by ``invoke``, a
+        schedule, ``debounce`` or a parent (``ctx.child``). An instance with
+        no slot is ``queued`` until one frees; a parent waiting for its
+        children holds none, so children queued behind it run. ``timeout`` (seconds) cancels an
         instance not finished that long after it was created
         (``WorkflowCancelled.reason == "timeout"``). ``retention`` (seconds or
         a timedelta; None keeps the builder's) is how long its finished
@@ -608,7 +611,9 @@ class Engine:
 
         A tick never runs twice, also across restarts. Ticks that fell while
         no engine ran are skipped, or with ``catch_up=True`` all started at
-        the next start, oldest first. An existing schedule of that name is
+        the next start, oldest first; a tick due while the engine ran whose
+        start a crash lost (it is before the journal's last durable record)
+        is started either way. An existing schedule of that name is
         replaced (its ticks from now on), unless every argument is the same:
         then nothing is written and its ticks go on. Needs the ``cron``
         extra (EngineError without it). Raises UnknownWorkflow, ValueError

@@ -251,7 +251,7 @@ class FlowControl:
             return []
         return [r.make(r.DEQUEUED, self._host.now_ms(), nxt)]
 
-    def handed(self, recs: list[list[Any]], written: bool) -> None:
+    def handed(self, recs: list[list[Any]]) -> None:
         """After the outcome batch of ``handoff``: run the instance it
         started, or (the batch not written) put it back in the queue."""
         if not recs:
@@ -261,7 +261,9 @@ class FlowControl:
         if cap is None or iid not in cap.holding:
             return
         entry = host.index.instances.get(iid)
-        if written and entry is not None and entry.state == lc.RUNNING:
+        # By the index, not ``written``: an append cancelled as it committed
+        # may have landed.
+        if entry is not None and entry.state == lc.RUNNING:
             if iid not in host.running and not host.draining and self._nursery is not None:
                 self._run(iid)
             return

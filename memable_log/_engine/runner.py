@@ -57,7 +57,7 @@ class Gate(Protocol):
 
     def handoff(self, iid: str) -> list[list[Any]]: ...
 
-    def handed(self, recs: list[list[Any]], written: bool) -> None: ...
+    def handed(self, recs: list[list[Any]]) -> None: ...
 
 
 async def run_instance(
@@ -192,7 +192,7 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any, gate: 
             await (host.append_many([rec, *hand]) if hand else host.append(rec))
             written = True
     finally:
-        gate.handed(hand, written)
+        gate.handed(hand)
     if not written:
         return
     if rec[r.TYPE] == r.COMPLETED:
