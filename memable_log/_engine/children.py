@@ -257,7 +257,8 @@ class Children:
         reserved = host.reserved
         note = batch[-1]
         parent = note[r.INSTANCE] if note[r.TYPE] == r.CHILD_ENDED else None
-        wake = self._flow.waking(parent, note[r.KEY]) if parent is not None else []
+        # At start (``_quiet``) a parent woken is resumed as a running one is.
+        wake = self._flow.waking(parent, note[r.KEY]) if parent and not self._quiet else []
         events = {mark: trio.Event() for mark in marks}
         reserved.update(events)
         try:

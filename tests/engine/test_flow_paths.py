@@ -329,3 +329,36 @@ async def test_timeouts_and_rate_windows_use_the_engines_one_timer_poller(
         assert await finish(engine, "r") == "rated"  # the window reopened
         await trio.sleep(600)
         assert engine.status("s").state == "cancelled"  # its timeout passed
+
+
+async def test_a_childs_key_and_place_in_the_queue_go_in_its_start_batch(
+    autojump_clock: MockClock,
+) -> None:
+    board = Board()
+    storage = MemoryStorage()
+
+    async def parent(ctx: Context) -> Any:
+        return await ctx.fan_out("kids", "child", ["t1", "t1"])
+
+    async def child(ctx: Context) -> Any:
+        await board.hold(ctx.instance_id, ctx.input)
+        return ctx.input
+
+    engine = memory_engine(storage, ManualClock(START), parent=parent)
+    engine.register("child", child, key=lambda x: x, max_running_per_key=1)
+    async with engine:
+        await engine.invoke("parent", instance_id="p")
+        await wait_all_tasks_blocked()
+        for _ in range(2):
+            (running,) = [s.instance_id for s in engine.instances("running")]
+            board.gate(running).set()
+            await wait_all_tasks_blocked()
+        assert await finish(engine, "p") == ["t1", "t1"]
+    assert board.most["t1"] == 1
+    batch_types = [(rec.type, rec.instance) for rec in records_of(storage)]
+    queued_kid = next(i for t, i in batch_types if t == "queued")
+    at = batch_types.index(("child_created", queued_kid))
+    assert batch_types[at:at + 4] == [
+        ("child_created", queued_kid), ("options", queued_kid), ("queued", queued_kid),
+        ("child_started", "p"),
+    ]
