@@ -7,11 +7,11 @@ queue first records ``dequeued`` (unless a cancel of it is being written:
 ``dequeued`` ever follows its ``cancelled``). It runs the workflow from the
 top with a fresh Context. How the run ends decides what is written:
 
-* it returns: the result is encoded and a ``completed`` record appended;
-* it raises an Exception: a ``failed`` record (type, message, traceback);
-
-either in one batch with the ``dequeued`` of the queued instance its slot
-goes to (``Gate.handoff``), which then runs;
+* it returns: the result is encoded and a ``completed`` record appended,
+  in one batch with the ``dequeued`` of the queued instance its slot goes
+  to, if any (``Gate.handoff``), which then runs;
+* it raises an Exception: a ``failed`` record (type, message, traceback),
+  likewise;
 * it unwinds with ``Unwind`` (every branch waits: waits.py wrote
   ``parked``): nothing more, and the task ends, dropping the workflow's
   frames;
