@@ -15,7 +15,8 @@ then opens the gate and waits for all.
 * plain: a workflow with no limits: N invokes, N runs at once;
 * limited: ``register(..., key=lambda x: x["k"], max_running_per_key=2)``:
   200 run, the rest are queued (``queued`` in the batch of their
-  ``created``) and start as slots free (one ``dequeued`` append each).
+  ``created``) and start as slots free (their ``dequeued`` in the batch of
+  the ``completed`` that freed the slot: no append of their own).
 
 Quoted: per instance, the whole (invoke to finished) of each, and the
 added cost per start (limited - plain), the median over runs. Target

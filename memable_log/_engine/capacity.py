@@ -129,8 +129,10 @@ class _Flow:
 class Capacity:
     """Slots and the queue, for one engine run (see the module comment).
 
-    ``start(instance_id) -> bool`` runs a queued instance the pump chose
-    (False: it is no longer queued, cancelled say; its slot is given back);
+    ``start(instance_id, run) -> bool`` runs a queued instance the pump
+    chose (False: it is no longer queued, cancelled say; its slot is given
+    back); with ``run`` False it only says whether it may (``hand_over``:
+    the caller writes its start in a batch of its own);
     ``wake_at(ms, workflow)`` arms a deadline that calls ``reopen(workflow)``;
     ``now_ms`` is the engine's clock.
     """
@@ -139,7 +141,7 @@ class Capacity:
         self,
         max_running: int | None,
         now_ms: Callable[[], int],
-        start: Callable[[str], bool],
+        start: Callable[[str, bool], bool],
         wake_at: Callable[[int, str], None],
     ) -> None:
         self.total_limit = max_running
@@ -153,6 +155,7 @@ class Capacity:
         self._start = start
         self._wake_at = wake_at
         self._arrival = 0
+        self._hand: list[str] | None = None  # hand_over: the start chosen, not run
 
     def configure(self, workflow: str, limits: Limits) -> None:
         if limits.limited:
@@ -240,9 +243,28 @@ class Capacity:
 
     def release(self, iid: str) -> None:
         """``iid`` no longer runs: its slot is free; start who can."""
+        if self._free(iid):
+            self.pump()
+
+    def hand_over(self, iid: str) -> str | None:
+        """``iid``'s run is ending: free its slot and choose the queued
+        instance that takes it, without starting it (the caller writes its
+        ``dequeued`` with ``iid``'s outcome, then runs it). It holds the
+        slot from now on; None if nobody may take it."""
+        if not self._free(iid):
+            return None
+        self._hand = []
+        try:
+            self.pump()
+            hand = self._hand
+        finally:
+            self._hand = None
+        return hand[0] if hand else None
+
+    def _free(self, iid: str) -> bool:
         held = self.holding.pop(iid, None)
         if held is None:
-            return
+            return False
         flow, group = held
         self._give_back(flow, group)
         self._touch(flow, group)
@@ -251,7 +273,7 @@ class Capacity:
             for other in self.flows.values():
                 if other is not flow and other.heap and other.adv is None:
                     self._touch_flow(other)
-        self.pump()
+        return True
 
     def _give_back(self, flow: _Flow, group: _Group) -> None:
         self.running -= 1
@@ -320,9 +342,12 @@ class Capacity:
             flow.adv = None
 
     def pump(self) -> None:
-        """Start queued instances, best first, while there is room."""
+        """Start queued instances, best first, while there is room (in
+        ``hand_over``: choose one, and stop)."""
         heap = self.heap
         while heap and not self.paused and self._total_open():
+            if self._hand:
+                return  # hand_over chose its one
             order, name = heap[0]
             flow = self.flows[name]
             if flow.adv != order:
@@ -338,7 +363,10 @@ class Capacity:
             _, iid = heapq.heappop(group.heap)
             del self.queued[iid]
             self._take(iid, flow, group)
-            if not self._start(iid):
+            hand = self._hand
+            if hand is not None and self._start(iid, False):
+                hand.append(iid)
+            elif hand is not None or not self._start(iid, True):
                 del self.holding[iid]
                 self._give_back(flow, group)
                 if flow.rate_n:

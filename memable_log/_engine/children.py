@@ -24,6 +24,13 @@ told once.
 
 ``cancel`` writes the instance's ``cancelled`` and every live descendant's
 in one batch, with the parent's ``child_ended`` if the instance is a child.
+
+Flow control (flow.py) decides in the batches themselves: a child's start
+batch is built by ``FlowControl.creation`` (its ``options`` and ``queued``
+after its ``child_created``), and a ``child_ended`` that wakes a parked
+parent with no slot is followed by the parent's ``queued`` in its batch.
+A parent parked on its children holds no slot, so children that queue
+behind it start once it parks, and it queues again when one ends.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .._core import records as r
 from .._core.errors import EngineError, UnknownWorkflow, WorkflowCancelled, WorkflowFailed
 
 if TYPE_CHECKING:
+    from .flow import FlowControl
     from .host import Host
     from .waits import RunWaits
 
@@ -51,9 +59,11 @@ class Children:
     engine's (run an instance; a wait ended, wake or start its instance)."""
 
     def __init__(
-        self, host: Host, start: Callable[[str], None], wait_ended: Callable[[str, str], None]
+        self, host: Host, flow: FlowControl, start: Callable[[str], None],
+        wait_ended: Callable[[str, str], None],
     ) -> None:
         self._host = host
+        self._flow = flow
         self._start = start
         self._ended = wait_ended
         self._quiet = False  # while repairing at start: wake nothing (resume_on_start)
@@ -109,15 +119,20 @@ class Children:
             await self._adopt(parent, key, cid, child)
             return cid
         blob = host.encode(input, f"input of child {key!r} of instance {parent!r}")
+        flow = self._flow
+        ckey = flow.key_of(name, input)
         now = host.now_ms()
-        batch = [
-            r.make(r.CHILD_CREATED, now, cid, name, blob, parent, key),
-            r.make(r.CHILD_STARTED, now, parent, key, cid),
-        ]
+        created = r.make(r.CHILD_CREATED, now, cid, name, blob, parent, key)
+        batch = flow.creation(created, name, ckey)  # + options, + queued with no slot
+        batch.append(r.make(r.CHILD_STARTED, now, parent, key, cid))
         # Shielded: written whole even if the parent is cancelled meanwhile,
         # so the check below sees the child and cancels it.
         with trio.CancelScope(shield=True):
-            await host.append_many(batch)
+            try:
+                await host.append_many(batch)
+            except BaseException:
+                flow.unclaim(cid)
+                raise
             if host.entry(parent).state == lc.CANCELLED:
                 await self.cancel(cid)
         logger.info("instance %s: child %s of %r started", parent, cid, name,
@@ -210,39 +225,52 @@ class Children:
             fields = (lc.CANCELLED, b"", None, None)
         return r.make(r.CHILD_ENDED, self._host.now_ms(), parent, key, *fields)
 
-    async def finish(self, cid: str, outcome: list[Any]) -> None:
+    async def finish(self, cid: str, outcome: list[Any], then: list[list[Any]]) -> bool:
         """Append a child's outcome (``completed`` or ``failed``) and, in the
-        same batch, its parent's ``child_ended``; wake the parent."""
+        same batch, its parent's ``child_ended`` and ``then`` (the start its
+        slot goes to); wake the parent. False if nothing was written (the
+        child was cancelled meanwhile)."""
         host = self._host
         while True:
             child = host.entry(cid)
             if child.state not in lc.LIVE:
-                return  # cancelled meanwhile: its parent was told by the cancel
+                return False  # cancelled meanwhile: its parent was told by the cancel
             mark = (child.parent, cid[len(child.parent) + 1:]) if child.parent else None
             if mark is not None and not await self._reserve([mark]):
                 continue
             note = self._note(cid, child, outcome)
             if note is None or mark is None:
-                await host.append(outcome)
-                return
-            await self._write([outcome, note], [mark])
+                await host.append_many([outcome, *then])
+                return True
+            await self._write([outcome, note], [mark], then)
             self._wait_ended(*mark)
-            return
+            return True
 
-    async def _write(self, batch: list[list[Any]], marks: list[tuple[str, str]]) -> None:
+    async def _write(
+        self, batch: list[list[Any]], marks: list[tuple[str, str]],
+        then: tuple[list[Any], ...] | list[list[Any]] = (),
+    ) -> None:
+        """Append ``batch`` (its last record may be a parent's ``child_ended``)
+        with ``marks`` reserved; the parent's ``queued``, if the note wakes
+        it with no slot, right after the note; then ``then``."""
         host = self._host
         reserved = host.reserved
+        note = batch[-1]
+        parent = note[r.INSTANCE] if note[r.TYPE] == r.CHILD_ENDED else None
+        # At start (``_quiet``) a parent woken is resumed as a running one is.
+        wake = self._flow.waking(parent, note[r.KEY]) if parent and not self._quiet else []
         events = {mark: trio.Event() for mark in marks}
         reserved.update(events)
         try:
-            await host.append_many(batch)
+            await host.append_many([*batch, *wake, *then])
         finally:
             for mark, event in events.items():
                 del reserved[mark]
                 event.set()
-        note = batch[-1]
-        if note[r.TYPE] == r.CHILD_ENDED and note[r.INSTANCE] in host.waits:
-            self._fresh[note[r.INSTANCE], note[r.KEY]] = note
+            if parent is not None:
+                self._flow.woken(parent)
+        if parent is not None and parent in host.waits:
+            self._fresh[parent, note[r.KEY]] = note
 
     async def tell_parent(self, cid: str) -> None:
         """Record a finished child's end in its parent, if not yet recorded."""
@@ -307,7 +335,11 @@ class Children:
             batch = [first] + [r.make(r.CANCELLED, now, cid) for cid in ids[1:]]
             note = self._note(iid, entry, first)
             top = marks[0] if note is not None and entry.parent is not None else None
-            await self._write(batch + ([note] if note is not None else []), marks)
+            self._flow.cancelling(ids)  # none of them starts out of the queue meanwhile
+            try:
+                await self._write(batch + ([note] if note is not None else []), marks)
+            finally:
+                self._flow.cancelled(ids)
             if top is not None:
                 self._wait_ended(*top)
             return ids

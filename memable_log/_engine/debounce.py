@@ -10,7 +10,9 @@ returned either way, so every call of one burst returns the same id.
 
 The due time is a deadline on the engine's poller (timed.py). When it has
 passed with no later call, the start is one batch: the instance's
-``created``, then ``debounce_set`` with the same n and ``due_ms`` nil. A
+``created`` (with its ``options`` and ``queued`` as flow control decides:
+``FlowControl.creation``, as for ``invoke``), then ``debounce_set`` with the
+same n and ``due_ms`` nil. A
 crash before that batch leaves the start pending, and the next start arms
 it again (overdue: at once); after it, the instance exists and the key's
 next call begins a new n. A call and the start of one key are written
@@ -29,6 +31,7 @@ import trio
 
 from .._core import records as r
 from .._core.errors import JournalClosed, JournalFailed, UnknownWorkflow
+from .flow import FlowControl
 from .host import Host
 from .schedules import check_name
 from .timed import KeyedLocks, Timed
@@ -45,9 +48,10 @@ def debounce_id(workflow: str, key: str, n: int) -> str:
 class Debouncer(Timed[DebounceKey]):
     """The engine's debounced starts."""
 
-    def __init__(self, host: Host, start: Callable[[str], None]) -> None:
+    def __init__(self, host: Host, flow: FlowControl, start: Callable[[str], None]) -> None:
         super().__init__()
         self._host = host
+        self._flow = flow
         self._start = start
         self._locks: KeyedLocks[DebounceKey] = KeyedLocks()
 
@@ -108,9 +112,17 @@ class Debouncer(Timed[DebounceKey]):
                 now = host.now_ms()
                 create = instance_id not in host.index.instances
                 recs = [r.make(r.DEBOUNCE_SET, now, r.ENGINE, workflow, key, entry.n, b"", None)]
-                if create:
-                    recs.insert(0, r.make(r.CREATED, now, instance_id, workflow, entry.input))
-                await host.append_many(recs)
+                flow = self._flow
+                if create:  # + options, + queued if capacity gives it no slot
+                    recs[:0] = flow.creation(
+                        r.make(r.CREATED, now, instance_id, workflow, entry.input),
+                        workflow, flow.key_of_blob(workflow, entry.input),
+                    )
+                try:
+                    await host.append_many(recs)
+                except BaseException:
+                    flow.unclaim(instance_id)
+                    raise
         except (JournalFailed, JournalClosed) as exc:
             logger.error("debounce %r %r: start not made: %s", workflow, key, exc)
             return

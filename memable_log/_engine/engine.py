@@ -112,9 +112,10 @@ class Engine:
         self._host = Host(clock, codec, inline_limit)
         self._host.graceful = shutdown_timeout is not None
         self._host.default_retry = default_retry
-        self._host.children = Children(self._host, self._start, self._wait_ended)
-        # Flow control (SPEC-NEXT §4): limits by workflow, slots, the queue, timeouts.
+        # Flow control (SPEC-NEXT §4): limits by workflow, slots, the queue,
+        # timeouts; every path that creates or wakes an instance asks it.
         self._flow = FlowControl(self._host, self._run, self._cancel)
+        self._host.children = Children(self._host, self._flow, self._start, self._wait_ended)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._timers: TimerQueue | None = None
@@ -124,8 +125,8 @@ class Engine:
         # come from it (``_here``).
         self._thread: int | None = None
         # Schedules and debounce (SPEC-NEXT §4, time): engine-level starts.
-        self._schedules = Schedules(self._host, self._start)
-        self._debounce = Debouncer(self._host, self._start)
+        self._schedules = Schedules(self._host, self._flow, self._start)
+        self._debounce = Debouncer(self._host, self._flow, self._start)
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -154,8 +155,11 @@ class Engine:
         this workflow that run at once (suspended, sleeping and waiting ones
         hold no slot); ``key``, a function of the input returning a str, with
         ``max_running_per_key`` caps them per key; ``rate=(n, seconds)``
-        allows at most ``n`` starts in any ``seconds``. An instance with no
-        slot is ``queued`` until one frees. ``timeout`` (seconds) cancels an
+        allows at most ``n`` starts in any ``seconds``. The limits count
+        every instance of the workflow, whether made by ``invoke``, a
+        schedule, ``debounce`` or a parent (``ctx.child``). An instance with
+        no slot is ``queued`` until one frees; a parent waiting for its
+        children holds none, so children queued behind it run. ``timeout`` (seconds) cancels an
         instance not finished that long after it was created
         (``WorkflowCancelled.reason == "timeout"``). ``retention`` (seconds or
         a timedelta; None keeps the builder's) is how long its finished
@@ -203,7 +207,7 @@ class Engine:
         try:
             self._timers = TimerQueue(host.clock, self._on_deadline)
             self._nursery.start_soon(self._timers.run)
-            self._flow.open(self._nursery, self._max_running)
+            self._flow.open(self._nursery, self._timers, self._max_running)
             await self._children().repair()  # what a torn batch of children left
             if self._resume_on_start:
                 self._resume_all()
@@ -319,14 +323,16 @@ class Engine:
         assert self._nursery is not None
         host.running.add(instance_id)
         self._nursery.start_soon(
-            run_instance, host, instance_id, self._after_run, name=f"memable:{instance_id}"
+            run_instance, host, instance_id, self._after_run, self._flow,
+            name=f"memable:{instance_id}",
         )
 
     def _on_deadline(self, instance_id: str, deadline_ms: int) -> None:
-        if instance_id == ENGINE_TIMER:  # a tick or a debounced start (timed.py)
+        if instance_id == ENGINE_TIMER:  # a tick, a debounced start, a flow deadline (timed.py)
             now = self._host.now_ms()
             self._schedules.fire(now)
             self._debounce.fire(now)
+            self._flow.fire(now)
             return
         entry = self._host.index.instances.get(instance_id)
         if entry is not None and entry.state in lc.PARKED and entry.deadline_ms == deadline_ms:
@@ -408,13 +414,10 @@ class Engine:
         flow = self._flow
         key = flow.key_of(name, input)
         now = host.now_ms()
-        batch = [r.make(r.CREATED, now, instance_id, name, blob)]
         deadline = None if timeout is None else now + round(timeout * 1000)
-        if priority or deadline is not None or key is not None:
-            batch.append(r.make(r.OPTIONS, now, instance_id, priority, deadline, key))
-        runs = flow.claim(instance_id, name, key)  # else queued, in the same batch
-        if not runs:
-            batch.append(r.make(r.QUEUED, now, instance_id))
+        batch = flow.creation(  # + options, + queued if it gets no slot
+            r.make(r.CREATED, now, instance_id, name, blob), name, key, priority, deadline
+        )
         self._creating[instance_id] = created = trio.Event()
         try:
             if len(batch) == 1:
@@ -422,7 +425,7 @@ class Engine:
             else:
                 await host.append_many(batch)
         except BaseException:
-            flow.released(instance_id)  # the slot it claimed, if any
+            flow.unclaim(instance_id)  # the slot it claimed, if any
             raise
         finally:
             del self._creating[instance_id]
@@ -552,7 +555,7 @@ class Engine:
             raise JournalFailed(backend.failed)
         check_signal(host.index, workflow, instance_id, key, host.now_ms(), host.reserved)
         blob = host.encode(payload, f"signal {key!r}")
-        await host.append_ending(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
+        await self._flow.append_waking(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
         logger.info("instance %s: signal %r delivered", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
         self._wait_ended(instance_id, key)
@@ -593,7 +596,7 @@ class Engine:
             else:
                 what = "not a timer the instance has reached"
             raise EngineError(f"{where}: key {key!r} is {what}, not a pending timer")
-        await host.append_ending(r.make(r.TIMER_FIRED, host.now_ms(), instance_id, key))
+        await self._flow.append_waking(r.make(r.TIMER_FIRED, host.now_ms(), instance_id, key))
         logger.info("instance %s: timer %r woken", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
         self._wait_ended(instance_id, key)
@@ -608,7 +611,9 @@ class Engine:
 
         A tick never runs twice, also across restarts. Ticks that fell while
         no engine ran are skipped, or with ``catch_up=True`` all started at
-        the next start, oldest first. An existing schedule of that name is
+        the next start, oldest first; a tick due while the engine ran whose
+        start a crash lost (it is before the journal's last durable record)
+        is started either way. An existing schedule of that name is
         replaced (its ticks from now on), unless every argument is the same:
         then nothing is written and its ticks go on. Needs the ``cron``
         extra (EngineError without it). Raises UnknownWorkflow, ValueError
@@ -691,7 +696,7 @@ class Engine:
                 f"instance {instance_id!r} is {lc.STATE_NAMES[entry.state]}; only a completed, "
                 "failed or cancelled instance can be restarted"
             )
-        await host.append(r.make(r.RESTARTED, host.now_ms(), instance_id))
+        await self._flow.append_waking(r.make(r.RESTARTED, host.now_ms(), instance_id), None)
         self._start(instance_id)
 
 

@@ -1,23 +1,41 @@
 """The engine's side of flow control: records, tasks and deadlines around
 capacity.py (which decides, and does no I/O).
 
-Theory of operation (docs/design.md, "Flow control"). The Engine asks
-``admit`` before it runs any instance (``Engine._start``), and ``claim``
-as ``invoke`` builds its batch: an instance that gets no slot at invoke is
-written ``created`` (+ ``options``) + ``queued`` in one batch; one that gets
-none when it wakes or resumes is written ``queued`` by a small task
-(``_queue``; for a parked instance woken by its deadline, in the batch of
-its ``timer_fired`` / ``suspend_timed_out``). Once a ``queued`` record is
-applied the instance enters capacity's queue. ``released`` is called as a
-runner ends (the run finished or parked): capacity starts whom it can.
+Theory of operation (docs/design.md, "Flow control"). Capacity is decided
+here and nowhere else, always *before* the batch that makes an instance
+running is written, so the batch says where it goes:
 
-Deadlines live on one poller of their own (a ``TimerQueue``, the same
-one-task heap the waits use), items tagged by kind: ``"t" + instance`` for
-an instance's timeout, ``"r" + workflow`` for a rate window that reopens.
-An instance's timeout is its ``options`` deadline (``invoke(timeout=)``),
-else its created time plus its workflow's ``timeout``; ``arm`` pushes it at
-invoke and at start, and when it passes on a live instance the engine's
-``cancel`` runs with reason ``"timeout"``.
+* ``creation`` builds the batch that creates an instance, on every path
+  (``invoke``, a schedule's tick, a debounced start, a child): its
+  ``created`` / ``child_created``, its ``options`` (priority, deadline,
+  concurrency key) and ``queued`` if it gets no slot;
+* ``waking`` gives the records that go after a record that makes a parked
+  (or finished: a restart) instance running: ``queued`` if it gets no slot
+  (a deadline's wake is written by the runner's ``end_wait``, with
+  ``queued`` in its batch too);
+* ``handoff`` gives, for the batch of a run's outcome, the ``dequeued`` of
+  the queued instance its slot goes to: the start costs no append of its
+  own.
+
+A slot taken for a batch is given back if the batch is not written
+(``unclaim``, ``woken``, ``handed``). ``admit`` is asked before any
+instance runs (``Engine._start``): an instance woken some other way with
+no slot is written ``queued`` by a small task (``_queue``). Once a
+``queued`` record is applied the instance enters capacity's queue.
+``released`` is called as a runner ends (the run finished or parked):
+capacity starts whom it can; such a start writes its ``dequeued`` in its
+runner. A cancel marks its instances (``cancelling``) while its batch is
+written: none of them is picked out of the queue meanwhile, and a runner
+about to write ``dequeued`` for one does not (``may_dequeue``).
+
+Deadlines (an instance's timeout, a rate window that reopens) are on the
+engine's one timer poller, through a ``Timed`` heap (timed.py) as the
+schedules' are, items tagged by kind: ``"t" + instance`` for a timeout,
+``"r" + workflow`` for a rate window. An instance's timeout is its
+``options`` deadline (``invoke(timeout=)``), else its created time plus its
+workflow's ``timeout``; ``arm`` pushes it at invoke and at start, and when
+it passes on a live instance the engine's ``cancel`` runs with reason
+``"timeout"``.
 """
 
 from __future__ import annotations
@@ -35,6 +53,7 @@ from .._core.index import InstanceEntry
 from .capacity import Capacity, Limits, check_limits
 from .host import Host
 from .runner import end_wait
+from .timed import Timed
 from .timers import TimerQueue
 
 logger = logging.getLogger("memable_log")
@@ -58,10 +77,11 @@ class FlowControl:
         self._cancel = cancel
         self.limits: dict[str, Limits] = {}
         self.capacity: Capacity | None = None
-        self._timers: TimerQueue | None = None
+        self._deadlines = _Deadlines(self._fired)
         self._nursery: trio.Nursery | None = None
         self._queuing: set[str] = set()  # a ``queued`` record being written
-        self._polling = False
+        # A cancel's batch being written, by instance: set once it is.
+        self._cancelling: dict[str, trio.Event] = {}
         self._armed: set[str] = set()  # instances whose timeout is on the poller
 
     # -- settings -----------------------------------------------------------------
@@ -97,14 +117,18 @@ class FlowControl:
 
     # -- an engine run ------------------------------------------------------------
 
-    def open(self, nursery: trio.Nursery, max_running: int | None) -> None:
+    def open(self, nursery: trio.Nursery, timers: TimerQueue, max_running: int | None) -> None:
+        """The engine started: deadlines go on its poller ``timers``."""
         host = self._host
         self._nursery = nursery
-        self._timers = TimerQueue(host.clock, self._fired)
+        self._deadlines.begin(nursery, timers)
         self.capacity = Capacity(max_running, host.now_ms, self._start_queued, self._wake_at)
         for name, limits in self.limits.items():
             self.capacity.configure(name, limits)
-        self._polling = False  # its task starts with the first deadline
+
+    def fire(self, now_ms: int) -> None:
+        """The engine's poller fired for engine-level deadlines (timed.py)."""
+        self._deadlines.fire(now_ms)
 
     def pause(self) -> None:
         """The engine is stopping: nothing more starts out of the queue."""
@@ -113,10 +137,165 @@ class FlowControl:
 
     def close(self) -> None:
         self.capacity = None
-        self._timers = None
+        self._deadlines.end()
         self._nursery = None
         self._queuing.clear()
+        self._cancelling.clear()
         self._armed.clear()
+
+    # -- the batches that create, wake and start instances ----------------------------
+
+    def creation(
+        self, first: list[Any], workflow: str, key: str | None,
+        priority: int = 0, deadline: int | None = None,
+    ) -> list[Any]:
+        """The batch that creates an instance: ``first`` (its ``created`` or
+        ``child_created``), its ``options`` if it has any, and ``queued`` if
+        capacity gives it no slot. A slot taken for it is given back by
+        ``unclaim`` if the batch is not written; the caller then starts it
+        (``Engine._start``: it runs, or enters the queue)."""
+        iid, now = first[r.INSTANCE], first[r.TS]
+        batch = [first]
+        if priority or deadline is not None or key is not None:
+            batch.append(r.make(r.OPTIONS, now, iid, priority, deadline, key))
+        # An unregistered workflow's instance waits for it (Engine._start) with no slot.
+        if workflow in self._host.workflows and not self.claim(iid, workflow, key):
+            batch.append(r.make(r.QUEUED, now, iid))
+        return batch
+
+    def unclaim(self, iid: str) -> None:
+        """The batch of ``creation`` was not written: its slot, if any, is free."""
+        self.released(iid)
+
+    def key_of_blob(self, name: str, blob: bytes) -> str | None:
+        """``key_of`` for an input kept encoded (a schedule's, a debounce's).
+        A key function that fails is logged, and the instance gets no key:
+        a tick or a debounced start is not lost to it."""
+        limits = self.limits.get(name)
+        if limits is None or limits.key is None:
+            return None
+        try:
+            return self.key_of(name, self._host.codec.decode(blob))
+        except Exception as exc:
+            logger.error("workflow %r: its key function failed on an input (%s: %s); "
+                         "the instance is started with no concurrency key", name,
+                         type(exc).__name__, exc)
+            return None
+
+    def waking(self, iid: str, key: str | None) -> list[list[Any]]:
+        """The records to append in the batch after one that makes ``iid``
+        running: the end of its wait on ``key`` (key None: a restart of a
+        finished instance). ``[queued]`` if capacity has no slot for it,
+        else nothing (a slot is taken for it if it needs one). After the
+        batch, written or not, call ``woken``."""
+        host, cap = self._host, self.capacity
+        entry = host.index.instances.get(iid)
+        if (
+            cap is None or entry is None or not cap.governs(entry.workflow)
+            or entry.workflow not in host.workflows or iid in cap.holding or iid in host.running
+        ):
+            return []
+        if key is None:
+            wakes = entry.state in lc.FINISHED
+        else:
+            wakes = entry.state in lc.PARKED and key in (entry.pending or ())
+        if not wakes or cap.take(iid, entry.workflow, _key(entry)):
+            return []
+        return [r.make(r.QUEUED, host.now_ms(), iid)]
+
+    async def append_waking(self, rec: list[Any], key: str | None = "") -> None:
+        """Append a record that may make its instance running (a signal, a
+        timer woken: the end of the wait on its key, reserved meanwhile as
+        ``Host.append_ending`` does; key None: a restart), with ``queued`` in
+        its batch if capacity has no slot for it."""
+        host = self._host
+        iid = rec[r.INSTANCE]
+        wake = self.waking(iid, None if key is None else rec[r.KEY])
+        done = None
+        if key is not None:
+            mark = (iid, rec[r.KEY])
+            host.reserved[mark] = done = trio.Event()
+        try:
+            await (host.append_many([rec, *wake]) if wake else host.append(rec))
+        finally:
+            if done is not None:
+                del host.reserved[mark]
+                done.set()
+            self.woken(iid)
+
+    def woken(self, iid: str) -> None:
+        """After a batch with ``waking``'s records: a slot taken for an
+        instance that is not running after all (the batch failed, the
+        record did not wake it) is given back; a queued one enters the queue."""
+        cap = self.capacity
+        if cap is None:
+            return
+        entry = self._host.index.instances.get(iid)
+        if (
+            iid in cap.holding and iid not in self._host.running
+            and (entry is None or entry.state != lc.RUNNING)
+        ):
+            cap.release(iid)
+        if entry is not None and entry.state == lc.QUEUED and cap.governs(entry.workflow):
+            self._enqueue(iid, entry)  # its ``queued`` is applied: it enters the queue
+
+    def handoff(self, iid: str) -> list[list[Any]]:
+        """For the batch of ``iid``'s outcome: the ``dequeued`` of the queued
+        instance that takes its slot, if one may (one start per freed slot,
+        with no append of its own). Call ``handed`` after the batch."""
+        cap = self.capacity
+        if cap is None or iid not in cap.holding:
+            return []
+        nxt = cap.hand_over(iid)
+        if nxt is None:
+            return []
+        return [r.make(r.DEQUEUED, self._host.now_ms(), nxt)]
+
+    def handed(self, recs: list[list[Any]]) -> None:
+        """After the outcome batch of ``handoff``: run the instance it
+        started, or (the batch not written) put it back in the queue."""
+        if not recs:
+            return
+        iid = recs[0][r.INSTANCE]
+        host, cap = self._host, self.capacity
+        if cap is None or iid not in cap.holding:
+            return
+        entry = host.index.instances.get(iid)
+        # By the index, not ``written``: an append cancelled as it committed
+        # may have landed.
+        if entry is not None and entry.state == lc.RUNNING:
+            if iid not in host.running and not host.draining and self._nursery is not None:
+                self._run(iid)
+            return
+        cap.release(iid)
+        if entry is not None and entry.state == lc.QUEUED:
+            self._enqueue(iid, entry)
+
+    def cancelling(self, ids: list[str]) -> None:
+        """A cancel of ``ids`` is being written: none starts out of the queue."""
+        done = trio.Event()
+        for iid in ids:
+            self._cancelling[iid] = done
+            if self.capacity is not None:
+                self.capacity.drop(iid)
+
+    def cancelled(self, ids: list[str]) -> None:
+        """The cancel's batch is written (or failed)."""
+        for iid in ids:
+            done = self._cancelling.pop(iid, None)
+            if done is not None:
+                done.set()
+
+    def may_dequeue(self, iid: str) -> bool:
+        """Whether a runner may write ``dequeued`` for ``iid`` now (no cancel
+        of it is being written). Checked with no await before the append."""
+        return iid not in self._cancelling
+
+    async def cancel_written(self, iid: str) -> None:
+        """Return once no cancel of ``iid`` is being written."""
+        done = self._cancelling.get(iid)
+        if done is not None:
+            await done.wait()
 
     # -- slots ----------------------------------------------------------------------
 
@@ -179,16 +358,19 @@ class FlowControl:
         if entry.state == lc.QUEUED and self.capacity is not None:
             self._enqueue(iid, entry)
 
-    def _start_queued(self, iid: str) -> bool:
-        """Capacity chose ``iid``: run it, unless it is no longer queued."""
+    def _start_queued(self, iid: str, run: bool) -> bool:
+        """Capacity chose ``iid``: whether it may start (it is still queued,
+        no cancel of it is being written); ``run``: run it now."""
         host = self._host
         entry = host.index.instances.get(iid)
         if (
             entry is None or entry.state != lc.QUEUED or iid in host.running
-            or host.draining or self._nursery is None or entry.workflow not in host.workflows
+            or iid in self._cancelling or host.draining or self._nursery is None
+            or entry.workflow not in host.workflows
         ):
             return False
-        self._run(iid)
+        if run:
+            self._run(iid)
         return True
 
     # -- deadlines ----------------------------------------------------------------------
@@ -213,15 +395,9 @@ class FlowControl:
         self._push(ms, "r" + workflow)
 
     def _push(self, ms: int, item: str) -> None:
-        timers, nursery = self._timers, self._nursery
-        if timers is None or nursery is None:
-            return
-        if not self._polling:  # an engine with no deadline of ours runs no task for them
-            self._polling = True
-            nursery.start_soon(timers.run)
-        timers.push(ms, item)
+        self._deadlines.arm(ms, item)
 
-    def _fired(self, item: str, deadline_ms: int) -> None:
+    def _fired(self, item: str) -> None:
         kind, name = item[0], item[1:]
         if kind == "r":
             if self.capacity is not None:
@@ -229,11 +405,13 @@ class FlowControl:
             return
         self._armed.discard(name)
         entry = self._host.index.instances.get(name)
-        if (
-            entry is not None and entry.state in lc.LIVE
-            and self.deadline_of(entry) == deadline_ms and self._nursery is not None
-        ):
+        if entry is None or entry.state not in lc.LIVE or self._nursery is None:
+            return
+        deadline = self.deadline_of(entry)
+        if deadline is not None and deadline <= self._host.now_ms():
             self._nursery.start_soon(self._time_out, name)
+        elif deadline is not None:  # not yet (a clock stepped back): arm it again
+            self.arm(name, entry)
 
     async def _time_out(self, iid: str) -> None:
         try:
@@ -244,6 +422,17 @@ class FlowControl:
             return
         logger.info("instance %s cancelled: its timeout passed", iid,
                     extra={"instance_id": iid})
+
+
+class _Deadlines(Timed[str]):
+    """Flow control's deadlines, on the engine's poller (timed.py)."""
+
+    def __init__(self, due: Callable[[str], None]) -> None:
+        super().__init__()
+        self._due = due
+
+    def due(self, name: str) -> None:
+        self._due(name)
 
 
 def _key(entry: InstanceEntry) -> str | None:

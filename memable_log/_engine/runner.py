@@ -2,11 +2,16 @@
 
 ``run_instance`` is the task the engine starts for a live instance once
 capacity (capacity.py) gave it a slot; an instance started out of the
-queue first records ``dequeued``. It runs the workflow from the top with
-a fresh Context. How the run ends decides what is written:
+queue first records ``dequeued`` (unless a cancel of it is being written:
+``Gate.may_dequeue``, checked with no await before the append, so no
+``dequeued`` ever follows its ``cancelled``). It runs the workflow from the
+top with a fresh Context. How the run ends decides what is written:
 
-* it returns: the result is encoded and a ``completed`` record appended;
-* it raises an Exception: a ``failed`` record (type, message, traceback);
+* it returns: the result is encoded and a ``completed`` record appended,
+  in one batch with the ``dequeued`` of the queued instance its slot goes
+  to, if any (``Gate.handoff``), which then runs;
+* it raises an Exception: a ``failed`` record (type, message, traceback),
+  likewise;
 * it unwinds with ``Unwind`` (every branch waits: waits.py wrote
   ``parked``): nothing more, and the task ends, dropping the workflow's
   frames;
@@ -27,7 +32,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -43,7 +48,21 @@ from .waits import RunWaits, Unwind
 logger = logging.getLogger("memable_log")
 
 
-async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None]) -> None:
+class Gate(Protocol):
+    """Flow control's part in a run (flow.py's FlowControl)."""
+
+    def may_dequeue(self, iid: str) -> bool: ...
+
+    async def cancel_written(self, iid: str) -> None: ...
+
+    def handoff(self, iid: str) -> list[list[Any]]: ...
+
+    def handed(self, recs: list[list[Any]]) -> None: ...
+
+
+async def run_instance(
+    host: Host, instance_id: str, ended: Callable[[str], None], gate: Gate
+) -> None:
     """Run the instance until it is no longer running; then ``ended(instance_id)``.
 
     ``ended`` is not called if the task is cancelled (the engine stopping).
@@ -52,6 +71,9 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
         while not host.draining:  # the engine stopping starts nothing new
             entry = host.entry(instance_id)
             if entry.state == lc.QUEUED:  # a start out of the queue
+                if not gate.may_dequeue(instance_id):  # its cancel is being written
+                    await gate.cancel_written(instance_id)
+                    continue
                 await host.append(r.make(r.DEQUEUED, host.now_ms(), instance_id))
                 continue
             if entry.state in lc.FINISHED:
@@ -59,7 +81,7 @@ async def run_instance(host: Host, instance_id: str, ended: Callable[[str], None
             if entry.state in lc.PARKED and not await end_wait(host, instance_id):
                 break  # not due yet: it stays waiting
             fn = host.workflows[entry.workflow]
-            await _run_once(host, instance_id, entry.workflow, fn)
+            await _run_once(host, instance_id, entry.workflow, fn, gate)
             # A branch's append cancelled by another branch's wait may
             # still be committing: the state it leaves (a deadline) must
             # be the one this run ends with, and ``ended`` arms.
@@ -110,7 +132,7 @@ async def end_wait(host: Host, instance_id: str, then: list[Any] | None = None) 
     return True
 
 
-async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> None:
+async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any, gate: Gate) -> None:
     entry = host.entry(instance_id)
     waits = RunWaits(host, instance_id)
     ctx = Context(
@@ -160,10 +182,19 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
     else:
         text = "".join(traceback.format_exception(error))
         rec = r.make(r.FAILED, now, instance_id, *_describe(error), text)
-    if entry.parent is not None and host.children is not None:
-        await host.children.finish(instance_id, rec)  # with its parent's child_ended
-    else:
-        await host.append(rec)
+    hand = gate.handoff(instance_id)  # the start its slot goes to, in the same batch
+    written = False
+    try:
+        if entry.parent is not None and host.children is not None:
+            # with its parent's child_ended
+            written = await host.children.finish(instance_id, rec, hand)
+        else:
+            await (host.append_many([rec, *hand]) if hand else host.append(rec))
+            written = True
+    finally:
+        gate.handed(hand)
+    if not written:
+        return
     if rec[r.TYPE] == r.COMPLETED:
         logger.info("instance %s completed", instance_id, extra={"instance_id": instance_id})
     else:

@@ -6,17 +6,22 @@ cron, input blob, catch_up, ``after_ms``), written as ``schedule_set`` and
 ``schedule_removed`` records. Its ticks are the cron expression's times
 after its *cursor*: ``after_ms`` (when it was set, then each tick started),
 raised for a schedule without ``catch_up`` to just before this engine's
-start, so ticks missed while no engine ran are skipped.
+start, so ticks missed while no engine ran are skipped. Only those: a tick
+at or before the time of the journal's last durable record (as this start
+found it) fell while an engine was alive, so its batch was lost (a power
+cut) rather than never due; it still starts.
 
 The next tick is a deadline on the engine's poller (timed.py). When it is
 due, a task of the engine's nursery starts every due tick in order, each
-with one batch, the instance's ``created`` then ``schedule_ticked``, and a
-checkpoint between ticks: a tick is in the journal whole or not at all, and
-its instance id is the tick, so it never starts twice; after a crash the
-tick whose batch was lost is still due and starts at the next start (with
-``catch_up``; without it, if it fell before that start, it is skipped as
-missed). Ticks of one name are written under its lock, so a ``schedule``
-replacing it or an ``unschedule`` falls between two ticks.
+with one batch, the instance's ``created`` (with its ``options`` and
+``queued`` as flow control decides: ``FlowControl.creation``, as for
+``invoke``) then ``schedule_ticked``, and a checkpoint between ticks: a
+tick is in the journal whole or not at all, and its instance id is the
+tick, so it never starts twice; after a crash the tick whose batch was lost
+is still due and starts at the next start (also without ``catch_up``: it
+fell before the last durable record). Ticks of one name are written under
+its lock, so a ``schedule`` replacing it or an ``unschedule`` falls between
+two ticks.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import trio
 
 from .._core import records as r
 from .._core.errors import EngineError, JournalClosed, JournalFailed, UnknownWorkflow
-from .._core.index import ScheduleEntry
+from .._core.index import Index, ScheduleEntry
 from .._core.status import Schedule, from_ms
 from . import cron
+from .flow import FlowControl
 from .host import Host
 from .timed import KeyedLocks, Timed
 
@@ -61,24 +67,36 @@ def check_name(value: object, what: str, forbidden: str) -> str:
     return value
 
 
+def _last_record_ms(index: Index) -> int:
+    """The time of the journal's latest record, as far as the index tells:
+    its instances' latest records and its schedules' latest ticks or sets."""
+    last = max((entry.updated_ms for entry in index.instances.values()), default=0)
+    return max(last, max((e.after_ms for e in index.schedules.values()), default=0))
+
+
 class Schedules(Timed[str]):
     """The engine's schedules: its calls, and its ticks."""
 
-    def __init__(self, host: Host, start: Callable[[str], None]) -> None:
+    def __init__(self, host: Host, flow: FlowControl, start: Callable[[str], None]) -> None:
         super().__init__()
         self._host = host
+        self._flow = flow
         self._start = start
         self._locks: KeyedLocks[str] = KeyedLocks()
         self._ticking: set[str] = set()  # names a tick task is working on
         self._started_ms = 0  # this engine's start: ticks before it are missed
+        self._alive_ms = 0  # the last durable record at the start: ticks to then were due
 
     def started(self, nursery: trio.Nursery, timers: Any, now_ms: int, arm: bool) -> None:
         """The engine started at ``now_ms``; ``arm``: arm every schedule's next tick."""
         self.begin(nursery, timers)
         self._started_ms = now_ms
-        schedules = self._host.index.schedules
+        index = self._host.index
+        schedules = index.schedules
         if not arm or not schedules:
             return
+        if not all(entry.catch_up for entry in schedules.values()):
+            self._alive_ms = _last_record_ms(index)
         if not cron.available():
             logger.error("%d schedule(s) are not armed: %s", len(schedules), cron.MISSING)
             return
@@ -143,9 +161,16 @@ class Schedules(Timed[str]):
     # -- the ticks -----------------------------------------------------------
 
     def _cursor(self, entry: ScheduleEntry) -> int:
-        """Ticks strictly after this are still to start."""
+        """Ticks strictly after this are still to start: with ``catch_up``
+        all; without, those due while an engine was alive (up to the last
+        durable record: a tick whose batch a power cut lost) and those from
+        this engine's start on."""
         if entry.catch_up:
             return entry.after_ms
+        if entry.after_ms < self._alive_ms:
+            tick = cron.next_tick(entry.cron, entry.after_ms)
+            if tick is not None and tick <= self._alive_ms:
+                return entry.after_ms
         return max(entry.after_ms, self._started_ms - 1)
 
     def _arm_next(self, name: str) -> None:
@@ -191,9 +216,18 @@ class Schedules(Timed[str]):
         now = host.now_ms()
         create = instance_id not in host.index.instances
         recs = [r.make(r.SCHEDULE_TICKED, now, r.ENGINE, name, tick)]
-        if create:
-            recs.insert(0, r.make(r.CREATED, now, instance_id, entry.workflow, entry.input))
-        await host.append_many(recs)
+        flow = self._flow
+        if create:  # + options, + queued if capacity gives it no slot
+            key = flow.key_of_blob(entry.workflow, entry.input)
+            recs[:0] = flow.creation(
+                r.make(r.CREATED, now, instance_id, entry.workflow, entry.input),
+                entry.workflow, key,
+            )
+        try:
+            await host.append_many(recs)
+        except BaseException:
+            flow.unclaim(instance_id)
+            raise
         if create:
             logger.info("instance %s of %r created by schedule %r", instance_id,
                         entry.workflow, name, extra={"instance_id": instance_id})
