@@ -209,6 +209,7 @@ class Engine:
             self._nursery.start_soon(self._timers.run)
             self._flow.open(self._nursery, self._timers, self._max_running)
             await self._children().repair()  # what a torn batch of children left
+            await self._flow.repair()  # keys a torn invoke batch lost
             if self._resume_on_start:
                 self._resume_all()
             else:
@@ -383,7 +384,9 @@ class Engine:
     ) -> str:
         """Durably record a new instance of workflow ``name``, start it, return its id.
 
-        An existing ``instance_id`` is returned as it is and nothing starts.
+        An existing ``instance_id`` is returned as it is and nothing starts;
+        if it is live and has no priority or timeout of its own, those given
+        here are recorded (an invoke retried after a crash cut its batch).
         If its workflow has no free slot (``register(max_running=...)``) the
         instance is ``queued``: queued instances start in creation order,
         higher ``priority`` first. ``timeout`` (seconds) cancels it if it
@@ -408,13 +411,14 @@ class Engine:
             await self._creating[instance_id].wait()
         # Being compacted away: gone for good, or back if that fails.
         await backend.settled(instance_id)
-        if instance_id in host.index.instances:
-            return instance_id
-        blob = host.encode(input, f"input of workflow {name!r}")
         flow = self._flow
-        key = flow.key_of(name, input)
         now = host.now_ms()
         deadline = None if timeout is None else now + round(timeout * 1000)
+        if instance_id in host.index.instances:
+            await flow.attach(instance_id, priority, deadline)
+            return instance_id
+        blob = host.encode(input, f"input of workflow {name!r}")
+        key = flow.key_of(name, input)
         batch = flow.creation(  # + options, + queued if it gets no slot
             r.make(r.CREATED, now, instance_id, name, blob), name, key, priority, deadline
         )

@@ -115,6 +115,45 @@ class FlowControl:
             )
         return key
 
+    async def repair(self) -> None:
+        """Give a key to the live instances that lack the one their workflow's
+        key function names: the ``options`` of their creation batch were torn
+        off by a power cut (or the workflow gained a key function since).
+        Written before any instance resumes, so capacity counts them under it."""
+        host = self._host
+        lacking = [
+            (iid, entry) for iid, entry in host.index.instances.items()
+            if entry.flow is None and entry.state in lc.LIVE
+            and (lim := self.limits.get(entry.workflow)) is not None and lim.key is not None
+        ]
+        for iid, entry in lacking:
+            try:
+                key = self.key_of(entry.workflow, await host.replayed(entry.input, r.CREATED_INPUT))
+            except Exception as exc:
+                logger.error("instance %s: its key function failed on its input (%s: %s); "
+                             "it runs with no concurrency key", iid, type(exc).__name__, exc,
+                             extra={"instance_id": iid})
+                continue
+            if key is not None:
+                logger.info("instance %s: its concurrency key is recorded (a torn batch)", iid,
+                            extra={"instance_id": iid})
+                await host.append(r.make(r.OPTIONS, host.now_ms(), iid, 0, None, key))
+
+    async def attach(self, iid: str, priority: int, deadline: int | None) -> None:
+        """An ``invoke`` of an existing instance: its options where it has
+        none (the retry of an invoke whose batch a crash cut after
+        ``created``). Options already recorded stay as they are."""
+        host = self._host
+        entry = host.index.instances.get(iid)
+        if entry is None or entry.state not in lc.LIVE or (not priority and deadline is None):
+            return
+        old = entry.flow
+        if old is not None and (old[0] or old[1] is not None):
+            return
+        key = None if old is None else old[2]
+        await host.append(r.make(r.OPTIONS, host.now_ms(), iid, priority, deadline, key))
+        self.arm(iid, entry)
+
     # -- an engine run ------------------------------------------------------------
 
     def open(self, nursery: trio.Nursery, timers: TimerQueue, max_running: int | None) -> None:
