@@ -32,7 +32,8 @@ from psycopg.errors import error_from_result
 
 RV = TypeVar("RV")
 
-INT8, INT4, TEXT, BYTEA = 20, 23, 25, 17
+INT8, INT4, TEXT, BYTEA, BOOL = 20, 23, 25, 17, 16
+INT8_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, BOOL_ARRAY = 1016, 1009, 1001, 1000
 _READ, _WRITE = 1, 2  # psycopg's Wait/Ready bits (selectors' EVENT_READ/WRITE)
 _OK = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY})
 
@@ -62,7 +63,10 @@ def _poll(fileno: int, state: int) -> int:
     poller.register(fileno, select.POLLOUT | (select.POLLIN if state & _READ else 0))
     ready = 0
     for _, events in poller.poll(0):
-        ready |= (_READ if events & select.POLLIN else 0) | (_WRITE if events & select.POLLOUT else 0)
+        if events & select.POLLIN:
+            ready |= _READ
+        if events & select.POLLOUT:
+            ready |= _WRITE
     return ready
 
 
@@ -70,10 +74,13 @@ def int8(value: int) -> bytes:
     return struct.pack(">q", value)
 
 
-def array(oid: int, items: Sequence[bytes]) -> bytes:
-    """A one-dimensional array of ``oid`` elements, binary format, no NULLs."""
-    head = struct.pack(">iiIii", 1, 0, oid, len(items), 1)
-    return head + b"".join(struct.pack(">i", len(item)) + item for item in items)
+def array(oid: int, items: Sequence[bytes | None]) -> bytes:
+    """A one-dimensional array of ``oid`` elements, binary format (None: NULL)."""
+    head = struct.pack(">iiIii", 1, int(None in items), oid, len(items), 1)
+    return head + b"".join(
+        b"\xff\xff\xff\xff" if item is None else struct.pack(">i", len(item)) + item
+        for item in items
+    )
 
 
 def as_int(value: bytes | None) -> int:
@@ -116,7 +123,9 @@ class Conn:
 
     async def _results(self) -> list[pq.abc.PGresult]:
         try:
-            results = await _wait(generators.execute(self.pgconn), self.fileno)
+            results: list[pq.abc.PGresult] = await _wait(
+                generators.execute(self.pgconn), self.fileno
+            )
         except BaseException:
             self.close()  # cut mid-protocol (cancelled, the server gone): unusable
             raise
