@@ -88,6 +88,16 @@ def _unpack(blob: bytes, seq: int) -> list[Any]:
     return rec  # type: ignore[no-any-return]
 
 
+class PostgresJournalFailed(JournalFailed):
+    """The PostgreSQL journal refuses writes (fenced out, the connection
+    lost): a JournalFailed whose message gives the database's reason, not
+    a disk's."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        EngineError.__init__(self, reason)
+
+
 class _Batch:
     __slots__ = ("done", "error", "ids", "recs", "taken")
 
@@ -187,7 +197,7 @@ class PostgresBackend:
         if self._conn is None:
             raise JournalClosed("the PostgreSQL journal is closed")
         if self._failed is not None:
-            raise JournalFailed(self._failed)
+            raise PostgresJournalFailed(self._failed)
         batch = _Batch(recs)
         self._queue.append(batch)
         try:
@@ -220,10 +230,10 @@ class PostgresBackend:
         recs = [rec for batch in taken for rec in batch.recs]
         try:
             if self._failed is not None:
-                raise JournalFailed(self._failed)
+                raise PostgresJournalFailed(self._failed)
             seqs = await self._write(recs)
         except BaseException as exc:
-            error = exc if isinstance(exc, EngineError) else JournalFailed(self._fail(exc))
+            error = exc if isinstance(exc, EngineError) else PostgresJournalFailed(self._fail(exc))
             for batch in taken:
                 batch.error, batch.done = error, True
             return
@@ -238,7 +248,8 @@ class PostgresBackend:
 
     def _fail(self, exc: BaseException | str) -> str:
         if self._failed is None:
-            self._failed = f"the PostgreSQL journal refuses writes: {exc}"
+            self._failed = (f"the PostgreSQL journal refuses writes until the engine is "
+                            f"opened again: {exc}")
             logger.error("%s", self._failed)
         return self._failed
 
@@ -251,12 +262,18 @@ class PostgresBackend:
         keys: list[bytes | None] = []
         blobs: list[bytes | None] = []
         notify = False
+        made: set[str] = set()  # instances this batch creates: epoch 1 from then on
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
             insts.append(inst.encode())
             fresh = rtype in _NEW
             new.append(_T if fresh else _F)
-            epochs.append(int8(0 if fresh or inst == r.ENGINE else self.epochs.get(inst, -1)))
+            if fresh or inst == r.ENGINE:
+                epoch = 0
+                made.add(inst)
+            else:
+                epoch = 1 if inst in made else self.epochs.get(inst, -1)
+            epochs.append(int8(epoch))
             keys.append(f"{self.resets.get(inst, 0)}:{rec[r.KEY]}".encode()
                         if rtype in _OUTCOMES else None)
             blobs.append(pack(rec))
@@ -269,7 +286,7 @@ class PostgresBackend:
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
             if state in (schema.FENCED, schema.EXISTS):
-                raise JournalFailed(self._fail(exc.diag.message_primary or exc)) from None
+                raise PostgresJournalFailed(self._fail(exc.diag.message_primary or exc)) from None
             raise
         return [as_int(result.get_value(i, 0)) for i in range(result.ntuples)]
 
