@@ -40,8 +40,9 @@ _POLL = (
     "WITH s AS (SELECT pg_current_snapshot()::text AS snap) "
     "SELECT s.snap, l.seq, l.rec FROM s LEFT JOIN LATERAL ("
     " SELECT seq, CASE WHEN writer = $1 THEN NULL ELSE rec END AS rec FROM ml_log"
-    " WHERE seq > $2 OR seq = ANY($3::int8[])) l ON true ORDER BY l.seq"
+    " WHERE seq > $2 OR seq = ANY($3::int8[]) ORDER BY seq LIMIT $4) l ON true ORDER BY l.seq"
 )
+PAGE = 20_000  # rows per query: a long log is read in pages
 
 
 @dataclass
@@ -71,12 +72,23 @@ class Tail:
         self, conn: Conn, writer: str | None, apply: Callable[[int, bytes], Any]
     ) -> int:
         """Read what is new (and the gaps), ``apply(seq, rec)`` each other
-        writer's row in seq order; the number of rows applied."""
+        writer's row in seq order, a page at a time until the log's end;
+        the number of rows applied."""
+        applied = 0
+        while True:
+            got, full = await self._page(conn, writer, apply)
+            applied += got
+            if not full:
+                return applied
+
+    async def _page(
+        self, conn: Conn, writer: str | None, apply: Callable[[int, bytes], Any]
+    ) -> tuple[int, bool]:
         self.polls += 1
         result = await conn.query(
-            b"ml_tail", _POLL, [TEXT, INT8, INT8_ARRAY],
+            b"ml_tail", _POLL, [TEXT, INT8, INT8_ARRAY, INT8],
             [None if writer is None else writer.encode(), int8(self.cursor),
-             array(INT8, [int8(g) for g in self.gaps])],
+             array(INT8, [int8(g) for g in self.gaps]), int8(PAGE)],
         )
         snap = Snapshot.parse(result.get_value(0, 0).decode())  # type: ignore[union-attr]
         seen: list[int] = []
@@ -92,7 +104,7 @@ class Tail:
                 apply(seq, bytes(rec))
                 applied += 1
         self._close_gaps(seen, snap)
-        return applied
+        return applied, len(seen) >= PAGE
 
     def _close_gaps(self, seen: list[int], snap: Snapshot) -> None:
         for seq in seen:
