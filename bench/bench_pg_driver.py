@@ -30,9 +30,9 @@ import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "postgres"))
-from pgserver import PgServer  # noqa: E402
+from pgserver import PgServer
 
-from memable_log._postgres.driver import BYTEA, INT8, TEXT, Conn, array, int8  # noqa: E402
+from memable_log._postgres.driver import BYTEA, INT8, TEXT, Conn, array, int8
 
 SCHEMA = """
 CREATE TABLE inst (id text PRIMARY KEY, epoch bigint NOT NULL);

@@ -32,13 +32,13 @@ import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "postgres"))
-from pgserver import PgServer  # noqa: E402
+from pgserver import PgServer
 
-from memable_log._core import records as r  # noqa: E402
-from memable_log._core.index import Index  # noqa: E402
-from memable_log._postgres.backend import PostgresBackend  # noqa: E402
-from memable_log._postgres.driver import INT8, TEXT, Conn, int8  # noqa: E402
-from memable_log._postgres.tailer import Tail  # noqa: E402
+from memable_log._core import records as r
+from memable_log._core.index import Index
+from memable_log._postgres.backend import PostgresBackend
+from memable_log._postgres.driver import INT8, TEXT, Conn, int8
+from memable_log._postgres.tailer import Tail
 
 
 def writer_process(
@@ -132,7 +132,7 @@ async def catch_up(dsn: str) -> tuple[int, float]:
     index = Index()
     backend.index = index
     began = time.perf_counter()
-    applied = await Tail().poll(conn, None, backend._apply_row)  # noqa: SLF001
+    applied = await Tail().poll(conn, None, backend._apply_row)
     elapsed = time.perf_counter() - began
     conn.close()
     return applied, elapsed

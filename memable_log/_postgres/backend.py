@@ -305,31 +305,39 @@ class PostgresBackend:
             batch.taken and not batch.done and instance_id in batch.ids for batch in self._queue
         ):
             await self._turn.wait()
-        await trio.lowlevel.checkpoint()
+        # At once (no checkpoint) when nothing of it is in flight: the
+        # engine's invoke checks the index right after, in the same step.
 
     # -- the tailer -------------------------------------------------------------
 
     async def serve(
         self, calls: EngineCalls, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        tailer = await self._connect("tailer")
+        # Everything other writers left was read at open: the engine may go on
+        # while the tailer's connections are made.
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._listen)
+            await self._tail()
+
+    async def _listen(self) -> None:
         listener = await self._connect("listener")
         try:
             await listener.run(f"LISTEN {schema.CHANNEL}")
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._listen, listener)
-                task_status.started()
-                await self._tail(tailer)
+            while True:
+                await listener.notifies()
+                self.wake.set()
         finally:
-            tailer.close()
             listener.close()
 
-    async def _listen(self, listener: Conn) -> None:
-        while True:
-            await listener.notifies()
-            self.wake.set()
+    async def _tail(self) -> None:
+        conn = await self._connect("tailer")
+        try:
+            await self._follow(conn)
+        finally:
+            conn.close()
 
-    async def _tail(self, conn: Conn) -> None:
+    async def _follow(self, conn: Conn) -> None:
         while True:
             with trio.move_on_after(self.poll):
                 await self.wake.wait()

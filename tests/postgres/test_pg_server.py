@@ -10,7 +10,8 @@ def test_server_runs_and_databases_are_fresh(pg_server: PgServer, pg_dsn: str) -
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE mine (x int)")
         row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
-    assert row is not None and row[0] >= 150000
+    assert row is not None
+    assert row[0] >= 150000
     assert pg_server.started_s > 0
 
 
