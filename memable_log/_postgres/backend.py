@@ -47,7 +47,6 @@ from .._core.index import Index
 from . import schema
 from .driver import (
     BOOL,
-    BOOL_ARRAY,
     BYTEA,
     BYTEA_ARRAY,
     INT8,
@@ -72,8 +71,9 @@ _RESETS = frozenset({r.FORGOT, r.RESTARTED})
 # Records another engine may be waiting for: a NOTIFY wakes its tailer.
 _NOTIFY = frozenset({r.CREATED, r.CHILD_CREATED, r.SIGNALLED, r.COMPLETED, r.FAILED,
                      r.CANCELLED, r.CANCELLED_FOR})
-_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7)"
-_APPEND_TYPES = [TEXT, TEXT_ARRAY, INT8_ARRAY, BOOL_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, BOOL]
+_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8)"
+_APPEND_TYPES = [TEXT, TEXT_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY,
+                 BOOL]
 _CLAIM = ("UPDATE ml_instances SET lease_owner = $1, lease_epoch = lease_epoch + 1, "
           "lease_expires = now() + make_interval(secs => $2::float8) "
           "RETURNING instance_id, lease_epoch")
@@ -257,30 +257,27 @@ class PostgresBackend:
         assert self._conn is not None
         pack = msgpack.Packer().pack
         insts: list[bytes | None] = []
-        epochs: list[bytes | None] = []
-        new: list[bytes | None] = []
         keys: list[bytes | None] = []
         blobs: list[bytes | None] = []
+        made: dict[str, None] = {}  # instances this batch creates (fenced by that)
+        fence: dict[str, int] = {}  # the others, with the epoch we hold (-1: none)
         notify = False
-        made: set[str] = set()  # instances this batch creates: epoch 1 from then on
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
             insts.append(inst.encode())
-            fresh = rtype in _NEW
-            new.append(_T if fresh else _F)
-            if fresh or inst == r.ENGINE:
-                epoch = 0
-                made.add(inst)
-            else:
-                epoch = 1 if inst in made else self.epochs.get(inst, -1)
-            epochs.append(int8(epoch))
+            if rtype in _NEW:
+                made[inst] = None
+            elif inst != r.ENGINE and inst not in made:
+                fence[inst] = self.epochs.get(inst, -1)
             keys.append(f"{self.resets.get(inst, 0)}:{rec[r.KEY]}".encode()
                         if rtype in _OUTCOMES else None)
             blobs.append(pack(rec))
             notify = notify or rtype in _NOTIFY
-        params = [self.writer.encode(), array(TEXT, insts), array(INT8, epochs),
-                  array(BOOL, new), array(TEXT, keys), array(BYTEA, blobs),
-                  _T if notify else _F]
+        params = [
+            self.writer.encode(), array(TEXT, insts), array(TEXT, keys), array(BYTEA, blobs),
+            array(TEXT, [i.encode() for i in made]), array(TEXT, [i.encode() for i in fence]),
+            array(INT8, [int8(e) for e in fence.values()]), _T if notify else _F,
+        ]
         try:
             result = await self._conn.query(b"ml_append", _APPEND, _APPEND_TYPES, params)
         except psycopg.Error as exc:

@@ -53,43 +53,49 @@ CREATE TABLE ml_log (
 );
 CREATE UNIQUE INDEX ml_log_step ON ml_log (instance_id, step_key) WHERE step_key IS NOT NULL;
 
-CREATE FUNCTION ml_append(p_writer text, p_inst text[], p_epoch int8[], p_new bool[],
-                          p_key text[], p_rec bytea[], p_notify bool)
+CREATE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
+                          p_new text[], p_fence text[], p_epoch int8[], p_notify bool)
 RETURNS SETOF int8 LANGUAGE plpgsql AS $$
 DECLARE
-    want int;
-    held int;
     got text[];
+    held int;
     bad text;
 BEGIN
-    -- New instances: their lease row, epoch 1, this writer's.
-    WITH ins AS (
-        INSERT INTO ml_instances (instance_id, lease_owner, lease_epoch)
-        SELECT DISTINCT i, p_writer, 1 FROM unnest(p_inst, p_new) AS u(i, n) WHERE n
-        ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
-    SELECT array_agg(instance_id) INTO got FROM ins;
-    SELECT i INTO bad FROM unnest(p_inst, p_new) AS u(i, n)
-        WHERE n AND NOT (i = ANY(coalesce(got, '{{}}'))) LIMIT 1;
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'instance % exists already', bad USING ERRCODE = '{EXISTS}';
-    END IF;
-    -- The fence: every other instance written for still carries our epoch.
-    SELECT count(*) INTO want FROM (
-        SELECT DISTINCT i, e FROM unnest(p_inst, p_epoch, p_new) AS u(i, e, n)
-        WHERE NOT n AND e <> 0) w;
-    IF want > 0 THEN
-        SELECT count(*) INTO held FROM (
-            SELECT 1 FROM ml_instances m
-            JOIN (SELECT DISTINCT i, e FROM unnest(p_inst, p_epoch, p_new) AS u(i, e, n)
-                  WHERE NOT n AND e <> 0) w ON m.instance_id = w.i AND m.lease_epoch = w.e
-            FOR SHARE OF m) f;
-        IF held <> want THEN
-            SELECT w.i INTO bad FROM unnest(p_inst, p_epoch, p_new) AS w(i, e, n)
-                LEFT JOIN ml_instances m ON m.instance_id = w.i
-                WHERE NOT w.n AND w.e <> 0 AND m.lease_epoch IS DISTINCT FROM w.e LIMIT 1;
-            RAISE EXCEPTION 'fenced out of instance %: its lease moved to another engine',
-                coalesce(bad, '?') USING ERRCODE = '{FENCED}';
+    -- New instances (distinct ids): their lease row, epoch 1, this writer's.
+    IF cardinality(p_new) > 0 THEN
+        WITH ins AS (
+            INSERT INTO ml_instances (instance_id, lease_owner, lease_epoch)
+            SELECT i, p_writer, 1 FROM unnest(p_new) AS i
+            ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
+        SELECT array_agg(instance_id) INTO got FROM ins;
+        IF coalesce(cardinality(got), 0) <> cardinality(p_new) THEN
+            SELECT i INTO bad FROM unnest(p_new) AS i
+                WHERE NOT (i = ANY(coalesce(got, '{{}}'))) LIMIT 1;
+            RAISE EXCEPTION 'instance % exists already', bad USING ERRCODE = '{EXISTS}';
         END IF;
+    END IF;
+    -- The fence (distinct ids and the epochs we hold): each row locked
+    -- FOR SHARE until commit, so a claim waits for this batch.
+    IF cardinality(p_fence) = 1 THEN
+        PERFORM 1 FROM ml_instances
+            WHERE instance_id = p_fence[1] AND lease_epoch = p_epoch[1] FOR SHARE;
+        IF NOT FOUND THEN
+            bad := p_fence[1];
+        END IF;
+    ELSIF cardinality(p_fence) > 1 THEN
+        SELECT count(*) INTO held FROM (
+            SELECT 1 FROM ml_instances m JOIN unnest(p_fence, p_epoch) AS f(i, e)
+                ON m.instance_id = f.i AND m.lease_epoch = f.e
+            FOR SHARE OF m) x;
+        IF held <> cardinality(p_fence) THEN
+            SELECT f.i INTO bad FROM unnest(p_fence, p_epoch) AS f(i, e)
+                LEFT JOIN ml_instances m ON m.instance_id = f.i
+                WHERE m.lease_epoch IS DISTINCT FROM f.e LIMIT 1;
+        END IF;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'fenced out of instance %: its lease moved to another engine', bad
+            USING ERRCODE = '{FENCED}';
     END IF;
     IF p_notify THEN
         PERFORM pg_notify('{CHANNEL}', '');
