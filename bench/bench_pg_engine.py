@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,11 +73,14 @@ async def parallel(where: str, tag: str) -> float:
 
 async def main(steps: int, rounds: int) -> None:
     server = PgServer(fsync=True).start()
-    local = tempfile.mkdtemp(prefix="bench-pg-engine-", dir=os.path.dirname(os.path.abspath(__file__)))
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")  # on the disk
+    os.makedirs(data, exist_ok=True)
+    local = tempfile.mkdtemp(prefix="pg-engine-", dir=data)
     results: dict[str, list[float]] = {}
     try:
         for n in range(rounds):
-            for kind, where in (("postgres", server.dsn()), ("local", os.path.join(local, f"j{n}"))):
+            here = os.path.join(local, f"j{n}")
+            for kind, where in (("postgres", server.dsn()), ("local", here)):
                 rate, _ = await sequential(where, steps, f"seq-{n}")
                 results.setdefault(f"{kind} 1x{steps} steps/s", []).append(rate)
                 results.setdefault(f"{kind} 100x20 steps/s", []).append(
@@ -86,6 +90,7 @@ async def main(steps: int, rounds: int) -> None:
                   f"({min(values):,.0f}-{max(values):,.0f})")
     finally:
         server.stop()
+        shutil.rmtree(local, ignore_errors=True)
 
 
 if __name__ == "__main__":
