@@ -38,7 +38,7 @@ def build(where: str) -> Engine:
 async def sequential(where: str, steps: int, iid: str) -> tuple[float, float]:
     async def flow(ctx: Context) -> Any:
         for i in range(steps):
-            await ctx.step(f"s{i}").run(lambda: i)
+            await ctx.step(f"s{i}").run(lambda i=i: i)
         return steps
 
     engine = build(where)
@@ -59,7 +59,7 @@ async def sequential(where: str, steps: int, iid: str) -> tuple[float, float]:
 async def parallel(where: str, tag: str) -> float:
     async def flow(ctx: Context) -> Any:
         for i in range(20):
-            await ctx.step(f"s{i}").run(lambda: i)
+            await ctx.step(f"s{i}").run(lambda i=i: i)
 
     engine = build(where)
     engine.register("flow", flow)
