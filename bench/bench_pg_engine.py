@@ -29,6 +29,9 @@ from pgserver import PgServer
 from memable_log import Context, Engine
 
 
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")  # on the disk
+
+
 def build(where: str) -> Engine:
     builder = Engine.builder()
     builder = builder.postgres(where) if where.startswith("postgresql:") else builder.open(where)
@@ -73,9 +76,8 @@ async def parallel(where: str, tag: str) -> float:
 
 async def main(steps: int, rounds: int) -> None:
     server = PgServer(fsync=True).start()
-    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")  # on the disk
-    os.makedirs(data, exist_ok=True)
-    local = tempfile.mkdtemp(prefix="pg-engine-", dir=data)
+    os.makedirs(DATA, exist_ok=True)
+    local = tempfile.mkdtemp(prefix="pg-engine-", dir=DATA)
     results: dict[str, list[float]] = {}
     try:
         for n in range(rounds):
