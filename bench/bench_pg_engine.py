@@ -28,7 +28,6 @@ from pgserver import PgServer
 
 from memable_log import Context, Engine
 
-
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data")  # on the disk
 
 
