@@ -131,3 +131,34 @@ async def test_a_newer_schema_is_refused_by_name(pg_dsn: str) -> None:
     with pytest.raises(SchemaMismatch, match="schema version 99, newer than this"):
         async with engine(pg_dsn):
             pass
+
+
+async def test_failed_attempts_and_status_text_survive_a_restart(pg_dsn: str) -> None:
+    attempts: list[int] = []
+
+    async def flaky(ctx: Context) -> Any:
+        await ctx.set_status("fetching")
+
+        def body() -> str:
+            attempts.append(ctx.attempt)
+            if len(attempts) < 3:
+                raise ConnectionError("try again")
+            return "ok"
+
+        got = await ctx.step("fetch").retry(max_attempts=5, initial_delay=0.01).run(body)
+        await ctx.suspend("more")
+        return got
+
+    async with engine(pg_dsn, flaky=flaky) as first:
+        await first.invoke("flaky", instance_id="r")
+        await until_state(first, "r", "suspended")
+    assert attempts == [1, 2, 3]
+
+    async with engine(pg_dsn, flaky=flaky) as second:
+        status = second.status("r")
+        assert status.status == "fetching"
+        [step] = [s for s in second.steps("r") if s.key == "fetch"]
+        assert step.attempts == 3
+        await second.signal("flaky", "r", "more")
+        assert await second.wait("r") == "ok"
+    assert attempts == [1, 2, 3]
