@@ -128,7 +128,8 @@ class PostgresBackend:
         self._conn: Conn | None = None  # the writer's
         self._reader: Conn | None = None
         self._read_lock = trio.Lock()
-        self._queue: list[_Batch] = []
+        self._queue: list[_Batch] = []  # waiting for the next commit
+        self._inflight: list[_Batch] = []  # in the commit under way
         self._leading = False
         self._turn = trio.Event()
         self._failed: str | None = None
@@ -218,11 +219,13 @@ class PostgresBackend:
         taken, self._queue = self._queue, []
         for batch in taken:
             batch.taken = True
+        self._inflight = taken
         try:
             with trio.CancelScope(shield=True):
                 await self._commit(taken)
         finally:
             self._leading = False
+            self._inflight = []
             turn, self._turn = self._turn, trio.Event()
             turn.set()
 
@@ -298,9 +301,7 @@ class PostgresBackend:
         return _unpack(bytes(result.get_value(0, 0) or b""), loc)
 
     async def settled(self, instance_id: str) -> None:
-        while self._leading and any(
-            batch.taken and not batch.done and instance_id in batch.ids for batch in self._queue
-        ):
+        while any(instance_id in batch.ids for batch in self._inflight):
             await self._turn.wait()
         # At once (no checkpoint) when nothing of it is in flight: the
         # engine's invoke checks the index right after, in the same step.

@@ -9,6 +9,8 @@ from typing import Any
 import msgpack
 import psycopg
 import pytest
+import trio
+import trio.testing
 
 from memable_log._core import records as r
 from memable_log._core.index import Index
@@ -134,3 +136,17 @@ async def test_the_tailer_closes_a_gap_whose_transaction_rolled_back(pg_dsn: str
         slow.close()
         fast.close()
         conn.close()
+
+
+async def test_settled_waits_for_a_batch_in_flight(pg_dsn: str) -> None:
+    backend, index = await opened(pg_dsn)
+    try:
+        await backend.append(created("a"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.append, done("a", "k"))
+            await trio.testing.wait_all_tasks_blocked()  # its round trip is on the wire
+            assert "k" not in index.instances["a"].steps
+            await backend.settled("a")
+            assert "k" in index.instances["a"].steps
+    finally:
+        await backend.close()
