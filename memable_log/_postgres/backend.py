@@ -291,10 +291,12 @@ class PostgresBackend:
         return [as_int(result.get_value(i, 0)) for i in range(result.ntuples)]
 
     async def read(self, loc: int) -> list[Any]:
-        reader = self._reader
-        if reader is None:
+        if self._conn is None:
             raise JournalClosed("the PostgreSQL journal is closed")
         async with self._read_lock:
+            reader = self._reader
+            if reader is None or reader.broken:  # a read cut by a cancellation closes it
+                reader = self._reader = await self._connect("reader")
             result = await reader.query(b"ml_read", _READ, [INT8], [int8(loc)])
         if result.ntuples != 1:
             raise EngineError(f"no record at seq {loc} in the PostgreSQL journal")

@@ -150,3 +150,21 @@ async def test_settled_waits_for_a_batch_in_flight(pg_dsn: str) -> None:
             assert "k" in index.instances["a"].steps
     finally:
         await backend.close()
+
+
+async def test_a_read_cut_by_a_cancellation_leaves_reads_working(pg_dsn: str) -> None:
+    backend, _ = await opened(pg_dsn)
+    try:
+        await backend.append_many([created("a"), done("a", "k")])
+        with psycopg.connect(pg_dsn) as blocker:
+            blocker.execute("LOCK TABLE ml_log IN ACCESS EXCLUSIVE MODE")  # the read waits
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(backend.read, 2)
+                    await trio.testing.wait_all_tasks_blocked()  # on the wire
+                    scope.cancel()
+            blocker.rollback()
+        assert scope.cancelled_caught
+        assert (await backend.read(2))[r.KEY] == "k"
+    finally:
+        await backend.close()
