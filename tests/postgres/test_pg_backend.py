@@ -142,12 +142,26 @@ async def test_settled_waits_for_a_batch_in_flight(pg_dsn: str) -> None:
     backend, index = await opened(pg_dsn)
     try:
         await backend.append(created("a"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.append, done("a", "k"))
-            await trio.testing.wait_all_tasks_blocked()  # its round trip is on the wire
-            assert "k" not in index.instances["a"].steps
+        settled = trio.Event()
+
+        async def settle() -> None:
             await backend.settled("a")
-            assert "k" in index.instances["a"].steps
+            settled.set()
+
+        with psycopg.connect(pg_dsn) as blocker:
+            blocker.execute("LOCK TABLE ml_log IN ACCESS EXCLUSIVE MODE")  # the insert waits
+            async with trio.open_nursery() as nursery:
+                try:
+                    nursery.start_soon(backend.append, done("a", "k"))
+                    await trio.testing.wait_all_tasks_blocked()  # its round trip is on the wire
+                    nursery.start_soon(settle)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert not settled.is_set()
+                    assert "k" not in index.instances["a"].steps
+                finally:
+                    blocker.rollback()  # the append, shielded, ends even if a check failed
+                await settled.wait()
+                assert "k" in index.instances["a"].steps
     finally:
         await backend.close()
 
