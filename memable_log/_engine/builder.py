@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Self
 
 from .._backend.local import LocalBackend
+from .._backend.seam import Backend
 from .._core.codec import DEFAULT_COMPRESS_THRESHOLD, Codec, DecodeHook, EncodeHook
 from .._core.index import DEFAULT_INLINE_LIMIT
 from .._storage.files import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, FileStorage, Storage
@@ -29,6 +30,7 @@ class EngineBuilder:
 
     def __init__(self) -> None:
         self._storage: Callable[[], Storage] | None = None
+        self._postgres: tuple[str, str | None, float] | None = None
         self._clock: Clock | None = None
         self._codec = Codec()
         self._max_running: int | None = None
@@ -55,6 +57,7 @@ class EngineBuilder:
         """
         path = os.fspath(path)
         self._storage = lambda: FileStorage(path, dir_mode=dir_mode, file_mode=file_mode)
+        self._postgres = None
         return self
 
     def in_memory(self, storage: MemoryStorage | None = None) -> Self:
@@ -66,6 +69,24 @@ class EngineBuilder:
         """
         memory = storage if storage is not None else MemoryStorage()
         self._storage = lambda: memory
+        self._postgres = None
+        return self
+
+    def postgres(self, dsn: str, *, worker: str | None = None, lease: float = 30.0) -> Self:
+        """Keep the journal in a PostgreSQL database (``postgresql://...``).
+
+        Needs the ``postgres`` extra (psycopg 3). ``worker`` names this
+        engine in the database (default host:pid); ``lease`` is how long, in
+        seconds, its hold on an instance lasts without renewal. Phase 1 (see
+        docs/postgres.md): one engine at a time per database; a second one
+        takes every instance over and the first is fenced out.
+        """
+        if not isinstance(dsn, str) or not dsn:
+            raise TypeError(f"postgres takes a DSN string (postgresql://...), not {dsn!r}")
+        if type(lease) is bool or not isinstance(lease, int | float) or not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+        self._postgres = (dsn, worker, float(lease))
+        self._storage = None
         return self
 
     def clock(self, clock: Clock) -> Self:
@@ -204,19 +225,25 @@ class EngineBuilder:
         return self
 
     def build(self) -> Engine:
-        """The engine, over the local journal chosen by ``open`` or ``in_memory``."""
-        if self._storage is None:
-            raise ValueError("say where the journal lives: .open(path) or .in_memory()")
+        """The engine, over the journal chosen by ``open``, ``in_memory`` or ``postgres``."""
         clock = self._clock or Clock()
-        backend = LocalBackend(
-            self._storage,
-            segment_size=self._segment_size,
-            snapshots=self._snapshots,
-            compaction=self._compaction,
-            retention_ms=None if self._retention is None else round(self._retention * 1000),
-            now_ms=clock.now_ms,
-            decode=self._codec.decode,
-        )
+        backend: Backend
+        if self._postgres is not None:
+            backend = _postgres_backend(*self._postgres)
+        elif self._storage is None:
+            raise ValueError(
+                "say where the journal lives: .open(path), .in_memory() or .postgres(dsn)"
+            )
+        else:
+            backend = LocalBackend(
+                self._storage,
+                segment_size=self._segment_size,
+                snapshots=self._snapshots,
+                compaction=self._compaction,
+                retention_ms=None if self._retention is None else round(self._retention * 1000),
+                now_ms=clock.now_ms,
+                decode=self._codec.decode,
+            )
         return Engine(
             backend,
             clock=clock,
@@ -227,3 +254,14 @@ class EngineBuilder:
             shutdown_timeout=self._shutdown_timeout,
             resume_on_start=self._resume_on_start,
         )
+
+
+def _postgres_backend(dsn: str, worker: str | None, lease: float) -> Backend:
+    try:
+        from .._postgres.backend import PostgresBackend
+    except ImportError as exc:
+        raise ImportError(
+            f"Engine.builder().postgres() needs psycopg 3: pip install 'memable-log[postgres]' "
+            f"({exc})"
+        ) from None
+    return PostgresBackend(dsn, worker=worker, lease=lease)

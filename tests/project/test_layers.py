@@ -3,7 +3,7 @@ public names, and no module touches another module's private attributes.
 
 The parts, lowest first: _core (pure: no I/O, no trio), _storage (sync I/O),
 _journal, _compaction, _backend (the seam and the local journal behind it),
-_engine; the public modules (``memable_log``,
+_postgres (the PostgreSQL backend), _engine; the public modules (``memable_log``,
 ``memable_log.reader``, ``memable_log.testing``, ``memable_log.operations``)
 stand on all of them. Imports are read with ``ast`` (support/layers.py),
 wherever they stand: in functions and ``if TYPE_CHECKING:`` blocks too.
@@ -29,7 +29,7 @@ from support.layers import (
 
 import memable_log
 
-LAYERS = ("_core", "_storage", "_journal", "_compaction", "_backend", "_engine")
+LAYERS = ("_core", "_storage", "_journal", "_compaction", "_backend", "_postgres", "_engine")
 PUBLIC_MODULES = ("memable_log.reader", "memable_log.testing", "memable_log.operations")
 
 # Modules a pure core must not touch: the file system and processes, threads
@@ -115,6 +115,12 @@ def test_compaction_imports_neither_backend_nor_engine(path: Path) -> None:
 def test_backend_does_not_import_the_engine(path: Path) -> None:
     offences = _reaches_above(path, "_backend")
     assert not offences, _report("the backend imports the engine or the public API", offences)
+
+
+@pytest.mark.parametrize("path", _files("memable_log/_postgres", IMPORTS_PENDING))
+def test_postgres_does_not_import_the_engine(path: Path) -> None:
+    offences = _reaches_above(path, "_postgres")
+    assert not offences, _report("the PostgreSQL backend imports the engine or the API", offences)
 
 
 @pytest.mark.parametrize("path", _files("memable_log/_engine", IMPORTS_PENDING))

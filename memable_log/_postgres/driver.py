@@ -1,0 +1,165 @@
+"""A PostgreSQL connection driven from trio, over psycopg's libpq wrapper.
+
+Theory of operation. psycopg 3's ``AsyncConnection`` runs on asyncio only,
+but psycopg exposes the machinery under it: ``psycopg.pq.PGconn`` (libpq,
+non-blocking) and the generators of ``psycopg.generators``, which send and
+fetch without blocking and *yield* what they wait for (the socket readable
+or writable). ``_wait`` drives such a generator from trio with
+``trio.lowlevel.wait_readable``/``wait_writable`` on the connection's socket:
+no thread hop per query (docs/design.md, "PostgreSQL": measured against a
+sync connection on a worker thread, bench/bench_pg_driver.py).
+
+The backend's statements are few and fixed, so ``Conn`` speaks only what it
+needs: prepared statements with binary parameters and binary results
+(``int8`` as 8 big-endian bytes, ``bytea`` raw, ``text`` as UTF-8), plain
+SQL for the schema, LISTEN and its notifications. A query cut by a
+cancellation leaves the protocol in an unknown state: the connection is
+closed (``broken``) and its owner opens another; callers that must know a
+write's outcome shield the round trip.
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+from collections.abc import Generator, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg import generators, pq
+from psycopg.errors import error_from_result
+
+RV = TypeVar("RV")
+
+INT8, INT4, TEXT, BYTEA, BOOL = 20, 23, 25, 17, 16
+INT8_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, BOOL_ARRAY = 1016, 1009, 1001, 1000
+_READ, _WRITE = 1, 2  # psycopg's Wait/Ready bits (selectors' EVENT_READ/WRITE)
+_OK = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY})
+
+
+async def _wait(gen: Generator[Any, Any, RV], fileno: int) -> RV:
+    """Run a psycopg generator to its end, waiting on ``fileno`` in trio."""
+    try:
+        state = next(gen)
+        while True:
+            ready = _poll(fileno, state)  # a socket asked for writing nearly always is
+            if not ready:
+                if state & _READ:
+                    await trio.lowlevel.wait_readable(fileno)
+                    ready = _READ
+                else:
+                    await trio.lowlevel.wait_writable(fileno)
+                    ready = _WRITE
+            state = gen.send(ready)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def _poll(fileno: int, state: int) -> int:
+    if not state & _WRITE:
+        return 0
+    poller = select.poll()
+    poller.register(fileno, select.POLLOUT | (select.POLLIN if state & _READ else 0))
+    ready = 0
+    for _, events in poller.poll(0):
+        if events & select.POLLIN:
+            ready |= _READ
+        if events & select.POLLOUT:
+            ready |= _WRITE
+    return ready
+
+
+def int8(value: int) -> bytes:
+    return struct.pack(">q", value)
+
+
+def array(oid: int, items: Sequence[bytes | None]) -> bytes:
+    """A one-dimensional array of ``oid`` elements, binary format (None: NULL)."""
+    head = struct.pack(">iiIii", 1, int(None in items), oid, len(items), 1)
+    return head + b"".join(
+        b"\xff\xff\xff\xff" if item is None else struct.pack(">i", len(item)) + item
+        for item in items
+    )
+
+
+def as_int(value: bytes | None) -> int:
+    if value is None:
+        raise psycopg.DataError("unexpected NULL")
+    return int.from_bytes(value, "big", signed=True)
+
+
+class Conn:
+    """One connection, used by one task at a time (the caller's lock)."""
+
+    def __init__(self, pgconn: pq.abc.PGconn) -> None:
+        self.pgconn = pgconn
+        self.fileno = pgconn.socket
+        self.broken = False
+        self._prepared: set[bytes] = set()
+
+    @classmethod
+    async def connect(cls, dsn: str, *, application_name: str = "memable_log") -> Conn:
+        conninfo = psycopg.conninfo.make_conninfo(dsn, application_name=application_name)
+        gen = generators.connect(conninfo)
+        try:
+            fileno, state = next(gen)
+            while True:
+                if state & _READ:
+                    await trio.lowlevel.wait_readable(fileno)
+                    ready = _READ
+                else:
+                    await trio.lowlevel.wait_writable(fileno)
+                    ready = _WRITE
+                fileno, state = gen.send(ready)
+        except StopIteration as stop:
+            pgconn: pq.abc.PGconn = stop.value
+        pgconn.nonblocking = 1
+        return cls(pgconn)
+
+    def close(self) -> None:
+        self.broken = True
+        self.pgconn.finish()
+
+    async def _results(self) -> list[pq.abc.PGresult]:
+        try:
+            results: list[pq.abc.PGresult] = await _wait(
+                generators.execute(self.pgconn), self.fileno
+            )
+        except BaseException:
+            self.close()  # cut mid-protocol (cancelled, the server gone): unusable
+            raise
+        for result in results:
+            if result.status not in _OK:
+                raise error_from_result(result)
+        return results
+
+    async def run(self, sql: str) -> list[pq.abc.PGresult]:
+        """Plain SQL, one or more statements (text results)."""
+        self.pgconn.send_query(sql.encode())
+        return await self._results()
+
+    async def query(
+        self, name: bytes, sql: str, types: Sequence[int], params: Sequence[bytes | None]
+    ) -> pq.abc.PGresult:
+        """A prepared statement (prepared on first use), binary in and out."""
+        if name not in self._prepared:
+            self.pgconn.send_prepare(name, sql.encode(), types)
+            await self._results()
+            self._prepared.add(name)
+        self.pgconn.send_query_prepared(name, params, [1] * len(params), 1)
+        return (await self._results())[-1]
+
+    async def notifies(self) -> list[str]:
+        """Wait for notifications (after LISTEN); their payloads. Those a
+        query's reply brought along are returned without waiting."""
+        found = []
+        while (notify := self.pgconn.notifies()) is not None:
+            found.append(notify)
+        if not found:
+            try:
+                found = await _wait(generators.notifies(self.pgconn), self.fileno)
+            except BaseException:
+                self.close()
+                raise
+        return [n.extra.decode() for n in found]

@@ -1,0 +1,140 @@
+"""The PostgreSQL schema of a shared journal, and its version check.
+
+Theory of operation. One database holds one journal (docs/postgres.md):
+
+* ``ml_meta``: ``('schema', N)``, the schema's version. ``ensure`` creates
+  the schema in an empty database, accepts version ``SCHEMA_VERSION``, and
+  refuses a newer one by name (made by a newer memable_log) and an older
+  one (no migration exists yet).
+* ``ml_instances``: one row per instance, its lease: owner, fencing epoch,
+  expiry (database clock). Phase 1 takes every lease at ``open``; takeover
+  by expiry is phase 2, but the columns are here from the start.
+* ``ml_log``: the journal, one row per record, in ``seq`` order (bigserial).
+  ``rec`` is the record list as msgpack, exactly what the local journal
+  frames (its seq field 0: the row's ``seq`` is its seq). ``step_key`` is
+  set on a step's outcome, unique per instance: the first writer of a step
+  wins. ``xid`` comes before ``seq``: its default takes the writing
+  transaction's id *before* ``nextval``, which the tailer's gap rule needs
+  (tailer.py). ``writer`` is the engine that wrote the row.
+* ``ml_append(...)``: one batch of records, atomic, in one call: new
+  instances get their lease row (an id that exists is refused), every
+  other record's instance must still carry the writer's epoch (the fence,
+  its rows locked ``FOR SHARE`` until commit), then the rows, ``seq`` back
+  in order. Errors carry SQLSTATEs of our own (``ML001`` fenced out,
+  ``ML002`` instance exists) and say which instance.
+"""
+
+from __future__ import annotations
+
+from .._core.errors import EngineError
+from .driver import Conn
+
+SCHEMA_VERSION = 1
+FENCED = "ML001"
+EXISTS = "ML002"
+CHANNEL = "memable_log"
+
+_CREATE = f"""
+CREATE TABLE ml_meta (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE ml_instances (
+    instance_id   text PRIMARY KEY,
+    lease_owner   text,
+    lease_epoch   bigint NOT NULL DEFAULT 0,
+    lease_expires timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 70);
+CREATE TABLE ml_log (
+    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq       bigserial PRIMARY KEY,
+    instance_id text NOT NULL,
+    step_key  text,
+    writer    text NOT NULL,
+    rec       bytea NOT NULL
+);
+CREATE UNIQUE INDEX ml_log_step ON ml_log (instance_id, step_key) WHERE step_key IS NOT NULL;
+
+CREATE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
+                          p_new text[], p_fence text[], p_epoch int8[], p_notify bool)
+RETURNS SETOF int8 LANGUAGE plpgsql AS $$
+DECLARE
+    got text[];
+    held int;
+    bad text;
+BEGIN
+    -- New instances (distinct ids): their lease row, epoch 1, this writer's.
+    IF cardinality(p_new) > 0 THEN
+        WITH ins AS (
+            INSERT INTO ml_instances (instance_id, lease_owner, lease_epoch)
+            SELECT i, p_writer, 1 FROM unnest(p_new) AS i
+            ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
+        SELECT array_agg(instance_id) INTO got FROM ins;
+        IF coalesce(cardinality(got), 0) <> cardinality(p_new) THEN
+            SELECT i INTO bad FROM unnest(p_new) AS i
+                WHERE NOT (i = ANY(coalesce(got, '{{}}'))) LIMIT 1;
+            RAISE EXCEPTION 'instance % exists already', bad USING ERRCODE = '{EXISTS}';
+        END IF;
+    END IF;
+    -- The fence (distinct ids and the epochs we hold): each row locked
+    -- FOR SHARE until commit, so a claim waits for this batch.
+    IF cardinality(p_fence) = 1 THEN
+        PERFORM 1 FROM ml_instances
+            WHERE instance_id = p_fence[1] AND lease_epoch = p_epoch[1] FOR SHARE;
+        IF NOT FOUND THEN
+            bad := p_fence[1];
+        END IF;
+    ELSIF cardinality(p_fence) > 1 THEN
+        SELECT count(*) INTO held FROM (
+            SELECT 1 FROM ml_instances m JOIN unnest(p_fence, p_epoch) AS f(i, e)
+                ON m.instance_id = f.i AND m.lease_epoch = f.e
+            FOR SHARE OF m) x;
+        IF held <> cardinality(p_fence) THEN
+            SELECT f.i INTO bad FROM unnest(p_fence, p_epoch) AS f(i, e)
+                LEFT JOIN ml_instances m ON m.instance_id = f.i
+                WHERE m.lease_epoch IS DISTINCT FROM f.e LIMIT 1;
+        END IF;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'fenced out of instance %: its lease moved to another engine', bad
+            USING ERRCODE = '{FENCED}';
+    END IF;
+    IF p_notify THEN
+        PERFORM pg_notify('{CHANNEL}', '');
+    END IF;
+    RETURN QUERY
+        INSERT INTO ml_log (instance_id, step_key, writer, rec)
+        SELECT i, k, p_writer, r FROM unnest(p_inst, p_key, p_rec) WITH ORDINALITY AS u(i, k, r, o)
+        ORDER BY o
+        RETURNING seq;
+END $$;
+INSERT INTO ml_meta VALUES ('schema', {SCHEMA_VERSION});
+"""
+
+
+class SchemaMismatch(EngineError):
+    """The database holds a journal of another schema version."""
+
+
+async def ensure(conn: Conn, where: str) -> None:
+    """Create the schema in an empty database, or check its version."""
+    await conn.run("SELECT pg_advisory_lock(7361)")  # two engines creating it at once
+    try:
+        found = await conn.run("SELECT to_regclass('ml_meta') IS NOT NULL")
+        if found[0].get_value(0, 0) != b"t":
+            await conn.run("BEGIN;" + _CREATE + "COMMIT;")
+            return
+        row = await conn.run("SELECT value FROM ml_meta WHERE name = 'schema'")
+        value = row[0].get_value(0, 0) if row[0].ntuples else None
+        version = int(value) if value is not None else None
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"the PostgreSQL journal at {where} has schema version {version}, newer "
+                f"than this memable_log's {SCHEMA_VERSION}: upgrade memable_log"
+            )
+        raise SchemaMismatch(
+            f"the PostgreSQL journal at {where} has schema version {version}, older than "
+            f"this memable_log's {SCHEMA_VERSION}, and no migration exists"
+        )
+    finally:
+        await conn.run("SELECT pg_advisory_unlock(7361)")
