@@ -201,6 +201,11 @@ def _build(tp: Any) -> Plan | None:
     return None  # a class the codec's hooks may know: no conversion
 
 
+def name_of(tp: Any) -> str:
+    """``tp`` as a person writes it: ``list[datetime]``, ``int | None``."""
+    return _name(tp)
+
+
 def _name(tp: Any) -> str:
     if isinstance(tp, type) and not typing.get_args(tp):
         return tp.__qualname__
@@ -556,3 +561,17 @@ def loose(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: loose(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
+
+
+def decode_as(tp: Any, plain: Any) -> Any:
+    """``plain`` as a value of ``tp`` (Mismatch if it does not fit): a plan's
+    ``from_plain``, or for a type needing no conversion, ``plain`` itself,
+    checked if ``tp`` is a scalar type (the declared type of a wait or a
+    result, read once; a step's plain values are not checked)."""
+    plan = plan_of(tp)
+    if plan is not None:
+        return plan.from_plain(plain)
+    shape = _PLAIN_SCALARS.get(tp)
+    if shape is not None and not _fits(plain, shape):
+        raise _expected(tp, plain)
+    return plain

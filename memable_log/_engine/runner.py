@@ -33,6 +33,7 @@ import trio
 
 from .._core import lifecycle as lc
 from .._core import records as r
+from .._core import typed
 from .._core.codec import EncodeError
 from .._core.errors import JournalClosed, JournalFailed
 from .._storage.memory import PowerCut
@@ -153,9 +154,14 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
     now = host.now_ms()
     if error is None:
         try:
-            rec = r.make(r.COMPLETED, now, instance_id, host.codec.encode(result))
+            plan = typed.return_plan(fn)  # a declared dataclass, datetime...: docs/values.md
+            plain = result if plan is None else plan.to_plain(result)
+            rec = r.make(r.COMPLETED, now, instance_id, host.codec.encode(plain))
         except EncodeError as exc:
             message = f"the workflow's result ({exc.type_name}) cannot be encoded: {exc}"
+            rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
+        except (typed.Mismatch, TypeError) as exc:
+            message = f"the workflow's result does not fit its declared type: {exc}"
             rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
     else:
         text = "".join(traceback.format_exception(error))
