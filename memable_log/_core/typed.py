@@ -8,7 +8,8 @@ str, bytes, and lists, dicts and unions of those. Those values take the
 codec's path unchanged and are not checked against their annotation.
 
 What is stored (docs/values.md): a dataclass as a map of its ``init``
-fields; datetime, date, UUID and Decimal as their ISO or canonical text;
+fields; datetime, date, UUID and Decimal as their ISO or canonical text
+(a datetime's ZoneInfo zone, after it in brackets, as RFC 9557 has it);
 an Enum as its value; tuples, sets and frozensets as arrays; a pydantic
 model as its ``model_dump(mode="python")`` with the types above made plain
 (``model_validate`` reads it back). The journal never names a class: the
@@ -33,6 +34,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 
 class Mismatch(Exception):
@@ -188,7 +190,7 @@ def _build(tp: Any) -> Plan | None:
     if issubclass(tp, enum.Enum):
         return _enum(tp)
     if issubclass(tp, datetime):
-        return _text(tp, tp.fromisoformat, datetime.isoformat)
+        return _text(tp, _datetime_parser(tp), _datetime_text)
     if issubclass(tp, date):
         return _text(tp, tp.fromisoformat, date.isoformat, refuse=datetime)
     if issubclass(tp, UUID):
@@ -269,6 +271,36 @@ def _text(tp: type, parse: Callable[[str], Any], show: Callable[[Any], str],
         raise _expected(tp, plain)
 
     return Plan(tp.__qualname__, frozenset({str}), to_plain, from_plain)
+
+
+def _datetime_text(value: datetime) -> str:
+    """ISO 8601; a zone of the tz database (ZoneInfo) follows in brackets, as
+    RFC 9557 writes it, so it comes back as that zone, not as its offset."""
+    text = value.isoformat()
+    tz = value.tzinfo
+    if isinstance(tz, ZoneInfo) and tz.key:
+        return f"{text}[{tz.key}]"
+    return text
+
+
+def _datetime_parser(tp: type) -> Callable[[str], Any]:
+    parse: Callable[[str], Any] = tp.fromisoformat  # type: ignore[attr-defined]
+
+    def from_text(text: str) -> Any:
+        if not text.endswith("]"):
+            return parse(text)
+        text, _, key = text[:-1].partition("[")
+        at = parse(text)
+        try:
+            zone = ZoneInfo(key)
+        except Exception as exc:  # not in this machine's tz database
+            raise ValueError(f"unknown time zone {key!r} ({exc})") from None
+        local = at.replace(tzinfo=zone)
+        if local.utcoffset() != at.utcoffset():  # the second of an ambiguous hour
+            local = local.replace(fold=1)
+        return local
+
+    return from_text
 
 
 def _enum(tp: type[enum.Enum]) -> Plan:
@@ -554,7 +586,9 @@ def loose(value: Any) -> Any:
             return [loose(item) for item in value]
     if isinstance(value, enum.Enum):
         return loose(value.value)
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return value.isoformat()  # pydantic reads no zone name: its offset
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, UUID | Decimal):
         return str(value)
