@@ -121,6 +121,8 @@ def _return_plan(fn: Any) -> Plan | None:
     while hasattr(fn, "func") and not hasattr(fn, "__code__"):  # functools.partial
         fn = fn.func
     fn = getattr(fn, "__func__", fn)  # a bound method
+    while hasattr(fn, "__wrapped__"):  # a decorator's wrapper (functools.wraps)
+        fn = fn.__wrapped__
     annotations = getattr(fn, "__annotations__", None)
     if not isinstance(annotations, dict) or "return" not in annotations:
         if not hasattr(fn, "__code__") and callable(fn) and not isinstance(fn, type):

@@ -266,3 +266,20 @@ def test_a_method_a_partial_and_a_callable_object_have_their_plans() -> None:
     assert return_plan(maker.point) is plan_of(Point)
     assert return_plan(functools.partial(maker.point, 1)) is plan_of(Point)
     assert return_plan(maker) is plan_of(Point)
+
+
+def test_a_decorated_function_has_the_plan_of_the_function_it_wraps() -> None:
+    import functools
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)
+
+        return wrapper
+
+    @logged
+    def make() -> Point:
+        return Point(0, 0)
+
+    assert return_plan(make) is plan_of(Point)
