@@ -136,3 +136,14 @@ def test_mistakes_are_caught(name: str, mypy_output: dict[str, list[str]]) -> No
     expected = ERRORS[name][1]
     lines = mypy_output[f"snip_{name}"]
     assert any(line.startswith("error: ") and expected in line for line in lines), lines
+
+
+def test_the_typed_example_runs_and_its_replay_sees_the_same_types() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "typed_orders.py")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines.count("  price    ran: 2 lines") == 1
+    assert lines.count("  checkout sees a Quote: total 10.00, valid until 2030-01-01") == 2
+    assert lines[-1] == ("  -> Receipt for order True: paid 10.00 at 10:00 UTC, "
+                         "skus ['apple', 'pear']")
