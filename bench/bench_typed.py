@@ -1,0 +1,203 @@
+"""Typed values: what decoding into declared types costs per step.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_typed.py                    # cost per step by value type
+    .venv/bin/python bench/bench_typed.py --versus ../other  # bench_engine (a), (c) vs a checkout
+
+Default: one workflow of N steps, each returning the same kind of value,
+on a journal in memory (``--disk``: on disk, where fsync hides it), first
+run (executed) and replay (memoised) timed
+separately, for: an int (the plain path), a plain dict of the same fields,
+a dataclass of five fields (UUID, datetime, Decimal, str, int), and a
+pydantic model of the same fields. The cost of a type is its per-step time
+minus the plain dict's, median over interleaved rounds.
+
+``--versus DIR``: bench_engine.py's (a) 1,000 executed steps and (c) 1,000
+memoised steps, run alternately from this checkout and the one in DIR (the
+commit before, say) in fresh processes, reported as ratios of medians: the
+plain path must be no slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import pydantic  # the test extra has it
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@dataclass
+class Row:
+    id: UUID
+    at: datetime
+    amount: Decimal
+    name: str
+    count: int
+
+
+ROW = Row(UUID(int=12345), datetime(2026, 12, 7, 10, 0, 0, 123456, tzinfo=UTC),
+          Decimal("12.34"), "widget", 7)
+PLAIN = {"id": str(ROW.id), "at": ROW.at.isoformat(), "amount": str(ROW.amount),
+         "name": ROW.name, "count": ROW.count}
+
+
+def make_int() -> int:
+    return 7
+
+
+def make_plain() -> dict[str, Any]:
+    return dict(PLAIN)
+
+
+def make_row() -> Row:
+    return ROW
+
+
+class Model(pydantic.BaseModel):
+    id: UUID
+    at: datetime
+    amount: Decimal
+    name: str
+    count: int
+
+
+MODEL = Model(id=ROW.id, at=ROW.at, amount=ROW.amount, name=ROW.name, count=ROW.count)
+
+
+def make_model() -> Model:
+    return MODEL
+
+
+async def _child(kind: str, path: str, steps: int) -> dict[str, float]:
+    import trio
+
+    from memable_log import Context, Engine
+
+    fn = {"int": make_int, "dict": make_plain, "dataclass": make_row, "pydantic": make_model}[kind]
+    marks: list[float] = []
+
+    async def wf(ctx: Context) -> None:
+        marks.append(time.perf_counter())
+        for i in range(steps):
+            await ctx.step(f"s{i}").run(fn)
+        marks.append(time.perf_counter())
+        if len(marks) == 2:
+            await ctx.suspend("again")
+
+    builder = Engine.builder()
+    engine = (builder.in_memory() if path == ":memory:" else builder.open(path)).build()
+    engine.register("wf", wf)
+    async with engine:
+        iid = await engine.invoke("wf")
+        while engine.status(iid).state not in ("suspended", "failed"):  # noqa: ASYNC110
+            await trio.sleep(0.001)  # a benchmark's driver: the engine has no public event
+        await engine.signal("wf", iid, "again", None)
+        await engine.wait(iid)
+    first, replay = marks[1] - marks[0], marks[3] - marks[2]
+    return {"first_us": first / steps * 1e6, "replay_us": replay / steps * 1e6}
+
+
+def per_type(rounds: int, steps: int, disk: bool) -> None:
+    kinds = ["int", "dict", "dataclass", "pydantic"]
+    results: dict[str, dict[str, list[float]]] = {
+        k: {"first_us": [], "replay_us": []} for k in kinds}
+    base = tempfile.mkdtemp(prefix="bench-typed-", dir=os.path.join(HERE, ".data")
+                            if os.path.isdir(os.path.join(HERE, ".data")) else None)
+    try:
+        for r in range(rounds):
+            for kind in kinds if r % 2 == 0 else reversed(kinds):
+                path = os.path.join(base, f"{kind}-{r}.memable") if disk else ":memory:"
+                out = subprocess.run([sys.executable, __file__, "--child", kind, path,
+                                      str(steps)], capture_output=True, text=True, check=True)
+                for key, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                    results[kind][key].append(value)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    where = "on disk" if disk else "in memory: the conversion's CPU cost, not hidden by fsync"
+    print(f"per step, median of {rounds} rounds of {steps} steps (journal {where}):")
+    print(f"  {'value':<10} {'executed':>10} {'memoised':>10}   cost over a plain dict")
+    med = {k: {q: statistics.median(v) for q, v in results[k].items()} for k in kinds}
+    for kind in kinds:
+        first, replay = med[kind]["first_us"], med[kind]["replay_us"]
+        extra = ("" if kind in ("int", "dict") else
+                 f"   +{first - med['dict']['first_us']:.1f} us executed, "
+                 f"+{replay - med['dict']['replay_us']:.1f} us memoised")
+        print(f"  {kind:<10} {first:>8.1f}us {replay:>8.1f}us{extra}")
+
+
+def _engine_child(checkout: str, scenario: str, path: str, *extra: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": checkout}  # that checkout's memable_log first
+    script = os.path.join(checkout, "bench", "bench_engine.py")
+    out = subprocess.run([sys.executable, script, "--child", scenario, "--dir", path, *extra],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def versus(other: str, rounds: int, steps: int) -> None:
+    sides = {"this": ROOT, "other": os.path.abspath(other)}
+    a: dict[str, list[float]] = {side: [] for side in sides}
+    c: dict[str, list[float]] = {side: [] for side in sides}
+    base = tempfile.mkdtemp(prefix="bench-versus-")
+    try:
+        for r in range(rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for side in order:
+                path = os.path.join(base, f"{side}-{r}-a.memable")
+                res = _engine_child(sides[side], "steps", path, "--steps", str(steps))
+                a[side].append(steps / res["elapsed"])
+            for side in order:
+                path = os.path.join(base, f"{side}-{r}-c.memable")
+                _engine_child(sides[side], "prepare", path, "--steps", str(steps),
+                              "--crash-after", str(steps))
+                res = _engine_child(sides[side], "recover", path, "--steps", str(steps))
+                c[side].append(steps / res["replay"])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"bench_engine (a) and (c), {rounds} interleaved rounds, this = {ROOT}, "
+          f"other = {sides['other']}")
+    for label, series in (("(a) executed steps/s", a), ("(c) memoised steps/s", c)):
+        this, that = statistics.median(series["this"]), statistics.median(series["other"])
+        per_round = statistics.median(x / y for x, y in zip(series["this"], series["other"],
+                                                             strict=True))
+        print(f"  {label}: this {this:,.0f}, other {that:,.0f}; ratio of medians "
+              f"{this / that:.3f}, median of per-round ratios {per_round:.3f}")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--child"]:
+        import trio
+
+        kind, path, steps = argv[1], argv[2], int(argv[3])
+        print(json.dumps(trio.run(_child, kind, path, steps)))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--versus", metavar="DIR", help="a checkout to compare (a), (c) with")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--disk", action="store_true", help="the journal on disk, not in memory")
+    args = parser.parse_args(argv)
+    if args.versus:
+        versus(args.versus, args.rounds, args.steps)
+    else:
+        per_type(args.rounds, args.steps, args.disk)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
