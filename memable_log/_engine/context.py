@@ -189,8 +189,9 @@ class Context:
     ) -> Any:
         """Wait for the signal for ``key``; return its payload.
 
-        With ``type``, the payload is decoded into it (docs/values.md): a
-        payload that does not fit raises TypeMismatch naming the key.
+        With ``type``, the payload is decoded into it (docs/values.md) and,
+        for mypy, has that type: a payload that does not fit raises
+        TypeMismatch naming the key.
 
         If the signal is in the journal, return it at once. Otherwise the
         wait is recorded (with ``status`` and the deadline of ``timeout``,
@@ -517,7 +518,9 @@ class Step:
         every replay: into ``fn``'s return annotation (the awaited type of
         an async ``fn``) where it declares a dataclass, datetime, tuple, set
         and the other types of docs/values.md; otherwise as msgpack has it
-        (tuples become lists).
+        (tuples become lists). For mypy it is typed from ``fn`` (overloads
+        for async and sync functions): ``args`` are checked against it and
+        the result has its return type.
         """
         ctx, key = self._ctx, self._key
         try:

@@ -473,7 +473,8 @@ class Engine:
     @overload
     async def result(self, instance_id: str, type: object) -> Any: ...
     async def result(self, instance_id: str, type: object) -> Any:
-        """Like ``wait``, with the value decoded into ``type`` (docs/values.md).
+        """Like ``wait``, with the value decoded into ``type`` (docs/values.md);
+        for mypy the result has that type.
 
         Raises TypeMismatch, naming the instance, if the result does not fit.
         """
