@@ -80,9 +80,15 @@ _PLAIN_SCALARS: dict[Any, frozenset[type]] = {
     None: frozenset({type(None)}),
 }
 _PLANS: dict[Any, Plan | None] = {}
-_FN_PLANS: dict[Any, Plan | None] = {}
+# Function object -> its return plan. Read directly by the step's hot path
+# (context.py) with ``.get(fn, MISSING)``, then ``return_plan`` on a miss.
+FN_PLANS: dict[Any, Plan | None] = {}
+MISSING: Any = object()
 _FN_PLANS_KEPT = 4096  # functions made on the fly (lambdas) would grow it for ever
-_MISSING = object()
+# Code objects of functions with no return annotation: a lambda made anew
+# for every step has the same code each time, and needs no plan.
+_NO_RETURN: set[Any] = set()
+_MISSING = MISSING
 
 
 def plan_of(tp: Any) -> Plan | None:
@@ -106,15 +112,22 @@ def plan_of(tp: Any) -> Plan | None:
 def return_plan(fn: Any) -> Plan | None:
     """The plan of ``fn``'s return annotation, cached per function object."""
     try:
-        plan = _FN_PLANS.get(fn, _MISSING)
+        plan = FN_PLANS.get(fn, _MISSING)
     except TypeError:  # an unhashable callable
         return _return_plan(fn)
     if plan is _MISSING:
+        code = getattr(fn, "__code__", None)
+        if code is not None and code in _NO_RETURN:
+            return None
         plan = _return_plan(fn)
-        if len(_FN_PLANS) >= _FN_PLANS_KEPT:
-            _FN_PLANS.clear()
-        _FN_PLANS[fn] = plan
-    return plan  # type: ignore[return-value]
+        if len(FN_PLANS) >= _FN_PLANS_KEPT:
+            FN_PLANS.clear()
+        FN_PLANS[fn] = plan
+        if code is not None and "return" not in getattr(fn, "__annotations__", {"return": 0}):
+            if len(_NO_RETURN) >= _FN_PLANS_KEPT:
+                _NO_RETURN.clear()
+            _NO_RETURN.add(code)
+    return plan  # type: ignore[no-any-return]
 
 
 def _return_plan(fn: Any) -> Plan | None:

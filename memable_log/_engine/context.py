@@ -47,6 +47,8 @@ from .._core.errors import (
     TypeMismatch,
 )
 from .._core.records import check_key
+from .._core.typed import FN_PLANS as _FN_PLANS
+from .._core.typed import MISSING as _NO_PLAN
 from .._core.typed import Mismatch, return_plan
 from . import attempts, events
 from . import children as _children
@@ -523,10 +525,12 @@ class Step:
         the result has its return type.
         """
         ctx, key = self._ctx, self._key
-        try:
-            declared = return_plan(fn)
-        except TypeError as exc:  # a declared type that cannot be stored
-            raise TypeError(f"step {key!r}: {exc}") from None
+        try:  # return_plan(fn), its cache read inline: every step pays it
+            declared = _FN_PLANS.get(fn, _NO_PLAN)
+            if declared is _NO_PLAN:
+                declared = return_plan(fn)
+        except TypeError as exc:  # a declared type that cannot be stored, or fn unhashable
+            declared = _declared(fn, key, exc)
         entry = ctx._claim(key)
         host = ctx._host
         table = entry.table
@@ -636,6 +640,18 @@ class Step:
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
         return host.codec.decode(blob) if declared is None else value
+
+
+def _declared(fn: Any, key: str, exc: TypeError) -> typed.Plan | None:
+    """The plan of an unhashable ``fn``; else raise ``exc`` naming the step."""
+    try:
+        hash(fn)
+    except TypeError:
+        try:
+            return return_plan(fn)
+        except TypeError as error:
+            exc = error
+    raise TypeError(f"step {key!r}: {exc}") from None
 
 
 def _typed(plan: typed.Plan, plain: Any, instance_id: str, key: str) -> Any:

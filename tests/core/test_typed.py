@@ -283,3 +283,16 @@ def test_a_decorated_function_has_the_plan_of_the_function_it_wraps() -> None:
         return Point(0, 0)
 
     assert return_plan(make) is plan_of(Point)
+
+
+def test_a_lambda_made_for_every_step_is_not_cached_once_per_lambda() -> None:
+    from memable_log._core.typed import FN_PLANS
+
+    def make(i: int) -> Any:
+        return lambda: i
+
+    return_plan(make(0))
+    size = len(FN_PLANS)
+    for i in range(100):
+        assert return_plan(make(i)) is None
+    assert len(FN_PLANS) == size
