@@ -113,6 +113,37 @@ async def _child(kind: str, path: str, steps: int) -> dict[str, float]:
     return {"first_us": first / steps * 1e6, "replay_us": replay / steps * 1e6}
 
 
+def conversion_alone(rounds: int) -> None:
+    """In one process: what a step's value costs the codec, with and without
+    its type (to_plain, encode, decode, from_plain; decode, from_plain)."""
+    import timeit
+
+    from memable_log._core.codec import Codec
+    from memable_log._core.typed import plan_of
+
+    codec = Codec()
+    print("the value alone, in this process (median of rounds of 20,000):")
+    print(f"  {'value':<10} {'written':>10} {'replayed':>10}")
+    for kind, tp, value in (("dict", dict, PLAIN), ("dataclass", Row, ROW),
+                            ("pydantic", Model, MODEL)):
+        plan = plan_of(tp)
+        blob = codec.encode(plan.to_plain(value) if plan else value)
+
+        def written(plan: Any = plan, value: Any = value) -> Any:
+            data = codec.encode(plan.to_plain(value) if plan else value)
+            back = codec.decode(data)
+            return plan.from_plain(back) if plan else back
+
+        def replayed(plan: Any = plan, blob: bytes = blob) -> Any:
+            back = codec.decode(blob)
+            return plan.from_plain(back) if plan else back
+
+        n = 20_000
+        w = statistics.median(timeit.repeat(written, number=n, repeat=rounds)) / n * 1e6
+        r = statistics.median(timeit.repeat(replayed, number=n, repeat=rounds)) / n * 1e6
+        print(f"  {kind:<10} {w:>8.1f}us {r:>8.1f}us")
+
+
 def per_type(rounds: int, steps: int, disk: bool) -> None:
     kinds = ["int", "dict", "dataclass", "pydantic"]
     results: dict[str, dict[str, list[float]]] = {
@@ -195,6 +226,7 @@ def main(argv: list[str]) -> int:
     if args.versus:
         versus(args.versus, args.rounds, args.steps)
     else:
+        conversion_alone(args.rounds)
         per_type(args.rounds, args.steps, args.disk)
     return 0
 

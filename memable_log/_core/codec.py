@@ -13,6 +13,9 @@ step ran or was memoised. Other types go through the user's hooks: ``encode``
 maps an object to ``(tag, plain)`` with ``plain`` encodable; the library
 stores it as msgpack ext type 1 and ``decode(tag, plain)`` rebuilds it.
 Decoding never constructs anything else: no pickle, no class lookup.
+Values of declared types (dataclasses, datetimes, ... : docs/values.md)
+reach the codec already plain, converted by typed.py, and are rebuilt from
+what it decodes by the type their reader declares.
 
 What is written must read back: ``encode`` decodes what it packed (a value
 that is not a plain scalar) and refuses, with EncodeError, a value that
