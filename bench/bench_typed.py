@@ -13,8 +13,8 @@ a dataclass of five fields (UUID, datetime, Decimal, str, int), and a
 pydantic model of the same fields. The cost of a type is its per-step time
 minus the plain dict's, median over interleaved rounds.
 
-``--versus DIR``: bench_engine.py's (a) 1,000 executed steps and (c) 1,000
-memoised steps, run alternately from this checkout and the one in DIR (the
+``--versus DIR``: bench_engine.py's (a) 1,000 executed steps and (c)
+10,000 memoised steps (``--c-steps``), run alternately from this checkout and the one in DIR (the
 commit before, say) in fresh processes, reported as ratios of medians: the
 plain path must be no slower.
 """
@@ -180,24 +180,30 @@ def _engine_child(checkout: str, scenario: str, path: str, *extra: str) -> dict[
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def versus(other: str, rounds: int, steps: int) -> None:
+def versus(other: str, rounds: int, steps: int, c_steps: int) -> None:
     sides = {"this": ROOT, "other": os.path.abspath(other)}
     a: dict[str, list[float]] = {side: [] for side in sides}
     c: dict[str, list[float]] = {side: [] for side in sides}
     base = tempfile.mkdtemp(prefix="bench-versus-")
     try:
+        prepared = {}
+        for side in sides:  # (c)'s journal, prepared once per side, recovered from copies
+            prepared[side] = os.path.join(base, f"{side}-prepared.memable")
+            _engine_child(sides[side], "prepare", prepared[side], "--steps", str(c_steps),
+                          "--crash-after", str(c_steps))
         for r in range(rounds):
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
             for side in order:
                 path = os.path.join(base, f"{side}-{r}-a.memable")
                 res = _engine_child(sides[side], "steps", path, "--steps", str(steps))
                 a[side].append(steps / res["elapsed"])
+                shutil.rmtree(path, ignore_errors=True)
             for side in order:
                 path = os.path.join(base, f"{side}-{r}-c.memable")
-                _engine_child(sides[side], "prepare", path, "--steps", str(steps),
-                              "--crash-after", str(steps))
-                res = _engine_child(sides[side], "recover", path, "--steps", str(steps))
-                c[side].append(steps / res["replay"])
+                shutil.copytree(prepared[side], path)
+                res = _engine_child(sides[side], "recover", path, "--steps", str(c_steps))
+                c[side].append(c_steps / res["replay"])
+                shutil.rmtree(path, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"bench_engine (a) and (c), {rounds} interleaved rounds, this = {ROOT}, "
@@ -208,6 +214,8 @@ def versus(other: str, rounds: int, steps: int) -> None:
                                                              strict=True))
         print(f"  {label}: this {this:,.0f}, other {that:,.0f}; ratio of medians "
               f"{this / that:.3f}, median of per-round ratios {per_round:.3f}")
+        for side in sides:
+            print(f"    {side}: {', '.join(f'{v:,.0f}' for v in series[side])}")
 
 
 def main(argv: list[str]) -> int:
@@ -221,10 +229,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--versus", metavar="DIR", help="a checkout to compare (a), (c) with")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--c-steps", type=int, default=10_000,
+                        help="--versus: (c)'s memoised steps (1,000 replay in ~10 ms, less "
+                        "than a time slice of a loaded machine)")
     parser.add_argument("--disk", action="store_true", help="the journal on disk, not in memory")
     args = parser.parse_args(argv)
     if args.versus:
-        versus(args.versus, args.rounds, args.steps)
+        versus(args.versus, args.rounds, args.steps, args.c_steps)
     else:
         conversion_alone(args.rounds)
         per_type(args.rounds, args.steps, args.disk)

@@ -175,6 +175,8 @@ class Codec:
             raise ValueError("empty value blob")
         tag = blob[0]
         if tag == TAG_MSGPACK:
+            if self._decode_hook is None:  # _unpack inlined: every memoised step comes here
+                return _unpackb(blob[1:], strict_map_key=False)
             return self._unpack(blob[1:])
         if tag == TAG_ZSTD:
             body = self._decompressor.decompress(blob[1:], max_output_size=_MAX_VALUE)
@@ -182,6 +184,7 @@ class Codec:
         raise ValueError(f"unknown value blob tag {tag:#04x}")
 
 
+_unpackb = msgpack.unpackb
 _READ_BACK_KEPT = 64 * 1024  # larger values are decoded again rather than kept
 _SCALARS = frozenset({int, str, float, bool, bytes, type(None)})
 _EQUAL_SCALARS = (int, str, bytes, bytearray, memoryview, msgpack.ExtType)

@@ -48,7 +48,6 @@ from .._core.errors import (
 )
 from .._core.records import check_key
 from .._core.typed import FN_PLANS as _FN_PLANS
-from .._core.typed import MISSING as _NO_PLAN
 from .._core.typed import Mismatch, return_plan
 from . import attempts, events
 from . import children as _children
@@ -526,11 +525,11 @@ class Step:
         """
         ctx, key = self._ctx, self._key
         try:  # return_plan(fn), its cache read inline: every step pays it
-            declared = _FN_PLANS.get(fn, _NO_PLAN)
-            if declared is _NO_PLAN:
-                declared = return_plan(fn)
-        except TypeError as exc:  # a declared type that cannot be stored, or fn unhashable
-            declared = _declared(fn, key, exc)
+            declared = _FN_PLANS[fn]
+        except KeyError:
+            declared = _declared(fn, key)
+        except TypeError:  # fn is unhashable
+            declared = _declared(fn, key)
         entry = ctx._claim(key)
         host = ctx._host
         table = entry.table
@@ -642,16 +641,12 @@ class Step:
         return host.codec.decode(blob) if declared is None else value
 
 
-def _declared(fn: Any, key: str, exc: TypeError) -> typed.Plan | None:
-    """The plan of an unhashable ``fn``; else raise ``exc`` naming the step."""
+def _declared(fn: Any, key: str) -> typed.Plan | None:
+    """``return_plan(fn)``; a TypeError (a type that cannot be stored) names the step."""
     try:
-        hash(fn)
-    except TypeError:
-        try:
-            return return_plan(fn)
-        except TypeError as error:
-            exc = error
-    raise TypeError(f"step {key!r}: {exc}") from None
+        return return_plan(fn)
+    except TypeError as exc:
+        raise TypeError(f"step {key!r}: {exc}") from None
 
 
 def _typed(plan: typed.Plan, plain: Any, instance_id: str, key: str) -> Any:
