@@ -16,7 +16,9 @@ minus the plain dict's, median over interleaved rounds.
 ``--versus DIR``: bench_engine.py's (a) 1,000 executed steps and (c)
 10,000 memoised steps (``--c-steps``), run alternately from this checkout and the one in DIR (the
 commit before, say) in fresh processes, reported as ratios of medians: the
-plain path must be no slower.
+plain path must be no slower. Wall-clock rates swing 2-3x on a loaded
+machine, so it also reports the trio thread's CPU time per plain step, in
+memory, executed and memoised (the least of 10 replays), side by side.
 """
 
 from __future__ import annotations
@@ -144,6 +146,38 @@ def conversion_alone(rounds: int) -> None:
         print(f"  {kind:<10} {w:>8.1f}us {r:>8.1f}us")
 
 
+async def _cpu_child(steps: int, replays: int) -> dict[str, float]:
+    """In memory: the trio thread's CPU time for ``steps`` plain steps executed,
+    and the least of ``replays`` replays of them (CPU time: a loaded machine
+    preempting the process does not count)."""
+    import trio
+
+    from memable_log import Context, Engine
+
+    marks: list[float] = []
+
+    async def wf(ctx: Context) -> None:
+        t = time.thread_time()
+        for i in range(steps):
+            await ctx.step(f"s{i}").run(make_int)
+        marks.append(time.thread_time() - t)
+        await ctx.suspend(f"go{len(marks)}")
+
+    engine = Engine.builder().in_memory().build()
+    engine.register("wf", wf)
+    async with engine:
+        iid = await engine.invoke("wf")
+        for k in range(1, replays + 1):
+            while len(marks) < k or engine.status(iid).state != "suspended":  # noqa: ASYNC110
+                await trio.sleep(0.001)
+            await engine.signal("wf", iid, f"go{k}", None)
+        while len(marks) < replays + 1:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+        await engine.cancel(iid)
+    return {"executed_us": marks[0] / steps * 1e6,
+            "memoised_us": min(marks[1:]) / steps * 1e6}
+
+
 def per_type(rounds: int, steps: int, disk: bool) -> None:
     kinds = ["int", "dict", "dataclass", "pydantic"]
     results: dict[str, dict[str, list[float]]] = {
@@ -206,6 +240,23 @@ def versus(other: str, rounds: int, steps: int, c_steps: int) -> None:
                 shutil.rmtree(path, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    cpu: dict[str, dict[str, list[float]]] = {
+        side: {"executed_us": [], "memoised_us": []} for side in sides}
+    for r in range(rounds):
+        for side in list(sides) if r % 2 == 0 else list(reversed(sides)):
+            env = {**os.environ, "PYTHONPATH": sides[side]}
+            out = subprocess.run([sys.executable, __file__, "--cpu-child", "5000", "10"],
+                                 capture_output=True, text=True, check=True, env=env,
+                                 cwd=tempfile.gettempdir())
+            for key, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                cpu[side][key].append(value)
+    print(f"in memory, the trio thread's CPU time per plain step, {rounds} interleaved rounds:")
+    for key in ("executed_us", "memoised_us"):
+        this, that = (statistics.median(cpu[side][key]) for side in sides)
+        per_round = statistics.median(
+            x / y for x, y in zip(cpu["this"][key], cpu["other"][key], strict=True))
+        print(f"  {key}: this {this:.2f}, other {that:.2f}; time ratio of medians "
+              f"{this / that:.3f}, median of per-round ratios {per_round:.3f}")
     print(f"bench_engine (a) and (c), {rounds} interleaved rounds, this = {ROOT}, "
           f"other = {sides['other']}")
     for label, series in (("(a) executed steps/s", a), ("(c) memoised steps/s", c)):
@@ -219,6 +270,11 @@ def versus(other: str, rounds: int, steps: int, c_steps: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--cpu-child"]:
+        import trio
+
+        print(json.dumps(trio.run(_cpu_child, int(argv[1]), int(argv[2]))))
+        return 0
     if argv[:1] == ["--child"]:
         import trio
 
