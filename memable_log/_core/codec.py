@@ -84,6 +84,12 @@ class Codec:
         # wrote), once, so no decoded object is ever shared.
         self._read_back: tuple[bytes, Any] | None = None
 
+    @property
+    def has_hooks(self) -> bool:
+        """Whether the builder gave encode/decode hooks (they come first for
+        a typed value: docs/values.md)."""
+        return self._encode_hook is not None
+
     def _default(self, obj: Any) -> Any:
         if self._encode_hook is None:
             if type(obj) is int:  # msgpack hands over the ints it cannot hold

@@ -422,6 +422,8 @@ def _set(tp: Any, kind: type, item_tp: Any) -> Plan:
 
     def from_plain(plain: Any) -> Any:
         if type(plain) is not list:
+            if type(plain) is kind:
+                return plain  # a value written through the codec's hooks
             raise _expected(tp, plain)
         try:
             return kind(_items(item, plain, "from_plain"))

@@ -658,6 +658,23 @@ def _typed(plan: typed.Plan, plain: Any, instance_id: str, key: str) -> Any:
                            str(exc)) from None
 
 
+def encode_typed(codec: Any, plan: typed.Plan | None, value: Any) -> bytes:
+    """The blob of ``value`` of a declared type (``plan``); EncodeError, Mismatch.
+
+    With the builder's codec hooks, the value goes to them first, as it
+    did before types were read (a journal written so reads the same);
+    only what they cannot encode is converted by ``plan``.
+    """
+    if plan is None:
+        return codec.encode(value)  # type: ignore[no-any-return]
+    if codec.has_hooks:
+        try:
+            return codec.encode(value)  # type: ignore[no-any-return]
+        except EncodeError:
+            pass
+    return codec.encode(plan.to_plain(value))  # type: ignore[no-any-return]
+
+
 def _encode_typed(codec: Any, plan: typed.Plan, result: Any, key: str) -> tuple[bytes, Any]:
     """The blob of a step's typed result, and the value a replay will see.
 
@@ -666,7 +683,7 @@ def _encode_typed(codec: Any, plan: typed.Plan, result: Any, key: str) -> tuple[
     """
     what = f"step {key!r}"
     try:
-        blob = codec.encode(plan.to_plain(result))
+        blob = encode_typed(codec, plan, result)
     except Mismatch as exc:
         raise NotSerializable(what, builtins.type(result).__qualname__,
                               f"it does not fit its declared type {plan.name}: {exc}") from None

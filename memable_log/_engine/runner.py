@@ -37,7 +37,7 @@ from .._core import typed
 from .._core.codec import EncodeError
 from .._core.errors import JournalClosed, JournalFailed
 from .._storage.memory import PowerCut
-from .context import Context
+from .context import Context, encode_typed
 from .host import Host, ValueUnreadable
 from .waits import RunWaits, Unwind
 
@@ -154,9 +154,9 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any) -> Non
     now = host.now_ms()
     if error is None:
         try:
-            plan = typed.return_plan(fn)  # a declared dataclass, datetime...: docs/values.md
-            plain = result if plan is None else plan.to_plain(result)
-            rec = r.make(r.COMPLETED, now, instance_id, host.codec.encode(plain))
+            # a declared dataclass, datetime...: docs/values.md
+            blob = encode_typed(host.codec, typed.return_plan(fn), result)
+            rec = r.make(r.COMPLETED, now, instance_id, blob)
         except EncodeError as exc:
             message = f"the workflow's result ({exc.type_name}) cannot be encoded: {exc}"
             rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")

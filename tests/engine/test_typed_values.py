@@ -335,3 +335,45 @@ async def test_a_workflow_result_that_does_not_fit_fails_it(own: Home) -> None:
     async with own.engine({"wf": wf}) as engine:
         with pytest.raises(WorkflowFailed, match="does not fit its declared type"):
             await wait(engine, await engine.invoke("wf"))
+
+
+@dataclass(frozen=True)
+class Hooked:
+    x: int
+
+
+def hooked_encode(obj: Any) -> tuple[str, Any]:
+    if isinstance(obj, Hooked):
+        return "hooked", obj.x
+    raise TypeError(type(obj).__name__)
+
+
+def hooked_decode(tag: str, plain: Any) -> Any:
+    return Hooked(plain)
+
+
+def make_hooked() -> Hooked:
+    CALLS.append("hooked")
+    return Hooked(3)
+
+
+async def with_hooks(ctx: Context) -> Hooked:
+    value = await ctx.step("h").run(make_hooked)
+    at = await ctx.step("when").run(when)  # not the hooks' type: converted by its annotation
+    ctx_seen.append((value, at))  # type: ignore[arg-type]
+    await ctx.suspend("go")
+    return value
+
+
+async def test_the_builder_s_codec_hooks_come_first_for_a_declared_type(own: Home) -> None:
+    hooks = (hooked_encode, hooked_decode)
+    async with own.engine({"wf": with_hooks}, codec=hooks) as engine:
+        iid = await engine.invoke("wf")
+        await until_state(engine, iid, "suspended")
+    async with own.engine({"wf": with_hooks}, codec=hooks) as engine:
+        await engine.signal("wf", iid, "go", None)
+        assert await wait(engine, iid) == Hooked(3)  # untyped wait: the hooks' object, as before
+    assert CALLS == ["hooked"]
+    assert ctx_seen == [(Hooked(3), when()), (Hooked(3), when())]
+    # written through the hooks (their tag in the blob), as before types were read
+    assert b"hooked" in of_type(own.records(), "step_done", "h")[0].fields["value"]
