@@ -29,6 +29,7 @@ from ._core.errors import StepFailed as StepFailed
 from ._core.errors import StepInterrupted as StepInterrupted
 from ._core.errors import StepTimedOut as StepTimedOut
 from ._core.errors import SuspendTimedOut as SuspendTimedOut
+from ._core.errors import TypeMismatch as TypeMismatch
 from ._core.errors import UnknownInstance as UnknownInstance
 from ._core.errors import UnknownWorkflow as UnknownWorkflow
 from ._core.errors import WorkflowCancelled as WorkflowCancelled
@@ -118,6 +119,7 @@ __all__ = [
     "StepTimedOut",
     "SuspendTimedOut",
     "TornTail",
+    "TypeMismatch",
     "UnknownInstance",
     "UnknownWorkflow",
     "Wait",

@@ -13,6 +13,9 @@ step ran or was memoised. Other types go through the user's hooks: ``encode``
 maps an object to ``(tag, plain)`` with ``plain`` encodable; the library
 stores it as msgpack ext type 1 and ``decode(tag, plain)`` rebuilds it.
 Decoding never constructs anything else: no pickle, no class lookup.
+Values of declared types (dataclasses, datetimes, ... : docs/values.md)
+reach the codec already plain, converted by typed.py, and are rebuilt from
+what it decodes by the type their reader declares.
 
 What is written must read back: ``encode`` decodes what it packed (a value
 that is not a plain scalar) and refuses, with EncodeError, a value that
@@ -80,6 +83,12 @@ class Codec:
         # out by the next decode of that very blob (a step decodes what it
         # wrote), once, so no decoded object is ever shared.
         self._read_back: tuple[bytes, Any] | None = None
+
+    @property
+    def has_hooks(self) -> bool:
+        """Whether the builder gave encode/decode hooks (they come first for
+        a typed value: docs/values.md)."""
+        return self._encode_hook is not None
 
     def _default(self, obj: Any) -> Any:
         if self._encode_hook is None:
@@ -172,6 +181,8 @@ class Codec:
             raise ValueError("empty value blob")
         tag = blob[0]
         if tag == TAG_MSGPACK:
+            if self._decode_hook is None:  # _unpack inlined: every memoised step comes here
+                return _unpackb(blob[1:], strict_map_key=False)
             return self._unpack(blob[1:])
         if tag == TAG_ZSTD:
             body = self._decompressor.decompress(blob[1:], max_output_size=_MAX_VALUE)
@@ -179,6 +190,7 @@ class Codec:
         raise ValueError(f"unknown value blob tag {tag:#04x}")
 
 
+_unpackb = msgpack.unpackb
 _READ_BACK_KEPT = 64 * 1024  # larger values are decoded again rather than kept
 _SCALARS = frozenset({int, str, float, bool, bytes, type(None)})
 _EQUAL_SCALARS = (int, str, bytes, bytearray, memoryview, msgpack.ExtType)

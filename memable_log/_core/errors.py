@@ -178,6 +178,18 @@ class NotSerializable(EngineError):
         )
 
 
+class TypeMismatch(EngineError):
+    """A recorded value does not fit the type its reader declares (a step's
+    return annotation, ``suspend``'s or ``result``'s ``type=``); ``what``
+    names the key or instance, ``declared`` the type."""
+
+    def __init__(self, what: str, declared: str, reason: str) -> None:
+        self.what = what
+        self.declared = declared
+        super().__init__(f"{what}: the recorded value does not fit the declared type "
+                         f"{declared} ({reason})")
+
+
 class WorkflowFailed(EngineError):
     """The workflow raised; its type, message and traceback text are kept."""
 

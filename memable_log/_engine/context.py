@@ -19,19 +19,21 @@ swallow it; the runner catches it and drops the workflow.
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 import trio
 
 from .._core import index as ix
 from .._core import lifecycle as lc
 from .._core import records as r
+from .._core import typed
 from .._core.codec import EncodeError
 from .._core.errors import (
     DuplicateStepKey,
@@ -42,8 +44,11 @@ from .._core.errors import (
     StepInterrupted,
     StepTimedOut,
     SuspendTimedOut,
+    TypeMismatch,
 )
 from .._core.records import check_key
+from .._core.typed import FN_PLANS as _FN_PLANS
+from .._core.typed import Mismatch, return_plan
 from . import attempts, events
 from . import children as _children
 from .host import Host
@@ -62,6 +67,9 @@ _YIELD_EVERY = 256
 _ATTEMPT: ContextVar[int] = ContextVar("memable_log.attempt")
 # Exact types of step results that cannot be awaitable (subclasses could be).
 _PLAIN = frozenset({int, str, float, bool, bytes, list, dict, tuple, type(None)})
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Context:
@@ -157,14 +165,34 @@ class Context:
             entry = self._claim(key)
         await events.publish(self._host, self._run_talk(), self.instance_id, entry, key, value)
 
+    @overload
+    async def suspend(
+        self, key: str, *, status: str | None = None,
+        timeout: float | timedelta | None = None, type: None = None,  # noqa: ASYNC109
+    ) -> Any: ...
+    @overload
+    async def suspend(
+        self, key: str, *, status: str | None = None,
+        timeout: float | timedelta | None = None, type: builtins.type[T],  # noqa: ASYNC109
+    ) -> T: ...
+    @overload
+    async def suspend(
+        self, key: str, *, status: str | None = None,
+        timeout: float | timedelta | None = None, type: object,  # noqa: ASYNC109
+    ) -> Any: ...
     async def suspend(
         self,
         key: str,
         *,
         status: str | None = None,
         timeout: float | timedelta | None = None,  # noqa: ASYNC109 (a durable deadline)
+        type: object = None,
     ) -> Any:
         """Wait for the signal for ``key``; return its payload.
+
+        With ``type``, the payload is decoded into it (docs/values.md) and,
+        for mypy, has that type: a payload that does not fit raises
+        TypeMismatch naming the key.
 
         If the signal is in the journal, return it at once. Otherwise the
         wait is recorded (with ``status`` and the deadline of ``timeout``,
@@ -178,9 +206,21 @@ class Context:
         wait its deadline with ``timeout``: a ``trio.move_on_after`` around
         it lives only in memory and is gone once the instance is dropped.
         """
+        if type is not None:
+            payload = await self._suspend(key, status, timeout)
+            try:
+                return typed.decode_as(type, payload)
+            except Mismatch as exc:
+                raise TypeMismatch(f"signal {key!r} of instance {self.instance_id!r}",
+                                   typed.name_of(type), str(exc)) from None
+        return await self._suspend(key, status, timeout)
+
+    async def _suspend(
+        self, key: str, status: str | None, timeout: float | timedelta | None  # noqa: ASYNC109
+    ) -> Any:
         self._claim(key)
         host, iid = self._host, self.instance_id
-        if status is not None and type(status) is not str:
+        if status is not None and builtins.type(status) is not str:
             raise TypeError("status must be a str")
         seconds = _seconds(timeout)
         register: list[Any] | None = None
@@ -305,10 +345,29 @@ class Context:
         assert children is not None
         return await children.wait(self.instance_id, key, self._waits)
 
+    @overload
+    async def child(
+        self, key: str, workflow: Callable[[Context], Awaitable[T]], input: Any = None
+    ) -> T: ...
+    @overload
+    async def child(self, key: str, workflow: str, input: Any = None) -> Any: ...
     async def child(self, key: str, workflow: Any, input: Any = None) -> Any:
-        """Start a child (``start_child``) and return its result (``wait_child``)."""
+        """Start a child (``start_child``) and return its result (``wait_child``).
+
+        Given the workflow's function, the result is decoded into its return
+        annotation (docs/values.md); TypeMismatch, naming the key, if the
+        recorded result does not fit it.
+        """
+        plan = None if builtins.type(workflow) is str else return_plan(workflow)
         await self.start_child(key, workflow, input)
-        return await self.wait_child(key)
+        value = await self.wait_child(key)
+        if plan is None:
+            return value
+        try:
+            return plan.from_plain(value)
+        except Mismatch as exc:
+            raise TypeMismatch(f"child {key!r} of instance {self.instance_id!r}", plan.name,
+                               str(exc)) from None
 
     async def fan_out(
         self, key: str, workflow: Any, inputs: Any, *, concurrency: int | None = None
@@ -447,13 +506,30 @@ class Step:
         self._in_thread = True
         return self
 
+    @overload
+    async def run(
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """The memoised result of ``fn(*args, **kwargs)`` under this key.
 
-        Returns the value as the journal decodes it (tuples become lists),
-        on the first run as on every replay.
+        Returns the value as the journal decodes it, on the first run as on
+        every replay: into ``fn``'s return annotation (the awaited type of
+        an async ``fn``) where it declares a dataclass, datetime, tuple, set
+        and the other types of docs/values.md; otherwise as msgpack has it
+        (tuples become lists). For mypy it is typed from ``fn`` (overloads
+        for async and sync functions): ``args`` are checked against it and
+        the result has its return type.
         """
         ctx, key = self._ctx, self._key
+        try:  # return_plan(fn), its cache read inline: every step pays it
+            declared = _FN_PLANS[fn]
+        except KeyError:
+            declared = _declared(fn, key)
+        except TypeError:  # fn is unhashable
+            declared = _declared(fn, key)
         entry = ctx._claim(key)
         host = ctx._host
         table = entry.table
@@ -466,8 +542,10 @@ class Step:
                     await trio.lowlevel.checkpoint()
                     found = entry.steps.get(key, found)  # a compaction may have moved it
                 if type(found) is bytes:  # inline: no read, no coroutine
-                    return host.codec.decode(found)
-                return await host.replayed(ix.entry_loc(found), r.STEP_DONE_VALUE)  # type: ignore[arg-type]
+                    value = host.codec.decode(found)
+                else:
+                    value = await host.replayed(ix.entry_loc(found), r.STEP_DONE_VALUE)  # type: ignore[arg-type]
+                return value if declared is None else _typed(declared, value, ctx.instance_id, key)
             kind = ix.entry_kind(found)
             if kind == ix.STEP_FAILED_AT:
                 rec = await host.recorded(ix.entry_loc(found))  # type: ignore[arg-type]
@@ -550,11 +628,69 @@ class Step:
                                      failed[r.STEP_FAILED_TRACEBACK], errors) from exc
         finally:
             _ATTEMPT.reset(token)
-        try:
-            blob = host.codec.encode(result)
-        except EncodeError as exc:
-            raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
+        if declared is not None:
+            blob, value = _encode_typed(host.codec, declared, result, key)
+        else:
+            try:
+                blob = host.codec.encode(result)
+            except EncodeError as exc:
+                raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
         await host.append([r.STEP_DONE, 0, now_ms(), iid, key, blob, started, attempt])
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
-        return host.codec.decode(blob)
+        return host.codec.decode(blob) if declared is None else value
+
+
+def _declared(fn: Any, key: str) -> typed.Plan | None:
+    """``return_plan(fn)``; a TypeError (a type that cannot be stored) names the step."""
+    try:
+        return return_plan(fn)
+    except TypeError as exc:
+        raise TypeError(f"step {key!r}: {exc}") from None
+
+
+def _typed(plan: typed.Plan, plain: Any, instance_id: str, key: str) -> Any:
+    """A memoised step's value decoded into its declared type."""
+    try:
+        return plan.from_plain(plain)
+    except Mismatch as exc:
+        raise TypeMismatch(f"step {key!r} of instance {instance_id!r}", plan.name,
+                           str(exc)) from None
+
+
+def encode_typed(codec: Any, plan: typed.Plan | None, value: Any) -> bytes:
+    """The blob of ``value`` of a declared type (``plan``); EncodeError, Mismatch.
+
+    With the builder's codec hooks, the value goes to them first, as it
+    did before types were read (a journal written so reads the same);
+    only what they cannot encode is converted by ``plan``.
+    """
+    if plan is None:
+        return codec.encode(value)  # type: ignore[no-any-return]
+    if codec.has_hooks:
+        try:
+            return codec.encode(value)  # type: ignore[no-any-return]
+        except EncodeError:
+            pass
+    return codec.encode(plan.to_plain(value))  # type: ignore[no-any-return]
+
+
+def _encode_typed(codec: Any, plan: typed.Plan, result: Any, key: str) -> tuple[bytes, Any]:
+    """The blob of a step's typed result, and the value a replay will see.
+
+    Decoded here, before anything is written: a value that would not read
+    back as its declared type raises NotSerializable and is not stored.
+    """
+    what = f"step {key!r}"
+    try:
+        blob = encode_typed(codec, plan, result)
+    except Mismatch as exc:
+        raise NotSerializable(what, builtins.type(result).__qualname__,
+                              f"it does not fit its declared type {plan.name}: {exc}") from None
+    except EncodeError as exc:
+        raise NotSerializable(what, exc.type_name, exc.reason) from None
+    try:
+        return blob, plan.from_plain(codec.decode(blob))
+    except Mismatch as exc:
+        raise NotSerializable(what, builtins.type(result).__qualname__,
+                              f"it would not read back as {plan.name}: {exc}") from None

@@ -38,7 +38,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
@@ -74,6 +74,7 @@ from .timers import TimerQueue
 if TYPE_CHECKING:
     from .builder import EngineBuilder
 
+_T = TypeVar("_T")
 logger = logging.getLogger("memable_log")
 
 
@@ -473,6 +474,26 @@ class Engine:
                     f"({halted}); it runs again at the next start of the engine"
                 )
             await host.changed(instance_id).wait()
+
+    @overload
+    async def result(self, instance_id: str, type: type[_T]) -> _T: ...
+    @overload
+    async def result(self, instance_id: str, type: object) -> Any: ...
+    async def result(self, instance_id: str, type: object) -> Any:
+        """Like ``wait``, with the value decoded into ``type`` (docs/values.md);
+        for mypy the result has that type.
+
+        Raises TypeMismatch, naming the instance, if the result does not fit.
+        """
+        from .._core import typed
+        from .._core.errors import TypeMismatch
+
+        value = await self.wait(instance_id)
+        try:
+            return typed.decode_as(type, value)
+        except typed.Mismatch as exc:
+            raise TypeMismatch(f"result of instance {instance_id!r}", typed.name_of(type),
+                               str(exc)) from None
 
     def status(self, instance_id: str) -> InstanceStatus:
         """The instance's state as the journal records it (UnknownInstance if none)."""

@@ -38,10 +38,11 @@ import trio
 
 from .._core import lifecycle as lc
 from .._core import records as r
+from .._core import typed
 from .._core.codec import EncodeError
 from .._core.errors import JournalClosed, JournalFailed
 from .._storage.memory import PowerCut
-from .context import Context
+from .context import Context, encode_typed
 from .host import Host, ValueUnreadable
 from .waits import RunWaits, Unwind
 
@@ -175,9 +176,14 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any, gate: 
     now = host.now_ms()
     if error is None:
         try:
-            rec = r.make(r.COMPLETED, now, instance_id, host.codec.encode(result))
+            # a declared dataclass, datetime...: docs/values.md
+            blob = encode_typed(host.codec, typed.return_plan(fn), result)
+            rec = r.make(r.COMPLETED, now, instance_id, blob)
         except EncodeError as exc:
             message = f"the workflow's result ({exc.type_name}) cannot be encoded: {exc}"
+            rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
+        except (typed.Mismatch, TypeError) as exc:
+            message = f"the workflow's result does not fit its declared type: {exc}"
             rec = r.make(r.FAILED, now, instance_id, "NotSerializable", message, "")
     else:
         text = "".join(traceback.format_exception(error))
