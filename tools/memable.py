@@ -79,13 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Operate a memable_log journal: invoke, cancel, restart, forget, signal; "
         "read status, steps and instances; dump and compact.",
-        epilog="Exit status: 0 done, 1 refused (reason on stderr; also a path that is not a "
-        "journal), 2 bad usage. Run `memable COMMAND -h` for a command's options.",
+        epilog=c.EXIT_CODES + " Run `memable COMMAND -h` for a command's options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=text, description=text)
+        cmd = sub.add_parser(name, help=text, description=text, epilog=c.EXIT_CODES)
         cmd.add_argument("path", metavar="PATH", help="the journal directory")
         return cmd
 
