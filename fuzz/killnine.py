@@ -551,8 +551,10 @@ class Iteration:
         self.next_action = time.monotonic() + self.rng.uniform(0.005, 0.04)
         action = self.rng.choice(self.actions)
         kind, iid = action["kind"], action["id"]
-        if kind == "restart" and self.final_life:
-            self.actions.remove(action)  # it would run after the last lifetime's waits
+        if kind in ("restart", "forget") and self.final_life:
+            # A restart would run after the last lifetime's waits; a forget
+            # handed over as it exits would wait in the inbox for a next start.
+            self.actions.remove(action)
             return
         if kind in ("forget", "restart", "cancel") and iid not in self.invoked:
             return  # not there yet
