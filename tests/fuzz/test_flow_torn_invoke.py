@@ -48,3 +48,28 @@ async def test_an_instance_whose_invoke_batch_was_torn_still_waits_for_its_key()
         states = {iid: engine.status(iid).state for iid in ("n0", "n1")}
         gate.set()
     assert len(running) == 1, f"both instances of key 'a' run: {running}, {states}"
+
+
+@pytest.mark.xfail(strict=True, reason="engine: a torn invoke batch loses the invoke's timeout")
+async def test_an_instance_whose_invoke_batch_was_torn_keeps_its_invoke_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same cut (powerloss --workload flow, cut at op 18, prefix94) hung
+    the recovery: the held instance lost its deadline with ``options``, and
+    the client's retried ``invoke(..., timeout=10)`` returns the existing id
+    as it is, so nothing ever ends it."""
+    storage = MemoryStorage()
+    with OfflineJournal(storage) as journal:  # options (deadline) and queued: torn off
+        journal.append([r.make(r.CREATED, 1, "n4", "w", Codec().encode({"k": "d"}))])
+
+    async def w(ctx: Context) -> Any:
+        return await ctx.suspend("never")
+
+    engine = Engine.builder().in_memory(storage).build()
+    engine.register("w", w, key=lambda i: i["k"], max_running_per_key=1)
+    async with engine:
+        await engine.invoke("w", {"k": "d"}, instance_id="n4", timeout=10)  # the retry
+        with trio.move_on_after(60):
+            await engine.wait("n4")
+        state = engine.status("n4").state
+    assert state == "cancelled", f"n4 is {state} a minute after its 10 s timeout"
