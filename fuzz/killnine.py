@@ -101,12 +101,16 @@ from memable_log import (
 )
 from memable_log._storage import crashpoints as cp
 from memable_log._storage.inbox import (
+    ACTION_SUFFIX,
+    INBOX,
+    REJECTED,
     HandoverError,
     decode_action,
     decode_handover,
     is_action,
     pending,
     read_handover,
+    rejection,
 )
 
 SEGMENT_SIZE = 4096
@@ -641,13 +645,28 @@ class Iteration:
             if n > self.forget_runs.get(iid, 0) and not any(r.seq == 0 for r in records):
                 self.problems.append(f"{where}: {n} forgot records of {key!r} of {iid}, "
                                      f"from {self.forget_runs.get(iid, 0)} memable forget runs")
+        # A restart handed over is the instance as the tool read it: the
+        # engine refuses it (inbox/rejected/, with why) if the instance changed
+        # meanwhile (a forget applied first). No other action may be refused.
+        refused = set()
+        rejected_dir = os.path.join(self.journal, INBOX, REJECTED)
+        names = os.listdir(rejected_dir) if os.path.isdir(rejected_dir) else []
+        for name in names:
+            if not name.endswith(ACTION_SUFFIX):
+                continue
+            action, iid, _ = decode_action(read_handover(self.journal, f"{REJECTED}/{name}"))
+            why = rejection(self.journal, name) or ""
+            if action == "restart" and "changed since the restart was asked" in why:
+                refused.add(iid)
+            else:
+                self.problems.append(f"{where}: {action} of {iid} refused: {why}")
         # An acknowledged action still in the inbox is durable there, not lost.
         acks = replace(
             self.acks,
             invokes=self.acks.invokes - {i for a, i in acting if a == "invoke"},
             cancels=self.acks.cancels - {i for a, i in acting if a == "cancel"},
             forgets={f for f in self.acks.forgets if ("forget", f[0]) not in acting},
-            restarts=self.acks.restarts - {i for a, i in acting if a == "restart"},
+            restarts=self.acks.restarts - {i for a, i in acting if a == "restart"} - refused,
         )
         found = check(records, acks, read_file_ledger(self.ledger), self.specs,
                       final=final, handed_over=waiting)
