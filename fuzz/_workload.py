@@ -547,7 +547,22 @@ async def drive_flow(engine: Engine, op_id: str, acks: Acks) -> None:
     await engine.cancel(f"{op_id}-n5")
     acks.cancels.add(f"{op_id}-n5")
     for iid in ids:
-        await _finish(engine, iid, acks)
+        # A failed journal records no timeout: n4 would wait for ever.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_unless_failed, engine, nursery.cancel_scope)
+            await _finish(engine, iid, acks)
+            nursery.cancel_scope.cancel()
+        failed = engine._backend.journal.failed
+        if failed is not None:
+            raise JournalFailed(failed)
+
+
+async def _unless_failed(engine: Engine, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once the engine's journal has failed (looks every
+    POLL_VIRTUAL seconds: nothing signals a failure to a waiter)."""
+    while engine._backend.journal.failed is None:  # noqa: ASYNC110 - no event to wait on
+        await trio.sleep(POLL_VIRTUAL)
+    scope.cancel()
 
 
 def _over(flowed: dict[str, str], running: set[str]) -> bool:
