@@ -550,7 +550,10 @@ async def drive_flow(engine: Engine, op_id: str, acks: Acks) -> None:
         # A failed journal records no timeout: n4 would wait for ever.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_unless_failed, engine, nursery.cancel_scope)
-            await _finish(engine, iid, acks)
+            try:
+                await _finish(engine, iid, acks)
+            except JournalFailed:
+                pass  # raised below, outside the nursery: a bare JournalFailed
             nursery.cancel_scope.cancel()
         failed = engine._backend.journal.failed
         if failed is not None:
