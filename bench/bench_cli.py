@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/bench_cli.py            # 30 runs of each
     .venv/bin/python bench/bench_cli.py --runs 5   # a smoke check
+    .venv/bin/python bench/bench_cli.py --baseline HEAD~3   # side by side with a commit
 
 An engine process holds a journal (on /dev/shm when there is one, else a
 temp directory) with the workflow ``echo`` registered (it runs one step and
@@ -17,21 +18,36 @@ interleaved, N times each:
   written and fsynced, the engine's inbox watcher picking it up, the
   instance run, the follower seeing ``completed``, the result printed).
 
+* ``memable --help``: the command's own start-up (argparse only).
+
 It prints each one's median and p90 in milliseconds, and the command's
 median minus the import's: what the command itself costs. Target
 (issue 15): the command's median <= 100 ms, start-up included.
+
+With ``--baseline REV`` the two ``memable`` rows are also run, interleaved,
+with the library and tools of git revision REV (extracted to a temp
+directory and put first on ``sys.path``), and the ratios printed: on a
+machine other work loads, only such side-by-side ratios mean anything.
+Both trees' commands start the same way (``python -c`` importing the
+tools' ``main``, as the installed script does); the engine is this tree's.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = ("import sys; sys.path.insert(0, {pkgs!r}); "
+          "from memable_log_tools.memable import main; sys.exit(main())")
 
 ENGINE = r"""
 import sys, trio
@@ -62,30 +78,50 @@ def timed(argv: list[str], expect: str | None = None) -> float:
     return elapsed
 
 
+def tree(root: str, name: str, rev: str | None) -> list[str]:
+    """A ``python -c`` command running ``memable`` from this tree (None) or
+    from git revision ``rev``, both as packages on sys.path under ``root``."""
+    pkgs = os.path.join(root, name)
+    os.makedirs(pkgs)
+    source = HERE
+    if rev is not None:
+        source = os.path.join(root, name + "-src")
+        archive = subprocess.run(["git", "-C", HERE, "archive", rev, "memable_log", "tools"],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(source, filter="data")
+    os.symlink(os.path.join(source, "memable_log"), os.path.join(pkgs, "memable_log"))
+    os.symlink(os.path.join(source, "tools"), os.path.join(pkgs, "memable_log_tools"))
+    return [sys.executable, "-c", LAUNCH.format(pkgs=pkgs)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--baseline", metavar="REV", help="also run REV's command, interleaved")
     args = parser.parse_args()
-    memable = shutil.which("memable", path=os.path.dirname(sys.executable))
-    if memable is None:
-        raise SystemExit("the memable command is not installed next to this python")
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     root = tempfile.mkdtemp(prefix="memable-bench-cli-", dir=base)
     path = os.path.join(root, "journal")
+    trees = {"": tree(root, "this", None)}
+    if args.baseline is not None:
+        trees[f" ({args.baseline})"] = tree(root, "baseline", args.baseline)
     engine = subprocess.Popen([sys.executable, "-c", ENGINE, path], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert engine.stdout is not None
         if engine.stdout.readline().strip() != "ready":
             raise SystemExit("the engine process did not start")
-        samples: dict[str, list[float]] = {"python -c pass": [], "import memable_log": [],
-                                           "memable invoke --wait": []}
+        samples: dict[str, list[float]] = {"python -c pass": [], "import memable_log": []}
         for n in range(args.runs):
             samples["python -c pass"].append(timed([sys.executable, "-c", "pass"]))
             samples["import memable_log"].append(
                 timed([sys.executable, "-c", "import memable_log"]))
-            samples["memable invoke --wait"].append(
-                timed([memable, "invoke", path, "echo", str(n), "--wait"], expect=str(n)))
+            for tag, memable in trees.items():
+                samples.setdefault(f"memable --help{tag}", []).append(
+                    timed([*memable, "--help"]))
+                samples.setdefault(f"memable invoke --wait{tag}", []).append(timed(
+                    [*memable, "invoke", path, "echo", str(n), "--wait"], expect=str(n)))
     finally:
         engine.terminate()
         engine.wait()
@@ -93,10 +129,14 @@ def main() -> int:
     print(f"{args.runs} runs each; journal on {base or tempfile.gettempdir()}; "
           f"python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
-    print(f"{'':24} {'median ms':>10} {'p90 ms':>8}")
+    print(f"{'':36} {'median ms':>10} {'p90 ms':>8}")
     for name, values in samples.items():
         p90 = statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
-        print(f"{name:24} {statistics.median(values):>10.1f} {p90:>8.1f}")
+        print(f"{name:36} {statistics.median(values):>10.1f} {p90:>8.1f}")
+    for tag in list(trees)[1:]:
+        for row in ("memable --help", "memable invoke --wait"):
+            ratio = statistics.median(samples[row]) / statistics.median(samples[row + tag])
+            print(f"{row}: this tree / baseline = {ratio:.2f}")
     command = statistics.median(samples["memable invoke --wait"])
     imports = statistics.median(samples["import memable_log"])
     start = statistics.median(samples["python -c pass"])

@@ -87,19 +87,26 @@ def covers(pattern: str, key: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    """A forget call as it was issued (acknowledged or not), at a ledger size."""
+    """A forget call as it was issued (acknowledged or not), at a ledger size.
+
+    ``until``: a forget handed over through the inbox takes effect when the
+    engine applies it, at some ledger size from ``pos`` to ``until`` (None:
+    at ``pos`` itself, as an in-process call does).
+    """
 
     instance: str
     pattern: str
     pos: int
+    until: int | None = None
 
 
 def forgotten_between(
     forgets: Iterable[Forget], instance: str, key: str, start: int, end: int
 ) -> bool:
-    """Whether a forget of ``key`` was issued at a position in [start, end]."""
+    """Whether a forget of ``key`` took effect at a position in [start, end]."""
     return any(
-        f.instance == instance and covers(f.pattern, key) and start <= f.pos <= end
+        f.instance == instance and covers(f.pattern, key) and f.pos <= end
+        and (f.pos if f.until is None else f.until) >= start
         for f in forgets
     )
 

@@ -398,7 +398,7 @@ async def until_settled(engine: Engine, instance_id: str) -> str:
 
 # -- the in-memory operations (CrashMonkey style) -----------------------------
 
-OPS = ("invoke", "step", "signal", "timer", "cancel", "forget", "child", "schedule")
+OPS = ("invoke", "step", "signal", "timer", "cancel", "forget", "child", "schedule", "flow")
 TIMER_SECONDS = 30.0
 WAITING_FOR_SIGNAL = ("suspended", "waiting")  # "waiting": beside a timer (``remind``)
 OP_SPECS: dict[str, Spec] = {
@@ -410,6 +410,7 @@ OP_SPECS: dict[str, Spec] = {
     "forget": {"steps": 1, "amo": True},  # its own instance when nothing came before
     "child": {"steps": 1, "child": True, "fan": 3},  # a child, then a fan-out of three
     "schedule": {},  # no instance of its own: a schedule and a debounce burst (drive_timed)
+    "flow": {},  # instances of FLOWED of its own (FLOW_SPECS), driven by drive_flow
 }
 POLL_VIRTUAL = 1.0  # how often a driver looks for starts made by time (MockClock seconds)
 
@@ -424,14 +425,18 @@ def op_plan(ops: Iterable[str]) -> list[tuple[str, str, Spec]]:
             continue
         iid = f"{op}{k}"
         plan.append((op, iid, OP_SPECS[op]))
-        if op not in ("cancel", "schedule"):
+        if op not in ("cancel", "schedule", "flow"):
             finished = iid
     return plan
 
 
 def op_specs(ops: Iterable[str]) -> dict[str, Spec]:
     """Every instance's spec, children included."""
-    return with_children({iid: spec for _, iid, spec in op_plan(ops) if spec})
+    specs = {iid: spec for _, iid, spec in op_plan(ops) if spec}
+    for op, iid, _ in op_plan(ops):
+        if op == "flow":
+            specs.update(flow_specs(iid))
+    return with_children(specs)
 
 
 async def run_ops(
@@ -442,6 +447,9 @@ async def run_ops(
         if op == "schedule":  # the schedule and the debounce key are named after the op
             calls = [acks.tick() for _ in range(BURST)]
             await drive_timed(engine, iid, iid, calls, collect(acks), poll=POLL_VIRTUAL)
+            continue
+        if op == "flow":
+            await drive_flow(engine, iid, acks)
             continue
         if op == "forget" and not spec:
             await _forget_restart(engine, iid, acks, ledger, redo)
@@ -493,6 +501,125 @@ async def _forget_restart(
         if not redo:
             raise
     await _finish(engine, iid, acks)
+
+
+# -- flow control: the driver ----------------------------------------------------
+
+# ``FLOWED`` runs the same workflow under flow control: at most FLOW_MAX
+# running, at most one per key (the spec's ``fkey``). A flow op invokes these
+# at once (suffix -> (spec, priority, timeout)): n1 queues behind n0 (key
+# a), n3 (priority) behind the limit of two, n4 (held) ends by its invoke
+# timeout, n5 (held, key a) is cancelled while it most likely still queues.
+FLOWED = "flowed"
+FLOW_MAX = 2
+FLOW_TIMEOUT = 10.0  # seconds (MockClock)
+FLOW_SPECS: dict[str, tuple[Spec, int, float | None]] = {
+    "n0": ({"steps": 1, "fkey": "a"}, 0, None),
+    "n1": ({"steps": 1, "fkey": "a"}, 0, None),
+    "n2": ({"steps": 2, "fkey": "b"}, 0, None),
+    "n3": ({"steps": 1, "fkey": "c"}, 5, None),
+    "n4": ({"hold": True, "fkey": "d"}, 0, FLOW_TIMEOUT),
+    "n5": ({"hold": True, "fkey": "a"}, 0, None),
+}
+
+
+def flow_specs(op_id: str) -> dict[str, Spec]:
+    return {f"{op_id}-{n}": spec for n, (spec, _, _) in FLOW_SPECS.items()}
+
+
+def flow_key(spec: Any) -> str:
+    return str(spec.get("fkey", "-")) if isinstance(spec, dict) else "-"
+
+
+def register_flowed(engine: Engine, workflow: Callable[[Context], Awaitable[Any]]) -> None:
+    engine.register(FLOWED, workflow, max_running=FLOW_MAX, key=flow_key,
+                    max_running_per_key=1)
+
+
+async def drive_flow(engine: Engine, op_id: str, acks: Acks) -> None:
+    """Invoke FLOW_SPECS' instances at once, cancel n5, wait for all."""
+    ids = []
+    for n, (spec, priority, timeout) in FLOW_SPECS.items():
+        iid = f"{op_id}-{n}"
+        await engine.invoke(FLOWED, spec, instance_id=iid, priority=priority, timeout=timeout)
+        acks.invokes.add(iid)
+        ids.append(iid)
+    await engine.cancel(f"{op_id}-n5")
+    acks.cancels.add(f"{op_id}-n5")
+    for iid in ids:
+        # A failed journal records no timeout: n4 would wait for ever.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_unless_failed, engine, nursery.cancel_scope)
+            try:
+                await _finish(engine, iid, acks)
+            except JournalFailed:
+                pass  # raised below, outside the nursery: a bare JournalFailed
+            nursery.cancel_scope.cancel()
+        failed = engine._backend.journal.failed
+        if failed is not None:
+            raise JournalFailed(failed)
+
+
+async def _unless_failed(engine: Engine, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once the engine's journal has failed (looks every
+    POLL_VIRTUAL seconds: nothing signals a failure to a waiter)."""
+    while engine._backend.journal.failed is None:  # noqa: ASYNC110 - no event to wait on
+        await trio.sleep(POLL_VIRTUAL)
+    scope.cancel()
+
+
+def _over(flowed: dict[str, str], running: set[str]) -> bool:
+    keys = [flowed[i] for i in running]
+    return len(running) > FLOW_MAX or any(k != "-" and keys.count(k) > 1 for k in keys)
+
+
+def _check_flow(records: list[RecordView], facts: Facts, specs: dict[str, Spec], *,
+                final: bool) -> list[str]:
+    """The flow invariants (from the journal): never more than one running
+    instance of FLOWED per key, nor FLOW_MAX in all; with ``final``, an
+    instance with an invoke timeout ended ``cancelled_for`` "timeout" (and,
+    through _check_final, every queued one ran or was cancelled)."""
+    problems = []
+    if not facts.compacted:  # compaction rewrites queued/dequeued as state
+        flowed: dict[str, str] = {}  # instance -> its key
+        running: set[str] = set()
+        waiting: set[str] = set()  # created, queued or parked: holding no slot
+        last = None  # the instance of the latest record: the limits are checked
+        # between instances' records (an invoke's created, options and queued
+        # are one batch), never after the last (a torn batch's prefix, which
+        # recovery completes)
+        for rec in records:
+            iid = rec.instance
+            if last is not None and iid != last and _over(flowed, running):
+                problems.append(f"flow limits exceeded before seq {rec.seq}: running "
+                                f"{sorted((i, flowed[i]) for i in running)}")
+                break
+            last = iid
+            if rec.type == "created" and rec.fields.get("workflow") == FLOWED:
+                # its key from its input: a torn invoke batch may lose `options`
+                flowed[iid] = flow_key(_CODEC.decode(rec.fields["input"]))
+                waiting.add(iid)  # running once it does something, or dequeued
+            elif iid not in flowed or rec.type == "options":
+                continue
+            elif rec.type in ("queued", "parked"):  # holds no slot
+                running.discard(iid)
+                waiting.add(iid)
+            elif rec.type in ("completed", "failed", "cancelled", "cancelled_for"):
+                running.discard(iid)
+                waiting.discard(iid)
+            elif rec.type == "dequeued" or iid in waiting:  # a step, an event, a status
+                waiting.discard(iid)
+                running.add(iid)
+    if final:
+        for iid in sorted(specs):
+            suffix = iid.rpartition("-")[2]
+            if suffix in FLOW_SPECS and FLOW_SPECS[suffix][2] is not None:
+                state, rec = facts.final.get(iid, ("missing", None))
+                reason = rec.fields.get("reason") if rec is not None else None
+                if rec is None or rec.type != "cancelled_for" or reason != "timeout":
+                    problems.append(f"{iid} should end cancelled for 'timeout', is {state} "
+                                    f"({rec.type if rec else None}, {reason!r})")
+    return problems
 
 
 # -- schedules and debounce: the driver ---------------------------------------
@@ -627,13 +754,14 @@ class Facts:
                     facts.restarted.add(iid)
                 if state != "live":
                     facts.final[iid] = ("live", None)
-            elif rec.type in ("completed", "failed", "cancelled"):
+            elif rec.type in ("completed", "failed", "cancelled", "cancelled_for"):
                 if rec.type == "completed":
                     facts.completed.add(iid)
-                if rec.type == "cancelled":
+                if rec.type in ("cancelled", "cancelled_for"):
                     facts.cancelled.add(iid)
                 if state == "live":
-                    facts.final[iid] = (rec.type, rec)
+                    facts.final[iid] = ("cancelled" if rec.type == "cancelled_for"
+                                        else rec.type, rec)
         return facts
 
     def timed(self, rec: RecordView) -> None:
@@ -668,6 +796,7 @@ def check(
     """
     facts = Facts.of(records)
     problems: list[str] = _check_timed(facts, acks, final=final)
+    problems += _check_flow(records, facts, specs, final=final)
     # Ticks and debounced starts run the workflow too: their steps are the workload's.
     everything = {**specs, **facts.timed_inputs}
 
@@ -876,5 +1005,7 @@ def memory_engine(storage: Any, clock: Any, ledger: Ledger, sink: AckSink,
     """
     engine = (Engine.builder().in_memory(storage).clock(clock).segment_size(segment_size)
               .retention(None).compaction(compaction).build())
-    engine.register(WORKFLOW, make_workflow(ledger, sink))
+    workflow = make_workflow(ledger, sink)
+    engine.register(WORKFLOW, workflow)
+    register_flowed(engine, workflow)
     return engine

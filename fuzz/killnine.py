@@ -65,14 +65,14 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 from _forking import in_workers
-from _ledger import FileLedger, read_file_ledger
+from _ledger import FileLedger, Forget, read_file_ledger
 from _summary import finish
 from _workload import (
     BURST,
@@ -87,7 +87,7 @@ from _workload import (
     until_settled,
     with_children,
 )
-from memable_log_tools import send_signal  # type: ignore[import-not-found,unused-ignore]
+from memable_log_tools import memable, send_signal  # type: ignore[import-not-found,unused-ignore]
 
 from memable_log import (
     Clock,
@@ -95,11 +95,23 @@ from memable_log import (
     JournalLocked,
     NotAJournal,
     SignalAlreadyDelivered,
+    UnknownInstance,
     WorkflowCancelled,
     read_journal,
 )
 from memable_log._storage import crashpoints as cp
-from memable_log._storage.inbox import HandoverError, decode_handover, pending, read_handover
+from memable_log._storage.inbox import (
+    ACTION_SUFFIX,
+    INBOX,
+    REJECTED,
+    HandoverError,
+    decode_action,
+    decode_handover,
+    is_action,
+    pending,
+    read_handover,
+    rejection,
+)
 
 SEGMENT_SIZE = 4096
 LIFE_TIMEOUT = 60.0  # real seconds a lifetime may take before it counts as hung
@@ -116,6 +128,35 @@ MEMABLE_SIGNAL = str(Path(sys.executable).with_name("memable-signal"))
 TIMED_SHARE = 0.5  # iterations that also run a schedule and a debounce burst
 FAST = 240.0  # their wall clock runs this many times real time: a tick every 0.25 s
 SCHEDULE, DEBOUNCE_KEY = "tick", "burst"
+# Operator actions through `memable` (operations: appended with no engine,
+# handed over through the inbox to a running one), in some iterations.
+ACTION_SHARE = 0.5
+FORGET_KEY = "s0"
+
+
+def make_actions(rng: random.Random, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `memable` actions the parent owes: an invoke of a planned instance
+    (the child then waits for it to appear), a cancel of a held one (the
+    child then does not cancel it), a forget of a step and a restart (before
+    the last lifetime) of other ones. Marks the plan's instances it takes."""
+    if rng.random() >= ACTION_SHARE:
+        return []
+    actions = []
+    plain = [inst for inst in plan if inst["cancel"] is None]
+    held = [inst for inst in plan if inst["cancel"] is not None]
+    if plain and rng.random() < 0.6:
+        inst = rng.choice(plain)
+        inst["invoke"] = "parent"
+        actions.append({"kind": "invoke", "id": inst["id"], "spec": inst["spec"]})
+    if held and rng.random() < 0.7:
+        inst = rng.choice(held)
+        inst["cancel"] = "parent"
+        actions.append({"kind": "cancel", "id": inst["id"]})
+    if plain and rng.random() < 0.7:
+        actions.append({"kind": "forget", "id": rng.choice(plain)["id"]})
+    if plain and rng.random() < 0.5:
+        actions.append({"kind": "restart", "id": rng.choice(plain)["id"]})
+    return actions
 
 
 # -- the plan -----------------------------------------------------------------
@@ -215,8 +256,16 @@ async def _child(journal: str, ledger_path: str, life: int, plan: list[dict[str,
 
 async def _drive(engine: Engine, inst: dict[str, Any]) -> None:
     iid, spec = inst["id"], inst["spec"]
-    await engine.invoke(WORKFLOW, spec, instance_id=iid)
-    _say(Acks.line("invoke", iid))
+    if inst.get("invoke") == "parent":  # `memable invoke` makes it: wait until it has
+        while True:
+            try:
+                engine.status(iid)
+                break
+            except UnknownInstance:
+                await trio.sleep(0.005)
+    else:
+        await engine.invoke(WORKFLOW, spec, instance_id=iid)
+        _say(Acks.line("invoke", iid))
     if inst["signal"] in ("early", "late"):
         if inst["signal"] == "late":
             await until_settled(engine, iid)
@@ -225,7 +274,7 @@ async def _drive(engine: Engine, inst: dict[str, Any]) -> None:
             _say(Acks.line("signal", iid, "approve"))
         except SignalAlreadyDelivered:
             pass  # delivered by an earlier lifetime, acknowledged or not
-    if inst["cancel"] is not None:
+    if inst["cancel"] in ("early", "late"):  # "parent": `memable cancel` does it
         if inst["cancel"] == "late":
             await until_settled(engine, iid)
         await engine.cancel(iid)
@@ -293,6 +342,7 @@ class Stats:
     points_armed: Counter[str] = field(default_factory=Counter)
     points_hit: Counter[str] = field(default_factory=Counter)
     signals: Counter[str] = field(default_factory=Counter)  # memable-signal outcomes
+    actions: Counter[str] = field(default_factory=Counter)  # memable action outcomes
     acks: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
 
@@ -303,6 +353,7 @@ class Stats:
         self.points_armed += other.points_armed
         self.points_hit += other.points_hit
         self.signals += other.signals
+        self.actions += other.actions
         self.acks += other.acks
         self.violations += other.violations
 
@@ -313,6 +364,7 @@ class Stats:
             "points_armed": dict(sorted(self.points_armed.items())),
             "points_hit": dict(sorted(self.points_hit.items())),
             "signals": dict(sorted(self.signals.items())),
+            "actions": dict(sorted(self.actions.items())),
             "acks": dict(sorted(self.acks.items())),
             "violations": len(self.violations),
         }
@@ -323,7 +375,7 @@ class Stats:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Stats:
         stats = cls(data["iterations"], data["lives"], data["kills"])
-        for name in ("points_armed", "points_hit", "signals", "acks"):
+        for name in ("points_armed", "points_hit", "signals", "actions", "acks"):
             getattr(stats, name).update(data[name])
         stats.violations = data["violation_list"]
         return stats
@@ -339,6 +391,10 @@ class Iteration:
         self.journal = os.path.join(self.dir, "journal")
         self.ledger = os.path.join(self.dir, "ledger")
         self.plan = make_plan(self.rng)
+        # `memable` actions, from a generator of their own (earlier seeds'
+        # plans stay what they were); owed until the command says done.
+        self.actions = make_actions(random.Random(f"actions-{seed}-{index}"), self.plan)
+        self.final_life = False
         # A schedule and a debounce burst in some iterations, drawn from a
         # generator of their own (earlier seeds' plans stay what they were),
         # on a fast clock whose time starts now.
@@ -351,6 +407,8 @@ class Iteration:
         # Signals the parent owes, until memable-signal says delivered or present.
         self.owed = {inst["id"] for inst in self.plan if inst["signal"] == "parent"}
         self.next_signal = 0.0
+        self.next_action = 0.0
+        self.forget_runs: dict[str, int] = {}  # `memable forget` runs, by instance
         self.invoked: set[str] = set()  # instances whose invoke was acknowledged
         self.problems: list[str] = []
 
@@ -359,6 +417,9 @@ class Iteration:
         for life in range(kills + 1):
             if self.owed & self.invoked and self.rng.random() < 0.3:
                 self._deliver()  # while no engine runs: an offline append
+            self.final_life = life == kills
+            if self.actions and self.rng.random() < 0.3:
+                self._act()  # while no engine runs: an offline append
             final = life == kills
             if not self._life(life, final):
                 break
@@ -411,6 +472,8 @@ class Iteration:
                     return False
                 if self.owed and now >= self.next_signal and not killed:
                     self._deliver()
+                if self.actions and now >= self.next_action and not killed:
+                    self._act()
                 chunk = _read(read_fd, 0.005)
                 if chunk is None:  # end of output: the child is gone
                     break
@@ -477,13 +540,70 @@ class Iteration:
         elif code == 1 and ("already" in err or "waiting for the engine" in err):
             self.owed.discard(iid)  # durable by an earlier, unacknowledged run
             self.stats.signals["already"] += 1
-        elif code in (1, 2) and ("unknown instance" in err.lower() or "no journal" in err):
+        elif code in (1, 2) and ("unknown instance" in err.lower()
+                                 or "not a memable_log journal" in err):
             self.stats.signals["too-early"] += 1
         elif code == -signal.SIGKILL and point is not None and "memable crash point" in err:
             self.stats.points_hit["tool:" + point[0]] += 1
             self.stats.signals["killed"] += 1
         else:
             self.problems.append(f"memable-signal exited {code}: {err.strip()[-500:]}")
+
+    def _act(self) -> None:
+        """Try once to do one owed action with `memable` (forked, as the
+        signals are; now and then killed at an inbox crash point)."""
+        self.next_action = time.monotonic() + self.rng.uniform(0.005, 0.04)
+        action = self.rng.choice(self.actions)
+        kind, iid = action["kind"], action["id"]
+        if kind in ("restart", "forget") and self.final_life:
+            # A restart would run after the last lifetime's waits; a forget
+            # handed over as it exits would wait in the inbox for a next start.
+            self.actions.remove(action)
+            return
+        if kind in ("forget", "restart", "cancel") and iid not in self.invoked:
+            return  # not there yet
+        argv = {"invoke": ["invoke", self.journal, WORKFLOW, json.dumps(action.get("spec")),
+                           "--id", iid],
+                "cancel": ["cancel", self.journal, iid],
+                "forget": ["forget", self.journal, iid, FORGET_KEY],
+                "restart": ["restart", self.journal, iid]}[kind]
+        point = None
+        if self.rng.random() < 0.15:
+            point = (self.rng.choice(TOOL_POINTS), 1)
+            self.stats.points_armed["tool:" + point[0]] += 1
+        if kind == "forget":  # issued: in effect from here until _check sees it applied
+            self.acks.forget_calls.append(Forget(iid, FORGET_KEY, self._ledger_size(),
+                                                 sys.maxsize))
+            self.forget_runs[iid] = self.forget_runs.get(iid, 0) + 1
+        if kind == "restart":
+            self.acks.restart_calls.append((iid, self.acks.tick()))
+        code, err = _fork_tool(argv, point, memable.main)
+        if code == 0:
+            self.actions.remove(action)
+            self.stats.actions[f"{kind} done"] += 1
+            if kind == "invoke":
+                self.acks.invokes.add(iid)
+                self.invoked.add(iid)
+            elif kind == "cancel" and "nothing to cancel" not in err:
+                self.acks.cancels.add(iid)
+            elif kind == "forget":
+                self.acks.forgets.add((iid, FORGET_KEY))
+            elif kind == "restart":
+                self.acks.restarts.add(iid)
+        elif code == 1 and kind == "restart" and ("can be restarted" in err
+                                                  or "already handed over" in err):
+            self.stats.actions["restart refused"] += 1  # live still, or one on its way
+        elif code == 1 and ("unknown instance" in err.lower()
+                            or "not a memable_log journal" in err):
+            self.stats.actions["too-early"] += 1  # no instance, or no journal, yet
+        elif code == -signal.SIGKILL and point is not None and "memable crash point" in err:
+            self.stats.points_hit["tool:" + point[0]] += 1
+            self.stats.actions["killed"] += 1
+        else:
+            self.problems.append(f"memable {' '.join(argv)} exited {code}: {err.strip()[-500:]}")
+
+    def _ledger_size(self) -> int:
+        return os.path.getsize(self.ledger) if os.path.exists(self.ledger) else 0
 
     def _check(self, *, final: bool, where: str) -> None:
         try:
@@ -494,15 +614,61 @@ class Iteration:
             self.problems.append(f"{where}: the journal does not read: {exc!r}")
             return
         waiting = set()
+        acting: set[tuple[str, str]] = set()  # actions handed over, not applied yet
         for name in pending(self.journal):
             try:
-                _, iid, key, _ = decode_handover(read_handover(self.journal, name))
-                waiting.add((iid, key))
+                data = read_handover(self.journal, name)
+                if is_action(name):
+                    action, iid, _ = decode_action(data)
+                    acting.add((action, iid))
+                else:
+                    _, iid, key, _ = decode_handover(data)
+                    waiting.add((iid, key))
             except (HandoverError, OSError) as exc:
                 self.problems.append(f"{where}: hand-over {name} unreadable: {exc!r}")
-        if final and waiting:
-            self.problems.append(f"{where}: hand-overs left in the inbox: {sorted(waiting)}")
-        found = check(records, self.acks, read_file_ledger(self.ledger), self.specs,
+        if final and (waiting or acting):
+            self.problems.append(f"{where}: hand-overs left in the inbox: "
+                                 f"{sorted(waiting)} {sorted(acting)}")
+        # A forget no longer waiting anywhere took effect by now (no engine runs).
+        owed = {a["id"] for a in self.actions if a["kind"] == "forget"}
+        size = self._ledger_size()
+        self.acks.forget_calls = [
+            replace(f, until=size) if f.until == sys.maxsize and f.instance not in owed
+            and ("forget", f.instance) not in acting else f
+            for f in self.acks.forget_calls
+        ]
+        # Each forget handed over or appended applied once: never more
+        # forgot records than `memable forget` runs (compaction aside).
+        for (iid, key), n in Counter(
+            (rec.instance, rec.fields.get("key")) for rec in records if rec.type == "forgot"
+        ).items():
+            if n > self.forget_runs.get(iid, 0) and not any(r.seq == 0 for r in records):
+                self.problems.append(f"{where}: {n} forgot records of {key!r} of {iid}, "
+                                     f"from {self.forget_runs.get(iid, 0)} memable forget runs")
+        # A restart handed over is the instance as the tool read it: the
+        # engine refuses it (inbox/rejected/, with why) if the instance changed
+        # meanwhile (a forget applied first). No other action may be refused.
+        refused = set()
+        rejected_dir = os.path.join(self.journal, INBOX, REJECTED)
+        names = os.listdir(rejected_dir) if os.path.isdir(rejected_dir) else []
+        for name in names:
+            if not name.endswith(ACTION_SUFFIX):
+                continue
+            action, iid, _ = decode_action(read_handover(self.journal, f"{REJECTED}/{name}"))
+            why = rejection(self.journal, name) or ""
+            if action == "restart" and "changed since the restart was asked" in why:
+                refused.add(iid)
+            else:
+                self.problems.append(f"{where}: {action} of {iid} refused: {why}")
+        # An acknowledged action still in the inbox is durable there, not lost.
+        acks = replace(
+            self.acks,
+            invokes=self.acks.invokes - {i for a, i in acting if a == "invoke"},
+            cancels=self.acks.cancels - {i for a, i in acting if a == "cancel"},
+            forgets={f for f in self.acks.forgets if ("forget", f[0]) not in acting},
+            restarts=self.acks.restarts - {i for a, i in acting if a == "restart"} - refused,
+        )
+        found = check(records, acks, read_file_ledger(self.ledger), self.specs,
                       final=final, handed_over=waiting)
         if final:  # what the schedules and debounce bursts started
             for rec in records:
@@ -528,17 +694,20 @@ def _read(fd: int, timeout: float) -> bytes | None:
     return data if data else None
 
 
-def _tool_entry(argv: list[str], point: tuple[str, int] | None) -> int:
+def _tool_entry(argv: list[str], point: tuple[str, int] | None, main: Any) -> int:
     if point is not None:
         cp.arm(*point)
-    code: int = send_signal.main(argv)
+    code: int = main(argv)
     return code
 
 
-def _fork_tool(argv: list[str], point: tuple[str, int] | None) -> tuple[int | None, str]:
-    """memable-signal's main in a forked process: (exit status, its output)."""
+def _fork_tool(argv: list[str], point: tuple[str, int] | None,
+               main: Any = send_signal.main) -> tuple[int | None, str]:
+    """memable-signal's main (or ``main``) in a forked process: (exit status,
+    its output)."""
     with tempfile.TemporaryFile() as out:
-        pid = _fork(_tool_entry, argv, point, stdout=out.fileno(), stderr=out.fileno())
+        pid = _fork(_tool_entry, argv, point, main, stdout=out.fileno(),
+                    stderr=out.fileno())
         code = _wait(pid, 30)
         if code is None:
             os.kill(pid, signal.SIGKILL)

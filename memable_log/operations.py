@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import enum
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ._compaction.compactor import compact_offline
 from ._core import lifecycle as lc
 from ._core import records as r
 from ._core.codec import Codec, EncodeError
@@ -321,7 +319,7 @@ def invoke(
     """
     _check_name("workflow", workflow)
     if instance_id is None:
-        instance_id = secrets.token_hex(8)
+        instance_id = os.urandom(8).hex()  # as secrets.token_hex(8), without its imports
     _check_name("instance_id", instance_id)
     text = _written_journal(path)
     blob = _encode(input, encode, f"input of workflow {workflow!r}")
@@ -556,6 +554,10 @@ def compact(
         JournalCorrupt: the journal is damaged; nothing was changed.
         OSError: a write failed; the journal still opens as it was.
     """
+    # Imported here: the compactor (and the snapshot) would add to the
+    # start-up of every other call of a short-lived tool.
+    from ._compaction.compactor import compact_offline
+
     text = _written_journal(path)
     retention_ms = None
     if retention is not None:

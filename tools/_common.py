@@ -3,7 +3,8 @@
 Conventions every tool follows (documented in each tool's --help):
 
 * exit 0 on success, 1 when the journal (or the request) is refused or
-  damaged, 2 for bad usage, as argparse does;
+  damaged, or the path is not a journal, 2 for bad usage, as argparse does
+  (``EXIT_CODES`` says so in every --help);
 * a closed output pipe (``memable-dump ... | head``) ends the tool quietly
   with the status a shell reports for SIGPIPE (141), never a traceback;
 * Ctrl-C ends it quietly with status 130;
@@ -26,6 +27,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shells report it
+EXIT_CODES = (
+    "Exit status: 0 done; 1 refused (the reason on stderr: a path that is not a journal, a "
+    "damaged journal, a refusal); 2 bad usage; 130 interrupted; 141 the output pipe closed."
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

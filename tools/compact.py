@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from memable_log import EngineError, NotAJournal, operations
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
+from ._common import EXIT_CODES, EXIT_FAILED, EXIT_OK, error, run
 
 PROG = "memable-compact"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Compact a journal that no engine holds, and report the space saved.",
-        epilog="Exit status: 0 done, 1 refused or failed, 2 bad usage.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("path", metavar="PATH", help="the journal directory")
     parser.add_argument(
@@ -63,9 +63,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         stats = operations.compact(args.path, retention=args.retention)
-    except NotAJournal:
-        error(PROG, f"no journal at {args.path!r}")
-        return EXIT_USAGE
+    except NotAJournal as exc:
+        error(PROG, str(exc))
+        return EXIT_FAILED
     except EngineError as exc:  # JournalLocked, JournalCorrupt
         error(PROG, str(exc))
         return EXIT_FAILED

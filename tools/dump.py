@@ -523,10 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--json prints every field in full; bytes appear as {\"$bytes\": HEX}. "
             "Records of a compacted segment (history rewritten by compaction) come "
             "first, with seq 0. "
-            "Exit status: 0 done; 1 the journal is damaged or unreadable (records "
-            "before the damage are printed first); 2 bad usage, or PATH is not a "
-            "journal (--follow waits for a PATH that does not exist yet, or holds no "
-            "journal yet); 130 interrupted (Ctrl-C stops --follow); 141 the output pipe "
+            "Exit status: 0 done; 1 refused: PATH is not a journal (--follow waits for a "
+            "PATH that does not exist yet, or holds no journal yet) or cannot be read, "
+            "or the journal is damaged (records before the damage are printed first); "
+            "2 bad usage; 130 interrupted (Ctrl-C stops --follow); 141 the output pipe "
             "was closed."
         ),
     )
@@ -651,10 +651,10 @@ def _guarded(args: argparse.Namespace, err: TextIO, body: Callable[[], int]) -> 
         return body()
     except NotAJournal as exc:
         c.error(PROG, str(exc), err)
-        return c.EXIT_USAGE
+        return c.EXIT_FAILED
     except _CannotOpen as exc:
         c.error(PROG, f"{args.path}: cannot read: {exc.strerror or exc}", err)
-        return c.EXIT_USAGE
+        return c.EXIT_FAILED
     except JournalFormatError as exc:
         c.error(PROG, f"{exc.file}: {exc.reason}", err)
         return c.EXIT_FAILED
@@ -686,7 +686,7 @@ def _is_segment(path: object) -> bool:
 
 
 class _CannotOpen(OSError):
-    """The journal directory could not be opened at all: a bad argument (exit 2)."""
+    """The journal directory could not be opened at all: refused (exit 1)."""
 
 
 def _open(path: str) -> JournalReader:

@@ -16,40 +16,35 @@ state that does not allow the action, an engine's refusal, a failed or
 cancelled instance for ``invoke --wait``, a damaged journal, a path that is
 not a journal); 2 bad usage (arguments, JSON, times); 130 interrupted;
 141 the output pipe closed early.
+
+Start-up is part of every command's latency (``invoke --wait`` aims at
+100 ms in all), so this module imports only argparse at the top: the
+library (msgpack, zstandard, the reader) is imported when a command runs,
+and ``--help`` or a usage error never loads it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any
-
-from memable_log import (
-    EngineError,
-    ErrorInfo,
-    InstanceStatus,
-    JournalCorrupt,
-    NotAJournal,
-    NotSerializable,
-    StepStatus,
-    Wait,
-    WorkflowCancelled,
-    WorkflowFailed,
-    operations,
-)
+from typing import TYPE_CHECKING, Any
 
 from . import _common as c
 
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from memable_log import InstanceStatus, StepStatus
+    from memable_log.operations import Delivery
+
 PROG = "memable"
 _PASS_THROUGH = ("dump", "compact", "signal")
-_HOW = {
-    operations.Delivery.APPENDED: "appended to the journal",
-    operations.Delivery.HANDED_OVER: "handed over to the running engine",
-}
+
+
+def _how(delivery: Delivery) -> str:
+    return {"appended": "appended to the journal",
+            "handed over": "handed over to the running engine"}[delivery.value]
 
 
 class _Usage(Exception):
@@ -58,6 +53,8 @@ class _Usage(Exception):
 
 def _when(text: str) -> datetime:
     """argparse type: an ISO 8601 time; one without a zone is UTC."""
+    from datetime import UTC, datetime
+
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -79,13 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Operate a memable_log journal: invoke, cancel, restart, forget, signal; "
         "read status, steps and instances; dump and compact.",
-        epilog="Exit status: 0 done, 1 refused (reason on stderr; also a path that is not a "
-        "journal), 2 bad usage. Run `memable COMMAND -h` for a command's options.",
+        epilog=c.EXIT_CODES + " Run `memable COMMAND -h` for a command's options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=text, description=text)
+        cmd = sub.add_parser(name, help=text, description=text, epilog=c.EXIT_CODES)
         cmd.add_argument("path", metavar="PATH", help="the journal directory")
         return cmd
 
@@ -154,6 +150,14 @@ def _pass_through(name: str, rest: list[str]) -> int:
 
 def _guarded(args: argparse.Namespace) -> int:
     """Run the command; turn every refusal into a message and an exit status."""
+    from memable_log import (
+        EngineError,
+        JournalCorrupt,
+        NotAJournal,
+        WorkflowCancelled,
+        WorkflowFailed,
+    )
+
     try:
         return _COMMANDS[args.command](args)
     except _Usage as exc:
@@ -189,6 +193,10 @@ def _guarded(args: argparse.Namespace) -> int:
 
 
 def _invoke(args: argparse.Namespace) -> int:
+    import json
+
+    from memable_log import NotSerializable, operations
+
     try:
         value = json.loads(args.input)
     except json.JSONDecodeError as exc:
@@ -203,8 +211,8 @@ def _invoke(args: argparse.Namespace) -> int:
         got = operations.invoke(args.path, args.workflow, value, instance_id=args.instance_id)
     except NotSerializable as exc:  # JSON values always encode; a guard
         raise _Usage(f"cannot encode the input: {exc}") from None
-    how = "already in the journal; nothing written" if got.delivery is None else _HOW[
-        got.delivery]
+    how = "already in the journal; nothing written" if got.delivery is None else _how(
+        got.delivery)
     c.error(PROG, f"instance {got.instance_id!r} of {args.workflow!r} {how}")
     if not args.wait:
         print(c.escape(got.instance_id))
@@ -218,23 +226,29 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from memable_log import operations
+
     how = operations.cancel(args.path, args.instance_id)
     if how is None:
         c.error(PROG, f"instance {args.instance_id!r} has finished already; nothing to cancel")
     else:
-        c.error(PROG, f"cancel of instance {args.instance_id!r} {_HOW[how]}")
+        c.error(PROG, f"cancel of instance {args.instance_id!r} {_how(how)}")
     return c.EXIT_OK
 
 
 def _restart(args: argparse.Namespace) -> int:
+    from memable_log import operations
+
     how = operations.restart(args.path, args.instance_id)
-    c.error(PROG, f"restart of instance {args.instance_id!r} {_HOW[how]}")
+    c.error(PROG, f"restart of instance {args.instance_id!r} {_how(how)}")
     return c.EXIT_OK
 
 
 def _forget(args: argparse.Namespace) -> int:
+    from memable_log import operations
+
     how = operations.forget(args.path, args.instance_id, args.key)
-    c.error(PROG, f"forget {args.key!r} of instance {args.instance_id!r} {_HOW[how]}")
+    c.error(PROG, f"forget {args.key!r} of instance {args.instance_id!r} {_how(how)}")
     return c.EXIT_OK
 
 
@@ -242,6 +256,10 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from memable_log import operations
+
     st = operations.status(args.path, args.instance_id)
     if args.json:
         print(json.dumps(status_json(st), ensure_ascii=False))
@@ -257,6 +275,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _steps(args: argparse.Namespace) -> int:
+    import json
+
+    from memable_log import operations
+
     found = operations.steps(args.path, args.instance_id)
     if args.json:
         print(json.dumps([step_json(s) for s in found], ensure_ascii=False))
@@ -273,6 +295,10 @@ def _steps(args: argparse.Namespace) -> int:
 
 
 def _instances(args: argparse.Namespace) -> int:
+    import json
+
+    from memable_log import operations
+
     found = operations.instances(
         args.path, args.state, workflow=args.workflow, prefix=args.prefix, since=args.since,
         until=args.until, limit=args.limit, newest_first=args.newest_first,
@@ -307,11 +333,17 @@ def step_json(step: StepStatus) -> dict[str, Any]:
 
 
 def _record(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
     return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
 def _jsonable(value: Any) -> Any:
     """Times as UTC ISO 8601; an ErrorInfo or a Wait as an object."""
+    from datetime import datetime
+
+    from memable_log import ErrorInfo, Wait
+
     if isinstance(value, datetime):
         return c.iso_datetime(value)
     if isinstance(value, ErrorInfo):

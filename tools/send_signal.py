@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from memable_log import EngineError, NotAJournal, NotSerializable, operations
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
+from ._common import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, run
 
 PROG = "memable-signal"
 _HOW = {
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Deliver a signal to the suspension KEY of an instance.",
-        epilog="Exit status: 0 delivered, 1 refused (reason on stderr), 2 bad usage.",
+        epilog=EXIT_CODES.replace("0 done", "0 delivered"),
     )
     parser.add_argument("path", metavar="PATH", help="the journal directory")
     parser.add_argument("workflow", metavar="WORKFLOW", help="the instance's workflow name")
@@ -64,9 +64,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     try:
         how = operations.signal(args.path, args.workflow, args.instance, args.key, payload)
-    except NotAJournal:
-        error(PROG, f"no journal at {args.path!r}")
-        return EXIT_USAGE
+    except NotAJournal as exc:
+        error(PROG, str(exc))
+        return EXIT_FAILED
     except NotSerializable as exc:  # JSON values always encode; a guard, not a path
         error(PROG, f"cannot encode the payload: {exc}")
         return EXIT_USAGE

@@ -26,6 +26,7 @@ engine is a restart).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._compaction.service import Compaction
+from .._core import records as r
 from .._core.errors import (
     EngineError,
     JournalClosed,
@@ -62,6 +64,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memable_log")
 
+# While an action hand-over is applied: [its handover_applied record], taken
+# by the first append of the action's instance in this task (the engine's
+# call appends in the task that calls it), so the marker is durable in the
+# same batch as the action's own records, after them. A batch survives a
+# crash as a prefix, and only as the journal's tail: an action whose marker
+# was cut off has nothing after it, so applying it again changes nothing.
+_MARKER: contextvars.ContextVar[list[list[Any]] | None] = contextvars.ContextVar(
+    "memable_handover_marker", default=None
+)
+
 
 class LocalBackend:
     """The journal in a directory (or a MemoryStorage) as an engine's backend."""
@@ -84,6 +96,7 @@ class LocalBackend:
         self.retention_ms = retention_ms
         self._now_ms = now_ms
         self.journal: Journal | None = None  # while open
+        self._index: Index | None = None  # the engine's, while open
         # Per-workflow retention overrides (ms), filled by the engine's register.
         self.retention_by_workflow: dict[str, int] = {}
         self.compaction: Compaction | None = None  # while open, if enabled
@@ -107,6 +120,7 @@ class LocalBackend:
         journal = Journal(storage, index, segment_size=self.segment_size, snapshots=self.snapshots)
         await journal.__aenter__()  # JournalLocked / JournalCorrupt surface as themselves
         self.journal = journal
+        self._index = index
         if self.compacts:
             self.compaction = Compaction(journal, self._now_ms, self.retention_ms)
             self.compaction.retention_by_workflow = self.retention_by_workflow
@@ -119,13 +133,19 @@ class LocalBackend:
         finally:
             self.compaction = None
             self.journal = None
+            self._index = None
             await journal.__aexit__(None, None, None)
 
     async def append(self, rec: list[Any]) -> None:
-        await self._require().append(rec)
+        marker = _take_marker([rec])
+        if marker is None:
+            await self._require().append(rec)
+        else:
+            await self._require().append_many([rec, marker])
 
     async def append_many(self, recs: list[list[Any]]) -> None:
-        await self._require().append_many(recs)
+        marker = _take_marker(recs)
+        await self._require().append_many(recs if marker is None else [*recs, marker])
 
     async def read(self, loc: int) -> list[Any]:
         return await self._require().read(loc)
@@ -255,14 +275,22 @@ class LocalBackend:
     async def _apply_action(
         self, calls: EngineCalls, watcher: InboxWatcher, name: str, data: bytes
     ) -> bool:
-        """Apply an action hand-over through the engine's own call (its checks);
-        False if it was refused or cannot be applied, and moved aside with why."""
+        """Apply an action hand-over through the engine's own call (its checks),
+        once: its name is written with its records (``handover_applied``) and
+        one found in the index is only deleted. False if it was refused or
+        cannot be applied, and moved aside with why."""
+        if self._index is not None and name in self._index.handovers:
+            logger.warning("hand-over %s/%s was applied before the engine stopped; "
+                           "not applied again", INBOX, name)
+            return True
         try:
             action, instance_id, args = decode_action(data)
             value = self._decode(args["input"]) if action == "invoke" else None
         except Exception as exc:
             await self._reject(watcher, name, f"cannot be decoded: {_why(exc)}")
             return False
+        token = _MARKER.set([r.make(r.HANDOVER_APPLIED, self._now_ms(), r.ENGINE, name,
+                                    instance_id)])
         try:
             await self._act(calls, action, instance_id, args, value)
         except (JournalFailed, JournalClosed) as exc:
@@ -272,6 +300,8 @@ class LocalBackend:
         except Exception as exc:  # the engine's refusal: UnknownWorkflow, EngineError...
             await self._reject(watcher, name, f"refused: {exc}", reason=str(exc))
             return False
+        finally:
+            _MARKER.reset(token)
         logger.info("%s hand-over %s/%s applied to instance %s", action, INBOX, name,
                     instance_id, extra={"instance_id": instance_id})
         return True
@@ -309,6 +339,17 @@ class LocalBackend:
             return
         logger.error("hand-over %s/%s not applied, %s; moved to %s",
                      INBOX, name, why, where)
+
+
+def _take_marker(recs: list[list[Any]]) -> list[Any] | None:
+    """The marker of the hand-over being applied, if ``recs`` are its
+    action's (of its instance) and no earlier append took it."""
+    held = _MARKER.get()
+    if not held or not any(
+        rec[r.INSTANCE] == held[0][r.HANDOVER_APPLIED_INSTANCE_ID] for rec in recs
+    ):
+        return None
+    return held.pop()
 
 
 def _why(exc: BaseException) -> str:

@@ -97,6 +97,7 @@ SYNTHESISED: Final = frozenset({
     r.CHILD_CREATED, r.CHILD_STARTED, r.CHILD_ENDED,  # a child's creation; the parent's memo
     r.OPTIONS, r.CANCELLED_FOR,  # an invoke's options; a cancel's reason
     r.SCHEDULE_SET, r.DEBOUNCE_SET,  # each schedule, each debounce key's latest call
+    r.HANDOVER_APPLIED,  # each hand-over applied to an instance that is kept
 })
 SUPERSEDED: Final = frozenset({
     r.SUSPENDED, r.TIMER_SET, r.PARKED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT, r.FORGOT,
@@ -113,6 +114,9 @@ def synthesize(index: Index, read: ReadRecord, drop: Container[str] = ()) -> Ite
         if iid not in drop:
             yield from _instance_records(iid, entry, read)
     yield from engine_records(index)
+    for name, iid in index.handovers.items():  # they go with their instance
+        if iid in index.instances and iid not in drop:
+            yield [r.HANDOVER_APPLIED, 0, 0, r.ENGINE, name, iid]
 
 
 def engine_records(index: Index) -> Iterator[list[Any]]:

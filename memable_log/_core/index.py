@@ -423,7 +423,7 @@ class Index:
     """(instance, key) -> where the answer is. See the module comment."""
 
     __slots__ = ("instances", "inline_limit", "records", "_pack", "_keys",
-                 "schedules", "debounces")
+                 "schedules", "debounces", "handovers")
 
     def __init__(self, inline_limit: int = DEFAULT_INLINE_LIMIT) -> None:
         self.instances: dict[str, InstanceEntry] = {}
@@ -433,6 +433,9 @@ class Index:
         # (workflow, debounce key) -> its entry.
         self.schedules: dict[str, ScheduleEntry] = {}
         self.debounces: dict[tuple[str, str], DebounceEntry] = {}
+        # Inbox hand-overs applied (handover_applied): file name -> the
+        # instance acted on; the inbox skips (and deletes) a name found here.
+        self.handovers: dict[str, str] = {}
         # One packer per index: an index is used by one thread at a time.
         self._pack: Callable[[Any], bytes] = msgpack.Packer().pack
         self._keys: dict[str, bytes] = {}  # a key's msgpack bytes (keys repeat)
@@ -894,6 +897,9 @@ class Index:
                           rec[r.DEBOUNCE_SET_DUE_MS], rec[TS])
         )
 
+    def _handover_applied(self, rec: list[Any]) -> None:
+        self.handovers[rec[r.HANDOVER_APPLIED_NAME]] = rec[r.HANDOVER_APPLIED_INSTANCE_ID]
+
 
 Move = tuple[str, int | None, int | None, dict[str, int], dict[str, int], dict[int, int]]
 """An instance's new locations: (id, input, outcome, steps, signals, events
@@ -975,6 +981,7 @@ _ENGINE_APPLY: dict[int, Callable[[Index, list[Any]], None]] = {
     r.SCHEDULE_REMOVED: Index._schedule_removed,
     r.SCHEDULE_TICKED: Index._schedule_ticked,
     r.DEBOUNCE_SET: Index._debounce_set,
+    r.HANDOVER_APPLIED: Index._handover_applied,
 }
 # Every record type apply knows (tests/core/test_records.py holds it to SCHEMA).
 APPLIED: Final = frozenset({r.CREATED, *_APPLY, *_ENGINE_APPLY})

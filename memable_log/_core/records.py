@@ -60,8 +60,13 @@ SCHEDULE_SET: Final = 32  # engine.schedule: a schedule, new or replaced
 SCHEDULE_REMOVED: Final = 33  # engine.unschedule
 SCHEDULE_TICKED: Final = 34  # a tick started (its ``created`` is in the same batch)
 DEBOUNCE_SET: Final = 35  # engine.debounce: a start pending; due_ms nil: it was made
+# An operator action handed over through the inbox was applied: in the batch
+# of the action's own records, after them, so a restart never applies it twice.
+HANDOVER_APPLIED: Final = 36
 ENGINE: Final = ""  # the ``instance`` field of an engine-level record
-ENGINE_LEVEL: Final = frozenset({SCHEDULE_SET, SCHEDULE_REMOVED, SCHEDULE_TICKED, DEBOUNCE_SET})
+ENGINE_LEVEL: Final = frozenset({
+    SCHEDULE_SET, SCHEDULE_REMOVED, SCHEDULE_TICKED, DEBOUNCE_SET, HANDOVER_APPLIED,
+})
 
 # Format version 1 wrote one wait per instance: its ``suspended`` and
 # ``timer_set`` records both registered the wait and parked the instance on
@@ -175,6 +180,11 @@ SCHEMA: Final[dict[int, tuple[str, tuple[tuple[str, tuple[type, ...]], ...]]]] =
         (("workflow", (str,)), ("debounce_key", (str,)), ("n", (int,)), ("input", (bytes,)),
          ("due_ms", _OPT_INT)),
     ),
+    # ``name``: the hand-over file's name in the inbox; ``instance_id``: the
+    # instance it acted on (the marker goes when that instance does).
+    HANDOVER_APPLIED: (
+        "handover_applied", (("name", (str,)), ("instance_id", (str,))),
+    ),
 }
 
 # Where each field sits in a record list, by name (records stay plain lists
@@ -254,6 +264,8 @@ DEBOUNCE_SET_DEBOUNCE_KEY: Final = 5
 DEBOUNCE_SET_N: Final = 6
 DEBOUNCE_SET_INPUT: Final = 7
 DEBOUNCE_SET_DUE_MS: Final = 8
+HANDOVER_APPLIED_NAME: Final = 4
+HANDOVER_APPLIED_INSTANCE_ID: Final = 5
 
 TYPE_NAMES: Final[dict[int, str]] = {t: s[0] for t, s in SCHEMA.items()}
 TYPE_BY_NAME: Final[dict[str, int]] = {n: t for t, n in TYPE_NAMES.items()}
@@ -346,7 +358,9 @@ def _check_engine_level(rec: list[Any]) -> None:
     name = TYPE_NAMES[rec[TYPE]]
     if rec[INSTANCE] != ENGINE:
         raise RecordError(f"{name} record names instance {rec[INSTANCE]!r}; it belongs to none")
-    if not rec[FIELDS] or (rec[TYPE] in (SCHEDULE_SET, DEBOUNCE_SET) and not rec[FIELDS + 1]):
+    if not rec[FIELDS] or (
+        rec[TYPE] in (SCHEDULE_SET, DEBOUNCE_SET, HANDOVER_APPLIED) and not rec[FIELDS + 1]
+    ):
         raise RecordError(f"{name} record has an empty name")
     if rec[TYPE] == DEBOUNCE_SET and (type(rec[DEBOUNCE_SET_N]) is not int
                                       or rec[DEBOUNCE_SET_N] < 1):

@@ -57,7 +57,6 @@ that the engine refused what it handed over.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import struct
 import threading
@@ -90,7 +89,14 @@ STALE_TEMP_SECONDS = 60.0
 _CRC = struct.Struct("<I")
 _MAX_HANDOVER = 16 * 1024 * 1024
 
-logger = logging.getLogger("memable_log")
+
+
+def _logger() -> Any:
+    """The library's logger; logging is imported only by the engine's side
+    (a tool that writes a hand-over starts faster without it)."""
+    import logging
+
+    return logging.getLogger("memable_log")
 
 
 class HandoverError(ValueError):
@@ -405,10 +411,10 @@ class InboxWatcher:
         try:
             removed = remove_stale_temps(self.path)
         except OSError as exc:
-            logger.warning("stale hand-over temp files not removed: %s", exc)
+            _logger().warning("stale hand-over temp files not removed: %s", exc)
             return
         for name in removed:
-            logger.info("removed %s/%s, left by a memable-signal that died writing it",
+            _logger().info("removed %s/%s, left by a memable-signal that died writing it",
                         INBOX, name)
 
     def stop(self) -> None:

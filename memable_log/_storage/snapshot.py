@@ -25,7 +25,8 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
                  signals, waits, done_waits, last_seq, events, status_calls,
                  step meta, tries, parent, flow]},
      {"schedules": {name: [workflow, cron, input, catch_up, after_ms]},
-      "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...]}]
+      "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...],
+      "handovers": {hand-over file name: instance id}}]
 
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
@@ -242,25 +243,32 @@ def decode_into(
 _FIELDS = 7  # the body array's length
 
 
-# -- engine-level tables (schedules, debounce): after the instances map --------------
+# -- engine-level tables (schedules, debounce, hand-overs applied): after the instances
 # {"schedules": {name: [workflow, cron, input, catch_up, after_ms]},
-#  "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...]}
+#  "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...],
+#  "handovers": {hand-over file name: instance id}} (a snapshot without it is invalid)
 
 
 def _engine_tables(index: Index) -> dict[str, Any]:
     return {
         "schedules": {name: tuple(e) for name, e in index.schedules.items()},
         "debounces": [(*key, *e) for key, e in index.debounces.items()],
+        "handovers": dict(index.handovers),
     }
 
 
 def _load_engine_tables(index: Index, tables: Any) -> None:
     """Fill the schedules and debounce tables, every field checked."""
-    if type(tables) is not dict or set(tables) != {"schedules", "debounces"}:
+    if type(tables) is not dict or set(tables) != {"schedules", "debounces", "handovers"}:
         raise SnapshotInvalid("malformed engine-level tables")
     schedules, debounces = tables["schedules"], tables["debounces"]
-    if type(schedules) is not dict or type(debounces) is not tuple:
+    handovers = tables["handovers"]
+    if type(schedules) is not dict or type(debounces) is not tuple or (
+        type(handovers) is not dict
+        or not all(type(k) is str and type(v) is str for k, v in handovers.items())
+    ):
         raise SnapshotInvalid("malformed engine-level tables")
+    index.handovers = dict(handovers)
     for name, e in schedules.items():
         if not (type(name) is str and type(e) is tuple and len(e) == 5 and type(e[0]) is str
                 and type(e[1]) is str and type(e[2]) is bytes and type(e[3]) is bool
@@ -415,6 +423,7 @@ def load(storage: Storage, index: Index) -> Resume | None:
         index.records = 0
         index.schedules = {}
         index.debounces = {}
+        index.handovers = {}
         return None
 
 

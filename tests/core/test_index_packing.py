@@ -69,7 +69,7 @@ def view(index: Index) -> dict[str, tuple[Any, ...]]:
             e.done_waits, e.last_seq, e.memoised_steps(), status_of(iid, e),
         )
         for iid, e in index.instances.items()
-    } | {r.ENGINE: (index.schedules, index.debounces)}
+    } | {r.ENGINE: (index.schedules, index.debounces, index.handovers)}
 
 
 def location(n: int) -> int:
@@ -349,7 +349,7 @@ def test_a_snapshot_load_leaves_the_garbage_collector_as_it_found_it(enabled: bo
         assert gc.isenabled() is enabled
         wrong = [
             snap.VERSION, ix.DEFAULT_INLINE_LIMIT, ["seg", 40, 2, 1], [], ["wf"], {"i": [0, 1]},
-            {"schedules": {}, "debounces": []},
+            {"schedules": {}, "debounces": [], "handovers": {}},
         ]
         with pytest.raises(ValueError, match="unpack"):
             snap.decode_into(Index(), framed(msgpack.packb(wrong)))

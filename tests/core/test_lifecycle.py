@@ -61,6 +61,7 @@ def a_record_of(rtype: int, key: str = KEY) -> list[Any]:
         r.SCHEDULE_SET: ("nightly", "wf", "0 3 * * *", b"in", False, 1_000),
         r.SCHEDULE_REMOVED: ("nightly",), r.SCHEDULE_TICKED: ("nightly", 60_000),
         r.DEBOUNCE_SET: ("wf", key, 1, b"in", 9_000),
+        r.HANDOVER_APPLIED: ("1-2-3.act", "i"),
     }
     instance = r.ENGINE if rtype in r.ENGINE_LEVEL else "i"
     return r.check(record(rtype, *fields[rtype], instance=instance))

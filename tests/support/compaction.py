@@ -107,11 +107,13 @@ def answers(index: Index, read: Read) -> Answers:
             # engine.steps's times, and a step's failed attempts awaiting its outcome
             "step_meta": ix.step_meta(e.created_ms, e.steps, e.meta), "tries": e.tries,
         }
-    if index.schedules or index.debounces:
+    # hand-overs applied go with their instance
+    handovers = {name: iid for name, iid in index.handovers.items() if iid in out}
+    if index.schedules or index.debounces or handovers:
         # Engine-level tables, under the id their records carry (r.ENGINE,
         # which no instance has): never finished, so never dropped.
         out[r.ENGINE] = {"state": "engine-level", "schedules": dict(index.schedules),
-                         "debounces": dict(index.debounces)}
+                         "debounces": dict(index.debounces), "handovers": handovers}
     return out
 
 
@@ -148,7 +150,14 @@ def reader(storage: Storage, result: ScanResult) -> Read:
 
 
 def without(full: Answers, dropped: set[str]) -> Answers:
-    return {iid: a for iid, a in full.items() if iid not in dropped}
+    kept = {iid: a for iid, a in full.items() if iid not in dropped}
+    engine = kept.get(r.ENGINE)
+    if engine is not None:  # a hand-over's marker goes with its instance
+        handovers = {n: i for n, i in engine["handovers"].items() if i not in dropped}
+        kept[r.ENGINE] = {**engine, "handovers": handovers}
+        if not (handovers or engine["schedules"] or engine["debounces"]):
+            del kept[r.ENGINE]
+    return kept
 
 
 def expired_ids(full: Answers, now_ms: int, retention_ms: int) -> set[str]:
@@ -227,6 +236,8 @@ class History:
             self._flow(iid, self.insts[iid], which, key, extra)
             if key % 4 == 3:
                 self._engine_level(which, extra)
+            if key % 4 == 2 and extra == 1:  # an invoke handed over through the inbox
+                self._emit(r.HANDOVER_APPLIED, r.ENGINE, f"{self.now:020d}-1-0.act", iid)
             return
         iid = sorted(self.insts)[which % len(self.insts)]
         inst = self.insts[iid]

@@ -259,15 +259,15 @@ def test_compact_bad_usage_exits_2(
     assert "usage:" in capsys.readouterr().err
 
 
-def test_compact_without_a_journal_exits_2(
+def test_compact_without_a_journal_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([str(tmp_path / "missing")]) == 2
-    assert "no journal" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 1
+    assert "not a memable_log journal" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty)]) == 2
-    assert "no journal" in capsys.readouterr().err
+    assert main([str(empty)]) == 1
+    assert "not a memable_log journal" in capsys.readouterr().err
     assert list(empty.iterdir()) == []  # nothing created
 
 

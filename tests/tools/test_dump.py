@@ -238,7 +238,7 @@ def test_help_documents_filters_and_exit_statuses(capsys: pytest.CaptureFixture[
 # -- paths and damage --------------------------------------------------------------
 
 
-def test_missing_path_or_not_a_journal_exits_2(
+def test_missing_path_or_not_a_journal_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "file").write_text("x")
@@ -249,7 +249,7 @@ def test_missing_path_or_not_a_journal_exits_2(
         (tmp_path / "dir", "the directory holds no segment files"),
     ]:
         code, lines, err = run(capsys, str(path))
-        assert code == 2
+        assert code == 1
         assert lines == []
         assert err.startswith(f"memable-dump: {path}: not a memable_log journal ({why}")
     assert not (tmp_path / "nope").exists()

@@ -358,13 +358,13 @@ def test_a_segment_deleted_before_it_was_sealed_is_an_error(
     assert "deleted before it was sealed" in err
 
 
-def test_a_path_that_is_not_a_directory_is_bad_usage(
+def test_a_path_that_is_not_a_directory_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A missing path is waited for instead (test_dump_follow_waits.py).
     (tmp_path / "nope").write_text("")
     code, lines, err, unused = follow(capsys, tmp_path / "nope", [])
-    assert (code, lines, unused) == (2, [], 0)
+    assert (code, lines, unused) == (1, [], 0)
     assert "not a memable_log journal (not a directory" in err
 
 

@@ -3,7 +3,7 @@
 An operator starts the follower first, then the application: the path
 does not exist yet, or is an empty directory the application just made.
 With --follow that is a wait, announced once on stderr; without it, a
-missing path is still bad usage (exit 2, named). In-process tests drive
+missing path is refused (exit 1, named). In-process tests drive
 the follower's waits (each wait performs the next change to the file
 system); one test runs the real command and reads its output as it comes,
 with timeouts, never sleeping.
@@ -111,22 +111,22 @@ def test_follow_of_a_file_is_still_bad_usage(
     a_file = tmp_path / "journal.memable"
     a_file.write_text("not a journal")
     code, lines, err, unused = follow(capsys, a_file, [lambda: None])
-    assert (code, lines, unused) == (2, [], 1)  # at once: never waited
+    assert (code, lines, unused) == (1, [], 1)  # at once: never waited
     assert "not a memable_log journal (not a directory)" in err
 
 
-def test_a_file_appearing_where_the_journal_was_awaited_is_bad_usage(
+def test_a_file_appearing_where_the_journal_was_awaited_is_refused(
     journal_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, lines, err, unused = follow(capsys, journal_dir, [lambda: journal_dir.write_text("x")])
-    assert (code, lines, unused) == (2, [], 0)
+    assert (code, lines, unused) == (1, [], 0)
     assert f"{journal_dir}: not a memable_log journal (not a directory)" in err
 
 
-def test_without_follow_a_missing_path_is_still_bad_usage(
+def test_without_follow_a_missing_path_is_refused(
     journal_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert dump.main([str(journal_dir)]) == 2
+    assert dump.main([str(journal_dir)]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert f"{journal_dir}: not a memable_log journal (no such file or directory)" in err

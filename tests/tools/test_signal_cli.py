@@ -105,7 +105,7 @@ async def test_refusals_and_usage_errors_exit_codes(journal_dir: Path, tmp_path:
     assert bad_json.returncode == 2
     assert b"not valid JSON" in bad_json.stderr
     no_journal = await run_cli(tmp_path / "missing", "approval", "a1", "approval:v1")
-    assert no_journal.returncode == 2
+    assert no_journal.returncode == 1
     missing_args = await trio.run_process(
         [sys.executable, "-m", "memable_log_tools.send_signal", str(journal_dir)],
         capture_stdout=True, capture_stderr=True, check=False,
