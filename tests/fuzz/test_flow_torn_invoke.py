@@ -4,11 +4,10 @@
 an instance left with only its ``created`` is resumed as running, without
 its concurrency key, beside a running instance of the same key.
 
-The fix belongs to the engine's flow control (_engine/, another engineer's):
-recovery should claim a slot for such an instance with the key its workflow's
-``key`` function gives its input (the record that held it is lost). Until
-then this test is an expected failure (strict: it fails the suite once fixed,
-to be turned into a plain test)."""
+The engine's flow control mends it at start (``FlowControl.repair``): such
+an instance gets the key its workflow's ``key`` function gives its input,
+written before anything resumes, and an invoke retried on it records the
+priority and timeout the lost ``options`` held."""
 
 from __future__ import annotations
 
@@ -18,13 +17,12 @@ import pytest
 import trio
 import trio.testing
 
-from memable_log import Context, Engine, MemoryStorage
+from memable_log import Context, Engine, MemoryStorage, WorkflowCancelled
 from memable_log._core import records as r
 from memable_log._core.codec import Codec
 from memable_log._journal.offline import OfflineJournal
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a torn invoke batch loses the per-key limit")
 async def test_an_instance_whose_invoke_batch_was_torn_still_waits_for_its_key() -> None:
     storage = MemoryStorage()
     blob = Codec().encode({"k": "a"})
@@ -50,7 +48,6 @@ async def test_an_instance_whose_invoke_batch_was_torn_still_waits_for_its_key()
     assert len(running) == 1, f"both instances of key 'a' run: {running}, {states}"
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a torn invoke batch loses the invoke's timeout")
 async def test_an_instance_whose_invoke_batch_was_torn_keeps_its_invoke_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -69,7 +66,7 @@ async def test_an_instance_whose_invoke_batch_was_torn_keeps_its_invoke_timeout(
     engine.register("w", w, key=lambda i: i["k"], max_running_per_key=1)
     async with engine:
         await engine.invoke("w", {"k": "d"}, instance_id="n4", timeout=10)  # the retry
-        with trio.move_on_after(60):
+        with trio.move_on_after(60), pytest.raises(WorkflowCancelled):
             await engine.wait("n4")
         state = engine.status("n4").state
     assert state == "cancelled", f"n4 is {state} a minute after its 10 s timeout"
