@@ -57,6 +57,14 @@ class EngineCalls(Protocol):
 
     def status(self, instance_id: str) -> InstanceStatus: ...
 
+    # A journal shared by several engines (PostgreSQL) applies records that
+    # other engines wrote to this engine's index from its background work,
+    # not through ``append``: the engine learns of them here, or nothing in
+    # it would wake (``wait``, ``events``, ``watch`` and ``event`` readers of
+    # an instance another engine runs; an instance of this engine that
+    # another engine signalled). Called right after ``index.apply``.
+    def applied(self, rec: list[Any]) -> None: ...
+
 
 class Backend(Protocol):
     """Where an engine's records live. See the module comment."""

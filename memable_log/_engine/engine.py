@@ -218,7 +218,7 @@ class Engine:
             now = host.now_ms()
             self._schedules.started(self._nursery, self._timers, now, self._resume_on_start)
             self._debounce.started(self._nursery, self._timers, self._resume_on_start)
-            await self._nursery.start(backend.serve, self)
+            await self._nursery.start(backend.serve, _Calls(self))
         except BaseException as exc:
             # Close the nursery and the backend, or trio's nursery stack is
             # left corrupt (a failed append while applying hand-overs, say).
@@ -349,6 +349,14 @@ class Engine:
             run.wake(key)
         if host.entry(instance_id).state == lc.RUNNING:
             self._start(instance_id)
+
+    def _applied(self, rec: list[Any]) -> None:
+        """A record another engine wrote, applied by the backend (seam.py)."""
+        iid = rec[r.INSTANCE]
+        host = self._host
+        if host.listeners:
+            host.touch(iid)
+        host.notify(iid)
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
@@ -723,6 +731,20 @@ class Engine:
             )
         await self._flow.append_waking(r.make(r.RESTARTED, host.now_ms(), instance_id), None)
         self._start(instance_id)
+
+
+class _Calls:
+    """The engine as its backend's background work sees it (EngineCalls):
+    its public operations, and the hooks of a shared journal."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.signal = engine.signal
+        self.invoke = engine.invoke
+        self.cancel = engine.cancel
+        self.restart = engine.restart
+        self.forget = engine.forget
+        self.status = engine.status
+        self.applied = engine._applied
 
 
 def host_of(engine: Engine) -> Host:

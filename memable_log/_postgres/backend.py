@@ -134,6 +134,7 @@ class PostgresBackend:
         self._turn = trio.Event()
         self._failed: str | None = None
         self.wake = trio.Event()  # the tailer looks now
+        self.calls: EngineCalls | None = None  # while serve runs: told of others' records
         self.batches = 0
 
     @property
@@ -182,6 +183,8 @@ class PostgresBackend:
     def _apply_row(self, seq: int, blob: bytes) -> None:
         rec = _unpack(blob, seq)
         self._applied(rec, seq)
+        if self.calls is not None:
+            self.calls.applied(rec)
 
     def _applied(self, rec: list[Any], seq: int) -> None:
         assert self.index is not None
@@ -315,10 +318,14 @@ class PostgresBackend:
     ) -> None:
         # Everything other writers left was read at open: the engine may go on
         # while the tailer's connections are made.
+        self.calls = calls
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._listen)
-            await self._tail()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._listen)
+                await self._tail()
+        finally:
+            self.calls = None
 
     async def _listen(self) -> None:
         listener = await self._connect("listener")
