@@ -311,6 +311,8 @@ class Engine:
         host = self._host
         if self._nursery is None or host.draining or instance_id in host.running:
             return
+        if not self._backend.owns(instance_id):  # another engine runs it (PostgreSQL)
+            return
         entry = host.index.instances[instance_id]
         if entry.workflow not in host.workflows:
             self._orphans.setdefault(entry.workflow, set()).add(instance_id)
@@ -357,6 +359,28 @@ class Engine:
         if host.listeners:
             host.touch(iid)
         host.notify(iid)
+        if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED) and self._backend.owns(iid):
+            self._wait_ended(iid, rec[r.KEY])
+
+    def _claimed(self, instance_ids: list[str]) -> None:
+        """Instances taken over from an engine whose lease expired (seam.py)."""
+        for iid in instance_ids:
+            entry = self._host.index.instances.get(iid)
+            if entry is None or entry.state not in lc.LIVE or self._timers is None:
+                continue
+            if entry.state in lc.PARKED:
+                if entry.deadline_ms is not None:
+                    self._timers.push(entry.deadline_ms, iid)
+                self._flow.arm(iid, entry)
+            else:
+                self._start(iid)
+
+    def _lost(self, instance_ids: list[str]) -> None:
+        """Instances this engine must stop running now (seam.py)."""
+        for iid in instance_ids:
+            scope = self._host.scopes.get(iid)
+            if scope is not None:
+                scope.cancel()
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
@@ -745,6 +769,8 @@ class _Calls:
         self.forget = engine.forget
         self.status = engine.status
         self.applied = engine._applied
+        self.claimed = engine._claimed
+        self.lost = engine._lost
 
 
 def host_of(engine: Engine) -> Host:

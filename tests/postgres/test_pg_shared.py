@@ -3,17 +3,26 @@ for instances another engine runs.
 
 Engines here run in one trio run on the real clock (the lease is the
 database's clock); waits are bounded by ``fail_after`` and wait on the
-engine's own events, or on ``seen`` (the tailer brings another engine's
-records within its 0.2 s poll, or at once on NOTIFY).
+engine's own events (``seen``: the tailer brings another engine's records
+within its 0.2 s poll, or at once on NOTIFY).
 """
 
 from __future__ import annotations
 
+import math
+import signal
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import pg_worker
+import psycopg
 import trio
+from support.suspend import until_state
 
 from memable_log import Context, Engine
+from memable_log._engine.engine import host_of
 
 
 def engine(dsn: str, *, lease: float = 5.0, **workflows: Any) -> Engine:
@@ -25,12 +34,14 @@ def engine(dsn: str, *, lease: float = 5.0, **workflows: Any) -> Engine:
 
 async def seen(eng: Engine, instance_id: str, state: str | None = None) -> None:
     """Until ``eng``'s index has the instance (in ``state``), which its
-    tailer applies from the shared log; a short poll of a local read."""
+    tailer applies from the shared log (each record it applies sets the
+    instance's change event)."""
     while True:
+        changed = host_of(eng).changed(instance_id)
         found = [s for s in eng.instances(prefix=instance_id) if s.instance_id == instance_id]
         if found and (state is None or found[0].state == state):
             return
-        await trio.sleep(0.01)
+        await changed.wait()
 
 
 async def test_another_engines_instance_wakes_wait_and_event_readers(pg_dsn: str) -> None:
@@ -56,3 +67,117 @@ async def test_another_engines_instance_wakes_wait_and_event_readers(pg_dsn: str
                 await a.signal("two", "x", "go", 21)
             assert results == [21, 42]
             assert [e.key async for e in b.events("x")] == ["half", "all"]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def until_in(path: Path, line: str) -> None:
+    """Until the ledger file holds ``line``: another process's body reached
+    it (no event crosses processes: a short poll)."""
+    while line not in lines(path):  # noqa: ASYNC110
+        await trio.sleep(0.02)
+
+
+async def test_a_killed_engines_instance_is_taken_over_and_finished(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    lease = 0.8
+    worker = Path(__file__).with_name("pg_worker.py")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(worker), pg_dsn, str(ledger), str(lease)])
+    try:
+        with trio.fail_after(20):
+            await until_in(ledger, pg_worker.STALL)  # killed inside step s3
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    killed_at = time.monotonic()
+    with trio.fail_after(10):
+        async with engine(pg_dsn, lease=lease, job=pg_worker.job(str(ledger), stall=False)) as b:
+            assert await b.wait("job") == sum(range(pg_worker.STEPS))
+            took = time.monotonic() - killed_at
+    # Each step committed before the kill ran once; s3, in flight, ran again.
+    assert lines(ledger) == ["s0", "s1", "s2", "s3", "s3", "s4", "s5"]
+    assert took < lease + 1.0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        [(epoch,)] = conn.execute(
+            "SELECT lease_epoch FROM ml_instances WHERE instance_id = 'job'").fetchall()
+    assert epoch == 2
+
+
+async def test_a_stalled_engines_late_write_is_fenced_and_it_stops_that_instance(
+    pg_dsn: str,
+) -> None:
+    gate, entered = trio.Event(), trio.Event()
+    ran: list[str] = []
+
+    def slow_flow(stall: bool) -> Any:
+        async def flow(ctx: Context) -> Any:
+            await ctx.step("one").run(lambda: ran.append("one") or 1)
+
+            async def slow() -> str:
+                ran.append("slow")
+                if stall:
+                    entered.set()
+                    await gate.wait()
+                return "late" if stall else "fresh"
+
+            return await ctx.step("slow").run(slow)
+        return flow
+
+    with trio.fail_after(15):
+        a = engine(pg_dsn, lease=0.6, flow=slow_flow(True))
+        async with a:
+            await a.invoke("flow", instance_id="x")
+            await entered.wait()
+            # a stalls: no renewal, and its self-fencing off (as a SIGSTOPped
+            # process that wakes after its lease: its clock did not run)
+            keeper = host_of(a).backend.keeper  # type: ignore[union-attr]
+            keeper.paused, keeper.fence_at = True, math.inf
+            async with engine(pg_dsn, lease=0.6, flow=slow_flow(False)) as b:
+                assert await b.wait("x") == "fresh"  # taken over, run again
+                gate.set()  # a's body ends: its write is fenced out
+                await until_state(a, "x", "completed")
+                assert [s.key for s in b.steps("x")] == ["one", "slow"]
+                assert a.status("x").state == "completed"  # b's outcome, tailed
+                assert await a.wait("x") == "fresh"
+                assert "x" not in host_of(a).running
+                # the refusal stopped that instance only: a's journal is not failed
+                assert host_of(a).backend.failed is None  # type: ignore[union-attr]
+    assert ran == ["one", "slow", "slow"]
+
+
+async def test_an_engine_whose_renewals_stop_fences_itself_before_its_lease_ends(
+    pg_dsn: str,
+) -> None:
+    entered = trio.Event()
+    stopped: list[str] = []
+
+    async def flow(ctx: Context) -> Any:
+        async def body() -> None:
+            entered.set()
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                stopped.append(f"cancelled after {trio.current_time() - paused_at:.2f}s")
+                raise
+
+        await ctx.step("stuck").run(body)
+
+    with trio.fail_after(10):
+        a = engine(pg_dsn, lease=0.6, flow=flow)
+        async with a:
+            await a.invoke("flow", instance_id="x")
+            await entered.wait()
+            keeper = host_of(a).backend.keeper  # type: ignore[union-attr]
+            paused_at = trio.current_time()
+            keeper.paused = True  # the database unreachable, say: no renewal succeeds
+            while "x" in host_of(a).running:  # its runner ends, not run again
+                await host_of(a).changed("x").wait()
+            # the journal refuses writes from now on
+            assert "lost its lease" in (host_of(a).backend.failed or "")  # type: ignore[union-attr]
+    [when] = stopped
+    assert float(when.split()[2][:-1]) < 0.6  # before the database's expiry
