@@ -18,10 +18,11 @@ from typing import Any
 
 import pg_worker
 import psycopg
+import pytest
 import trio
 from support.suspend import until_state
 
-from memable_log import Context, Engine
+from memable_log import Context, Engine, SignalAlreadyDelivered
 from memable_log._engine.engine import host_of
 
 
@@ -181,3 +182,124 @@ async def test_an_engine_whose_renewals_stop_fences_itself_before_its_lease_ends
             assert "lost its lease" in (host_of(a).backend.failed or "")  # type: ignore[union-attr]
     [when] = stopped
     assert float(when.split()[2][:-1]) < 0.6  # before the database's expiry
+
+
+async def approve(ctx: Context) -> Any:
+    await ctx.step("before").run(lambda: "before")
+    answer = await ctx.suspend("ok")
+    return ["done", answer]
+
+
+async def test_a_signal_through_another_engine_resumes_the_instance_where_it_runs(
+    pg_dsn: str,
+) -> None:
+    with trio.fail_after(10):
+        async with engine(pg_dsn, approve=approve) as a, engine(pg_dsn, approve=approve) as b:
+            await a.invoke("approve", instance_id="x")
+            await seen(b, "x", "suspended")
+            await b.signal("approve", "x", "ok", "yes")  # written by b, unfenced
+            assert await a.wait("x") == ["done", "yes"]  # a, woken by NOTIFY, ran it
+            assert await b.wait("x") == ["done", "yes"]
+            assert "x" not in host_of(b).running
+
+
+async def test_a_signal_sent_before_the_wait_is_delivered_once(pg_dsn: str) -> None:
+    gate = trio.Event()
+
+    async def late(ctx: Context) -> Any:
+        async def first() -> str:
+            await gate.wait()
+            return "first"
+
+        await ctx.step("first").run(first)
+        return await ctx.suspend("ok")
+
+    with trio.fail_after(10):
+        async with engine(pg_dsn, late=late) as a, engine(pg_dsn, late=late) as b:
+            await a.invoke("late", instance_id="x")
+            await seen(b, "x")
+            await b.signal("late", "x", "ok", "early")  # a has not reached the wait
+            with pytest.raises(SignalAlreadyDelivered):
+                await b.signal("late", "x", "ok", "again")
+            gate.set()
+            assert await a.wait("x") == "early"
+    assert keys_written(pg_dsn, "x") == ["w0:ok", "0:first"]
+
+
+async def test_two_engines_signalling_one_wait_deliver_one_signal(pg_dsn: str) -> None:
+    outcomes: dict[str, str] = {}
+
+    async def send(eng: Engine, name: str) -> None:
+        try:
+            await eng.signal("approve", "x", "ok", name)
+            outcomes[name] = "delivered"
+        except SignalAlreadyDelivered:
+            outcomes[name] = "refused"
+
+    with trio.fail_after(10):
+        async with engine(pg_dsn, approve=approve) as a, engine(pg_dsn, approve=approve) as b:
+            await a.invoke("approve", instance_id="x")
+            await seen(b, "x", "suspended")
+            async with trio.open_nursery() as nursery:  # at once: both pass their checks
+                nursery.start_soon(send, a, "a")
+                nursery.start_soon(send, b, "b")
+            [winner] = [name for name, got in outcomes.items() if got == "delivered"]
+            assert sorted(outcomes.values()) == ["delivered", "refused"]
+            assert await a.wait("x") == ["done", winner]
+            await seen(b, "x", "completed")
+    assert keys_written(pg_dsn, "x") == ["0:before", "w0:ok"]
+
+
+async def test_a_signal_sent_during_a_takeover_is_delivered_once(pg_dsn: str) -> None:
+    lease = 0.6
+    with trio.fail_after(10):
+        async with engine(pg_dsn, lease=lease, approve=approve) as b:
+            a = engine(pg_dsn, lease=lease, approve=approve)
+            async with a:
+                await a.invoke("approve", instance_id="x")
+                await seen(b, "x", "suspended")
+                # a dies: its connections close, its lease is not released
+                host_of(a).backend._failed = "killed"  # type: ignore[union-attr]
+            assert not host_of(b).backend.owns("x")  # type: ignore[union-attr]
+            await b.signal("approve", "x", "ok", "meanwhile")  # a's lease not expired yet
+            assert await b.wait("x") == ["done", "meanwhile"]  # b claimed it, ran it
+            assert host_of(b).backend.owns("x")  # type: ignore[union-attr]
+    assert keys_written(pg_dsn, "x") == ["0:before", "w0:ok"]
+
+
+async def test_one_id_invoked_from_two_engines_at_once_starts_one_instance(
+    pg_dsn: str,
+) -> None:
+    runs: list[str] = []
+
+    async def once(ctx: Context) -> Any:
+        runs.append("run")
+        return await ctx.step("s").run(lambda: "ok")
+
+    got: list[str] = []
+
+    async def invoke(eng: Engine) -> None:
+        got.append(await eng.invoke("once", instance_id="same"))
+
+    with trio.fail_after(10):
+        async with engine(pg_dsn, once=once) as a, engine(pg_dsn, once=once) as b:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(invoke, a)
+                nursery.start_soon(invoke, b)
+            assert got == ["same", "same"]
+            assert await a.wait("same") == "ok"
+            assert await b.wait("same") == "ok"
+    assert runs == ["run"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        [(created,)] = conn.execute(
+            "SELECT count(*) FROM ml_log WHERE instance_id = 'same' AND seq IN ("
+            " SELECT min(seq) FROM ml_log GROUP BY instance_id)").fetchall()
+        [(instances,)] = conn.execute("SELECT count(*) FROM ml_instances").fetchall()
+    assert (created, instances) == (1, 1)
+
+
+def keys_written(dsn: str, instance_id: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT step_key FROM ml_log WHERE instance_id = %s AND step_key IS NOT NULL "
+            "ORDER BY seq", (instance_id,))]
