@@ -26,8 +26,8 @@ location. The backend keeps the seam's promises (``_backend/seam.py``):
   A signal for an instance this engine does not own is written unfenced:
   its wait's end is unique per instance and key in the log (first writer
   wins), and the owner's tailer wakes the instance. A batch lost with its
-  connection leaves the backend ``failed``: no reconnection yet, and a
-  commit in doubt is not read back.
+  writer connection leaves the backend ``failed``: the writer does not
+  reconnect yet, and a commit in doubt is not read back.
 * ``read(loc)``: the row at seq ``loc``, on its own connection.
 * ``serve``: the tailer (tailer.py) applies other writers' rows, woken by
   NOTIFY (sent by batches that create, signal or end an instance) or every
@@ -35,7 +35,10 @@ location. The backend keeps the seam's promises (``_backend/seam.py``):
   it claims expired instances, reads the log, then hands them to the engine
   (``calls.claimed``). The lease's renewal runs beside it (lease.py); when
   the lease is lost the backend fails and the engine stops running every
-  instance (``calls.lost``).
+  instance (``calls.lost``). The tailer, the listener and the lease make
+  a lost connection again (the tail keeps its cursor and gaps; after a
+  reconnect the tailer adopts instances the database says it owns that a
+  claim cut off before its reply did not tell it).
 
 A step's outcome carries ``step_key`` (unique per instance): the first
 writer of a step wins. It names the key with the instance's count of
@@ -71,7 +74,7 @@ from .driver import (
     as_int,
     int8,
 )
-from .lease import Lease, claim, join, release
+from .lease import Lease, claim, join, owned, release
 from .tailer import Tail
 
 if TYPE_CHECKING:
@@ -163,6 +166,7 @@ class PostgresBackend:
         self._next_claim = 0.0  # trio time of the tailer's next claim
         self._polls = [0, 0]  # tail polls started, ended
         self._polled = trio.Event()
+        self._pending: dict[str, int] = {}  # claimed, not yet read: owned after the next poll
 
     @property
     def failed(self) -> str | None:
@@ -277,6 +281,8 @@ class PostgresBackend:
         while self._polls[1] <= after:
             if self.calls is None:
                 raise EngineError("the PostgreSQL journal cannot read back: it is not serving")
+            if self._failed is not None:  # the tailer stopped
+                raise PostgresJournalFailed(self._failed)
             self.wake.set()
             await self._polled.wait()
 
@@ -463,29 +469,52 @@ class PostgresBackend:
 
     async def _keep_lease(self) -> None:
         assert self.keeper is not None
-        conn = await self._connect("lease")
-        try:
-            await self.keeper.run(conn)
-        finally:
-            conn.close()
+        await self.keeper.run(lambda: self._connect("lease"))
 
     async def _listen(self) -> None:
-        listener = await self._connect("listener")
-        try:
-            await listener.run(f"LISTEN {schema.CHANNEL}")
-            while True:
-                if "released" in await listener.notifies():
-                    self._next_claim = 0.0  # an engine stopped: claim its instances now
-                self.wake.set()
-        finally:
-            listener.close()
+        while True:  # a lost connection: another (NOTIFYs meanwhile: the poll finds them)
+            try:
+                listener = await self._connect("listener")
+            except EngineError as exc:
+                await self._retry("listener", exc)
+                continue
+            try:
+                await listener.run(f"LISTEN {schema.CHANNEL}")
+                self.wake.set()  # what was sent while it listened to nothing
+                while True:
+                    if "released" in await listener.notifies():
+                        self._next_claim = 0.0  # an engine stopped: claim its instances now
+                    self.wake.set()
+            except psycopg.OperationalError as exc:
+                await self._retry("listener", exc)
+            finally:
+                listener.close()
+
+    async def _retry(self, role: str, exc: BaseException) -> None:
+        logger.warning("PostgreSQL journal: the %s connection is lost (%s); reconnecting",
+                       role, exc)
+        await trio.sleep(self.poll)
 
     async def _tail(self) -> None:
-        conn = await self._connect("tailer")
-        try:
-            await self._follow(conn)
-        finally:
-            conn.close()
+        again = False
+        while True:  # a lost connection: another; the tail's cursor and gaps are kept
+            try:
+                conn = await self._connect("tailer")
+            except EngineError as exc:
+                await self._retry("tailer", exc)
+                continue
+            try:
+                if again:  # a claim whose reply was lost may have committed: adopt it
+                    mine = await owned(conn, self.writer)
+                    self._pending.update(
+                        {i: e for i, e in mine.items() if self.epochs.get(i) != e})
+                await self._follow(conn)
+                return
+            except psycopg.OperationalError as exc:
+                again = True
+                await self._retry("tailer", exc)
+            finally:
+                conn.close()
 
     async def _follow(self, conn: Conn) -> None:
         while True:
@@ -495,13 +524,14 @@ class PostgresBackend:
             if self.index is None:
                 return
             try:
-                got: dict[str, int] = {}
                 now = trio.current_time()
                 if self._failed is None and now >= self._next_claim:
                     self._next_claim = now + self.lease / 3
-                    got = await claim(conn, self.writer)
+                    self._pending.update(await claim(conn, self.writer))
                 self._polls[0] += 1
                 await self.tail.poll(conn, self.writer, self._apply_row)
+            except psycopg.OperationalError:
+                raise  # the connection: _tail makes another
             except (psycopg.Error, r.RecordError) as exc:
                 self._fail(exc)
                 return
@@ -509,6 +539,7 @@ class PostgresBackend:
                 self._polls[1] = self._polls[0]
                 polled, self._polled = self._polled, trio.Event()
                 polled.set()
+            got, self._pending = self._pending, {}
             if got and self._failed is None:
                 # Owned once their records are all read: the engine resumes them.
                 self.epochs.update(got)

@@ -15,7 +15,8 @@ that succeeded plus ``lease - margin``. The database's expiry is at least
 ``lease`` after that send (its ``now()`` is later), so an engine that
 stops at ``fence_at`` has stopped before anyone can claim its instances,
 even when the database is unreachable (``Lease.run`` then calls
-``on_lost``). A renewal that finds no row calls it at once.
+``on_lost``). A renewal that finds no row calls it at once. A lost
+connection is made again at the next renewal.
 
 ``claim`` takes every instance whose owner's row expired (``ml_claim``):
 epoch + 1, skipping rows locked by a batch in flight.
@@ -23,11 +24,13 @@ epoch + 1, skipping rows locked by a batch in flight.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 import trio
 
+from .._core.errors import EngineError
 from .driver import TEXT, Conn, as_int
 
 _JOIN = ("INSERT INTO ml_workers (writer, expires_at) "
@@ -36,6 +39,7 @@ _RENEW = ("UPDATE ml_workers SET expires_at = now() + make_interval(secs => $2::
           "WHERE writer = $1 AND expires_at >= now() RETURNING 1")
 _RELEASE = "UPDATE ml_workers SET expires_at = '-infinity' WHERE writer = $1"
 _CLAIM = "SELECT instance_id, epoch FROM ml_claim($1)"
+_OWNED = "SELECT instance_id, lease_epoch FROM ml_instances WHERE lease_owner = $1"
 MARGIN = 0.2  # of the lease: self-fencing comes this much before the database's expiry
 
 
@@ -52,6 +56,15 @@ async def release(conn: Conn, writer: str) -> None:
 async def claim(conn: Conn, writer: str) -> dict[str, int]:
     """Claim every instance whose owner's lease expired: id -> new epoch."""
     got = await conn.query(b"ml_claim", _CLAIM, [TEXT], [writer.encode()])
+    return _ids(got)
+
+
+async def owned(conn: Conn, writer: str) -> dict[str, int]:
+    """Every instance the database says this engine owns: id -> epoch."""
+    return _ids(await conn.query(b"ml_owned", _OWNED, [TEXT], [writer.encode()]))
+
+
+def _ids(got: Any) -> dict[str, int]:
     return {
         bytes(got.get_value(i, 0) or b"").decode(): as_int(got.get_value(i, 1))
         for i in range(got.ntuples)
@@ -68,10 +81,18 @@ class Lease:
         self.fence_at = trio.current_time() + lease * (1 - MARGIN)
         self.renewals = 0
         self.paused = False  # tests: a stalled engine (renewals stop, nothing else)
+        self._conn: Conn | None = None
 
-    async def run(self, conn: Conn) -> None:
+    async def run(self, connect: Callable[[], Awaitable[Conn]]) -> None:
         """Renew every lease/3 until cancelled, or until the lease is lost
-        (``on_lost`` called with why)."""
+        (``on_lost`` called with why); a lost connection is made again."""
+        try:
+            await self._loop(connect)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+    async def _loop(self, connect: Callable[[], Awaitable[Conn]]) -> None:
         period = self.lease / 3
         while True:
             with trio.move_on_at(min(trio.current_time() + period, self.fence_at)):
@@ -85,14 +106,19 @@ class Lease:
             sent = trio.current_time()
             try:
                 with trio.move_on_at(self.fence_at):
-                    ok = await self._renew(conn)
+                    if self._conn is None or self._conn.broken:
+                        self._conn = await connect()
+                    ok = await self._renew(self._conn)
                     if not ok:
                         self.on_lost("its lease expired (another engine may hold its instances)")
                         return
                     self.fence_at = sent + self.lease * (1 - MARGIN)
                     self.renewals += 1
-            except psycopg.Error:
-                continue  # tried again next period, until fence_at (no reconnection yet)
+            except (psycopg.Error, EngineError):
+                if self._conn is not None:  # made again at the next renewal
+                    self._conn.close()
+                    self._conn = None
+                continue  # tried again next period, until fence_at
 
     async def _renew(self, conn: Conn) -> bool:
         got = await conn.query(b"ml_renew", _RENEW, [TEXT, TEXT],

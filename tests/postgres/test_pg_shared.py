@@ -303,3 +303,30 @@ def keys_written(dsn: str, instance_id: str) -> list[str]:
         return [row[0] for row in conn.execute(
             "SELECT step_key FROM ml_log WHERE instance_id = %s AND step_key IS NOT NULL "
             "ORDER BY seq", (instance_id,))]
+
+
+async def test_lost_tailer_listener_and_lease_connections_are_made_again(
+    pg_dsn: str,
+) -> None:
+    with trio.fail_after(10):
+        async with engine(pg_dsn, lease=0.6, approve=approve) as a, \
+                engine(pg_dsn, lease=0.6, approve=approve) as b:
+            await a.invoke("approve", instance_id="x")
+            await seen(b, "x", "suspended")
+            backend = host_of(a).backend
+            writer, keeper = backend.writer, backend.keeper  # type: ignore[union-attr]
+            while keeper.renewals < 1:  # noqa: ASYNC110 (its connection is made)
+                await trio.sleep(0.05)
+            renewed = keeper.renewals
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                [(killed,)] = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = ANY(%s)",
+                    ([f"memable_log {role} {writer}" for role in ("tailer", "listener", "lease")],),
+                ).fetchall()
+            assert killed == 3
+            await b.signal("approve", "x", "ok", "after")  # a's new tailer brings it
+            assert await a.wait("x") == ["done", "after"]
+            while keeper.renewals < renewed + 2:  # noqa: ASYNC110 (a counter, no event)
+                await trio.sleep(0.05)
+            assert backend.failed is None  # type: ignore[union-attr]
