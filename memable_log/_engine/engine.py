@@ -237,8 +237,8 @@ class Engine:
                 self._timers.push(entry.deadline_ms, instance_id)
             elif entry.state == lc.QUEUED:
                 queued.append(instance_id)
-            if entry.state in lc.LIVE:
-                flow.arm(instance_id, entry)
+            if entry.state in lc.LIVE and self._backend.owns(instance_id):
+                flow.arm(instance_id, entry)  # its timeout: the owner's to fire
         # The running ones had their slots: they take them first.
         for instance_id in queued:
             self._start(instance_id)
@@ -470,7 +470,8 @@ class Engine:
         logger.info("instance %s of %r created", instance_id, name,
                     extra={"instance_id": instance_id})
         entry = host.index.instances[instance_id]
-        flow.arm(instance_id, entry)
+        if backend.owns(instance_id):  # not when another engine created it meanwhile
+            flow.arm(instance_id, entry)
         self._start(instance_id)
         return instance_id
 

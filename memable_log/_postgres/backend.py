@@ -333,11 +333,10 @@ class PostgresBackend:
         iid = refused.instance_id
         error: BaseException | None = None
         if refused.state == schema.FENCED:
-            self.epochs.pop(iid, None)
-            error = PostgresJournalFailed(
-                f"{refused.message}; this engine stopped running it (nothing of the "
-                f"refused write was applied)")
-            self._stop([iid])
+            error = PostgresJournalFailed(f"{refused.message} (nothing of the refused "
+                                          f"write was applied)")
+            if self.epochs.pop(iid, None) is not None:  # it was ours: stop running it
+                self._stop([iid])
         rest = []
         for batch in live:
             if iid not in batch.ids:

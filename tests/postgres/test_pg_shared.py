@@ -22,7 +22,7 @@ import pytest
 import trio
 from support.suspend import until_state
 
-from memable_log import Context, Engine, SignalAlreadyDelivered
+from memable_log import Context, Engine, SignalAlreadyDelivered, WorkflowCancelled
 from memable_log._engine.engine import host_of
 
 
@@ -330,3 +330,20 @@ async def test_lost_tailer_listener_and_lease_connections_are_made_again(
             while keeper.renewals < renewed + 2:  # noqa: ASYNC110 (a counter, no event)
                 await trio.sleep(0.05)
             assert backend.failed is None  # type: ignore[union-attr]
+
+
+async def test_another_engines_instance_timeout_is_fired_by_its_owner_only(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(10):
+        async with engine(pg_dsn, approve=approve) as a:
+            await a.invoke("approve", instance_id="x", timeout=0.5)
+            await until_state(a, "x", "suspended")
+            async with engine(pg_dsn, approve=approve) as b:  # its start sees x live
+                with pytest.raises(WorkflowCancelled):
+                    await b.wait("x")
+                assert b.status("x").state == "cancelled"
+                assert host_of(b).backend.failed is None  # type: ignore[union-attr]
+                await b.invoke("approve", instance_id="y")
+                await until_state(b, "y", "suspended")
+    assert "fenced out" not in caplog.text  # b never tried to cancel it
