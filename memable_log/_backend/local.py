@@ -155,6 +155,9 @@ class LocalBackend:
         if self.compaction is not None:
             await self.compaction.settled(instance_id)
 
+    def owns(self, instance_id: str) -> bool:
+        return True  # one process holds the journal
+
     async def serve(
         self, calls: EngineCalls, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:

@@ -57,6 +57,22 @@ class EngineCalls(Protocol):
 
     def status(self, instance_id: str) -> InstanceStatus: ...
 
+    # A journal shared by several engines (PostgreSQL) applies records that
+    # other engines wrote to this engine's index from its background work,
+    # not through ``append``: the engine learns of them here, or nothing in
+    # it would wake (``wait``, ``events``, ``watch`` and ``event`` readers of
+    # an instance another engine runs; an instance of this engine that
+    # another engine signalled). Called right after ``index.apply``.
+    def applied(self, rec: list[Any]) -> None: ...
+
+    # Instances this engine now owns, taken over from an engine whose lease
+    # expired (their records all applied): resumed as at a start.
+    def claimed(self, instance_ids: list[str]) -> None: ...
+
+    # Instances this engine no longer owns (fenced out, its lease lost):
+    # their runners are cancelled at once and write nothing more.
+    def lost(self, instance_ids: list[str]) -> None: ...
+
 
 class Backend(Protocol):
     """Where an engine's records live. See the module comment."""
@@ -68,6 +84,11 @@ class Backend(Protocol):
     @property
     def failed(self) -> str | None:
         """Why the backend refuses writes (the engine is then unusable), or None."""
+        ...
+
+    def owns(self, instance_id: str) -> bool:
+        """Whether this engine may run the instance (a shared journal runs
+        each instance in one engine at a time; a local one owns them all)."""
         ...
 
     async def open(self, index: Index) -> None:

@@ -77,9 +77,8 @@ class EngineBuilder:
 
         Needs the ``postgres`` extra (psycopg 3). ``worker`` names this
         engine in the database (default host:pid); ``lease`` is how long, in
-        seconds, its hold on an instance lasts without renewal. Phase 1 (see
-        docs/postgres.md): one engine at a time per database; a second one
-        takes every instance over and the first is fenced out.
+        seconds, its hold on its instances lasts without renewal: another
+        engine takes them over once it expires (docs/postgres.md).
         """
         if not isinstance(dsn, str) or not dsn:
             raise TypeError(f"postgres takes a DSN string (postgresql://...), not {dsn!r}")

@@ -218,7 +218,7 @@ class Engine:
             now = host.now_ms()
             self._schedules.started(self._nursery, self._timers, now, self._resume_on_start)
             self._debounce.started(self._nursery, self._timers, self._resume_on_start)
-            await self._nursery.start(backend.serve, self)
+            await self._nursery.start(backend.serve, _Calls(self))
         except BaseException as exc:
             # Close the nursery and the backend, or trio's nursery stack is
             # left corrupt (a failed append while applying hand-overs, say).
@@ -237,8 +237,8 @@ class Engine:
                 self._timers.push(entry.deadline_ms, instance_id)
             elif entry.state == lc.QUEUED:
                 queued.append(instance_id)
-            if entry.state in lc.LIVE:
-                flow.arm(instance_id, entry)
+            if entry.state in lc.LIVE and self._backend.owns(instance_id):
+                flow.arm(instance_id, entry)  # its timeout: the owner's to fire
         # The running ones had their slots: they take them first.
         for instance_id in queued:
             self._start(instance_id)
@@ -311,6 +311,8 @@ class Engine:
         host = self._host
         if self._nursery is None or host.draining or instance_id in host.running:
             return
+        if not self._backend.owns(instance_id):  # another engine runs it (PostgreSQL)
+            return
         entry = host.index.instances[instance_id]
         if entry.workflow not in host.workflows:
             self._orphans.setdefault(entry.workflow, set()).add(instance_id)
@@ -349,6 +351,36 @@ class Engine:
             run.wake(key)
         if host.entry(instance_id).state == lc.RUNNING:
             self._start(instance_id)
+
+    def _applied(self, rec: list[Any]) -> None:
+        """A record another engine wrote, applied by the backend (seam.py)."""
+        iid = rec[r.INSTANCE]
+        host = self._host
+        if host.listeners:
+            host.touch(iid)
+        host.notify(iid)
+        if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED) and self._backend.owns(iid):
+            self._wait_ended(iid, rec[r.KEY])
+
+    def _claimed(self, instance_ids: list[str]) -> None:
+        """Instances taken over from an engine whose lease expired (seam.py)."""
+        for iid in instance_ids:
+            entry = self._host.index.instances.get(iid)
+            if entry is None or entry.state not in lc.LIVE or self._timers is None:
+                continue
+            if entry.state in lc.PARKED:
+                if entry.deadline_ms is not None:
+                    self._timers.push(entry.deadline_ms, iid)
+                self._flow.arm(iid, entry)
+            else:
+                self._start(iid)
+
+    def _lost(self, instance_ids: list[str]) -> None:
+        """Instances this engine must stop running now (seam.py)."""
+        for iid in instance_ids:
+            scope = self._host.scopes.get(iid)
+            if scope is not None:
+                scope.cancel()
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
@@ -438,7 +470,8 @@ class Engine:
         logger.info("instance %s of %r created", instance_id, name,
                     extra={"instance_id": instance_id})
         entry = host.index.instances[instance_id]
-        flow.arm(instance_id, entry)
+        if backend.owns(instance_id):  # not when another engine created it meanwhile
+            flow.arm(instance_id, entry)
         self._start(instance_id)
         return instance_id
 
@@ -723,6 +756,22 @@ class Engine:
             )
         await self._flow.append_waking(r.make(r.RESTARTED, host.now_ms(), instance_id), None)
         self._start(instance_id)
+
+
+class _Calls:
+    """The engine as its backend's background work sees it (EngineCalls):
+    its public operations, and the hooks of a shared journal."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.signal = engine.signal
+        self.invoke = engine.invoke
+        self.cancel = engine.cancel
+        self.restart = engine.restart
+        self.forget = engine.forget
+        self.status = engine.status
+        self.applied = engine._applied
+        self.claimed = engine._claimed
+        self.lost = engine._lost
 
 
 def host_of(engine: Engine) -> Host:

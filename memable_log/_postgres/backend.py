@@ -1,28 +1,44 @@
-"""A PostgreSQL database as an engine's backend (phase 1: one engine at a time).
+"""A PostgreSQL database as an engine's backend, shared by several engines.
 
 Theory of operation. The journal is one shared log table (``ml_log``,
 schema.py) of the same record lists the local journal frames (msgpack), so
 the index is built by the same ``Index.apply``; a row's ``seq`` is its
 location. The backend keeps the seam's promises (``_backend/seam.py``):
 
-* ``open(index)``: creates or checks the schema, takes the lease of every
-  instance (``lease_epoch`` + 1: an engine that held them before is fenced
-  out from its next write), then reads the whole log into the index in one
-  query, in seq order.
+* ``open(index)``: creates or checks the schema, adds this engine's worker
+  row (its lease, lease.py), claims the instances whose owner's lease
+  expired (``lease_epoch`` + 1: their old owner is fenced out from its next
+  write), then reads the whole log into the index in one query, in seq
+  order. The engine runs only the instances it owns (``owns``): those it
+  created and those it claimed.
 * ``append_many(recs)``: one call of ``ml_append`` (one round trip, one
   commit): the fence (each instance still carries this engine's epoch),
   new instances' lease rows, the rows; then each record gets its row's seq
   and is applied. Appends that arrive while a batch is in flight wait and go
   together in the next (group commit, one writer connection: this engine's
   records commit in the order they are applied). The round trip is shielded
-  from cancellation: once sent, its outcome is applied. A batch refused
-  (fenced out, an id that exists) or lost with its connection leaves the
-  backend ``failed``: phase 1 neither reconnects nor settles a commit in
-  doubt (phase 2 reads it back).
+  from cancellation: once sent, its outcome is applied. A refusal that names
+  one instance fails only the batches of that instance, and the others are
+  sent again: fenced out (the engine stops running it: ``calls.lost``), an
+  id that another engine created meanwhile (read back: the caller goes on
+  as if it had found it), a wait another engine ended first (a signal: the
+  caller gets SignalAlreadyDelivered; an engine's own timeout: read back).
+  A signal for an instance this engine does not own is written unfenced:
+  its wait's end is unique per instance and key in the log (first writer
+  wins), and the owner's tailer wakes the instance. A batch lost with its
+  writer connection leaves the backend ``failed``: the writer does not
+  reconnect yet, and a commit in doubt is not read back.
 * ``read(loc)``: the row at seq ``loc``, on its own connection.
 * ``serve``: the tailer (tailer.py) applies other writers' rows, woken by
   NOTIFY (sent by batches that create, signal or end an instance) or every
-  ``poll`` seconds.
+  ``poll`` seconds, and tells the engine (``calls.applied``); every lease/3
+  it claims expired instances, reads the log, then hands them to the engine
+  (``calls.claimed``). The lease's renewal runs beside it (lease.py); when
+  the lease is lost the backend fails and the engine stops running every
+  instance (``calls.lost``). The tailer, the listener and the lease make
+  a lost connection again (the tail keeps its cursor and gaps; after a
+  reconnect the tailer adopts instances the database says it owns that a
+  claim cut off before its reply did not tell it).
 
 A step's outcome carries ``step_key`` (unique per instance): the first
 writer of a step wins. It names the key with the instance's count of
@@ -42,7 +58,7 @@ import psycopg
 import trio
 
 from .._core import records as r
-from .._core.errors import EngineError, JournalClosed, JournalFailed
+from .._core.errors import EngineError, JournalClosed, JournalFailed, SignalAlreadyDelivered
 from .._core.index import Index
 from . import schema
 from .driver import (
@@ -58,6 +74,7 @@ from .driver import (
     as_int,
     int8,
 )
+from .lease import Lease, claim, join, owned, release
 from .tailer import Tail
 
 if TYPE_CHECKING:
@@ -67,6 +84,8 @@ logger = logging.getLogger("memable_log")
 
 _NEW = frozenset({r.CREATED, r.CHILD_CREATED})
 _OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
+# Records that end a wait: at most one per instance and key in the log.
+_ENDS = frozenset({r.SIGNALLED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT})
 _RESETS = frozenset({r.FORGOT, r.RESTARTED})
 # Records another engine may be waiting for: a NOTIFY wakes its tailer.
 _NOTIFY = frozenset({r.CREATED, r.CHILD_CREATED, r.SIGNALLED, r.COMPLETED, r.FAILED,
@@ -74,9 +93,6 @@ _NOTIFY = frozenset({r.CREATED, r.CHILD_CREATED, r.SIGNALLED, r.COMPLETED, r.FAI
 _APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8)"
 _APPEND_TYPES = [TEXT, TEXT_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY,
                  BOOL]
-_CLAIM = ("UPDATE ml_instances SET lease_owner = $1, lease_epoch = lease_epoch + 1, "
-          "lease_expires = now() + make_interval(secs => $2::float8) "
-          "RETURNING instance_id, lease_epoch")
 _READ = "SELECT rec FROM ml_log WHERE seq = $1"
 _T, _F = b"\x01", b"\x00"
 
@@ -98,14 +114,23 @@ class PostgresJournalFailed(JournalFailed):
         EngineError.__init__(self, reason)
 
 
+class _Refused(Exception):
+    """ml_append refused a batch because of one instance (schema's SQLSTATEs)."""
+
+    def __init__(self, state: str, instance_id: str, message: str) -> None:
+        super().__init__(message)
+        self.state, self.instance_id, self.message = state, instance_id, message
+
+
 class _Batch:
-    __slots__ = ("done", "error", "ids", "recs", "taken")
+    __slots__ = ("done", "error", "ids", "readback", "recs", "taken")
 
     def __init__(self, recs: list[list[Any]]) -> None:
         self.recs = recs
         self.ids = {rec[r.INSTANCE] for rec in recs}
         self.taken = False
         self.done = False
+        self.readback = False  # not written: another engine's record won; read it
         self.error: BaseException | None = None
 
 
@@ -123,6 +148,7 @@ class PostgresBackend:
         self.writer = ""  # this open's name in ml_log.writer: worker/uuid
         self.index: Index | None = None
         self.epochs: dict[str, int] = {}  # instance -> our lease epoch
+        self.lost: set[str] = set()  # instances lost while this engine ran them
         self.resets: dict[str, int] = {}  # instance -> forgot/restarted records
         self.tail = Tail()
         self._conn: Conn | None = None  # the writer's
@@ -134,7 +160,13 @@ class PostgresBackend:
         self._turn = trio.Event()
         self._failed: str | None = None
         self.wake = trio.Event()  # the tailer looks now
+        self.calls: EngineCalls | None = None  # while serve runs: told of others' records
         self.batches = 0
+        self.keeper: Lease | None = None  # this open's lease renewal
+        self._next_claim = 0.0  # trio time of the tailer's next claim
+        self._polls = [0, 0]  # tail polls started, ended
+        self._polled = trio.Event()
+        self._pending: dict[str, int] = {}  # claimed, not yet read: owned after the next poll
 
     @property
     def failed(self) -> str | None:
@@ -157,12 +189,10 @@ class PostgresBackend:
         conn = await self._connect("writer")
         try:
             await schema.ensure(conn, f"database {self._where()!r}")
-            claimed = await conn.query(b"ml_claim", _CLAIM, [TEXT, TEXT],
-                                       [self.writer.encode(), str(self.lease).encode()])
-            self.epochs = {
-                bytes(claimed.get_value(i, 0) or b"").decode(): as_int(claimed.get_value(i, 1))
-                for i in range(claimed.ntuples)
-            }
+            await join(conn, self.writer, self.lease)
+            self.keeper = Lease(self.writer, self.lease, self._lose)
+            self.epochs = await claim(conn, self.writer)
+            self._next_claim = trio.current_time() + self.lease / 3
             self.index, self.tail, self.resets = index, Tail(), {}
             await self.tail.poll(conn, None, self._apply_row)
             self._reader = await self._connect("reader")
@@ -175,6 +205,15 @@ class PostgresBackend:
         conn, reader = self._conn, self._reader
         self._conn = self._reader = None
         self.index = None
+        self.epochs, self.lost = {}, set()
+        if conn is not None and not conn.broken and self._failed is None:
+            with trio.move_on_after(self.lease / 3) as scope:
+                scope.shield = True
+                try:  # the others claim its instances at once
+                    await release(conn, self.writer)
+                    await conn.run(f"NOTIFY {schema.CHANNEL}, 'released'")
+                except psycopg.Error as exc:
+                    logger.warning("PostgreSQL journal: the lease was not released: %s", exc)
         for c in (conn, reader):
             if c is not None and not c.broken:
                 c.close()
@@ -182,6 +221,24 @@ class PostgresBackend:
     def _apply_row(self, seq: int, blob: bytes) -> None:
         rec = _unpack(blob, seq)
         self._applied(rec, seq)
+        if self.calls is not None:
+            self.calls.applied(rec)
+
+    def owns(self, instance_id: str) -> bool:
+        return instance_id in self.epochs and self._failed is None
+
+    def _lose(self, why: str) -> None:
+        """The lease is lost: refuse every write, stop every instance."""
+        self._fail(f"this engine lost its lease: {why}")
+        lost, self.epochs = list(self.epochs), {}
+        self._stop(lost)
+
+    def _stop(self, lost: list[str]) -> None:
+        """Stop running instances this engine no longer owns: cancelled now
+        (``calls.lost``); their runner's next ``settled`` ends it."""
+        self.lost.update(lost)
+        if self.calls is not None and lost:
+            self.calls.lost(lost)
 
     def _applied(self, rec: list[Any], seq: int) -> None:
         assert self.index is not None
@@ -212,7 +269,22 @@ class PostgresBackend:
                 self._queue.remove(batch)
             raise
         if batch.error is not None:
+            await trio.lowlevel.checkpoint()  # a runner told it lost its instance: cancelled
             raise batch.error
+        if batch.readback:
+            await self._read_back()
+
+    async def _read_back(self) -> None:
+        """Until a tail poll that starts after now has ended: another
+        engine's record that won over ours is then in the index."""
+        after = self._polls[0]
+        while self._polls[1] <= after:
+            if self.calls is None:
+                raise EngineError("the PostgreSQL journal cannot read back: it is not serving")
+            if self._failed is not None:  # the tailer stopped
+                raise PostgresJournalFailed(self._failed)
+            self.wake.set()
+            await self._polled.wait()
 
     async def _lead(self) -> None:
         self._leading = True
@@ -230,23 +302,73 @@ class PostgresBackend:
             turn.set()
 
     async def _commit(self, taken: list[_Batch]) -> None:
-        recs = [rec for batch in taken for rec in batch.recs]
-        try:
-            if self._failed is not None:
-                raise PostgresJournalFailed(self._failed)
-            seqs = await self._write(recs)
-        except BaseException as exc:
-            error = exc if isinstance(exc, EngineError) else PostgresJournalFailed(self._fail(exc))
-            for batch in taken:
-                batch.error, batch.done = error, True
+        live = taken
+        while live:
+            recs = [rec for batch in live for rec in batch.recs]
+            try:
+                if self._failed is not None:
+                    raise PostgresJournalFailed(self._failed)
+                seqs = await self._write(recs)
+            except _Refused as refused:
+                live = self._refuse(live, refused)
+                continue
+            except psycopg.errors.UniqueViolation as exc:
+                if len(live) > 1:  # whose? each alone (rare: two engines, one wait)
+                    for batch in live:
+                        await self._commit([batch])
+                    return
+                self._lost_race(live[0], exc)
+                return
+            except BaseException as exc:
+                error = (exc if isinstance(exc, EngineError)
+                         else PostgresJournalFailed(self._fail(exc)))
+                for batch in live:
+                    batch.error, batch.done = error, True
+                return
+            self._done(live, recs, seqs)
             return
+
+    def _refuse(self, live: list[_Batch], refused: _Refused) -> list[_Batch]:
+        """The batches of the refused instance end; the others are returned."""
+        iid = refused.instance_id
+        error: BaseException | None = None
+        if refused.state == schema.FENCED:
+            error = PostgresJournalFailed(f"{refused.message} (nothing of the refused "
+                                          f"write was applied)")
+            if self.epochs.pop(iid, None) is not None:  # it was ours: stop running it
+                self._stop([iid])
+        rest = []
+        for batch in live:
+            if iid not in batch.ids:
+                rest.append(batch)
+            elif error is not None:
+                batch.error, batch.done = error, True
+            else:  # created by another engine meanwhile: found, as invoke finds it
+                batch.readback = batch.done = True
+        return rest
+
+    def _lost_race(self, batch: _Batch, exc: BaseException) -> None:
+        """A batch of which the log holds a unique record already: a wait's
+        end another engine wrote first, or (a fault) a step written twice."""
+        batch.done = True
+        types = {rec[r.TYPE] for rec in batch.recs}
+        for rec in batch.recs:
+            if rec[r.TYPE] == r.SIGNALLED:
+                batch.error = SignalAlreadyDelivered(rec[r.INSTANCE], rec[r.KEY])
+                return
+        if types & _ENDS and not types & _OUTCOMES:
+            batch.readback = True  # a signal ended it first: the tailer brings it
+        else:
+            batch.error = PostgresJournalFailed(self._fail(exc))
+
+    def _done(self, live: list[_Batch], recs: list[list[Any]], seqs: list[int]) -> None:
         for rec, seq in zip(recs, seqs, strict=True):
             rec[r.SEQ] = seq
             self._applied(rec, seq)
             if rec[r.TYPE] in _NEW:
                 self.epochs[rec[r.INSTANCE]] = 1
         self.batches += 1
-        for batch in taken:
+        for batch in live:
             batch.done = True
 
     def _fail(self, exc: BaseException | str) -> str:
@@ -265,15 +387,28 @@ class PostgresBackend:
         made: dict[str, None] = {}  # instances this batch creates (fenced by that)
         fence: dict[str, int] = {}  # the others, with the epoch we hold (-1: none)
         notify = False
+        # Another engine's instance, of which this batch only signals: unfenced.
+        signals = {rec[r.INSTANCE] for rec in recs
+                   if rec[r.TYPE] == r.SIGNALLED and rec[r.INSTANCE] not in self.epochs}
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
             insts.append(inst.encode())
             if rtype in _NEW:
                 made[inst] = None
-            elif inst != r.ENGINE and inst not in made:
+            elif inst in signals and rtype != r.SIGNALLED:
+                signals.discard(inst)
+        for rec in recs:
+            rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
+            if rtype not in _NEW and inst != r.ENGINE and inst not in made and (
+                inst not in signals
+            ):
                 fence[inst] = self.epochs.get(inst, -1)
-            keys.append(f"{self.resets.get(inst, 0)}:{rec[r.KEY]}".encode()
-                        if rtype in _OUTCOMES else None)
+            if rtype in _OUTCOMES:
+                keys.append(f"{self.resets.get(inst, 0)}:{rec[r.KEY]}".encode())
+            elif rtype in _ENDS:  # "w": never a step's (those start with a digit)
+                keys.append(f"w{self.resets.get(inst, 0)}:{rec[r.KEY]}".encode())
+            else:
+                keys.append(None)
             blobs.append(pack(rec))
             notify = notify or rtype in _NOTIFY
         params = [
@@ -286,7 +421,8 @@ class PostgresBackend:
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
             if state in (schema.FENCED, schema.EXISTS):
-                raise PostgresJournalFailed(self._fail(exc.diag.message_primary or exc)) from None
+                raise _Refused(state, exc.diag.message_detail or "",
+                               exc.diag.message_primary or str(exc)) from None
             raise
         return [as_int(result.get_value(i, 0)) for i in range(result.ntuples)]
 
@@ -305,6 +441,11 @@ class PostgresBackend:
     async def settled(self, instance_id: str) -> None:
         while any(instance_id in batch.ids for batch in self._inflight):
             await self._turn.wait()
+        if instance_id in self.lost:  # its runner asks after each run: it ends here
+            self.lost.discard(instance_id)
+            raise PostgresJournalFailed(
+                f"instance {instance_id!r} is no longer this engine's: "
+                f"{self._failed or 'another engine holds its lease'}")
         # At once (no checkpoint) when nothing of it is in flight: the
         # engine's invoke checks the index right after, in the same step.
 
@@ -315,27 +456,64 @@ class PostgresBackend:
     ) -> None:
         # Everything other writers left was read at open: the engine may go on
         # while the tailer's connections are made.
+        self.calls = calls
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._listen)
-            await self._tail()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._listen)
+                nursery.start_soon(self._keep_lease)
+                await self._tail()
+        finally:
+            self.calls = None
+
+    async def _keep_lease(self) -> None:
+        assert self.keeper is not None
+        await self.keeper.run(lambda: self._connect("lease"))
 
     async def _listen(self) -> None:
-        listener = await self._connect("listener")
-        try:
-            await listener.run(f"LISTEN {schema.CHANNEL}")
-            while True:
-                await listener.notifies()
-                self.wake.set()
-        finally:
-            listener.close()
+        while True:  # a lost connection: another (NOTIFYs meanwhile: the poll finds them)
+            try:
+                listener = await self._connect("listener")
+            except EngineError as exc:
+                await self._retry("listener", exc)
+                continue
+            try:
+                await listener.run(f"LISTEN {schema.CHANNEL}")
+                self.wake.set()  # what was sent while it listened to nothing
+                while True:
+                    if "released" in await listener.notifies():
+                        self._next_claim = 0.0  # an engine stopped: claim its instances now
+                    self.wake.set()
+            except psycopg.OperationalError as exc:
+                await self._retry("listener", exc)
+            finally:
+                listener.close()
+
+    async def _retry(self, role: str, exc: BaseException) -> None:
+        logger.warning("PostgreSQL journal: the %s connection is lost (%s); reconnecting",
+                       role, exc)
+        await trio.sleep(self.poll)
 
     async def _tail(self) -> None:
-        conn = await self._connect("tailer")
-        try:
-            await self._follow(conn)
-        finally:
-            conn.close()
+        again = False
+        while True:  # a lost connection: another; the tail's cursor and gaps are kept
+            try:
+                conn = await self._connect("tailer")
+            except EngineError as exc:
+                await self._retry("tailer", exc)
+                continue
+            try:
+                if again:  # a claim whose reply was lost may have committed: adopt it
+                    mine = await owned(conn, self.writer)
+                    self._pending.update(
+                        {i: e for i, e in mine.items() if self.epochs.get(i) != e})
+                await self._follow(conn)
+                return
+            except psycopg.OperationalError as exc:
+                again = True
+                await self._retry("tailer", exc)
+            finally:
+                conn.close()
 
     async def _follow(self, conn: Conn) -> None:
         while True:
@@ -345,8 +523,25 @@ class PostgresBackend:
             if self.index is None:
                 return
             try:
+                now = trio.current_time()
+                if self._failed is None and now >= self._next_claim:
+                    self._next_claim = now + self.lease / 3
+                    self._pending.update(await claim(conn, self.writer))
+                self._polls[0] += 1
                 await self.tail.poll(conn, self.writer, self._apply_row)
+            except psycopg.OperationalError:
+                raise  # the connection: _tail makes another
             except (psycopg.Error, r.RecordError) as exc:
                 self._fail(exc)
                 return
+            finally:
+                self._polls[1] = self._polls[0]
+                polled, self._polled = self._polled, trio.Event()
+                polled.set()
+            got, self._pending = self._pending, {}
+            if got and self._failed is None:
+                # Owned once their records are all read: the engine resumes them.
+                self.epochs.update(got)
+                if self.calls is not None:
+                    self.calls.claimed(list(got))
 

@@ -6,9 +6,14 @@ Theory of operation. One database holds one journal (docs/postgres.md):
   the schema in an empty database, accepts version ``SCHEMA_VERSION``, and
   refuses a newer one by name (made by a newer memable_log) and an older
   one (no migration exists yet).
-* ``ml_instances``: one row per instance, its lease: owner, fencing epoch,
-  expiry (database clock). Phase 1 takes every lease at ``open``; takeover
-  by expiry is phase 2, but the columns are here from the start.
+* ``ml_workers``: one row per open engine (``writer``), its lease's
+  ``expires_at`` (database clock), renewed by one update every lease/3
+  (lease.py). One row per engine, not a lease per instance: a renewal costs
+  one small HOT update whatever the engine runs (no index on the expiry).
+* ``ml_instances``: one row per instance: its owner (a ``writer``) and its
+  fencing epoch. An instance's lease is its owner's: when the owner's row
+  expired, any engine claims it (``ml_claim``: epoch + 1, ``SKIP LOCKED``,
+  so an instance whose batch is in flight is skipped until it commits).
 * ``ml_log``: the journal, one row per record, in ``seq`` order (bigserial).
   ``rec`` is the record list as msgpack, exactly what the local journal
   frames (its seq field 0: the row's ``seq`` is its seq). ``step_key`` is
@@ -21,7 +26,10 @@ Theory of operation. One database holds one journal (docs/postgres.md):
   other record's instance must still carry the writer's epoch (the fence,
   its rows locked ``FOR SHARE`` until commit), then the rows, ``seq`` back
   in order. Errors carry SQLSTATEs of our own (``ML001`` fenced out,
-  ``ML002`` instance exists) and say which instance.
+  ``ML002`` instance exists) and name the instance in their DETAIL.
+* ``ml_claim(writer)``: takes every instance whose owner's lease expired,
+  epoch + 1; their ids and new epochs. Then drops expired workers that own
+  nothing any more.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from __future__ import annotations
 from .._core.errors import EngineError
 from .driver import Conn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FENCED = "ML001"
 EXISTS = "ML002"
 CHANNEL = "memable_log"
@@ -40,9 +48,13 @@ CREATE TABLE ml_instances (
     instance_id   text PRIMARY KEY,
     lease_owner   text,
     lease_epoch   bigint NOT NULL DEFAULT 0,
-    lease_expires timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 70);
+CREATE INDEX ml_instances_owner ON ml_instances (lease_owner);
+CREATE TABLE ml_workers (
+    writer     text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+) WITH (fillfactor = 50);
 CREATE TABLE ml_log (
     xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
     seq       bigserial PRIMARY KEY,
@@ -71,7 +83,8 @@ BEGIN
         IF coalesce(cardinality(got), 0) <> cardinality(p_new) THEN
             SELECT i INTO bad FROM unnest(p_new) AS i
                 WHERE NOT (i = ANY(coalesce(got, '{{}}'))) LIMIT 1;
-            RAISE EXCEPTION 'instance % exists already', bad USING ERRCODE = '{EXISTS}';
+            RAISE EXCEPTION 'instance % exists already', bad
+                USING ERRCODE = '{EXISTS}', DETAIL = bad;
         END IF;
     END IF;
     -- The fence (distinct ids and the epochs we hold): each row locked
@@ -95,7 +108,7 @@ BEGIN
     END IF;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'fenced out of instance %: its lease moved to another engine', bad
-            USING ERRCODE = '{FENCED}';
+            USING ERRCODE = '{FENCED}', DETAIL = bad;
     END IF;
     IF p_notify THEN
         PERFORM pg_notify('{CHANNEL}', '');
@@ -105,6 +118,22 @@ BEGIN
         SELECT i, k, p_writer, r FROM unnest(p_inst, p_key, p_rec) WITH ORDINALITY AS u(i, k, r, o)
         ORDER BY o
         RETURNING seq;
+END $$;
+CREATE FUNCTION ml_claim(p_writer text)
+RETURNS TABLE (instance_id text, epoch int8) LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+        WITH pick AS (
+            SELECT m.instance_id FROM ml_instances m
+            WHERE m.lease_owner IN (
+                SELECT w.writer FROM ml_workers w WHERE w.expires_at < now()
+                AND w.writer <> p_writer)
+            FOR UPDATE OF m SKIP LOCKED)
+        UPDATE ml_instances i SET lease_owner = p_writer, lease_epoch = i.lease_epoch + 1
+            FROM pick WHERE i.instance_id = pick.instance_id
+            RETURNING i.instance_id, i.lease_epoch;
+    DELETE FROM ml_workers w WHERE w.expires_at < now() AND NOT EXISTS (
+        SELECT 1 FROM ml_instances m WHERE m.lease_owner = w.writer);
 END $$;
 INSERT INTO ml_meta VALUES ('schema', {SCHEMA_VERSION});
 """

@@ -24,7 +24,10 @@ lose it. The rule here:
 Gaps never block: rows above a gap are applied at once. That is sound
 because per instance the log is written by one engine at a time, in order
 (its lease; one writer connection per engine, batches in turn): a late row
-is never of an instance that has later rows already read. Own rows come
+is never of an instance that has later rows already read. One exception:
+another engine's signal for an instance (written unfenced, backend.py) may
+be applied after the owner's later rows; a signal commutes with every
+record but its wait's end, which the log keeps unique. Own rows come
 back without their record (the engine applied them when it wrote them).
 """
 

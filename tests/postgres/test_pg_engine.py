@@ -1,4 +1,4 @@
-"""The engine over PostgreSQL (phase 1: one engine at a time per database).
+"""The engine over PostgreSQL, one engine at a time (shared: test_pg_shared.py).
 
 Each test runs a workflow on a fresh database of the session's server,
 closes the engine (as a stop or a crash leaves it: the database holds the
@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from support.suspend import until_state
 
-from memable_log import Context, Engine, JournalFailed
+from memable_log import Context, Engine
 from memable_log._postgres.schema import SchemaMismatch
 
 
@@ -105,22 +105,6 @@ async def test_a_child_workflow_and_events(pg_dsn: str) -> None:
         assert [(e.key, e.value) async for e in second.events("p/k")] == [("progress", 21)]
         assert await second.event("p", "done") == 42
         assert await second.wait("p/k") == 42
-
-
-async def test_a_second_engine_fences_the_first_out(pg_dsn: str) -> None:
-    async def two(ctx: Context) -> Any:
-        await ctx.step("one").run(lambda: 1)
-        await ctx.suspend("go")
-        return await ctx.step("two").run(lambda: 2)
-
-    first = engine(pg_dsn, two=two)
-    async with first:
-        await first.invoke("two", instance_id="f")
-        await until_state(first, "f", "suspended")
-        async with engine(pg_dsn, two=two):  # takes every lease: epoch + 1
-            with pytest.raises(JournalFailed, match="fenced out of instance f"):
-                await first.signal("two", "f", "go")
-            assert first.status("f").state == "suspended"  # nothing applied
 
 
 async def test_a_newer_schema_is_refused_by_name(pg_dsn: str) -> None:

@@ -1,0 +1,126 @@
+"""An engine's lease on a shared journal: its worker row, renewed on a
+timer, and the claim of instances whose owner's lease expired.
+
+Theory of operation. Every open engine has one row in ``ml_workers``
+(schema.py) whose ``expires_at`` (the database's clock) it pushes ``lease``
+seconds ahead every ``lease / 3`` (``renew``): one update of one row per
+engine, whatever it runs, not a write per step or per instance
+(docs/postgres.md). A renewal finds the row only while it has not
+expired: once it has, other engines may have claimed this engine's
+instances, so a late renewal must not revive them.
+
+Self-fencing. The local monotonic clock (trio's) bounds how long this
+engine trusts its lease: ``fence_at`` is the send time of the last renewal
+that succeeded plus ``lease - margin``. The database's expiry is at least
+``lease`` after that send (its ``now()`` is later), so an engine that
+stops at ``fence_at`` has stopped before anyone can claim its instances,
+even when the database is unreachable (``Lease.run`` then calls
+``on_lost``). A renewal that finds no row calls it at once. A lost
+connection is made again at the next renewal.
+
+``claim`` takes every instance whose owner's row expired (``ml_claim``):
+epoch + 1, skipping rows locked by a batch in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import trio
+
+from .._core.errors import EngineError
+from .driver import TEXT, Conn, as_int
+
+_JOIN = ("INSERT INTO ml_workers (writer, expires_at) "
+         "VALUES ($1, now() + make_interval(secs => $2::float8))")
+_RENEW = ("UPDATE ml_workers SET expires_at = now() + make_interval(secs => $2::float8) "
+          "WHERE writer = $1 AND expires_at >= now() RETURNING 1")
+_RELEASE = "UPDATE ml_workers SET expires_at = '-infinity' WHERE writer = $1"
+_CLAIM = "SELECT instance_id, epoch FROM ml_claim($1)"
+_OWNED = "SELECT instance_id, lease_epoch FROM ml_instances WHERE lease_owner = $1"
+MARGIN = 0.2  # of the lease: self-fencing comes this much before the database's expiry
+
+
+async def join(conn: Conn, writer: str, lease: float) -> None:
+    """Add this engine's worker row."""
+    await conn.query(b"ml_join", _JOIN, [TEXT, TEXT], [writer.encode(), str(lease).encode()])
+
+
+async def release(conn: Conn, writer: str) -> None:
+    """Let this engine's lease end now: any engine claims its instances."""
+    await conn.query(b"ml_release", _RELEASE, [TEXT], [writer.encode()])
+
+
+async def claim(conn: Conn, writer: str) -> dict[str, int]:
+    """Claim every instance whose owner's lease expired: id -> new epoch."""
+    got = await conn.query(b"ml_claim", _CLAIM, [TEXT], [writer.encode()])
+    return _ids(got)
+
+
+async def owned(conn: Conn, writer: str) -> dict[str, int]:
+    """Every instance the database says this engine owns: id -> epoch."""
+    return _ids(await conn.query(b"ml_owned", _OWNED, [TEXT], [writer.encode()]))
+
+
+def _ids(got: Any) -> dict[str, int]:
+    return {
+        bytes(got.get_value(i, 0) or b"").decode(): as_int(got.get_value(i, 1))
+        for i in range(got.ntuples)
+    }
+
+
+class Lease:
+    """The renewal loop of one engine's worker row. See the module comment."""
+
+    def __init__(self, writer: str, lease: float, on_lost: Callable[[str], None]) -> None:
+        self.writer = writer
+        self.lease = lease
+        self.on_lost = on_lost
+        self.fence_at = trio.current_time() + lease * (1 - MARGIN)
+        self.renewals = 0
+        self.paused = False  # tests: a stalled engine (renewals stop, nothing else)
+        self._conn: Conn | None = None
+
+    async def run(self, connect: Callable[[], Awaitable[Conn]]) -> None:
+        """Renew every lease/3 until cancelled, or until the lease is lost
+        (``on_lost`` called with why); a lost connection is made again."""
+        try:
+            await self._loop(connect)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+    async def _loop(self, connect: Callable[[], Awaitable[Conn]]) -> None:
+        period = self.lease / 3
+        while True:
+            with trio.move_on_at(min(trio.current_time() + period, self.fence_at)):
+                await trio.sleep_forever()
+            if trio.current_time() >= self.fence_at:
+                trusted = self.lease * (1 - MARGIN)
+                self.on_lost(f"no renewal of its lease succeeded for {trusted:g}s")
+                return
+            if self.paused:
+                continue
+            sent = trio.current_time()
+            try:
+                with trio.move_on_at(self.fence_at):
+                    if self._conn is None or self._conn.broken:
+                        self._conn = await connect()
+                    ok = await self._renew(self._conn)
+                    if not ok:
+                        self.on_lost("its lease expired (another engine may hold its instances)")
+                        return
+                    self.fence_at = sent + self.lease * (1 - MARGIN)
+                    self.renewals += 1
+            except (psycopg.Error, EngineError):
+                if self._conn is not None:  # made again at the next renewal
+                    self._conn.close()
+                    self._conn = None
+                continue  # tried again next period, until fence_at
+
+    async def _renew(self, conn: Conn) -> bool:
+        got = await conn.query(b"ml_renew", _RENEW, [TEXT, TEXT],
+                               [self.writer.encode(), str(self.lease).encode()])
+        return got.ntuples == 1
