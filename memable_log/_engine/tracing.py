@@ -54,6 +54,7 @@ from opentelemetry.trace import (
 )
 
 from .._core import lifecycle as lc
+from .._core import records as r
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OUTCOMES = {
@@ -209,13 +210,18 @@ class Tracing:
         )
         return StepSpan(span)
 
-    def wait(self, instances: Mapping[str, Any], instance_id: str, key: str) -> Span:
-        """A span over a branch blocked in a durable wait (ended by the caller)."""
+    def wait(self, instances: Mapping[str, Any], instance_id: str, key: str,
+             register: list[Any] | None) -> Span:
+        """A span over a branch blocked in a durable wait (ended by the caller);
+        ``register`` is the wait's registration record, the first time."""
         entry = instances.get(instance_id)
         workflow = entry.workflow if entry is not None else ""
-        waits = entry.waits if entry is not None else None
-        wait = waits.get(key) if waits is not None else None
-        kind = lc.WAIT_KIND_NAMES[wait[0]] if wait is not None else "child"
+        if register is not None:
+            kind = "timer" if register[r.TYPE] == r.TIMER_SET else "signal"
+        else:
+            waits = entry.waits if entry is not None else None
+            wait = waits.get(key) if waits is not None else None
+            kind = lc.WAIT_KIND_NAMES[wait[0]] if wait is not None else "child"
         return self._tracer.start_span(
             f"wait {key}", context=self._parent(instances, instance_id),
             attributes={"memable.instance_id": instance_id, "memable.workflow": workflow,

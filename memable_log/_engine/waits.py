@@ -93,7 +93,7 @@ class RunWaits:
         """
         host, task = self._host, trio.lowlevel.current_task()
         span = None if host.tracer is None else host.tracer.wait(  # tracing.py
-            host.index.instances, self._iid, key)
+            host.index.instances, self._iid, key, register)
         try:
             if register is not None:
                 await self._register(task, key, deadline_ms, register)
