@@ -190,10 +190,13 @@ class Tracing:
             state = entry.state if entry is not None else None
             span.set_attribute("memable.run.outcome", "parked" if state in lc.PARKED
                                else _OUTCOMES.get(state, "ended"))  # type: ignore[arg-type]
-            if run.error is not None and state == lc.FAILED:
-                span.record_exception(run.error)
-                span.set_status(Status(StatusCode.ERROR,
-                                       f"{type(run.error).__qualname__}: {run.error}"))
+            if state == lc.FAILED:  # the workflow raised, or its result cannot be stored
+                error = run.error
+                if error is not None:
+                    span.record_exception(error)
+                why = ("the workflow's result cannot be stored" if error is None
+                       else f"{type(error).__qualname__}: {error}")
+                span.set_status(Status(StatusCode.ERROR, why))
         finally:
             self._runs.pop(instance_id, None)
             span.set_attribute("memable.steps.memoised", run.memoised)

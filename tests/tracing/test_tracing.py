@@ -251,3 +251,27 @@ def test_tracing_off_never_imports_opentelemetry() -> None:
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+async def test_a_result_that_cannot_be_stored_fails_the_run_span_and_a_timer_is_a_wait(
+    autojump_clock: MockClock, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = spans
+
+    async def wf(ctx: Context) -> Any:
+        await ctx.timer("nap", 5)
+        return object()  # msgpack cannot hold it: the instance fails
+
+    async with engine_over(MemoryStorage(), provider, wf=wf) as engine:
+        await engine.invoke("wf", instance_id="t")
+        with pytest.raises(WorkflowFailed):
+            await finish(engine, "t")
+
+    nap, = named(exporter, "wait nap")
+    assert nap.attributes is not None
+    assert nap.attributes["memable.wait.kind"] == "timer"
+    runs = named(exporter, "run_workflow ")
+    assert [s.attributes["memable.run.outcome"] for s in runs] == [  # type: ignore[index]
+        "parked", "failed"]
+    assert runs[-1].status.status_code == StatusCode.ERROR
+    assert "cannot be stored" in (runs[-1].status.description or "")
