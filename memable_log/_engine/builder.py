@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from .._backend.local import LocalBackend
 from .._backend.seam import Backend
@@ -18,6 +18,9 @@ from .clock import Clock
 from .engine import Engine
 from .retry import RetryPolicy
 from .retry import policy as retry_policy
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 
@@ -43,6 +46,7 @@ class EngineBuilder:
         # The engine's life: how it starts and stops.
         self._shutdown_timeout: float | None = None
         self._resume_on_start = True
+        self._tracing: tuple[Any] | None = None  # (tracer_provider,) once turned on
 
     def open(
         self,
@@ -223,6 +227,16 @@ class EngineBuilder:
         self._resume_on_start = enabled
         return self
 
+    def tracing(self, tracer_provider: Any = None) -> Self:
+        """Trace instances with OpenTelemetry (the ``otel`` extra): one trace
+        per instance across runs, restarts and children (docs/tracing.md).
+
+        ``tracer_provider`` is an ``opentelemetry.trace.TracerProvider``;
+        None takes the global one at ``build()``.
+        """
+        self._tracing = (tracer_provider,)
+        return self
+
     def build(self) -> Engine:
         """The engine, over the journal chosen by ``open``, ``in_memory`` or ``postgres``."""
         clock = self._clock or Clock()
@@ -252,6 +266,7 @@ class EngineBuilder:
             default_retry=self._default_retry,
             shutdown_timeout=self._shutdown_timeout,
             resume_on_start=self._resume_on_start,
+            tracer=None if self._tracing is None else _tracer(self._tracing[0]),
         )
 
 
@@ -264,3 +279,14 @@ def _postgres_backend(dsn: str, worker: str | None, lease: float) -> Backend:
             f"({exc})"
         ) from None
     return PostgresBackend(dsn, worker=worker, lease=lease)
+
+
+def _tracer(provider: Any) -> Tracing:
+    try:
+        from .tracing import Tracing
+    except ImportError as exc:
+        raise ImportError(
+            f"Engine.builder().tracing() needs opentelemetry-api: pip install "
+            f"'memable-log[otel]' ({exc})"
+        ) from None
+    return Tracing(provider)

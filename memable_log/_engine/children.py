@@ -137,6 +137,8 @@ class Children:
                 await self.cancel(cid)
         logger.info("instance %s: child %s of %r started", parent, cid, name,
                     extra={"instance_id": parent, "key": key})
+        if host.tracer is not None:  # tracing.py: the span the child's runs hang under
+            host.tracer.child(parent, host.entry(parent).workflow, key, cid, name)
         self._start(cid)
         return cid
 

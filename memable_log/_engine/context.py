@@ -394,6 +394,11 @@ class Context:
         )
 
 
+def memoised(ctx: Context) -> int:
+    """How many steps the run of ``ctx`` returned from the journal (tracing.py)."""
+    return ctx._hits
+
+
 def _other_kind(instance_id: str, key: str, was: str, now: str) -> str:
     return (
         f"key {key!r} of instance {instance_id!r} is {was} in the journal, not {now}: "
@@ -576,6 +581,8 @@ class Step:
                 raise StepFailed(key, *errors[-1], failed[r.STEP_FAILED_TRACEBACK], errors)
         if self._at_most_once:
             await host.append(r.make(r.STEP_STARTED, started, iid, key))
+        tracer = host.tracer
+        span = None if tracer is None else tracer.step(iid, ctx.workflow, key)  # tracing.py
         token = _ATTEMPT.set(attempt + 1)
         try:
             while True:
@@ -607,6 +614,8 @@ class Step:
                         if pause is not None:
                             await host.append(attempts.attempt_failed(
                                 host.now_ms(), iid, key, attempt, exc, started))
+                            if span is not None:
+                                span.attempt_failed(attempt, exc, pause)
                             errors += (attempts.error_of(exc),)
                             logger.warning(
                                 "instance %s: step %r attempt %d/%d failed (%s: %s); "
@@ -626,16 +635,22 @@ class Step:
                     )
                     raise StepFailed(key, type(exc).__qualname__, str(exc),
                                      failed[r.STEP_FAILED_TRACEBACK], errors) from exc
+            if declared is not None:
+                blob, value = _encode_typed(host.codec, declared, result, key)
+            else:
+                try:
+                    blob = host.codec.encode(result)
+                except EncodeError as exc:
+                    raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
+            await host.append([r.STEP_DONE, 0, now_ms(), iid, key, blob, started, attempt])
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc, attempt)
+            raise
         finally:
             _ATTEMPT.reset(token)
-        if declared is not None:
-            blob, value = _encode_typed(host.codec, declared, result, key)
-        else:
-            try:
-                blob = host.codec.encode(result)
-            except EncodeError as exc:
-                raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
-        await host.append([r.STEP_DONE, 0, now_ms(), iid, key, blob, started, attempt])
+        if span is not None:
+            span.end(None, attempt)
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
         return host.codec.decode(blob) if declared is None else value

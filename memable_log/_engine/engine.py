@@ -73,6 +73,7 @@ from .timers import TimerQueue
 
 if TYPE_CHECKING:
     from .builder import EngineBuilder
+    from .tracing import Tracing
 
 _T = TypeVar("_T")
 logger = logging.getLogger("memable_log")
@@ -105,6 +106,7 @@ class Engine:
         default_retry: RetryPolicy | None = None,
         shutdown_timeout: float | None = None,
         resume_on_start: bool = True,
+        tracer: Tracing | None = None,
     ) -> None:
         self._backend = backend
         self._max_running = max_running
@@ -113,6 +115,7 @@ class Engine:
         self._host = Host(clock, codec, inline_limit)
         self._host.graceful = shutdown_timeout is not None
         self._host.default_retry = default_retry
+        self._host.tracer = tracer
         # Flow control (SPEC-NEXT §4): limits by workflow, slots, the queue,
         # timeouts; every path that creates or wakes an instance asks it.
         self._flow = FlowControl(self._host, self._run, self._cancel)
@@ -613,7 +616,12 @@ class Engine:
             raise JournalFailed(backend.failed)
         check_signal(host.index, workflow, instance_id, key, host.now_ms(), host.reserved)
         blob = host.encode(payload, f"signal {key!r}")
-        await self._flow.append_waking(r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob))
+        rec = r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob)
+        if host.tracer is None:
+            await self._flow.append_waking(rec)
+        else:
+            with host.tracer.signal(host.index.instances, workflow, instance_id, key):
+                await self._flow.append_waking(rec)
         logger.info("instance %s: signal %r delivered", instance_id, key,
                     extra={"instance_id": instance_id, "key": key})
         self._wait_ended(instance_id, key)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .._backend.seam import Backend
     from .children import Children
     from .context import Context
+    from .tracing import Tracing
 
 Workflow = Callable[["Context"], Awaitable[Any]]
 
@@ -67,6 +68,7 @@ class Host:
         "reserved", "running", "scopes", "waits", "workflows",
         "listeners",
         "children",
+        "tracer",
     )
 
     def __init__(self, clock: Clock, codec: Codec, inline_limit: int) -> None:
@@ -108,6 +110,8 @@ class Host:
         self.listeners: dict[str, weakref.WeakSet[Listener]] = {}
         # Children: start, wait, end, cancel (children.py); set by the Engine.
         self.children: Children | None = None
+        # OpenTelemetry spans (tracing.py), if the builder turned them on.
+        self.tracer: Tracing | None = None
 
     # -- the journal ----------------------------------------------------------
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -42,9 +42,12 @@ from .._core import typed
 from .._core.codec import EncodeError
 from .._core.errors import JournalClosed, JournalFailed
 from .._storage.memory import PowerCut
-from .context import Context, encode_typed
+from .context import Context, encode_typed, memoised
 from .host import Host, ValueUnreadable
 from .waits import RunWaits, Unwind
+
+if TYPE_CHECKING:
+    from .tracing import Run
 
 logger = logging.getLogger("memable_log")
 
@@ -134,6 +137,16 @@ async def end_wait(host: Host, instance_id: str, then: list[Any] | None = None) 
 
 
 async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any, gate: Gate) -> None:
+    if host.tracer is None:
+        await _run(host, instance_id, workflow, fn, gate, None)
+        return
+    with host.tracer.run(host.index.instances, instance_id, workflow) as run:  # tracing.py
+        await _run(host, instance_id, workflow, fn, gate, run)
+
+
+async def _run(
+    host: Host, instance_id: str, workflow: str, fn: Any, gate: Gate, run: Run | None
+) -> None:
     entry = host.entry(instance_id)
     waits = RunWaits(host, instance_id)
     ctx = Context(
@@ -171,6 +184,8 @@ async def _run_once(host: Host, instance_id: str, workflow: str, fn: Any, gate: 
             host.scopes.pop(instance_id, None)
             host.waits.pop(instance_id, None)
             host.exits.runs.pop(waits.root, None)
+            if run is not None:
+                run.memoised, run.error = memoised(ctx), error
     if scope.cancelled_caught or entry.state not in lc.LIVE:
         return  # cancelled (the record is written) while it ran
     now = host.now_ms()

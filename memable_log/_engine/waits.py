@@ -92,6 +92,8 @@ class RunWaits:
         block). Raises Unwind once the instance is parked.
         """
         host, task = self._host, trio.lowlevel.current_task()
+        span = None if host.tracer is None else host.tracer.wait(  # tracing.py
+            host.index.instances, self._iid, key, register)
         try:
             if register is not None:
                 await self._register(task, key, deadline_ms, register)
@@ -118,6 +120,9 @@ class RunWaits:
             self._blocked.pop(task, None)
             self._scopes.pop(task, None)
             self._woken.discard(task)
+            if span is not None:
+                span.set_attribute("memable.wait.parked", self.dropped)
+                span.end()
 
     def wake(self, key: str) -> None:
         """The wait on ``key`` resolved (its record is in the index): let its task go on."""
