@@ -1,0 +1,247 @@
+"""The ASGI application of memable ui (Starlette): routes, the token, the live stream.
+
+Reads run in worker threads (``anyio.to_thread``), so a slow disk never
+stalls the server. Actions are ``POST /action/{cancel,restart,forget,signal}?id=ID``
+with a JSON body (``key``; ``payload`` for a signal) and need
+``Authorization: Bearer TOKEN``: 403 without it. They call
+``memable_log.operations``, as the ``memable`` command does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from memable_log import (
+    EngineError,
+    ErrorInfo,
+    JournalCorrupt,
+    NotSerializable,
+    StepStatus,
+    UnknownInstance,
+    operations,
+)
+from memable_log.reader import RecordView
+
+from . import assets, data, live, render
+
+PAGE = 50  # instances per page, unless ?limit= says otherwise (at most MAX_PAGE)
+MAX_PAGE = 1000
+HEADERS = {
+    # Defence in depth beside the escaping: no inline script, nothing from elsewhere.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class BadRequest(Exception):
+    """A query the page cannot use: 400 with the reason."""
+
+
+def make_app(path: str, token: str, *, interval: float = live.INTERVAL) -> Starlette:
+    """The app serving the journal at ``path``; actions need ``token``."""
+    listing = data.Listing(path)
+
+    def page(html_text: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(html_text, status_code=status, headers=HEADERS)
+
+    def problem(status: int, message: str) -> HTMLResponse:
+        return page(render.layout("error", f"<h1>{status}</h1><p>{render.esc(message)}</p>"),
+                    status)
+
+    async def in_thread(fn: Callable[[], Any]) -> Any:
+        return await anyio.to_thread.run_sync(fn)
+
+    async def instances(request: Request) -> Response:
+        q = request.query_params
+        try:
+            filters = data.Filters(
+                state=_state(q.get("state")), workflow=q.get("workflow") or None,
+                prefix=q.get("prefix") or None, since=_time(q.get("since"), "since"),
+                until=_time(q.get("until"), "until"),
+            )
+            limit = min(_int(q.get("limit"), PAGE, "limit", 1), MAX_PAGE)
+            cursor = _int(q.get("cursor"), -1, "cursor", 0)
+        except BadRequest as exc:
+            return problem(400, str(exc))
+        newest = q.get("order") == "newest"
+        got = await in_thread(lambda: listing.page(
+            filters, None if cursor < 0 else cursor, limit, newest))
+        return page(render.instances_page(path, got, filters, limit, newest))
+
+    async def instance(request: Request) -> Response:
+        iid = request.query_params.get("id", "")
+        try:
+            view = await in_thread(lambda: data.instance_view(listing, iid))
+        except UnknownInstance:
+            return problem(404, f"no instance {iid!r} in {path}")
+        return page(render.instance_page(view))
+
+    async def value(request: Request) -> Response:
+        iid = request.query_params.get("id", "")
+        key = request.query_params.get("key", "")
+        try:
+            found = await in_thread(lambda: data.step_value(path, iid, key))
+        except KeyError:
+            return problem(404, f"no value for step {key!r} of instance {iid!r}")
+        return Response(json.dumps(found, ensure_ascii=False, indent=2),
+                        media_type="application/json", headers=HEADERS)
+
+    async def stream(request: Request) -> Response:
+        q = request.query_params
+        iid = q.get("id", "")
+        try:
+            after = _int(q.get("after"), 1, "after", 0)
+            t0 = _int(q.get("t0"), 0, "t0", 0)
+            span = _int(q.get("span"), 1, "span", 1)
+        except BadRequest as exc:
+            return problem(400, str(exc))
+        return StreamingResponse(
+            _events(listing, iid, after, t0, span, interval),
+            media_type="text/event-stream", headers={**HEADERS, "Cache-Control": "no-store"},
+        )
+
+    async def action(request: Request) -> Response:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return JSONResponse({"error": "this action needs Authorization: Bearer TOKEN "
+                                 "(the token memable ui printed at start)"}, 403)
+        name = request.path_params["name"]
+        iid = request.query_params.get("id", "")
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, 400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, 400)
+        try:
+            how = await in_thread(lambda: _act(listing, name, iid, body))
+        except (UnknownInstance, JournalCorrupt) as exc:
+            return JSONResponse({"error": str(exc)}, 404 if isinstance(
+                exc, UnknownInstance) else 500)
+        except (EngineError, NotSerializable) as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return JSONResponse({"action": name, "instance": iid, "delivery": how})
+
+    async def css(_: Request) -> Response:
+        return Response(assets.CSS, media_type="text/css", headers=HEADERS)
+
+    async def js(_: Request) -> Response:
+        return Response(assets.JS, media_type="text/javascript", headers=HEADERS)
+
+    return Starlette(routes=[
+        Route("/", instances),
+        Route("/instance", instance),
+        Route("/instance/value", value),
+        Route("/instance/live", stream),
+        Route("/action/{name}", action, methods=["POST"]),
+        Route("/static/ui.css", css),
+        Route("/static/ui.js", js),
+    ])
+
+
+def _act(listing: data.Listing, name: str, iid: str, body: dict[str, Any]) -> str | None:
+    path = listing.path
+    if name == "cancel":
+        how = operations.cancel(path, iid)
+    elif name == "restart":
+        how = operations.restart(path, iid)
+    elif name == "forget":
+        how = operations.forget(path, iid, body.get("key", ""))
+    elif name == "signal":
+        workflow = listing.status(iid).workflow
+        how = operations.signal(path, workflow, iid, body.get("key", ""), body.get("payload"))
+    else:
+        raise ValueError(f"no action {name!r}: cancel, restart, forget or signal")
+    return None if how is None else how.value
+
+
+async def _events(listing: data.Listing, iid: str, after: int, t0: int, span: int,
+                  interval: float) -> AsyncIterator[str]:
+    """Server-Sent Events: ``step``, ``events`` and ``records`` rows, and the ``status``."""
+    yield ": following the journal\n\n"
+    async for batch in live.follow(listing.path, iid, after, interval):
+        steps = [step_of(rec) for rec in batch if rec.type in data.STEP_RECORDS]
+        rows = "".join(render.step_row(iid, s, b, t0, span) for s, b in steps if s is not None)
+        if rows:
+            yield _sse("step", rows)
+        events = "".join(render.event_row(rec) for rec in batch if rec.type == "published")
+        if events:
+            yield _sse("events", events)
+        yield _sse("records", "".join(render.record_row(rec) for rec in batch))
+        try:
+            st = await anyio.to_thread.run_sync(lambda: listing.status(iid))
+        except UnknownInstance:
+            continue
+        yield _sse("status", render.status_block(st))
+
+
+def _sse(event: str, html_text: str) -> str:
+    lines = "".join(f"data: {line}\n" for line in html_text.splitlines() or [""])
+    return f"event: {event}\n{lines}\n"
+
+
+def step_of(rec: RecordView) -> tuple[StepStatus | None, bytes | None]:
+    """A step row's content from one of its records (no replay needed)."""
+    f = rec.fields
+    if rec.type == "forgot":
+        return None, None
+    key = f["key"]
+    started = _at(f.get("started_ms", rec.ts_ms))
+    ended = _at(rec.ts_ms)
+    attempts = f.get("attempts", f.get("attempt", 1))
+    if rec.type in ("step_done", "step_done_v2"):
+        return StepStatus(key=key, state="done", started_at=started, finished_at=ended,
+                          attempts=attempts, error=None), f["value"]
+    if rec.type == "step_started":
+        return StepStatus(key=key, state="running", started_at=ended, finished_at=None,
+                          attempts=1, error=None), None
+    error = ErrorInfo(f["error_type"], f["message"])
+    state = "retrying" if rec.type == "attempt_failed" else "failed"
+    return StepStatus(key=key, state=state, started_at=started,
+                      finished_at=ended if state == "failed" else None,
+                      attempts=attempts, error=error), None
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _state(text: str | None) -> str | None:
+    if not text:
+        return None
+    if text not in data.STATES:
+        raise BadRequest(f"unknown state {text!r}; one of {', '.join(data.STATES)}")
+    return text
+
+
+def _time(text: str | None, what: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{what}: {text!r} is not an ISO 8601 time "
+                         "(e.g. 2024-05-01T12:00:00Z or 2024-05-01)") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _int(text: str | None, default: int, what: str, low: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or int(text) < low:
+        raise BadRequest(f"{what}: {text!r} is not a whole number >= {low}")
+    return int(text)
