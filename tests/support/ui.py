@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from memable_log import Context, Engine
+from memable_log.reader import follow_journal
 from memable_log.testing import wait_for_state
 
 HOSTILE = "<script>alert(1)</script>"
@@ -65,3 +66,15 @@ async def stepper(ctx: Context) -> str:
     await ctx.step("before").run(lambda: 1)
     await ctx.suspend("go")
     return str(await ctx.step("after-go").run(lambda: f"went {HOSTILE}"))
+
+
+def wait_record(path: Path, instance_id: str, rtype: str) -> None:
+    """Block until the journal has a record ``rtype`` of the instance (run it in
+    a thread): follows the journal, as memable-dump --follow does."""
+    follower = follow_journal(path, interval=0.005)
+    try:
+        for rec in follower:
+            if rec.instance == instance_id and rec.type == rtype:
+                return
+    finally:
+        follower.close()

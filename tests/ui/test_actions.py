@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import trio
 from memable_log_tools.ui.app import make_app
-from support.ui import TOKEN, make_engine
+from support.ui import TOKEN, make_engine, wait_record
 
 from memable_log import operations
 from memable_log.testing import wait_for_state
@@ -47,13 +48,14 @@ async def test_actions_with_the_token_are_handed_over_to_a_running_engine(
         await wait_for_state(engine, "s-1", "suspended")
         got = await http.post("/action/cancel", params={"id": "s-1"}, headers=AUTH)
         assert got.json()["delivery"] == "handed over"
-        await wait_for_state(engine, "s-1", "cancelled")
-        got = await http.post("/action/restart", params={"id": "s-1"}, headers=AUTH)
-        assert got.json()["delivery"] == "handed over"
-        await wait_for_state(engine, "s-1", "suspended")
         got = await http.post("/action/forget", params={"id": "s-1"}, headers=AUTH,
                               json={"key": "before"})
         assert got.json()["delivery"] == "handed over"
+        got = await http.post("/action/restart", params={"id": "p-0"}, headers=AUTH)
+        assert got.json()["delivery"] == "handed over"
+        for instance_id, rtype in [("s-1", "cancelled"), ("s-1", "forgot"),
+                                   ("p-0", "restarted")]:
+            await trio.to_thread.run_sync(wait_record, journal, instance_id, rtype)
         unknown = await http.post("/action/cancel", params={"id": "nope"}, headers=AUTH)
         assert unknown.status_code == 404
         bad = await http.post("/action/explode", params={"id": "s-1"}, headers=AUTH)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from memable_log import (
     EngineError,
@@ -107,10 +110,7 @@ def make_app(path: str, token: str, *, interval: float = live.INTERVAL) -> Starl
             span = _int(q.get("span"), 1, "span", 1)
         except BadRequest as exc:
             return problem(400, str(exc))
-        return StreamingResponse(
-            _events(listing, iid, after, t0, span, interval),
-            media_type="text/event-stream", headers={**HEADERS, "Cache-Control": "no-store"},
-        )
+        return EventStream(lambda: _events(listing, iid, after, t0, span, interval))
 
     async def action(request: Request) -> Response:
         given = request.headers.get("authorization", "")
@@ -170,23 +170,65 @@ def _act(listing: data.Listing, name: str, iid: str, body: dict[str, Any]) -> st
 
 
 async def _events(listing: data.Listing, iid: str, after: int, t0: int, span: int,
-                  interval: float) -> AsyncIterator[str]:
+                  interval: float) -> AsyncGenerator[str, None]:
     """Server-Sent Events: ``step``, ``events`` and ``records`` rows, and the ``status``."""
     yield ": following the journal\n\n"
-    async for batch in live.follow(listing.path, iid, after, interval):
-        steps = [step_of(rec) for rec in batch if rec.type in data.STEP_RECORDS]
-        rows = "".join(render.step_row(iid, s, b, t0, span) for s, b in steps if s is not None)
-        if rows:
-            yield _sse("step", rows)
-        events = "".join(render.event_row(rec) for rec in batch if rec.type == "published")
-        if events:
-            yield _sse("events", events)
-        yield _sse("records", "".join(render.record_row(rec) for rec in batch))
-        try:
-            st = await anyio.to_thread.run_sync(lambda: listing.status(iid))
-        except UnknownInstance:
-            continue
-        yield _sse("status", render.status_block(st))
+    async with aclosing(live.follow(listing.path, iid, after, interval)) as batches:
+        async for batch in batches:
+            for chunk in await _chunks(listing, iid, batch, t0, span):
+                yield chunk
+
+
+async def _chunks(listing: data.Listing, iid: str, batch: list[RecordView], t0: int,
+                  span: int) -> list[str]:
+    out = []
+    steps = [step_of(rec) for rec in batch if rec.type in data.STEP_RECORDS]
+    rows = "".join(render.step_row(iid, s, b, t0, span) for s, b in steps if s is not None)
+    if rows:
+        out.append(_sse("step", rows))
+    events = "".join(render.event_row(rec) for rec in batch if rec.type == "published")
+    if events:
+        out.append(_sse("events", events))
+    out.append(_sse("records", "".join(render.record_row(rec) for rec in batch)))
+    try:
+        st = await anyio.to_thread.run_sync(lambda: listing.status(iid))
+    except UnknownInstance:
+        return out
+    out.append(_sse("status", render.status_block(st)))
+    return out
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` response that ends when the page goes away.
+
+    Written out rather than Starlette's StreamingResponse so that the event
+    generator is always closed (``aclosing``), which closes the journal
+    follower and ends its thread, also when the client disconnects.
+    """
+
+    def __init__(self, events: Callable[[], AsyncGenerator[str, None]]) -> None:
+        super().__init__(media_type="text/event-stream",
+                         headers={**HEADERS, "Cache-Control": "no-store"})
+        self._events = events
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        async with trio.open_nursery() as nursery:
+
+            async def disconnected() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(disconnected)
+            async with aclosing(self._events()) as events:
+                async for chunk in events:
+                    await send({"type": "http.response.body", "body": chunk.encode(),
+                                "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
 
 
 def _sse(event: str, html_text: str) -> str:

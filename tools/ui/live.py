@@ -11,7 +11,7 @@ caught up; closing the iterator closes the follower, which ends the thread.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import trio
 
@@ -21,7 +21,7 @@ INTERVAL = 0.1  # seconds between looks for new records, as memable-dump --follo
 
 
 async def follow(path: str, instance_id: str, after: int,
-                 interval: float = INTERVAL) -> AsyncIterator[list[RecordView]]:
+                 interval: float = INTERVAL) -> AsyncGenerator[list[RecordView], None]:
     send, receive = trio.open_memory_channel[list[RecordView]](1)
     token = trio.lowlevel.current_trio_token()
     batch: list[RecordView] = []
