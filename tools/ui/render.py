@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from memable_log import InstanceStatus, StepStatus
 from memable_log.reader import RecordView, decode_value
@@ -25,9 +25,9 @@ from .data import STATES, Filters, InstanceView, Page
 SHORT = 120  # characters of a value shown inline
 
 
-def esc(value: object) -> str:
+def esc(value: str) -> str:
     """Text for HTML (element content or a quoted attribute)."""
-    return html.escape(str(value), quote=True)
+    return html.escape(value, quote=True)
 
 
 def url(route: str, **params: object) -> str:
@@ -39,7 +39,9 @@ def url(route: str, **params: object) -> str:
 def when(moment: datetime | None) -> str:
     if moment is None:
         return "-"
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def when_ms(ms: int) -> str:
@@ -162,9 +164,12 @@ def status_block(st: InstanceStatus) -> str:
 
 
 def step_row(instance_id: str, step: StepStatus, blob: bytes | None, t0_ms: int,
-             span_ms: int) -> str:
+             span_ms: int, value_link: str | None = None) -> str:
+    """One step's row; ``value_link``: ``value_base(instance_id)``, given by
+    a caller rendering many rows (it is the same for each)."""
     start = step.started_at
     end = step.finished_at
+    state = esc(step.state)
     bar = ""
     duration = "-"
     if start is not None:
@@ -172,22 +177,28 @@ def step_row(instance_id: str, step: StepStatus, blob: bytes | None, t0_ms: int,
         e_ms = end.timestamp() * 1000 if end is not None else s_ms
         left = min(max((s_ms - t0_ms) / span_ms * 100, 0.0), 100.0)
         width = min(max((e_ms - s_ms) / span_ms * 100, 0.4), 100.0 - left)
-        bar = (f"<div class=\"bar {esc(step.state)}\" "
+        bar = (f"<div class=\"bar {state}\" "
                f"style=\"margin-left:{left:.2f}%;width:{width:.2f}%\"></div>")
         if end is not None:
             duration = f"{(e_ms - s_ms) / 1000:.3f} s"
     error = "-" if step.error is None else short_text(f"{step.error.type}: {step.error.message}")
     value = "-"
     if blob is not None:
-        link = url("/instance/value", id=instance_id, key=step.key)
+        base = value_link if value_link is not None else value_base(instance_id)
+        link = esc(base + quote(step.key, safe=""))
         value = f"<code>{esc(blob_text(blob))}</code> <a href=\"{link}\">full</a>"
     return (
         f"<tr id=\"{dom_id('step', step.key)}\"><td><code>{esc(step.key)}</code></td>"
-        f"<td class=\"state {esc(step.state)}\">{esc(step.state)}</td>"
+        f"<td class=\"state {state}\">{state}</td>"
         f"<td class=num>{step.attempts}</td><td>{esc(when(start))}</td>"
         f"<td class=num>{duration}</td><td class=timeline>{bar}</td>"
         f"<td class=err>{esc(error)}</td><td>{value}</td></tr>"
     )
+
+
+def value_base(instance_id: str) -> str:
+    """The link to a step's full value, but for the quoted key at its end."""
+    return f"/instance/value?id={quote(instance_id, safe='')}&key="
 
 
 def record_row(rec: RecordView) -> str:
@@ -234,7 +245,8 @@ def instance_page(view: InstanceView) -> str:
     st = view.status
     iid = st.instance_id
     t0, span = span_of(view)
-    steps = "".join(step_row(iid, row.step, row.blob, t0, span) for row in view.steps)
+    base = value_base(iid)
+    steps = "".join(step_row(iid, row.step, row.blob, t0, span, base) for row in view.steps)
     events = "".join(event_row(rec) for rec in view.events)
     records = "".join(record_row(rec) for rec in view.records)
     actions = (
