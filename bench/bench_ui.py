@@ -7,8 +7,9 @@ Run from the repository root (needs the ui extra)::
 
 An engine writes a journal (on /dev/shm when there is one) with N
 instances of a one-step workflow and one instance of a workflow that runs
-S steps, and a second journal holds the instance of S steps alone. The app (``make_app``) is then asked over HTTP (httpx with the
-ASGI app, in process, so the network is not measured) for:
+S steps, and a second journal holds the instance of S steps alone. The
+app (``make_app``) is then asked over HTTP (httpx with the ASGI app, in
+process, so the network is not measured) for:
 
 * the first page of the listing, cold: the journal replayed once;
 * the first page again, warm: the listing kept until the journal changes;

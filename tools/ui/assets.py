@@ -10,6 +10,7 @@ main{padding:0 1em 2em}
 table{border-collapse:collapse;width:100%;margin:.5em 0}
 th,td{border-bottom:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
 td.num{text-align:right}
+.list td:nth-child(5),.list td:nth-child(6),.steps td:nth-child(4){white-space:nowrap}
 code{font-size:.9em;word-break:break-all}
 .filters{display:flex;flex-wrap:wrap;gap:.75em;align-items:end;margin:.5em 0}
 .filters label{display:flex;flex-direction:column;font-size:.85em}
