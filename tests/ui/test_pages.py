@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import httpx
+from memable_log_tools.ui import data
 from starlette.applications import Starlette
 from support.ui import HOSTILE
+
+from memable_log import operations
 
 
 def client(app: Starlette) -> httpx.AsyncClient:
@@ -85,3 +89,15 @@ async def test_hostile_values_are_escaped(app: Starlette) -> None:
         assert "key&lt;script&gt;" in page  # a step key
         assert "waiting for &lt;script&gt;" in page  # the status text
         assert "&quot;note&quot;: &quot;&lt;script&gt;" in page  # a step value
+
+
+async def test_steps_from_records_match_engine_steps(journal: Path) -> None:
+    """The page builds steps from the records in one pass: what operations.steps says."""
+    listing = data.Listing(str(journal))
+    for iid in ["o-1", "o-1/ship", "p-0"]:
+        view = data.instance_view(listing, iid)
+        shown = [(r.step.key, r.step.state, r.step.attempts, r.step.error,
+                  r.step.started_at, r.step.finished_at) for r in view.steps]
+        truth = [(s.key, s.state, s.attempts, s.error, s.started_at, s.finished_at)
+                 for s in operations.steps(journal, iid)]
+        assert shown == truth

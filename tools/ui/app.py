@@ -26,10 +26,8 @@ from starlette.types import Receive, Scope, Send
 
 from memable_log import (
     EngineError,
-    ErrorInfo,
     JournalCorrupt,
     NotSerializable,
-    StepStatus,
     UnknownInstance,
     operations,
 )
@@ -55,6 +53,7 @@ class BadRequest(Exception):
 def make_app(path: str, token: str, *, interval: float = live.INTERVAL) -> Starlette:
     """The app serving the journal at ``path``; actions need ``token``."""
     listing = data.Listing(path)
+    listing.warm()  # the first replay starts now, not at the first request
 
     def page(html_text: str, status: int = 200) -> HTMLResponse:
         return HTMLResponse(html_text, status_code=status, headers=HEADERS)
@@ -182,7 +181,7 @@ async def _events(listing: data.Listing, iid: str, after: int, t0: int, span: in
 async def _chunks(listing: data.Listing, iid: str, batch: list[RecordView], t0: int,
                   span: int) -> list[str]:
     out = []
-    steps = [step_of(rec) for rec in batch if rec.type in data.STEP_RECORDS]
+    steps = [data.step_of(rec) for rec in batch if rec.type in data.STEP_RECORDS]
     rows = "".join(render.step_row(iid, s, b, t0, span) for s, b in steps if s is not None)
     if rows:
         out.append(_sse("step", rows))
@@ -234,32 +233,6 @@ class EventStream(Response):
 def _sse(event: str, html_text: str) -> str:
     lines = "".join(f"data: {line}\n" for line in html_text.splitlines() or [""])
     return f"event: {event}\n{lines}\n"
-
-
-def step_of(rec: RecordView) -> tuple[StepStatus | None, bytes | None]:
-    """A step row's content from one of its records (no replay needed)."""
-    f = rec.fields
-    if rec.type == "forgot":
-        return None, None
-    key = f["key"]
-    started = _at(f.get("started_ms", rec.ts_ms))
-    ended = _at(rec.ts_ms)
-    attempts = f.get("attempts", f.get("attempt", 1))
-    if rec.type in ("step_done", "step_done_v2"):
-        return StepStatus(key=key, state="done", started_at=started, finished_at=ended,
-                          attempts=attempts, error=None), f["value"]
-    if rec.type == "step_started":
-        return StepStatus(key=key, state="running", started_at=ended, finished_at=None,
-                          attempts=1, error=None), None
-    error = ErrorInfo(f["error_type"], f["message"])
-    state = "retrying" if rec.type == "attempt_failed" else "failed"
-    return StepStatus(key=key, state=state, started_at=started,
-                      finished_at=ended if state == "failed" else None,
-                      attempts=attempts, error=error), None
-
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _state(text: str | None) -> str | None:

@@ -5,8 +5,14 @@ change: a change is seen as a different set of segment files or sizes, and
 only then is the journal replayed again (``operations.instances``), once for
 every request that comes meanwhile. Pages are slices of it, by position in
 creation order (the cursor), so a page costs no more for 100,000 instances
-than for ten. ``instance_view`` gathers one instance: its status, steps
-with their values, events, children and the sequence number to follow from.
+than for ten; the listing pages use the last replay while the next one
+runs in the background. ``instance_view`` gathers one instance in one pass over the journal:
+its steps as their records tell them (``step_of``: the state, times,
+attempts and error of each key's latest record, which is what
+``engine.steps`` reports for a journal the engine wrote; this spares a
+second pass, a replay, for an instance of 10,000 steps), with their
+values, its events, children (from the listing) and the sequence number
+to follow from. The live view builds its step rows with ``step_of`` too.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from memable_log import InstanceStatus, StepStatus, UnknownInstance, operations
+from memable_log import ErrorInfo, InstanceStatus, StepStatus, UnknownInstance, operations
 from memable_log.reader import RecordView, decode_value, read_journal
 
 STATES = ("running", "queued", "suspended", "sleeping", "waiting", "completed", "failed",
@@ -56,6 +62,7 @@ class Page:
     rows: list[tuple[int, InstanceStatus]]
     next: int | None
     total: int
+    as_of: datetime
 
 
 def signature(path: str) -> tuple[tuple[str, int, int], ...]:
@@ -72,43 +79,82 @@ def signature(path: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(found))
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The instances as of one replay: in creation order, and by id."""
+
+    sig: tuple[tuple[str, int, int], ...]
+    instances: list[InstanceStatus]
+    by_id: dict[str, int]
+    taken_at: datetime
+
+
 class Listing:
-    """The journal's instances, replayed again only when the journal changed."""
+    """The journal's instances, replayed again only when the journal changed.
+
+    ``snapshot(fresh=True)`` replays first if the journal changed;
+    ``fresh=False`` (the listing pages) answers at once from the last
+    replay and starts a replay in the background if the journal changed
+    since, so that paging a journal of 100,000 instances never waits for
+    one. ``warm()`` starts the first replay in the background.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._sig: tuple[tuple[str, int, int], ...] | None = None
-        self._all: list[InstanceStatus] = []
-        self._by_id: dict[str, int] = {}
+        self._snap: Snapshot | None = None
+        self._refreshing = False
 
-    def current(self) -> list[InstanceStatus]:
-        """Every instance in creation order (blocking: call it in a thread)."""
+    def snapshot(self, fresh: bool = True) -> Snapshot:
+        """The instances (blocking: call it in a thread)."""
+        snap = self._snap
+        if snap is not None and not fresh:
+            if signature(self.path) != snap.sig and not self._refreshing:
+                self.warm()
+            return snap
         with self._lock:
             sig = signature(self.path)
-            if sig != self._sig:
-                self._all = operations.instances(self.path)
-                self._by_id = {st.instance_id: i for i, st in enumerate(self._all)}
-                self._sig = sig
-            return self._all
+            snap = self._snap
+            if snap is None or snap.sig != sig:
+                taken = datetime.now(UTC)
+                found = operations.instances(self.path)
+                snap = Snapshot(sig, found, {st.instance_id: i for i, st in enumerate(found)},
+                                taken)
+                self._snap = snap
+            return snap
+
+    def warm(self) -> None:
+        """Replay in the background (if the journal changed since the last)."""
+        self._refreshing = True
+
+        def run() -> None:
+            try:
+                self.snapshot()
+            except Exception:  # a foreground read reports it
+                pass
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=run, name="memable-ui listing", daemon=True).start()
 
     def status(self, instance_id: str) -> InstanceStatus:
-        found = self.current()
-        pos = self._by_id.get(instance_id)
+        snap = self.snapshot()
+        pos = snap.by_id.get(instance_id)
         if pos is None:
             raise UnknownInstance(instance_id)
-        return found[pos]
+        return snap.instances[pos]
 
     def children(self, instance_id: str) -> list[InstanceStatus]:
-        found = self.current()
-        pos = self._by_id.get(instance_id, 0)
-        return [st for st in found[pos:] if st.parent == instance_id]
+        snap = self.snapshot()
+        pos = snap.by_id.get(instance_id, 0)
+        return [st for st in snap.instances[pos:] if st.parent == instance_id]
 
     def page(self, filters: Filters, cursor: int | None, limit: int,
              newest_first: bool = False) -> Page:
         """Up to ``limit`` instances that match, from position ``cursor`` on
         (backwards when ``newest_first``)."""
-        found = self.current()
+        snap = self.snapshot(fresh=False)
+        found = snap.instances
         order = _positions(len(found), cursor, newest_first)
         rows: list[tuple[int, InstanceStatus]] = []
         for pos in order:
@@ -116,9 +162,9 @@ class Listing:
             if not filters.match(st):
                 continue
             if len(rows) == limit:
-                return Page(rows, pos, len(found))
+                return Page(rows, pos, len(found), snap.taken_at)
             rows.append((pos, st))
-        return Page(rows, None, len(found))
+        return Page(rows, None, len(found), snap.taken_at)
 
 
 def _positions(n: int, cursor: int | None, newest_first: bool) -> Iterator[int]:
@@ -154,8 +200,7 @@ def instance_view(listing: Listing, instance_id: str, records: int = 200) -> Ins
     ``records``: how many of its latest journal records to keep for the page.
     """
     status = listing.status(instance_id)
-    steps = operations.steps(listing.path, instance_id)
-    values: dict[str, Any] = {}
+    steps: dict[str, tuple[StepStatus, bytes | None]] = {}
     events: list[RecordView] = []
     mine: list[RecordView] = []
     inp: bytes | None = None
@@ -168,28 +213,29 @@ def instance_view(listing: Listing, instance_id: str, records: int = 200) -> Ins
         if len(mine) > 2 * records:
             del mine[:-records]
         kind = rec.type
-        if kind in ("step_done", "step_done_v2"):
-            values[rec.fields["key"]] = rec.fields["value"]
-        elif kind == "forgot":
-            _forget(values, rec.fields["key"])
+        if kind in STEP_RECORDS:
+            if kind == "forgot":
+                _forget(steps, rec.fields["key"])
+            else:
+                step, blob = step_of(rec)
+                assert step is not None
+                steps.pop(step.key, None)  # a key written again moves to the end
+                steps[step.key] = (step, blob)
         elif kind == "published":
             events.append(rec)
         elif kind in ("created", "child_created"):
             inp = rec.fields.get("input")
         elif kind == "completed":
             result = rec.fields.get("result")
-    rows = []
-    for step in steps:
-        blob = values.get(step.key)
-        rows.append(StepRow(step, blob if step.state == "done" else None))
     return InstanceView(
-        status=status, steps=rows, events=events, records=mine[-records:],
-        children=listing.children(instance_id), next_seq=reader.next_seq,
-        input=inp, result=result,
+        status=status, steps=[StepRow(step, blob) for step, blob in steps.values()],
+        events=events, records=mine[-records:], children=listing.children(instance_id),
+        next_seq=reader.next_seq, input=inp, result=result,
     )
 
 
 def _forget(values: dict[str, Any], key: str) -> None:
+    """Drop ``key``, or every key under ``prefix*``, as ``forget`` does."""
     if key.endswith("*"):
         for k in [k for k in values if k.startswith(key[:-1])]:
             del values[k]
@@ -209,3 +255,29 @@ def step_value(path: str, instance_id: str, key: str) -> Any:
     if not seen:
         raise KeyError(key)
     return decode_value(found)
+
+
+def step_of(rec: RecordView) -> tuple[StepStatus | None, bytes | None]:
+    """A step row's content from one of its records (no replay needed)."""
+    f = rec.fields
+    if rec.type == "forgot":
+        return None, None
+    key = f["key"]
+    started = _at(f.get("started_ms", rec.ts_ms))
+    ended = _at(rec.ts_ms)
+    attempts = f.get("attempts", f.get("attempt", 1))
+    if rec.type in ("step_done", "step_done_v2"):
+        return StepStatus(key=key, state="done", started_at=started, finished_at=ended,
+                          attempts=attempts, error=None), f["value"]
+    if rec.type == "step_started":
+        return StepStatus(key=key, state="started", started_at=ended, finished_at=None,
+                          attempts=1, error=None), None
+    error = ErrorInfo(f["error_type"], f["message"])
+    state = "retrying" if rec.type == "attempt_failed" else "failed"
+    return StepStatus(key=key, state=state, started_at=started,
+                      finished_at=ended if state == "failed" else None,
+                      attempts=attempts, error=error), None
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -113,7 +113,8 @@ def instances_page(path: str, page: Page, filters: Filters, limit: int,
         more = f"<a class=next href=\"{link}\">next page \u2192</a>"
     body = (
         f"<h1>Instances <span class=muted>{esc(path)}</span></h1>{form}"
-        f"<p class=muted>{page.total} instances in the journal; {len(page.rows)} shown</p>"
+        f"<p class=muted>{page.total} instances in the journal as of {esc(when(page.as_of))}"
+        f" (reload for newer); {len(page.rows)} shown</p>"
         "<table class=list><thead><tr><th>instance</th><th>workflow</th><th>state</th>"
         "<th>steps</th><th>created</th><th>updated</th><th>status</th><th>error</th></tr>"
         f"</thead><tbody>{rows}</tbody></table>{more}"
