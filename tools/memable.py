@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from memable_log.operations import Delivery
 
 PROG = "memable"
-_PASS_THROUGH = ("dump", "compact", "signal")
+_PASS_THROUGH = ("dump", "compact", "signal", "ui")
 
 
 def _how(delivery: Delivery) -> str:
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("signal", "memable-signal")]:
         sub.add_parser(name, help=f"run {tool} (same arguments; see {tool} -h)",
                        add_help=False)
+    sub.add_parser("ui", help="serve a web page over the journal (see memable ui -h; "
+                   "needs memable-log[ui])", add_help=False)
     return parser
 
 
@@ -138,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pass_through(name: str, rest: list[str]) -> int:
+    if name == "ui":
+        from .ui import serve
+
+        return serve.main(rest)
     if name == "dump":
         from . import dump as tool
     elif name == "compact":

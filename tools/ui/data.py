@@ -1,0 +1,283 @@
+"""What the pages show, read from a journal without a lock (public reader API only).
+
+``Listing`` holds the instance listing of the journal as of its last
+change: a change is seen as a different set of segment files or sizes, and
+only then is the journal replayed again (``operations.instances``), once for
+every request that comes meanwhile. Pages are slices of it, by position in
+creation order (the cursor), so a page costs no more for 100,000 instances
+than for ten; the listing pages use the last replay while the next one
+runs in the background. ``instance_view`` gathers one instance in one pass over the journal:
+its steps as their records tell them (``step_of``: the state, times,
+attempts and error of each key's latest record, which is what
+``engine.steps`` reports for a journal the engine wrote; this spares a
+second pass, a replay, for an instance of 10,000 steps), with their
+values, its events, children (from the listing) and the sequence number
+to follow from. The live view builds its step rows with ``step_of`` too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from memable_log import ErrorInfo, InstanceStatus, StepStatus, UnknownInstance, operations
+from memable_log.reader import RecordView, decode_value, read_journal
+
+STATES = ("running", "queued", "suspended", "sleeping", "waiting", "completed", "failed",
+          "cancelled")
+STEP_RECORDS = frozenset({"step_done", "step_done_v2", "step_failed", "step_failed_v2",
+                          "attempt_failed", "step_started", "forgot"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Filters:
+    """The listing's filters; None: not filtered."""
+
+    state: str | None = None
+    workflow: str | None = None
+    prefix: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def match(self, st: InstanceStatus) -> bool:
+        return not (
+            (self.state is not None and st.state != self.state)
+            or (self.workflow is not None and st.workflow != self.workflow)
+            or (self.prefix is not None and not st.instance_id.startswith(self.prefix))
+            or (self.since is not None and st.created_at < self.since)
+            or (self.until is not None and st.created_at >= self.until)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of the listing: ``rows`` as (position, status); ``next`` the
+    cursor of the page after it (None: the last page); ``total`` every
+    instance of the journal."""
+
+    rows: list[tuple[int, InstanceStatus]]
+    next: int | None
+    total: int
+    as_of: datetime
+
+
+def signature(path: str) -> tuple[tuple[str, int, int], ...]:
+    """What changes whenever the journal does: its files, sizes and times."""
+    found = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.endswith(".mlog"):
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue  # deleted by a compaction since the listing
+                found.append((entry.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The instances as of one replay: in creation order, and by id."""
+
+    sig: tuple[tuple[str, int, int], ...]
+    instances: list[InstanceStatus]
+    by_id: dict[str, int]
+    taken_at: datetime
+
+
+class Listing:
+    """The journal's instances, replayed again only when the journal changed.
+
+    ``snapshot(fresh=True)`` replays first if the journal changed;
+    ``fresh=False`` (the listing pages) answers at once from the last
+    replay and starts a replay in the background if the journal changed
+    since, so that paging a journal of 100,000 instances never waits for
+    one. ``warm()`` starts the first replay in the background.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._snap: Snapshot | None = None
+        self._refreshing = False
+
+    def snapshot(self, fresh: bool = True) -> Snapshot:
+        """The instances (blocking: call it in a thread)."""
+        snap = self._snap
+        if snap is not None and not fresh:
+            if signature(self.path) != snap.sig and not self._refreshing:
+                self.warm()
+            return snap
+        with self._lock:
+            sig = signature(self.path)
+            snap = self._snap
+            if snap is None or snap.sig != sig:
+                taken = datetime.now(UTC)
+                found = operations.instances(self.path)
+                snap = Snapshot(sig, found, {st.instance_id: i for i, st in enumerate(found)},
+                                taken)
+                self._snap = snap
+            return snap
+
+    def warm(self) -> None:
+        """Replay in the background (if the journal changed since the last)."""
+        self._refreshing = True
+
+        def run() -> None:
+            try:
+                self.snapshot()
+            except Exception:  # a foreground read reports it
+                pass
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=run, name="memable-ui listing", daemon=True).start()
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        snap = self.snapshot()
+        pos = snap.by_id.get(instance_id)
+        if pos is None:
+            raise UnknownInstance(instance_id)
+        return snap.instances[pos]
+
+    def children(self, instance_id: str) -> list[InstanceStatus]:
+        snap = self.snapshot()
+        pos = snap.by_id.get(instance_id, 0)
+        return [st for st in snap.instances[pos:] if st.parent == instance_id]
+
+    def page(self, filters: Filters, cursor: int | None, limit: int,
+             newest_first: bool = False) -> Page:
+        """Up to ``limit`` instances that match, from position ``cursor`` on
+        (backwards when ``newest_first``)."""
+        snap = self.snapshot(fresh=False)
+        found = snap.instances
+        order = _positions(len(found), cursor, newest_first)
+        rows: list[tuple[int, InstanceStatus]] = []
+        for pos in order:
+            st = found[pos]
+            if not filters.match(st):
+                continue
+            if len(rows) == limit:
+                return Page(rows, pos, len(found), snap.taken_at)
+            rows.append((pos, st))
+        return Page(rows, None, len(found), snap.taken_at)
+
+
+def _positions(n: int, cursor: int | None, newest_first: bool) -> Iterator[int]:
+    if newest_first:
+        start = n - 1 if cursor is None else min(cursor, n - 1)
+        return iter(range(start, -1, -1))
+    return iter(range(0 if cursor is None else max(cursor, 0), n))
+
+
+@dataclass(slots=True)
+class StepRow:
+    """A step as the timeline shows it: its status, and its value if it has one."""
+
+    step: StepStatus
+    blob: bytes | None = None  # its stored value, undecoded
+
+
+@dataclass(slots=True)
+class InstanceView:
+    status: InstanceStatus
+    steps: list[StepRow]
+    events: list[RecordView]
+    records: list[RecordView]
+    children: list[InstanceStatus]
+    next_seq: int
+    input: bytes | None = None
+    result: bytes | None = None
+
+
+def instance_view(listing: Listing, instance_id: str, records: int = 200) -> InstanceView:
+    """Everything the instance page shows (blocking: call it in a thread).
+
+    ``records``: how many of its latest journal records to keep for the page.
+    """
+    status = listing.status(instance_id)
+    steps: dict[str, tuple[StepStatus, bytes | None]] = {}
+    events: list[RecordView] = []
+    mine: list[RecordView] = []
+    inp: bytes | None = None
+    result: bytes | None = None
+    reader = read_journal(listing.path)
+    for rec in reader:
+        if rec.instance != instance_id:
+            continue
+        mine.append(rec)
+        if len(mine) > 2 * records:
+            del mine[:-records]
+        kind = rec.type
+        if kind in STEP_RECORDS:
+            if kind == "forgot":
+                _forget(steps, rec.fields["key"])
+            else:
+                step, blob = step_of(rec)
+                assert step is not None
+                steps.pop(step.key, None)  # a key written again moves to the end
+                steps[step.key] = (step, blob)
+        elif kind == "published":
+            events.append(rec)
+        elif kind in ("created", "child_created"):
+            inp = rec.fields.get("input")
+        elif kind == "completed":
+            result = rec.fields.get("result")
+    return InstanceView(
+        status=status, steps=[StepRow(step, blob) for step, blob in steps.values()],
+        events=events, records=mine[-records:], children=listing.children(instance_id),
+        next_seq=reader.next_seq, input=inp, result=result,
+    )
+
+
+def _forget(values: dict[str, Any], key: str) -> None:
+    """Drop ``key``, or every key under ``prefix*``, as ``forget`` does."""
+    if key.endswith("*"):
+        for k in [k for k in values if k.startswith(key[:-1])]:
+            del values[k]
+    else:
+        values.pop(key, None)
+
+
+def step_value(path: str, instance_id: str, key: str) -> Any:
+    """The decoded value of one step (the latest written), for "full value"."""
+    found: Any = None
+    seen = False
+    for rec in read_journal(path):
+        if rec.instance == instance_id and rec.type in ("step_done", "step_done_v2") and (
+            rec.fields["key"] == key
+        ):
+            found, seen = rec.fields["value"], True
+    if not seen:
+        raise KeyError(key)
+    return decode_value(found)
+
+
+def step_of(rec: RecordView) -> tuple[StepStatus | None, bytes | None]:
+    """A step row's content from one of its records (no replay needed)."""
+    f = rec.fields
+    if rec.type == "forgot":
+        return None, None
+    key = f["key"]
+    started = _at(f.get("started_ms", rec.ts_ms))
+    ended = _at(rec.ts_ms)
+    attempts = f.get("attempts", f.get("attempt", 1))
+    if rec.type in ("step_done", "step_done_v2"):
+        return StepStatus(key=key, state="done", started_at=started, finished_at=ended,
+                          attempts=attempts, error=None), f["value"]
+    if rec.type == "step_started":
+        return StepStatus(key=key, state="started", started_at=ended, finished_at=None,
+                          attempts=1, error=None), None
+    error = ErrorInfo(f["error_type"], f["message"])
+    state = "retrying" if rec.type == "attempt_failed" else "failed"
+    return StepStatus(key=key, state=state, started_at=started,
+                      finished_at=ended if state == "failed" else None,
+                      attempts=attempts, error=error), None
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
