@@ -213,7 +213,7 @@ class Engine:
             self._nursery.start_soon(self._timers.run)
             self._flow.open(self._nursery, self._timers, self._max_running)
             await self._children().repair()  # what a torn batch of children left
-            await self._flow.repair()  # keys a torn invoke batch lost
+            await self._flow.repair(self._backend.owns)  # keys a torn invoke batch lost
             if self._resume_on_start:
                 self._resume_all()
             else:
@@ -451,7 +451,8 @@ class Engine:
         now = host.now_ms()
         deadline = None if timeout is None else now + round(timeout * 1000)
         if instance_id in host.index.instances:
-            await flow.attach(instance_id, priority, deadline)
+            if backend.owns(instance_id):  # another engine's instance keeps its options
+                await flow.attach(instance_id, priority, deadline)
             return instance_id
         blob = host.encode(input, f"input of workflow {name!r}")
         key = flow.key_of(name, input)

@@ -115,15 +115,16 @@ class FlowControl:
             )
         return key
 
-    async def repair(self) -> None:
+    async def repair(self, owns: Callable[[str], bool]) -> None:
         """Give a key to the live instances that lack the one their workflow's
         key function names: the ``options`` of their creation batch were torn
         off by a power cut (or the workflow gained a key function since).
-        Written before any instance resumes, so capacity counts them under it."""
+        Written before any instance resumes, so capacity counts them under it;
+        only for the instances this engine ``owns`` (another's are its to mend)."""
         host = self._host
         lacking = [
             (iid, entry) for iid, entry in host.index.instances.items()
-            if entry.flow is None and entry.state in lc.LIVE
+            if entry.flow is None and entry.state in lc.LIVE and owns(iid)
             and (lim := self.limits.get(entry.workflow)) is not None and lim.key is not None
         ]
         for iid, entry in lacking:

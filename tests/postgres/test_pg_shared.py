@@ -130,7 +130,7 @@ async def test_a_stalled_engines_late_write_is_fenced_and_it_stops_that_instance
         return flow
 
     with trio.fail_after(15):
-        a = engine(pg_dsn, lease=0.6, flow=slow_flow(True))
+        a = engine(pg_dsn, lease=2.0, flow=slow_flow(True))
         async with a:
             await a.invoke("flow", instance_id="x")
             await entered.wait()
@@ -138,7 +138,7 @@ async def test_a_stalled_engines_late_write_is_fenced_and_it_stops_that_instance
             # process that wakes after its lease: its clock did not run)
             keeper = host_of(a).backend.keeper  # type: ignore[union-attr]
             keeper.paused, keeper.fence_at = True, math.inf
-            async with engine(pg_dsn, lease=0.6, flow=slow_flow(False)) as b:
+            async with engine(pg_dsn, lease=2.0, flow=slow_flow(False)) as b:
                 assert await b.wait("x") == "fresh"  # taken over, run again
                 gate.set()  # a's body ends: its write is fenced out
                 await until_state(a, "x", "completed")
@@ -169,7 +169,7 @@ async def test_an_engine_whose_renewals_stop_fences_itself_before_its_lease_ends
         await ctx.step("stuck").run(body)
 
     with trio.fail_after(10):
-        a = engine(pg_dsn, lease=0.6, flow=flow)
+        a = engine(pg_dsn, lease=2.0, flow=flow)
         async with a:
             await a.invoke("flow", instance_id="x")
             await entered.wait()
@@ -181,7 +181,7 @@ async def test_an_engine_whose_renewals_stop_fences_itself_before_its_lease_ends
             # the journal refuses writes from now on
             assert "lost its lease" in (host_of(a).backend.failed or "")  # type: ignore[union-attr]
     [when] = stopped
-    assert float(when.split()[2][:-1]) < 0.6  # before the database's expiry
+    assert float(when.split()[2][:-1]) < 2.0  # before the database's expiry
 
 
 async def approve(ctx: Context) -> Any:
