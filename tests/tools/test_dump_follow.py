@@ -471,6 +471,10 @@ async def spawn(argv: list[str], stdin: bool = False) -> trio.Process:
     return await trio.lowlevel.open_process(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.PIPE if stdin else None,
+        # Ctrl-C reaches it even when the suite runs as a background job
+        # (a shell without job control starts those with SIGINT ignored,
+        # and a child inherits that).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -157,6 +157,9 @@ async def test_the_command_started_first_follows_the_journal_once_created(
         [sys.executable, "-m", "memable_log_tools.dump", str(journal_dir), "--follow",
          "--json", "--interval", "0.01"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # Ctrl-C reaches it even when the suite runs as a background job
+        # (started with SIGINT ignored, which a child inherits).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     assert process.stderr is not None
