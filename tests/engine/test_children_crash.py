@@ -19,13 +19,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
-import trio
+from support import cuts
 from support.powerloss import is_power_cut, tears
 from support.suspend import finish, memory_engine, records_of, until_state
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from memable_log import Context, MemoryStorage, WorkflowCancelled
-from memable_log._core.records import TYPE_NAMES
+from memable_log import Context, Engine, MemoryStorage, WorkflowCancelled
 
 Batch = list[str]
 
@@ -52,31 +51,11 @@ async def cut_at_batch(storage: MemoryStorage, workflows: dict[str, Any], batch:
                        nth: int = 1) -> None:
     """Run ``parent`` until the ``nth`` batch of record types ``batch`` is
     written, and cut the power before its fsync."""
+    async def drive(engine: Engine) -> None:
+        await engine.invoke("parent", instance_id="p")
+
     engine = memory_engine(storage, **workflows)
-    seen = 0
-
-    async def run() -> None:
-        async with engine:
-            journal = engine._backend.journal
-            original = journal.append_many
-
-            async def spy(recs: list[list[Any]]) -> None:
-                nonlocal seen
-                if [TYPE_NAMES[rec[0]] for rec in recs] == batch:
-                    seen += 1
-                    if seen == nth:
-                        storage.crash_at = storage.ops + 2  # the write lands, not its fsync
-                await original(recs)
-
-            journal.append_many = spy
-            await engine.invoke("parent", instance_id="p")
-            with trio.fail_after(10**6):
-                await trio.sleep_forever()
-
-    with pytest.raises(BaseException) as info:  # noqa: PT011 (a PowerCut, in groups)
-        await run()
-    assert is_power_cut(info.value), info.value
-    assert seen >= nth
+    assert await cuts.cut_at_batch(storage, engine, drive, batch, nth) >= nth
 
 
 @pytest.mark.parametrize(("batch", "nth"), [

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import trio
-from support.powerloss import is_power_cut, tears
+from support import cuts
+from support.powerloss import tears
 from support.suspend import finish, memory_engine, records_of
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from memable_log import Context, Engine, ManualClock, MemoryStorage
-from memable_log._core.records import TYPE_NAMES
 
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -35,32 +35,7 @@ async def cut_at_batch(
     """Run ``drive`` until the ``nth`` batch of record types ``batch`` is
     written; ``before`` runs just before it; then the power is cut before
     the batch's fsync."""
-    seen = 0
-
-    async def run() -> None:
-        async with engine:
-            journal = engine._backend.journal
-            original = journal.append_many
-
-            async def spy(recs: list[list[Any]]) -> None:
-                nonlocal seen
-                if [TYPE_NAMES[rec[0]] for rec in recs] == batch:
-                    seen += 1
-                    if seen == nth:
-                        if before is not None:
-                            await before(engine)
-                        storage.crash_at = storage.ops + 2  # the write lands, not its fsync
-                await original(recs)
-
-            journal.append_many = spy
-            await drive(engine)
-            with trio.fail_after(10**6):
-                await trio.sleep_forever()
-
-    with pytest.raises(BaseException) as info:  # noqa: PT011 (a PowerCut, in groups)
-        await run()
-    assert is_power_cut(info.value), info.value
-    assert seen == nth
+    assert await cuts.cut_at_batch(storage, engine, drive, batch, nth, before) == nth
 
 
 def created(storage: MemoryStorage) -> Counter[str]:
