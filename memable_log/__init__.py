@@ -5,8 +5,8 @@ append-only journal on local disk. After a crash, a code change or a
 suspension, the workflow runs again from the top and finished steps return
 their stored result at once. See docs/api.md for every public name.
 
-The engine's names load on first use, so the command-line tools, which
-never run an engine, start without importing trio.
+The engine's and the reader's names load on first use, so the
+command-line tools import only what their command needs (never trio).
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ from ._core.errors import UnknownInstance as UnknownInstance
 from ._core.errors import UnknownWorkflow as UnknownWorkflow
 from ._core.errors import WorkflowCancelled as WorkflowCancelled
 from ._core.errors import WorkflowFailed as WorkflowFailed
-from .reader import FollowGap as FollowGap
-from .reader import JournalFollower as JournalFollower
-from .reader import JournalReader as JournalReader
-from .reader import NotAJournal as NotAJournal
-from .reader import RecordView as RecordView
-from .reader import TornTail as TornTail
-from .reader import decode_value as decode_value
-from .reader import follow_journal as follow_journal
-from .reader import read_journal as read_journal
 
 if TYPE_CHECKING:
     from ._core.status import ErrorInfo as ErrorInfo
@@ -58,8 +49,26 @@ if TYPE_CHECKING:
     from ._engine.context import Step as Step
     from ._engine.engine import Engine as Engine
     from ._storage.memory import MemoryStorage as MemoryStorage
+    from .reader import FollowGap as FollowGap
+    from .reader import JournalFollower as JournalFollower
+    from .reader import JournalReader as JournalReader
+    from .reader import NotAJournal as NotAJournal
+    from .reader import RecordView as RecordView
+    from .reader import TornTail as TornTail
+    from .reader import decode_value as decode_value
+    from .reader import follow_journal as follow_journal
+    from .reader import read_journal as read_journal
 
 _LAZY = {
+    "FollowGap": ".reader",
+    "JournalFollower": ".reader",
+    "JournalReader": ".reader",
+    "NotAJournal": ".reader",
+    "RecordView": ".reader",
+    "TornTail": ".reader",
+    "decode_value": ".reader",
+    "follow_journal": ".reader",
+    "read_journal": ".reader",
     "Clock": "._engine.clock",
     "Context": "._engine.context",
     "Engine": "._engine.engine",

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import lifecycle as lc
 from ._core import records as r
@@ -50,9 +50,7 @@ from ._core.errors import (
     WorkflowFailed,
 )
 from ._core.index import Index, InstanceEntry, child_id
-from ._core.listing import select
 from ._core.signals import check_signal
-from ._core.status import InstanceStatus, StepStatus
 from ._journal.offline import READ_ATTEMPTS, OfflineJournal, read_index
 from ._storage.files import FileStorage
 from ._storage.inbox import (
@@ -75,6 +73,10 @@ from .reader import (
     is_segment_file,
     read_journal,
 )
+
+if TYPE_CHECKING:  # the listing's modules load when a listing is asked for:
+    # ``memable invoke`` starts faster without them (bench/bench_cli.py)
+    from ._core.status import InstanceStatus, StepStatus
 
 _T = TypeVar("_T")
 
@@ -645,6 +647,8 @@ def instances(
         JournalCorrupt: the journal is damaged.
         OSError: reading failed.
     """
+    from ._core.listing import select
+
     select({}, state, workflow=workflow, prefix=prefix, since=since, until=until,
            limit=limit, newest_first=newest_first)  # bad filters fail before the read
     return _read(path, lambda reader: reader.instances(

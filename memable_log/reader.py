@@ -44,12 +44,10 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
-import zstandard
 
 from ._core import records as r
 from ._core.errors import EngineError, JournalCorrupt, UnknownInstance
@@ -63,14 +61,17 @@ from ._core.format import (
 )
 from ._core.index import Index, loc_inner, unpack_loc
 from ._core.lifecycle import STATE_NAMES
-from ._core.listing import select
 from ._core.records import RecordView, view
-from ._core.status import InstanceStatus, StepStatus, steps_of
 from ._storage.files import FileStorage, Storage
 from ._storage.follower import DEFAULT_INTERVAL as DEFAULT_INTERVAL
 from ._storage.follower import FollowGap as FollowGap
 from ._storage.follower import JournalFollower as JournalFollower
 from ._storage.segments import ScanResult, iter_scan
+
+if TYPE_CHECKING:  # the listing's modules load when a listing is asked for
+    from datetime import datetime
+
+    from ._core.status import InstanceStatus, StepStatus
 
 __all__ = [
     "FollowGap",
@@ -224,6 +225,8 @@ class JournalReader(Iterator[RecordView]):
         ``RuntimeError`` if iteration has already begun; ValueError and
         TypeError for a bad filter, before anything is read.
         """
+        from ._core.listing import select
+
         select({}, state, workflow=workflow, prefix=prefix, since=since, until=until,
                limit=limit, newest_first=newest_first)  # bad filters fail before the read
         return select(self._replay().instances, state, workflow=workflow, prefix=prefix,
@@ -239,6 +242,8 @@ class JournalReader(Iterator[RecordView]):
         entry = self._replay().instances.get(instance_id)
         if entry is None:
             raise UnknownInstance(instance_id)
+        from ._core.status import steps_of
+
         return steps_of(entry)
 
     def _replay(self) -> Index:
@@ -482,6 +487,8 @@ def _raw(blob: bytes, reason: str) -> dict[str, str]:
 
 
 def _decompress(body: bytes, max_size: int) -> bytes:
+    import zstandard  # loaded when first needed: see _core.codec.Codec
+
     declared = zstandard.frame_content_size(body)
     if declared > max_size:
         raise ValueError(f"decompresses to {declared} bytes, above the {max_size}-byte cap")

@@ -70,8 +70,13 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``memable`` command's parser."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``memable`` command's parser; with ``only`` (a command's name),
+    one with that command alone, which parses its arguments the same way.
+
+    A command's own parser is all one run needs, and building all of them
+    costs a run of ``memable invoke`` more than its work does.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Operate a memable_log journal: invoke, cancel, restart, forget, signal; "
@@ -79,13 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=c.EXIT_CODES + " Run `memable COMMAND -h` for a command's options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (text, add) in _SUBCOMMANDS.items():
+        if only is None or name == only:
+            cmd = sub.add_parser(name, help=text, description=text, epilog=c.EXIT_CODES)
+            cmd.add_argument("path", metavar="PATH", help="the journal directory")
+            add(cmd)
+    if only is None:
+        for name, tool in [("dump", "memable-dump"), ("compact", "memable-compact"),
+                           ("signal", "memable-signal")]:
+            sub.add_parser(name, help=f"run {tool} (same arguments; see {tool} -h)",
+                           add_help=False)
+        sub.add_parser("ui", help="serve a web page over the journal (see memable ui -h; "
+                       "needs memable-log[ui])", add_help=False)
+    return parser
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=text, description=text, epilog=c.EXIT_CODES)
-        cmd.add_argument("path", metavar="PATH", help="the journal directory")
-        return cmd
 
-    cmd = command("invoke", "Start an instance of WORKFLOW (its id is printed).")
+def _invoke_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("workflow", metavar="WORKFLOW", help="the workflow's name")
     cmd.add_argument("input", metavar="JSON", nargs="?", default="null",
                      help="the input, as JSON (default: null)")
@@ -97,19 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
                      "(exit 1 if it failed or was cancelled)")
     cmd.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="with --wait: give up after this long (exit 1)")
-    for name, text in [("cancel", "Cancel a live instance (and its live children)."),
-                       ("restart", "Run a completed, failed or cancelled instance again.")]:
-        cmd = command(name, text)
-        cmd.add_argument("instance_id", metavar="ID", help="the instance id")
-    cmd = command("forget", "Forget memoised steps: KEY, or every key under PREFIX*.")
+
+
+def _id_argument(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("instance_id", metavar="ID", help="the instance id")
+
+
+def _forget_arguments(cmd: argparse.ArgumentParser) -> None:
+    _id_argument(cmd)
     cmd.add_argument("key", metavar="KEY_OR_PREFIX", help="a step key, or a prefix ending in *")
-    for name, text in [("status", "Print one instance's status."),
-                       ("steps", "Print one instance's memoised steps with their times.")]:
-        cmd = command(name, text)
-        cmd.add_argument("instance_id", metavar="ID", help="the instance id")
-        cmd.add_argument("--json", action="store_true", help="print JSON")
-    cmd = command("instances", "List instances, in creation order.")
+
+
+def _read_arguments(cmd: argparse.ArgumentParser) -> None:
+    _id_argument(cmd)
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _instances_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--state", metavar="S", help="only those in state S (running, "
                      "suspended, sleeping, waiting, completed, failed, cancelled, ...)")
     cmd.add_argument("--workflow", metavar="W", help="only instances of workflow W")
@@ -120,13 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--limit", type=_count, metavar="N", help="at most N of them")
     cmd.add_argument("--newest-first", action="store_true", help="newest first")
     cmd.add_argument("--json", action="store_true", help="print JSON")
-    for name, tool in [("dump", "memable-dump"), ("compact", "memable-compact"),
-                       ("signal", "memable-signal")]:
-        sub.add_parser(name, help=f"run {tool} (same arguments; see {tool} -h)",
-                       add_help=False)
-    sub.add_parser("ui", help="serve a web page over the journal (see memable ui -h; "
-                   "needs memable-log[ui])", add_help=False)
-    return parser
+
+
+# name: (what it does, what adds its arguments after PATH), in --help's order
+_SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "invoke": ("Start an instance of WORKFLOW (its id is printed).", _invoke_arguments),
+    "cancel": ("Cancel a live instance (and its live children).", _id_argument),
+    "restart": ("Run a completed, failed or cancelled instance again.", _id_argument),
+    "forget": ("Forget memoised steps: KEY, or every key under PREFIX*.", _forget_arguments),
+    "status": ("Print one instance's status.", _read_arguments),
+    "steps": ("Print one instance's memoised steps with their times.", _read_arguments),
+    "instances": ("List instances, in creation order.", _instances_arguments),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in _PASS_THROUGH:
         return _pass_through(args_list[0], args_list[1:])
-    args = build_parser().parse_args(args_list)
+    only = args_list[0] if args_list and args_list[0] in _SUBCOMMANDS else None
+    args = build_parser(only).parse_args(args_list)
     c.tolerate_unencodable(sys.stdout)
     return c.run(lambda: _guarded(args))
 

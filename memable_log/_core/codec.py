@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import zstandard
 
 from .format import MAX_RECORD
 
@@ -77,8 +76,12 @@ class Codec:
         self._encode_hook = encode
         self._decode_hook = decode
         self.compress_threshold = compress_threshold
-        self._compressor = zstandard.ZstdCompressor(level=compress_level)
-        self._decompressor = zstandard.ZstdDecompressor()
+        self._compress_level = compress_level
+        # zstandard loads at the first value large enough to need it: most
+        # processes (the command-line tools) never do, and its import is
+        # a tenth of the library's.
+        self._compressor: Any = None
+        self._decompressor: Any = None
         # (blob, value): the last checked blob and what it decoded to, handed
         # out by the next decode of that very blob (a step decodes what it
         # wrote), once, so no decoded object is ever shared.
@@ -147,6 +150,10 @@ class Codec:
     def _framed(self, body: bytes, value: Any) -> bytes:
         threshold = self.compress_threshold
         if threshold is not None and len(body) > threshold:
+            if self._compressor is None:
+                import zstandard
+
+                self._compressor = zstandard.ZstdCompressor(level=self._compress_level)
             packed = self._compressor.compress(body)
             if len(packed) < len(body):
                 return _fits(bytes([TAG_ZSTD]) + packed, value)
@@ -185,6 +192,10 @@ class Codec:
                 return _unpackb(blob[1:], strict_map_key=False)
             return self._unpack(blob[1:])
         if tag == TAG_ZSTD:
+            if self._decompressor is None:
+                import zstandard
+
+                self._decompressor = zstandard.ZstdDecompressor()
             body = self._decompressor.decompress(blob[1:], max_output_size=_MAX_VALUE)
             return self._unpack(body)
         raise ValueError(f"unknown value blob tag {tag:#04x}")

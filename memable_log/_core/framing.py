@@ -33,8 +33,6 @@ import struct
 import zlib
 from typing import NamedTuple
 
-import zstandard
-
 from .format import (
     FRAME_BATCH_START,
     FRAME_BLOCK,
@@ -181,6 +179,8 @@ _BLOCK_CHUNK = 256 * 1024  # decompressed bytes read at a time
 
 def encode_block(payloads: list[bytes], salt: int) -> bytes:
     """One block frame holding ``payloads`` as inner frames, zstd-compressed."""
+    import zstandard  # loaded when first needed: see codec.Codec
+
     inner = b"".join(encode_frame(p, salt) for p in payloads)
     return encode_frame(zstandard.ZstdCompressor(level=3).compress(inner), salt, block=True)
 
@@ -189,6 +189,8 @@ def decode_block(payload: bytes, salt: int) -> list[bytes]:
     """The inner payloads of a block frame; FrameError(offset 0) if damaged."""
     # Read in chunks: ``read(n)`` allocates n bytes up front, and a 64 MiB
     # buffer per block would make every start-up pay for the cap.
+    import zstandard
+
     chunks: list[bytes] = []
     size = 0
     try:
