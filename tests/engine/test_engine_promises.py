@@ -149,10 +149,12 @@ async def test_in_flight_instance_resumes_under_changed_code(home: Home) -> None
     assert calls_1.counts == {"extract": 1, "enrich": 1, "old-note": 1}
 
     calls_2 = Calls()
+    checked = trio.Event()  # holds the resumed instance, so it is seen in flight
 
     async def new(ctx: Context) -> list[Any]:
         enrich = await ctx.step("enrich").run(calls_2.fn("enrich", "enrich@v2"))  # reordered
         extract = await ctx.step("extract").run(calls_2.fn("extract", "extract@v2"))
+        await checked.wait()
         check = await ctx.step("check").run(calls_2.fn("check", "check@v2"))  # inserted
         # bumped; "old-note" removed
         transform = await ctx.step("transform:v2").run(calls_2.fn("transform:v2", "t@v2"))
@@ -161,6 +163,7 @@ async def test_in_flight_instance_resumes_under_changed_code(home: Home) -> None
     engine = home.engine({"pipeline": new})
     async with engine:
         assert engine.status(instance_id).state == "running"
+        checked.set()
         result = await wait(engine, instance_id)
     assert result == ["enrich@v1", "extract@v1", "check@v2", "t@v2"]
     assert calls_2.counts == {"check": 1, "transform:v2": 1}
