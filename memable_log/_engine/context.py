@@ -61,6 +61,7 @@ logger = logging.getLogger("memable_log")
 # ~0.5 ms of replay at a time (a checkpoint costs ~10-30 us, one every 64
 # hits cost a replay ~10% of its speed).
 _YIELD_EVERY = 256
+_UNSEEN: Any = object()  # not in the cache of return plans
 # The attempt number of the step running in this task (``Context.attempt``):
 # a contextvar, so steps running side by side in a nursery each see their own,
 # and a step's own tasks and worker threads inherit it.
@@ -530,10 +531,10 @@ class Step:
         """
         ctx, key = self._ctx, self._key
         try:  # return_plan(fn), its cache read inline: every step pays it
-            declared = _FN_PLANS[fn]
-        except KeyError:
-            declared = _declared(fn, key)
+            declared = _FN_PLANS.get(fn, _UNSEEN)
         except TypeError:  # fn is unhashable
+            declared = _declared(fn, key)
+        if declared is _UNSEEN:  # a function made on the fly (a lambda): no exception
             declared = _declared(fn, key)
         entry = ctx._claim(key)
         host = ctx._host

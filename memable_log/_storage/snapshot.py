@@ -79,7 +79,8 @@ from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
 
 MAGIC = b"MMBLSNP1"
-VERSION = 4  # 3: waits and pending (format version 2); 4: format version 3
+VERSION = 5  # 3: waits and pending (format version 2); 4: format version 3;
+# 5: a packed step table may begin with a map (_core/index.py)
 _CRC = struct.Struct("<I")
 
 

@@ -153,6 +153,50 @@ def test_the_packed_log_replays_sets_started_markers_and_forgets_in_order() -> N
     assert ix.unpack_steps(ix.pack_steps(entry.steps)) == entry.steps
 
 
+def test_a_table_packed_at_rest_is_a_map_and_operations_after_it_replay_in_order() -> None:
+    started = (5 << 66) | ix.STEP_STARTED_AT  # beyond 64 bits: travels as ext BIG_INT
+    rest = {"a": b"x", "b:1": b"y", "b:2": (3 << 40 | 7) << 2 | ix.STEP_FAILED_AT, "s": started}
+    packed = ix.pack_steps(rest)
+    assert packed[0] in (0x80 | len(rest), 0xDE)  # one msgpack map: msgpack builds it in C
+    assert ix.unpack_steps(packed) == rest
+    assert list(ix.unpack_steps(packed)) == list(rest)
+    # Operations appended after the map (a small table at rest, then a forget
+    # or a restart's new steps) apply on top of it, in order.
+    index = Index()
+    index.apply(r.make(r.CREATED, 1, "i", "wf", b""), 1)
+    entry = index.instances["i"]
+    entry.table = packed
+    marker = 2 << 2 | ix.STEP_STARTED_AT
+    for op in (("b:*", None), ("s", 1 << 2 | ix.STEP_STARTED_AT), ("n", marker), ("a", b"new")):
+        assert index._append(entry, *op)
+    assert entry.steps == {"a": b"new", "s": started, "n": marker}
+    assert list(entry.steps) == ["a", "s", "n"]
+    # A version 4 table (operations only, no map) reads as before.
+    old = b"".join(msgpack.packb(x) for x in ("a", b"x", "c", b"z", "c", None))
+    assert ix.unpack_steps(old) == {"a": b"x"}
+    with pytest.raises(ValueError, match="ends after a key"):
+        ix.unpack_steps(packed + msgpack.packb("dangling"))
+
+
+def test_a_version_4_snapshot_is_refused() -> None:
+    # Version 4's step tables never begin with a map, and an engine of
+    # version 4 would misread a version 5 table: a snapshot of another
+    # version is never loaded (that start scans the journal in full).
+    index = Index()
+    index.apply(r.make(r.CREATED, 1, "i", "wf", b""), 1)
+    index.apply(r.make(r.STEP_DONE, 2, "i", "a", b"1"), 2)
+    assert index.instances["i"].steps == {"a": b"1"}  # read, as a running instance's are
+    index.apply(r.make(r.COMPLETED, 3, "i", b"out"), 3)
+    assert index.instances["i"].table[0] == 0x81  # packed again at rest: a map
+    with mock.patch.object(snap, "VERSION", 4):
+        old = snap.encode(index, ("seg", 40, 4, 3), [])
+    with pytest.raises(snap.SnapshotInvalid, match="version 4"):
+        snap.decode_into(Index(), old)
+    loaded = Index()
+    snap.decode_into(loaded, snap.encode(index, ("seg", 40, 4, 3), []))
+    assert loaded.instances["i"].steps == {"a": b"1"}
+
+
 def test_reading_a_status_leaves_a_packed_table_packed() -> None:
     index = Index()
     index.apply(r.make(r.CREATED, 1, "i", "wf", b"in"), 1)
