@@ -292,7 +292,7 @@ def _replay(steps: dict[str, Entry], ops: bytes, intern: bool) -> dict[str, Entr
     return steps
 
 
-_packb = msgpack.packb  # a Packer of its own per call: safe from any thread
+_packb: Callable[[Any], bytes] = msgpack.packb  # a Packer per call: safe in any thread
 _unpackb = msgpack.unpackb
 _MAP_HEADS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])  # fixmap, map 16, map 32
 
