@@ -83,12 +83,18 @@ def make_app(path: str, token: str, *, interval: float = live.INTERVAL) -> Starl
         return page(render.instances_page(path, got, filters, limit, newest))
 
     async def instance(request: Request) -> Response:
-        iid = request.query_params.get("id", "")
+        q = request.query_params
+        iid = q.get("id", "")
+        try:
+            start = _int(q.get("from"), 0, "from", 0)
+            count = min(_int(q.get("steps"), render.STEP_PAGE, "steps", 1), MAX_PAGE)
+        except BadRequest as exc:
+            return problem(400, str(exc))
         try:
             view = await in_thread(lambda: data.instance_view(listing, iid))
         except UnknownInstance:
             return problem(404, f"no instance {iid!r} in {path}")
-        return page(render.instance_page(view))
+        return page(render.instance_page(view, start, count))
 
     async def value(request: Request) -> Response:
         iid = request.query_params.get("id", "")

@@ -23,6 +23,7 @@ from memable_log.reader import RecordView, decode_value
 from .data import STATES, Filters, InstanceView, Page
 
 SHORT = 120  # characters of a value shown inline
+STEP_PAGE = 200  # steps of an instance shown on its page, unless ?steps= says otherwise
 
 
 def esc(value: str) -> str:
@@ -197,6 +198,24 @@ def step_row(instance_id: str, step: StepStatus, blob: bytes | None, t0_ms: int,
     )
 
 
+def step_pager(instance_id: str, start: int, count: int, total: int) -> str:
+    """Which steps the page shows, and links to the first, previous, next and last pages."""
+    if total <= count and start == 0:
+        return f"<p class=muted>{total} steps</p>"
+    last = (total - 1) // count * count
+    links = []
+    for label, at, on in [("first", 0, start > 0), ("previous", max(start - count, 0), start > 0),
+                          ("next", start + count, start + count < total),
+                          ("last", last, start + count < total)]:
+        if on:
+            link = url("/instance", id=instance_id, steps=count if count != STEP_PAGE else None,
+                       **{"from": at})
+            links.append(f"<a class=\"page {label}\" href=\"{link}\">{label}</a>")
+    end = min(start + count, total)
+    return (f"<p class=pager>steps {start + 1 if total else 0}\u2013{end} of {total} "
+            + " ".join(links) + "</p>")
+
+
 def value_base(instance_id: str) -> str:
     """The link to a step's full value, but for the quoted key at its end."""
     return f"/instance/value?id={quote(instance_id, safe='')}&key="
@@ -242,12 +261,23 @@ def span_of(view: InstanceView) -> tuple[int, int]:
     return t0, max(t1 - t0, 1)
 
 
-def instance_page(view: InstanceView) -> str:
+def instance_page(view: InstanceView, start: int = 0, count: int = STEP_PAGE) -> str:
+    """The instance page, with its steps from position ``start``, ``count`` of them.
+
+    Only that page of the timeline is rendered (an instance of 10,000
+    steps would otherwise be megabytes of HTML); links go to the pages
+    around it. The live view adds new steps to the last page only: the
+    ``steps`` body says whether it is the tail (``data-tail``).
+    """
     st = view.status
     iid = st.instance_id
     t0, span = span_of(view)
     base = value_base(iid)
-    steps = "".join(step_row(iid, row.step, row.blob, t0, span, base) for row in view.steps)
+    total = len(view.steps)
+    start = min(max(start, 0), max(total - 1, 0))
+    shown = view.steps[start:start + count]
+    tail = start + count >= total
+    steps = "".join(step_row(iid, row.step, row.blob, t0, span, base) for row in shown)
     events = "".join(event_row(rec) for rec in view.events)
     records = "".join(record_row(rec) for rec in view.records)
     actions = (
@@ -263,10 +293,11 @@ def instance_page(view: InstanceView) -> str:
         f"<p>input <code>{esc(blob_text(view.input))}</code>"
         f" &middot; result <code>{esc(blob_text(view.result))}</code></p>{actions}"
         f"<h2>Steps <span class=muted>timeline from {esc(when_ms(t0))}, "
-        f"{span / 1000:.3f} s</span></h2>"
+        f"{span / 1000:.3f} s</span></h2>{step_pager(iid, start, count, total)}"
         "<table class=steps><thead><tr><th>key</th><th>state</th><th>attempts</th>"
         "<th>started</th><th>took</th><th class=timeline>timeline</th><th>error</th>"
-        f"<th>value</th></tr></thead><tbody id=steps>{steps}</tbody></table>"
+        f"<th>value</th></tr></thead><tbody id=steps data-tail={'1' if tail else '0'}>{steps}"
+        "</tbody></table><p id=steps-more class=muted hidden></p>"
         "<h2>Events</h2><table><thead><tr><th>at</th><th>key</th><th>value</th></tr></thead>"
         f"<tbody id=events>{events}</tbody></table>"
         "<h2>Children</h2><table><thead><tr><th>instance</th><th>workflow</th><th>state</th>"

@@ -1,0 +1,72 @@
+"""An instance of many steps: its page shows one page of them, with links to the others."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import httpx
+from memable_log_tools.ui import render
+from memable_log_tools.ui.app import make_app
+from support.ui import HOSTILE, TOKEN
+
+from memable_log import Context, Engine
+
+STEPS = 25
+
+
+async def many(ctx: Context) -> int:
+    for i in range(STEPS):
+        await ctx.step(f"step-{i:02d}{HOSTILE}").run(lambda i=i: {"i": i, "note": HOSTILE})
+    return STEPS
+
+
+async def journal_of_many(tmp_path: Path) -> Path:
+    path = tmp_path / "many.memable"
+    engine = Engine.builder().open(path).build()
+    engine.register("many", many)
+    async with engine:
+        await engine.invoke("many", instance_id="m")
+        await engine.wait("m")
+    return path
+
+
+def keys(page: str) -> list[int]:
+    return [int(k) for k in re.findall(r"<td><code>step-(\d\d)&lt;script&gt;", page)]
+
+
+def link(page: str, label: str) -> str | None:
+    found = re.search(rf'class="page {label}" href="([^"]+)"', page)
+    return None if found is None else html.unescape(found.group(1))
+
+
+async def test_an_instance_page_shows_one_page_of_its_steps(tmp_path: Path) -> None:
+    path = await journal_of_many(tmp_path)
+    app = make_app(str(path), TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://ui") as http:
+        first = (await http.get("/instance", params={"id": "m", "steps": 10})).text
+        assert keys(first) == list(range(10))
+        assert f"steps 1\u201310 of {STEPS}" in first
+        assert "<tbody id=steps data-tail=0>" in first
+        assert link(first, "previous") is None
+        nxt = link(first, "next")
+        assert nxt is not None
+        second = (await http.get(nxt)).text
+        assert keys(second) == list(range(10, 20))
+        last_link = link(second, "last")
+        assert last_link is not None
+        last = (await http.get(last_link)).text
+        assert keys(last) == list(range(20, STEPS))
+        assert "<tbody id=steps data-tail=1>" in last  # the live view appends here
+        assert link(last, "next") is None
+        assert link(last, "first") is not None
+        # every value on the page still escaped
+        assert HOSTILE not in last
+        assert "&lt;script&gt;" in last
+        # the default page holds render.STEP_PAGE steps; this instance fits in it
+        whole = (await http.get("/instance", params={"id": "m"})).text
+        assert keys(whole) == list(range(STEPS))
+        assert STEPS <= render.STEP_PAGE
+        assert (await http.get("/instance", params={"id": "m", "from": "x"})).status_code == 400
