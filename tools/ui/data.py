@@ -2,8 +2,9 @@
 
 ``Listing`` holds the instance listing of the journal as of its last
 change: a change is seen as a different set of segment files or sizes, and
-only then is the journal replayed again (``operations.instances``), once for
-every request that comes meanwhile. Pages are slices of it, by position in
+only then is the journal replayed again (``replay``: from the engine's index
+snapshot, when it can be trusted, and what follows it), once for every
+request that comes meanwhile. Pages are slices of it, by position in
 creation order (the cursor), so a page costs no more for 100,000 instances
 than for ten; the listing pages use the last replay while the next one
 runs in the background. ``instance_view`` gathers one instance in one pass over the journal:
@@ -20,12 +21,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from memable_log import ErrorInfo, InstanceStatus, StepStatus, UnknownInstance, operations
-from memable_log.reader import RecordView, decode_value, read_journal
+from memable_log import ErrorInfo, InstanceStatus, StepStatus
+from memable_log.reader import RecordView, Replay, decode_value, read_journal
+
+READ_ATTEMPTS = 10  # a compaction deletes files a read has listed: read again, as operations does
 
 STATES = ("running", "queued", "suspended", "sleeping", "waiting", "completed", "failed",
           "cancelled")
@@ -79,14 +82,35 @@ def signature(path: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(found))
 
 
-@dataclass(frozen=True, slots=True)
+def replay(path: str) -> Replay:
+    """The journal read as the engine's start reads it: from its index
+    snapshot when that can be trusted, then what follows (blocking)."""
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return read_journal(path).replay()
+        except FileNotFoundError:
+            continue
+    return read_journal(path).replay()
+
+
+@dataclass(slots=True)
 class Snapshot:
-    """The instances as of one replay: in creation order, and by id."""
+    """The instances as of one replay: their ids in creation order, and the
+    replay itself (statuses, steps and values). A status is built when a
+    page first shows it (``status_at``), not for every instance at once:
+    the first page of 100,000 instances costs the replay and 50 statuses."""
 
     sig: tuple[tuple[str, int, int], ...]
-    instances: list[InstanceStatus]
-    by_id: dict[str, int]
+    ids: list[str]
     taken_at: datetime
+    replay: Replay
+    built: dict[int, InstanceStatus] = field(default_factory=dict)
+
+    def status_at(self, pos: int) -> InstanceStatus:
+        found = self.built.get(pos)
+        if found is None:
+            found = self.built[pos] = self.replay.status(self.ids[pos])
+        return found
 
 
 class Listing:
@@ -117,9 +141,8 @@ class Listing:
             snap = self._snap
             if snap is None or snap.sig != sig:
                 taken = datetime.now(UTC)
-                found = operations.instances(self.path)
-                snap = Snapshot(sig, found, {st.instance_id: i for i, st in enumerate(found)},
-                                taken)
+                replayed = replay(self.path)
+                snap = Snapshot(sig, replayed.ids(), taken, replayed)
                 self._snap = snap
             return snap
 
@@ -138,33 +161,30 @@ class Listing:
         threading.Thread(target=run, name="memable-ui listing", daemon=True).start()
 
     def status(self, instance_id: str) -> InstanceStatus:
-        snap = self.snapshot()
-        pos = snap.by_id.get(instance_id)
-        if pos is None:
-            raise UnknownInstance(instance_id)
-        return snap.instances[pos]
+        return self.snapshot().replay.status(instance_id)  # UnknownInstance if not there
 
     def children(self, instance_id: str) -> list[InstanceStatus]:
-        snap = self.snapshot()
-        pos = snap.by_id.get(instance_id, 0)
-        return [st for st in snap.instances[pos:] if st.parent == instance_id]
+        replayed = self.snapshot().replay
+        return [replayed.status(c) for c in replayed.children(instance_id) if c in replayed]
 
     def page(self, filters: Filters, cursor: int | None, limit: int,
              newest_first: bool = False) -> Page:
         """Up to ``limit`` instances that match, from position ``cursor`` on
         (backwards when ``newest_first``)."""
         snap = self.snapshot(fresh=False)
-        found = snap.instances
-        order = _positions(len(found), cursor, newest_first)
+        ids = snap.ids
+        prefix = filters.prefix
         rows: list[tuple[int, InstanceStatus]] = []
-        for pos in order:
-            st = found[pos]
+        for pos in _positions(len(ids), cursor, newest_first):
+            if prefix is not None and not ids[pos].startswith(prefix):
+                continue  # told without building its status
+            st = snap.status_at(pos)
             if not filters.match(st):
                 continue
             if len(rows) == limit:
-                return Page(rows, pos, len(found), snap.taken_at)
+                return Page(rows, pos, len(ids), snap.taken_at)
             rows.append((pos, st))
-        return Page(rows, None, len(found), snap.taken_at)
+        return Page(rows, None, len(ids), snap.taken_at)
 
 
 def _positions(n: int, cursor: int | None, newest_first: bool) -> Iterator[int]:

@@ -1,4 +1,5 @@
-"""An instance of many steps: its page shows one page of them, with links to the others."""
+"""Big journals: an instance page shows a page of its steps; the listing starts
+from the index snapshot."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import re
 from pathlib import Path
 
 import httpx
-from memable_log_tools.ui import render
+from memable_log_tools.ui import data, render
 from memable_log_tools.ui.app import make_app
 from support.ui import HOSTILE, TOKEN
 
-from memable_log import Context, Engine
+from memable_log import Context, Engine, operations
 
 STEPS = 25
 
@@ -70,3 +71,19 @@ async def test_an_instance_page_shows_one_page_of_its_steps(tmp_path: Path) -> N
         assert keys(whole) == list(range(STEPS))
         assert STEPS <= render.STEP_PAGE
         assert (await http.get("/instance", params={"id": "m", "from": "x"})).status_code == 400
+
+
+async def test_the_listing_starts_from_the_index_snapshot(tmp_path: Path) -> None:
+    """The engine closed cleanly (index.snap): the listing reads what follows it only,
+    and says what operations.instances says."""
+    path = await journal_of_many(tmp_path)
+    listing = data.Listing(str(path))
+    snap = listing.snapshot()
+    assert snap.replay.resumed
+    truth = operations.instances(path)
+    assert snap.ids == [st.instance_id for st in truth]
+    assert listing.page(data.Filters(), None, 10).rows == list(enumerate(truth))
+    (path / "index.snap").unlink()
+    listing = data.Listing(str(path))
+    assert not listing.snapshot().replay.resumed
+    assert listing.page(data.Filters(), None, 10).rows == list(enumerate(truth))
