@@ -42,7 +42,7 @@ import functools
 import io
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -455,14 +455,20 @@ class Replay:
 
     def step_value(self, instance_id: str, key: str) -> bytes | None:
         """The stored value of a done step (a blob); None if ``key`` is not a done step."""
-        entry = self._entry(instance_id)
-        table = entry.table
-        found = (table if isinstance(table, dict) else
-                 _unpack_steps(table, intern=False)).get(key)
-        if found is None or (type(found) is int and entry_kind(found) != _DONE_AT):
-            return None
-        return self._blob(found if isinstance(found, bytes) else entry_loc(found),
-                          r.STEP_DONE_VALUE)
+        return self.step_values(instance_id, [key]).get(key)
+
+    def step_values(self, instance_id: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """The stored values (blobs) of those of ``keys`` that are done steps."""
+        table = self._entry(instance_id).table
+        steps = table if isinstance(table, dict) else _unpack_steps(table, intern=False)
+        found = {}
+        for key in keys:
+            entry = steps.get(key)
+            if isinstance(entry, bytes):
+                found[key] = entry
+            elif entry is not None and entry_kind(entry) == _DONE_AT:
+                found[key] = self._blob(entry_loc(entry), r.STEP_DONE_VALUE)
+        return found
 
     def input(self, instance_id: str) -> bytes:
         """The instance's input (a blob)."""

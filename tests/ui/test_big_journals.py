@@ -8,11 +8,13 @@ import re
 from pathlib import Path
 
 import httpx
-from memable_log_tools.ui import data, render
+import pytest
+from memable_log_tools.ui import data
 from memable_log_tools.ui.app import make_app
 from support.ui import HOSTILE, TOKEN
 
 from memable_log import Context, Engine, operations
+from memable_log.reader import JournalReader, RecordView, decode_value
 
 STEPS = 25
 
@@ -66,10 +68,10 @@ async def test_an_instance_page_shows_one_page_of_its_steps(tmp_path: Path) -> N
         # every value on the page still escaped
         assert HOSTILE not in last
         assert "&lt;script&gt;" in last
-        # the default page holds render.STEP_PAGE steps; this instance fits in it
+        # the default page holds data.STEP_PAGE steps; this instance fits in it
         whole = (await http.get("/instance", params={"id": "m"})).text
         assert keys(whole) == list(range(STEPS))
-        assert STEPS <= render.STEP_PAGE
+        assert STEPS <= data.STEP_PAGE
         assert (await http.get("/instance", params={"id": "m", "from": "x"})).status_code == 400
 
 
@@ -87,3 +89,37 @@ async def test_the_listing_starts_from_the_index_snapshot(tmp_path: Path) -> Non
     listing = data.Listing(str(path))
     assert not listing.snapshot().replay.resumed
     assert listing.page(data.Filters(), None, 10).rows == list(enumerate(truth))
+
+
+async def test_an_instance_page_reads_no_record_once_the_journal_is_replayed(
+    journal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its steps, values (the large one at its record's location), events and children
+    come from the replay the listing holds: no pass over the journal."""
+    app = make_app(str(journal), TOKEN)
+    listing = data.Listing(str(journal))
+    listing.snapshot()
+
+    def no_pass(self: JournalReader) -> RecordView:
+        raise AssertionError("the instance page passed over the journal")
+
+    monkeypatch.setattr(JournalReader, "__next__", no_pass)
+    view = data.instance_view(listing, "o-1")
+    assert [r.step.key for r in view.steps] == [s.key for s in operations.steps(journal, "o-1")]
+    big = next(r for r in view.steps if r.step.key.startswith("key"))
+    assert big.blob is not None
+    assert decode_value(big.blob) == "x" * 500
+    assert [k for k, _, _ in view.events] == ["progress"]
+    assert [c.instance_id for c in view.children] == ["o-1/ship"]
+    monkeypatch.undo()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://ui") as http:
+        page = (await http.get("/instance", params={"id": "o-1"})).text
+        found = re.search(r'href="(/instance/records\?id=o-1)"', page)
+        assert found is not None
+        records = (await http.get(found.group(1))).text
+        assert "<td>created</td>" in records
+        assert "<td>suspended</td>" in records
+        assert HOSTILE not in records
+        missing = await http.get("/instance/records", params={"id": "nope"})
+        assert missing.status_code == 404

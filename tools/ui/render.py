@@ -20,10 +20,9 @@ from urllib.parse import quote, urlencode
 from memable_log import InstanceStatus, StepStatus
 from memable_log.reader import RecordView, decode_value
 
-from .data import STATES, Filters, InstanceView, Page
+from .data import STATES, STEP_PAGE, Event, Filters, InstanceView, Page
 
 SHORT = 120  # characters of a value shown inline
-STEP_PAGE = 200  # steps of an instance shown on its page, unless ?steps= says otherwise
 
 
 def esc(value: str) -> str:
@@ -236,9 +235,25 @@ def record_row(rec: RecordView) -> str:
             "</td></tr>")
 
 
-def event_row(rec: RecordView) -> str:
-    return (f"<tr><td>{esc(when_ms(rec.ts_ms))}</td><td><code>{esc(rec.fields['key'])}</code>"
-            f"</td><td><code>{esc(blob_text(rec.fields['value']))}</code></td></tr>")
+def event_row(event: Event) -> str:
+    key, ts_ms, blob = event
+    return (f"<tr><td>{esc(when_ms(ts_ms))}</td><td><code>{esc(key)}</code>"
+            f"</td><td><code>{esc(blob_text(blob))}</code></td></tr>")
+
+
+def records_page(instance_id: str, records: list[RecordView]) -> str:
+    """An instance's latest journal records (``/instance/records``)."""
+    rows = "".join(record_row(rec) for rec in records)
+    back = url("/instance", id=instance_id)
+    body = (f"<h1>{esc(instance_id)} <span class=muted>journal records</span></h1>"
+            f"<p><a href=\"{back}\">\u2190 the instance</a> &middot; its latest "
+            f"{len(records)} records</p>{_records_table(rows)}")
+    return layout(instance_id, body)
+
+
+def _records_table(rows: str) -> str:
+    return ("<table><thead><tr><th>seq</th><th>at</th><th>type</th><th>fields</th></tr>"
+            f"</thead><tbody id=records>{rows}</tbody></table>")
 
 
 def child_rows(children: Iterable[InstanceStatus]) -> str:
@@ -261,8 +276,8 @@ def span_of(view: InstanceView) -> tuple[int, int]:
     return t0, max(t1 - t0, 1)
 
 
-def instance_page(view: InstanceView, start: int = 0, count: int = STEP_PAGE) -> str:
-    """The instance page, with its steps from position ``start``, ``count`` of them.
+def instance_page(view: InstanceView) -> str:
+    """The instance page, with the page of its steps the view holds.
 
     Only that page of the timeline is rendered (an instance of 10,000
     steps would otherwise be megabytes of HTML); links go to the pages
@@ -274,12 +289,11 @@ def instance_page(view: InstanceView, start: int = 0, count: int = STEP_PAGE) ->
     t0, span = span_of(view)
     base = value_base(iid)
     total = len(view.steps)
-    start = min(max(start, 0), max(total - 1, 0))
+    start, count = view.start, view.count
     shown = view.steps[start:start + count]
     tail = start + count >= total
     steps = "".join(step_row(iid, row.step, row.blob, t0, span, base) for row in shown)
-    events = "".join(event_row(rec) for rec in view.events)
-    records = "".join(record_row(rec) for rec in view.records)
+    events = "".join(event_row(event) for event in view.events)
     actions = (
         f"<section class=actions data-id=\"{esc(iid)}\" data-workflow=\"{esc(st.workflow)}\">"
         "<h2>Actions</h2><p class=muted>need the token printed by <code>memable ui</code></p>"
@@ -302,9 +316,9 @@ def instance_page(view: InstanceView, start: int = 0, count: int = STEP_PAGE) ->
         f"<tbody id=events>{events}</tbody></table>"
         "<h2>Children</h2><table><thead><tr><th>instance</th><th>workflow</th><th>state</th>"
         f"</tr></thead><tbody id=children>{child_rows(view.children)}</tbody></table>"
-        "<h2>Journal records <span class=muted>(latest; live)</span></h2>"
-        "<table><thead><tr><th>seq</th><th>at</th><th>type</th><th>fields</th></tr></thead>"
-        f"<tbody id=records>{records}</tbody></table>"
+        "<h2>Journal records <span class=muted>(appended since the page was shown; "
+        f"live)</span></h2><p><a href=\"{url('/instance/records', id=iid)}\">its latest "
+        f"records</a> <span class=muted>(reads the whole journal)</span></p>{_records_table('')}"
     )
     live = url("/instance/live", id=iid, after=view.next_seq, t0=t0, span=span)
     return layout(iid, body, live=html.unescape(live))
