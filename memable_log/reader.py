@@ -97,12 +97,13 @@ __all__ = [
     "read_journal",
 ]
 
-# Value blob tags, as written by the codec (see docs/format.md).
 VALUE_TAG_MSGPACK: Final = 0x00
+"""A value blob's first byte for a plain msgpack body (docs/format.md, "Values")."""
 VALUE_TAG_ZSTD: Final = 0x01
-# Cap on a decompressed value shown by decode_value: a display helper must not
-# be made to allocate gigabytes by a small, highly compressible blob.
+"""A value blob's first byte for a zstd-compressed msgpack body."""
 DEFAULT_MAX_DECODED: Final = 64 * 1024 * 1024
+"""``decode_value``'s cap on a decompressed value, in bytes: a display helper
+must not be made to allocate gigabytes by a small, highly compressible blob."""
 
 
 class NotAJournal(EngineError):
@@ -731,4 +732,5 @@ def is_segment_file(name: str) -> bool:
     return _segment_file(name)
 
 
-__all__ += ["INSTANCE_STATES", "RECORD_TYPES", "is_segment_file"]
+__all__ += ["DEFAULT_INTERVAL", "DEFAULT_MAX_DECODED", "INSTANCE_STATES", "RECORD_TYPES",
+            "VALUE_TAG_MSGPACK", "VALUE_TAG_ZSTD", "is_segment_file"]
