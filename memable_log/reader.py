@@ -21,6 +21,11 @@ state, each with sequence number 0. The reader yields those first, then the
 plain segments after ``k``; leftovers a compaction has not deleted yet are
 skipped (``skipped``). ``JournalReader.instances()`` replays the journal
 through the engine's own index and returns each instance's status.
+``JournalReader.replay()`` does what the engine's start does: it loads the
+index snapshot (``index.snap``) when the engine would trust it and reads
+only the records after it (else every record), and returns a ``Replay``:
+the index, asked per instance (statuses, steps, and stored values, a large
+one read back at its record's location rather than by a pass).
 
 ``follow_journal(path)`` keeps reading: it yields the records there are,
 then each new one as a writer appends it, across segment roll-over and
