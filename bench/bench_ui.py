@@ -20,9 +20,9 @@ process, so the network is not measured) for:
   index snapshot (and again without it, the whole journal replayed);
 * the first page again, warm: the listing kept until the journal changes;
 * a page deep in the listing (``cursor`` near the end), and a filtered one;
-* the page of the instance with S steps: in the big journal (every
-  record of the journal is read, twice: once for its steps, once for
-  their values), and alone in its own (cold, then again).
+* the page of the instance with S steps (its first 200 steps): in the
+  big journal, from the listing's replay (no record read), and alone in
+  its own (cold: the replay; then again).
 
 Each is timed over a few runs; the median is printed. Targets (issue 16):
 the listing pages without loading every instance into the page, and the

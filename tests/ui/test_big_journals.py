@@ -13,7 +13,7 @@ from memable_log_tools.ui import data
 from memable_log_tools.ui.app import make_app
 from support.ui import HOSTILE, TOKEN
 
-from memable_log import Context, Engine, operations
+from memable_log import Context, Engine, JournalCorrupt, operations
 from memable_log.reader import JournalReader, RecordView, decode_value
 
 STEPS = 25
@@ -123,3 +123,36 @@ async def test_an_instance_page_reads_no_record_once_the_journal_is_replayed(
         assert HOSTILE not in records
         missing = await http.get("/instance/records", params={"id": "nope"})
         assert missing.status_code == 404
+
+
+class StaleOnce(data.Listing):
+    """A listing whose next answer is a replay taken before a compaction: the
+    compaction ran between the replay and the read of a value."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.stale: data.Snapshot | None = super().snapshot()
+        operations.compact(path)  # deletes the segment its large values are in
+
+    def snapshot(self, fresh: bool = True) -> data.Snapshot:
+        stale, self.stale = self.stale, None
+        return stale if stale is not None else super().snapshot(fresh)
+
+
+@pytest.mark.parametrize("page", ["instance", "full value"])
+async def test_a_value_moved_by_a_compaction_since_the_replay_is_read_from_a_new_one(
+    journal: Path, page: str,
+) -> None:
+    big = f"key{HOSTILE}"
+    listing = StaleOnce(journal)
+    stale = listing.stale
+    assert stale is not None
+    with pytest.raises((OSError, JournalCorrupt)):  # the stale replay cannot read it
+        stale.replay.step_values("o-1", [big])
+    if page == "full value":
+        assert data.step_value(listing, "o-1", big) == "x" * 500
+        return
+    view = data.instance_view(listing, "o-1")
+    row = next(r for r in view.steps if r.step.key == big)
+    assert row.blob is not None
+    assert decode_value(row.blob) == "x" * 500

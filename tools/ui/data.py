@@ -286,7 +286,10 @@ def instance_records(path: str, instance_id: str, records: int = 200) -> list[Re
 def step_value(listing: Listing, instance_id: str, key: str) -> Any:
     """The decoded value of one done step, for "full value"; KeyError if it has none."""
     try:
-        blob = listing.snapshot().replay.step_value(instance_id, key)
+        try:
+            blob = listing.snapshot().replay.step_value(instance_id, key)
+        except (OSError, JournalCorrupt):  # compacted since the replay: replayed again
+            blob = listing.snapshot().replay.step_value(instance_id, key)
     except UnknownInstance:
         raise KeyError(key) from None
     if blob is None:
