@@ -360,7 +360,7 @@ def cancel(path: str | os.PathLike[str], instance_id: str) -> Delivery | None:
         entry = _entry(index, instance_id)
         if entry.state not in lc.LIVE:
             return []
-        return cancel_batch(index, instance_id, now_ms)
+        return _cancel_batch(index, instance_id, now_ms)
 
     return _deliver(text, _Action(
         check=lambda index, _: None,
@@ -440,7 +440,7 @@ def forget(path: str | os.PathLike[str], instance_id: str, key_or_prefix: str) -
     return done.how
 
 
-def cancel_batch(index: Index, instance_id: str, now_ms: int) -> list[list[Any]]:
+def _cancel_batch(index: Index, instance_id: str, now_ms: int) -> list[list[Any]]:
     """The records ``engine.cancel`` appends for a live instance: its
     ``cancelled`` and its live descendants', then its parent's
     ``child_ended`` (if it has a parent not told yet)."""

@@ -21,6 +21,11 @@ state, each with sequence number 0. The reader yields those first, then the
 plain segments after ``k``; leftovers a compaction has not deleted yet are
 skipped (``skipped``). ``JournalReader.instances()`` replays the journal
 through the engine's own index and returns each instance's status.
+``JournalReader.replay()`` does what the engine's start does: it loads the
+index snapshot (``index.snap``) when the engine would trust it and reads
+only the records after it (else every record), and returns a ``Replay``:
+the index, asked per instance (statuses, steps, and stored values, a large
+one read back at its record's location rather than by a pass).
 
 ``follow_journal(path)`` keeps reading: it yields the records there are,
 then each new one as a writer appends it, across segment roll-over and
@@ -42,7 +47,7 @@ import functools
 import io
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -59,14 +64,25 @@ from ._core.format import (
     parse_segment_name,
     segment_name,
 )
-from ._core.index import Index, loc_inner, unpack_loc
+from ._core.index import STEP_DONE_AT as _DONE_AT
+from ._core.index import (
+    Index,
+    InstanceEntry,
+    child_id,
+    entry_kind,
+    entry_loc,
+    loc_inner,
+    unpack_loc,
+)
+from ._core.index import unpack_steps as _unpack_steps
+from ._core.lifecycle import COMPLETED as _COMPLETED
 from ._core.lifecycle import STATE_NAMES
 from ._core.records import RecordView, view
 from ._storage.files import FileStorage, Storage
 from ._storage.follower import DEFAULT_INTERVAL as DEFAULT_INTERVAL
 from ._storage.follower import FollowGap as FollowGap
 from ._storage.follower import JournalFollower as JournalFollower
-from ._storage.segments import ScanResult, iter_scan
+from ._storage.segments import Resume, ScanResult, iter_scan, read_record_at
 
 if TYPE_CHECKING:  # the listing's modules load when a listing is asked for
     from datetime import datetime
@@ -78,6 +94,7 @@ __all__ = [
     "JournalFollower",
     "JournalReader",
     "NotAJournal",
+    "Replay",
     "RecordView",
     "TornTail",
     "decode_value",
@@ -85,12 +102,13 @@ __all__ = [
     "read_journal",
 ]
 
-# Value blob tags, as written by the codec (see docs/format.md).
 VALUE_TAG_MSGPACK: Final = 0x00
+"""A value blob's first byte for a plain msgpack body (docs/format.md, "Values")."""
 VALUE_TAG_ZSTD: Final = 0x01
-# Cap on a decompressed value shown by decode_value: a display helper must not
-# be made to allocate gigabytes by a small, highly compressible blob.
+"""A value blob's first byte for a zstd-compressed msgpack body."""
 DEFAULT_MAX_DECODED: Final = 64 * 1024 * 1024
+"""``decode_value``'s cap on a decompressed value, in bytes: a display helper
+must not be made to allocate gigabytes by a small, highly compressible blob."""
 
 
 class NotAJournal(EngineError):
@@ -147,8 +165,10 @@ class JournalReader(Iterator[RecordView]):
     reads any storage, such as the in-memory one tests use.
     """
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, snapshot: bool = True) -> None:
         self._storage = storage
+        self._snapshot = snapshot
+        self._resumed = False
         self._result = ScanResult()
         self._records = iter_scan(storage, self._result)
         self._done = False
@@ -229,8 +249,9 @@ class JournalReader(Iterator[RecordView]):
 
         select({}, state, workflow=workflow, prefix=prefix, since=since, until=until,
                limit=limit, newest_first=newest_first)  # bad filters fail before the read
-        return select(self._replay().instances, state, workflow=workflow, prefix=prefix,
-                      since=since, until=until, limit=limit, newest_first=newest_first)
+        return self._replay(snapshot=False).instances(
+            state, workflow=workflow, prefix=prefix, since=since, until=until, limit=limit,
+            newest_first=newest_first)
 
     def steps(self, instance_id: str) -> list[StepStatus]:
         """Replay the journal as ``instances`` does; the steps of one instance.
@@ -239,17 +260,54 @@ class JournalReader(Iterator[RecordView]):
         Raises ``UnknownInstance`` if the journal has no such instance, and
         what ``instances`` raises.
         """
-        entry = self._replay().instances.get(instance_id)
-        if entry is None:
-            raise UnknownInstance(instance_id)
-        from ._core.status import steps_of
+        return self._replay(snapshot=False).steps(instance_id)
 
-        return steps_of(entry)
+    def replay(self) -> Replay:
+        """Replay the journal into the engine's index, as the engine's start does.
 
-    def _replay(self) -> Index:
+        Starts from the index snapshot (``index.snap``) when the engine
+        would trust it (its checksum, every segment it covers unchanged,
+        the same format version and inline limit) and reads only the
+        records after it; otherwise, or if those records turn out damaged,
+        reads the whole journal (``resumed`` says which). Call it on a fresh
+        reader, instead of iterating; afterwards ``done``, ``torn`` and the
+        other attributes describe the journal (``records`` counts the
+        records the snapshot covered too; ``compacted`` only those read).
+
+        ``instances()`` and ``steps()`` read every record instead (so that
+        the counters describe every record of the journal).
+
+        Raises what ``instances`` raises.
+        """
+        return self._replay(snapshot=self._snapshot)
+
+    def _replay(self, *, snapshot: bool) -> Replay:
         if self._started:
-            raise RuntimeError("instances() reads the journal from the start: use a fresh reader")
+            raise RuntimeError("replay() reads the journal from the start: use a fresh reader")
+        from ._storage.snapshot import load as load_snapshot
+
         index = Index()
+        resume = load_snapshot(self._storage, index) if snapshot else None
+        if resume is not None:
+            self._restart(resume, index)
+            try:
+                return self._apply_all(index)
+            except JournalCorrupt:  # as the engine's start: the full scan decides
+                index = Index()
+            self._restart(None, index)
+        return self._apply_all(index)
+
+    def _restart(self, resume: Resume | None, index: Index) -> None:
+        """Read from ``resume`` (None: the start) into ``index``."""
+        self._result = ScanResult()
+        self._records = iter_scan(self._storage, self._result, resume=resume)
+        self._failed = self._done = False
+        self._resumed = resume is not None
+        self._count = index.records
+        self._compacted = 0
+        self._created = set(index.instances)
+
+    def _apply_all(self, index: Index) -> Replay:
         while True:
             try:
                 rec, loc = self._next_raw()
@@ -259,7 +317,7 @@ class JournalReader(Iterator[RecordView]):
                 index.apply(rec, loc)
             except r.RecordError as exc:
                 raise self._corrupt(loc, str(exc)) from None
-        return index
+        return Replay(self._storage, index, self._result, resumed=self._resumed)
 
     @property
     def location(self) -> str:
@@ -330,6 +388,128 @@ class JournalReader(Iterator[RecordView]):
     def compacted(self) -> int:
         """How many of the records read so far came from a compacted segment."""
         return self._compacted
+
+
+class Replay:
+    """The journal as the engine's index holds it: ``JournalReader.replay()``.
+
+    What ``engine.status``, ``engine.instances`` and ``engine.steps`` would
+    say for the journal as it was read, and each instance's stored values
+    (inputs, results, step values, events) as blobs for ``decode_value``.
+    Small values are kept in the index; a large one is read back from its
+    record's location in the journal (one read, not a pass over the
+    journal), so a value read after a compaction deleted its file raises
+    ``OSError`` or ``JournalCorrupt``: replay again then. Every method
+    raises ``UnknownInstance`` for an id the journal does not hold.
+
+    ``next_seq`` is the sequence number of the next record (follow from
+    there); ``resumed`` says whether the read started from the index
+    snapshot.
+    """
+
+    def __init__(self, storage: Storage, index: Index, result: ScanResult, *,
+                 resumed: bool) -> None:
+        self._storage = storage
+        self._index = index
+        self.next_seq: int = result.next_seq
+        self.resumed: bool = resumed
+        self._salts = {seg.name or segment_name(seg.number): seg.header.salt
+                       for seg in result.segments}
+
+    def __len__(self) -> int:
+        return len(self._index.instances)
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self._index.instances
+
+    def instances(
+        self,
+        state: str | None = None,
+        *,
+        workflow: str | None = None,
+        prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[InstanceStatus]:
+        """As ``JournalReader.instances`` (the same filters), without reading again."""
+        from ._core.listing import select
+
+        return select(self._index.instances, state, workflow=workflow, prefix=prefix,
+                      since=since, until=until, limit=limit, newest_first=newest_first)
+
+    def ids(self) -> list[str]:
+        """Every instance's id, in order of creation (the order of ``instances()``)."""
+        return list(self._index.instances)
+
+    def children(self, instance_id: str) -> list[str]:
+        """The ids of the children the instance started (``ctx.child``), in order."""
+        return [child_id(instance_id, key) for key in self._entry(instance_id).child_keys()]
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        """What ``engine.status(instance_id)`` would say."""
+        from ._core.status import status_of
+
+        return status_of(instance_id, self._entry(instance_id))
+
+    def steps(self, instance_id: str) -> list[StepStatus]:
+        """What ``engine.steps(instance_id)`` would say."""
+        from ._core.status import steps_of
+
+        return steps_of(self._entry(instance_id))
+
+    def step_value(self, instance_id: str, key: str) -> bytes | None:
+        """The stored value of a done step (a blob); None if ``key`` is not a done step."""
+        return self.step_values(instance_id, [key]).get(key)
+
+    def step_values(self, instance_id: str, keys: Iterable[str]) -> dict[str, bytes]:
+        """The stored values (blobs) of those of ``keys`` that are done steps."""
+        table = self._entry(instance_id).table
+        steps = table if isinstance(table, dict) else _unpack_steps(table, intern=False)
+        found = {}
+        for key in keys:
+            entry = steps.get(key)
+            if isinstance(entry, bytes):
+                found[key] = entry
+            elif entry is not None and entry_kind(entry) == _DONE_AT:
+                found[key] = self._blob(entry_loc(entry), r.STEP_DONE_VALUE)
+        return found
+
+    def input(self, instance_id: str) -> bytes:
+        """The instance's input (a blob)."""
+        entry = self._entry(instance_id)
+        return self._blob(entry.input, r.CREATED_INPUT)
+
+    def result(self, instance_id: str) -> bytes | None:
+        """The result of a completed instance (a blob); None for any other state."""
+        entry = self._entry(instance_id)
+        if entry.state != _COMPLETED or entry.outcome is None:
+            return None
+        return self._blob(entry.outcome, r.COMPLETED_RESULT)
+
+    def events(self, instance_id: str) -> list[tuple[str, int, bytes]]:
+        """Its event stream (``ctx.publish``): (key, ts_ms, value blob), in order."""
+        return [(key, ts, self._blob(value, r.PUBLISHED_VALUE))
+                for key, ts, value in self._entry(instance_id).events or ()]
+
+    def _entry(self, instance_id: str) -> InstanceEntry:
+        entry = self._index.instances.get(instance_id)
+        if entry is None:
+            raise UnknownInstance(instance_id)
+        return entry
+
+    def _blob(self, where: bytes | int, field: int) -> bytes:
+        """An inline blob, or the value in field ``field`` of the record at ``where``."""
+        if isinstance(where, bytes):
+            return where
+        loc = where
+        value = read_record_at(self._storage, self._salts, loc)[field]
+        if type(value) is not bytes:
+            segment, offset = unpack_loc(loc)
+            raise JournalCorrupt(f"{self._storage.location}/{segment_name(segment)}", offset,
+                                 "the record there holds no value")
+        return value
 
 
 def read_journal(path: str | os.PathLike[str]) -> JournalReader:
@@ -557,4 +737,5 @@ def is_segment_file(name: str) -> bool:
     return _segment_file(name)
 
 
-__all__ += ["INSTANCE_STATES", "RECORD_TYPES", "is_segment_file"]
+__all__ += ["DEFAULT_INTERVAL", "DEFAULT_MAX_DECODED", "INSTANCE_STATES", "RECORD_TYPES",
+            "VALUE_TAG_MSGPACK", "VALUE_TAG_ZSTD", "is_segment_file"]

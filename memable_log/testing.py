@@ -74,7 +74,9 @@ __all__ = [
     "CRASH_TEST_INSTANCE",
     "DEFAULT_START",
     "CrashTestFailure",
+    "Configure",
     "CrashTestReport",
+    "Workflow",
     "crash_test",
     "crash_test_sync",
     "memory_engine",
@@ -83,7 +85,9 @@ __all__ = [
 ]
 
 Workflow = Callable[[Context], Awaitable[Any]]
+"""A workflow function: ``async def wf(ctx: Context) -> ...``."""
 Configure = Callable[[EngineBuilder], EngineBuilder]
+"""A builder's settings, as ``memory_engine`` and ``crash_test`` take them (``configure=``)."""
 
 DEFAULT_START = 1_700_000_000.0
 """Where test clocks start: 2023-11-14T22:13:20Z, in epoch seconds."""
@@ -227,7 +231,7 @@ class CrashTestReport:
     interrupted: tuple[str, ...]
 
 
-Outcome = tuple[Any, ...]  # ("completed", value) | ("failed", type, message) | ("cancelled",)
+_Outcome = tuple[Any, ...]  # ("completed", value) | ("failed", type, message) | ("cancelled",)
 
 
 class _Lab:
@@ -274,7 +278,7 @@ class _Lab:
 
     async def drive(
         self, storage: MemoryStorage, clock: ManualClock, calls: Counter[str], point: str
-    ) -> Outcome | None:
+    ) -> _Outcome | None:
         """Run the instance to its end; None if the storage lost power first."""
         for _ in range(self.max_lifetimes):
             engine = self.engine(storage, clock, calls)
@@ -437,7 +441,7 @@ def crash_test_sync(
 
 @dataclass
 class _Reference:
-    outcome: Outcome
+    outcome: _Outcome
     keys: list[str]  # step outcome keys, in journal order
     calls: Counter[str]
     fsyncs: int
@@ -528,7 +532,7 @@ def _check_run(
     lab: _Lab,
     ref: _Reference,
     point: str,
-    outcome: Outcome,
+    outcome: _Outcome,
     records: list[RecordView],
     calls: Counter[str],
     started: set[str],
@@ -606,7 +610,7 @@ def _name(rec: RecordView) -> str:
     return f"{rec.type} {key!r}" if key is not None else rec.type
 
 
-def _show(outcome: Outcome) -> str:
+def _show(outcome: _Outcome) -> str:
     if outcome[0] == "completed":
         return f"returned {outcome[1]!r}"
     if outcome[0] == "failed":
@@ -625,7 +629,7 @@ def _step_keys(records: list[RecordView]) -> list[str]:
     ]
 
 
-async def _outcome(engine: Engine, instance_id: str) -> Outcome:
+async def _outcome(engine: Engine, instance_id: str) -> _Outcome:
     status = engine.status(instance_id)
     if status.state == "completed":
         return ("completed", await engine.wait(instance_id))

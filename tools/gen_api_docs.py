@@ -58,7 +58,7 @@ NOTES = {
     "memable_log.testing": "Import it explicitly: `from memable_log import testing`.",
 }
 # Classes users get from the library rather than construct: no __init__ shown.
-NOT_CONSTRUCTED = frozenset({"Context", "Engine", "Step"})
+NOT_CONSTRUCTED = frozenset({"Context", "Engine", "Replay", "Step"})
 WIDTH = 88  # longer signatures get one parameter per line
 Signature = tuple[list[str], str]  # parameters as source spells them, " -> ret" or ""
 _SECTION = re.compile(r"^(Args|Arguments|Returns|Raises|Yields|Attributes):\s*$")
@@ -103,14 +103,32 @@ def _render_name(module: ModuleType, name: str) -> str:
     qualified = f"{module.__name__}.{name}"
     if inspect.isclass(obj):
         return _render_class(qualified, obj)
-    if callable(obj):
+    alias = _is_alias(obj)
+    if callable(obj) and not alias:
         return "\n".join([
             f"### {qualified}\n",
             f"```python\n{_def_line(name, obj)}\n```\n",
             _render_doc(inspect.getdoc(obj)),
         ])
     doc = _constant_doc(module, name)
-    return "\n".join([f"### {qualified}\n", f"```python\n{name} = {obj!r}\n```\n", doc])
+    value = _assigned(module, name) if alias else repr(obj)
+    return "\n".join([f"### {qualified}\n", f"```python\n{name} = {value}\n```\n", doc])
+
+
+def _is_alias(obj: Any) -> bool:
+    """A type alias (``Workflow = Callable[...]``): shown as its source, not called."""
+    return not inspect.isclass(obj) and type(obj).__module__ in (
+        "typing", "types", "collections.abc", "_collections_abc")
+
+
+def _assigned(module: ModuleType, name: str) -> str:
+    """The source of the value assigned to ``name`` in the module."""
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return ast.unparse(node.value)
+    raise LookupError(f"{module.__name__}.{name}: no assignment found")
 
 
 def _render_class(qualified: str, cls: type) -> str:

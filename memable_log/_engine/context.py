@@ -23,7 +23,7 @@ import builtins
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
@@ -325,15 +325,33 @@ class Context:
         assert children is not None
         return await children.start(self.instance_id, key, workflow, input)
 
-    async def wait_child(self, key: str) -> Any:
+    @overload
+    async def wait_child(self, key: str, *, type: None = None) -> Any: ...
+    @overload
+    async def wait_child(self, key: str, *, type: builtins.type[T]) -> T: ...
+    @overload
+    async def wait_child(self, key: str, *, type: object) -> Any: ...
+    async def wait_child(self, key: str, *, type: object = None) -> Any:
         """The result of the child started under ``key``, once it has finished.
 
-        Raises the child's WorkflowFailed or WorkflowCancelled (their
+        With ``type``, the result is decoded into it (docs/values.md) and,
+        for mypy, has that type: TypeMismatch, naming the key, if it does
+        not fit. Raises the child's WorkflowFailed or WorkflowCancelled (their
         ``instance_id`` is the child's). Waits as ``suspend`` does: this
         branch blocks, and once every branch waits the instance is parked
         and leaves memory, to run again when the child ends. The outcome is
         memoised under ``key``: a re-run returns (or raises) it at once.
         """
+        value = await self._wait_child(key)
+        if type is None:
+            return value
+        try:
+            return typed.decode_as(type, value)
+        except Mismatch as exc:
+            raise TypeMismatch(f"child {key!r} of instance {self.instance_id!r}",
+                               typed.name_of(type), str(exc)) from None
+
+    async def _wait_child(self, key: str) -> Any:
         if type(key) is not str or not key:
             check_key(key)
         waited = self._waited
@@ -361,7 +379,10 @@ class Context:
         """
         plan = None if builtins.type(workflow) is str else return_plan(workflow)
         await self.start_child(key, workflow, input)
-        value = await self.wait_child(key)
+        return self._child_value(plan, key, await self._wait_child(key))
+
+    def _child_value(self, plan: typed.Plan | None, key: str, value: Any) -> Any:
+        """A child's result decoded by its workflow function's plan (None: as it is)."""
         if plan is None:
             return value
         try:
@@ -370,8 +391,17 @@ class Context:
             raise TypeMismatch(f"child {key!r} of instance {self.instance_id!r}", plan.name,
                                str(exc)) from None
 
+    @overload
     async def fan_out(
-        self, key: str, workflow: Any, inputs: Any, *, concurrency: int | None = None
+        self, key: str, workflow: Callable[[Context], Awaitable[T]], inputs: Iterable[Any], *,
+        concurrency: int | None = None,
+    ) -> list[T]: ...
+    @overload
+    async def fan_out(
+        self, key: str, workflow: str, inputs: Iterable[Any], *, concurrency: int | None = None
+    ) -> list[Any]: ...
+    async def fan_out(
+        self, key: str, workflow: Any, inputs: Iterable[Any], *, concurrency: int | None = None
     ) -> list[Any]:
         """Run one child of ``workflow`` per input; their results, in input order.
 
@@ -379,6 +409,9 @@ class Context:
         are live at once (all, if None), after a restart too. If children
         failed or were cancelled, raises the first one's WorkflowFailed (or
         WorkflowCancelled) in input order, once every child has finished.
+        Given the workflow's function, each result is decoded into its
+        return annotation, as ``child`` does (TypeMismatch names the child's
+        key).
         """
         self._claim(key)
         items = list(inputs)
@@ -390,9 +423,11 @@ class Context:
         children = self._host.children
         assert children is not None
         children.workflow_name(workflow)  # an unregistered workflow fails before any child
-        return await _children.fan_out(
-            self.start_child, self.wait_child, key, workflow, items, concurrency
+        plan = None if builtins.type(workflow) is str else return_plan(workflow)
+        results = await _children.fan_out(
+            self.start_child, self._wait_child, key, workflow, items, concurrency
         )
+        return [self._child_value(plan, f"{key}:{i}", v) for i, v in enumerate(results)]
 
 
 def memoised(ctx: Context) -> int:

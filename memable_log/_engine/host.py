@@ -26,6 +26,7 @@ import trio
 
 from .._core import index as ix
 from .._core import records as r
+from .._core import typed
 from .._core.codec import Codec, EncodeError
 from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
 from .._core.index import Index
@@ -178,11 +179,18 @@ class Host:
     # -- values ---------------------------------------------------------------
 
     def encode(self, value: Any, what: str) -> bytes:
-        """``value`` as a blob; NotSerializable (naming ``what``) if it cannot be."""
+        """``value`` as a blob; NotSerializable (naming ``what``) if it cannot be.
+
+        A payload sent with no declared type (an input, a signal's) that the
+        codec (and its hooks) cannot take is stored as typed values are:
+        its dataclasses, datetimes, ... made plain (``typed.loose``)."""
         try:
             return self.codec.encode(value)
         except EncodeError as exc:
-            raise NotSerializable(what, exc.type_name, exc.reason) from None
+            try:
+                return self.codec.encode(typed.loose(value))
+            except EncodeError:
+                raise NotSerializable(what, exc.type_name, exc.reason) from None
 
     async def value(self, where: ix.Entry, field: int) -> Any:
         """Decode a value kept inline (a blob) or at a location (``field`` of its record)."""

@@ -59,6 +59,18 @@ REVEALS = {
     "child": ("async def wf(ctx: Context) -> None:\n"
               "    reveal_type(await ctx.child('k', child_wf))",
               'Revealed type is "snip_child.Point"'),
+    "fan_out": ("async def wf(ctx: Context) -> None:\n"
+                "    reveal_type(await ctx.fan_out('k', child_wf, [1, 2], concurrency=1))",
+                'Revealed type is "list[snip_fan_out.Point]"'),
+    "fan_out_by_name": ("async def wf(ctx: Context) -> None:\n"
+                        "    reveal_type(await ctx.fan_out('k', 'child', [1]))",
+                        'Revealed type is "list[Any]"'),
+    "wait_child_typed": ("async def wf(ctx: Context) -> None:\n"
+                         "    reveal_type(await ctx.wait_child('k', type=Point))",
+                         'Revealed type is "snip_wait_child_typed.Point"'),
+    "wait_child_untyped": ("async def wf(ctx: Context) -> None:\n"
+                           "    reveal_type(await ctx.wait_child('k'))",
+                           'Revealed type is "Any"'),
     "result": ("async def main(engine: Engine) -> None:\n"
                "    reveal_type(await engine.result('id', Point))",
                'Revealed type is "snip_result.Point"'),
@@ -82,6 +94,13 @@ ERRORS = {
                   "    p = await ctx.step('k').run(sync_fn, 1)\n"
                   "    p.y",
                   '"Point" has no attribute "y"'),
+    "fan_out_use": ("async def wf(ctx: Context) -> None:\n"
+                    "    ps = await ctx.fan_out('k', child_wf, [1])\n"
+                    "    ps[0].y",
+                    '"Point" has no attribute "y"'),
+    "fan_out_not_a_workflow": ("async def wf(ctx: Context) -> None:\n"
+                               "    await ctx.fan_out('k', sync_fn, [1])",
+                               'Argument 2 to "fan_out" of "Context" has incompatible type'),
     "suspend_use": ("async def wf(ctx: Context) -> None:\n"
                     "    p = await ctx.suspend('k', type=Point)\n"
                     "    len(p)",

@@ -83,18 +83,32 @@ def make_app(path: str, token: str, *, interval: float = live.INTERVAL) -> Starl
         return page(render.instances_page(path, got, filters, limit, newest))
 
     async def instance(request: Request) -> Response:
-        iid = request.query_params.get("id", "")
+        q = request.query_params
+        iid = q.get("id", "")
         try:
-            view = await in_thread(lambda: data.instance_view(listing, iid))
+            start = _int(q.get("from"), 0, "from", 0)
+            count = min(_int(q.get("steps"), data.STEP_PAGE, "steps", 1), MAX_PAGE)
+        except BadRequest as exc:
+            return problem(400, str(exc))
+        try:
+            view = await in_thread(lambda: data.instance_view(listing, iid, start, count))
         except UnknownInstance:
             return problem(404, f"no instance {iid!r} in {path}")
         return page(render.instance_page(view))
+
+    async def records(request: Request) -> Response:
+        iid = request.query_params.get("id", "")
+        try:
+            found = await in_thread(lambda: data.instance_records(path, iid))
+        except UnknownInstance:
+            return problem(404, f"no instance {iid!r} in {path}")
+        return page(render.records_page(iid, found))
 
     async def value(request: Request) -> Response:
         iid = request.query_params.get("id", "")
         key = request.query_params.get("key", "")
         try:
-            found = await in_thread(lambda: data.step_value(path, iid, key))
+            found = await in_thread(lambda: data.step_value(listing, iid, key))
         except KeyError:
             return problem(404, f"no value for step {key!r} of instance {iid!r}")
         return Response(json.dumps(found, ensure_ascii=False, indent=2),
@@ -145,6 +159,7 @@ def make_app(path: str, token: str, *, interval: float = live.INTERVAL) -> Starl
         Route("/", instances),
         Route("/instance", instance),
         Route("/instance/value", value),
+        Route("/instance/records", records),
         Route("/instance/live", stream),
         Route("/action/{name}", action, methods=["POST"]),
         Route("/static/ui.css", css),
@@ -185,7 +200,8 @@ async def _chunks(listing: data.Listing, iid: str, batch: list[RecordView], t0: 
     rows = "".join(render.step_row(iid, s, b, t0, span) for s, b in steps if s is not None)
     if rows:
         out.append(_sse("step", rows))
-    events = "".join(render.event_row(rec) for rec in batch if rec.type == "published")
+    events = "".join(render.event_row((rec.fields["key"], rec.ts_ms, rec.fields["value"]))
+                     for rec in batch if rec.type == "published")
     if events:
         out.append(_sse("events", events))
     out.append(_sse("records", "".join(render.record_row(rec) for rec in batch)))

@@ -25,6 +25,7 @@ td.timeline{width:30%;min-width:10em}
 td.err{color:#b00020}
 .actions{border:1px solid #ddd;padding:.5em 1em;margin:1em 0}
 tr.new{background:#fff7d6}
+.pager a{margin-left:.5em}
 """
 
 JS = """
@@ -42,11 +43,19 @@ function rows(html) {
 const live = document.body.dataset.live;
 if (live) {
   const source = new EventSource(live);
+  const steps = document.getElementById('steps');
+  let more = 0;
   source.addEventListener('step', (e) => {
     for (const row of rows(e.data)) {
       row.classList.add('new');
       const old = document.getElementById(row.id);
-      if (old) old.replaceWith(row); else document.getElementById('steps').append(row);
+      if (old) old.replaceWith(row);
+      else if (steps.dataset.tail === '1') steps.append(row);
+      else {  // a new step, on a later page than this one
+        const note = document.getElementById('steps-more');
+        note.textContent = (++more) + ' new steps since, on the last page';
+        note.hidden = false;
+      }
     }
   });
   for (const name of ['records', 'events']) {

@@ -2,17 +2,19 @@
 
 ``Listing`` holds the instance listing of the journal as of its last
 change: a change is seen as a different set of segment files or sizes, and
-only then is the journal replayed again (``operations.instances``), once for
-every request that comes meanwhile. Pages are slices of it, by position in
+only then is the journal replayed again (``replay``: from the engine's index
+snapshot, when it can be trusted, and what follows it), once for every
+request that comes meanwhile. Pages are slices of it, by position in
 creation order (the cursor), so a page costs no more for 100,000 instances
 than for ten; the listing pages use the last replay while the next one
-runs in the background. ``instance_view`` gathers one instance in one pass over the journal:
-its steps as their records tell them (``step_of``: the state, times,
-attempts and error of each key's latest record, which is what
-``engine.steps`` reports for a journal the engine wrote; this spares a
-second pass, a replay, for an instance of 10,000 steps), with their
-values, its events, children (from the listing) and the sequence number
-to follow from. The live view builds its step rows with ``step_of`` too.
+runs in the background. ``instance_view`` takes one instance from that
+replay, as the engine's index holds it (no pass over the journal): its
+status, steps (what ``engine.steps`` says), the values of the steps on the
+page (read at their records' locations when too large for the index), its
+input, result, events, children and the sequence number to follow from.
+``instance_records`` is the one read that passes over the journal: an
+instance's latest records, on a page of their own. The live view builds
+its step rows from each new record (``step_of``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from memable_log import ErrorInfo, InstanceStatus, StepStatus, UnknownInstance, operations
-from memable_log.reader import RecordView, decode_value, read_journal
+from memable_log import ErrorInfo, InstanceStatus, JournalCorrupt, StepStatus, UnknownInstance
+from memable_log.reader import RecordView, Replay, decode_value, read_journal
+
+STEP_PAGE = 200  # steps of an instance shown on its page, unless ?steps= says otherwise
+STEPS_KEPT = 8  # instances whose steps a listing keeps, for their next page
+READ_ATTEMPTS = 10  # a compaction deletes files a read has listed: read again, as operations does
 
 STATES = ("running", "queued", "suspended", "sleeping", "waiting", "completed", "failed",
           "cancelled")
@@ -79,14 +85,45 @@ def signature(path: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(found))
 
 
-@dataclass(frozen=True, slots=True)
+def replay(path: str) -> Replay:
+    """The journal read as the engine's start reads it: from its index
+    snapshot when that can be trusted, then what follows (blocking)."""
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return read_journal(path).replay()
+        except FileNotFoundError:
+            continue
+    return read_journal(path).replay()
+
+
+@dataclass(slots=True)
 class Snapshot:
-    """The instances as of one replay: in creation order, and by id."""
+    """The instances as of one replay: their ids in creation order, and the
+    replay itself (statuses, steps and values). A status is built when a
+    page first shows it (``status_at``), not for every instance at once:
+    the first page of 100,000 instances costs the replay and 50 statuses."""
 
     sig: tuple[tuple[str, int, int], ...]
-    instances: list[InstanceStatus]
-    by_id: dict[str, int]
+    ids: list[str]
     taken_at: datetime
+    replay: Replay
+    built: dict[int, InstanceStatus] = field(default_factory=dict)
+    steps: dict[str, list[StepStatus]] = field(default_factory=dict)  # the last few asked
+
+    def steps_of(self, instance_id: str) -> list[StepStatus]:
+        """An instance's steps (kept for the next page of the same instance)."""
+        found = self.steps.get(instance_id)
+        if found is None:
+            if len(self.steps) >= STEPS_KEPT:
+                self.steps.clear()
+            found = self.steps[instance_id] = self.replay.steps(instance_id)
+        return found
+
+    def status_at(self, pos: int) -> InstanceStatus:
+        found = self.built.get(pos)
+        if found is None:
+            found = self.built[pos] = self.replay.status(self.ids[pos])
+        return found
 
 
 class Listing:
@@ -117,9 +154,8 @@ class Listing:
             snap = self._snap
             if snap is None or snap.sig != sig:
                 taken = datetime.now(UTC)
-                found = operations.instances(self.path)
-                snap = Snapshot(sig, found, {st.instance_id: i for i, st in enumerate(found)},
-                                taken)
+                replayed = replay(self.path)
+                snap = Snapshot(sig, replayed.ids(), taken, replayed)
                 self._snap = snap
             return snap
 
@@ -138,33 +174,30 @@ class Listing:
         threading.Thread(target=run, name="memable-ui listing", daemon=True).start()
 
     def status(self, instance_id: str) -> InstanceStatus:
-        snap = self.snapshot()
-        pos = snap.by_id.get(instance_id)
-        if pos is None:
-            raise UnknownInstance(instance_id)
-        return snap.instances[pos]
+        return self.snapshot().replay.status(instance_id)  # UnknownInstance if not there
 
     def children(self, instance_id: str) -> list[InstanceStatus]:
-        snap = self.snapshot()
-        pos = snap.by_id.get(instance_id, 0)
-        return [st for st in snap.instances[pos:] if st.parent == instance_id]
+        replayed = self.snapshot().replay
+        return [replayed.status(c) for c in replayed.children(instance_id) if c in replayed]
 
     def page(self, filters: Filters, cursor: int | None, limit: int,
              newest_first: bool = False) -> Page:
         """Up to ``limit`` instances that match, from position ``cursor`` on
         (backwards when ``newest_first``)."""
         snap = self.snapshot(fresh=False)
-        found = snap.instances
-        order = _positions(len(found), cursor, newest_first)
+        ids = snap.ids
+        prefix = filters.prefix
         rows: list[tuple[int, InstanceStatus]] = []
-        for pos in order:
-            st = found[pos]
+        for pos in _positions(len(ids), cursor, newest_first):
+            if prefix is not None and not ids[pos].startswith(prefix):
+                continue  # told without building its status
+            st = snap.status_at(pos)
             if not filters.match(st):
                 continue
             if len(rows) == limit:
-                return Page(rows, pos, len(found), snap.taken_at)
+                return Page(rows, pos, len(ids), snap.taken_at)
             rows.append((pos, st))
-        return Page(rows, None, len(found), snap.taken_at)
+        return Page(rows, None, len(ids), snap.taken_at)
 
 
 def _positions(n: int, cursor: int | None, newest_first: bool) -> Iterator[int]:
@@ -179,82 +212,89 @@ class StepRow:
     """A step as the timeline shows it: its status, and its value if it has one."""
 
     step: StepStatus
-    blob: bytes | None = None  # its stored value, undecoded
+    blob: bytes | None = None  # its stored value, undecoded (only for the rows shown)
+
+
+Event = tuple[str, int, bytes]  # key, ts_ms, value blob
 
 
 @dataclass(slots=True)
 class InstanceView:
     status: InstanceStatus
     steps: list[StepRow]
-    events: list[RecordView]
-    records: list[RecordView]
+    events: list[Event]
     children: list[InstanceStatus]
     next_seq: int
+    start: int = 0  # the position of the first step shown
+    count: int = STEP_PAGE  # how many steps are shown
     input: bytes | None = None
     result: bytes | None = None
 
 
-def instance_view(listing: Listing, instance_id: str, records: int = 200) -> InstanceView:
-    """Everything the instance page shows (blocking: call it in a thread).
+def instance_view(listing: Listing, instance_id: str, start: int = 0,
+                  count: int = STEP_PAGE) -> InstanceView:
+    """Everything the instance page shows, steps ``start`` to ``start + count``
+    with their values (blocking: call it in a thread).
 
-    ``records``: how many of its latest journal records to keep for the page.
+    From the listing's replay (the engine's index: no pass over the
+    journal); a value too large for the index is read at its record's
+    location. A compaction may delete that file meanwhile: then the
+    journal is replayed again (it changed) and the view built again.
     """
-    status = listing.status(instance_id)
-    steps: dict[str, tuple[StepStatus, bytes | None]] = {}
-    events: list[RecordView] = []
-    mine: list[RecordView] = []
-    inp: bytes | None = None
-    result: bytes | None = None
-    reader = read_journal(listing.path)
-    for rec in reader:
-        if rec.instance != instance_id:
-            continue
-        mine.append(rec)
-        if len(mine) > 2 * records:
-            del mine[:-records]
-        kind = rec.type
-        if kind in STEP_RECORDS:
-            if kind == "forgot":
-                _forget(steps, rec.fields["key"])
-            else:
-                step, blob = step_of(rec)
-                assert step is not None
-                steps.pop(step.key, None)  # a key written again moves to the end
-                steps[step.key] = (step, blob)
-        elif kind == "published":
-            events.append(rec)
-        elif kind in ("created", "child_created"):
-            inp = rec.fields.get("input")
-        elif kind == "completed":
-            result = rec.fields.get("result")
+    try:
+        return _view(listing, instance_id, start, count)
+    except (OSError, JournalCorrupt):
+        return _view(listing, instance_id, start, count)
+
+
+def _view(listing: Listing, instance_id: str, start: int, count: int) -> InstanceView:
+    snap = listing.snapshot()
+    replayed = snap.replay
+    status = replayed.status(instance_id)
+    steps = [StepRow(step) for step in snap.steps_of(instance_id)]
+    start = min(max(start, 0), max(len(steps) - 1, 0))
+    shown = steps[start:start + count]
+    values = replayed.step_values(
+        instance_id, [row.step.key for row in shown if row.step.state == "done"])
+    for row in shown:
+        row.blob = values.get(row.step.key)
     return InstanceView(
-        status=status, steps=[StepRow(step, blob) for step, blob in steps.values()],
-        events=events, records=mine[-records:], children=listing.children(instance_id),
-        next_seq=reader.next_seq, input=inp, result=result,
+        status=status, steps=steps, events=replayed.events(instance_id),
+        children=listing.children(instance_id), next_seq=replayed.next_seq,
+        start=start, count=count, input=replayed.input(instance_id),
+        result=replayed.result(instance_id),
     )
 
 
-def _forget(values: dict[str, Any], key: str) -> None:
-    """Drop ``key``, or every key under ``prefix*``, as ``forget`` does."""
-    if key.endswith("*"):
-        for k in [k for k in values if k.startswith(key[:-1])]:
-            del values[k]
-    else:
-        values.pop(key, None)
-
-
-def step_value(path: str, instance_id: str, key: str) -> Any:
-    """The decoded value of one step (the latest written), for "full value"."""
-    found: Any = None
-    seen = False
+def instance_records(path: str, instance_id: str, records: int = 200) -> list[RecordView]:
+    """The latest ``records`` journal records of one instance: a pass over
+    the whole journal (its own page, not the instance page)."""
+    mine: list[RecordView] = []
+    found = False
     for rec in read_journal(path):
-        if rec.instance == instance_id and rec.type in ("step_done", "step_done_v2") and (
-            rec.fields["key"] == key
-        ):
-            found, seen = rec.fields["value"], True
-    if not seen:
+        if rec.instance != instance_id:
+            continue
+        found = True
+        mine.append(rec)
+        if len(mine) > 2 * records:
+            del mine[:-records]
+    if not found:
+        raise UnknownInstance(instance_id)
+    return mine[-records:]
+
+
+def step_value(listing: Listing, instance_id: str, key: str) -> Any:
+    """The decoded value of one done step, for "full value"; KeyError if it has none."""
+    try:
+        try:
+            blob = listing.snapshot().replay.step_value(instance_id, key)
+        except (OSError, JournalCorrupt):  # compacted since the replay: replayed again
+            blob = listing.snapshot().replay.step_value(instance_id, key)
+    except UnknownInstance:
+        raise KeyError(key) from None
+    if blob is None:
         raise KeyError(key)
-    return decode_value(found)
+    return decode_value(blob)
 
 
 def step_of(rec: RecordView) -> tuple[StepStatus | None, bytes | None]:

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 from memable_log import InstanceStatus, StepStatus
 from memable_log.reader import RecordView, decode_value
 
-from .data import STATES, Filters, InstanceView, Page
+from .data import STATES, STEP_PAGE, Event, Filters, InstanceView, Page
 
 SHORT = 120  # characters of a value shown inline
 
@@ -197,6 +197,24 @@ def step_row(instance_id: str, step: StepStatus, blob: bytes | None, t0_ms: int,
     )
 
 
+def step_pager(instance_id: str, start: int, count: int, total: int) -> str:
+    """Which steps the page shows, and links to the first, previous, next and last pages."""
+    if total <= count and start == 0:
+        return f"<p class=muted>{total} steps</p>"
+    last = (total - 1) // count * count
+    links = []
+    for label, at, on in [("first", 0, start > 0), ("previous", max(start - count, 0), start > 0),
+                          ("next", start + count, start + count < total),
+                          ("last", last, start + count < total)]:
+        if on:
+            link = url("/instance", id=instance_id, steps=count if count != STEP_PAGE else None,
+                       **{"from": at})
+            links.append(f"<a class=\"page {label}\" href=\"{link}\">{label}</a>")
+    end = min(start + count, total)
+    return (f"<p class=pager>steps {start + 1 if total else 0}\u2013{end} of {total} "
+            + " ".join(links) + "</p>")
+
+
 def value_base(instance_id: str) -> str:
     """The link to a step's full value, but for the quoted key at its end."""
     return f"/instance/value?id={quote(instance_id, safe='')}&key="
@@ -217,9 +235,25 @@ def record_row(rec: RecordView) -> str:
             "</td></tr>")
 
 
-def event_row(rec: RecordView) -> str:
-    return (f"<tr><td>{esc(when_ms(rec.ts_ms))}</td><td><code>{esc(rec.fields['key'])}</code>"
-            f"</td><td><code>{esc(blob_text(rec.fields['value']))}</code></td></tr>")
+def event_row(event: Event) -> str:
+    key, ts_ms, blob = event
+    return (f"<tr><td>{esc(when_ms(ts_ms))}</td><td><code>{esc(key)}</code>"
+            f"</td><td><code>{esc(blob_text(blob))}</code></td></tr>")
+
+
+def records_page(instance_id: str, records: list[RecordView]) -> str:
+    """An instance's latest journal records (``/instance/records``)."""
+    rows = "".join(record_row(rec) for rec in records)
+    back = url("/instance", id=instance_id)
+    body = (f"<h1>{esc(instance_id)} <span class=muted>journal records</span></h1>"
+            f"<p><a href=\"{back}\">\u2190 the instance</a> &middot; its latest "
+            f"{len(records)} records</p>{_records_table(rows)}")
+    return layout(instance_id, body)
+
+
+def _records_table(rows: str) -> str:
+    return ("<table><thead><tr><th>seq</th><th>at</th><th>type</th><th>fields</th></tr>"
+            f"</thead><tbody id=records>{rows}</tbody></table>")
 
 
 def child_rows(children: Iterable[InstanceStatus]) -> str:
@@ -243,13 +277,23 @@ def span_of(view: InstanceView) -> tuple[int, int]:
 
 
 def instance_page(view: InstanceView) -> str:
+    """The instance page, with the page of its steps the view holds.
+
+    Only that page of the timeline is rendered (an instance of 10,000
+    steps would otherwise be megabytes of HTML); links go to the pages
+    around it. The live view adds new steps to the last page only: the
+    ``steps`` body says whether it is the tail (``data-tail``).
+    """
     st = view.status
     iid = st.instance_id
     t0, span = span_of(view)
     base = value_base(iid)
-    steps = "".join(step_row(iid, row.step, row.blob, t0, span, base) for row in view.steps)
-    events = "".join(event_row(rec) for rec in view.events)
-    records = "".join(record_row(rec) for rec in view.records)
+    total = len(view.steps)
+    start, count = view.start, view.count
+    shown = view.steps[start:start + count]
+    tail = start + count >= total
+    steps = "".join(step_row(iid, row.step, row.blob, t0, span, base) for row in shown)
+    events = "".join(event_row(event) for event in view.events)
     actions = (
         f"<section class=actions data-id=\"{esc(iid)}\" data-workflow=\"{esc(st.workflow)}\">"
         "<h2>Actions</h2><p class=muted>need the token printed by <code>memable ui</code></p>"
@@ -263,17 +307,18 @@ def instance_page(view: InstanceView) -> str:
         f"<p>input <code>{esc(blob_text(view.input))}</code>"
         f" &middot; result <code>{esc(blob_text(view.result))}</code></p>{actions}"
         f"<h2>Steps <span class=muted>timeline from {esc(when_ms(t0))}, "
-        f"{span / 1000:.3f} s</span></h2>"
+        f"{span / 1000:.3f} s</span></h2>{step_pager(iid, start, count, total)}"
         "<table class=steps><thead><tr><th>key</th><th>state</th><th>attempts</th>"
         "<th>started</th><th>took</th><th class=timeline>timeline</th><th>error</th>"
-        f"<th>value</th></tr></thead><tbody id=steps>{steps}</tbody></table>"
+        f"<th>value</th></tr></thead><tbody id=steps data-tail={'1' if tail else '0'}>{steps}"
+        "</tbody></table><p id=steps-more class=muted hidden></p>"
         "<h2>Events</h2><table><thead><tr><th>at</th><th>key</th><th>value</th></tr></thead>"
         f"<tbody id=events>{events}</tbody></table>"
         "<h2>Children</h2><table><thead><tr><th>instance</th><th>workflow</th><th>state</th>"
         f"</tr></thead><tbody id=children>{child_rows(view.children)}</tbody></table>"
-        "<h2>Journal records <span class=muted>(latest; live)</span></h2>"
-        "<table><thead><tr><th>seq</th><th>at</th><th>type</th><th>fields</th></tr></thead>"
-        f"<tbody id=records>{records}</tbody></table>"
+        "<h2>Journal records <span class=muted>(appended since the page was shown; "
+        f"live)</span></h2><p><a href=\"{url('/instance/records', id=iid)}\">its latest "
+        f"records</a> <span class=muted>(reads the whole journal)</span></p>{_records_table('')}"
     )
     live = url("/instance/live", id=iid, after=view.next_seq, t0=t0, span=span)
     return layout(iid, body, live=html.unescape(live))
