@@ -81,7 +81,8 @@ if TYPE_CHECKING:  # the listing's modules load when a listing is asked for:
 _T = TypeVar("_T")
 
 # Theory of operation. Reads replay the journal through the engine's own
-# index without a lock (JournalReader.instances); a compaction deletes the
+# index without a lock (JournalReader.replay: from the index snapshot when
+# the engine would trust it, then what follows); a compaction deletes the
 # files it replaced, so a read it disturbs is read again. Actions that
 # write share one path, _deliver: with no engine, take the lock
 # (OfflineJournal), check the request against the index, append; with an
@@ -603,11 +604,7 @@ def status(path: str | os.PathLike[str], instance_id: str) -> InstanceStatus:
         JournalCorrupt: the journal is damaged.
         OSError: reading failed.
     """
-    found = _read(path, lambda reader: reader.instances(prefix=instance_id))
-    for st in found:
-        if st.instance_id == instance_id:
-            return st
-    raise UnknownInstance(instance_id)
+    return _read(path, lambda reader: reader.replay().status(instance_id))
 
 
 def steps(path: str | os.PathLike[str], instance_id: str) -> list[StepStatus]:
@@ -618,7 +615,7 @@ def steps(path: str | os.PathLike[str], instance_id: str) -> list[StepStatus]:
     Raises:
         NotAJournal, UnknownInstance, JournalCorrupt, OSError.
     """
-    return _read(path, lambda reader: reader.steps(instance_id))
+    return _read(path, lambda reader: reader.replay().steps(instance_id))
 
 
 def instances(
@@ -651,7 +648,7 @@ def instances(
 
     select({}, state, workflow=workflow, prefix=prefix, since=since, until=until,
            limit=limit, newest_first=newest_first)  # bad filters fail before the read
-    return _read(path, lambda reader: reader.instances(
+    return _read(path, lambda reader: reader.replay().instances(
         state, workflow=workflow, prefix=prefix, since=since, until=until, limit=limit,
         newest_first=newest_first,
     ))

@@ -135,6 +135,9 @@ async def test_read_that_a_compaction_disturbs_is_read_again(
     journal_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = await populate(journal_dir)
+    # Without the index snapshot the read scans every segment (with it, it
+    # would read only what follows the snapshot, and seg-1 not at all).
+    (journal_dir / "index.snap").unlink()
     readers: list[JournalReader] = []
 
     def read_journal(path: Path) -> JournalReader:
