@@ -42,13 +42,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
-from .._backend.seam import Backend
+from .._backend.seam import Backend, refusal
 from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import Codec
 from .._core.errors import (
     EngineError,
-    JournalFailed,
     UnknownWorkflow,
     WorkflowCancelled,
     WorkflowFailed,
@@ -503,7 +502,7 @@ class Engine:
             if entry.state == lc.CANCELLED:  # its reason kept as its error (index.py)
                 raise WorkflowCancelled(instance_id, entry.error[1] if entry.error else None)
             if backend.failed is not None:
-                raise JournalFailed(backend.failed)
+                raise refusal(backend)
             halted = host.halted.get(instance_id)
             if halted is not None and instance_id not in host.running:
                 raise EngineError(
@@ -614,7 +613,7 @@ class Engine:
         host = self._here()
         backend = host.require()
         if backend.failed is not None:  # nothing may be written: say so first
-            raise JournalFailed(backend.failed)
+            raise refusal(backend)
         check_signal(host.index, workflow, instance_id, key, host.now_ms(), host.reserved)
         blob = host.encode(payload, f"signal {key!r}")
         rec = r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob)
@@ -641,7 +640,7 @@ class Engine:
         host = self._here()
         backend = host.require()
         if backend.failed is not None:
-            raise JournalFailed(backend.failed)
+            raise refusal(backend)
         entry = host.entry(instance_id)
         check_key(key)
         where = f"wake: instance {instance_id!r}"

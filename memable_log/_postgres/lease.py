@@ -80,6 +80,7 @@ class Lease:
         self.on_lost = on_lost
         self.fence_at = trio.current_time() + lease * (1 - MARGIN)
         self.renewals = 0
+        self.renewed = trio.Event()  # set (and made anew) at each renewal that succeeds
         self.paused = False  # tests: a stalled engine (renewals stop, nothing else)
         self._conn: Conn | None = None
 
@@ -114,6 +115,8 @@ class Lease:
                         return
                     self.fence_at = sent + self.lease * (1 - MARGIN)
                     self.renewals += 1
+                    renewed, self.renewed = self.renewed, trio.Event()
+                    renewed.set()
             except (psycopg.Error, EngineError):
                 if self._conn is not None:  # made again at the next renewal
                     self._conn.close()

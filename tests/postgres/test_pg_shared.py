@@ -315,8 +315,8 @@ async def test_lost_tailer_listener_and_lease_connections_are_made_again(
             await seen(b, "x", "suspended")
             backend = host_of(a).backend
             writer, keeper = backend.writer, backend.keeper  # type: ignore[union-attr]
-            while keeper.renewals < 1:  # noqa: ASYNC110 (its connection is made)
-                await trio.sleep(0.05)
+            while keeper.renewals < 1:  # its connection is made
+                await keeper.renewed.wait()
             renewed = keeper.renewals
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 [(killed,)] = conn.execute(
@@ -327,8 +327,8 @@ async def test_lost_tailer_listener_and_lease_connections_are_made_again(
             assert killed == 3
             await b.signal("approve", "x", "ok", "after")  # a's new tailer brings it
             assert await a.wait("x") == ["done", "after"]
-            while keeper.renewals < renewed + 2:  # noqa: ASYNC110 (a counter, no event)
-                await trio.sleep(0.05)
+            while keeper.renewals < renewed + 2:
+                await keeper.renewed.wait()
             assert backend.failed is None  # type: ignore[union-attr]
 
 
