@@ -210,7 +210,8 @@ class PostgresBackend:
         keeper = self.keeper
         self.link = Writer(self.writer, self._app_name("writer"),
                               lambda: self._connect("writer"), limit=self.limits.statement,
-                              deadline=lambda: keeper.fence_at, failed=lambda: self._failed)
+                              deadline=lambda: keeper.fence_at, failed=lambda: self._failed,
+                              expired=self._expired)
         self.link.conn, self._failed = conn, None
 
     async def close(self) -> None:
@@ -245,6 +246,14 @@ class PostgresBackend:
         self._fail(f"this engine lost its lease: {why}")
         lost, self.epochs = list(self.epochs), {}
         self._stop(lost)
+
+    def _expired(self) -> str:
+        """Past the self-fencing time with a write to send: as the lease's
+        own timer would, a moment later."""
+        if self._failed is None:
+            self._lose("its lease ran out before a write could be sent (the engine "
+                       "paused, or the server unreachable)")
+        return self._failed or ""
 
     def _stop(self, lost: list[str]) -> None:
         """Stop running instances this engine no longer owns: cancelled now

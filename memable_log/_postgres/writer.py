@@ -20,10 +20,12 @@ in flight, and every row it wrote names this open's ``writer``.
   second copy could never be written anyway: first writer wins.)
 * A statement the server refused with the connection still up (a
   ``statement_timeout``) rolled back: sent again after the backoff.
-* Retries end at ``deadline()`` (the engine's self-fencing time: past it,
-  its lease may be another's) or when ``failed()`` says the backend
-  stopped; the batch then fails with ``Unreachable`` and nothing of it is
-  acknowledged (a later open reads whatever committed).
+* Nothing is sent past ``deadline()`` (the engine's self-fencing time:
+  its lease may be another's by then, say after a long pause), and
+  retries end there too, or when ``failed()`` says the backend stopped;
+  the batch then fails with ``Unreachable`` (``expired()`` fences the
+  backend and says why) and nothing of it is acknowledged (a later open
+  reads whatever committed).
 
 Every round trip is bounded: ``limit`` seconds on trio's clock around it
 (then it is in doubt), and the server's own timeouts (driver.Limits).
@@ -68,6 +70,7 @@ class Writer:
         limit: float,
         deadline: Callable[[], float],
         failed: Callable[[], str | None],
+        expired: Callable[[], str],
     ) -> None:
         self.name = name  # ml_log.writer of this open
         self.conn: Conn | None = None
@@ -79,6 +82,7 @@ class Writer:
         self._limit = limit
         self._deadline = deadline
         self._failed = failed
+        self._expired = expired  # past the deadline: the backend fences itself; why
         self._doubt: tuple[int, str] | None = None  # the old session (pid, name)
         self._delay = _FIRST_DELAY
 
@@ -125,8 +129,7 @@ class Writer:
         if failed is not None:
             raise Unreachable(failed)
         if trio.current_time() >= self._deadline():
-            raise Unreachable("the PostgreSQL server could not be reached again before this "
-                              "engine's lease ran out")
+            raise Unreachable(self._expired())
 
     async def _ready(self) -> Conn:
         """The connection, made again (with backoff) if lost."""

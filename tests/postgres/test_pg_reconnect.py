@@ -85,7 +85,7 @@ async def test_the_journal_failed_message_names_the_server(pg_dsn: str) -> None:
                 await engine.signal("one", "x", "go")
     for message in (str(got.value), str(again.value)):
         assert f"PostgreSQL journal at {backend.where()}" in message
-        assert "could not be reached again" in message
+        assert "lost its lease" in message
         assert "disk" not in message
     assert backend.where().startswith("127.0.0.1:")
 
