@@ -47,7 +47,6 @@ not the server's host.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -64,7 +63,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "postgres"))
 
-from _summary import finish  # noqa: E402
+from _summary import finish
 
 POINTS = ("step", "sent", "between", "complete")
 KINDS = ("random", *POINTS)
@@ -165,6 +164,7 @@ def chain(ledger: str, acks: str, steps: int) -> Any:
 async def child(dsn: str, slot: int, ledger: str, acks: str, steps: int, lease: float,
                 mine: list[str], every: list[str]) -> None:
     from memable_log import Engine
+    from memable_log._engine.engine import host_of
 
     patch_sends()
     engine = Engine.builder().postgres(dsn, worker=f"e{slot}", lease=lease).build()
@@ -191,7 +191,7 @@ async def child(dsn: str, slot: int, ledger: str, acks: str, steps: int, lease: 
         bad = []
         for iid in every:
             while not engine.instances(prefix=iid):  # another engine invokes it
-                await trio.sleep(0.05)
+                await host_of(engine).changed(iid).wait()
             got = await engine.wait(iid)
             if got != expected:
                 bad.append(f"{iid}={got!r}")

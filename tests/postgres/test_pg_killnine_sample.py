@@ -14,7 +14,7 @@ from pgserver import PgServer
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "fuzz"))
 
-import pg_killnine  # noqa: E402
+import pg_killnine
 
 
 async def test_a_few_kill_nine_iterations_lose_nothing(
