@@ -140,3 +140,20 @@ def refusal(backend: Backend) -> JournalFailed:
     if isinstance(backend, WordsItsRefusal):
         return backend.refusal()
     return JournalFailed(backend.failed or "the journal failed")
+
+
+@runtime_checkable
+class Shared(Protocol):
+    """A journal shared by several engines (PostgreSQL): an instance runs
+    in one engine at a time, and an operator action from another takes it."""
+
+    async def take(self, instance_id: str, *, resume: bool) -> None: ...
+
+
+async def take(backend: Backend, instance_id: str, *, resume: bool = True) -> None:
+    """Before an operator action (cancel, restart, forget, wake) on an
+    instance: on a shared journal, make this engine its owner (its former
+    owner fenced out, every record it wrote applied here; ``resume``: a
+    live instance then runs here). Nothing to do on a local journal."""
+    if isinstance(backend, Shared):
+        await backend.take(instance_id, resume=resume)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
-from .._backend.seam import Backend, refusal
+from .._backend.seam import Backend, refusal, take
 from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import Codec
@@ -361,7 +361,7 @@ class Engine:
         if host.listeners:
             host.touch(iid)
         host.notify(iid)
-        if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED) and self._backend.owns(iid):
+        if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED, r.CHILD_ENDED) and self._backend.owns(iid):
             self._wait_ended(iid, rec[r.KEY])
 
     def _claimed(self, instance_ids: list[str]) -> None:
@@ -641,8 +641,10 @@ class Engine:
         backend = host.require()
         if backend.failed is not None:
             raise refusal(backend)
-        entry = host.entry(instance_id)
+        host.entry(instance_id)
         check_key(key)
+        await take(backend, instance_id)
+        entry = host.entry(instance_id)
         where = f"wake: instance {instance_id!r}"
         if entry.state in lc.FINISHED:
             raise EngineError(
@@ -726,6 +728,8 @@ class Engine:
         raises WorkflowCancelled).
         """
         host = self._here()
+        host.entry(instance_id)
+        await take(host.require(), instance_id, resume=False)  # another engine's: now ours
         entry = host.entry(instance_id)
         if entry.state not in lc.LIVE:
             return
@@ -751,11 +755,14 @@ class Engine:
         host.entry(instance_id)
         if type(key_or_prefix) is not str or not key_or_prefix:
             raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
+        await take(host.require(), instance_id)
         await host.append(r.make(r.FORGOT, host.now_ms(), instance_id, key_or_prefix))
 
     async def restart(self, instance_id: str) -> None:
         """Run a finished instance again from the top (memoised steps stay)."""
         host = self._here()
+        if host.entry(instance_id).state not in lc.LIVE:  # else refused, below
+            await take(host.require(), instance_id)
         entry = host.entry(instance_id)
         if entry.state in lc.LIVE:
             raise EngineError(

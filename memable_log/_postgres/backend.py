@@ -58,6 +58,7 @@ import msgpack
 import psycopg
 import trio
 
+from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.errors import EngineError, JournalClosed, JournalFailed, SignalAlreadyDelivered
 from .._core.index import Index
@@ -69,9 +70,10 @@ from .driver import (
     Conn,
     Limits,
     array,
+    as_int,
     int8,
 )
-from .lease import Lease, claim, join, owned, release
+from .lease import Lease, claim, join, owned, release, taken
 from .tailer import Tail
 from .writer import Unreachable, Writer
 
@@ -85,10 +87,17 @@ _OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
 # Records that end a wait: at most one per instance and key in the log.
 _ENDS = frozenset({r.SIGNALLED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT})
 _RESETS = frozenset({r.FORGOT, r.RESTARTED})
+# Records another engine may write for an instance this one owns: a signal
+# (its wait's end is unique in the log), a child's end (written with the
+# child's own outcome, which its owner's epoch fences).
+_UNFENCED = frozenset({r.SIGNALLED, r.CHILD_ENDED})
 # Records another engine may be waiting for: a NOTIFY wakes its tailer.
 _NOTIFY = frozenset({r.CREATED, r.CHILD_CREATED, r.SIGNALLED, r.COMPLETED, r.FAILED,
                      r.CANCELLED, r.CANCELLED_FOR})
 _READ = "SELECT rec FROM ml_log WHERE seq = $1"
+_TAKE = ("UPDATE ml_instances SET lease_owner = $1, lease_epoch = lease_epoch + 1 "
+         "WHERE instance_id = $2 AND NOT (lease_owner = $1 AND lease_epoch = $3) "
+         "RETURNING lease_epoch")
 _T, _F = b"\x01", b"\x00"
 
 
@@ -236,7 +245,53 @@ class PostgresBackend:
         rec = _unpack(blob, seq)
         self._applied(rec, seq)
         if self.calls is not None:
+            iid = rec[r.INSTANCE]
+            if iid in self.epochs and rec[r.TYPE] not in _UNFENCED:
+                # Another engine wrote for it under its own epoch: it took it
+                # (an operator action there, ``take``). Stop running it now.
+                del self.epochs[iid]
+                self._stop([iid])
             self.calls.applied(rec)
+
+    async def _check_taken(self, conn: Conn) -> None:
+        """Stop the live instances another engine took (``take``) that this
+        one has not heard of (the taker wrote nothing yet)."""
+        assert self.index is not None
+        held = {i: e for i, e in self.epochs.items()
+                if (entry := self.index.instances.get(i)) is not None and entry.state in lc.LIVE}
+        if not held:
+            return
+        gone = await taken(conn, self.writer, list(held))
+        gone = [i for i in gone if self.epochs.get(i) == held[i]]
+        for iid in gone:
+            del self.epochs[iid]
+        self._stop(gone)
+
+    async def take(self, instance_id: str, *, resume: bool) -> None:
+        """Make this engine the instance's owner for an operator action
+        (seam.take), unless the database says it is at the epoch it holds:
+        its epoch + 1 (after its owner's batch in flight, if any: the row
+        lock), then a tail poll (every record its former owner wrote is in
+        the index); ``resume``: a live instance runs here."""
+        if self._failed is not None:
+            raise PostgresJournalFailed(self._failed)
+        held = self.epochs.get(instance_id, -1)  # the database says whether it still is
+        async with self._read_lock:
+            reader = self._reader
+            if reader is None or reader.broken:
+                reader = self._reader = await self._connect("reader")
+            got = await reader.query(b"ml_take", _TAKE, [TEXT, TEXT, INT8],
+                                     [self.writer.encode(), instance_id.encode(), int8(held)])
+        if got.ntuples != 1:
+            return  # ours, at the epoch we hold
+        epoch = as_int(got.get_value(0, 0))
+        await self._read_back()
+        self.epochs[instance_id] = epoch
+        self.lost.discard(instance_id)
+        logger.info("PostgreSQL journal: instance %s taken over for an operator action",
+                    instance_id, extra={"instance_id": instance_id})
+        if resume and self.calls is not None:
+            self.calls.claimed([instance_id])
 
     def owns(self, instance_id: str) -> bool:
         return instance_id in self.epochs and self._failed is None
@@ -295,6 +350,10 @@ class PostgresBackend:
             raise batch.error
         if batch.readback:
             await self._read_back()
+
+    async def caught_up(self) -> None:
+        """Until a tail poll (and claim, when due) that starts after now has ended."""
+        await self._read_back()
 
     async def _read_back(self) -> None:
         """Until a tail poll that starts after now has ended: another
@@ -361,7 +420,9 @@ class PostgresBackend:
                 self._stop([iid])
         rest = []
         for batch in live:
-            if iid not in batch.ids:
+            if iid not in batch.ids or (error is not None and all(
+                rec[r.TYPE] in _UNFENCED for rec in batch.recs if rec[r.INSTANCE] == iid
+            )):  # a signal for an instance another engine took: sent again, unfenced
                 rest.append(batch)
             elif error is not None:
                 batch.error, batch.done = error, True
@@ -408,15 +469,16 @@ class PostgresBackend:
         made: dict[str, None] = {}  # instances this batch creates (fenced by that)
         fence: dict[str, int] = {}  # the others, with the epoch we hold (-1: none)
         notify = False
-        # Another engine's instance, of which this batch only signals: unfenced.
+        # Another engine's instance, of which this batch only signals (or
+        # ends a child: the child's outcome beside it is fenced): unfenced.
         signals = {rec[r.INSTANCE] for rec in recs
-                   if rec[r.TYPE] == r.SIGNALLED and rec[r.INSTANCE] not in self.epochs}
+                   if rec[r.TYPE] in _UNFENCED and rec[r.INSTANCE] not in self.epochs}
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
             insts.append(inst.encode())
             if rtype in _NEW:
                 made[inst] = None
-            elif inst in signals and rtype != r.SIGNALLED:
+            elif inst in signals and rtype not in _UNFENCED:
                 signals.discard(inst)
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
@@ -554,6 +616,7 @@ class PostgresBackend:
                 if self._failed is None and now >= self._next_claim:
                     self._next_claim = now + self.lease / 3
                     self._pending.update(await claim(conn, self.writer))
+                    await self._check_taken(conn)
                 self._polls[0] += 1
                 await self.tail.poll(conn, self.writer, self._apply_row)
             except psycopg.OperationalError:
