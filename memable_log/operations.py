@@ -658,6 +658,10 @@ def instances(
 
 
 def _read(path: str | os.PathLike[str], body: Callable[[JournalReader], _T]) -> _T:
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from ._postgres.reader import PostgresReader  # the same two calls, one query
+
+        return body(PostgresReader(path))  # type: ignore[arg-type]
     # A compaction deletes the files it replaced, so one listed a moment ago
     # can be gone when it is read: read again, from the new listing.
     for _ in range(READ_ATTEMPTS - 1):
