@@ -1,6 +1,6 @@
-"""Reading a PostgreSQL journal from outside an engine (``memable
-instances``, ``memable status``/``steps`` and ``memable_log.operations``
-given a ``postgresql://`` URL).
+"""Reading a PostgreSQL journal from outside an engine (``memable-dump``,
+``memable instances``, ``memable status``/``steps`` and
+``memable_log.operations`` given a ``postgresql://`` URL).
 
 Theory of operation. The whole log is read in one query, in seq order, with
 a plain synchronous psycopg connection (a tool, not an engine: no trio, no
@@ -12,6 +12,7 @@ either in it with every row before it of its instance, or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import msgpack
 from .._core import records as r
 from .._core.errors import EngineError, UnknownInstance
 from .._core.index import Index
+from .._core.records import RecordView, view
 
 if TYPE_CHECKING:
     from .._core.status import InstanceStatus, StepStatus
@@ -35,13 +37,29 @@ def is_url(path: object) -> bool:
 class PostgresReader:
     """The journal in a PostgreSQL database, read once (see the module comment)."""
 
+    torn = None  # a database has no torn tail
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._index: Index | None = None
+        self._recs: list[list[Any]] | None = None
+
+    def __iter__(self) -> Iterator[RecordView]:
+        """Every record, in seq order (``memable-dump``): segment 0, offset = seq."""
+        for rec in self._read():
+            yield view(rec, 0, rec[r.SEQ])
 
     def _replay(self) -> Index:
-        if self._index is not None:
-            return self._index
+        if self._index is None:
+            index = Index()
+            for rec in self._read():
+                index.apply(rec, rec[r.SEQ])
+            self._index = index
+        return self._index
+
+    def _read(self) -> list[list[Any]]:
+        if self._recs is not None:
+            return self._recs
         try:
             import psycopg
         except ImportError:  # pragma: no cover - the extra is missing
@@ -57,15 +75,15 @@ class PostgresReader:
         except psycopg.OperationalError as exc:
             raise EngineError(f"cannot connect to PostgreSQL ({_where(self.url)}): "
                               f"{exc}") from None
-        index = Index()
+        recs = []
         for seq, blob in rows:
             rec: list[Any] = msgpack.unpackb(bytes(blob), raw=False, strict_map_key=True,
                                              use_list=True)
             r.check(rec)
             rec[r.SEQ] = seq
-            index.apply(rec, seq)
-        self._index = index
-        return index
+            recs.append(rec)
+        self._recs = recs
+        return recs
 
     def instances(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import trio
-from memable_log_tools import memable
+from memable_log_tools import dump, memable
 
 from memable_log import Context, Engine, EngineError, operations
 
@@ -34,6 +34,14 @@ async def test_memable_instances_status_and_steps_read_a_postgresql_url(
     assert [row["instance_id"] for row in json.loads(capsys.readouterr().out)] == ["x"]
     assert memable.main(["status", pg_dsn, "x"]) == 0
     assert "completed" in capsys.readouterr().out
+    assert dump.main([pg_dsn, "--json"]) == 0  # memable-dump: every record, in seq order
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(rec["seq"], rec["type"]) for rec in recs] == [
+        (1, "created"), (2, "step_done"), (3, "step_done"), (4, "completed")]
+    assert dump.main([pg_dsn, "--instances"]) == 0
+    assert "completed" in capsys.readouterr().out
+    assert memable.main(["dump", pg_dsn]) == 0
+    assert "step_done" in capsys.readouterr().out
 
 
 def test_a_database_without_a_journal_is_named(pg_dsn: str) -> None:
