@@ -102,6 +102,20 @@ class PostgresReader:
         return select(self._replay().instances, state, workflow=workflow, prefix=prefix,
                       since=since, until=until, limit=limit, newest_first=newest_first)
 
+    def replay(self) -> PostgresReader:
+        """The replayed journal (itself: ``status``, ``steps``, ``instances``),
+        as ``JournalReader.replay`` gives one."""
+        return self
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        """What ``engine.status(instance_id)`` would return."""
+        from .._core.status import status_of
+
+        entry = self._replay().instances.get(instance_id)
+        if entry is None:
+            raise UnknownInstance(instance_id)
+        return status_of(instance_id, entry)
+
     def steps(self, instance_id: str) -> list[StepStatus]:
         """What ``engine.steps(instance_id)`` would return."""
         from .._core.status import steps_of

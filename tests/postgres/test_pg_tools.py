@@ -11,6 +11,7 @@ import trio
 from memable_log_tools import dump, memable
 
 from memable_log import Context, Engine, EngineError, operations
+from memable_log._postgres.reader import PostgresReader
 
 
 async def test_memable_instances_status_and_steps_read_a_postgresql_url(
@@ -30,6 +31,8 @@ async def test_memable_instances_status_and_steps_read_a_postgresql_url(
     assert (st.instance_id, st.workflow, st.state, st.steps) == ("x", "two", "completed", 2)
     assert operations.status(pg_dsn, "x").state == "completed"
     assert [s.key for s in operations.steps(pg_dsn, "x")] == ["a", "b"]
+    reader = PostgresReader(pg_dsn).replay()  # what operations reads (main: replay())
+    assert reader.status("x").state == "completed"
     assert memable.main(["instances", pg_dsn, "--json"]) == 0
     assert [row["instance_id"] for row in json.loads(capsys.readouterr().out)] == ["x"]
     assert memable.main(["status", pg_dsn, "x"]) == 0
