@@ -4,8 +4,9 @@ other finishes its work.
 Run it: ``python examples/two_workers.py postgresql://user@host/db`` (an
 empty database you may create tables in; ``pip install
 'memable-log[postgres]'``). It starts two workers, ``A`` and ``B``, each an
-engine on the same database with a 2-second lease. Each invokes three
-orders of its own and then waits for all six, wherever they run. When A's
+engine on the same database with a 2-second lease. Each invokes its three
+orders, then the other's (found if the other made them first: one
+instance per id), and waits for all six, wherever they run. When A's
 orders are halfway through their steps, A is killed (SIGKILL): B takes A's
 orders over once A's lease has run out, and finishes them. A step that had
 finished in A comes back from the journal; the one A was in the middle of
@@ -46,12 +47,13 @@ def order(name: str) -> Any:
 async def worker(dsn: str, name: str) -> None:
     engine = Engine.builder().postgres(dsn, worker=name, lease=LEASE).build()
     engine.register("order", order(name))
+    every = [i for ids in ORDERS.values() for i in ids]
     async with engine:
-        for iid in ORDERS[name]:
+        # its own orders first, then the other's: an id invoked twice is
+        # one instance, run by the engine that created it
+        for iid in ORDERS[name] + [i for i in every if i not in ORDERS[name]]:
             await engine.invoke("order", instance_id=iid)
-        for iid in [i for ids in ORDERS.values() for i in ids]:
-            while not engine.instances(prefix=iid):  # the other worker invokes it
-                await trio.sleep(0.05)
+        for iid in every:
             print(f"  worker {name}: {await engine.wait(iid)}", flush=True)
     print(f"worker {name}: all {sum(map(len, ORDERS.values()))} orders finished", flush=True)
 

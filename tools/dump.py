@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from memable_log import InstanceStatus, JournalCorrupt, JournalFormatError
-from memable_log._postgres.reader import PostgresReader, is_url
 from memable_log.reader import (
     DEFAULT_INTERVAL,
     INSTANCE_STATES,
@@ -631,7 +630,7 @@ def main(
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_usage(parser, args)
-    if is_url(args.path) and (args.follow or args.stats):
+    if args.path.startswith(("postgresql://", "postgres://")) and (args.follow or args.stats):
         parser.error("--follow and --stats do not take a postgresql:// URL yet")
     c.tolerate_unencodable(sys.stdout)
     out, err = sys.stdout, sys.stderr
@@ -693,8 +692,10 @@ class _CannotOpen(OSError):
 
 
 def _open(path: str) -> JournalReader:
-    if is_url(path):  # a PostgreSQL journal: the same records, from its log
-        return PostgresReader(path)  # type: ignore[return-value]
+    from memable_log import operations
+
+    if operations.is_postgres_url(path):  # the same records, from its log
+        return operations.postgres_reader(path)
     try:
         return read_journal(path)
     except NotAJournal:
