@@ -654,7 +654,22 @@ def instances(
     ))
 
 
+def is_postgres_url(path: object) -> bool:
+    """Whether a journal argument is a PostgreSQL URL, not a directory."""
+    return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
+
+
+def postgres_reader(url: str) -> JournalReader:
+    """A reader of the PostgreSQL journal at ``url``: its records in seq
+    order and its instances, read once (``_postgres/reader.py``)."""
+    from ._postgres.reader import PostgresReader
+
+    return PostgresReader(url)  # type: ignore[return-value]
+
+
 def _read(path: str | os.PathLike[str], body: Callable[[JournalReader], _T]) -> _T:
+    if is_postgres_url(path):
+        return body(postgres_reader(str(path)))
     # A compaction deletes the files it replaced, so one listed a moment ago
     # can be gone when it is read: read again, from the new listing.
     for _ in range(READ_ATTEMPTS - 1):

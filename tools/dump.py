@@ -630,6 +630,8 @@ def main(
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_usage(parser, args)
+    if args.path.startswith(("postgresql://", "postgres://")) and (args.follow or args.stats):
+        parser.error("--follow and --stats do not take a postgresql:// URL yet")
     c.tolerate_unencodable(sys.stdout)
     out, err = sys.stdout, sys.stderr
     if args.instances:
@@ -690,6 +692,10 @@ class _CannotOpen(OSError):
 
 
 def _open(path: str) -> JournalReader:
+    from memable_log import operations
+
+    if operations.is_postgres_url(path):  # the same records, from its log
+        return operations.postgres_reader(path)
     try:
         return read_journal(path)
     except NotAJournal:

@@ -28,10 +28,11 @@ without touching Context or the runner.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from .._core.errors import JournalFailed
 from .._core.index import Index
 from .._core.status import InstanceStatus
 
@@ -125,3 +126,34 @@ class Backend(Protocol):
         """Run background work until cancelled; ``started()`` once work left
         for the engine by other processes has been applied."""
         ...
+
+
+@runtime_checkable
+class WordsItsRefusal(Protocol):
+    """A backend whose refusal is not a disk's (a database names its server)."""
+
+    def refusal(self) -> JournalFailed: ...
+
+
+def refusal(backend: Backend) -> JournalFailed:
+    """What an operation raises when ``backend.failed`` is set."""
+    if isinstance(backend, WordsItsRefusal):
+        return backend.refusal()
+    return JournalFailed(backend.failed or "the journal failed")
+
+
+@runtime_checkable
+class Shared(Protocol):
+    """A journal shared by several engines (PostgreSQL): an instance runs
+    in one engine at a time, and an operator action from another takes it."""
+
+    async def take(self, instance_id: str, *, resume: bool) -> None: ...
+
+
+async def take(backend: Backend, instance_id: str, *, resume: bool = True) -> None:
+    """Before an operator action (cancel, restart, forget, wake) on an
+    instance: on a shared journal, make this engine its owner (its former
+    owner fenced out, every record it wrote applied here; ``resume``: a
+    live instance then runs here). Nothing to do on a local journal."""
+    if isinstance(backend, Shared):
+        await backend.take(instance_id, resume=resume)

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from .._backend.seam import refusal
 from .._core import records as r
 from .._core.errors import JournalClosed, JournalFailed, UnknownWorkflow
 from .flow import FlowControl
@@ -75,7 +76,7 @@ class Debouncer(Timed[DebounceKey]):
             raise ValueError(f"delay must be a finite number of seconds above 0, not {delay!r}")
         blob = host.encode(value, f"input of debounce {workflow!r} {key!r}")
         if backend.failed is not None:
-            raise JournalFailed(backend.failed)
+            raise refusal(backend)
         which = (workflow, key)
         async with self._locks.hold(which):
             entry = host.index.debounces.get(which)

@@ -42,13 +42,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
-from .._backend.seam import Backend
+from .._backend.seam import Backend, refusal, take
 from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import Codec
 from .._core.errors import (
     EngineError,
-    JournalFailed,
     UnknownWorkflow,
     WorkflowCancelled,
     WorkflowFailed,
@@ -362,7 +361,7 @@ class Engine:
         if host.listeners:
             host.touch(iid)
         host.notify(iid)
-        if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED) and self._backend.owns(iid):
+        if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED, r.CHILD_ENDED) and self._backend.owns(iid):
             self._wait_ended(iid, rec[r.KEY])
 
     def _claimed(self, instance_ids: list[str]) -> None:
@@ -503,7 +502,7 @@ class Engine:
             if entry.state == lc.CANCELLED:  # its reason kept as its error (index.py)
                 raise WorkflowCancelled(instance_id, entry.error[1] if entry.error else None)
             if backend.failed is not None:
-                raise JournalFailed(backend.failed)
+                raise refusal(backend)
             halted = host.halted.get(instance_id)
             if halted is not None and instance_id not in host.running:
                 raise EngineError(
@@ -614,7 +613,7 @@ class Engine:
         host = self._here()
         backend = host.require()
         if backend.failed is not None:  # nothing may be written: say so first
-            raise JournalFailed(backend.failed)
+            raise refusal(backend)
         check_signal(host.index, workflow, instance_id, key, host.now_ms(), host.reserved)
         blob = host.encode(payload, f"signal {key!r}")
         rec = r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob)
@@ -641,9 +640,11 @@ class Engine:
         host = self._here()
         backend = host.require()
         if backend.failed is not None:
-            raise JournalFailed(backend.failed)
-        entry = host.entry(instance_id)
+            raise refusal(backend)
+        host.entry(instance_id)
         check_key(key)
+        await take(backend, instance_id)
+        entry = host.entry(instance_id)
         where = f"wake: instance {instance_id!r}"
         if entry.state in lc.FINISHED:
             raise EngineError(
@@ -727,6 +728,8 @@ class Engine:
         raises WorkflowCancelled).
         """
         host = self._here()
+        host.entry(instance_id)
+        await take(host.require(), instance_id, resume=False)  # another engine's: now ours
         entry = host.entry(instance_id)
         if entry.state not in lc.LIVE:
             return
@@ -752,11 +755,14 @@ class Engine:
         host.entry(instance_id)
         if type(key_or_prefix) is not str or not key_or_prefix:
             raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
+        await take(host.require(), instance_id)
         await host.append(r.make(r.FORGOT, host.now_ms(), instance_id, key_or_prefix))
 
     async def restart(self, instance_id: str) -> None:
         """Run a finished instance again from the top (memoised steps stay)."""
         host = self._here()
+        if host.entry(instance_id).state not in lc.LIVE:  # else refused, below
+            await take(host.require(), instance_id)
         entry = host.entry(instance_id)
         if entry.state in lc.LIVE:
             raise EngineError(

@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from .._backend.seam import refusal
 from .._core import records as r
 from .._core.errors import EngineError, JournalClosed, JournalFailed, UnknownWorkflow
 from .._core.index import Index, ScheduleEntry
@@ -118,7 +119,7 @@ class Schedules(Timed[str]):
             raise TypeError(f"catch_up must be True or False, not {catch_up!r}")
         blob = host.encode(value, f"input of schedule {name!r}")
         if backend.failed is not None:
-            raise JournalFailed(backend.failed)
+            raise refusal(backend)
         async with self._locks.hold(name):
             old = host.index.schedules.get(name)
             if old is not None and (old.workflow, old.cron, old.input, old.catch_up) == (

@@ -25,9 +25,10 @@ location. The backend keeps the seam's promises (``_backend/seam.py``):
   caller gets SignalAlreadyDelivered; an engine's own timeout: read back).
   A signal for an instance this engine does not own is written unfenced:
   its wait's end is unique per instance and key in the log (first writer
-  wins), and the owner's tailer wakes the instance. A batch lost with its
-  writer connection leaves the backend ``failed``: the writer does not
-  reconnect yet, and a commit in doubt is not read back.
+  wins), and the owner's tailer wakes the instance. The writer connection
+  (writer.py) is made again when lost; a batch whose commit is in doubt is
+  read back before it is acknowledged or sent again. The backend fails
+  only when the server stays unreachable past the self-fencing time.
 * ``read(loc)``: the row at seq ``loc``, on its own connection.
 * ``serve``: the tailer (tailer.py) applies other writers' rows, woken by
   NOTIFY (sent by batches that create, signal or end an instance) or every
@@ -57,25 +58,24 @@ import msgpack
 import psycopg
 import trio
 
+from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.errors import EngineError, JournalClosed, JournalFailed, SignalAlreadyDelivered
 from .._core.index import Index
 from . import schema
 from .driver import (
-    BOOL,
     BYTEA,
-    BYTEA_ARRAY,
     INT8,
-    INT8_ARRAY,
     TEXT,
-    TEXT_ARRAY,
     Conn,
+    Limits,
     array,
     as_int,
     int8,
 )
-from .lease import Lease, claim, join, owned, release
+from .lease import Lease, claim, join, owned, release, taken
 from .tailer import Tail
+from .writer import Unreachable, Writer
 
 if TYPE_CHECKING:
     from .._backend.seam import EngineCalls
@@ -87,13 +87,17 @@ _OUTCOMES = frozenset({r.STEP_DONE, r.STEP_FAILED})
 # Records that end a wait: at most one per instance and key in the log.
 _ENDS = frozenset({r.SIGNALLED, r.TIMER_FIRED, r.SUSPEND_TIMED_OUT})
 _RESETS = frozenset({r.FORGOT, r.RESTARTED})
+# Records another engine may write for an instance this one owns: a signal
+# (its wait's end is unique in the log), a child's end (written with the
+# child's own outcome, which its owner's epoch fences).
+_UNFENCED = frozenset({r.SIGNALLED, r.CHILD_ENDED})
 # Records another engine may be waiting for: a NOTIFY wakes its tailer.
 _NOTIFY = frozenset({r.CREATED, r.CHILD_CREATED, r.SIGNALLED, r.COMPLETED, r.FAILED,
                      r.CANCELLED, r.CANCELLED_FOR})
-_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8)"
-_APPEND_TYPES = [TEXT, TEXT_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY,
-                 BOOL]
 _READ = "SELECT rec FROM ml_log WHERE seq = $1"
+_TAKE = ("UPDATE ml_instances SET lease_owner = $1, lease_epoch = lease_epoch + 1 "
+         "WHERE instance_id = $2 AND NOT (lease_owner = $1 AND lease_epoch = $3) "
+         "RETURNING lease_epoch")
 _T, _F = b"\x01", b"\x00"
 
 
@@ -151,7 +155,8 @@ class PostgresBackend:
         self.lost: set[str] = set()  # instances lost while this engine ran them
         self.resets: dict[str, int] = {}  # instance -> forgot/restarted records
         self.tail = Tail()
-        self._conn: Conn | None = None  # the writer's
+        self.limits = Limits.for_lease(lease)
+        self.link: Writer | None = None  # the writer connection, while open
         self._reader: Conn | None = None
         self._read_lock = trio.Lock()
         self._queue: list[_Batch] = []  # waiting for the next commit
@@ -172,23 +177,35 @@ class PostgresBackend:
     def failed(self) -> str | None:
         return self._failed
 
-    def _where(self) -> str:
-        return str(psycopg.conninfo.conninfo_to_dict(self.dsn).get("dbname") or "?")
+    def refusal(self) -> JournalFailed:
+        """What the engine raises while ``failed`` is set (seam.refusal)."""
+        return PostgresJournalFailed(self._failed or f"the PostgreSQL journal at {self.where()} "
+                                     f"refuses writes")
+
+    def where(self) -> str:
+        """The server and database, for messages: host:port/dbname."""
+        info = psycopg.conninfo.conninfo_to_dict(self.dsn)
+        host = str(info.get("host") or "localhost")
+        port = info.get("port")
+        return f"{host}{f':{port}' if port else ''}/{info.get('dbname') or '?'}"
+
+    def _app_name(self, role: str) -> str:
+        return f"memable_log {role} {self.writer}"
 
     async def _connect(self, role: str) -> Conn:
         try:
-            name = f"memable_log {role} {self.writer}"
-            return await Conn.connect(self.dsn, application_name=name)
+            return await Conn.connect(self.dsn, application_name=self._app_name(role),
+                                      limits=self.limits)
         except psycopg.OperationalError as exc:
-            raise EngineError(f"cannot connect to PostgreSQL ({self._where()}): {exc}") from None
+            raise EngineError(f"cannot connect to PostgreSQL ({self.where()}): {exc}") from None
 
     async def open(self, index: Index) -> None:
-        if self._conn is not None:
+        if self.link is not None:
             raise EngineError("this journal is already open")
         self.writer = f"{self.worker}/{uuid.uuid4().hex[:12]}"
         conn = await self._connect("writer")
         try:
-            await schema.ensure(conn, f"database {self._where()!r}")
+            await schema.ensure(conn, f"database {self.where()!r}")
             await join(conn, self.writer, self.lease)
             self.keeper = Lease(self.writer, self.lease, self._lose)
             self.epochs = await claim(conn, self.writer)
@@ -199,11 +216,17 @@ class PostgresBackend:
         except BaseException:
             conn.close()
             raise
-        self._conn, self._failed = conn, None
+        keeper = self.keeper
+        self.link = Writer(self.writer, self._app_name("writer"),
+                              lambda: self._connect("writer"), limit=self.limits.statement,
+                              deadline=lambda: keeper.fence_at, failed=lambda: self._failed,
+                              expired=self._expired)
+        self.link.conn, self._failed = conn, None
 
     async def close(self) -> None:
-        conn, reader = self._conn, self._reader
-        self._conn = self._reader = None
+        writer, reader = self.link, self._reader
+        conn = None if writer is None else writer.conn
+        self.link = self._reader = None
         self.index = None
         self.epochs, self.lost = {}, set()
         if conn is not None and not conn.broken and self._failed is None:
@@ -222,7 +245,53 @@ class PostgresBackend:
         rec = _unpack(blob, seq)
         self._applied(rec, seq)
         if self.calls is not None:
+            iid = rec[r.INSTANCE]
+            if iid in self.epochs and rec[r.TYPE] not in _UNFENCED:
+                # Another engine wrote for it under its own epoch: it took it
+                # (an operator action there, ``take``). Stop running it now.
+                del self.epochs[iid]
+                self._stop([iid])
             self.calls.applied(rec)
+
+    async def _check_taken(self, conn: Conn) -> None:
+        """Stop the live instances another engine took (``take``) that this
+        one has not heard of (the taker wrote nothing yet)."""
+        assert self.index is not None
+        held = {i: e for i, e in self.epochs.items()
+                if (entry := self.index.instances.get(i)) is not None and entry.state in lc.LIVE}
+        if not held:
+            return
+        gone = await taken(conn, self.writer, list(held))
+        gone = [i for i in gone if self.epochs.get(i) == held[i]]
+        for iid in gone:
+            del self.epochs[iid]
+        self._stop(gone)
+
+    async def take(self, instance_id: str, *, resume: bool) -> None:
+        """Make this engine the instance's owner for an operator action
+        (seam.take), unless the database says it is at the epoch it holds:
+        its epoch + 1 (after its owner's batch in flight, if any: the row
+        lock), then a tail poll (every record its former owner wrote is in
+        the index); ``resume``: a live instance runs here."""
+        if self._failed is not None:
+            raise PostgresJournalFailed(self._failed)
+        held = self.epochs.get(instance_id, -1)  # the database says whether it still is
+        async with self._read_lock:
+            reader = self._reader
+            if reader is None or reader.broken:
+                reader = self._reader = await self._connect("reader")
+            got = await reader.query(b"ml_take", _TAKE, [TEXT, TEXT, INT8],
+                                     [self.writer.encode(), instance_id.encode(), int8(held)])
+        if got.ntuples != 1:
+            return  # ours, at the epoch we hold
+        epoch = as_int(got.get_value(0, 0))
+        await self._read_back()
+        self.epochs[instance_id] = epoch
+        self.lost.discard(instance_id)
+        logger.info("PostgreSQL journal: instance %s taken over for an operator action",
+                    instance_id, extra={"instance_id": instance_id})
+        if resume and self.calls is not None:
+            self.calls.claimed([instance_id])
 
     def owns(self, instance_id: str) -> bool:
         return instance_id in self.epochs and self._failed is None
@@ -232,6 +301,14 @@ class PostgresBackend:
         self._fail(f"this engine lost its lease: {why}")
         lost, self.epochs = list(self.epochs), {}
         self._stop(lost)
+
+    def _expired(self) -> str:
+        """Past the self-fencing time with a write to send: as the lease's
+        own timer would, a moment later."""
+        if self._failed is None:
+            self._lose("its lease ran out before a write could be sent (the engine "
+                       "paused, or the server unreachable)")
+        return self._failed or ""
 
     def _stop(self, lost: list[str]) -> None:
         """Stop running instances this engine no longer owns: cancelled now
@@ -252,7 +329,7 @@ class PostgresBackend:
         await self.append_many([rec])
 
     async def append_many(self, recs: list[list[Any]]) -> None:
-        if self._conn is None:
+        if self.link is None:
             raise JournalClosed("the PostgreSQL journal is closed")
         if self._failed is not None:
             raise PostgresJournalFailed(self._failed)
@@ -273,6 +350,10 @@ class PostgresBackend:
             raise batch.error
         if batch.readback:
             await self._read_back()
+
+    async def caught_up(self) -> None:
+        """Until a tail poll (and claim, when due) that starts after now has ended."""
+        await self._read_back()
 
     async def _read_back(self) -> None:
         """Until a tail poll that starts after now has ended: another
@@ -320,7 +401,7 @@ class PostgresBackend:
                 self._lost_race(live[0], exc)
                 return
             except BaseException as exc:
-                error = (exc if isinstance(exc, EngineError)
+                error = (exc if isinstance(exc, EngineError) and not isinstance(exc, Unreachable)
                          else PostgresJournalFailed(self._fail(exc)))
                 for batch in live:
                     batch.error, batch.done = error, True
@@ -339,7 +420,9 @@ class PostgresBackend:
                 self._stop([iid])
         rest = []
         for batch in live:
-            if iid not in batch.ids:
+            if iid not in batch.ids or (error is not None and all(
+                rec[r.TYPE] in _UNFENCED for rec in batch.recs if rec[r.INSTANCE] == iid
+            )):  # a signal for an instance another engine took: sent again, unfenced
                 rest.append(batch)
             elif error is not None:
                 batch.error, batch.done = error, True
@@ -373,13 +456,12 @@ class PostgresBackend:
 
     def _fail(self, exc: BaseException | str) -> str:
         if self._failed is None:
-            self._failed = (f"the PostgreSQL journal refuses writes until the engine is "
-                            f"opened again: {exc}")
+            self._failed = (f"the PostgreSQL journal at {self.where()} refuses writes until "
+                            f"the engine is opened again: {exc}")
             logger.error("%s", self._failed)
         return self._failed
 
     async def _write(self, recs: list[list[Any]]) -> list[int]:
-        assert self._conn is not None
         pack = msgpack.Packer().pack
         insts: list[bytes | None] = []
         keys: list[bytes | None] = []
@@ -387,15 +469,16 @@ class PostgresBackend:
         made: dict[str, None] = {}  # instances this batch creates (fenced by that)
         fence: dict[str, int] = {}  # the others, with the epoch we hold (-1: none)
         notify = False
-        # Another engine's instance, of which this batch only signals: unfenced.
+        # Another engine's instance, of which this batch only signals (or
+        # ends a child: the child's outcome beside it is fenced): unfenced.
         signals = {rec[r.INSTANCE] for rec in recs
-                   if rec[r.TYPE] == r.SIGNALLED and rec[r.INSTANCE] not in self.epochs}
+                   if rec[r.TYPE] in _UNFENCED and rec[r.INSTANCE] not in self.epochs}
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
             insts.append(inst.encode())
             if rtype in _NEW:
                 made[inst] = None
-            elif inst in signals and rtype != r.SIGNALLED:
+            elif inst in signals and rtype not in _UNFENCED:
                 signals.discard(inst)
         for rec in recs:
             rtype, inst = rec[r.TYPE], rec[r.INSTANCE]
@@ -417,23 +500,29 @@ class PostgresBackend:
             array(INT8, [int8(e) for e in fence.values()]), _T if notify else _F,
         ]
         try:
-            result = await self._conn.query(b"ml_append", _APPEND, _APPEND_TYPES, params)
+            assert self.link is not None
+            return await self.link.append(params, len(recs))
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
             if state in (schema.FENCED, schema.EXISTS):
                 raise _Refused(state, exc.diag.message_detail or "",
                                exc.diag.message_primary or str(exc)) from None
             raise
-        return [as_int(result.get_value(i, 0)) for i in range(result.ntuples)]
 
     async def read(self, loc: int) -> list[Any]:
-        if self._conn is None:
+        if self.link is None:
             raise JournalClosed("the PostgreSQL journal is closed")
         async with self._read_lock:
-            reader = self._reader
-            if reader is None or reader.broken:  # a read cut by a cancellation closes it
-                reader = self._reader = await self._connect("reader")
-            result = await reader.query(b"ml_read", _READ, [INT8], [int8(loc)])
+            for again in (True, False):  # a lost connection: once more, on a new one
+                reader = self._reader
+                if reader is None or reader.broken:  # cut by a cancellation, or lost
+                    reader = self._reader = await self._connect("reader")
+                try:
+                    result = await reader.query(b"ml_read", _READ, [INT8], [int8(loc)])
+                    break
+                except psycopg.OperationalError:
+                    if not (again and reader.broken):
+                        raise
         if result.ntuples != 1:
             raise EngineError(f"no record at seq {loc} in the PostgreSQL journal")
         return _unpack(bytes(result.get_value(0, 0) or b""), loc)
@@ -527,6 +616,7 @@ class PostgresBackend:
                 if self._failed is None and now >= self._next_claim:
                     self._next_claim = now + self.lease / 3
                     self._pending.update(await claim(conn, self.writer))
+                    await self._check_taken(conn)
                 self._polls[0] += 1
                 await self.tail.poll(conn, self.writer, self._apply_row)
             except psycopg.OperationalError:

@@ -15,7 +15,14 @@ needs: prepared statements with binary parameters and binary results
 SQL for the schema, LISTEN and its notifications. A query cut by a
 cancellation leaves the protocol in an unknown state: the connection is
 closed (``broken``) and its owner opens another; callers that must know a
-write's outcome shield the round trip.
+write's outcome shield the round trip. So does a connection the server or
+the network dropped (``broken`` too, even when an error reply came first).
+
+Hung round trips are bounded (``Limits``): TCP keepalives and
+``tcp_user_timeout`` find a peer that vanished, ``connect_timeout`` a
+server that does not answer, and every session runs with a
+``statement_timeout`` and an ``idle_in_transaction_session_timeout`` (a
+session's row locks cannot outlive them).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import select
 import struct
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -89,18 +97,47 @@ def as_int(value: bytes | None) -> int:
     return int.from_bytes(value, "big", signed=True)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long a round trip may hang, in seconds (see the module comment)."""
+
+    statement: float = 30.0  # statement_timeout, idle_in_transaction_session_timeout
+    connect: int = 10  # connect_timeout (whole seconds, at least 2)
+    idle: int = 5  # keepalives_idle; then 3 probes 1 s apart
+
+    @classmethod
+    def for_lease(cls, lease: float) -> Limits:
+        """A lease's bounds: nothing hangs much longer than the lease."""
+        return cls(statement=max(lease, 1.0), connect=max(2, round(lease)),
+                   idle=max(1, round(lease / 3)))
+
+    def conninfo(self, dsn: str, application_name: str) -> str:
+        ms = int(self.statement * 1000)
+        given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+        options = (f"{given} -c statement_timeout={ms} "
+                   f"-c idle_in_transaction_session_timeout={ms}").strip()
+        return psycopg.conninfo.make_conninfo(
+            dsn, application_name=application_name, options=options,
+            connect_timeout=str(self.connect), keepalives="1",
+            keepalives_idle=str(self.idle), keepalives_interval="1", keepalives_count="3",
+            tcp_user_timeout=str(ms))
+
+
 class Conn:
     """One connection, used by one task at a time (the caller's lock)."""
 
     def __init__(self, pgconn: pq.abc.PGconn) -> None:
         self.pgconn = pgconn
         self.fileno = pgconn.socket
+        self.pid = pgconn.backend_pid  # the server's process of this session
         self.broken = False
         self._prepared: set[bytes] = set()
 
     @classmethod
-    async def connect(cls, dsn: str, *, application_name: str = "memable_log") -> Conn:
-        conninfo = psycopg.conninfo.make_conninfo(dsn, application_name=application_name)
+    async def connect(
+        cls, dsn: str, *, application_name: str = "memable_log", limits: Limits | None = None
+    ) -> Conn:
+        conninfo = (limits or Limits()).conninfo(dsn, application_name)
         gen = generators.connect(conninfo)
         try:
             fileno, state = next(gen)
@@ -118,8 +155,9 @@ class Conn:
         return cls(pgconn)
 
     def close(self) -> None:
-        self.broken = True
-        self.pgconn.finish()
+        if not self.broken:
+            self.broken = True
+            self.pgconn.finish()
 
     async def _results(self) -> list[pq.abc.PGresult]:
         try:
@@ -129,14 +167,25 @@ class Conn:
         except BaseException:
             self.close()  # cut mid-protocol (cancelled, the server gone): unusable
             raise
+        if self.pgconn.status != pq.ConnStatus.OK:
+            self.close()  # an error reply, then the server closed the session
         for result in results:
             if result.status not in _OK:
                 raise error_from_result(result)
+        if self.broken:
+            raise psycopg.OperationalError("the server closed the connection")
         return results
+
+    def _send(self, send: Any, *args: Any) -> None:
+        try:
+            send(*args)
+        except BaseException:
+            self.close()
+            raise
 
     async def run(self, sql: str) -> list[pq.abc.PGresult]:
         """Plain SQL, one or more statements (text results)."""
-        self.pgconn.send_query(sql.encode())
+        self._send(self.pgconn.send_query, sql.encode())
         return await self._results()
 
     async def query(
@@ -144,10 +193,10 @@ class Conn:
     ) -> pq.abc.PGresult:
         """A prepared statement (prepared on first use), binary in and out."""
         if name not in self._prepared:
-            self.pgconn.send_prepare(name, sql.encode(), types)
+            self._send(self.pgconn.send_prepare, name, sql.encode(), types)
             await self._results()
             self._prepared.add(name)
-        self.pgconn.send_query_prepared(name, params, [1] * len(params), 1)
+        self._send(self.pgconn.send_query_prepared, name, params, [1] * len(params), 1)
         return (await self._results())[-1]
 
     async def notifies(self) -> list[str]:

@@ -31,7 +31,7 @@ import psycopg
 import trio
 
 from .._core.errors import EngineError
-from .driver import TEXT, Conn, as_int
+from .driver import TEXT, TEXT_ARRAY, Conn, array, as_int
 
 _JOIN = ("INSERT INTO ml_workers (writer, expires_at) "
          "VALUES ($1, now() + make_interval(secs => $2::float8))")
@@ -40,6 +40,8 @@ _RENEW = ("UPDATE ml_workers SET expires_at = now() + make_interval(secs => $2::
 _RELEASE = "UPDATE ml_workers SET expires_at = '-infinity' WHERE writer = $1"
 _CLAIM = "SELECT instance_id, epoch FROM ml_claim($1)"
 _OWNED = "SELECT instance_id, lease_epoch FROM ml_instances WHERE lease_owner = $1"
+_TAKEN = ("SELECT instance_id FROM ml_instances WHERE instance_id = ANY($2) "
+          "AND lease_owner IS DISTINCT FROM $1")
 MARGIN = 0.2  # of the lease: self-fencing comes this much before the database's expiry
 
 
@@ -64,6 +66,14 @@ async def owned(conn: Conn, writer: str) -> dict[str, int]:
     return _ids(await conn.query(b"ml_owned", _OWNED, [TEXT], [writer.encode()]))
 
 
+async def taken(conn: Conn, writer: str, ids: list[str]) -> list[str]:
+    """Those of ``ids`` (instances this engine holds) whose lease another
+    engine holds now."""
+    got = await conn.query(b"ml_taken", _TAKEN, [TEXT, TEXT_ARRAY],
+                           [writer.encode(), array(TEXT, [i.encode() for i in ids])])
+    return [bytes(got.get_value(i, 0) or b"").decode() for i in range(got.ntuples)]
+
+
 def _ids(got: Any) -> dict[str, int]:
     return {
         bytes(got.get_value(i, 0) or b"").decode(): as_int(got.get_value(i, 1))
@@ -80,6 +90,7 @@ class Lease:
         self.on_lost = on_lost
         self.fence_at = trio.current_time() + lease * (1 - MARGIN)
         self.renewals = 0
+        self.renewed = trio.Event()  # set (and made anew) at each renewal that succeeds
         self.paused = False  # tests: a stalled engine (renewals stop, nothing else)
         self._conn: Conn | None = None
 
@@ -114,6 +125,8 @@ class Lease:
                         return
                     self.fence_at = sent + self.lease * (1 - MARGIN)
                     self.renewals += 1
+                    renewed, self.renewed = self.renewed, trio.Event()
+                    renewed.set()
             except (psycopg.Error, EngineError):
                 if self._conn is not None:  # made again at the next renewal
                     self._conn.close()

@@ -98,12 +98,21 @@ class PgServer:
             self.user = _as_root_prepare(self.binaries, self.base)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--encoding=utf8", "--no-sync", "--no-instructions")
+        self._start()
+        self.started_s = time.perf_counter() - began
+        return self
+
+    def _start(self) -> None:
         options = (f"-h 127.0.0.1 -p {self.port} -k {self.base} -c max_connections=200 "
                    f"-c fsync={'on' if self.fsync else 'off'}")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
                   "-o", options, "start")
-        self.started_s = time.perf_counter() - began
-        return self
+
+    def restart(self) -> None:
+        """Stop the server as a crash would (``immediate``: every session
+        cut, no checkpoint), then start it again on the same port."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._start()
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

@@ -9,8 +9,10 @@ within its 0.2 s poll, or at once on NOTIFY).
 
 from __future__ import annotations
 
+import json
 import math
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -315,8 +317,8 @@ async def test_lost_tailer_listener_and_lease_connections_are_made_again(
             await seen(b, "x", "suspended")
             backend = host_of(a).backend
             writer, keeper = backend.writer, backend.keeper  # type: ignore[union-attr]
-            while keeper.renewals < 1:  # noqa: ASYNC110 (its connection is made)
-                await trio.sleep(0.05)
+            while keeper.renewals < 1:  # its connection is made
+                await keeper.renewed.wait()
             renewed = keeper.renewals
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 [(killed,)] = conn.execute(
@@ -327,8 +329,8 @@ async def test_lost_tailer_listener_and_lease_connections_are_made_again(
             assert killed == 3
             await b.signal("approve", "x", "ok", "after")  # a's new tailer brings it
             assert await a.wait("x") == ["done", "after"]
-            while keeper.renewals < renewed + 2:  # noqa: ASYNC110 (a counter, no event)
-                await trio.sleep(0.05)
+            while keeper.renewals < renewed + 2:
+                await keeper.renewed.wait()
             assert backend.failed is None  # type: ignore[union-attr]
 
 
@@ -347,3 +349,51 @@ async def test_another_engines_instance_timeout_is_fired_by_its_owner_only(
                 await b.invoke("approve", instance_id="y")
                 await until_state(b, "y", "suspended")
     assert "fenced out" not in caplog.text  # b never tried to cancel it
+
+
+async def test_a_sigstopped_engine_is_fenced_out_when_it_wakes_past_its_lease(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    lease = 2.0
+    worker = Path(__file__).with_name("pg_worker.py")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(worker), pg_dsn, str(ledger), str(lease), "stop"],
+        stdout=subprocess.PIPE)
+    try:
+        with trio.fail_after(20):
+            await until_in(ledger, pg_worker.STALL)  # inside s3, the process blocked
+            proc.send_signal(signal.SIGSTOP)
+            async with engine(pg_dsn, lease=lease,
+                              job=pg_worker.job(str(ledger), stall=False)) as b:
+                assert await b.wait("job") == sum(range(pg_worker.STEPS))  # taken over
+            Path(f"{ledger}.go").touch()  # noqa: ASYNC240 (s3 ends when it runs again)
+            proc.send_signal(signal.SIGCONT)
+            assert proc.stdout is not None
+            out = b""
+            while not out.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "the stopped engine exited without its report"
+                out += chunk
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    report = json.loads(out)
+    # it stopped running "job", which it sees finished by the other engine
+    assert report["state"] == "completed"
+    assert report["running"] is False
+    # its late write of s3 was refused (its own clock fenced it: its lease
+    # ran out while stopped; the server would refuse it too), and it ran
+    # no step after that
+    assert "lost its lease" in report["failed"]
+    *ran, refused = lines(ledger)
+    assert ran == ["s0", "s1", "s2", "s3", "s3", "s4", "s5"]
+    assert refused in ("refused:s3:PostgresJournalFailed", "refused:s3:Cancelled")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        writers = conn.execute(
+            "SELECT step_key, split_part(writer, '/', 1) FROM ml_log "
+            "WHERE step_key IS NOT NULL ORDER BY seq").fetchall()
+    assert writers == [("0:s0", "victim"), ("0:s1", "victim"), ("0:s2", "victim"),
+                       ("0:s3", "test"), ("0:s4", "test"), ("0:s5", "test")]

@@ -1,0 +1,140 @@
+"""The writer connection lost: made again, and a commit in doubt settled by
+reading the log back before it is acknowledged or sent again; the server
+restarted under running engines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+from pgserver import PgServer
+from test_pg_backend import created, done, opened, rows
+
+from memable_log import Context, Engine, JournalFailed
+from memable_log._engine.engine import host_of
+from memable_log._postgres.backend import PostgresBackend
+
+
+def writer_conn(backend: PostgresBackend) -> Any:
+    assert backend.link is not None
+    assert backend.link.conn is not None
+    return backend.link.conn
+
+
+async def test_a_commit_whose_reply_was_lost_is_read_back_not_written_again(
+    pg_dsn: str,
+) -> None:
+    backend, index = await opened(pg_dsn)
+    try:
+        await backend.append_many([created("a"), done("a", "k1")])
+        conn = writer_conn(backend)
+        real = conn.query
+
+        async def reply_lost(name: bytes, *args: Any) -> Any:
+            result = await real(name, *args)
+            if name == b"ml_append":  # committed; the reply never arrives
+                conn.close()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return result
+
+        conn.query = reply_lost
+        await backend.append(done("a", "k2"))  # settled: it committed, not sent again
+        assert [row[2] for row in rows(pg_dsn)] == [None, "0:k1", "0:k2"]
+        assert index.instances["a"].last_seq == 3
+        assert backend.link is not None
+        assert backend.link.in_doubt == [1, 0]
+        assert backend.link.reconnects == 1
+        await backend.append(done("a", "k3"))  # the new connection goes on
+        assert [row[2] for row in rows(pg_dsn)] == [None, "0:k1", "0:k2", "0:k3"]
+    finally:
+        await backend.close()
+
+
+async def test_a_batch_whose_session_was_ended_is_sent_again_once(pg_dsn: str) -> None:
+    backend, index = await opened(pg_dsn)
+    try:
+        await backend.append_many([created("a"), done("a", "k1")])
+        with psycopg.connect(pg_dsn, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (writer_conn(backend).pid,))
+        await backend.append(done("a", "k2"))  # in doubt, not committed: sent again
+        assert [row[2] for row in rows(pg_dsn)] == [None, "0:k1", "0:k2"]
+        assert index.instances["a"].last_seq == 3
+        assert backend.link is not None
+        assert backend.link.in_doubt == [0, 1]
+    finally:
+        await backend.close()
+
+
+async def test_the_journal_failed_message_names_the_server(pg_dsn: str) -> None:
+    async def one(ctx: Context) -> Any:
+        return 1
+
+    engine = Engine.builder().postgres(pg_dsn, worker="w", lease=5.0).build()
+    engine.register("one", one)
+    with trio.fail_after(10):
+        async with engine:
+            backend = host_of(engine).backend
+            assert isinstance(backend, PostgresBackend)
+            backend.link.close()  # type: ignore[union-attr]
+            backend.keeper.fence_at = 0.0  # type: ignore[union-attr]  # past its lease
+            with pytest.raises(JournalFailed) as got:
+                await engine.invoke("one", instance_id="x")
+            with pytest.raises(JournalFailed) as again:  # refused before anything is sent
+                await engine.signal("one", "x", "go")
+    for message in (str(got.value), str(again.value)):
+        assert f"PostgreSQL journal at {backend.where()}" in message
+        assert "lost its lease" in message
+        assert "disk" not in message
+    assert backend.where().startswith("127.0.0.1:")
+
+
+STEPS = 30
+
+
+async def test_engines_reconnect_when_the_server_restarts_and_lose_nothing(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    executed: list[tuple[str, str]] = []
+    acknowledged: list[tuple[str, str]] = []
+    halfway = trio.Event()
+
+    async def chain(ctx: Context) -> Any:
+        for i in range(STEPS):
+            key = f"s{i}"
+            await ctx.step(key).run(lambda key=key: executed.append((ctx.instance_id, key)))
+            acknowledged.append((ctx.instance_id, key))
+            if len(acknowledged) >= 40:
+                halfway.set()
+        return ctx.instance_id
+
+    def engine() -> Engine:
+        built = Engine.builder().postgres(pg_dsn, worker="r", lease=10.0).build()
+        built.register("chain", chain)
+        return built
+
+    ids = [f"i{n}" for n in range(6)]
+    with trio.fail_after(40):
+        async with engine() as a, engine() as b:
+            for n, iid in enumerate(ids):
+                await (a if n % 2 else b).invoke("chain", instance_id=iid)
+            await halfway.wait()
+            await trio.to_thread.run_sync(pg_server.restart)  # steps keep coming meanwhile
+            before = len(acknowledged)
+            for iid in ids:
+                assert await a.wait(iid) == iid
+            assert len(acknowledged) > before
+            for eng in (a, b):
+                backend = host_of(eng).backend
+                assert isinstance(backend, PostgresBackend)
+                assert backend.failed is None
+                assert backend.link is not None
+                assert backend.link.reconnects >= 1
+    # every body ran once, every acknowledged step is in the log, once
+    assert sorted(executed) == sorted(acknowledged) == sorted(
+        (iid, f"s{i}") for iid in ids for i in range(STEPS))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        logged = conn.execute(
+            "SELECT instance_id, step_key FROM ml_log WHERE step_key IS NOT NULL").fetchall()
+    assert sorted(logged) == sorted((iid, f"0:s{i}") for iid in ids for i in range(STEPS))
