@@ -105,6 +105,8 @@ __all__ = [
     "forget",
     "instances",
     "invoke",
+    "is_postgres_url",
+    "postgres_reader",
     "restart",
     "signal",
     "status",
