@@ -109,9 +109,13 @@ async def test_engines_reconnect_when_the_server_restarts_and_lose_nothing(
                 halfway.set()
         return ctx.instance_id
 
+    async def one(ctx: Context) -> Any:
+        return ctx.instance_id
+
     def engine() -> Engine:
         built = Engine.builder().postgres(pg_dsn, worker="r", lease=10.0).build()
         built.register("chain", chain)
+        built.register("one", one)
         return built
 
     ids = [f"i{n}" for n in range(6)]
@@ -125,6 +129,11 @@ async def test_engines_reconnect_when_the_server_restarts_and_lose_nothing(
             for iid in ids:
                 assert await a.wait(iid) == iid
             assert len(acknowledged) > before
+            # Each engine writes after the restart (its chains may all have
+            # ended before it), so each writer has had to reconnect.
+            for name, eng in (("late-a", a), ("late-b", b)):
+                await eng.invoke("one", instance_id=name)
+                assert await eng.wait(name) == name
             for eng in (a, b):
                 backend = host_of(eng).backend
                 assert isinstance(backend, PostgresBackend)
