@@ -40,9 +40,17 @@ class _Handle:
     def write(self, data: bytes) -> None:
         self._inner.write(data)
 
+    def write_at(self, offset: int, data: bytes) -> None:
+        self._inner.write_at(offset, data)
+
     def sync(self) -> None:
         self._storage.before_sync()
         self._inner.sync()
+        self._storage.synced()
+
+    def sync_data(self) -> None:
+        self._storage.before_sync()
+        self._inner.sync_data()
         self._storage.synced()
 
     def truncate(self, size: int) -> None:

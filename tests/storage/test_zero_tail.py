@@ -1,0 +1,191 @@
+"""Preallocated segments: a zero tail is unused space, not a torn record.
+
+The writer zero-fills the active segment ahead of its records and commits
+by overwriting the zeros (fdatasync, no size change). Every reader must
+take the zeros after the last frame for the end of the segment, and still
+take anything else there (a torn write into the zeros) for a torn tail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from support.journal import read_all, rec, storage_from
+
+from memable_log._core.format import HEADER_SIZE, segment_name
+from memable_log._core.framing import encode_frame
+from memable_log._journal.journal import Journal
+from memable_log._storage import writer as writer_mod
+from memable_log._storage.files import FileStorage
+from memable_log._storage.follower import JournalFollower
+from memable_log._storage.memory import MemoryStorage
+from memable_log._storage.segments import scan
+from memable_log._storage.writer import SegmentWriter
+
+SEG1 = segment_name(1)
+
+
+def _writer(storage: Any, segment_size: int = 1 << 20) -> SegmentWriter:
+    writer = SegmentWriter(storage, segment_size)
+    writer.recover(scan(storage))
+    return writer
+
+
+def _commit(writer: SegmentWriter, records: list[list[Any]]) -> None:
+    for seq, record in enumerate(records, start=writer.next_seq):
+        record[1] = seq
+    writer.commit([msgpack.packb(record) for record in records])
+
+
+def test_commits_overwrite_preallocated_zeros_without_growing_the_file(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage)
+    size = storage.size(SEG1)
+    assert size > HEADER_SIZE and storage.read(SEG1)[HEADER_SIZE:] == bytes(size - HEADER_SIZE)
+    records = [rec(i) for i in range(20)]
+    for record in records:
+        _commit(writer, [record])
+        assert storage.size(SEG1) == size  # an overwrite: no size, no metadata to sync
+    result = scan(storage)
+    assert (result.torn_at, result.next_seq) == (None, 21)
+    assert result.last is not None and result.last.end == writer.size < size
+    assert read_all(storage) == records
+
+
+def test_a_journal_at_rest_has_no_zero_tail(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage)
+    _commit(writer, [rec(0)])
+    end = writer.size
+    writer.close()
+    assert storage.size(SEG1) == end
+    again = _writer(storage)  # reopened: zeros again ahead of the records, at the next commit
+    _commit(again, [rec(1)])
+    assert storage.size(SEG1) > again.size
+    assert read_all(storage) == [rec(0)[:1] + [1] + rec(0)[2:], rec(1)[:1] + [2] + rec(1)[2:]]
+
+
+def _segment(records: int, tail: bytes) -> tuple[MemoryStorage, int]:
+    """A journal of one segment: ``records`` records, then ``tail``."""
+    storage = MemoryStorage()
+    writer = _writer(storage)
+    _commit(writer, [rec(i) for i in range(records)])
+    end = writer.size
+    data = storage.read(SEG1)[:end] + tail
+    return storage_from({SEG1: data}), end
+
+
+def test_zeros_after_the_last_frame_are_the_end_not_a_torn_tail() -> None:
+    storage, end = _segment(3, bytes(5000))
+    result = scan(storage)
+    assert result.torn_at is None and result.last is not None and result.last.end == end
+    assert len(read_all(storage)) == 3
+
+
+def test_fewer_zeros_than_a_frame_header_are_the_end_too() -> None:
+    storage, _ = _segment(3, bytes(5))
+    assert scan(storage).torn_at is None
+
+
+def test_a_frame_written_in_part_then_zeros_is_a_torn_tail_cut_on_open() -> None:
+    frame = encode_frame(msgpack.packb(rec(9)), 0, batch_start=True)
+    storage, end = _segment(3, frame[:12] + bytes(4000))
+    result = scan(storage)
+    assert result.torn_at == end
+    writer = _writer(storage)  # recovery cuts the torn bytes durably
+    assert storage.crash().size(SEG1) == end
+    _commit(writer, [rec(3)])
+    assert len(read_all(storage.crash())) == 4
+
+
+def test_a_zero_length_word_before_bytes_that_landed_is_a_torn_tail() -> None:
+    # The first sector of a write lost, a later one landed: zeros, then not.
+    frame = encode_frame(msgpack.packb(rec(9)), 0, batch_start=True)
+    storage, end = _segment(2, bytes(4) + frame[4:] + bytes(100))
+    assert scan(storage).torn_at == end
+
+
+def test_a_sealed_segment_followed_by_zeros_is_complete(tmp_path: Path) -> None:
+    """A power cut after a roll-over's seal landed but before its cut of the
+    zeros did: the sealed segment keeps a zero tail, which is not damage,
+    and recovery cuts it before it starts the next segment."""
+    storage = MemoryStorage()
+    writer = _writer(storage, segment_size=4096)
+    writer.close()
+    writer = _writer(storage, segment_size=4096)
+    _commit(writer, [rec(0)])
+    data = bytearray(storage.read(SEG1))
+    writer.seal_and_roll()
+    sealed = storage.read(SEG1)
+    data[: len(sealed)] = sealed
+    crashed = storage_from({SEG1: bytes(data)})
+    result = scan(crashed)
+    assert result.torn_at is None and result.last is not None and result.last.sealed
+    again = _writer(crashed, segment_size=4096)
+    assert crashed.crash().read(SEG1) == sealed
+    _commit(again, [rec(1)])
+    assert len(read_all(crashed.crash())) == 2
+
+
+def test_the_follower_waits_on_a_zero_tail_and_sees_records_written_into_it(
+    tmp_path: Path,
+) -> None:
+    """The size never changes and the mtime may not either (a coarse clock):
+    the follower must still see each new commit, and never call the zeros
+    damage or a gap."""
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage)
+    _commit(writer, [rec(0)])
+    waits: list[int] = []
+    follower = JournalFollower(str(tmp_path), sleep=lambda _: None,
+                               on_wait=lambda: waits.append(1),
+                               on_gap=lambda gap: pytest.fail(f"a gap: {gap}"))
+    try:
+        assert next(follower).seq == 1
+        path = tmp_path / SEG1
+        for n in range(1, 4):
+            stamp = os.stat(path)
+            _commit(writer, [rec(n)])
+            os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # mtime unchanged
+            assert os.stat(path).st_size == stamp.st_size
+            before = len(waits)
+            assert next(follower).seq == n + 1
+            assert len(waits) - before <= 1
+    finally:
+        follower.close()
+
+
+def test_the_follower_moves_on_from_a_sealed_segment_with_a_zero_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage, segment_size=4096)
+    _commit(writer, [rec(0)])
+    follower = JournalFollower(str(tmp_path), sleep=lambda _: None)
+    try:
+        assert next(follower).seq == 1
+        writer.seal_and_roll()
+        # The seal's cut of the zeros undone, as a power cut could leave it.
+        with open(tmp_path / SEG1, "ab") as f:
+            f.write(bytes(300))
+        _commit(writer, [rec(1)])
+        assert next(follower).seq == 2
+    finally:
+        follower.close()
+
+
+async def test_the_journal_extends_its_zeros_in_steps_and_reads_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_mod, "PREALLOCATE", 512)
+    storage = MemoryStorage()
+    async with Journal(storage, segment_size=1 << 20) as journal:
+        for i in range(40):
+            await journal.append(rec(i, size=100))
+        sizes = storage.size(SEG1)
+    assert sizes < 1 << 20  # grown in steps, not to the whole segment
+    assert len(read_all(storage.crash())) == 40
