@@ -131,7 +131,8 @@ async def test_a_short_write_leaves_a_torn_tail_that_reopening_cuts() -> None:
         assert journal.index.records == 6
     assert storage.size(segment_name(1)) == size + FRAME
     kept = read_all(storage.crash())
-    assert kept[:4] == written and [r[3] for r in kept[4:]] == ["inst-4", "inst-7"]
+    assert kept[:4] == written
+    assert [r[3] for r in kept[4:]] == ["inst-4", "inst-7"]
 
 
 async def test_every_waiter_queued_behind_a_failed_commit_fails() -> None:

@@ -45,14 +45,16 @@ def test_commits_overwrite_preallocated_zeros_without_growing_the_file(tmp_path:
     storage = FileStorage(tmp_path)
     writer = _writer(storage)
     size = storage.size(SEG1)
-    assert size > HEADER_SIZE and storage.read(SEG1)[HEADER_SIZE:] == bytes(size - HEADER_SIZE)
+    assert size > HEADER_SIZE
+    assert storage.read(SEG1)[HEADER_SIZE:] == bytes(size - HEADER_SIZE)
     records = [rec(i) for i in range(20)]
     for record in records:
         _commit(writer, [record])
         assert storage.size(SEG1) == size  # an overwrite: no size, no metadata to sync
     result = scan(storage)
     assert (result.torn_at, result.next_seq) == (None, 21)
-    assert result.last is not None and result.last.end == writer.size < size
+    assert result.last is not None
+    assert result.last.end == writer.size < size
     assert read_all(storage) == records
 
 
@@ -66,7 +68,7 @@ def test_a_journal_at_rest_has_no_zero_tail(tmp_path: Path) -> None:
     again = _writer(storage)  # reopened: zeros again ahead of the records, at the next commit
     _commit(again, [rec(1)])
     assert storage.size(SEG1) > again.size
-    assert read_all(storage) == [rec(0)[:1] + [1] + rec(0)[2:], rec(1)[:1] + [2] + rec(1)[2:]]
+    assert read_all(storage) == [[*rec(0)[:1], 1, *rec(0)[2:]], [*rec(1)[:1], 2, *rec(1)[2:]]]
 
 
 def _segment(records: int, tail: bytes) -> tuple[MemoryStorage, int]:
@@ -82,7 +84,9 @@ def _segment(records: int, tail: bytes) -> tuple[MemoryStorage, int]:
 def test_zeros_after_the_last_frame_are_the_end_not_a_torn_tail() -> None:
     storage, end = _segment(3, bytes(5000))
     result = scan(storage)
-    assert result.torn_at is None and result.last is not None and result.last.end == end
+    assert result.torn_at is None
+    assert result.last is not None
+    assert result.last.end == end
     assert len(read_all(storage)) == 3
 
 
@@ -124,7 +128,9 @@ def test_a_sealed_segment_followed_by_zeros_is_complete(tmp_path: Path) -> None:
     data[: len(sealed)] = sealed
     crashed = storage_from({SEG1: bytes(data)})
     result = scan(crashed)
-    assert result.torn_at is None and result.last is not None and result.last.sealed
+    assert result.torn_at is None
+    assert result.last is not None
+    assert result.last.sealed
     again = _writer(crashed, segment_size=4096)
     assert crashed.crash().read(SEG1) == sealed
     _commit(again, [rec(1)])
@@ -189,3 +195,63 @@ async def test_the_journal_extends_its_zeros_in_steps_and_reads_back(
         sizes = storage.size(SEG1)
     assert sizes < 1 << 20  # grown in steps, not to the whole segment
     assert len(read_all(storage.crash())) == 40
+
+
+def _doc_reader() -> Any:
+    """The independent reader of docs/format.md, run as written there."""
+    import re
+
+    doc = Path(__file__).parents[2] / "docs" / "format.md"
+    match = re.search(r"<!-- independent-reader -->\n```python\n(.*?)\n```", doc.read_text(),
+                      re.DOTALL)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), str(doc), "exec"), namespace)
+    return namespace["read"]
+
+
+def test_format_md_reader_skips_zero_tails_in_live_and_sealed_segments(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage, segment_size=4096)
+    _commit(writer, [rec(0), rec(1)])
+    writer.seal_and_roll()
+    with open(tmp_path / SEG1, "ab") as f:  # a sealed segment whose cut did not land
+        f.write(bytes(100))
+    _commit(writer, [rec(2)])
+    assert storage.size(segment_name(2)) > writer.size  # the live segment's zeros
+    read = _doc_reader()
+    assert [rec_[1] for _, _, rec_ in read(str(tmp_path))] == [1, 2, 3]
+    assert [rec_[1] for rec_ in read_all(storage)] == [1, 2, 3]
+
+
+def test_reader_and_dump_stats_show_a_zero_tail_as_unused_not_torn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from support.dump import run
+
+    from memable_log.reader import JournalReader
+
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage)
+    _commit(writer, [rec(0), rec(1)])
+    end, size = writer.size, storage.size(SEG1)
+    reader = JournalReader(FileStorage(tmp_path, create=False))
+    assert len(list(reader)) == 2
+    assert reader.done
+    assert reader.torn is None
+    assert reader.zero_tail == (str(tmp_path / SEG1), end, size - end)
+    code, lines, err = run(capsys, str(tmp_path), "--stats", "--json")
+    assert code == 0, err
+    got = json.loads(lines[0])
+    assert got["torn_tail"] is None
+    assert got["zero_tail"] == {"file": SEG1, "offset": end, "size": size - end}
+    code, lines, err = run(capsys, str(tmp_path), "--stats")
+    assert code == 0
+    assert any(line.split() == ["torn", "tail", "none"] for line in lines)
+    assert any(line.startswith("zero tail") and "not damage" in line for line in lines)
+    writer.close()
+    reader = JournalReader(FileStorage(tmp_path, create=False))
+    list(reader)
+    assert reader.zero_tail is None  # at rest: cut
