@@ -85,8 +85,8 @@ class FollowGap:
 class _Open:
     """A segment file the follower holds open, and its reader."""
 
-    __slots__ = ("fd", "header", "judged", "name", "number", "path", "reader", "rechecked",
-                 "seen", "zeros")
+    __slots__ = ("fd", "header", "judged", "name", "number", "path", "proven", "reader",
+                 "rechecked", "seen", "zeros")
 
     def __init__(self, fd: int, path: str, name: str, number: int, header: SegmentHeader) -> None:
         self.fd = fd
@@ -99,6 +99,7 @@ class _Open:
         self.judged: tuple[int, int] | None = None  # ``seen`` when bad bytes were last judged
         self.rechecked: int | None = None  # offset of what was wrong, read again once complete
         self.zeros = False  # the last read ended at a zero tail
+        self.proven: int | None = None  # offset of damage a later commit proved, once
 
     def place(self, after: int | None) -> SegmentReader:
         """Check the header against the walk (see SegmentReader); closes the file if wrong."""
@@ -416,7 +417,10 @@ class JournalFollower(Iterator[RecordView]):
         """Bad bytes where a writer appends: damage if a later commit proves it.
 
         Otherwise a torn tail or a write in progress, to wait out. Judged
-        once for each state of the file.
+        once for each state of the file. A proof counts only when a second
+        read finds it again: in a preallocated segment one read can meet
+        the zeros a write had not reached yet and, further on, the next
+        commit that came after it (a read is not atomic against writes).
         """
         reader = seg.reader
         damage = reader.ended() if reader is not None else None
@@ -425,7 +429,9 @@ class JournalFollower(Iterator[RecordView]):
         seg.judged = seg.seen
         proven = reader.proof(damage)
         if proven is not None:
-            raise proven
+            if seg.proven == damage.offset:
+                raise proven
+            seg.proven, seg.seen, seg.judged = damage.offset, None, None  # read again first
 
     def _recheck(self, seg: _Open) -> None:
         """A complete segment that is not cleanly sealed: read it once more, then fail.

@@ -314,3 +314,34 @@ async def test_a_power_cut_at_every_operation_of_preallocated_segments(
             async with Journal(after, segment_size=4096) as journal:
                 await journal.append(rec(999, size=150))
             assert [g[3] for g in read_all(after.crash())] == [g[3] for g in got] + ["inst-999"]
+
+
+def test_the_follower_reads_again_before_it_calls_zeros_before_a_commit_damage(
+    tmp_path: Path,
+) -> None:
+    """One read may meet the zeros a write has not reached yet and, after
+    them, the next commit: that is no proof of damage until a second read
+    finds the same (it then finds the first write complete)."""
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage)
+    _commit(writer, [rec(0)])
+    end = writer.size
+    _commit(writer, [rec(1)])
+    _commit(writer, [rec(2)])
+    path = tmp_path / SEG1
+    complete = path.read_bytes()
+    second = complete[end : end + 16]
+    with open(path, "r+b") as f:  # the read's view: the second commit's head not there yet
+        f.seek(end)
+        f.write(bytes(16))
+
+    def sleep(_: float) -> None:
+        with open(path, "r+b") as f:  # meanwhile the write completes
+            f.seek(end)
+            f.write(second)
+
+    follower = JournalFollower(str(tmp_path), sleep=sleep)
+    try:
+        assert [next(follower).seq for _ in range(3)] == [1, 2, 3]
+    finally:
+        follower.close()
