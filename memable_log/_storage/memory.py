@@ -41,11 +41,33 @@ class _Fault:
 
 
 class _MemFile:
-    __slots__ = ("data", "durable")
+    """A file's bytes as reads see them, and as the last fsync left them.
 
-    def __init__(self, data: bytes = b"") -> None:
+    ``lo``..``hi`` bounds what was written since that fsync, so an fsync
+    copies only that (a preallocated segment is mostly zeros nobody wrote).
+    """
+
+    __slots__ = ("data", "durable", "hi", "lo")
+
+    def __init__(self, data: bytes | bytearray = b"") -> None:
         self.data = bytearray(data)
-        self.durable = bytes(data)
+        self.durable = bytearray(data)
+        self.lo, self.hi = len(data), 0  # nothing written since
+
+    def touch(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    def synced(self) -> None:
+        data, durable = self.data, self.durable
+        size = len(data)
+        if len(durable) > size:
+            del durable[size:]
+        lo, hi = self.lo, min(self.hi, len(durable))
+        if lo < hi:
+            durable[lo:hi] = data[lo:hi]
+        if len(durable) < size:
+            durable += data[len(durable) :]
+        self.lo, self.hi = size, 0
 
 
 class _MemHandle:
@@ -69,6 +91,7 @@ class _MemHandle:
 
     def _put(self, offset: int, data: bytes) -> None:
         file = self._file.data
+        self._file.touch(min(offset, len(file)), offset + len(data))
         if offset > len(file):
             file += bytes(offset - len(file))  # a hole reads as zeros
         file[offset : offset + len(data)] = data
@@ -83,7 +106,7 @@ class _MemHandle:
             # but is not durable, and a retry would not make it so.
             raise OSError(fault.err, f"injected {errno_mod.errorcode[fault.err]} on fsync")
         self._storage.syncs += 1
-        self._file.durable = bytes(self._file.data)
+        self._file.synced()
         limit = self._storage.crash_after_syncs
         if limit is not None and self._storage.syncs >= limit:
             self._storage.crash_at = self._storage.ops + 1  # every later op finds it dead
