@@ -20,9 +20,10 @@ the directory fsynced. A zero tail is kept and written over.
 
 Roll-over, when a batch would take the segment past ``segment_size``: write
 the part that fits plus a seal frame, cut the zero tail, fsync, then create
-the next segment as a temp file with its header (and its first zeros),
-fsync it, rename it into place and fsync the directory. A segment is never
-visible without its complete header, and a sealed one keeps no zero tail
+the next segment as a temp file with its header, fsync it, rename it into
+place and fsync the directory (its zeros come with its first commit, which
+pays one more fsync for them). A segment is never visible without its
+complete header, and a sealed one keeps no zero tail
 (so older readers, which take zeros for a torn tail, see the layout they
 know in every segment but the last). ``close`` cuts the active segment's
 zero tail too: a journal at rest has none.
@@ -220,10 +221,9 @@ class SegmentWriter:
         name = segment_name(number)
         temp = name + ".tmp"
         file = self.storage.create(temp)
-        allocated = min(self.segment_size, HEADER_SIZE + PREALLOCATE)
         try:
             crashpoint("roll.after-temp-create")
-            file.write(pack_header(header) + bytes(allocated - HEADER_SIZE))
+            file.write(pack_header(header))  # zeros come with its first commit
             file.sync()
         finally:
             file.close()
@@ -235,7 +235,7 @@ class SegmentWriter:
         self.salts[name] = salt
         self._records_in_segment = 0
         self._file = self.storage.open_append(name)
-        self._allocated = allocated
+        self._allocated = HEADER_SIZE
 
     def _break(self, exc: OSError) -> NoReturn:
         code = errno.errorcode.get(exc.errno or 0)

@@ -121,8 +121,7 @@ def compacted_durable_at(first: int, names: list[str]) -> int:
     fsync after its rename, the last rename but one (the last renames the
     index snapshot written after it, a derived file)."""
     renames = [i for i, name in enumerate(names) if name == "rename"]
-    closed = names[:-2] if names[-2:] == ["truncate", "sync"] else names  # zero tail cut
-    assert closed[-2:] == ["rename", "sync_dir"]  # the snapshot's
+    assert names[-2:] == ["rename", "sync_dir"]  # the snapshot's
     return first + renames[-2] + 1
 
 
@@ -157,8 +156,7 @@ async def test_a_power_cut_at_any_step_of_offline_compaction_changes_no_answer(
     first = probe.ops + 1
     compact_offline(probe, now_ms=now, retention_ms=retention_ms)
     names = probe.names[first - 1 :]
-    # (truncate: the writer cuts its new segment's zero tail at close)
-    assert set(names) == {"create", "write", "sync", "rename", "sync_dir", "remove", "truncate"}
+    assert set(names) == {"create", "write", "sync", "rename", "sync_dir", "remove"}
     durable_at = compacted_durable_at(first, names)
     assert names[durable_at - first] == "sync_dir"
     assert stored(probe) == expected

@@ -46,7 +46,7 @@ class _Handle:
     def sync(self) -> None:
         self._storage.before_sync()
         self._inner.sync()
-        self._storage.synced()
+        self._storage.synced(full=True)
 
     def sync_data(self) -> None:
         self._storage.before_sync()
@@ -72,7 +72,10 @@ class Instrumented:
         self.covered = 0  # highest seq made durable by an fsync so far
         self.before_sync: Callable[[], None] = lambda: None
 
-    def synced(self) -> None:
+    def synced(self, full: bool = False) -> None:
+        """An fsync; ``full``: fsync, not fdatasync (a segment's zeros, a seal)."""
+        if full and scan(self.inner).next_seq - 1 == self.covered:
+            return  # the zeros of a preallocated segment: no record made durable
         self.syncs += 1
         self.covered = scan(self.inner).next_seq - 1
 

@@ -187,10 +187,10 @@ async def test_crash_points_cover_rollover_steps() -> None:
     assert [name for name in storage.list() if name.endswith(".mlog")] == [
         "seg-0000000001.mlog", "seg-0000000002.mlog",
     ]
-    # part + seal, the zeros after it cut, fsync; the new segment (header
-    # and zeros); the rest, fdatasync; at close the zero tail cut, fsync.
+    # part + seal, the zeros after it cut, fsync; the new segment; its
+    # zeros, fsync; the rest, fdatasync; at close the zero tail cut, fsync.
     roll = ["write", "truncate", "sync", "create", "write", "sync", "rename", "sync_dir",
-            "write", "sync", "truncate", "sync"]
+            "write", "sync", "write", "sync", "truncate", "sync"]
     assert storage.names[-len(roll) :] == roll
 
 
