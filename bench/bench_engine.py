@@ -6,10 +6,17 @@ Run from the repository root::
     .venv/bin/python bench/bench_engine.py --quick    # small sizes, a smoke check
     .venv/bin/python bench/bench_engine.py --json bench/results/engine.json
     .venv/bin/python bench/bench_engine.py --profile  # + cProfile of memable_log (a), (c)
+    .venv/bin/python bench/bench_engine.py --only-a --skip-dbos --vs-tree /tmp/main
+        # (a) rows only, with another tree's memable_log (PYTHONPATH) side by side
 
 Scenarios, each run by all three systems:
 
-(a) one workflow of 1,000 trivial steps, start to result: steps/s;
+(a) one workflow of 1,000 steps, start to result: steps/s. Steps return
+    realistic values (bench/peers/values.py: dicts like API payloads, 100 B
+    to 4 KB of msgpack) in (a)-(d); the older small-int steps are kept as a
+    row of their own, and so is the disk's raw rate for one writer with
+    records of the same sizes (append + fsync; overwrite + fdatasync of
+    preallocated, synced space), measured in the same rounds;
 (b) 100 workflows of 20 steps started at once, until all are done: steps/s;
 (c) a workflow whose 1,000 steps are all recorded is interrupted after the
     last one (memable_log: the engine block exits while it waits on an
@@ -62,13 +69,19 @@ from _util import (
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "peers")
+sys.path.insert(0, PEERS)
+from values import KINDS, weight  # noqa: E402
+
 STARTUP_DATA_VERSION = 1  # bump when the generated start-up data changes
 
-SYSTEMS = ("memable_log", "sqlite3", "DBOS")
+SYSTEMS = ["memable_log", "sqlite3", "DBOS"]
+BASE = "memable_log@base"  # another tree's memable_log (--vs-tree), (a) rows only
+ENVS: dict[str, dict[str, str]] = {}  # per system, extra environment for its child
 SCRIPTS = {
     "memable_log": [os.path.abspath(__file__), "--child"],
     "sqlite3": [os.path.join(PEERS, "sqlite_peer.py")],
     "DBOS": [os.path.join(PEERS, "dbos_peer.py")],
+    BASE: [os.path.abspath(__file__), "--child"],
 }
 
 TARGET_A_VS_SQLITE = 1.0
@@ -118,9 +131,12 @@ def _import_engine() -> Any:
     return trio
 
 
-def work(i: int) -> int:
-    """A trivial step returning a small value (the same in every system)."""
-    return i * 2
+_value: Callable[[int], Any] = lambda i: i * 2  # noqa: E731 (set by --values)
+
+
+def work(i: int) -> Any:
+    """A step returning the run's kind of value (the same in every system)."""
+    return _value(i)
 
 
 async def steps_workflow(ctx: Any) -> int:
@@ -130,7 +146,7 @@ async def steps_workflow(ctx: Any) -> int:
     _body_entered = time.perf_counter()
     total = 0
     for i in range(ctx.input):
-        total += await ctx.step(f"step-{i}").run(work, i)
+        total += weight(await ctx.step(f"step-{i}").run(work, i))
         if _crash_after and i + 1 == _crash_after:
             _reached.set()
             await trio.Event().wait()  # forever: interrupted when the engine block exits
@@ -287,6 +303,54 @@ async def child_breakdown(path: str, steps: int) -> dict[str, Any]:
             "cpu_us": cpu * us}
 
 
+def child_raw(path: str, steps: int) -> dict[str, Any]:
+    """The disk's raw rate for one writer, records/s, for records of the run's sizes.
+
+    append: write + fsync to a file that grows (what an appending journal
+    pays); overwrite: pwrite + fdatasync into space written with zeros and
+    synced beforehand (a preallocated segment). Both in this process,
+    alternately in blocks, so each sees the same disk.
+    """
+    import msgpack
+
+    frames = [b"\0" * 8 + msgpack.packb(_value(i)) for i in range(steps)]
+    total = sum(map(len, frames))
+    block = max(1, steps // 4)
+
+    def append(fd: int, part: list[bytes]) -> float:
+        t = time.perf_counter()
+        for frame in part:
+            os.write(fd, frame)
+            os.fsync(fd)
+        return time.perf_counter() - t
+
+    def overwrite(fd: int, part: list[bytes], at: int) -> float:
+        t = time.perf_counter()
+        for frame in part:
+            os.pwrite(fd, frame, at)
+            os.fdatasync(fd)
+            at += len(frame)
+        return time.perf_counter() - t
+
+    flags = os.O_WRONLY | os.O_CREAT
+    fa = os.open(os.path.join(path, "append.raw"), flags | os.O_APPEND, 0o600)
+    fo = os.open(os.path.join(path, "overwrite.raw"), flags, 0o600)
+    try:
+        os.write(fo, bytes(total + 4096))
+        os.fsync(fo)
+        t_append = t_over = 0.0
+        at = 0
+        for first in range(0, steps, block):
+            part = frames[first : first + block]
+            t_append += append(fa, part)
+            t_over += overwrite(fo, part, at)
+            at += sum(map(len, part))
+    finally:
+        os.close(fa)
+        os.close(fo)
+    return {"append_rate": steps / t_append, "overwrite_rate": steps / t_over}
+
+
 def _what_if_inline_commit() -> None:
     """Experiment only: run the journal's commits on the trio thread, not a worker.
 
@@ -304,7 +368,7 @@ def child_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench_engine.py --child")
     parser.add_argument("scenario", choices=[
         "steps", "concurrent", "prepare", "recover", "startup-build", "startup-measure",
-        "breakdown",
+        "breakdown", "raw",
     ])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--steps", type=int, default=10)
@@ -314,7 +378,10 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the top N functions of a cProfile to stderr")
     parser.add_argument("--what-if", choices=["inline-commit"])
+    parser.add_argument("--values", choices=sorted(KINDS), default="small")
     args = parser.parse_args(argv)
+    global _value
+    _value = KINDS[args.values]
     trio = _import_engine()
     if args.what_if == "inline-commit":
         _what_if_inline_commit()
@@ -330,6 +397,8 @@ def child_main(argv: list[str]) -> int:
         fn = lambda: child_recover(args.dir, args.steps)  # noqa: E731
     elif s == "startup-build":
         fn = lambda: child_startup_build(args.dir, args.instances, args.steps)  # noqa: E731
+    elif s == "raw":
+        fn = lambda: _async(child_raw(args.dir, args.steps))  # noqa: E731
     elif s == "breakdown":
         fn = lambda: child_breakdown(args.dir, args.steps)  # noqa: E731
     else:
@@ -347,6 +416,10 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
+async def _async(value: Any) -> Any:
+    return value
+
+
 # == the driver =======================================================================
 
 
@@ -358,7 +431,9 @@ def run_scenario(system: str, scenario: str, path: str, *extra: str,
                  stderr: Any = None) -> dict[str, Any]:
     """Run one scenario in a fresh process; its last stdout line is a JSON object."""
     argv = [sys.executable, *SCRIPTS[system], scenario, "--dir", path, *extra]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE,
+    if scenario != "breakdown" and not scenario.startswith("startup"):
+        argv += ["--values", VALUES[0]]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, env=_env(system),
                           stderr=subprocess.PIPE if stderr is None else stderr,
                           text=True, check=False, timeout=1800)
     lines = proc.stdout.strip().splitlines()
@@ -372,12 +447,20 @@ def run_scenario(system: str, scenario: str, path: str, *extra: str,
     return result
 
 
+VALUES = ["realistic"]  # the kind of step value of (a)-(d); set by the driver
+
+
+def _env(system: str) -> dict[str, str] | None:
+    extra = ENVS.get(system)
+    return None if extra is None else {**os.environ, **extra}
+
+
 def crash_and_recover(system: str, path: str, steps: int, cached: int) -> dict[str, Any]:
     """Lifetime 1 records ``cached`` steps and is interrupted; lifetime 2 recovers."""
     proc = subprocess.run(
         [sys.executable, *SCRIPTS[system], "prepare", "--dir", path, "--steps", str(steps),
-         "--crash-after", str(cached)], capture_output=True, text=True, check=False,
-        timeout=600)
+         "--crash-after", str(cached), "--values", VALUES[0]], capture_output=True,
+        text=True, check=False, timeout=600, env=_env(system))
     if proc.returncode != 0:
         if '"unavailable"' in proc.stdout:
             raise Unavailable(json.loads(proc.stdout.strip().splitlines()[-1])["unavailable"])
@@ -399,11 +482,12 @@ class Results:
     def get(self, system: str, quantity: str) -> Stat | None:
         if system in self.unavailable:
             return None
-        return self.stats[system].get(quantity)
+        return self.stats.get(system, {}).get(quantity)
 
 
 def measure_rounds(sizes: Sizes, data_dir: str, res: Results,
-                   progress: Callable[[str], None], what_if: bool, breakdown: bool) -> None:
+                   progress: Callable[[str], None], what_if: bool, breakdown: bool,
+                   only_a: bool = False) -> None:
     for rnd in range(sizes.runs):
         for system in SYSTEMS:
             if system in res.unavailable:
@@ -413,6 +497,20 @@ def measure_rounds(sizes: Sizes, data_dir: str, res: Results,
                 with scratch_dir(data_dir, "eng-a-") as d:
                     out = run_scenario(system, "steps", d, "--steps", str(sizes.a_steps))
                     res.add(system, "a_rate", out["steps"] / out["elapsed"])
+                with scratch_dir(data_dir, "eng-a-") as d:
+                    VALUES.insert(0, "small")
+                    try:
+                        out = run_scenario(system, "steps", d, "--steps", str(sizes.a_steps))
+                    finally:
+                        VALUES.pop(0)
+                    res.add(system, "a_rate_small", out["steps"] / out["elapsed"])
+                if system == "memable_log":
+                    with scratch_dir(data_dir, "eng-r-") as d:
+                        out = run_scenario(system, "raw", d, "--steps", str(sizes.a_steps))
+                        res.add(system, "raw_append", out["append_rate"])
+                        res.add(system, "raw_overwrite", out["overwrite_rate"])
+                if only_a or system == BASE:
+                    continue
                 if breakdown and system == "memable_log":
                     with scratch_dir(data_dir, "eng-k-") as d:
                         out = run_scenario(system, "breakdown", d, "--steps", str(sizes.a_steps))
@@ -624,11 +722,48 @@ def report(res: Results, sizes: Sizes, out: dict[str, Any]) -> str:
             [[label, _fmt(st, "{:,.0f}"), fmt_range(st) if st else ""] for label, st in parts],
         )
         summary["breakdown_us"] = {label: st.as_dict() if st else None for label, st in parts}
+    text += "\n\n" + report_a(res, sizes, summary)
     for system, why in res.unavailable.items():
         text += f"\n\n{system}: unavailable ({why}); its columns show n/a."
     out["results"] = summary
     out["unavailable"] = res.unavailable
     return text
+
+
+def report_a(res: Results, sizes: Sizes, summary: dict[str, Any]) -> str:
+    """(a) side by side: realistic and small values, another tree, the raw disk."""
+    m, q = "memable_log", "sqlite3"
+    g = res.get
+    over, append = g(m, "raw_overwrite"), g(m, "raw_append")
+    rows = []
+
+    def x_range(stat: Stat | None) -> str:
+        return "n/a" if stat is None or not stat.values else (
+            f"{stat.median:.2f}x ({stat.low:.2f}..{stat.high:.2f})")
+
+    for label, key in ((f"(a) 1 x {sizes.a_steps} realistic values, steps/s", "a_rate"),
+                       (f"(a) 1 x {sizes.a_steps} small ints, steps/s", "a_rate_small")):
+        mv, bv, qv = g(m, key), g(BASE, key), g(q, key)
+        vs_q, vs_b = ratios_if_paired(mv, qv), ratios_if_paired(mv, bv)
+        base_q = ratios_if_paired(bv, qv)
+        vs_raw = ratios_if_paired(mv, over) if key == "a_rate" else None
+        rows.append([label, _fmt(mv, "{:,.0f}"), _fmt(bv, "{:,.0f}"), _fmt(qv, "{:,.0f}"),
+                     x_range(vs_q), x_range(base_q), x_range(vs_b), x_range(vs_raw)])
+        summary[f"side_by_side_{key}"] = {
+            name: st.as_dict() if st else None for name, st in (
+                ("memable_log", mv), ("base", bv), ("sqlite3", qv), ("vs_sqlite3", vs_q),
+                ("base_vs_sqlite3", base_q), ("vs_base", vs_b), ("vs_raw_overwrite", vs_raw))}
+    for label, st in (("raw append + fsync, records/s", append),
+                      ("raw overwrite + fdatasync (preallocated), records/s", over)):
+        rows.append([label, _fmt(st, "{:,.0f}"), "", "", "", "", "", ""])
+    summary["raw_append"] = append.as_dict() if append else None
+    summary["raw_overwrite"] = over.as_dict() if over else None
+    return table(
+        f"(a) side by side, one writer (median of {sizes.runs} interleaved rounds; ratios: "
+        "median of per-round ratios (min..max))",
+        ["scenario", m, BASE, q, "vs sqlite3", "base vs sqlite3", "vs base", "vs raw overwrite"],
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -648,7 +783,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the per-step costs behind (a), each round")
     parser.add_argument("--profile", action="store_true",
                         help="also print cProfile of memable_log's (a) and (c) to stderr")
+    parser.add_argument("--only-a", action="store_true",
+                        help="scenario (a) only: realistic and small values, the raw disk")
+    parser.add_argument("--skip-dbos", action="store_true", help="leave DBOS out")
+    parser.add_argument("--vs-tree", metavar="PATH",
+                        help="also run (a) with the memable_log of another source tree "
+                        "(PYTHONPATH=PATH), in the same rounds")
     args = parser.parse_args(argv)
+    if args.skip_dbos:
+        SYSTEMS.remove("DBOS")
+    if args.vs_tree:
+        SYSTEMS.insert(1, BASE)
+        ENVS[BASE] = {"PYTHONPATH": os.path.abspath(args.vs_tree),
+                      "PYTHONDONTWRITEBYTECODE": "1"}
 
     sizes = QUICK if args.quick else FULL
     if args.runs:
@@ -663,8 +810,9 @@ def main(argv: list[str] | None = None) -> int:
     res = Results()
     t = time.perf_counter()
     if not args.only_startup:
-        measure_rounds(sizes, data_dir, res, progress, args.what_if, args.breakdown)
-    if not args.skip_startup:
+        measure_rounds(sizes, data_dir, res, progress, args.what_if, args.breakdown,
+                       args.only_a)
+    if not args.skip_startup and not args.only_a:
         measure_startup(sizes, data_dir, res, progress)
     out["machine_after"] = after = machine_line(data_dir)
     out["seconds"] = time.perf_counter() - t

@@ -347,6 +347,20 @@ class JournalReader(Iterator[RecordView]):
         )
 
     @property
+    def zero_tail(self) -> tuple[str, int, int] | None:
+        """(file, offset, size) of the zeros after the last segment's frames, if any.
+
+        Space a writer preallocated and has not written yet: not damage,
+        not a torn tail. Only meaningful once ``done`` is true.
+        """
+        last = self._result.last
+        if self._result.torn_at is not None or last is None:
+            return None
+        name = last.name or segment_name(last.number)
+        size = self._storage.size(name) - last.end
+        return (f"{self._storage.location}/{name}", last.end, size) if size > 0 else None
+
+    @property
     def next_seq(self) -> int:
         """The sequence number the next appended record will take.
 

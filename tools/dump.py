@@ -427,6 +427,7 @@ def stats_json(reader: JournalReader, statuses: Sequence[InstanceStatus]) -> dic
     other_bytes = sum(sizes.values())
     by_state = Counter(st.state for st in statuses)
     torn = reader.torn
+    zeros = reader.zero_tail
     return {
         "path": reader.location,
         "segments": {
@@ -454,6 +455,9 @@ def stats_json(reader: JournalReader, statuses: Sequence[InstanceStatus]) -> dic
         "torn_tail": None if torn is None else {
             "file": os.path.basename(torn.file), "segment": torn.segment,
             "offset": torn.offset, "size": torn.size,
+        },
+        "zero_tail": None if zeros is None else {
+            "file": os.path.basename(zeros[0]), "offset": zeros[1], "size": zeros[2],
         },
     }
 
@@ -500,6 +504,11 @@ def print_stats(stats: dict[str, Any], out: TextIO) -> None:
         f"{torn['size']:,} bytes at byte {torn['offset']:,} of {torn['file']} (a write "
         "in progress, or the remains of a crash: the next engine start cuts it off)"
     )))
+    zeros = stats.get("zero_tail")
+    if zeros is not None:
+        lines.append(("zero tail", f"{zeros['size']:,} bytes at byte {zeros['offset']:,} of "
+                      f"{zeros['file']} (preallocated by the writer, not yet written: unused "
+                      "space, not damage)"))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         out.write(f"{label:<{width}}  {value}\n")

@@ -34,6 +34,8 @@ import time
 import traceback
 from typing import Any, NoReturn
 
+from values import KINDS, small, weight
+
 _T_IMPORT = time.perf_counter()
 try:
     from dbos import DBOS, SetWorkflowID
@@ -59,6 +61,7 @@ def emit(result: dict[str, Any]) -> None:
 
 # -- the workflows (registered at import, before any DBOS instance exists) ------
 
+_value = small  # set by --values
 _crash_after: int | None = None  # set by `prepare`: os._exit after this many steps
 _body_entered: float | None = None  # when the workflow body last started (replay)
 _body_done: float | None = None  # when it last reached its return statement
@@ -67,9 +70,9 @@ _before_recv = threading.Event()
 if DBOS is not None:
 
     @DBOS.step()
-    def work(i: int) -> int:
-        """A trivial step returning a small value (as in the memable_log runs)."""
-        return i * 2
+    def work(i: int) -> Any:
+        """A step returning the run's kind of value (as in the memable_log runs)."""
+        return _value(i)
 
     @DBOS.workflow()
     def steps_workflow(n: int) -> int:
@@ -77,7 +80,7 @@ if DBOS is not None:
         _body_entered = time.perf_counter()
         total = 0
         for i in range(n):
-            total += work(i)
+            total += weight(work(i))
             if _crash_after is not None and i + 1 == _crash_after:
                 # A crash right after the step's row is committed.
                 os._exit(0)
@@ -280,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--poll", type=float, default=None)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--values", choices=sorted(KINDS), default="small")
     args = parser.parse_args(argv)
+    global _value
+    _value = KINDS[args.values]
     if _UNAVAILABLE is not None:
         emit({"unavailable": _UNAVAILABLE})
         return 0

@@ -34,6 +34,7 @@ _T_IMPORT = time.perf_counter()
 import sqlite3  # noqa: E402 (timed import)
 
 import msgpack  # noqa: E402
+from values import KINDS, small, weight  # noqa: E402
 
 _IMPORT_S = time.perf_counter() - _T_IMPORT
 
@@ -105,8 +106,11 @@ class SqliteJournal:
                             (msgpack.packb(output), instance))
 
 
-def work(i: int) -> int:
-    return i * 2
+_value = small  # set by --values
+
+
+def work(i: int) -> Any:
+    return _value(i)
 
 
 _body_entered = _body_done = 0.0
@@ -117,7 +121,7 @@ def steps_workflow(j: SqliteJournal, instance: str, n: int, crash_after: int = 0
     _body_entered = time.perf_counter()
     total = 0
     for i in range(n):
-        total += j.step(instance, f"step-{i}", work, i)
+        total += weight(j.step(instance, f"step-{i}", work, i))
         if crash_after and i + 1 == crash_after:
             os._exit(0)  # the step's transaction is committed
     _body_done = time.perf_counter()
@@ -217,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflows", type=int, default=1)
     parser.add_argument("--crash-after", type=int, default=0)
     parser.add_argument("--instances", type=int, default=0)
+    parser.add_argument("--values", choices=sorted(KINDS), default="small")
     args = parser.parse_args(argv)
+    global _value
+    _value = KINDS[args.values]
     os.makedirs(args.dir, exist_ok=True)
     if args.scenario == "steps":
         emit(scenario_steps(args.dir, args.steps))

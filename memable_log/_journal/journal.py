@@ -136,10 +136,12 @@ class Journal:
         executor, self._executor = self._executor, None
         if executor is not None:
             await executor.aclose()
-        self.writer.close()
-        if self._locked:
-            self.storage.unlock()
-            self._locked = False
+        try:
+            await self._run_io(self.writer.close)  # it cuts the zero tail: I/O
+        finally:
+            if self._locked:
+                self.storage.unlock()
+                self._locked = False
 
     async def _run_io(self, fn: Any, *args: Any) -> Any:
         if self.storage.blocking:

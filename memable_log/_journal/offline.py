@@ -60,8 +60,10 @@ class OfflineJournal:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.writer.close()
-        self.storage.unlock()
+        try:
+            self.writer.close()
+        finally:
+            self.storage.unlock()
 
 
 def read_index(storage: Storage, attempts: int = READ_ATTEMPTS) -> Index:

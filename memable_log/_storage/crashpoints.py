@@ -22,6 +22,9 @@ Points (``POINTS``):
     a batch written, not fsynced, nobody told.
 ``writer.after-fsync``
     a batch fsynced, nobody told: durable but never acknowledged.
+``writer.after-preallocate``
+    the active segment's next zeros written, not yet fsynced (the batch
+    that needed them not yet written).
 ``roll.after-seal``
     a full segment sealed and fsynced, its successor not yet created.
 ``roll.after-temp-create``
@@ -67,6 +70,7 @@ POINTS: Final = (
     "writer.torn-write",
     "writer.before-fsync",
     "writer.after-fsync",
+    "writer.after-preallocate",
     "roll.after-seal",
     "roll.after-temp-create",
     "roll.after-temp-sync",

@@ -11,6 +11,12 @@ on a full disk that one raises ENOSPC, the truth to report, where a short
 write alone would say nothing of why. An error names the file. ``sync`` is fsync;
 ``sync_dir`` fsyncs the directory, which makes creations, renames and
 removals durable.
+
+A handle from ``open_append`` writes at the end of the file (``write``) or,
+for a preallocated segment, over bytes already there (``write_at``: the
+segment writer zero-fills space ahead of its records and then overwrites
+it); ``sync_data`` is fdatasync, which makes such an overwrite durable
+without a metadata update (the file's size does not change).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ DEFAULT_FILE_MODE = 0o600
 
 class FileHandle(Protocol):
     def write(self, data: bytes) -> None: ...
+    def write_at(self, offset: int, data: bytes) -> None: ...
     def sync(self) -> None: ...
+    def sync_data(self) -> None: ...
     def truncate(self, size: int) -> None: ...
     def close(self) -> None: ...
 
@@ -60,17 +68,22 @@ class Storage(Protocol):
 
 
 def write_all(
-    fd: int, data: bytes, write: Callable[[int, memoryview], int] | None = None
+    fd: int, data: bytes, write: Callable[[int, memoryview], int] | None = None,
+    offset: int | None = None,
 ) -> None:
     """Write every byte of ``data`` to ``fd``, the rest again after a short write.
 
+    At the file's position, or with ``offset`` at that offset (pwrite).
     ``write`` is ``os.write`` unless a test gives a fake. A write that takes
     no byte at all raises OSError (EIO) rather than spin.
     """
-    write = os.write if write is None else write
     view = memoryview(data)
     while view:
-        written = write(fd, view)
+        if offset is None:
+            written = (os.write if write is None else write)(fd, view)
+        else:
+            written = os.pwrite(fd, view, offset)
+            offset += max(written, 0)
         if written <= 0:
             raise OSError(errno.EIO, f"write took no byte of {len(view)}")
         view = view[written:]
@@ -84,17 +97,28 @@ def _named(exc: OSError, path: str) -> OSError:
 
 
 class _OsFile:
-    __slots__ = ("_fd", "_path")
+    """An open file: ``write`` appends (at the end, tracked here), ``write_at`` overwrites."""
+
+    __slots__ = ("_end", "_fd", "_path")
 
     def __init__(self, fd: int, path: str) -> None:
         self._fd = fd
         self._path = path
+        self._end = os.fstat(fd).st_size
 
     def write(self, data: bytes) -> None:
+        self.write_at(self._end, data)
+
+    def write_at(self, offset: int, data: bytes) -> None:
         try:
-            write_all(self._fd, data)
+            write_all(self._fd, data, offset=offset)
         except OSError as exc:
+            try:  # part of it may have landed
+                self._end = max(self._end, os.fstat(self._fd).st_size)
+            except OSError:
+                pass
             raise _named(exc, self._path) from exc
+        self._end = max(self._end, offset + len(data))
 
     def sync(self) -> None:
         try:
@@ -102,8 +126,15 @@ class _OsFile:
         except OSError as exc:
             raise _named(exc, self._path) from exc
 
+    def sync_data(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise _named(exc, self._path) from exc
+
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
+        self._end = size
 
     def close(self) -> None:
         os.close(self._fd)
@@ -157,11 +188,11 @@ class FileStorage:
         return os.stat(self._p(name)).st_size
 
     def create(self, name: str) -> _OsFile:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         return _OsFile(os.open(self._p(name), flags, self._file_mode), self._p(name))
 
     def open_append(self, name: str) -> _OsFile:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CLOEXEC
         return _OsFile(os.open(self._p(name), flags), self._p(name))
 
     def rename(self, src: str, dst: str) -> None:

@@ -13,7 +13,10 @@ that changes under it:
 * Each time the file has changed (size or mtime), it reads again from the
   end of the last complete frame: the bytes of a torn tail that a
   restarting writer cut off are never mixed with what it wrote after the
-  cut.
+  cut. A segment with a zero tail (preallocated: a writer overwrites its
+  zeros, so the size stays put and the mtime may not move between two
+  commits) is read again whenever the bytes at that end are no longer
+  zero; a read stops at the zeros rather than read the whole tail.
 * Bad or incomplete bytes at the end of the segment a writer appends to
   may be a write in progress or a torn tail about to be cut: it waits,
   unless a later commit in the segment proves them durable (the scan's
@@ -82,8 +85,8 @@ class FollowGap:
 class _Open:
     """A segment file the follower holds open, and its reader."""
 
-    __slots__ = ("fd", "header", "judged", "name", "number", "path", "reader", "rechecked",
-                 "seen")
+    __slots__ = ("fd", "header", "judged", "name", "number", "path", "proven", "reader",
+                 "rechecked", "seen", "zeros")
 
     def __init__(self, fd: int, path: str, name: str, number: int, header: SegmentHeader) -> None:
         self.fd = fd
@@ -95,6 +98,8 @@ class _Open:
         self.seen: tuple[int, int] | None = None  # (size, mtime) when last read
         self.judged: tuple[int, int] | None = None  # ``seen`` when bad bytes were last judged
         self.rechecked: int | None = None  # offset of what was wrong, read again once complete
+        self.zeros = False  # the last read ended at a zero tail
+        self.proven: int | None = None  # offset of damage a later commit proved, once
 
     def place(self, after: int | None) -> SegmentReader:
         """Check the header against the walk (see SegmentReader); closes the file if wrong."""
@@ -383,13 +388,14 @@ class JournalFollower(Iterator[RecordView]):
         assert reader is not None
         stat = os.fstat(seg.fd)
         stamp = (stat.st_size, stat.st_mtime_ns)
-        if stamp == seg.seen:
+        if stamp == seg.seen and not (seg.zeros and _written(seg.fd, reader.pos)):
             return
         seg.seen = stamp
         reader.rewind()
         offset = reader.pos
-        # Read to the end even past damage: proof() looks at what follows it.
-        while chunk := os.pread(seg.fd, _READ_CHUNK, offset):
+        # Read to the end even past damage (proof() looks at what follows
+        # it), but not through a zero tail: nothing is written there yet.
+        while not reader.zero_tail and (chunk := os.pread(seg.fd, _READ_CHUNK, offset)):
             offset += len(chunk)
             reader.feed(chunk)
             for rec, loc in reader.records():
@@ -405,12 +411,16 @@ class JournalFollower(Iterator[RecordView]):
                 if not reader.compacted:
                     self.next_seq = rec[r.SEQ] + 1
                 yield view(rec, seg.number, unpack_loc(loc)[1])
+        seg.zeros = reader.zero_tail
 
     def _judge(self, seg: _Open) -> None:
         """Bad bytes where a writer appends: damage if a later commit proves it.
 
         Otherwise a torn tail or a write in progress, to wait out. Judged
-        once for each state of the file.
+        once for each state of the file. A proof counts only when a second
+        read finds it again: in a preallocated segment one read can meet
+        the zeros a write had not reached yet and, further on, the next
+        commit that came after it (a read is not atomic against writes).
         """
         reader = seg.reader
         damage = reader.ended() if reader is not None else None
@@ -419,7 +429,9 @@ class JournalFollower(Iterator[RecordView]):
         seg.judged = seg.seen
         proven = reader.proof(damage)
         if proven is not None:
-            raise proven
+            if seg.proven == damage.offset:
+                raise proven
+            seg.proven, seg.seen, seg.judged = damage.offset, None, None  # read again first
 
     def _recheck(self, seg: _Open) -> None:
         """A complete segment that is not cleanly sealed: read it once more, then fail.
@@ -438,3 +450,8 @@ class JournalFollower(Iterator[RecordView]):
         seg.rechecked, seg.seen = damage.offset, None
 
 
+
+
+def _written(fd: int, pos: int) -> bool:
+    """Whether a frame (or anything) was written at ``pos``, where zeros were."""
+    return os.pread(fd, 8, pos).count(0) != 8

@@ -5,7 +5,10 @@ Each file keeps two contents: ``data``, what reads see (the page cache), and
 names reads see and the names the last directory fsync made safe.
 ``crash()`` returns the storage as a power cut would leave it: only durable
 names, each with its durable bytes, plus, if asked, some torn part of the
-bytes written since (see ``tear``).
+bytes written since (see ``tear``). A write need not append: ``write_at``
+overwrites bytes already there (a preallocated segment's zeros), and what it
+replaced stays durable until the next fsync, so a power cut brings the old
+bytes back (zeros, for preallocated space) where the new ones did not land.
 
 For fault injection, ``fail(op, err)`` makes the next ``op`` raise OSError
 (``partial`` bytes of a write may land first: a short write), and
@@ -38,11 +41,33 @@ class _Fault:
 
 
 class _MemFile:
-    __slots__ = ("data", "durable")
+    """A file's bytes as reads see them, and as the last fsync left them.
 
-    def __init__(self, data: bytes = b"") -> None:
+    ``lo``..``hi`` bounds what was written since that fsync, so an fsync
+    copies only that (a preallocated segment is mostly zeros nobody wrote).
+    """
+
+    __slots__ = ("data", "durable", "hi", "lo")
+
+    def __init__(self, data: bytes | bytearray = b"") -> None:
         self.data = bytearray(data)
-        self.durable = bytes(data)
+        self.durable = bytearray(data)
+        self.lo, self.hi = len(data), 0  # nothing written since
+
+    def touch(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    def synced(self) -> None:
+        data, durable = self.data, self.durable
+        size = len(data)
+        if len(durable) > size:
+            del durable[size:]
+        lo, hi = self.lo, min(self.hi, len(durable))
+        if lo < hi:
+            durable[lo:hi] = data[lo:hi]
+        if len(durable) < size:
+            durable += data[len(durable) :]
+        self.lo, self.hi = size, 0
 
 
 class _MemHandle:
@@ -54,12 +79,25 @@ class _MemHandle:
         self._closed = False
 
     def write(self, data: bytes) -> None:
+        self.write_at(len(self._file.data), data)
+
+    def write_at(self, offset: int, data: bytes) -> None:
         fault = self._storage._op("write")
         if fault is not None:
             if fault.partial:
-                self._file.data += data[: fault.partial]
+                self._put(offset, data[: fault.partial])
             raise OSError(fault.err, f"injected {errno_mod.errorcode[fault.err]} on write")
-        self._file.data += data
+        self._put(offset, data)
+
+    def _put(self, offset: int, data: bytes) -> None:
+        file = self._file.data
+        self._file.touch(min(offset, len(file)), offset + len(data))
+        if offset > len(file):
+            file += bytes(offset - len(file))  # a hole reads as zeros
+        file[offset : offset + len(data)] = data
+
+    def sync_data(self) -> None:
+        self.sync()  # the model keeps no metadata apart: fdatasync is fsync
 
     def sync(self) -> None:
         fault = self._storage._op("sync")
@@ -68,7 +106,7 @@ class _MemHandle:
             # but is not durable, and a retry would not make it so.
             raise OSError(fault.err, f"injected {errno_mod.errorcode[fault.err]} on fsync")
         self._storage.syncs += 1
-        self._file.durable = bytes(self._file.data)
+        self._file.synced()
         limit = self._storage.crash_after_syncs
         if limit is not None and self._storage.syncs >= limit:
             self._storage.crash_at = self._storage.ops + 1  # every later op finds it dead
@@ -180,11 +218,17 @@ class MemoryStorage:
     # -- power cuts ---------------------------------------------------------
 
     def unsynced(self) -> dict[str, bytes]:
-        """Per durable file, the bytes appended since its last fsync."""
+        """Per durable file, the bytes written since its last fsync.
+
+        From the first byte that differs from the durable content to the
+        last one (or the end, for a file that grew): bytes appended, or
+        bytes that overwrote part of a preallocated (zero-filled, synced)
+        segment.
+        """
         out = {}
         for name, file in self._durable_names.items():
-            if file.data[: len(file.durable)] == file.durable:
-                out[name] = bytes(file.data[len(file.durable) :])
+            start, end = _dirty(file)
+            out[name] = bytes(file.data[start:end])
         return out
 
     def crash(self, tear: TearFn | None = None) -> MemoryStorage:
@@ -197,11 +241,39 @@ class MemoryStorage:
         prefix, zeros, garbage, some sectors but not others.
         """
         after = MemoryStorage()
-        unsynced = self.unsynced() if tear is not None else {}
         for name, file in self._durable_names.items():
             content = file.durable
-            if tear is not None and unsynced.get(name):
-                content += tear(name, unsynced[name])
+            start, end = _dirty(file)
+            if tear is not None and start < end:
+                # What landed replaces the durable bytes it covers; the rest
+                # of the durable content (a zero tail) is still there.
+                landed = tear(name, bytes(file.data[start:end]))
+                content = content[:start] + landed + content[start + len(landed) :]
             after._files[name] = _MemFile(content)
         after._durable_names = dict(after._files)
         return after
+
+
+def _dirty(file: _MemFile) -> tuple[int, int]:
+    """[start, end): the bytes reads see that the last fsync did not make durable."""
+    data, durable = file.data, file.durable
+    common = min(len(data), len(durable))
+    if data[:common] == durable[:common]:
+        return common, len(data)
+    lo, hi = 0, common  # the first difference, by halving
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if data[lo : mid + 1] == durable[lo : mid + 1]:
+            lo = mid + 1
+        else:
+            hi = mid
+    if len(data) > len(durable):
+        return lo, len(data)
+    first, lo, hi = lo, lo + 1, common  # the end: the shortest suffix that matches
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if data[mid:common] == durable[mid:common]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return first, lo

@@ -24,6 +24,12 @@ with the end of a segment whose bytes are all there, and ``proof()``,
 whether a later commit in the bytes fed proves that damage was once
 durable (a batch is written only after the one before it was fsynced).
 
+A run of zero bytes from the end of the last complete frame to the end of
+the bytes fed is not damage: it is a *zero tail*, space a writer
+preallocated and has not written yet (format.md, "Zero tail"). ``ended()``
+says nothing is wrong then. Zeros followed by anything else are damage as
+before (a torn write into preallocated space, or worse).
+
 Nothing here does I/O. ``records()`` is start-up's hot loop: frames are cut
 straight out of the buffer (FrameDecoder's checks, in its order), a record
 whose field types match a known layout (r.SIGNATURES) skips the generic
@@ -171,13 +177,22 @@ class SegmentReader:
         """What is wrong with the end, if the bytes fed are all the segment has.
 
         The damage that stopped the reader, or a frame cut short after the
-        last complete one; None if the bytes end on a frame boundary.
+        last complete one; None if the bytes end on a frame boundary, or
+        only zeros follow it (a zero tail).
         """
-        if self.damage is not None:
-            return self.damage
-        if self.end > self.pos:
-            return Damage(self.pos, "record cut short")
-        return None
+        damage = self.damage
+        if damage is None and self.end > self.pos:
+            damage = Damage(self.pos, "record cut short")
+        if damage is not None and self.zero_tail:
+            return None
+        return damage
+
+    @property
+    def zero_tail(self) -> bool:
+        """True if bytes follow the last complete frame and every one of them is zero."""
+        start = self._pos if self.damage is None else self.damage.offset - self._base
+        tail = len(self._buf) - start
+        return tail > 0 and self._buf.count(0, start) == tail
 
     def proof(self, damage: Damage) -> JournalCorrupt | None:
         """``damage`` as corruption, if a later commit in the bytes fed proves it.

@@ -5,15 +5,28 @@ write and one fsync and returns where each landed. It is the only code that
 appends to segments; the async journal runs it on a worker thread, and
 offline tools (memable-signal without an engine) call it directly.
 
+Preallocation. The active segment is zero-filled ahead of its records (in
+steps of ``PREALLOCATE``, up to ``segment_size``: write the zeros, fsync),
+so a commit overwrites space that is already part of the file and needs
+only fdatasync: no size, no metadata to update per commit. The zeros after
+the last frame are a *zero tail*, unused space that every reader skips
+(segment_reader.py). A torn write into it leaves bytes that are not all
+zero: a torn tail, as before.
+
 Start-up (``recover``) makes recovery's decisions durable before anything new
 is written: a torn tail is cut and the last segment fsynced (a killed process
 may have left unsynced bytes there); leftover temporary files are removed and
-the directory fsynced.
+the directory fsynced. A zero tail is kept and written over.
 
 Roll-over, when a batch would take the segment past ``segment_size``: write
-the part that fits plus a seal frame, fsync, then create the next segment as
-a temp file with its header, fsync it, rename it into place and fsync the
-directory. A segment is never visible without its complete header.
+the part that fits plus a seal frame, cut the zero tail, fsync, then create
+the next segment as a temp file with its header, fsync it, rename it into
+place and fsync the directory (its zeros come with its first commit, which
+pays one more fsync for them). A segment is never visible without its
+complete header, and a sealed one keeps no zero tail
+(so older readers, which take zeros for a torn tail, see the layout they
+know in every segment but the last). ``close`` cuts the active segment's
+zero tail too: a journal at rest has none.
 
 After any OSError the writer is broken and refuses every later call: the
 kernel may have dropped the dirty pages of a failed fsync, so retrying could
@@ -39,6 +52,7 @@ from .files import FileHandle, Storage
 from .segments import ScanResult
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+PREALLOCATE = 1024 * 1024  # zeros written ahead of the records at a time
 _SEAL_ROOM = 32  # a seal frame is 8 + at most 11 bytes
 
 
@@ -52,7 +66,9 @@ class SegmentWriter:
         self.next_seq = 1
         self.broken: str | None = None
         self._salt = 0
-        self._size = 0
+        self._size = 0  # end of the last frame
+        self._allocated = 0  # end of the file: zeros from _size on
+        self._writing = False  # a write began and has not ended (it raised)
         self._records_in_segment = 0
         self._file: FileHandle | None = None
         self.salts: dict[str, int] = {}  # segment file name -> salt, for reads
@@ -74,6 +90,8 @@ class SegmentWriter:
                 try:
                     if scan.torn_at is not None:
                         file.truncate(scan.torn_at)
+                    elif last.sealed and self.storage.size(last.name) > last.end:
+                        file.truncate(last.end)  # a roll-over's cut, not yet durable
                     file.sync()
                 finally:
                     file.close()
@@ -87,7 +105,7 @@ class SegmentWriter:
                 # segment (an older reader would misread them): seal it.
                 self.segment, self._salt, self._size = last.number, last.header.salt, last.end
                 self._records_in_segment = 1
-                self._file = self.storage.open_append(segment_name(last.number))
+                self._open(segment_name(last.number))
                 self.seal_and_roll()
                 return
             if last is None or last.sealed:
@@ -95,7 +113,7 @@ class SegmentWriter:
                 return
             self.segment, self._salt, self._size = last.number, last.header.salt, last.end
             self._records_in_segment = int(last.end > HEADER_SIZE)
-            self._file = self.storage.open_append(segment_name(last.number))
+            self._open(segment_name(last.number))
         except OSError as exc:
             self._break(exc)
 
@@ -120,7 +138,7 @@ class SegmentWriter:
             ):
                 seal = r.SEAL, self.next_seq + len(buf)
                 buf.append(encode_frame(msgpack.packb(seal), self._salt, batch_start=not buf))
-                self._write(buf, records=len(buf) - 1)
+                self._write(buf, records=len(buf) - 1, seal=True)
                 crashpoint("roll.after-seal")
                 buf, pending = [], 0
                 self._roll()
@@ -145,24 +163,51 @@ class SegmentWriter:
             return
         try:
             seal = msgpack.packb((r.SEAL, self.next_seq))
-            self._write([encode_frame(seal, self._salt, batch_start=True)], records=0)
+            self._write([encode_frame(seal, self._salt, batch_start=True)], records=0, seal=True)
             self._roll()
         except OSError as exc:
             self._break(exc)
 
-    def _write(self, frames: list[bytes], records: int) -> None:
-        assert self._file is not None
+    def _write(self, frames: list[bytes], records: int, seal: bool = False) -> None:
+        """Write a batch over the zero tail and make it durable (sealing: cut the rest)."""
+        file = self._file
+        assert file is not None
         data = b"".join(frames)
-        crashpoint("writer.torn-write", self._file, data)
-        self._file.write(data)
+        end = self._size + len(data)
+        self._writing = True
+        if end > self._allocated and not seal:
+            self._preallocate(end)
+        crashpoint("writer.torn-write", _At(file, self._size), data)
+        file.write_at(self._size, data)
         crashpoint("writer.before-fsync")
         if self.before_sync is not None:
             self.before_sync()
-        self._file.sync()
+        if seal:
+            if self._allocated > end:
+                file.truncate(end)
+            file.sync()
+            self._allocated = end
+        else:
+            file.sync_data()
         crashpoint("writer.after-fsync")
-        self._size += len(data)
+        self._size = end
+        self._writing = False
         self._records_in_segment += records
         self.next_seq += records
+
+    def _preallocate(self, end: int) -> None:
+        """Zero-fill the active segment to hold ``end`` bytes, and more ahead; fsync."""
+        assert self._file is not None
+        limit = max(self.segment_size, end)
+        target = min(max(end, self._allocated) + PREALLOCATE, limit)
+        self._file.write_at(self._allocated, bytes(target - self._allocated))
+        crashpoint("writer.after-preallocate")
+        self._file.sync()  # the size changed: fsync, not fdatasync
+        self._allocated = target
+
+    def _open(self, name: str) -> None:
+        self._file = self.storage.open_append(name)
+        self._allocated = self.storage.size(name)
 
     def _roll(self) -> None:
         assert self._file is not None
@@ -178,7 +223,7 @@ class SegmentWriter:
         file = self.storage.create(temp)
         try:
             crashpoint("roll.after-temp-create")
-            file.write(pack_header(header))
+            file.write(pack_header(header))  # zeros come with its first commit
             file.sync()
         finally:
             file.close()
@@ -190,6 +235,7 @@ class SegmentWriter:
         self.salts[name] = salt
         self._records_in_segment = 0
         self._file = self.storage.open_append(name)
+        self._allocated = HEADER_SIZE
 
     def _break(self, exc: OSError) -> NoReturn:
         code = errno.errorcode.get(exc.errno or 0)
@@ -207,8 +253,28 @@ class SegmentWriter:
         raise JournalFailed(self.broken) from exc
 
     def close(self) -> None:
+        """Close the active segment, its zero tail cut (a journal at rest has none)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                if self.broken is None and not self._writing and self._allocated > self._size:
+                    self._file.truncate(self._size)
+                    self._file.sync()
+            except OSError:
+                pass  # the zeros stay: unused space, skipped by every reader
+            finally:
+                self._file.close()
+                self._file = None
         if self.broken is None:
             self.broken = "closed"
+
+
+class _At:
+    """A file seen through ``write``, writing at a fixed offset (for a crash point)."""
+
+    __slots__ = ("_file", "_offset")
+
+    def __init__(self, file: FileHandle, offset: int) -> None:
+        self._file, self._offset = file, offset
+
+    def write(self, data: bytes) -> None:
+        self._file.write_at(self._offset, data)

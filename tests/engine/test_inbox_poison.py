@@ -238,8 +238,16 @@ class FillingDisk(FileStorage):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 file.write(data)
 
+            def write_at(self, offset: int, data: bytes) -> None:
+                if full.is_set():
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                file.write_at(offset, data)
+
             def sync(self) -> None:
                 file.sync()
+
+            def sync_data(self) -> None:
+                file.sync_data()
 
             def truncate(self, size: int) -> None:
                 file.truncate(size)

@@ -208,8 +208,14 @@ class FullDisk(FileStorage):
             def write(self, data: bytes) -> None:
                 raise OSError(errno.ENOSPC, "injected ENOSPC on write", name)
 
+            def write_at(self, offset: int, data: bytes) -> None:
+                raise OSError(errno.ENOSPC, "injected ENOSPC on write", name)
+
             def sync(self) -> None:
                 file.sync()
+
+            def sync_data(self) -> None:
+                file.sync_data()
 
             def truncate(self, size: int) -> None:
                 file.truncate(size)
@@ -280,8 +286,17 @@ class HeldCommitStorage(MemoryStorage):
                     storage.release.wait(30)
                 handle.write(data)
 
+            def write_at(self, offset: int, data: bytes) -> None:
+                if not storage.reached.is_set():
+                    storage.reached.set()
+                    storage.release.wait(30)
+                handle.write_at(offset, data)
+
             def sync(self) -> None:
                 handle.sync()
+
+            def sync_data(self) -> None:
+                handle.sync_data()
 
             def truncate(self, size: int) -> None:
                 handle.truncate(size)

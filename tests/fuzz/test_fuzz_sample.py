@@ -113,18 +113,19 @@ import sys
 sys.path.insert(0, "fuzz")
 import memable_log._storage.files as storage
 # The planted bug: each write is held back in the process until the next
-# one (or the close), so what was acknowledged is lost when killed.
+# one (or the close), so what was acknowledged is lost when killed. (The
+# segment writer overwrites its preallocated zeros: write_at.)
 held = {}
-write, close = storage._OsFile.write, storage._OsFile.close
-def held_write(self, data):
+write_at, close = storage._OsFile.write_at, storage._OsFile.close
+def held_write_at(self, offset, data):
     if self._fd in held:
-        write(self, held.pop(self._fd))
-    held[self._fd] = data
+        write_at(self, *held.pop(self._fd))
+    held[self._fd] = (offset, data)
 def held_close(self):
     if self._fd in held:
-        write(self, held.pop(self._fd))
+        write_at(self, *held.pop(self._fd))
     close(self)
-storage._OsFile.write, storage._OsFile.close = held_write, held_close
+storage._OsFile.write_at, storage._OsFile.close = held_write_at, held_close
 import killnine
 sys.exit(killnine.main(sys.argv[1:]))
 """

@@ -115,20 +115,24 @@ async def test_a_failed_commit_fails_its_appends_and_all_later_ones(
 async def test_a_short_write_leaves_a_torn_tail_that_reopening_cuts() -> None:
     storage = MemoryStorage()
     written = await write_records(storage, 4)
-    size = storage.size(segment_name(1))
     async with Journal(storage) as journal:
+        await journal.append(rec(4))  # the segment's zeros are there now
+        size = journal.writer.size
         storage.fail("write", errno.EIO, partial=FRAME + 7)
         with pytest.raises(JournalFailed):
             await journal.append_many([rec(7), rec(8)])
     # The page cache shows one whole frame of the failed batch and 7 bytes
-    # of the next: reopening may keep the whole frame, never the torn one.
-    assert storage.size(segment_name(1)) == size + FRAME + 7
+    # of the next, over the zeros: reopening may keep the whole frame,
+    # never the torn one.
+    assert storage.read(segment_name(1))[size + FRAME + 7 :].count(0) > 0
     async with Journal(storage) as journal:
         assert journal.scan_result is not None
         assert journal.scan_result.torn_at == size + FRAME
-        assert journal.index.records == 5
+        assert journal.index.records == 6
     assert storage.size(segment_name(1)) == size + FRAME
-    assert read_all(storage.crash())[:4] == written
+    kept = read_all(storage.crash())
+    assert kept[:4] == written
+    assert [r[3] for r in kept[4:]] == ["inst-4", "inst-7"]
 
 
 async def test_every_waiter_queued_behind_a_failed_commit_fails() -> None:
@@ -284,7 +288,8 @@ async def _journal_with_torn_tail() -> tuple[list[list[Any]], dict[str, bytes]]:
     written = await write_records(storage, 6)
     files = files_of(storage)
     name = segment_name(1)
-    return written, {name: files[name] + b"\x00" * 9}
+    # Not zeros: zeros after the last frame are a preallocated zero tail.
+    return written, {name: files[name] + b"\x07" * 9}
 
 
 async def test_an_error_in_the_journal_block_propagates_unwrapped() -> None:

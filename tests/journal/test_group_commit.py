@@ -40,9 +40,17 @@ class _Handle:
     def write(self, data: bytes) -> None:
         self._inner.write(data)
 
+    def write_at(self, offset: int, data: bytes) -> None:
+        self._inner.write_at(offset, data)
+
     def sync(self) -> None:
         self._storage.before_sync()
         self._inner.sync()
+        self._storage.synced(full=True)
+
+    def sync_data(self) -> None:
+        self._storage.before_sync()
+        self._inner.sync_data()
         self._storage.synced()
 
     def truncate(self, size: int) -> None:
@@ -64,7 +72,10 @@ class Instrumented:
         self.covered = 0  # highest seq made durable by an fsync so far
         self.before_sync: Callable[[], None] = lambda: None
 
-    def synced(self) -> None:
+    def synced(self, full: bool = False) -> None:
+        """An fsync; ``full``: fsync, not fdatasync (a segment's zeros, a seal)."""
+        if full and scan(self.inner).next_seq - 1 == self.covered:
+            return  # the zeros of a preallocated segment: no record made durable
         self.syncs += 1
         self.covered = scan(self.inner).next_seq - 1
 

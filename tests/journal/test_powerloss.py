@@ -187,8 +187,10 @@ async def test_crash_points_cover_rollover_steps() -> None:
     assert [name for name in storage.list() if name.endswith(".mlog")] == [
         "seg-0000000001.mlog", "seg-0000000002.mlog",
     ]
-    # part + seal, fsync; the new segment; the rest, fsync.
-    roll = ["write", "sync", "create", "write", "sync", "rename", "sync_dir", "write", "sync"]
+    # part + seal, the zeros after it cut, fsync; the new segment; its
+    # zeros, fsync; the rest, fdatasync; at close the zero tail cut, fsync.
+    roll = ["write", "truncate", "sync", "create", "write", "sync", "rename", "sync_dir",
+            "write", "sync", "write", "sync", "truncate", "sync"]
     assert storage.names[-len(roll) :] == roll
 
 
@@ -203,7 +205,9 @@ async def test_crash_during_recovery_of_torn_tail() -> None:
     async def cut_after_write() -> None:
         async with Journal(storage, segment_size=SEGMENT_SIZE) as journal:
             await trio.testing.wait_all_tasks_blocked()
-            storage.crash_at = storage.ops + 2  # the write lands, its fsync does not
+            # The segment's zeros are written and fsynced (it was closed
+            # without them); the batch's write lands, its fsync does not.
+            storage.crash_at = storage.ops + 4
             # One batch for sure: a burst of lone appends on an idle journal
             # commits its first alone (the leader), the rest together.
             await journal.append_many([log.new() for _ in range(BATCH)])

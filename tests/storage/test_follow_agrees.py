@@ -57,10 +57,14 @@ def read_all(path: Path) -> Outcome:
 def follow_all(path: Path, actions: list[Any]) -> Outcome:
     """What follow_journal shows, running one action at each wait, until none are left."""
     pending = list(actions)
+    idle = [1]  # waits with nothing left to do: a proof of damage is read twice
 
     def sleep(seconds: float) -> None:
         if not pending:
-            raise Waited
+            if not idle[0]:
+                raise Waited
+            idle[0] -= 1
+            return
         pending.pop(0)()
 
     views: list[RecordView] = []

@@ -36,6 +36,7 @@ from memable_log._storage.segments import scan
 from memable_log._storage.writer import SegmentWriter
 
 _real_write = os.write
+_real_pwrite = os.pwrite
 
 
 class Disk:
@@ -53,6 +54,19 @@ class Disk:
         written = _real_write(fd, bytes(data[: min(self.room, self.chunk)]))
         self.room -= written
         return written
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        """``os.pwrite`` on the same disk (a segment writer overwrites its zeros)."""
+        self.calls += 1
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = _real_pwrite(fd, bytes(data[: min(self.room, self.chunk)]), offset)
+        self.room -= written
+        return written
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(os, "write", self.write)
+        monkeypatch.setattr(os, "pwrite", self.pwrite)
 
 
 def test_write_all_writes_the_rest_after_short_writes(tmp_path: Path) -> None:
@@ -96,7 +110,7 @@ def test_segment_writes_that_come_up_short_are_completed(
     records = [rec(i) for i in range(50)]
     for seq, record in enumerate(records, start=writer.next_seq):
         record[SEQ] = seq
-    monkeypatch.setattr(os, "write", Disk(chunk=7).write)
+    Disk(chunk=7).install(monkeypatch)
     writer.commit([msgpack.packb(record) for record in records])
     monkeypatch.undo()
     writer.close()
@@ -109,7 +123,7 @@ def test_a_full_disk_fails_the_journal_with_enospc_naming_the_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = _writer(tmp_path)
-    monkeypatch.setattr(os, "write", Disk(room=10).write)
+    Disk(room=10).install(monkeypatch)
     with pytest.raises(JournalFailed) as failed:
         writer.commit([msgpack.packb(rec(1, size=200))])
     monkeypatch.undo()

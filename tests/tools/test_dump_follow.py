@@ -206,7 +206,8 @@ def test_bad_bytes_followed_by_a_later_commit_are_corruption(
         seg.write_bytes(bytes(data))
         damaged.append(start)
 
-    code, lines, err, _ = follow(capsys, journal_dir, [write_then_damage], "--json")
+    # (one more wait: the follower reads a proof of damage twice before it trusts it)
+    code, lines, err, _ = follow(capsys, journal_dir, [write_then_damage, lambda: None], "--json")
     assert code == 1
     assert seqs(lines) == [1, 2, 3]
     assert f"{seg}: corrupt at byte {damaged[0]}: checksum mismatch" in err

@@ -318,6 +318,7 @@ def test_stats_of_a_plain_journal(journal: Path, capsys: pytest.CaptureFixture[s
             "cancelled": 1, "waiting": 0, "queued": 0,
         }},
         "torn_tail": None,
+        "zero_tail": None,
     }
     code, lines, _ = run(capsys, str(journal), "--stats")
     assert code == 0
