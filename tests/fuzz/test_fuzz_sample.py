@@ -94,13 +94,13 @@ def test_an_armed_crash_point_kills_the_process_there(tmp_path: Path, point: str
 # -- kill -9 -----------------------------------------------------------------------------
 
 
-def test_killnine_sample_of_100_iterations_finds_no_violation() -> None:
-    done = run_script([PYTHON, "fuzz/killnine.py", "--iterations", "100", "--jobs", "2",
+def test_killnine_sample_of_70_iterations_finds_no_violation() -> None:
+    done = run_script([PYTHON, "fuzz/killnine.py", "--iterations", "70", "--jobs", "2",
                        "--seed", str(SEED), "--exec-share", "0.1"])
     summary = summary_of(done)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary["violations"] == 0
-    assert summary["iterations"] == 100
+    assert summary["iterations"] == 70
     assert summary["kills"] >= 30  # SIGKILLs sent by the parent
     assert summary["crash_point_kills"] >= 30
     assert len(summary["points_hit"]) >= 5  # crash points of several kinds were reached
@@ -238,9 +238,11 @@ def test_mutation_campaign_reports_a_planted_unbounded_allocation(
 
 
 def test_fault_campaign_finds_no_violation() -> None:
-    """Every fault at every third call of its operation (fuzz/faults.py
-    tries every call; the full campaign's counts are in fuzz/README.md)."""
-    result = faults.run_sync(stride=3)
+    """Every fault at every fourth call of its operation (fuzz/faults.py
+    tries every call; the full campaign's counts are in fuzz/README.md).
+    Every fourth, not third, since preallocation added calls: the suite
+    must stay under 10 minutes on 2 cores."""
+    result = faults.run_sync(stride=4)
     assert result.violations == []
     assert result.outcomes["call-failed"] > 100
     assert result.outcomes["open-failed"] > 0
