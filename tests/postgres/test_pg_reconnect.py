@@ -125,10 +125,8 @@ async def test_engines_reconnect_when_the_server_restarts_and_lose_nothing(
                 await (a if n % 2 else b).invoke("chain", instance_id=iid)
             await halfway.wait()
             await trio.to_thread.run_sync(pg_server.restart)  # steps keep coming meanwhile
-            before = len(acknowledged)
             for iid in ids:
                 assert await a.wait(iid) == iid
-            assert len(acknowledged) > before
             # Each engine writes after the restart (its chains may all have
             # ended before it), so each writer has had to reconnect.
             for name, eng in (("late-a", a), ("late-b", b)):
