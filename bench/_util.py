@@ -189,3 +189,39 @@ def write_json(path: str, out: dict[str, Any], **dump: Any) -> None:
     with open(path, "w") as f:
         json.dump(out, f, indent=2, **dump)
     print(f"\nresults written to {path}")
+
+
+async def cpu_per_step(builder: Any, steps: int, replays: int) -> dict[str, float]:
+    """The trio thread's CPU time per step of an engine built by ``builder``:
+    ``steps`` plain steps executed, then the least of ``replays`` replays of
+    them (CPU time: a loaded machine preempting the process does not count).
+    Shared by bench_typed and bench_tracing, each run in a child process."""
+    import trio
+
+    from memable_log import Context
+
+    marks: list[float] = []
+
+    def make_int() -> int:
+        return 42
+
+    async def wf(ctx: Context) -> None:
+        t = time.thread_time()
+        for i in range(steps):
+            await ctx.step(f"s{i}").run(make_int)
+        marks.append(time.thread_time() - t)
+        await ctx.suspend(f"go{len(marks)}")
+
+    engine = builder.build()
+    engine.register("wf", wf)
+    async with engine:
+        iid = await engine.invoke("wf")
+        for k in range(1, replays + 1):
+            while len(marks) < k or engine.status(iid).state != "suspended":  # noqa: ASYNC110
+                await trio.sleep(0.001)  # a benchmark's driver: no public event for this
+            await engine.signal("wf", iid, f"go{k}", None)
+        while len(marks) < replays + 1:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+        await engine.cancel(iid)
+    return {"executed_us": marks[0] / steps * 1e6,
+            "memoised_us": min(marks[1:]) / steps * 1e6}

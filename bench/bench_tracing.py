@@ -29,16 +29,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
+
+from _util import cpu_per_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODES = ("off", "noop", "sdk", "sdk-memory")
-
-
-def make_int() -> int:
-    return 7
 
 
 def _builder(mode: str) -> Any:
@@ -63,33 +60,8 @@ def _builder(mode: str) -> Any:
 
 
 async def _cpu_child(mode: str, steps: int, replays: int) -> dict[str, float]:
-    """CPU time per step: ``steps`` executed, then the least of ``replays`` replays."""
-    import trio
-
-    from memable_log import Context
-
-    marks: list[float] = []
-
-    async def wf(ctx: Context) -> None:
-        t = time.thread_time()
-        for i in range(steps):
-            await ctx.step(f"s{i}").run(make_int)
-        marks.append(time.thread_time() - t)
-        await ctx.suspend(f"go{len(marks)}")
-
-    engine = _builder(mode).build()
-    engine.register("wf", wf)
-    async with engine:
-        iid = await engine.invoke("wf")
-        for k in range(1, replays + 1):
-            while len(marks) < k or engine.status(iid).state != "suspended":  # noqa: ASYNC110
-                await trio.sleep(0.001)  # a benchmark's driver: no public event for this
-            await engine.signal("wf", iid, f"go{k}", None)
-        while len(marks) < replays + 1:  # noqa: ASYNC110
-            await trio.sleep(0.001)
-        await engine.cancel(iid)
-    return {"executed_us": marks[0] / steps * 1e6,
-            "memoised_us": min(marks[1:]) / steps * 1e6}
+    """CPU time per step (bench/_util.py cpu_per_step)."""
+    return await cpu_per_step(_builder(mode), steps, replays)
 
 
 def _sample(checkout: str, mode: str, steps: int, replays: int) -> dict[str, float]:

@@ -39,6 +39,7 @@ from typing import Any
 from uuid import UUID
 
 import pydantic  # the test extra has it
+from _util import cpu_per_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -147,35 +148,10 @@ def conversion_alone(rounds: int) -> None:
 
 
 async def _cpu_child(steps: int, replays: int) -> dict[str, float]:
-    """In memory: the trio thread's CPU time for ``steps`` plain steps executed,
-    and the least of ``replays`` replays of them (CPU time: a loaded machine
-    preempting the process does not count)."""
-    import trio
+    """CPU time per step (bench/_util.py cpu_per_step)."""
+    from memable_log import Engine
 
-    from memable_log import Context, Engine
-
-    marks: list[float] = []
-
-    async def wf(ctx: Context) -> None:
-        t = time.thread_time()
-        for i in range(steps):
-            await ctx.step(f"s{i}").run(make_int)
-        marks.append(time.thread_time() - t)
-        await ctx.suspend(f"go{len(marks)}")
-
-    engine = Engine.builder().in_memory().build()
-    engine.register("wf", wf)
-    async with engine:
-        iid = await engine.invoke("wf")
-        for k in range(1, replays + 1):
-            while len(marks) < k or engine.status(iid).state != "suspended":  # noqa: ASYNC110
-                await trio.sleep(0.001)
-            await engine.signal("wf", iid, f"go{k}", None)
-        while len(marks) < replays + 1:  # noqa: ASYNC110
-            await trio.sleep(0.001)
-        await engine.cancel(iid)
-    return {"executed_us": marks[0] / steps * 1e6,
-            "memoised_us": min(marks[1:]) / steps * 1e6}
+    return await cpu_per_step(Engine.builder().in_memory(), steps, replays)
 
 
 def per_type(rounds: int, steps: int, disk: bool) -> None:
