@@ -75,6 +75,7 @@ from hypothesis import strategies as st
 from memable_log import JournalCorrupt, ManualClock, MemoryStorage
 from memable_log._core import records as r
 from memable_log._core.format import (
+    FRAME_BATCH_END,
     FRAME_BATCH_START,
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
@@ -169,15 +170,15 @@ def _number(name: str) -> int | None:
 # -- frames in a segment ------------------------------------------------------------
 
 
-def frames_of(data: bytes) -> list[tuple[int, int, bool]]:
-    """(offset, end, batch_start) of each frame by its length word (unchecked)."""
+def frames_of(data: bytes) -> list[tuple[int, int, bool, bool]]:
+    """(offset, end, batch_start, batch_end) of each frame by its length word (unchecked)."""
     out, pos = [], HEADER_SIZE
     while pos + FRAME_HEADER_SIZE <= len(data):
         word = int.from_bytes(data[pos : pos + 4], "little")
         end = pos + FRAME_HEADER_SIZE + (word & FRAME_LENGTH_MASK)
         if end > len(data) or end == pos + FRAME_HEADER_SIZE:
             break
-        out.append((pos, end, bool(word & FRAME_BATCH_START)))
+        out.append((pos, end, bool(word & FRAME_BATCH_START), bool(word & FRAME_BATCH_END)))
         pos = end
     return out
 
@@ -187,6 +188,15 @@ def salt_of(data: bytes) -> int:
         return unpack_header(data).salt
     except Exception:
         return 0
+
+
+def marks_batch_ends(data: bytes) -> bool:
+    """Whether the segment's frames carry the batch end bit (version 4, plain)."""
+    try:
+        header = unpack_header(data)
+    except Exception:
+        return True
+    return header.version >= 4 and not header.flags & 1
 
 
 # -- hostile payloads ------------------------------------------------------------------
@@ -393,17 +403,20 @@ def _mutate_frame(draw: st.DrawFn, data: bytearray) -> str:
     """A correctly checksummed frame around a hostile payload."""
     frames = frames_of(bytes(data))
     salt = salt_of(bytes(data))
+    ends = marks_batch_ends(bytes(data))
     where = draw(st.sampled_from(["replace", "insert", "append"] if frames else ["append"]))
     if where == "append":
         seq = _seq_of_frame(bytes(data), *frames[-1][:2]) + 1 if frames else 1
         kind, payload = hostile_payload(draw, seq)
-        data += encode_frame(payload, salt, batch_start=True)
+        data += encode_frame(payload, salt, batch_start=True, batch_end=ends)
         return f"append a {kind} frame {payload[:40]!r}"
     index = draw(st.integers(0, len(frames) - 1))
-    offset, end, batch_start = frames[index]
+    offset, end, batch_start, batch_end = frames[index]
     seq = _seq_of_frame(bytes(data), offset, end)
     kind, payload = hostile_payload(draw, seq)
-    frame = encode_frame(payload, salt, batch_start=batch_start or where == "insert")
+    # A replacement keeps the frame's batch bits; an insertion is a commit of its own.
+    frame = encode_frame(payload, salt, batch_start=batch_start or where == "insert",
+                         batch_end=batch_end or (ends and where == "insert"))
     if where == "replace":
         data[offset:end] = frame
     else:

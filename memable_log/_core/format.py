@@ -21,9 +21,13 @@ from typing import NamedTuple
 MAGIC = b"MEMABLE\x1a"
 # 2: each wait registered on its own, ``parked`` (records.py).
 # 3: steps carry their start and attempts, failed attempts, status texts,
-# events, child workflows (records.py). An older segment stays readable; a
-# writer never appends to one (it seals it first).
-FORMAT_VERSION = 3
+# events, child workflows (records.py).
+# 4: the last frame of each commit batch is marked (FRAME_BATCH_END), so a
+# batch is all or nothing for readers even when a power cut keeps only
+# part of its bytes. An older segment stays readable; a writer never
+# appends to one (it seals it first).
+FORMAT_VERSION = 4
+BATCH_END_VERSION = 4  # segments of this version and later mark batch ends
 
 # magic, version, flags, salt, segment number, first sequence number,
 # reserved, then a crc32 of those 36 bytes.
@@ -40,7 +44,8 @@ FRAME_HEADER_SIZE = 8
 FRAME_BATCH_START = 0x8000_0000  # first frame of a commit batch
 FRAME_BLOCK = 0x4000_0000  # compacted segments only: a zstd block of frames
 FRAME_LENGTH_MASK = 0x00FF_FFFF  # 24 bits of length
-FRAME_RESERVED_MASK = 0x3F00_0000  # must be zero
+FRAME_BATCH_END = 0x2000_0000  # last frame of a commit batch (version 4, plain segments)
+FRAME_RESERVED_MASK = 0x1F00_0000  # must be zero
 MAX_RECORD = FRAME_LENGTH_MASK  # 16 MiB - 1: longer is corruption
 
 LOCK_NAME = "LOCK"

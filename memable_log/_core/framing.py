@@ -3,7 +3,8 @@
 A frame is an 8-byte header and a payload::
 
     word  u32 little-endian   bits 0-23 payload length, bit 31 batch start,
-                              bits 24-30 zero
+                              bit 30 block (compacted segments), bit 29
+                              batch end (version 4), bits 24-28 zero
     crc   u32 little-endian   crc32 over the 4 word bytes then the payload,
                               started from the segment's salt
     payload                   one msgpack-encoded record
@@ -16,7 +17,11 @@ MAX_RECORD is damage, never an allocation.
 The "batch start" bit marks the first frame of each commit batch (the frames
 written by one write and made durable by one fsync). Recovery uses it: a
 valid batch start after a damaged frame proves the damaged frame was once
-fsynced, so the damage is corruption, not a torn tail.
+fsynced, so the damage is corruption, not a torn tail. Since version 4 the
+"batch end" bit marks a batch's last frame (a batch of one frame has both):
+a reader takes a batch's records only once its end is there, so a power cut
+that kept the first frames of a batch and lost the rest leaves none of it
+(segment_reader.py applies that rule; frames here only carry the bits).
 
 FrameDecoder is incremental (feed bytes as they come: whole, byte by byte)
 and reports a frame, "need more bytes", or FrameError; it decides nothing
@@ -34,6 +39,7 @@ import zlib
 from typing import NamedTuple
 
 from .format import (
+    FRAME_BATCH_END,
     FRAME_BATCH_START,
     FRAME_BLOCK,
     FRAME_HEADER_SIZE,
@@ -51,6 +57,7 @@ class Frame(NamedTuple):
     batch_start: bool
     payload: bytes
     block: bool = False  # a zstd block of inner frames (compacted segments)
+    batch_end: bool = False  # the last frame of its commit batch (version 4)
 
     @property
     def end(self) -> int:
@@ -71,28 +78,43 @@ def frame_crc(word: int, payload: bytes | memoryview, salt: int) -> int:
 
 
 def encode_frame(
-    payload: bytes, salt: int, batch_start: bool = False, block: bool = False
+    payload: bytes, salt: int, batch_start: bool = False, block: bool = False,
+    batch_end: bool = False,
 ) -> bytes:
     """The frame for ``payload`` in a segment with ``salt``."""
     length = len(payload)
     if not 0 < length <= MAX_RECORD:
         raise ValueError(f"record of {length} bytes: must be 1..{MAX_RECORD}")
-    word = length | (FRAME_BATCH_START if batch_start else 0) | (FRAME_BLOCK if block else 0)
+    word = (
+        length | (FRAME_BATCH_START if batch_start else 0) | (FRAME_BLOCK if block else 0)
+        | (FRAME_BATCH_END if batch_end else 0)
+    )
     return _FRAME_HEADER.pack(word, frame_crc(word, payload, salt)) + payload
 
 
+def encode_batch(payloads: list[bytes], salt: int) -> list[bytes]:
+    """The frames of one commit batch: the first marked its start, the last its end."""
+    last = len(payloads) - 1
+    return [
+        encode_frame(payload, salt, batch_start=i == 0, batch_end=i == last)
+        for i, payload in enumerate(payloads)
+    ]
+
+
 def check_frame_at(
-    data: bytes | memoryview, pos: int, salt: int
+    data: bytes | memoryview, pos: int, salt: int, *, batch_end: bool = True
 ) -> tuple[bool, int] | None:
-    """Whether a complete valid frame starts at ``pos`` of ``data``.
+    """Whether a complete valid plain frame starts at ``pos`` of ``data``.
 
     Returns (batch_start, end position) or None. Used to look past damage.
+    ``batch_end=False``: the batch end bit is not allowed (versions before 4).
     """
     if pos + FRAME_HEADER_SIZE > len(data):
         return None
     word, crc = _FRAME_HEADER.unpack_from(data, pos)
     length = word & FRAME_LENGTH_MASK
-    if length == 0 or word & (FRAME_RESERVED_MASK | FRAME_BLOCK):
+    reserved = FRAME_RESERVED_MASK | FRAME_BLOCK | (0 if batch_end else FRAME_BATCH_END)
+    if length == 0 or word & reserved:
         return None
     end = pos + FRAME_HEADER_SIZE + length
     if end > len(data):
@@ -107,17 +129,25 @@ class FrameDecoder:
 
     ``base_offset`` is the file offset of the first byte to be fed (normally
     the end of the segment header), so frames and errors carry file offsets.
-    Block frames are accepted only with ``blocks=True`` (compacted segments).
+    Block frames are accepted only with ``blocks=True`` (compacted segments),
+    the batch end bit unless ``batch_end=False`` (segments before version
+    4, and compacted ones, never set it). It decodes frames; what batches mean is the
+    segment reader's business.
     """
 
     __slots__ = ("_buf", "_pos", "_base", "_salt", "_reserved")
 
-    def __init__(self, salt: int, base_offset: int = 0, *, blocks: bool = False) -> None:
+    def __init__(
+        self, salt: int, base_offset: int = 0, *, blocks: bool = False, batch_end: bool = True
+    ) -> None:
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._base = base_offset
         self._salt = salt
-        self._reserved = FRAME_RESERVED_MASK if blocks else FRAME_RESERVED_MASK | FRAME_BLOCK
+        self._reserved = (
+            FRAME_RESERVED_MASK | (0 if blocks else FRAME_BLOCK)
+            | (0 if batch_end else FRAME_BATCH_END)
+        )
 
     @property
     def offset(self) -> int:
@@ -167,7 +197,8 @@ class FrameDecoder:
             raise FrameError(self._base + pos, "checksum mismatch")
         self._pos = end
         return Frame(
-            self._base + pos, bool(word & FRAME_BATCH_START), payload, bool(word & FRAME_BLOCK)
+            self._base + pos, bool(word & FRAME_BATCH_START), payload, bool(word & FRAME_BLOCK),
+            bool(word & FRAME_BATCH_END),
         )
 
 
@@ -216,7 +247,7 @@ def _split_block(inner: bytes, salt: int) -> list[bytes]:
         length = word & FRAME_LENGTH_MASK
         if length == 0:
             raise FrameError(pos, "zero length")
-        if word & (FRAME_RESERVED_MASK | FRAME_BLOCK):
+        if word & (FRAME_RESERVED_MASK | FRAME_BLOCK | FRAME_BATCH_END):
             raise FrameError(pos, "length above the record cap")
         end = pos + FRAME_HEADER_SIZE + length
         if end > size:

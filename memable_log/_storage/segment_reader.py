@@ -48,6 +48,8 @@ import msgpack
 from .._core import records as r
 from .._core.errors import JournalCorrupt, JournalFormatError
 from .._core.format import (
+    BATCH_END_VERSION,
+    FRAME_BATCH_END,
     FRAME_BATCH_START,
     FRAME_BLOCK,
     FRAME_HEADER_SIZE,
@@ -63,7 +65,11 @@ from .._core.format import (
 from .._core.framing import FrameError, check_frame_at, decode_block
 from .._core.index import pack_loc
 
-_BATCH_START_BYTE = bytes([FRAME_BATCH_START >> 24])
+# The fourth byte of a batch-start frame's word: bit 31 set, bits 24-30
+# clear but for the batch end bit (a batch of one frame, version 4).
+_BATCH_START_BYTES = (
+    bytes([FRAME_BATCH_START >> 24]), bytes([(FRAME_BATCH_START | FRAME_BATCH_END) >> 24])
+)
 _FRAME_HEAD = struct.Struct("<II")  # a frame's word and crc (see _core/framing.py)
 _INNER_ONE = pack_loc(0, 0, 1)  # added to a location per record inside a block
 
@@ -108,10 +114,18 @@ class SegmentReader:
     ``next_seq``, the seq the next record must have (a compacted segment
     keeps its header's first_seq); ``count``, how many records were yielded;
     ``damage``, the bad frame that stopped it, or None.
+
+    Commit batches (version 4 and later, plain segments): the records of a
+    batch are yielded only once its last frame (the batch end bit) has been
+    read. A batch whose end is not in the bytes fed holds the reader at its
+    first frame: ``pos`` stays there, and damage inside it is reported at
+    that frame, so a torn tail is cut at the batch's start, never inside
+    it. A power cut that kept some of a batch's frames leaves none of its
+    records.
     """
 
     __slots__ = ("path", "number", "header", "compacted", "sealed", "next_seq", "count",
-                 "damage", "_buf", "_base", "_pos")
+                 "damage", "_buf", "_base", "_pos", "_batched", "_batch_open", "_stop")
 
     def __init__(
         self, path: str, number: int, header: SegmentHeader, *,
@@ -127,13 +141,17 @@ class SegmentReader:
         self.sealed = False
         self.count = 0
         self.damage: Damage | None = None
+        self._batched = not compacted and header.version >= BATCH_END_VERSION
+        self._batch_open = False  # stopped at a batch whose end was not fed
+        self._stop = start  # file offset where decoding stopped (pos, or in the open batch)
         self._buf: bytes | bytearray = b""
         self._base = start  # file offset of _buf[0]
         self._pos = 0  # index in _buf of the first byte not yet cut into a frame
 
     @property
     def pos(self) -> int:
-        """File offset just past the last complete frame read (or of ``damage``)."""
+        """File offset just past the last complete frame read (in a segment with
+        commit batches, the last complete batch): where a torn tail starts."""
         return self._base + self._pos
 
     @property
@@ -171,6 +189,7 @@ class SegmentReader:
         writer may have cut a torn tail there and written new frames.
         """
         self._base, self._pos, self._buf = self.pos, 0, b""
+        self._stop, self._batch_open = self._base, False
         self.damage = None
 
     def ended(self) -> Damage | None:
@@ -181,10 +200,13 @@ class SegmentReader:
         only zeros follow it (a zero tail).
         """
         damage = self.damage
-        if damage is None and self.end > self.pos:
-            damage = Damage(self.pos, "record cut short")
+        if damage is None and self.end > self._stop:
+            damage = Damage(self._stop, "record cut short")
+        elif damage is None and self._batch_open:
+            damage = Damage(self.pos, "commit batch cut short")
         if damage is not None and self.zero_tail:
-            return None
+            # Unused space; but a batch whose end lies in it was cut short.
+            return Damage(self.pos, "commit batch cut short") if self._batch_open else None
         return damage
 
     @property
@@ -202,18 +224,24 @@ class SegmentReader:
         bytes were once durable: no torn tail. None if there is no such frame.
         """
         data, base = self._buf, self._base
+        batch_end = self._batched
+        # Jump between the bytes that can be a batch-start word's fourth,
+        # the next of each kind found ahead (-1: none left).
+        kinds = _BATCH_START_BYTES if batch_end else _BATCH_START_BYTES[:1]
+        start = damage.offset - base + 1 + 3
+        ahead = {kind: data.find(kind, start) for kind in kinds}
         with memoryview(data) as view:
-            # A batch-start frame's word has bit 31 set and bits 24-30 clear, so
-            # its fourth byte is exactly 0x80: jump between those bytes.
-            marker = data.find(_BATCH_START_BYTE, damage.offset - base + 1 + 3)
-            while marker != -1:
-                found = check_frame_at(view, marker - 3, self.header.salt)
+            while any(at != -1 for at in ahead.values()):
+                kind, marker = min(
+                    ((k, at) for k, at in ahead.items() if at != -1), key=lambda item: item[1]
+                )
+                found = check_frame_at(view, marker - 3, self.header.salt, batch_end=batch_end)
                 if found is not None and found[0]:
                     return JournalCorrupt(
                         self.path, damage.offset, f"{damage.reason}, and a later commit at "
                         f"byte {base + marker - 3} proves these bytes were once durable",
                     )
-                marker = data.find(_BATCH_START_BYTE, marker + 1)
+                ahead[kind] = data.find(kind, marker + 1)
         return None
 
     def records(self) -> Iterator[tuple[list[Any], int]]:
@@ -229,7 +257,19 @@ class SegmentReader:
         path = self.path
         salt = self.header.salt
         compacted, sealed, next_seq = self.compacted, self.sealed, self.next_seq
-        reserved = FRAME_RESERVED_MASK if compacted else FRAME_RESERVED_MASK | FRAME_BLOCK
+        batched = self._batched
+        # Bits a frame may not have here: blocks only in compacted segments,
+        # the batch end bit only in plain segments of version 4 and later.
+        reserved = FRAME_RESERVED_MASK | (0 if compacted else FRAME_BLOCK) | (
+            0 if batched else FRAME_BATCH_END
+        )
+        start_bit, end_bit = FRAME_BATCH_START, FRAME_BATCH_END
+        one_frame_batch = start_bit | end_bit
+        # The batch being read (batched segments): its records wait in
+        # ``pending`` until its end frame; ``open_at`` is its first frame's
+        # index in data (-1: none open), ``open_seq`` the seq it starts at.
+        pending: list[tuple[list[Any], int]] = []
+        open_at, open_seq = -1, next_seq
         loc_zero = pack_loc(self.number, 0) + base  # + a frame's index in data
         count = 0
         head = _FRAME_HEAD.unpack_from
@@ -261,6 +301,18 @@ class SegmentReader:
                     break
                 if sealed:
                     raise JournalCorrupt(path, base + offset, "record after the segment's seal")
+                if batched:
+                    if word & start_bit:
+                        if open_at >= 0:
+                            raise JournalCorrupt(
+                                path, base + open_at, "a commit batch without its last frame, "
+                                f"then another batch at byte {base + offset}",
+                            )
+                        open_at, open_seq = offset, next_seq
+                    elif open_at < 0:
+                        raise JournalCorrupt(
+                            path, base + offset, "a frame outside any commit batch"
+                        )
                 block = bool(word & FRAME_BLOCK)
                 if block:
                     try:
@@ -289,6 +341,10 @@ class SegmentReader:
                                 raise JournalCorrupt(
                                     path, base + offset, "seal's sequence number is wrong"
                                 )
+                            if batched and word & one_frame_batch != one_frame_batch:
+                                raise JournalCorrupt(
+                                    path, base + offset, "a seal inside a commit batch"
+                                )
                             sealed = True
                             continue
                         try:
@@ -309,11 +365,23 @@ class SegmentReader:
                         )
                     else:
                         next_seq = seq + 1
+                    if batched:
+                        pending.append((rec, loc))
+                        continue
                     count += 1
                     yield rec, loc
                     if block:
                         loc += inner_one
+                if batched and word & end_bit:
+                    open_at = -1
+                    count += len(pending)
+                    yield from pending
+                    pending.clear()
         finally:
+            self._batch_open = open_at >= 0
+            self._stop = base + pos  # where decoding stopped
+            if open_at >= 0:  # the batch's end is not here (yet): none of it was read
+                pos, next_seq = open_at, open_seq
             self._pos, self.sealed, self.next_seq = pos, sealed, next_seq
             self.count += count
 

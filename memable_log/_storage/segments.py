@@ -222,8 +222,9 @@ def _close_segment(
         proven = reader.proof(damage)
         if proven is not None:
             raise proven
-        result.torn_at = damage.offset
-        result.torn_bytes = len(data) - damage.offset
+        # The tail starts after the last complete batch, at or before the damage.
+        result.torn_at = reader.pos
+        result.torn_bytes = len(data) - reader.pos
     if not reader.sealed and not is_last:
         raise JournalCorrupt(path, reader.pos, "segment ends without a seal")
     result.next_seq = reader.next_seq

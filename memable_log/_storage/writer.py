@@ -18,11 +18,18 @@ is written: a torn tail is cut and the last segment fsynced (a killed process
 may have left unsynced bytes there); leftover temporary files are removed and
 the directory fsynced. A zero tail is kept and written over.
 
-Roll-over, when a batch would take the segment past ``segment_size``: write
-the part that fits plus a seal frame, cut the zero tail, fsync, then create
-the next segment as a temp file with its header, fsync it, rename it into
-place and fsync the directory (its zeros come with its first commit, which
-pays one more fsync for them). A segment is never visible without its
+Batches. A commit's frames are one batch: the first carries the batch
+start bit, the last the batch end bit (format version 4), and readers take
+a batch whole or not at all. So a batch never straddles two segments.
+
+Roll-over, when a batch would take the segment past ``segment_size``: before
+any of the batch is written, write the seal frame alone (a batch of its
+own), cut the zero tail, fsync, then create the next segment as a temp file
+with its header, fsync it, rename it into place and fsync the directory
+(its zeros come with its first commit, which pays one more fsync for them);
+the whole batch then goes into the new segment. A batch larger than a
+segment goes whole into an empty one, which grows past ``segment_size`` to
+hold it. A segment is never visible without its
 complete header, and a sealed one keeps no zero tail
 (so older readers, which take zeros for a torn tail, see the layout they
 know in every segment but the last). ``close`` cuts the active segment's
@@ -44,8 +51,15 @@ import msgpack
 
 from .._core import records as r
 from .._core.errors import JournalFailed
-from .._core.format import FORMAT_VERSION, HEADER_SIZE, SegmentHeader, pack_header, segment_name
-from .._core.framing import encode_frame
+from .._core.format import (
+    BATCH_END_VERSION,
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    SegmentHeader,
+    pack_header,
+    segment_name,
+)
+from .._core.framing import encode_batch, encode_frame
 from .._core.index import pack_loc
 from .crashpoints import crashpoint
 from .files import FileHandle, Storage
@@ -66,6 +80,7 @@ class SegmentWriter:
         self.next_seq = 1
         self.broken: str | None = None
         self._salt = 0
+        self._version = FORMAT_VERSION  # the active segment's format version
         self._size = 0  # end of the last frame
         self._allocated = 0  # end of the file: zeros from _size on
         self._writing = False  # a write began and has not ended (it raised)
@@ -104,6 +119,7 @@ class SegmentWriter:
                 # Records of this version never go into an older version's
                 # segment (an older reader would misread them): seal it.
                 self.segment, self._salt, self._size = last.number, last.header.salt, last.end
+                self._version = last.header.version
                 self._records_in_segment = 1
                 self._open(segment_name(last.number))
                 self.seal_and_roll()
@@ -112,6 +128,7 @@ class SegmentWriter:
                 self._new_segment(last.number + 1 if last else 1)
                 return
             self.segment, self._salt, self._size = last.number, last.header.salt, last.end
+            self._version = last.header.version
             self._records_in_segment = int(last.end > HEADER_SIZE)
             self._open(segment_name(last.number))
         except OSError as exc:
@@ -127,27 +144,19 @@ class SegmentWriter:
             self._break(exc)
 
     def _commit(self, payloads: list[bytes]) -> list[int]:
-        locs: list[int] = []
-        buf: list[bytes] = []
-        pending = 0  # bytes in buf
-        for payload in payloads:
-            frame = encode_frame(payload, self._salt, batch_start=not buf)
-            if (
-                self._size + pending + len(frame) + _SEAL_ROOM > self.segment_size
-                and (self._records_in_segment or buf)
-            ):
-                seal = r.SEAL, self.next_seq + len(buf)
-                buf.append(encode_frame(msgpack.packb(seal), self._salt, batch_start=not buf))
-                self._write(buf, records=len(buf) - 1, seal=True)
-                crashpoint("roll.after-seal")
-                buf, pending = [], 0
-                self._roll()
-                frame = encode_frame(payload, self._salt, batch_start=True)
-            locs.append(pack_loc(self.segment, self._size + pending))
-            buf.append(frame)
-            pending += len(frame)
-        if buf:
-            self._write(buf, records=len(buf))
+        if not payloads:
+            return []
+        frames = encode_batch(payloads, self._salt)  # raises for a bad payload, first
+        size = sum(map(len, frames))
+        if self._size + size + _SEAL_ROOM > self.segment_size and self._records_in_segment:
+            self._seal_and_roll()  # the batch goes whole into the next segment
+            frames = encode_batch(payloads, self._salt)  # its salt
+        locs = []
+        at = self._size
+        for frame in frames:
+            locs.append(pack_loc(self.segment, at))
+            at += len(frame)
+        self._write(frames, records=len(frames))
         return locs
 
     @property
@@ -162,11 +171,19 @@ class SegmentWriter:
         if not self._records_in_segment:
             return
         try:
-            seal = msgpack.packb((r.SEAL, self.next_seq))
-            self._write([encode_frame(seal, self._salt, batch_start=True)], records=0, seal=True)
-            self._roll()
+            self._seal_and_roll()
         except OSError as exc:
             self._break(exc)
+
+    def _seal_and_roll(self) -> None:
+        seal = msgpack.packb((r.SEAL, self.next_seq))
+        if self._version >= BATCH_END_VERSION:
+            frames = encode_batch([seal], self._salt)
+        else:  # an older segment, sealed before this version appends: no batch ends there
+            frames = [encode_frame(seal, self._salt, batch_start=True)]
+        self._write(frames, records=0, seal=True)
+        crashpoint("roll.after-seal")
+        self._roll()
 
     def _write(self, frames: list[bytes], records: int, seal: bool = False) -> None:
         """Write a batch over the zero tail and make it durable (sealing: cut the rest)."""
@@ -232,6 +249,7 @@ class SegmentWriter:
         crashpoint("roll.after-rename")
         self.storage.sync_dir()
         self.segment, self._salt, self._size = number, salt, HEADER_SIZE
+        self._version = FORMAT_VERSION
         self.salts[name] = salt
         self._records_in_segment = 0
         self._file = self.storage.open_append(name)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from memable_log._core.format import (
     FORMAT_VERSION,
+    FRAME_BATCH_END,
     FRAME_BATCH_START,
     FRAME_HEADER_SIZE,
     HEADER_SIZE,
@@ -37,6 +38,7 @@ from memable_log._core.framing import (
     FrameDecoder,
     FrameError,
     check_frame_at,
+    encode_batch,
     encode_frame,
     frame_crc,
 )
@@ -242,14 +244,42 @@ def test_zero_length_frame_is_rejected() -> None:
     assert check_frame_at(raw_frame(0, b""), 0, SALT) is None
 
 
-@pytest.mark.parametrize("bit", range(24, 31))
+@pytest.mark.parametrize("bit", [24, 25, 26, 27, 28, 30])
 def test_reserved_bit_set_is_rejected(bit: int) -> None:
-    # Even with a checksum that matches the word, a reserved bit is damage.
+    # Even with a checksum that matches the word, a reserved bit is damage
+    # (bit 30, a block, outside a compacted segment).
     frame = raw_frame(5 | 1 << bit, b"hello")
     with pytest.raises(FrameError) as info:
         decode_one(frame)
     assert info.value.offset == BASE
     assert check_frame_at(frame, 0, SALT) is None
+
+
+def test_the_batch_end_bit_is_allowed_only_where_batches_end() -> None:
+    frame = raw_frame(5 | FRAME_BATCH_END, b"hello")
+    found = decode_one(frame)
+    assert found is not None
+    assert (found.batch_start, found.batch_end) == (False, True)
+    assert check_frame_at(frame, 0, SALT) == (False, len(frame))
+    # Segments before version 4 (and compacted ones) never set it: damage there.
+    decoder = FrameDecoder(SALT, BASE, batch_end=False)
+    decoder.feed(frame)
+    with pytest.raises(FrameError, match="record cap"):
+        decoder.next_frame()
+    assert check_frame_at(frame, 0, SALT, batch_end=False) is None
+
+
+def test_a_batch_marks_its_first_and_last_frames() -> None:
+    decoder = FrameDecoder(SALT, BASE)
+    for frame in encode_batch([b"a", b"b", b"c"], SALT):
+        decoder.feed(frame)
+    frames = drain(decoder)
+    assert [(f.batch_start, f.batch_end) for f in frames] == [
+        (True, False), (False, False), (False, True)
+    ]
+    decoder.feed(encode_batch([b"alone"], SALT)[0])
+    (alone,) = drain(decoder)
+    assert (alone.batch_start, alone.batch_end) == (True, True)
 
 
 def test_checksum_mismatch_is_rejected() -> None:

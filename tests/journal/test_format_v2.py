@@ -165,7 +165,7 @@ async def test_a_version_2_journal_reads_as_version_2_meant_it(
     versions = list(headers(journal).items())
     assert versions[:2] == [("cmp-0000000001.mlog", 2), ("seg-0000000002.mlog", 2)]
     assert len(versions) > 2
-    assert {version for _, version in versions[2:]} == {fmt.FORMAT_VERSION} == {3}
+    assert {version for _, version in versions[2:]} == {fmt.FORMAT_VERSION} == {4}
     new = [v for v in read_journal(journal) if v.segment > 2]
     assert [v.fields["key"] for v in new if v.type == "step_done"] == ["a", "b"]
     assert not {v.type for v in new} & {"step_done_v2", "step_failed_v2"}

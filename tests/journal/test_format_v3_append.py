@@ -6,6 +6,8 @@ tests/data/journal-v3-append/ was written by the library at commit c590af7
 torn tail with no zeros after it. This version cuts the torn tail, fills
 the last segment's free space with zeros and writes over them; at close
 the zeros go, and the journal reads as the old one plus what was added.
+Since format version 4 that goes on in a new segment: the version 3 one
+is sealed first (its seal without the batch end bit version 3 lacks).
 """
 
 from __future__ import annotations
@@ -77,3 +79,10 @@ async def test_an_append_layout_journal_opens_and_goes_on_preallocated(journal: 
     assert (journal / last.name).stat().st_size == last.end  # at rest: no zero tail
     old = (FIXTURE / LAST).read_bytes()[: size - 11]  # all but the torn tail, kept as it was
     assert (journal / LAST).read_bytes()[: size - 11] == old
+    # Version 4 never appends to a version 3 segment: it sealed the old last
+    # one (a seal version 3 reads: no batch end bit) and went on in version 4.
+    versions = {seg.name: (seg.header.version, seg.sealed) for seg in result.segments}
+    assert versions[LAST] == (3, True)
+    later = [v for name, v in sorted(versions.items()) if name > LAST]
+    assert {version for version, _ in later} == {4}
+    assert later[-1] == (4, False)

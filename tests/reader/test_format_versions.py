@@ -85,7 +85,8 @@ def test_a_newer_version_in_a_later_segment_is_a_format_error_when_following(
 ) -> None:
     """The follower meets the second segment's header only after the first's seal."""
     files = journal_with_version(FORMAT_VERSION)
-    files[SEG1] += encode_frame(msgpack.packb([0, 1]), 0x1234, batch_start=True)  # its seal
+    seal = encode_frame(msgpack.packb([0, 1]), 0x1234, batch_start=True, batch_end=True)
+    files[SEG1] += seal
     files[segment_name(2)] = pack_header(SegmentHeader(FORMAT_VERSION + 1, 0, 0x1234, 2, 1))
     write(journal_dir, files)
     with pytest.raises(JournalFormatError):

@@ -3,8 +3,10 @@
 Hypothesis strategies: ``journals()`` draws a journal's files (maybe a
 compacted segment first, then one to three plain segments, some sealed),
 with records of every type, record-shaped junk, raw payloads, blocks and
-seals, some in the wrong places; ``damaged(files)`` then flips bits, cuts,
-inserts and appends bytes (valid later commits among them).
+seals, some in the wrong places, in commit batches that are mostly well
+formed (version 4 marks each batch's last frame) and sometimes not;
+``damaged(files)`` then flips bits, cuts, inserts and appends bytes (valid
+later commits among them).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from memable_log._core import records as r
 from memable_log._core.format import (
     FORMAT_VERSION,
+    FRAME_BATCH_END,
     FRAME_BATCH_START,
     FRAME_BLOCK,
     FRAME_RESERVED_MASK,
@@ -100,8 +103,8 @@ items = st.one_of(
 )
 
 
-def frame_of(payload: bytes, batch_start: bool) -> bytes:
-    return encode_frame(payload, SALT, batch_start=batch_start)
+def frame_of(payload: bytes, batch_start: bool, batch_end: bool = False) -> bytes:
+    return encode_frame(payload, SALT, batch_start=batch_start, batch_end=batch_end)
 
 
 def packed(rec: Any) -> bytes:
@@ -110,21 +113,45 @@ def packed(rec: Any) -> bytes:
 
 @st.composite
 def segment_body(draw: st.DrawFn, first_seq: int, compacted: bool) -> tuple[bytes, int]:
-    """Frames of one segment and the seq after them."""
-    out = bytearray()
+    """Frames of one segment and the seq after them.
+
+    Plain segments mostly hold well-formed commit batches (a seal alone in
+    its own); sometimes each frame's batch bits are drawn at random.
+    Compacted segments draw the start bit alone (they have no batches).
+    """
+    # Each frame as (payload, batch start, batch end, block bytes or None).
+    frames: list[tuple[bytes, bool, bool, bytes | None]] = []
     seq = first_seq
+    well_formed = not compacted and draw(st.integers(0, 4)) > 0
+    opened = False
+
+    def end_last() -> None:
+        payload, start, _, block = frames[-1]
+        frames[-1] = payload, start, True, block
+
+    def add(payload: bytes, seal: bool = False) -> None:
+        nonlocal opened
+        if not well_formed:
+            end = not compacted and draw(st.integers(0, 3)) == 0
+            frames.append((payload, draw(st.booleans()), end, None))
+            return
+        if seal and opened:  # close the batch before the seal
+            end_last()
+        end = seal or draw(st.booleans())
+        frames.append((payload, not opened, end, None))
+        opened = not end
+
     for item in draw(st.lists(items, max_size=8)):
-        batch = draw(st.booleans())
         if item[0] == "rec":
             rec = item[1]
             if type(rec) is list and len(rec) > 1 and not item[2]:
                 rec[1] = 0 if compacted else seq
                 seq += not compacted
-            out += frame_of(packed(rec), batch)
+            add(packed(rec))
         elif item[0] == "raw":
-            out += frame_of(item[1], batch)
+            add(item[1])
         elif item[0] == "seal":
-            out += frame_of(packed([0, seq + item[1]]), batch)
+            add(packed([0, seq + item[1]]), seal=True)
         else:
             inner = []
             for rec in item[1]:
@@ -134,7 +161,12 @@ def segment_body(draw: st.DrawFn, first_seq: int, compacted: bool) -> tuple[byte
                     rec[1] = 0 if compacted else seq
                     seq += not compacted
                 inner.append(packed(rec))
-            out += encode_block(inner, SALT)
+            frames.append((b"", False, False, encode_block(inner, SALT)))
+    if well_formed and opened and draw(st.integers(0, 3)) > 0:
+        end_last()  # mostly, the last batch ends
+    out = bytearray()
+    for payload, start, end, block in frames:
+        out += block if block is not None else frame_of(payload, start, end)
     return bytes(out), seq
 
 
@@ -147,7 +179,7 @@ def journals(draw: st.DrawFn) -> dict[str, bytes]:
         first_seq = draw(st.integers(1, 40))
         body, _ = draw(segment_body(first_seq, compacted=True))
         if draw(st.booleans()):
-            body += frame_of(packed([0, first_seq]), True)
+            body += frame_of(packed([0, first_seq]), True)  # compacted: no batch ends
         header = SegmentHeader(FORMAT_VERSION, SEG_COMPACTED, SALT, number, first_seq)
         files[compacted_name(number)] = pack_header(header) + body
         if number > 1 and draw(st.booleans()):  # superseded by the compacted one
@@ -158,7 +190,7 @@ def journals(draw: st.DrawFn) -> dict[str, bytes]:
         body, next_seq = draw(segment_body(seq, compacted=False))
         last = i == 2 or draw(st.booleans())
         if not last or draw(st.integers(0, 4)) == 0:
-            body += frame_of(packed([0, next_seq]), True)
+            body += frame_of(packed([0, next_seq]), True, True)
         header = SegmentHeader(FORMAT_VERSION, 0, SALT, number, seq)
         files[segment_name(number)] = pack_header(header) + body
         seq, number = next_seq, number + 1
@@ -186,9 +218,10 @@ def damaged(draw: st.DrawFn, files: dict[str, bytes]) -> dict[str, bytes]:
         elif kind == 3:
             data += draw(st.binary(min_size=1, max_size=16))
         elif kind == 4:  # a valid commit after whatever damage comes before it
-            data += frame_of(draw(st.binary(min_size=1, max_size=8)), True)
+            data += frame_of(draw(st.binary(min_size=1, max_size=8)), True, True)
         elif kind == 5 and len(data) > where + 4:  # a damaged length
             word = struct.unpack_from("<I", data, where)[0] ^ draw(st.sampled_from(
-                [FRAME_BLOCK, FRAME_RESERVED_MASK, 0x00FF_FFFF, FRAME_BATCH_START]))
+                [FRAME_BLOCK, FRAME_RESERVED_MASK, 0x00FF_FFFF, FRAME_BATCH_START,
+                 FRAME_BATCH_END]))
             struct.pack_into("<I", data, where, word)
     return {name: bytes(data) for name, data in out.items()}

@@ -111,7 +111,7 @@ def reference_decode_block(payload: bytes, salt: int) -> list[bytes]:
     except zstandard.ZstdError as exc:
         raise FrameError(0, f"undecodable block: {exc}") from None
     inner = b"".join(chunks)
-    decoder = FrameDecoder(salt)
+    decoder = FrameDecoder(salt, batch_end=False)  # inner frames have no batch bits
     decoder.feed(inner)
     out = []
     while (frame := decoder.next_frame()) is not None:
@@ -123,20 +123,22 @@ def reference_decode_block(payload: bytes, salt: int) -> list[bytes]:
 
 def reference_damage(
     path: str, data: bytes, salt: int, offset: int, reason: str, is_last: bool,
-    result: ScanResult,
+    result: ScanResult, batched: bool, cut: int | None,
 ) -> None:
-    """Torn tail or corruption, byte by byte: a later valid batch start proves it."""
+    """Torn tail or corruption, byte by byte: a later valid batch start proves it.
+
+    A torn tail starts at ``cut`` (the open batch's first frame), if given."""
     if not is_last:
         raise JournalCorrupt(path, offset, reason)
     for pos in range(offset + 1, len(data)):
-        found = check_frame_at(data, pos, salt)
+        found = check_frame_at(data, pos, salt, batch_end=batched)
         if found is not None and found[0]:
             raise JournalCorrupt(
                 path, offset, f"{reason}, and a later commit at byte {pos} proves "
                 "these bytes were once durable",
             )
-    result.torn_at = offset
-    result.torn_bytes = len(data) - offset
+    result.torn_at = offset if cut is None else cut
+    result.torn_bytes = len(data) - result.torn_at
 
 
 def reference_iter_scan(
@@ -198,23 +200,45 @@ def reference_scan_segment(
             "segments are missing",
         )
     next_seq = header.first_seq if resume_seq is None else resume_seq
-    decoder = FrameDecoder(header.salt, start, blocks=compacted)
+    batched = not compacted and header.version >= 4
+    decoder = FrameDecoder(header.salt, start, blocks=compacted, batch_end=batched)
     decoder.feed(data[start:])
     sealed = False
     base_loc = pack_loc(number, 0)
+    # Version 4: a batch's records count once its end frame is read.
+    batch: list[tuple[list[Any], int]] = []
+    opened: tuple[int, int] | None = None  # the open batch's offset and first seq
+    end_offset = None
     while True:
+        damage: tuple[int, str] | None = None
         try:
             frame = decoder.next_frame()
         except FrameError as exc:
-            reference_damage(path, data, header.salt, exc.offset, exc.reason, is_last, result)
-            break
-        if frame is None:
-            if decoder.buffered:
-                reference_damage(path, data, header.salt, decoder.offset, "record cut short",
-                                is_last, result)
+            damage = exc.offset, exc.reason
+        else:
+            if frame is None and decoder.buffered:
+                damage = decoder.offset, "record cut short"
+            elif frame is None and opened is not None:
+                damage = opened[0], "commit batch cut short"
+        if damage is not None or frame is None:
+            if opened is not None:
+                end_offset, next_seq = opened
+            if damage is not None:
+                reference_damage(path, data, header.salt, damage[0], damage[1], is_last,
+                                 result, batched, end_offset)
             break
         if sealed:
             raise JournalCorrupt(path, frame.offset, "record after the segment's seal")
+        if batched:
+            if frame.batch_start:
+                if opened is not None:
+                    raise JournalCorrupt(
+                        path, opened[0], "a commit batch without its last frame, then "
+                        f"another batch at byte {frame.offset}",
+                    )
+                opened = frame.offset, next_seq
+            elif opened is None:
+                raise JournalCorrupt(path, frame.offset, "a frame outside any commit batch")
         if frame.block:
             try:
                 payloads = reference_decode_block(frame.payload, header.salt)
@@ -231,6 +255,8 @@ def reference_scan_segment(
             if seal_seq is not None:
                 if seal_seq != next_seq or frame.block:
                     raise JournalCorrupt(path, frame.offset, "seal's sequence number is wrong")
+                if batched and not (frame.batch_start and frame.batch_end):
+                    raise JournalCorrupt(path, frame.offset, "a seal inside a commit batch")
                 sealed = True
                 continue
             try:
@@ -244,12 +270,21 @@ def reference_scan_segment(
                     next_seq = rec[1] + 1
             except r.RecordError as exc:
                 raise JournalCorrupt(path, frame.offset, str(exc)) from None
-            result.records += 1
-            yield rec, pack_loc(0, 0, inner) | base_loc | frame.offset
+            loc = pack_loc(0, 0, inner) | base_loc | frame.offset
+            if batched:
+                batch.append((rec, loc))
+            else:
+                result.records += 1
+                yield rec, loc
+        if batched and frame.batch_end:
+            result.records += len(batch)
+            yield from batch
+            batch, opened = [], None
+    stopped = decoder.offset if end_offset is None else end_offset
     if not sealed and not is_last:
-        raise JournalCorrupt(path, decoder.offset, "segment ends without a seal")
+        raise JournalCorrupt(path, stopped, "segment ends without a seal")
     result.next_seq = next_seq
-    end = decoder.offset if result.torn_at is None or not is_last else result.torn_at
+    end = stopped if result.torn_at is None or not is_last else result.torn_at
     result.segments.append(Segment(number, header, end, sealed, name))
 
 
@@ -317,7 +352,7 @@ def test_fast_scan_agrees_on_undamaged_journals(files: dict[str, bytes]) -> None
 def test_the_generated_journals_reach_every_verdict() -> None:
     """The equivalence test sees clean reads, torn tails and corruption alike."""
     good = {segment_name(1): pack_header(SegmentHeader(FORMAT_VERSION, 0, SALT, 1, 1))
-            + frame_of(packed([r.CREATED, 1, 5, "i", "wf", b"x"]), True)}
+            + frame_of(packed([r.CREATED, 1, 5, "i", "wf", b"x"]), True, True)}
     fast, reference = both_walks(storage_from(good))
     assert fast == reference
     assert fast[0] == "ok"
@@ -327,7 +362,7 @@ def test_the_generated_journals_reach_every_verdict() -> None:
     assert fast == reference
     assert fast[0] == "ok"
     assert fast[2].torn_at == HEADER_SIZE
-    proven = {name: data[:-3] + frame_of(b"\x01", True) for name, data in good.items()}
+    proven = {name: data[:-3] + frame_of(b"\x01", True, True) for name, data in good.items()}
     fast, reference = both_walks(storage_from(proven))
     assert fast == reference
     assert fast[0:2] == ("error", "JournalCorrupt")
@@ -432,7 +467,7 @@ def test_common_records_never_reach_the_generic_check() -> None:
                   for _, allowed in r.SCHEMA[rtype][1]]
         recs.append([rtype, len(recs) + 1, 1_000, "inst", *fields])
     seal = packed([0, len(recs) + 1])
-    body = b"".join(frame_of(packed(rec), True) for rec in recs) + frame_of(seal, True)
+    body = b"".join(frame_of(packed(rec), True, True) for rec in recs) + frame_of(seal, True, True)
     files = {segment_name(1): pack_header(SegmentHeader(FORMAT_VERSION, 0, SALT, 1, 1)) + body,
              segment_name(2): pack_header(
                  SegmentHeader(FORMAT_VERSION, 0, SALT, 2, len(recs) + 1))}
@@ -454,9 +489,9 @@ def test_word_checksum_cache_is_per_segment_salt() -> None:
     rec2 = [r.CREATED, 2, 5, "b", "wf", b"y"]
     seal = packed([0, 2])
     one = pack_header(SegmentHeader(FORMAT_VERSION, 0, SALT, 1, 1)) + frame_of(
-        packed(rec1), True) + frame_of(seal, True)
+        packed(rec1), True, True) + frame_of(seal, True, True)
     other_salt = SALT ^ 0xFFFF
-    frame2 = encode_frame(packed(rec2), other_salt, batch_start=True)
+    frame2 = encode_frame(packed(rec2), other_salt, batch_start=True, batch_end=True)
     two = pack_header(SegmentHeader(FORMAT_VERSION, 0, other_salt, 2, 2)) + frame2
     fast, reference = both_walks(storage_from({segment_name(1): one, segment_name(2): two}))
     assert fast == reference
@@ -464,7 +499,7 @@ def test_word_checksum_cache_is_per_segment_salt() -> None:
     assert [rec for rec, _ in fast[1]] == [rec1, rec2]
     # The first segment's salt on the second's frame is a checksum mismatch.
     bad = pack_header(SegmentHeader(FORMAT_VERSION, 0, other_salt, 2, 2)) + frame_of(
-        packed(rec2), True)
+        packed(rec2), True, True)
     fast, reference = both_walks(storage_from({segment_name(1): one, segment_name(2): bad}))
     assert fast == reference
     assert fast[0] == "ok"

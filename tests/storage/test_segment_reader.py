@@ -92,7 +92,7 @@ def created(seq: int) -> list[Any]:
 
 
 def test_a_frame_cut_short_waits_for_its_bytes_then_is_read() -> None:
-    frame = frame_of(packed(created(1)), True)
+    frame = frame_of(packed(created(1)), True, True)
     data = segment(frame)
     reader = SegmentReader("f", 1, read_header("f", segment_name(1), 1, data), after=None)
     reader.feed(data[HEADER_SIZE:-1])
@@ -105,20 +105,20 @@ def test_a_frame_cut_short_waits_for_its_bytes_then_is_read() -> None:
 
 
 def test_rewind_forgets_a_torn_tail_that_a_writer_cut() -> None:
-    good = frame_of(packed(created(1)), True)
+    good = frame_of(packed(created(1)), True, True)
     data = segment(good, b"\xff" * 12)
     reader = SegmentReader("f", 1, read_header("f", segment_name(1), 1, data), after=None)
     reader.feed(data[HEADER_SIZE:])
     assert len(list(reader.records())) == 1
     assert reader.damage == Damage(HEADER_SIZE + len(good), "length above the record cap")
     reader.rewind()  # the writer cut the torn tail and appended record 2
-    reader.feed(frame_of(packed(created(2)), True))
+    reader.feed(frame_of(packed(created(2)), True, True))
     assert [rec for rec, _ in reader.records()] == [created(2)]
     assert (reader.damage, reader.ended(), reader.next_seq) == (None, None, 3)
 
 
 def test_damage_is_proven_by_a_later_commit_only() -> None:
-    bad = bytearray(frame_of(packed(created(1)), True))
+    bad = bytearray(frame_of(packed(created(1)), True, True))
     bad[-1] ^= 1
     later = frame_of(packed(created(2)), False)  # not a batch start: proves nothing
     data = segment(bytes(bad), later)
@@ -128,7 +128,7 @@ def test_damage_is_proven_by_a_later_commit_only() -> None:
     damage = reader.ended()
     assert damage == Damage(HEADER_SIZE, "checksum mismatch")
     assert reader.proof(damage) is None
-    reader.feed(frame_of(packed(created(2)), True))
+    reader.feed(frame_of(packed(created(2)), True, True))
     proven = reader.proof(damage)
     assert proven is not None
     assert proven.offset == HEADER_SIZE
@@ -150,7 +150,9 @@ def test_a_header_out_of_place_in_the_walk_is_corruption(
 
 
 def test_a_record_after_the_seal_is_corruption_whenever_it_comes() -> None:
-    data = segment(frame_of(msgpack.packb([0, 1]), True), frame_of(packed(created(1)), True))
+    data = segment(
+        frame_of(msgpack.packb([0, 1]), True, True), frame_of(packed(created(1)), True, True)
+    )
     for cut in range(HEADER_SIZE, len(data)):  # the record never whole in the first piece
         reader = SegmentReader("f", 1, read_header("f", segment_name(1), 1, data), after=None)
         reader.feed(data[HEADER_SIZE:cut])

@@ -97,7 +97,7 @@ def test_fewer_zeros_than_a_frame_header_are_the_end_too() -> None:
 
 
 def test_a_frame_written_in_part_then_zeros_is_a_torn_tail_cut_on_open() -> None:
-    frame = encode_frame(msgpack.packb(rec(9)), 0, batch_start=True)
+    frame = encode_frame(msgpack.packb(rec(9)), 0, batch_start=True, batch_end=True)
     storage, end = _segment(3, frame[:12] + bytes(4000))
     result = scan(storage)
     assert result.torn_at == end
@@ -109,7 +109,7 @@ def test_a_frame_written_in_part_then_zeros_is_a_torn_tail_cut_on_open() -> None
 
 def test_a_zero_length_word_before_bytes_that_landed_is_a_torn_tail() -> None:
     # The first sector of a write lost, a later one landed: zeros, then not.
-    frame = encode_frame(msgpack.packb(rec(9)), 0, batch_start=True)
+    frame = encode_frame(msgpack.packb(rec(9)), 0, batch_start=True, batch_end=True)
     storage, end = _segment(2, bytes(4) + frame[4:] + bytes(100))
     assert scan(storage).torn_at == end
 
@@ -271,7 +271,9 @@ _AFTERMATHS: dict[str, Any] = {
 
 
 async def _appends(storage: MemoryStorage, acked: list[list[Any]],
-                   attempted: list[list[Any]]) -> None:
+                   attempted: list[list[Any]], ends: list[int] | None = None) -> None:
+    """Batches of 1-4 records over two lifetimes; ``ends`` gets the record
+    count at the end of each batch attempted."""
     from memable_log._storage.memory import PowerCut
 
     n = 0
@@ -282,6 +284,8 @@ async def _appends(storage: MemoryStorage, acked: list[list[Any]],
                     recs = [rec(i, size=150) for i in range(n, n + size)]
                     n += size
                     attempted += recs
+                    if ends is not None:
+                        ends.append(n)
                     await journal.append_many(recs)
                     acked += recs
     except* PowerCut:
@@ -294,8 +298,9 @@ async def test_a_power_cut_at_every_operation_of_preallocated_segments(
     """Zero-fills in steps, overwrites, seals that cut the zeros, roll-overs,
     a close that cuts them and a reopen that fills again: at every operation
     a power cut, then every way the unsynced bytes can land. Every
-    acknowledged record survives, nothing but a prefix of the batch in
-    flight is added, and the journal opens and takes more records."""
+    acknowledged record survives, the batch in flight is there whole or not
+    at all (format version 4: its last frame is marked), and the journal
+    opens and takes more records."""
     monkeypatch.setattr(writer_mod, "PREALLOCATE", 700)
     clean = MemoryStorage()
     await _appends(clean, [], [])
@@ -306,12 +311,14 @@ async def test_a_power_cut_at_every_operation_of_preallocated_segments(
             storage = MemoryStorage(crash_at=crash_at)
             acked: list[list[Any]] = []
             attempted: list[list[Any]] = []
-            await _appends(storage, acked, attempted)
+            ends = [0]
+            await _appends(storage, acked, attempted, ends)
             after = aftermath(storage)
             got = read_all(after)
             where = f"power cut at op {crash_at} of {total}, {name}"
             assert [g[3] for g in got[: len(acked)]] == [a[3] for a in acked], where
             assert [g[3] for g in got] == [a[3] for a in attempted[: len(got)]], where
+            assert len(got) in ends, f"{where}: {len(got)} records, not whole batches {ends}"
             async with Journal(after, segment_size=4096) as journal:
                 await journal.append(rec(999, size=150))
             assert [g[3] for g in read_all(after.crash())] == [g[3] for g in got] + ["inst-999"]

@@ -171,7 +171,7 @@ def test_a_torn_tail_cut_by_a_restarted_writer_shows_no_partial_or_repeated_reco
     trio.run(append, journal_dir, [numbered(i) for i in range(1, 6)], 1 << 20)
     seg = journal_dir / segment_name(1)
     # The start of a real frame, as a crash mid-write leaves it, then junk.
-    frame = encode_frame(b"\x96" + b"x" * 4000, salt=0, batch_start=True)
+    frame = encode_frame(b"\x96" + b"x" * 4000, salt=0, batch_start=True, batch_end=True)
 
     def tear() -> None:
         with seg.open("ab") as f:

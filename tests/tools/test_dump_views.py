@@ -430,7 +430,7 @@ def test_a_record_the_index_cannot_apply_is_corruption(
     journal_dir.mkdir()
     (journal_dir / segment_name(1)).write_bytes(
         pack_header(SegmentHeader(FORMAT_VERSION, 0, 7, 1, 1))
-        + encode_frame(msgpack.packb(ghost), 7, batch_start=True)
+        + encode_frame(msgpack.packb(ghost), 7, batch_start=True, batch_end=True)
     )
     code, lines, err = run(capsys, str(journal_dir), "--instances")
     assert (code, lines) == (1, [])
