@@ -31,7 +31,9 @@ class OfflineJournal:
     def __init__(self, storage: Storage, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         self.storage = storage
         self.index = Index()
-        self.writer = SegmentWriter(storage, segment_size)
+        # A few commits, then close: appending costs less than zero-filling
+        # 1 MiB ahead and cutting it again (writer.py, preallocation).
+        self.writer = SegmentWriter(storage, segment_size, preallocate=False)
         self.scan_result = ScanResult()
 
     def __enter__(self) -> OfflineJournal:

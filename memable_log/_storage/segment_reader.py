@@ -211,8 +211,10 @@ class SegmentReader:
 
     @property
     def zero_tail(self) -> bool:
-        """True if bytes follow the last complete frame and every one of them is zero."""
-        start = self._pos if self.damage is None else self.damage.offset - self._base
+        """True if bytes follow the last complete frame and every one of them is zero.
+
+        (The last complete frame read, even one of a batch still open.)"""
+        start = (self._stop if self.damage is None else self.damage.offset) - self._base
         tail = len(self._buf) - start
         return tail > 0 and self._buf.count(0, start) == tail
 

@@ -35,6 +35,11 @@ complete header, and a sealed one keeps no zero tail
 know in every segment but the last). ``close`` cuts the active segment's
 zero tail too: a journal at rest has none.
 
+A writer made with ``preallocate=False`` (an offline tool's, which
+commits a few batches and closes) appends instead: each commit writes past
+the file's end and fsyncs (the size changed), the layout before
+preallocation, which every reader knows.
+
 After any OSError the writer is broken and refuses every later call: the
 kernel may have dropped the dirty pages of a failed fsync, so retrying could
 acknowledge bytes that are gone. Reopen to recover.
@@ -71,7 +76,10 @@ _SEAL_ROOM = 32  # a seal frame is 8 + at most 11 bytes
 
 
 class SegmentWriter:
-    def __init__(self, storage: Storage, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+    def __init__(
+        self, storage: Storage, segment_size: int = DEFAULT_SEGMENT_SIZE, *,
+        preallocate: bool = True,
+    ) -> None:
         if segment_size < 4096:
             raise ValueError("segment_size must be at least 4096 bytes")
         self.storage = storage
@@ -84,6 +92,10 @@ class SegmentWriter:
         self._size = 0  # end of the last frame
         self._allocated = 0  # end of the file: zeros from _size on
         self._writing = False  # a write began and has not ended (it raised)
+        # False for a writer of a few commits (an offline tool's): it appends
+        # and fsyncs, as before preallocation, rather than zero-fill 1 MiB
+        # to cut it again at close.
+        self._preallocate_ahead = preallocate
         self._records_in_segment = 0
         self._file: FileHandle | None = None
         self.salts: dict[str, int] = {}  # segment file name -> salt, for reads
@@ -192,8 +204,10 @@ class SegmentWriter:
         data = b"".join(frames)
         end = self._size + len(data)
         self._writing = True
-        if end > self._allocated and not seal:
+        grows = end > self._allocated
+        if grows and not seal and self._preallocate_ahead:
             self._preallocate(end)
+            grows = False
         crashpoint("writer.torn-write", _At(file, self._size), data)
         file.write_at(self._size, data)
         crashpoint("writer.before-fsync")
@@ -202,6 +216,9 @@ class SegmentWriter:
         if seal:
             if self._allocated > end:
                 file.truncate(end)
+            file.sync()
+            self._allocated = end
+        elif grows:  # appended past the file's end: its size changed
             file.sync()
             self._allocated = end
         else:

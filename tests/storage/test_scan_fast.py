@@ -221,6 +221,11 @@ def reference_scan_segment(
             elif frame is None and opened is not None:
                 damage = opened[0], "commit batch cut short"
         if damage is not None or frame is None:
+            # Only zeros after the last whole frame: unused space, the end
+            # (a batch still open there was cut short).
+            tail_from = decoder.offset if damage is None else damage[0]
+            if tail_from < len(data) and not data[tail_from:].strip(b"\0"):
+                damage = None if opened is None else (opened[0], "commit batch cut short")
             if opened is not None:
                 end_offset, next_seq = opened
             if damage is not None:

@@ -353,3 +353,61 @@ def test_the_follower_reads_again_before_it_calls_zeros_before_a_commit_damage(
         assert [next(follower).seq for _ in range(3)] == [1, 2, 3]
     finally:
         follower.close()
+
+
+# -- an offline tool's writer appends: no zeros to fill for a few commits -------------
+
+
+def _offline_appends(storage: MemoryStorage, acked: list[list[Any]],
+                     attempted: list[list[Any]], sizes: list[int] | None = None,
+                     ends: list[int] | None = None) -> None:
+    from memable_log._journal.offline import OfflineJournal
+    from memable_log._storage.memory import PowerCut
+
+    n = 0
+    try:
+        for lifetime in range(2):  # a tool run, then another on what it left
+            with OfflineJournal(storage, segment_size=4096) as journal:
+                for size in (1, 3, 1, 2, 4, 1)[lifetime::2] * 3:
+                    recs = [rec(i, size=150) for i in range(n, n + size)]
+                    n += size
+                    attempted += recs
+                    if ends is not None:
+                        ends.append(n)
+                    journal.append(recs)
+                    acked += recs
+                    if sizes is not None:
+                        sizes.append(storage.size(segment_name(journal.writer.segment))
+                                     - journal.writer.size)
+    except PowerCut:
+        pass
+
+
+def test_an_offline_journal_appends_without_a_zero_tail() -> None:
+    storage = MemoryStorage()
+    acked: list[list[Any]] = []
+    beyond: list[int] = []
+    _offline_appends(storage, acked, [], beyond)
+    assert beyond
+    assert set(beyond) == {0}  # the file ends at the last frame after each commit
+    assert len([n for n in storage.list() if n.startswith("seg-")]) >= 2  # a roll-over too
+    assert [g[3] for g in read_all(storage)] == [a[3] for a in acked]
+
+
+def test_a_power_cut_at_every_operation_of_an_offline_journals_appends() -> None:
+    clean = MemoryStorage()
+    _offline_appends(clean, [], [])
+    total = clean.ops
+    for crash_at in range(1, total + 1):
+        for name, aftermath in _AFTERMATHS.items():
+            storage = MemoryStorage(crash_at=crash_at)
+            acked: list[list[Any]] = []
+            attempted: list[list[Any]] = []
+            ends = [0]
+            _offline_appends(storage, acked, attempted, ends=ends)
+            after = aftermath(storage)
+            got = read_all(after)
+            where = f"power cut at op {crash_at} of {total}, {name}"
+            assert [g[3] for g in got[: len(acked)]] == [a[3] for a in acked], where
+            assert [g[3] for g in got] == [a[3] for a in attempted[: len(got)]], where
+            assert len(got) in ends, f"{where}: {len(got)} records, not whole batches"
