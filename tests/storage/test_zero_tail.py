@@ -411,3 +411,39 @@ def test_a_power_cut_at_every_operation_of_an_offline_journals_appends() -> None
             assert [g[3] for g in got[: len(acked)]] == [a[3] for a in acked], where
             assert [g[3] for g in got] == [a[3] for a in attempted[: len(got)]], where
             assert len(got) in ends, f"{where}: {len(got)} records, not whole batches"
+
+
+def test_the_follower_yields_a_batch_only_once_its_last_frame_is_there(
+    tmp_path: Path,
+) -> None:
+    """A follower beside a writer may read a batch half written: the first
+    frames whole, the last still zeros. It yields none of the batch until
+    the last frame (the batch end bit) is there, then all of it."""
+    storage = FileStorage(tmp_path)
+    writer = _writer(storage)
+    _commit(writer, [rec(0)])
+    start = writer.size
+    _commit(writer, [rec(1), rec(2), rec(3)])
+    path = tmp_path / SEG1
+    complete = path.read_bytes()
+    last = start + 2 * (len(complete[start : writer.size]) // 3)  # inside the third frame
+    with open(path, "r+b") as f:  # the view of a write in progress
+        f.seek(last)
+        f.write(bytes(writer.size - last))
+    events: list[object] = []
+
+    def sleep(_: float) -> None:
+        events.append("wait")
+        with open(path, "r+b") as f:  # meanwhile the write completes
+            f.seek(last)
+            f.write(complete[last : writer.size])
+
+    follower = JournalFollower(str(tmp_path), sleep=sleep)
+    try:
+        for _ in range(4):
+            events.append(next(follower).seq)
+    finally:
+        follower.close()
+    assert events[0] == 1
+    assert events[1] == "wait"  # records 2 and 3 were whole, and held back
+    assert [e for e in events if e != "wait"] == [1, 2, 3, 4]
