@@ -161,7 +161,7 @@ async def test_a_version_2_journal_reads_as_version_2_meant_it(
         assert await engine.wait("new") == 42
         assert [s.attempts for s in engine.steps("new")] == [1, 1]
     assert calls == ["a", "b"]  # the new instance's; every old step replayed
-    # Version 2's last segment was sealed; what came after is version 3.
+    # Version 2's last segment was sealed; what came after is this version's (4).
     versions = list(headers(journal).items())
     assert versions[:2] == [("cmp-0000000001.mlog", 2), ("seg-0000000002.mlog", 2)]
     assert len(versions) > 2
