@@ -38,7 +38,7 @@ Op = tuple[Any, ...]
 def recorded(log: list[Op]) -> Iterator[None]:
     """Record the calls that change the file system, by path, as they succeed."""
     real = {name: getattr(os, name) for name in
-            ("open", "write", "fsync", "close", "rename", "unlink", "makedirs")}
+            ("open", "write", "fsync", "close", "rename", "unlink", "makedirs", "mkdir")}
     fds: dict[int, str] = {}
 
     def open_(path: str, flags: int, mode: int = 0o777, **kw: Any) -> int:
@@ -75,8 +75,12 @@ def recorded(log: list[Op]) -> Iterator[None]:
         if missing:
             log.append(("mkdir", os.path.abspath(path)))
 
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        real["mkdir"](path, mode)
+        log.append(("mkdir", os.path.abspath(path)))
+
     replaced = {"open": open_, "write": write, "fsync": fsync, "close": close,
-                "rename": rename, "unlink": unlink, "makedirs": makedirs}
+                "rename": rename, "unlink": unlink, "makedirs": makedirs, "mkdir": mkdir}
     for name, fake in replaced.items():
         setattr(os, name, fake)
     try:
@@ -123,9 +127,15 @@ class Model:
         elif kind == "mkdir":
             self.dirs.add(path)
 
+    def kept_dir(self, directory: str) -> bool:
+        """Whether a power cut keeps ``directory``: its name, and its parents'."""
+        return directory == self.root or (
+            directory in self.kept_dirs and self.kept_dir(os.path.dirname(directory))
+        )
+
     def after_power_cut(self, directory: str) -> dict[str, bytes]:
         """The files of ``directory`` a power cut would leave, with their bytes."""
-        if directory != self.root and directory not in self.kept_dirs:
+        if not self.kept_dir(directory):
             return {}
         return {os.path.basename(n): self.synced.get(i, b"") for n, i in self.kept.items()
                 if os.path.dirname(n) == directory}
@@ -187,3 +197,38 @@ def test_the_model_catches_a_missing_fsync(tmp_path: Path, monkeypatch: pytest.M
             model.apply(op)
         assert model.after_power_cut(box).get(name) != data, leave_out
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("rejected_exists", [False, True], ids=["new-rejected", "rejected-there"])
+def test_a_rejected_hand_over_is_never_lost_on_its_way_to_rejected(
+    tmp_path: Path, rejected_exists: bool
+) -> None:
+    """At every point of ``reject_handover``, a power cut leaves the hand-over
+    whole in the inbox or in ``rejected/``; once it returned, in ``rejected/``
+    with its reason, and gone from the inbox."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    data = inbox.MAGIC + os.urandom(500)
+    name = inbox.write_handover(str(journal), data)
+    box = inbox.inbox_path(str(journal))
+    rejected = os.path.join(box, inbox.REJECTED)
+    if rejected_exists:
+        os.mkdir(rejected)
+    log: list[Op] = []
+    with recorded(log):
+        where = inbox.reject_handover(str(journal), name, "unknown workflow")
+    target = os.path.basename(where)
+    there = {rejected} if rejected_exists else set()
+    model = Model(str(journal), dirs={str(journal), box} | there, kept_dirs={box} | there)
+    model.kept[os.path.join(box, name)] = "before"  # the hand-over, durable already
+    model.names[os.path.join(box, name)] = "before"
+    model.content["before"] = model.synced["before"] = data
+    for done in range(len(log) + 1):
+        if done:
+            model.apply(log[done - 1])
+        in_box = model.after_power_cut(box).get(name)
+        in_rejected = model.after_power_cut(rejected).get(target)
+        assert data in (in_box, in_rejected), f"lost after call {done} of {log}"
+    assert in_rejected == data
+    assert in_box is None
+    assert model.after_power_cut(rejected)[target + inbox.WHY_SUFFIX] == b"unknown workflow"
