@@ -267,9 +267,10 @@ class SegmentReader:
         )
         start_bit, end_bit = FRAME_BATCH_START, FRAME_BATCH_END
         one_frame_batch = start_bit | end_bit
-        # The batch being read (batched segments): its records wait in
-        # ``pending`` until its end frame; ``open_at`` is its first frame's
-        # index in data (-1: none open), ``open_seq`` the seq it starts at.
+        # The batch of several frames being read (batched segments): its
+        # records wait in ``pending`` until its end frame; ``open_at`` is its
+        # first frame's index in data (-1: none open), ``open_seq`` the seq
+        # it starts at. A batch of one frame is yielded as it is read.
         pending: list[tuple[list[Any], int]] = []
         open_at, open_seq = -1, next_seq
         loc_zero = pack_loc(self.number, 0) + base  # + a frame's index in data
@@ -303,6 +304,7 @@ class SegmentReader:
                     break
                 if sealed:
                     raise JournalCorrupt(path, base + offset, "record after the segment's seal")
+                hold = False  # a frame of a batch of several: its records wait for the end
                 if batched:
                     if word & start_bit:
                         if open_at >= 0:
@@ -310,11 +312,13 @@ class SegmentReader:
                                 path, base + open_at, "a commit batch without its last frame, "
                                 f"then another batch at byte {base + offset}",
                             )
-                        open_at, open_seq = offset, next_seq
+                        if not word & end_bit:  # a batch of one frame is whole already
+                            open_at, open_seq = offset, next_seq
                     elif open_at < 0:
                         raise JournalCorrupt(
                             path, base + offset, "a frame outside any commit batch"
                         )
+                    hold = open_at >= 0
                 block = bool(word & FRAME_BLOCK)
                 if block:
                     try:
@@ -367,14 +371,14 @@ class SegmentReader:
                         )
                     else:
                         next_seq = seq + 1
-                    if batched:
+                    if hold:
                         pending.append((rec, loc))
                         continue
                     count += 1
                     yield rec, loc
                     if block:
                         loc += inner_one
-                if batched and word & end_bit:
+                if hold and word & end_bit:
                     open_at = -1
                     count += len(pending)
                     yield from pending
