@@ -91,6 +91,11 @@ def array(oid: int, items: Sequence[bytes | None]) -> bytes:
     )
 
 
+def array_len(blob: bytes) -> int:
+    """The length of a one-dimensional binary array made by ``array``."""
+    return int(struct.unpack_from(">i", blob, 12)[0])
+
+
 def as_int(value: bytes | None) -> int:
     if value is None:
         raise psycopg.DataError("unexpected NULL")
