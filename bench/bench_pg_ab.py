@@ -5,9 +5,10 @@ steps and 100 x 20 at once, interleaved, on one server.
     .venv/bin/python bench/bench_pg_ab.py --a /tmp/base --b . [--rounds 7]
 
 Each measurement is a child process that imports one tree's
-``memable_log`` (it says which it imported), on a fresh database; rounds alternate A, B, B, A, ... so a drift of the machine hits
-both alike. Medians, ranges and the median of per-round B/A ratios; CPU per step of
-the engine's process + its server sessions (less noisy than the rate).
+``memable_log`` (it says which it imported), on a fresh database; rounds
+alternate A, B, B, A, ... so a drift of the machine hits both alike.
+Medians, ranges and the median of per-round B/A ratios; CPU per step of the
+engine's process + its server sessions (less noisy than the rate).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import subprocess
 import sys
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "postgres"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "postgres"))
 from pgserver import PgServer
 
 CHILD = r"""
 import sys
-# The tree named by argv[4] first: an editable install's finder would win over sys.path.
+# The tree named by argv[4] first (and not the current directory, '' in sys.path).
 sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 sys.path.insert(0, sys.argv[4])
 import json, os, time, psycopg, trio, memable_log

@@ -3,7 +3,7 @@ and 4 processes, takeover time after kill -9 for a lease of 2, 10 and 30 s,
 and the latency of a signal sent through engine A to an instance running
 on engine B (another process).
 
-    .venv/bin/python bench/bench_pg_cluster.py [--rounds 3] [--skip-30]
+    .venv/bin/python bench/bench_pg_cluster.py [--rounds 3] [--skip-30] [--parts takeover]
 
 One embedded server (fsync on, loopback TCP). The engine processes are this
 file run as ``worker``; they talk to the bench over pipes, one JSON object
@@ -42,14 +42,17 @@ from typing import Any
 
 import trio
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "postgres"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "postgres"))
 from pgserver import PgServer
 
+import memable_log
 from memable_log import Context, Engine
+from memable_log._engine.engine import host_of
 from memable_log._postgres.driver import Conn
 
 TOTAL_INSTANCES, STEPS = 200, 20
+SELF = os.path.abspath(__file__)
 
 
 def say(**fields: Any) -> None:
@@ -146,14 +149,15 @@ async def worker(dsn: str, lease: float, mode: str, arg: str) -> None:
 class Proc:
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         self.lines = Lines(proc.stdout)
         self.stdin = proc.stdin
 
     @classmethod
     async def start(cls, dsn: str, lease: float, mode: str, arg: str = "") -> Proc:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, os.path.abspath(__file__), "worker", dsn, str(lease), mode, arg],
+            [sys.executable, SELF, "worker", dsn, str(lease), mode, arg],
             stdin=-1, stdout=-1)
         return cls(proc)
 
@@ -223,10 +227,7 @@ async def signals(dsn: str, samples: int) -> tuple[list[float], list[float]]:
         for n in range(samples):
             iid = f"sig-{n}"
             await b.send(invoke=iid)
-            while iid not in {s.instance_id for s in a.instances(prefix=iid)} or (
-                a.status(iid).state != "suspended"
-            ):  # A's tail brings B's records: poll A's index (not timed)
-                await trio.sleep(0.001)
+            await suspended(a, iid)
             began = time.perf_counter()
             await a.signal("waiting", iid, "go", n)
             inside.append(time.perf_counter() - began)
@@ -237,31 +238,46 @@ async def signals(dsn: str, samples: int) -> tuple[list[float], list[float]]:
     return latency, inside
 
 
+async def suspended(engine: Engine, iid: str) -> None:
+    """Until ``engine``'s index has ``iid`` suspended: its tail brings the
+    other engine's records, and each one it applies sets the instance's
+    change event (as tests/postgres's ``seen``)."""
+    host = host_of(engine)
+    while True:
+        changed = host.changed(iid)
+        found = [s for s in engine.instances(prefix=iid) if s.instance_id == iid]
+        if found and found[0].state == "suspended":
+            return
+        await changed.wait()
+
+
 def p90(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, int(len(values) * 0.9))]
 
 
-async def main(rounds: int, samples: int, with_30: bool) -> None:
+async def main(rounds: int, samples: int, with_30: bool, parts: set[str]) -> None:
     server = PgServer(fsync=True).start()
     load = [os.getloadavg()]
+    rates: dict[int, list[float]] = {}
+    latency: list[float] = []
+    takeovers: dict[float, list[float]] = {}
     try:
-        rates: dict[int, list[float]] = {}
-        for n in range(rounds):
+        for n in range(rounds if "throughput" in parts else 0):
             for procs in (1, 2, 4):
                 rate = await throughput(await fresh(server, f"t{n}_{procs}"), procs, f"r{n}")
                 rates.setdefault(procs, []).append(rate)
                 print(f"  round {n + 1}: {procs} process(es) {rate:,.0f} steps/s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
         load.append(os.getloadavg())
-        latency, inside = await signals(await fresh(server, "sig"), samples)
-        print(f"  signal A -> instance on B: median {statistics.median(latency) * 1e3:.2f} ms, "
-              f"p90 {p90(latency) * 1e3:.2f} ms; inside A.signal median "
-              f"{statistics.median(inside) * 1e3:.2f} ms (load {os.getloadavg()[0]:.1f})",
-              flush=True)
+        if "signal" in parts:
+            latency, inside = await signals(await fresh(server, "sig"), samples)
+            print(f"  signal A -> instance on B: median {statistics.median(latency) * 1e3:.2f} ms, "
+                  f"p90 {p90(latency) * 1e3:.2f} ms; inside A.signal median "
+                  f"{statistics.median(inside) * 1e3:.2f} ms (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
         load.append(os.getloadavg())
-        takeovers: dict[float, list[float]] = {}
         for lease in (2.0, 10.0, 30.0):
-            if lease == 30.0 and not with_30:
+            if "takeover" not in parts or (lease == 30.0 and not with_30):
                 continue
             for n in range(1 if lease == 30.0 else rounds):
                 took = await takeover(await fresh(server, f"k{int(lease)}_{n}"), lease)
@@ -272,13 +288,15 @@ async def main(rounds: int, samples: int, with_30: bool) -> None:
     finally:
         server.stop()
     print(f"\nload (1/5/15 min) at start, then after each part: {load}")
+    print(f"memable_log imported from {os.path.dirname(memable_log.__file__)}")
     print("engine processes   steps/s median (range)   vs 1 process")
     for procs, values in rates.items():
         print(f"{procs:>16}   {statistics.median(values):>8,.0f} "
               f"({min(values):,.0f}-{max(values):,.0f})"
               f"   {statistics.median(values) / statistics.median(rates[1]):.2f}")
-    print(f"signal A -> B resumed: median {statistics.median(latency) * 1e3:.2f} ms, "
-          f"p90 {p90(latency) * 1e3:.2f} ms, {samples} samples")
+    if latency:
+        print(f"signal A -> B resumed: median {statistics.median(latency) * 1e3:.2f} ms, "
+              f"p90 {p90(latency) * 1e3:.2f} ms, {samples} samples")
     for lease, values in takeovers.items():
         print(f"takeover after kill -9, lease {lease:g} s: median {statistics.median(values):.2f} s"
               f" ({', '.join(f'{v:.2f}' for v in values)}; {len(values)} round(s)); "
@@ -293,5 +311,6 @@ if __name__ == "__main__":
         parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--signals", type=int, default=30)
         parser.add_argument("--skip-30", action="store_true")
+        parser.add_argument("--parts", default="throughput,signal,takeover")
         args = parser.parse_args()
-        trio.run(main, args.rounds, args.signals, not args.skip_30)
+        trio.run(main, args.rounds, args.signals, not args.skip_30, set(args.parts.split(",")))

@@ -45,14 +45,16 @@ from typing import Any
 import msgpack
 import trio
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "postgres"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "postgres"))
 from pgserver import PgServer
 
 from memable_log import Context, Engine
 from memable_log._core import records as r
 from memable_log._postgres import driver, schema
 from memable_log._postgres.driver import BYTEA, INT8, TEXT, Conn, array, int8
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 TICK = os.sysconf("SC_CLK_TCK")
 SENT: Counter[bytes] = Counter()  # queries sent, by prepared statement name

@@ -39,8 +39,8 @@ from typing import Any
 
 import trio
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "postgres"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "postgres"))
 from _util import Stat, ratios
 from bench_pg_steptime import RAW_SCHEMA, raw_append, raw_fenced, raw_insert
 from pgserver import PgServer
@@ -48,6 +48,8 @@ from pgserver import PgServer
 from memable_log import Context, Engine
 from memable_log._postgres import schema
 from memable_log._postgres.driver import Conn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 PEER = os.path.join(HERE, "peers", "dbos_pg_peer.py")
 
@@ -202,9 +204,8 @@ async def main(rounds: int, out: str | None) -> None:
                  ("DBOS replay 1000 cached ms", "memable replay 1000 cached ms")):
         print(f"{a} / {b}: {ratios(rows[a], rows[b]).median:.1f}x")
     if out:
-        with open(out, "w") as f:
-            json.dump({"load": load, "rows": {k: v.as_dict() for k, v in rows.items()}}, f,
-                      indent=1)
+        await trio.Path(out).write_text(json.dumps(
+            {"load": load, "rows": {k: v.as_dict() for k, v in rows.items()}}, indent=1))
 
 
 if __name__ == "__main__":
