@@ -58,6 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 TICK = os.sysconf("SC_CLK_TCK")
 SENT: Counter[bytes] = Counter()  # queries sent, by prepared statement name
+UNCOUNTED: set[int] = set()  # id() of the probe's own connection
 
 
 def count_queries() -> None:
@@ -65,11 +66,13 @@ def count_queries() -> None:
     query, run = Conn.query, Conn.run
 
     async def counted_query(self: Conn, name: bytes, *args: Any) -> Any:
-        SENT[name] += 1
+        if id(self) not in UNCOUNTED:
+            SENT[name] += 1
         return await query(self, name, *args)
 
     async def counted_run(self: Conn, sql: str) -> Any:
-        SENT[b"(plain) " + sql.split()[0].encode()] += 1
+        if id(self) not in UNCOUNTED:
+            SENT[b"(plain) " + sql.split()[0].encode()] += 1
         return await run(self, sql)
 
     Conn.query = counted_query  # type: ignore[method-assign]
@@ -246,6 +249,7 @@ async def main(steps: int, rounds: int) -> None:
         nosync = await Conn.connect(server.dsn("raw") + "?options=-c%20synchronous_commit%3Doff")
         flush_file = os.path.join(str(server.base), "flush.bench")
         stats = await Conn.connect(server.dsn("raw"), application_name="stats")
+        UNCOUNTED.add(id(stats))
         probe = Probe(stats)
         print(f"load before: {os.getloadavg()}", flush=True)
         results: dict[str, list[dict[str, float]]] = {}
