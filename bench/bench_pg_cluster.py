@@ -26,7 +26,10 @@ time taken in another.
 * signal: process B invokes an instance that suspends for ``go``; the
   bench's engine A sees it suspended (its own tail), then ``A.signal``;
   B's step after the wait reports when its body starts. Median and p90
-  over ``--signals`` samples; also the time inside ``A.signal``.
+  over ``--signals`` samples; also the time inside ``A.signal``. Beside
+  it, DBOS on the same server (bench/peers/dbos_pg_peer.py): ``DBOS.send``
+  to a workflow waiting in ``DBOS.recv`` in the same process, until its
+  result (its own LISTEN/NOTIFY path).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -53,6 +57,7 @@ from memable_log._postgres.driver import Conn
 
 TOTAL_INSTANCES, STEPS = 200, 20
 SELF = os.path.abspath(__file__)
+HERE = os.path.dirname(SELF)
 
 
 def say(**fields: Any) -> None:
@@ -251,6 +256,19 @@ async def suspended(engine: Engine, iid: str) -> None:
         await changed.wait()
 
 
+def dbos_signal(dsn: str, samples: int) -> list[float]:
+    """DBOS on the same server: ``DBOS.send`` -> the waiting workflow's
+    result, in one process (bench/peers/dbos_pg_peer.py ``signal``)."""
+    done = subprocess.run([sys.executable, os.path.join(HERE, "peers", "dbos_pg_peer.py"),
+                           "signal", "--dsn", dsn, "--samples", str(samples)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"dbos_pg_peer signal failed: {done.stderr[-2000:]}")
+    got: list[float] = json.loads(lines[-1])["latencies"]
+    return got
+
+
 def p90(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, int(len(values) * 0.9))]
 
@@ -271,6 +289,10 @@ async def main(rounds: int, samples: int, with_30: bool, parts: set[str]) -> Non
         load.append(os.getloadavg())
         if "signal" in parts:
             latency, inside = await signals(await fresh(server, "sig"), samples)
+            dbos_latency = dbos_signal(server.dsn("dbos_sig"), samples)
+            print(f"  DBOS send -> recv resumed (one process): median "
+                  f"{statistics.median(dbos_latency) * 1e3:.2f} ms, p90 "
+                  f"{p90(dbos_latency) * 1e3:.2f} ms", flush=True)
             print(f"  signal A -> instance on B: median {statistics.median(latency) * 1e3:.2f} ms, "
                   f"p90 {p90(latency) * 1e3:.2f} ms; inside A.signal median "
                   f"{statistics.median(inside) * 1e3:.2f} ms (load {os.getloadavg()[0]:.1f})",
