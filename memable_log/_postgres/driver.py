@@ -207,6 +207,12 @@ class Conn:
     async def notifies(self) -> list[str]:
         """Wait for notifications (after LISTEN); their payloads. Those a
         query's reply brought along are returned without waiting."""
+        return [payload for payload, _ in await self.notices()]
+
+    async def notices(self) -> list[tuple[str, int]]:
+        """``notifies``, each payload with the server process (``pid``) of
+        the session that sent it: a listener can tell its own engine's
+        NOTIFYs (sent by its writer session) from the others'."""
         found = []
         while (notify := self.pgconn.notifies()) is not None:
             found.append(notify)
@@ -216,4 +222,4 @@ class Conn:
             except BaseException:
                 self.close()
                 raise
-        return [n.extra.decode() for n in found]
+        return [(n.extra.decode(), n.be_pid) for n in found]
