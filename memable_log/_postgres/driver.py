@@ -82,13 +82,28 @@ def int8(value: int) -> bytes:
     return struct.pack(">q", value)
 
 
+_HEAD = struct.Struct(">iiIii")  # dimensions, has NULLs, element type, length, lower bound
+_LEN = struct.Struct(">i")
+_NULL = b"\xff\xff\xff\xff"
+
+
 def array(oid: int, items: Sequence[bytes | None]) -> bytes:
-    """A one-dimensional array of ``oid`` elements, binary format (None: NULL)."""
-    head = struct.pack(">iiIii", 1, int(None in items), oid, len(items), 1)
-    return head + b"".join(
-        b"\xff\xff\xff\xff" if item is None else struct.pack(">i", len(item)) + item
-        for item in items
-    )
+    """A one-dimensional array of ``oid`` elements, binary format (None: NULL).
+    Six of these make every batch the writer sends: the common sizes (none,
+    one element) skip the general loop."""
+    count = len(items)
+    if count == 1 and (item := items[0]) is not None:
+        return _HEAD.pack(1, 0, oid, 1, 1) + _LEN.pack(len(item)) + item
+    if not count:
+        return _HEAD.pack(1, 0, oid, 0, 1)
+    parts = [_HEAD.pack(1, int(None in items), oid, count, 1)]
+    for item in items:
+        if item is None:
+            parts.append(_NULL)
+        else:
+            parts.append(_LEN.pack(len(item)))
+            parts.append(item)
+    return b"".join(parts)
 
 
 def array_len(blob: bytes) -> int:

@@ -4,9 +4,12 @@ tell its own writer's NOTIFYs from other engines'."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import trio
 
-from memable_log._postgres.driver import Conn
+from memable_log._postgres.driver import TEXT, TEXT_ARRAY, Conn, array, array_len
 
 
 async def test_a_notification_names_the_session_that_sent_it(pg_dsn: str) -> None:
@@ -29,3 +32,18 @@ async def test_a_notification_names_the_session_that_sent_it(pg_dsn: str) -> Non
     finally:
         for conn in (listener, one, other):
             conn.close()
+
+
+@pytest.mark.parametrize("items", [[], [b"a"], [None], [b"a", None, b""], [b"x" * 300] * 3])
+async def test_a_binary_array_reaches_the_server_as_sent(
+    pg_dsn: str, items: list[bytes | None]
+) -> None:
+    conn = await Conn.connect(pg_dsn)
+    try:
+        got = await conn.query(b"echo", "SELECT array_to_json($1::text[])::text", [TEXT_ARRAY],
+                               [array(TEXT, items)])
+        assert json.loads(bytes(got.get_value(0, 0) or b"")) == [
+            None if item is None else item.decode() for item in items]
+        assert array_len(array(TEXT, items)) == len(items)
+    finally:
+        conn.close()
