@@ -98,7 +98,7 @@ def patch_sends() -> None:
     """``sent`` and ``complete``: the engine dies right after the batch's
     bytes left for the server (flushed), before its reply."""
     from memable_log._core import records as r
-    from memable_log._postgres import backend, driver
+    from memable_log._postgres import backend, driver, writer
 
     write = backend.PostgresBackend._write
 
@@ -115,7 +115,7 @@ def patch_sends() -> None:
     def _send(self: Any, how: Any, *args: Any) -> None:
         send(self, how, *args)
         if Arm.fire_on_send and getattr(how, "__name__", "") == "send_query_prepared" and (
-            args[0] == b"ml_append"
+            args[0] in writer.SENDS_BATCH
         ):
             while self.pgconn.flush() != 0:
                 pass

@@ -82,13 +82,33 @@ def int8(value: int) -> bytes:
     return struct.pack(">q", value)
 
 
+_HEAD = struct.Struct(">iiIii")  # dimensions, has NULLs, element type, length, lower bound
+_LEN = struct.Struct(">i")
+_NULL = b"\xff\xff\xff\xff"
+
+
 def array(oid: int, items: Sequence[bytes | None]) -> bytes:
-    """A one-dimensional array of ``oid`` elements, binary format (None: NULL)."""
-    head = struct.pack(">iiIii", 1, int(None in items), oid, len(items), 1)
-    return head + b"".join(
-        b"\xff\xff\xff\xff" if item is None else struct.pack(">i", len(item)) + item
-        for item in items
-    )
+    """A one-dimensional array of ``oid`` elements, binary format (None: NULL).
+    Six of these make every batch the writer sends: the common sizes (none,
+    one element) skip the general loop."""
+    count = len(items)
+    if count == 1 and (item := items[0]) is not None:
+        return _HEAD.pack(1, 0, oid, 1, 1) + _LEN.pack(len(item)) + item
+    if not count:
+        return _HEAD.pack(1, 0, oid, 0, 1)
+    parts = [_HEAD.pack(1, int(None in items), oid, count, 1)]
+    for item in items:
+        if item is None:
+            parts.append(_NULL)
+        else:
+            parts.append(_LEN.pack(len(item)))
+            parts.append(item)
+    return b"".join(parts)
+
+
+def array_len(blob: bytes) -> int:
+    """The length of a one-dimensional binary array made by ``array``."""
+    return int(struct.unpack_from(">i", blob, 12)[0])
 
 
 def as_int(value: bytes | None) -> int:
@@ -202,6 +222,12 @@ class Conn:
     async def notifies(self) -> list[str]:
         """Wait for notifications (after LISTEN); their payloads. Those a
         query's reply brought along are returned without waiting."""
+        return [payload for payload, _ in await self.notices()]
+
+    async def notices(self) -> list[tuple[str, int]]:
+        """``notifies``, each payload with the server process (``pid``) of
+        the session that sent it: a listener can tell its own engine's
+        NOTIFYs (sent by its writer session) from the others'."""
         found = []
         while (notify := self.pgconn.notifies()) is not None:
             found.append(notify)
@@ -211,4 +237,4 @@ class Conn:
             except BaseException:
                 self.close()
                 raise
-        return [n.extra.decode() for n in found]
+        return [(n.extra.decode(), n.be_pid) for n in found]

@@ -29,6 +29,18 @@ in flight, and every row it wrote names this open's ``writer``.
 
 Every round trip is bounded: ``limit`` seconds on trio's clock around it
 (then it is in doubt), and the server's own timeouts (driver.Limits).
+
+The plain statement. Most batches are steps of instances this engine
+holds: no new instance, no NOTIFY. Those are sent as one plain SQL
+statement (``_FAST_ONE``, ``_FAST_MANY``) that does what ``ml_append``
+does for them (the same fence, rows locked ``FOR SHARE``, then the same
+insert, seqs back in order; all rows or none), without the call into
+PL/pgSQL: measured in bench/bench_pg_ab.py (docs/performance.md,
+"PostgreSQL, phase 3"). When it writes nothing the fence refused: the
+batch then goes to ``ml_append``, which refuses it in its own words (the
+SQLSTATE the backend reads) or, had the fence moved back, writes it. The
+statements follow schema.py's ``ml_log`` and ``ml_instances``: a change
+of those is a change here too.
 """
 
 from __future__ import annotations
@@ -40,7 +52,18 @@ import psycopg
 import trio
 
 from .._core.errors import EngineError
-from .driver import BOOL, BYTEA_ARRAY, INT8, INT8_ARRAY, TEXT, TEXT_ARRAY, Conn, as_int, int8
+from .driver import (
+    BOOL,
+    BYTEA_ARRAY,
+    INT8,
+    INT8_ARRAY,
+    TEXT,
+    TEXT_ARRAY,
+    Conn,
+    array_len,
+    as_int,
+    int8,
+)
 
 logger = logging.getLogger("memable_log")
 
@@ -52,6 +75,33 @@ _END = ("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
         "WHERE pid = $1 AND application_name = left($2, 63)")
 _MINE = "SELECT seq FROM ml_log WHERE writer = $1 AND seq > $2 ORDER BY seq"
 _FIRST_DELAY, _MAX_DELAY = 0.05, 1.0
+# ml_append's work for a batch with no new instance and no NOTIFY, as one
+# plain statement over the same parameters ($5 and $8 unused): the fence
+# on one instance, or on several (each row must match its epoch).
+_INSERT = ("INSERT INTO ml_log (instance_id, step_key, writer, rec)"
+           " SELECT u.i, u.k, $1, u.r FROM f,"
+           " unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY AS u(i, k, r, o)")
+_FAST_ONE = ("WITH f AS (SELECT 1 FROM ml_instances WHERE instance_id = $6[1]"
+             " AND lease_epoch = $7[1] FOR SHARE) " + _INSERT + " ORDER BY u.o RETURNING seq")
+_FAST_MANY = ("WITH f AS (SELECT count(*) AS n FROM (SELECT 1 FROM ml_instances m"
+              " JOIN unnest($6::text[], $7::int8[]) AS g(i, e)"
+              " ON m.instance_id = g.i AND m.lease_epoch = g.e FOR SHARE OF m) x) " + _INSERT +
+              " WHERE f.n = cardinality($6::text[]) ORDER BY u.o RETURNING seq")
+_NO = b"\x00"
+# The prepared statements that send a batch (tests and the kill -9 campaign
+# cut a connection right there).
+SENDS_BATCH = frozenset({b"ml_append", b"ml_fast1", b"ml_fastn"})
+
+
+def _plain(params: Sequence[bytes | None]) -> tuple[bytes, str] | None:
+    """The plain statement that can write this batch, if one can."""
+    new, fence, notify = params[4], params[5], params[7]
+    if notify != _NO or new is None or fence is None or array_len(new):
+        return None
+    fenced = array_len(fence)
+    if not fenced:
+        return None
+    return (b"ml_fast1", _FAST_ONE) if fenced == 1 else (b"ml_fastn", _FAST_MANY)
 
 
 class Unreachable(EngineError):
@@ -102,8 +152,7 @@ class Writer:
                     return seqs
                 continue  # not committed (or the read-back was cut): again
             try:
-                with trio.fail_after(self._limit):
-                    result = await conn.query(b"ml_append", _APPEND, _APPEND_TYPES, params)
+                result = await self._send(conn, params, count)
             except (psycopg.OperationalError, trio.TooSlowError) as exc:
                 if conn.broken:  # sent, perhaps committed
                     self._doubt = (conn.pid, self.app_name)
@@ -115,6 +164,19 @@ class Writer:
                 continue
             self._delay = _FIRST_DELAY
             return self._got([as_int(result.get_value(i, 0)) for i in range(result.ntuples)])
+
+    async def _send(self, conn: Conn, params: Sequence[bytes | None],
+                    count: int) -> psycopg.pq.abc.PGresult:
+        """One batch's round trip (two when the plain statement's fence
+        refused), bounded by ``limit`` (then ``TooSlowError``)."""
+        with trio.CancelScope(deadline=trio.current_time() + self._limit):
+            plain = _plain(params)
+            if plain is not None:
+                result = await conn.query(plain[0], plain[1], _APPEND_TYPES, params)
+                if result.ntuples == count:
+                    return result
+            return await conn.query(b"ml_append", _APPEND, _APPEND_TYPES, params)
+        raise trio.TooSlowError
 
     def _got(self, seqs: list[int]) -> list[int]:
         self.mine = max([self.mine, *seqs])

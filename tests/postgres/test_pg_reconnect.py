@@ -15,6 +15,7 @@ from test_pg_backend import created, done, opened, rows
 from memable_log import Context, Engine, JournalFailed
 from memable_log._engine.engine import host_of
 from memable_log._postgres.backend import PostgresBackend
+from memable_log._postgres.writer import SENDS_BATCH
 
 
 def writer_conn(backend: PostgresBackend) -> Any:
@@ -34,7 +35,7 @@ async def test_a_commit_whose_reply_was_lost_is_read_back_not_written_again(
 
         async def reply_lost(name: bytes, *args: Any) -> Any:
             result = await real(name, *args)
-            if name == b"ml_append":  # committed; the reply never arrives
+            if name in SENDS_BATCH:  # committed; the reply never arrives
                 conn.close()
                 raise psycopg.OperationalError("server closed the connection unexpectedly")
             return result
