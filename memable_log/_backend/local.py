@@ -150,6 +150,9 @@ class LocalBackend:
     async def read(self, loc: int) -> list[Any]:
         return await self._require().read(loc)
 
+    async def read_many(self, locs: list[int]) -> list[list[Any]]:
+        return await self._require().read_many(locs)
+
     async def settled(self, instance_id: str) -> None:
         await self._require().flushed(instance_id)
         if self.compaction is not None:

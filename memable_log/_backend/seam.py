@@ -105,12 +105,19 @@ class Backend(Protocol):
         ...
 
     async def append_many(self, recs: list[list[Any]]) -> None:
-        """Append records in order, durable together: a crash keeps a prefix
-        of them (the first, if any) and acknowledges none until all are."""
+        """Append records in order, durable together: a crash keeps all of
+        them or none (one commit batch; format version 4 for a directory,
+        one transaction for PostgreSQL), and none is acknowledged before
+        all are."""
         ...
 
     async def read(self, loc: int) -> list[Any]:
         """The record at ``loc``, a location the index holds."""
+        ...
+
+    async def read_many(self, locs: list[int]) -> list[list[Any]]:
+        """The records at ``locs``, in their order: what ``read`` gives for
+        each, in one trip (a replay reads ahead, _engine/read_ahead.py)."""
         ...
 
     async def settled(self, instance_id: str) -> None:

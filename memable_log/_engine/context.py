@@ -585,7 +585,7 @@ class Step:
                 if type(found) is bytes:  # inline: no read, no coroutine
                     value = host.codec.decode(found)
                 else:
-                    value = await host.replayed(ix.entry_loc(found), r.STEP_DONE_VALUE)  # type: ignore[arg-type]
+                    value = await host.replayed_step(ctx.instance_id, ix.entry_loc(found))  # type: ignore[arg-type]
                 return value if declared is None else _typed(declared, value, ctx.instance_id, key)
             kind = ix.entry_kind(found)
             if kind == ix.STEP_FAILED_AT:

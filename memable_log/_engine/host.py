@@ -31,6 +31,7 @@ from .._core.codec import Codec, EncodeError
 from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
 from .._core.index import Index
 from .clock import Clock
+from .read_ahead import ReadAhead
 from .retry import RetryPolicy
 from .waits import RunWaits, TaskExits
 
@@ -64,7 +65,7 @@ class Host:
     """The engine's state its parts share, and the operations they may use."""
 
     __slots__ = (
-        "_changed", "_idle", "_stepping", "backend", "clock", "codec", "default_retry",
+        "_changed", "_idle", "_stepping", "ahead", "backend", "clock", "codec", "default_retry",
         "draining", "exits", "graceful", "halted", "index", "on_step_call",
         "reserved", "running", "scopes", "waits", "workflows",
         "listeners",
@@ -113,6 +114,8 @@ class Host:
         self.children: Children | None = None
         # OpenTelemetry spans (tracing.py), if the builder turned them on.
         self.tracer: Tracing | None = None
+        # Values of memoised steps kept by location, read ahead for a replay.
+        self.ahead = ReadAhead()
 
     # -- the journal ----------------------------------------------------------
 
@@ -212,6 +215,17 @@ class Host:
             return self.codec.decode(where)
         return self.codec.decode((await self.recorded(where))[field])  # type: ignore[arg-type]
 
+    async def replayed_step(self, instance_id: str, loc: int) -> Any:
+        """The value of a memoised step kept by location, for a replay: read
+        ahead with the instance's next steps (read_ahead.py)."""
+        try:
+            blob = await self.ahead.field(
+                self.require(), self.index, instance_id, loc, r.STEP_DONE_VALUE
+            )
+        except (OSError, JournalCorrupt) as exc:
+            raise ValueUnreadable(f"record at {ix.unpack_loc(loc)}: {exc}") from exc
+        return self.codec.decode(blob)
+
     # -- steps running, for a graceful stop ------------------------------------
 
     async def step_begins(self, instance_id: str, key: str) -> None:
@@ -230,6 +244,7 @@ class Host:
 
     def run_ended(self, instance_id: str) -> None:
         """The instance's runner ended: none of its steps runs any more."""
+        self.ahead.drop(instance_id)
         if self._stepping.pop(instance_id, None) is not None:
             self._check_idle()
 

@@ -527,6 +527,9 @@ class PostgresBackend:
             raise EngineError(f"no record at seq {loc} in the PostgreSQL journal")
         return _unpack(bytes(result.get_value(0, 0) or b""), loc)
 
+    async def read_many(self, locs: list[int]) -> list[list[Any]]:
+        return [await self.read(loc) for loc in locs]
+
     async def settled(self, instance_id: str) -> None:
         while any(instance_id in batch.ids for batch in self._inflight):
             await self._turn.wait()

@@ -25,6 +25,7 @@ The scan reads but never writes, so readers (memable-dump) use it as well;
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,10 @@ import msgpack
 from .._core import records as r
 from .._core.errors import JournalCorrupt
 from .._core.format import (
+    FRAME_BLOCK,
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
+    FRAME_RESERVED_MASK,
     SegmentHeader,
     compacted_name,
     is_temp_name,
@@ -43,12 +46,13 @@ from .._core.format import (
     parse_segment_name,
     segment_name,
 )
-from .._core.framing import FrameDecoder, decode_block
+from .._core.framing import FrameDecoder, decode_block, frame_crc
 from .._core.index import loc_inner, unpack_loc
 from .files import Storage
 from .segment_reader import SegmentReader, read_header
 
 OnRecord = Callable[[list[Any], int], None]  # record, packed location
+_FRAME = struct.Struct("<II")  # a frame's word and crc
 
 
 @dataclass
@@ -256,3 +260,63 @@ def read_record_at(storage: Storage, salts: dict[str, int], loc: int) -> list[An
         except Exception:
             pass
     raise JournalCorrupt(_path(storage, name), offset, "record expected here is unreadable")
+
+
+_SPAN = 1 << 20  # bytes of one segment read at once for a read-ahead
+
+
+def read_records_at(storage: Storage, salts: dict[str, int], locs: list[int]) -> list[list[Any]]:
+    """``read_record_at`` for each of ``locs``, in order (a read-ahead's window).
+
+    Records of a plain segment that lie within ``_SPAN`` bytes of each other
+    are read with one read of the bytes from the first to the last, and each
+    frame is checked as ``read_record_at`` checks it (its words, its
+    checksum with the segment's salt, a well-formed record); any other
+    location is read on its own.
+    """
+    out: list[list[Any]] = []
+    i = 0
+    while i < len(locs):
+        segment, first = unpack_loc(locs[i])
+        name = segment_name(segment)
+        j = i + 1
+        if not loc_inner(locs[i]) and name in salts:
+            while j < len(locs) and not loc_inner(locs[j]):
+                seg, offset = unpack_loc(locs[j])
+                if seg != segment or not first <= offset < first + _SPAN:
+                    break
+                j += 1
+        if j - i == 1:
+            out.append(read_record_at(storage, salts, locs[i]))
+        else:
+            out += _read_span(storage, name, salts[name], [unpack_loc(loc)[1] for loc in locs[i:j]])
+        i = j
+    return out
+
+
+def _read_span(storage: Storage, name: str, salt: int, offsets: list[int]) -> list[list[Any]]:
+    """The records of frames at ``offsets`` of one plain segment (none below the first)."""
+    first = offsets[0]
+    data = storage.read_at(name, first, max(offsets) - first + FRAME_HEADER_SIZE)
+    last = max(offsets) - first
+    if len(data) == last + FRAME_HEADER_SIZE:  # the last frame's payload, too
+        length = int.from_bytes(data[last : last + 4], "little") & FRAME_LENGTH_MASK
+        data += storage.read_at(name, first + len(data), length)
+    out = []
+    for offset in offsets:
+        at = offset - first
+        word, crc = _FRAME.unpack_from(data, at) if at + FRAME_HEADER_SIZE <= len(data) else (0, 0)
+        end = at + FRAME_HEADER_SIZE + (word & FRAME_LENGTH_MASK)
+        payload = data[at + FRAME_HEADER_SIZE : end]
+        if (
+            word & FRAME_LENGTH_MASK == 0 or word & (FRAME_RESERVED_MASK | FRAME_BLOCK)
+            or end > len(data) or frame_crc(word, payload, salt) != crc
+        ):
+            raise JournalCorrupt(_path(storage, name), offset, "record expected here is unreadable")
+        try:
+            out.append(r.check(unpack_record(payload)))
+        except Exception:
+            raise JournalCorrupt(
+                _path(storage, name), offset, "record expected here is unreadable"
+            ) from None
+    return out
