@@ -261,7 +261,7 @@ async def test_a_signal_sent_during_a_takeover_is_delivered_once(pg_dsn: str) ->
                 await a.invoke("approve", instance_id="x")
                 await seen(b, "x", "suspended")
                 # a dies: its connections close, its lease is not released
-                host_of(a).backend._failed = "killed"  # type: ignore[union-attr]
+                host_of(a).backend.fail("killed")  # type: ignore[union-attr]
             assert not host_of(b).backend.owns("x")  # type: ignore[union-attr]
             await b.signal("approve", "x", "ok", "meanwhile")  # a's lease not expired yet
             assert await b.wait("x") == ["done", "meanwhile"]  # b claimed it, ran it
