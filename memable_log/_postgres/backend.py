@@ -73,9 +73,18 @@ class PostgresBackend:
     """The journal in a PostgreSQL database. See the module comment."""
 
     def __init__(
-        self, dsn: str, *, worker: str | None, lease: float, poll: float = 0.2
+        self,
+        dsn: str,
+        *,
+        worker: str | None,
+        lease: float,
+        poll: float = 0.2,
+        claims: bool = True,
     ) -> None:
         self.dsn = dsn
+        # False: an operator's short-lived session (operator.py), which takes
+        # only the instances it acts on, never those of expired engines.
+        self.claims = claims
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
         self.poll = poll
@@ -136,7 +145,7 @@ class PostgresBackend:
             await schema.ensure(conn, f"database {self.where()!r}")
             await join(conn, self.writer, self.lease)
             self.keeper = Lease(self.writer, self.lease, self._lose)
-            self.epochs = await claim(conn, self.writer)
+            self.epochs = await claim(conn, self.writer) if self.claims else {}
             self.index, self.resets = index, {}
             tail = Tail()
             await tail.poll(conn, None, self._apply_row)
@@ -186,8 +195,11 @@ class PostgresBackend:
     _apply_row = apply_row  # bench/bench_pg_tail.py calls it by this name
 
     def adopt(self, got: dict[str, int]) -> None:
-        """Claimed instances whose records are all read: owned, resumed."""
+        """Claimed instances whose records are all read: owned, resumed (an
+        instance taken from this engine while it ran nothing of it, and back
+        now, is no longer lost: its next runner goes on)."""
         self.epochs.update(got)
+        self.lost.difference_update(got)
         if self.calls is not None:
             self.calls.claimed(list(got))
 

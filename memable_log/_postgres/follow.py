@@ -46,6 +46,7 @@ class Host(Protocol):
     writer: str
     lease: float
     poll: float
+    claims: bool  # False: never claims expired engines' instances
     epochs: dict[str, int]
     index: Index | None
     calls: EngineCalls | None
@@ -146,7 +147,8 @@ class Follower:
                 now = trio.current_time()
                 if host.failed is None and now >= self.next_claim:
                     self.next_claim = now + host.lease / 3
-                    self._pending.update(await claim(conn, host.writer))
+                    if host.claims:
+                        self._pending.update(await claim(conn, host.writer))
                     await self._check_taken(conn)
                 self._polls[0] += 1
                 await self.tail.poll(conn, host.writer, host.apply_row)
