@@ -374,8 +374,18 @@ class Engine:
                 if entry.deadline_ms is not None:
                     self._timers.push(entry.deadline_ms, iid)
                 self._flow.arm(iid, entry)
+            elif iid in self._host.running and self._nursery is not None:
+                # Its runner from before it was lost (an engine that rejoined)
+                # is still ending: run it once that one has gone.
+                self._nursery.start_soon(self._claimed_after_run, iid)
             else:
                 self._start(iid)
+
+    async def _claimed_after_run(self, instance_id: str) -> None:
+        host = self._host
+        while instance_id in host.running:
+            await host.changed(instance_id).wait()
+        self._claimed([instance_id])
 
     def _lost(self, instance_ids: list[str]) -> None:
         """Instances this engine must stop running now (seam.py)."""

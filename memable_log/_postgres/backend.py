@@ -52,7 +52,7 @@ from .commit import GroupCommit
 from .driver import INT8, TEXT, Conn, Limits, as_int, int8
 from .errors import PostgresJournalFailed
 from .follow import Follower
-from .lease import Lease, claim, join, release
+from .lease import Lease, claim, end_sessions, join, rejoin, release, unacked
 from .tailer import Tail
 from .writer import Writer
 
@@ -103,10 +103,24 @@ class PostgresBackend:
         self._failed: str | None = None
         self.calls: EngineCalls | None = None  # while serve runs: told of others' records
         self.keeper: Lease | None = None  # this open's lease renewal
+        self.rejoins = 0  # times this open lost its lease and joined again
+        # Why the lease is lost, while it is: writes refused, a rejoin due
+        # (follow.py) once the database answers. Not ``failed``: it passes.
+        self._out: str | None = None
+        self._joining = ""  # the name a rejoin under way joins as (kept across retries)
+        self._replayed = 0  # the highest unacknowledged row of the old name applied
+        self._rejoined = trio.Event()
 
     @property
     def failed(self) -> str | None:
+        """Why the journal refuses writes for good (the seam's ``failed``);
+        None while the lease is merely lost (``refusing`` says so)."""
         return self._failed
+
+    @property
+    def refusing(self) -> str | None:
+        """Why writes are refused now: failed, or the lease lost."""
+        return self._failed or self._out
 
     @property
     def batches(self) -> int:
@@ -144,7 +158,7 @@ class PostgresBackend:
         try:
             await schema.ensure(conn, f"database {self.where()!r}")
             await join(conn, self.writer, self.lease)
-            self.keeper = Lease(self.writer, self.lease, self._lose)
+            self.keeper = self._keeper(self.writer)
             self.epochs = await claim(conn, self.writer) if self.claims else {}
             self.index, self.resets = index, {}
             tail = Tail()
@@ -154,12 +168,18 @@ class PostgresBackend:
         except BaseException:
             conn.close()
             raise
-        keeper = self.keeper
-        self.link = Writer(self.writer, self._app_name("writer"),
-                           lambda: self.connect("writer"), limit=self.limits.statement,
-                           deadline=lambda: keeper.fence_at, failed=lambda: self._failed,
-                           expired=self._expired)
-        self.link.conn, self._failed = conn, None
+        self.link = self._writer(self.keeper)
+        self.link.conn, self._failed, self._out = conn, None, None
+
+    def _keeper(self, writer: str) -> Lease:
+        # A keeper's loss counts only while its name is this open's: one that
+        # ends after a rejoin (the writer's own deadline fenced first) is stale.
+        return Lease(writer, self.lease, lambda why: self._lose(why, writer))
+
+    def _writer(self, keeper: Lease) -> Writer:
+        return Writer(self.writer, self._app_name("writer"), lambda: self.connect("writer"),
+                      limit=self.limits.statement, deadline=lambda: keeper.fence_at,
+                      failed=lambda: self.refusing, expired=self._expired)
 
     async def close(self) -> None:
         writer, reader = self.link, self._reader
@@ -167,7 +187,7 @@ class PostgresBackend:
         self.link = self._reader = None
         self.index = None
         self.epochs, self.lost = {}, set()
-        if conn is not None and not conn.broken and self._failed is None:
+        if conn is not None and not conn.broken and self.refusing is None:
             with trio.move_on_after(self.lease / 3) as scope:
                 scope.shield = True
                 try:  # the others claim its instances at once
@@ -209,8 +229,8 @@ class PostgresBackend:
         its epoch + 1 (after its owner's batch in flight, if any: the row
         lock), then a tail poll (every record its former owner wrote is in
         the index); ``resume``: a live instance runs here."""
-        if self._failed is not None:
-            raise PostgresJournalFailed(self._failed)
+        if self.refusing is not None:
+            raise PostgresJournalFailed(self.refusing)
         held = self.epochs.get(instance_id, -1)  # the database says whether it still is
         async with self._read_lock:
             reader = self._reader
@@ -230,21 +250,76 @@ class PostgresBackend:
             self.calls.claimed([instance_id])
 
     def owns(self, instance_id: str) -> bool:
-        return instance_id in self.epochs and self._failed is None
+        return instance_id in self.epochs and self.refusing is None
 
-    def _lose(self, why: str) -> None:
-        """The lease is lost: refuse every write, stop every instance."""
-        self.fail(f"this engine lost its lease: {why}")
+    def _lose(self, why: str, writer: str | None = None) -> None:
+        """The lease is lost: refuse every write, stop every instance, and
+        rejoin once the database answers (``rejoin``)."""
+        if (writer is not None and writer != self.writer) or self.refusing:
+            return  # a stale keeper's, or refusing already
+        self._out = (f"the PostgreSQL journal at {self.where()} refuses writes until this "
+                     f"engine rejoins (once the database answers): this engine lost its "
+                     f"lease: {why}")
+        logger.error("%s", self._out)
         lost, self.epochs = list(self.epochs), {}
         self.stop(lost)
+
+    @property
+    def out(self) -> bool:
+        """Whether the lease is lost and a rejoin is due."""
+        return self._out is not None and self._failed is None
+
+    async def until_rejoined(self) -> None:
+        """Until the lease, if lost, is held again (at once if it is)."""
+        while self.out:
+            await self._rejoined.wait()
+
+    async def rejoin(self, conn: Conn, tail: Tail) -> dict[str, int] | None:
+        """Join again under a new name after the lease was lost (lease.py,
+        "Rejoining"), on the tailer's connection, between its polls: end the
+        old writer's sessions; one statement takes a new worker row and the
+        instances no other engine took (epoch + 1); apply the rows the old
+        name committed that were never acknowledged (a batch in doubt when
+        the lease ran out); read the log to its end. Then writes go on under
+        the new name (a new writer connection and lease). The instances to
+        own once their records are read (the caller adopts them after its
+        poll), or None when a commit is still under way (tried again at the
+        next poll). A lost connection raises (the tailer makes another and
+        tries again, under the same new name)."""
+        if self.commits.busy or self.link is None:
+            return None
+        old = self.writer
+        new = self._joining = self._joining or f"{self.worker}/{uuid.uuid4().hex[:12]}"
+        keeper = self._keeper(new)  # its clock starts before the statement is sent
+        await end_sessions(conn, self._app_name("writer"))
+        got = await rejoin(conn, old, new, self.lease)
+        back = len(got)
+        if self.claims:
+            got.update(await claim(conn, new))
+        for seq, blob in await unacked(conn, old, max(self.link.mine, self._replayed)):
+            self.apply_row(seq, blob)
+            self._replayed = seq
+        await tail.poll(conn, old, self.apply_row)  # the old name's rows are behind it now
+        self.link.close()
+        self.writer, self._joining, self._replayed = new, "", 0
+        self.keeper = keeper
+        self.link = self._writer(keeper)
+        self._out = None
+        self.rejoins += 1
+        rejoined, self._rejoined = self._rejoined, trio.Event()
+        rejoined.set()
+        logger.warning("PostgreSQL journal: this engine rejoined as %s after losing its "
+                       "lease; %d instance(s) no other engine took are its again", new,
+                       back)
+        return got
 
     def _expired(self) -> str:
         """Past the self-fencing time with a write to send: as the lease's
         own timer would, a moment later."""
-        if self._failed is None:
+        if self.refusing is None:
             self._lose("its lease ran out before a write could be sent (the engine "
                        "paused, or the server unreachable)")
-        return self._failed or ""
+        return self.refusing or ""
 
     def stop(self, lost: list[str]) -> None:
         """Stop running instances this engine no longer owns: cancelled now
@@ -276,8 +351,8 @@ class PostgresBackend:
     async def append_many(self, recs: list[list[Any]]) -> None:
         if self.link is None:
             raise JournalClosed("the PostgreSQL journal is closed")
-        if self._failed is not None:
-            raise PostgresJournalFailed(self._failed)
+        if self.refusing is not None:
+            raise PostgresJournalFailed(self.refusing)
         if await self.commits.submit(recs):
             await self._read_back()
 
@@ -315,7 +390,7 @@ class PostgresBackend:
             self.lost.discard(instance_id)
             raise PostgresJournalFailed(
                 f"instance {instance_id!r} is no longer this engine's: "
-                f"{self._failed or 'another engine holds its lease'}")
+                f"{self.refusing or 'another engine holds its lease'}")
         # At once (no checkpoint) when nothing of it is in flight: the
         # engine's invoke checks the index right after, in the same step.
 
@@ -326,15 +401,25 @@ class PostgresBackend:
     ) -> None:
         # Everything other writers left was read at open: the engine may go on
         # while the tailer's connections are made.
-        follower, keeper = self.follower, self.keeper
-        if follower is None or keeper is None:
+        follower = self.follower
+        if follower is None:
             raise JournalClosed("the PostgreSQL journal is closed")
         self.calls = calls
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(follower.listen)
-                nursery.start_soon(keeper.run, lambda: self.connect("lease"))
+                nursery.start_soon(self._keep_lease)
                 await follower.run()
         finally:
             self.calls = None
+
+    async def _keep_lease(self) -> None:
+        """Each lease of this open renewed in turn: the first until lost,
+        then the one of each rejoin."""
+        while True:
+            keeper = self.keeper
+            assert keeper is not None
+            await keeper.run(lambda: self.connect("lease"))
+            while self.keeper is keeper:
+                await self._rejoined.wait()

@@ -38,7 +38,7 @@ class Owner(Protocol):
     link: Writer | None
 
     @property
-    def failed(self) -> str | None: ...
+    def refusing(self) -> str | None: ...
 
     def fail(self, exc: BaseException | str) -> str: ...
 
@@ -93,6 +93,11 @@ class GroupCommit:
             raise batch.error
         return batch.readback
 
+    @property
+    def busy(self) -> bool:
+        """Whether a commit is under way."""
+        return self._leading
+
     def in_flight(self, instance_id: str) -> bool:
         return any(instance_id in batch.ids for batch in self._inflight)
 
@@ -120,8 +125,8 @@ class GroupCommit:
         while live:
             recs = [rec for batch in live for rec in batch.recs]
             try:
-                if self.owner.failed is not None:
-                    raise PostgresJournalFailed(self.owner.failed)
+                if self.owner.refusing is not None:
+                    raise PostgresJournalFailed(self.owner.refusing)
                 seqs = await self._write(recs)
             except Refused as refused:
                 live = self._refuse(live, refused)
@@ -134,8 +139,12 @@ class GroupCommit:
                 self._lost_race(live[0], exc)
                 return
             except BaseException as exc:
-                error = (exc if isinstance(exc, EngineError) and not isinstance(exc, Unreachable)
-                         else PostgresJournalFailed(self.owner.fail(exc)))
+                if isinstance(exc, Unreachable) and self.owner.refusing is not None:
+                    error: BaseException = PostgresJournalFailed(self.owner.refusing)
+                else:  # the lease lost passes (a rejoin); anything else fails the journal
+                    error = (exc if isinstance(exc, EngineError)
+                             and not isinstance(exc, Unreachable)
+                             else PostgresJournalFailed(self.owner.fail(exc)))
                 for batch in live:
                     batch.error, batch.done = error, True
                 return

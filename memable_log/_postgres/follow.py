@@ -7,7 +7,9 @@ or end an instance) or every ``poll`` seconds. Every lease/3 it claims the
 instances whose owner's lease expired (lease.py) and checks that no other
 engine took the live ones this engine holds (an operator action there);
 claimed instances are owned once the poll after the claim has read their
-records (``Host.adopt``: the engine resumes them). The listener and the
+records (``Host.adopt``: the engine resumes them). An engine that lost its
+lease rejoins here, between two polls, as soon as the database answers
+(``Host.rejoin``), and adopts the instances it got back the same way. The listener and the
 tailer make a lost connection again; the tail keeps its cursor and gaps,
 and after a reconnect the tailer adopts instances the database says this
 engine owns that a claim cut off before its reply did not tell it.
@@ -54,11 +56,19 @@ class Host(Protocol):
     @property
     def failed(self) -> str | None: ...
 
+    @property
+    def refusing(self) -> str | None: ...
+
     def fail(self, exc: BaseException | str) -> str: ...
 
     def stop(self, lost: list[str]) -> None: ...
 
     def adopt(self, got: dict[str, int]) -> None: ...
+
+    @property
+    def out(self) -> bool: ...
+
+    async def rejoin(self, conn: Conn, tail: Tail) -> dict[str, int] | None: ...
 
     def apply_row(self, seq: int, blob: bytes) -> Any: ...
 
@@ -145,7 +155,12 @@ class Follower:
                 return
             try:
                 now = trio.current_time()
-                if host.failed is None and now >= self.next_claim:
+                if host.out:  # the lease was lost: join again, now the database answers
+                    got = await host.rejoin(conn, self.tail)
+                    if got is not None:
+                        self._pending.update(got)
+                        self.next_claim = now + host.lease / 3
+                if host.refusing is None and now >= self.next_claim:
                     self.next_claim = now + host.lease / 3
                     if host.claims:
                         self._pending.update(await claim(conn, host.writer))
@@ -162,7 +177,7 @@ class Follower:
                 polled, self._polled = self._polled, trio.Event()
                 polled.set()
             got, self._pending = self._pending, {}
-            if got and host.failed is None:
+            if got and host.refusing is None:
                 host.adopt(got)  # owned once their records are all read
 
     async def _check_taken(self, conn: Conn) -> None:

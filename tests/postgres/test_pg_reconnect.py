@@ -82,7 +82,7 @@ async def test_the_journal_failed_message_names_the_server(pg_dsn: str) -> None:
             with pytest.raises(JournalFailed) as got:
                 await engine.invoke("one", instance_id="x")
             with pytest.raises(JournalFailed) as again:  # refused before anything is sent
-                await engine.signal("one", "x", "go")
+                await engine.invoke("one", instance_id="y")  # (a rejoin is round trips away)
     for message in (str(got.value), str(again.value)):
         assert f"PostgreSQL journal at {backend.where()}" in message
         assert "lost its lease" in message
