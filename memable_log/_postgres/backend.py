@@ -38,7 +38,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -53,6 +55,7 @@ from .driver import INT8, TEXT, Conn, Limits, as_int, int8
 from .errors import PostgresJournalFailed
 from .follow import Follower
 from .lease import Lease, claim, end_sessions, join, rejoin, release, unacked
+from .retention import Retention
 from .tailer import Tail
 from .writer import Writer
 
@@ -80,6 +83,8 @@ class PostgresBackend:
         lease: float,
         poll: float = 0.2,
         claims: bool = True,
+        retention_ms: int | None = None,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.dsn = dsn
         # False: an operator's short-lived session (operator.py), which takes
@@ -89,6 +94,9 @@ class PostgresBackend:
         self.lease = lease
         self.poll = poll
         self.retention_by_workflow: dict[str, int] = {}
+        # Finished instances past it are deleted from the database (retention.py).
+        self.retention = Retention(self, retention_ms,
+                                   now_ms or (lambda: round(time.time() * 1000)))
         self.writer = ""  # this open's name in ml_log.writer: worker/uuid
         self.index: Index | None = None
         self.epochs: dict[str, int] = {}  # instance -> our lease epoch
@@ -248,6 +256,18 @@ class PostgresBackend:
                     instance_id, extra={"instance_id": instance_id})
         if resume and self.calls is not None:
             self.calls.claimed([instance_id])
+
+    def in_flight(self, instance_id: str) -> bool:
+        """Whether a record of the instance is in the commit under way."""
+        return self.commits.in_flight(instance_id)
+
+    def retire(self, instance_id: str) -> None:
+        """Drop an instance retention deleted from the database (retention.py)."""
+        if self.index is not None:
+            self.index.retire(instance_id)
+        self.epochs.pop(instance_id, None)
+        self.resets.pop(instance_id, None)
+        self.lost.discard(instance_id)
 
     def owns(self, instance_id: str) -> bool:
         return instance_id in self.epochs and self.refusing is None
@@ -410,6 +430,7 @@ class PostgresBackend:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(follower.listen)
                 nursery.start_soon(self._keep_lease)
+                nursery.start_soon(self.retention.run)
                 await follower.run()
         finally:
             self.calls = None

@@ -23,7 +23,7 @@ import psycopg
 import trio
 
 from .._core import records as r
-from .._core.errors import EngineError, SignalAlreadyDelivered
+from .._core.errors import EngineError, SignalAlreadyDelivered, UnknownInstance
 from . import rows, schema
 from .errors import PostgresJournalFailed, Refused
 from .writer import Unreachable, Writer
@@ -155,14 +155,17 @@ class GroupCommit:
         """The batches of the refused instance end; the others are returned."""
         iid = refused.instance_id
         error: BaseException | None = None
-        if refused.state == schema.FENCED:
+        fenced = refused.state == schema.FENCED
+        if fenced:
             error = PostgresJournalFailed(f"{refused.message} (nothing of the refused "
                                           f"write was applied)")
             if self.owner.epochs.pop(iid, None) is not None:  # it was ours: stop running it
                 self.owner.stop([iid])
+        elif refused.state == schema.GONE:  # deleted by retention meanwhile
+            error = UnknownInstance(iid)
         rest = []
         for batch in live:
-            if iid not in batch.ids or (error is not None and all(
+            if iid not in batch.ids or (fenced and all(
                 rec[r.TYPE] in rows.UNFENCED for rec in batch.recs if rec[r.INSTANCE] == iid
             )):  # a signal for an instance another engine took: sent again, unfenced
                 rest.append(batch)
@@ -204,7 +207,7 @@ class GroupCommit:
             return await owner.link.append(params, len(recs))
         except psycopg.Error as exc:
             state = getattr(exc, "sqlstate", None)
-            if state in (schema.FENCED, schema.EXISTS):
+            if state in (schema.FENCED, schema.EXISTS, schema.GONE):
                 raise Refused(state, exc.diag.message_detail or "",
                               exc.diag.message_primary or str(exc)) from None
             raise

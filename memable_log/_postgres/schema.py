@@ -3,9 +3,10 @@
 Theory of operation. One database holds one journal (docs/postgres.md):
 
 * ``ml_meta``: ``('schema', N)``, the schema's version. ``ensure`` creates
-  the schema in an empty database, accepts version ``SCHEMA_VERSION``, and
-  refuses a newer one by name (made by a newer memable_log) and an older
-  one (no migration exists yet).
+  the schema in an empty database, accepts version ``SCHEMA_VERSION``,
+  migrates version 2 (``_MIGRATE``: ``ml_append`` replaced, under the
+  advisory lock, in one transaction), and refuses a newer one by name
+  (made by a newer memable_log) and an older one (no migration).
 * ``ml_workers``: one row per open engine (``writer``), its lease's
   ``expires_at`` (database clock), renewed by one update every lease/3
   (lease.py). One row per engine, not a lease per instance: a renewal costs
@@ -18,15 +19,19 @@ Theory of operation. One database holds one journal (docs/postgres.md):
   ``rec`` is the record list as msgpack, exactly what the local journal
   frames (its seq field 0: the row's ``seq`` is its seq). ``step_key`` is
   set on a step's outcome, unique per instance: the first writer of a step
-  wins. ``xid`` comes before ``seq``: its default takes the writing
-  transaction's id *before* ``nextval``, which the tailer's gap rule needs
-  (tailer.py). ``writer`` is the engine that wrote the row.
+  wins. ``ml_log_instance`` indexes each instance's rows (retention.py).
+  ``xid`` comes before ``seq``: its default takes the writing transaction's
+  id *before* ``nextval``, which the tailer's gap rule needs (tailer.py).
+  ``writer`` is the engine that wrote the row.
 * ``ml_append(...)``: one batch of records, atomic, in one call: new
   instances get their lease row (an id that exists is refused), every
   other record's instance must still carry the writer's epoch (the fence,
   its rows locked ``FOR SHARE`` until commit), then the rows, ``seq`` back
-  in order. Errors carry SQLSTATEs of our own (``ML001`` fenced out,
-  ``ML002`` instance exists) and name the instance in their DETAIL.
+  in order. Unfenced instances (another engine's signal, a child's end)
+  must still exist, locked ``FOR SHARE`` too (retention deletes finished
+  instances: no row may outlive its instance). Errors carry SQLSTATEs of
+  our own (``ML001`` fenced out, ``ML002`` instance exists, ``ML003``
+  instance gone) and name the instance in their DETAIL.
 * ``ml_claim(writer)``: takes every instance whose owner's lease expired,
   epoch + 1; their ids and new epochs. Then drops expired workers that own
   nothing any more.
@@ -37,35 +42,17 @@ from __future__ import annotations
 from .._core.errors import EngineError
 from .driver import Conn
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FENCED = "ML001"
 EXISTS = "ML002"
+GONE = "ML003"
 CHANNEL = "memable_log"
 
-_CREATE = f"""
-CREATE TABLE ml_meta (name text PRIMARY KEY, value bigint NOT NULL);
-CREATE TABLE ml_instances (
-    instance_id   text PRIMARY KEY,
-    lease_owner   text,
-    lease_epoch   bigint NOT NULL DEFAULT 0,
-    created_at    timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 70);
-CREATE INDEX ml_instances_owner ON ml_instances (lease_owner);
-CREATE TABLE ml_workers (
-    writer     text PRIMARY KEY,
-    expires_at timestamptz NOT NULL
-) WITH (fillfactor = 50);
-CREATE TABLE ml_log (
-    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    seq       bigserial PRIMARY KEY,
-    instance_id text NOT NULL,
-    step_key  text,
-    writer    text NOT NULL,
-    rec       bytea NOT NULL
-);
-CREATE UNIQUE INDEX ml_log_step ON ml_log (instance_id, step_key) WHERE step_key IS NOT NULL;
+# An instance's rows (retention deletes them; its check for a newer row).
+_INSTANCE_INDEX = "CREATE INDEX IF NOT EXISTS ml_log_instance ON ml_log (instance_id, seq)"
 
-CREATE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
+_APPEND_FN = f"""
+CREATE OR REPLACE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
                           p_new text[], p_fence text[], p_epoch int8[], p_notify bool)
 RETURNS SETOF int8 LANGUAGE plpgsql AS $$
 DECLARE
@@ -110,6 +97,23 @@ BEGIN
         RAISE EXCEPTION 'fenced out of instance %: its lease moved to another engine', bad
             USING ERRCODE = '{FENCED}', DETAIL = bad;
     END IF;
+    -- Unfenced instances (another engine's signal, a child's end): they
+    -- must still exist (retention deletes finished ones), locked FOR SHARE
+    -- until commit, so a deletion waits for this batch or this batch is
+    -- refused: no row of an instance outlives it.
+    SELECT array_agg(DISTINCT i) INTO got FROM unnest(p_inst) AS i
+        WHERE i <> '' AND NOT (i = ANY(p_new)) AND NOT (i = ANY(p_fence));
+    IF cardinality(got) > 0 THEN
+        SELECT count(*) INTO held FROM (
+            SELECT 1 FROM ml_instances m WHERE m.instance_id = ANY(got) FOR SHARE) x;
+        IF held <> cardinality(got) THEN
+            SELECT i INTO bad FROM unnest(got) AS i
+                WHERE NOT EXISTS (SELECT 1 FROM ml_instances m WHERE m.instance_id = i)
+                LIMIT 1;
+            RAISE EXCEPTION 'instance % is gone (deleted by retention)', bad
+                USING ERRCODE = '{GONE}', DETAIL = bad;
+        END IF;
+    END IF;
     IF p_notify THEN
         PERFORM pg_notify('{CHANNEL}', '');
     END IF;
@@ -119,6 +123,33 @@ BEGIN
         ORDER BY o
         RETURNING seq;
 END $$;
+"""
+
+_CREATE = f"""
+CREATE TABLE ml_meta (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE ml_instances (
+    instance_id   text PRIMARY KEY,
+    lease_owner   text,
+    lease_epoch   bigint NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 70);
+CREATE INDEX ml_instances_owner ON ml_instances (lease_owner);
+CREATE TABLE ml_workers (
+    writer     text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+) WITH (fillfactor = 50);
+CREATE TABLE ml_log (
+    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq       bigserial PRIMARY KEY,
+    instance_id text NOT NULL,
+    step_key  text,
+    writer    text NOT NULL,
+    rec       bytea NOT NULL
+);
+CREATE UNIQUE INDEX ml_log_step ON ml_log (instance_id, step_key) WHERE step_key IS NOT NULL;
+{_INSTANCE_INDEX};
+
+{_APPEND_FN}
 CREATE FUNCTION ml_claim(p_writer text)
 RETURNS TABLE (instance_id text, epoch int8) LANGUAGE plpgsql AS $$
 BEGIN
@@ -139,6 +170,15 @@ INSERT INTO ml_meta VALUES ('schema', {SCHEMA_VERSION});
 """
 
 
+# Migrations, from a version to the next, each in one transaction.
+_MIGRATE = {
+    # version 3: ml_append checks that unfenced instances exist, and an index
+    # of each instance's rows (both for retention; the index is built with
+    # writes blocked: a large ml_log takes a while)
+    2: _APPEND_FN + ";" + _INSTANCE_INDEX,
+}
+
+
 class SchemaMismatch(EngineError):
     """The database holds a journal of another schema version."""
 
@@ -154,6 +194,10 @@ async def ensure(conn: Conn, where: str) -> None:
         row = await conn.run("SELECT value FROM ml_meta WHERE name = 'schema'")
         value = row[0].get_value(0, 0) if row[0].ntuples else None
         version = int(value) if value is not None else None
+        while version in _MIGRATE:  # an older journal: brought up to date, a step at a time
+            await conn.run(f"BEGIN;{_MIGRATE[version]};UPDATE ml_meta SET value = "
+                           f"{version + 1} WHERE name = 'schema';COMMIT;")
+            version += 1
         if version == SCHEMA_VERSION:
             return
         if version is not None and version > SCHEMA_VERSION:

@@ -1,0 +1,138 @@
+"""Retention on PostgreSQL (retention.py): finished instances past the
+engine's retention are deleted from the database, in batches, once, and
+never a live one or one with a record newer than the sweeper knows; the
+schema migration from version 2 that it needs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+from support.suspend import until_state
+from test_pg_shared import seen
+
+from memable_log import Clock, Context, Engine, UnknownInstance
+from memable_log._engine.engine import host_of
+from memable_log._postgres import retention
+from memable_log._postgres.driver import Conn
+
+
+async def one(ctx: Context) -> Any:
+    return await ctx.step("s").run(lambda: ctx.input)
+
+
+async def ask(ctx: Context) -> Any:
+    return await ctx.suspend("ok")
+
+
+def shifted(offset: list[float]) -> Clock:
+    """A wall clock the test moves forward (``offset[0]`` seconds)."""
+    return Clock(lambda: time.time() + offset[0])
+
+
+def built(dsn: str, offset: list[float], keep: float | None) -> Engine:
+    eng = (Engine.builder().postgres(dsn, worker="ret", lease=5.0).clock(shifted(offset))
+           .retention(keep).build())
+    eng.register("one", one)
+    eng.register("ask", ask)
+    return eng
+
+
+def rows(dsn: str) -> tuple[set[str], set[str]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        log = {i for (i,) in conn.execute("SELECT DISTINCT instance_id FROM ml_log")}
+        leases = {i for (i,) in conn.execute("SELECT instance_id FROM ml_instances")}
+    return log, leases
+
+
+async def test_finished_instances_past_retention_are_deleted_once_by_either_engine(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)  # three batches for five instances
+    offset = [0.0]
+    with trio.fail_after(15):
+        async with built(pg_dsn, offset, 60.0) as a, built(pg_dsn, offset, 60.0) as b:
+            for i in range(5):
+                await a.invoke("one", i, instance_id=f"old{i}")
+                assert await a.wait(f"old{i}") == i
+            await a.invoke("ask", instance_id="live")
+            await until_state(a, "live", "suspended")
+            await seen(b, "old4", "completed")
+            swept = host_of(a).backend.retention  # type: ignore[union-attr]
+            assert await swept.sweep() == 0  # nothing is 60 s old yet
+            offset[0] = 61.0
+            await a.invoke("one", 9, instance_id="new")  # finished, but new
+            assert await a.wait("new") == 9
+            other = host_of(b).backend.retention  # type: ignore[union-attr]
+            counts: list[int] = []
+
+            async def sweep(which: Any) -> None:
+                counts.append(await which.sweep())
+
+            async with trio.open_nursery() as nursery:  # both at once: each deleted once
+                nursery.start_soon(sweep, swept)
+                nursery.start_soon(sweep, other)
+            assert sum(counts) == 5
+            log, leases = rows(pg_dsn)
+            assert log == leases == {"live", "new"}
+            await other.sweep()  # what the other deleted (or held locked) is found gone
+            await swept.sweep()
+            for eng in (a, b):
+                with pytest.raises(UnknownInstance):
+                    eng.status("old0")
+                assert [s.instance_id for s in eng.instances()] == ["live", "new"]
+            # the id is free again: a new instance
+            await b.invoke("one", 7, instance_id="old0")
+            await seen(a, "old0", "completed")
+            assert await a.wait("old0") == 7
+            assert a.status("live").state == "suspended"  # never a live one
+
+
+async def test_an_instance_with_a_newer_record_is_kept_and_a_gone_one_refuses_rows(
+    pg_dsn: str,
+) -> None:
+    offset = [0.0]
+    with trio.fail_after(15):
+        async with built(pg_dsn, offset, None) as a:
+            await a.invoke("one", 1, instance_id="x")
+            await a.wait("x")
+            await a.invoke("one", 2, instance_id="y")
+            await a.wait("y")
+            last = host_of(a).index.instances["x"].last_seq
+            await a.restart("x")  # a record above what a stale sweeper knows of x
+            await a.wait("x")
+            conn = await Conn.connect(pg_dsn)
+            try:
+                deleted, gone = await retention.delete(conn, ["x", "y"], [last, 10**9])
+                assert (deleted, gone) == (["y"], [])  # x has a newer record: kept
+                deleted, gone = await retention.delete(conn, ["y"], [10**9])
+                assert (deleted, gone) == ([], ["y"])
+            finally:
+                conn.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # a row for a deleted instance (another engine's late signal) is refused
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT * FROM ml_append('w', ARRAY['y'], ARRAY[NULL], "
+                         "ARRAY['\\x90'::bytea], '{}', '{}', '{}', false)")
+        assert refused.value.sqlstate == "ML003"
+        assert conn.execute("SELECT count(*) FROM ml_log WHERE instance_id = 'y'"
+                            ).fetchone() == (0,)
+
+
+async def test_a_version_2_journal_is_migrated(pg_dsn: str) -> None:
+    offset = [0.0]
+    async with built(pg_dsn, offset, None) as a:
+        await a.invoke("one", 1, instance_id="x")
+        await a.wait("x")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DROP INDEX ml_log_instance")
+        conn.execute("UPDATE ml_meta SET value = 2 WHERE name = 'schema'")
+    async with built(pg_dsn, offset, None) as a:
+        assert await a.wait("x") == 1
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM ml_meta").fetchone() == (3,)
+        assert conn.execute("SELECT to_regclass('ml_log_instance') IS NOT NULL"
+                            ).fetchone() == (True,)
