@@ -13,21 +13,26 @@ here every ``every`` seconds (``Retention.run``), or when called
 * Each batch is one transaction (``delete``): the candidates' lease rows
   locked ``FOR UPDATE SKIP LOCKED`` (a row an append holds is skipped, and
   every append that comes after waits: the fence and, since schema 3, the
-  existence check of unfenced rows lock it ``FOR SHARE``); then, in a new
-  snapshot that sees every commit before the locks, each locked instance
-  with no row above the last seq this engine knows of it (another engine
-  restarted it, say, and this one has not read that yet) loses its lease
-  row and its rows in ``ml_log``. An append for it waiting on the lock is
-  then refused (fenced out, or "gone" for a signal), and an invoke of the
-  same id creates a new instance.
+  existence check of unfenced rows lock it ``FOR SHARE``); then a tail
+  poll that starts after the locks (``caught_up``): every row of them
+  committed before the locks is in the index, and none can commit after.
+  Each locked instance still finished and past its cutoff there (another
+  engine may have restarted it a moment ago) loses its lease row and its
+  rows in ``ml_log``: those between its first seq (``first_seq``, kept by
+  ``ml_append``) and its last, a range of the primary key, so no index of
+  the log by instance costs every append. An append for it waiting on the
+  lock is then refused (fenced out, or "gone" for a signal), and an invoke
+  of the same id creates a new instance.
 * Deleted instances leave this engine's index at once; candidates whose
   lease row is gone (another engine deleted them: the one with the
   shortest retention does) leave it at its own sweep. Until then another
   engine still lists them, and cannot read their large values.
 
 Several engines sweeping at once delete each instance once (the locks);
-none deletes a live instance (its index says finished, and the database
-has nothing newer).
+none deletes a live instance (its index, caught up under the locks, says
+finished). Deleting a batch scans the log from its oldest first row to its
+newest last one: batches go in the order of their last rows, and a
+long-lived instance makes its batch's range long.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import trio
 
 from .._core import lifecycle as lc
 from .._core.errors import EngineError
-from .driver import INT8, INT8_ARRAY, TEXT, TEXT_ARRAY, Conn, array, int8
+from .driver import INT8, TEXT, TEXT_ARRAY, Conn, array, as_int, int8
 
 if TYPE_CHECKING:
     from .._core.index import Index
@@ -49,18 +54,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("memable_log")
 
 BATCH = 500  # instances per transaction
-_LOCK = ("SELECT instance_id FROM ml_instances WHERE instance_id = ANY($1) "
-         "FOR UPDATE SKIP LOCKED")
-_DELETE = (
-    "WITH c AS (SELECT * FROM unnest($1::text[], $2::int8[]) AS c(i, last)), "
-    "k AS (SELECT c.i FROM c WHERE NOT EXISTS ("
-    "  SELECT 1 FROM ml_log l WHERE l.instance_id = c.i AND l.seq > c.last)), "
-    "d AS (DELETE FROM ml_instances m USING k WHERE m.instance_id = k.i "
-    "  RETURNING m.instance_id), "
-    "g AS (DELETE FROM ml_log l USING d WHERE l.instance_id = d.instance_id) "
-    "SELECT instance_id FROM d")
+_LOCK = ("SELECT instance_id, coalesce(first_seq, 1) FROM ml_instances "
+         "WHERE instance_id = ANY($1) FOR UPDATE SKIP LOCKED")
 _GONE = ("SELECT i FROM unnest($1::text[]) AS i WHERE NOT EXISTS ("
          "SELECT 1 FROM ml_instances m WHERE m.instance_id = i)")
+_DROP = "DELETE FROM ml_instances WHERE instance_id = ANY($1)"
+_DELETE = "DELETE FROM ml_log WHERE seq BETWEEN $2 AND $3 AND instance_id = ANY($1)"
 
 
 class Host(Protocol):
@@ -73,6 +72,8 @@ class Host(Protocol):
 
     def retire(self, instance_id: str) -> None: ...
 
+    async def caught_up(self) -> None: ...
+
     async def connect(self, role: str) -> Conn: ...
 
 
@@ -80,27 +81,8 @@ def _texts(got: Any) -> list[str]:
     return [bytes(got.get_value(i, 0) or b"").decode() for i in range(got.ntuples)]
 
 
-async def delete(conn: Conn, ids: list[str], lasts: list[int]) -> tuple[list[str], list[str]]:
-    """One batch, one transaction: the instances deleted, and those already
-    gone (see the module comment). ``lasts``: the last seq known of each."""
-    last_of = dict(zip(ids, lasts, strict=True))
-    await conn.run("BEGIN")
-    try:
-        locked = _texts(await conn.query(b"ml_ret_lock", _LOCK, [TEXT_ARRAY],
-                                         [array(TEXT, [i.encode() for i in ids])]))
-        deleted = _texts(await conn.query(
-            b"ml_ret_delete", _DELETE, [TEXT_ARRAY, INT8_ARRAY],
-            [array(TEXT, [i.encode() for i in locked]),
-             array(INT8, [int8(last_of[i]) for i in locked])]))
-        held = set(locked)
-        rest = [i for i in ids if i not in held]
-        gone = _texts(await conn.query(b"ml_ret_gone", _GONE, [TEXT_ARRAY],
-                                       [array(TEXT, [i.encode() for i in rest])])) if rest else []
-        await conn.run("COMMIT")
-    except BaseException:
-        conn.close()  # the transaction ends with the session
-        raise
-    return deleted, gone
+def _ids(ids: list[str]) -> bytes:
+    return array(TEXT, [i.encode() for i in ids])
 
 
 class Retention:
@@ -117,32 +99,39 @@ class Retention:
         self.deleted = 0  # instances this engine deleted
         self._conn: Conn | None = None
 
-    def candidates(self) -> list[tuple[str, int]]:
-        """(id, last seq) of the finished instances past their cutoff."""
-        host, own = self.host, self.host.retention_by_workflow
-        index = host.index
-        if index is None or (self.retention_ms is None and not own):
-            return []
+    def _cutoffs(self) -> tuple[int | None, dict[str, int]] | None:
+        own = self.host.retention_by_workflow
+        if self.retention_ms is None and not own:
+            return None
         now = self.now_ms()
         default = None if self.retention_ms is None else now - self.retention_ms
-        cutoffs = {name: now - ms for name, ms in own.items()}
-        return [
-            (iid, entry.last_seq) for iid, entry in index.instances.items()
-            if entry.state in lc.FINISHED
-            and (cutoff := cutoffs.get(entry.workflow, default)) is not None
-            and entry.updated_ms <= cutoff and not host.in_flight(iid)
-        ]
+        return default, {name: now - ms for name, ms in own.items()}
+
+    def due(self, iid: str, cutoffs: tuple[int | None, dict[str, int]]) -> int | None:
+        """The instance's last seq if it is past retention now, else None."""
+        index = self.host.index
+        entry = None if index is None else index.instances.get(iid)
+        if entry is None or entry.state not in lc.FINISHED or self.host.in_flight(iid):
+            return None
+        cutoff = cutoffs[1].get(entry.workflow, cutoffs[0])
+        return entry.last_seq if cutoff is not None and entry.updated_ms <= cutoff else None
+
+    def candidates(self) -> list[str]:
+        """The finished instances past their cutoff, oldest last record first."""
+        cutoffs, index = self._cutoffs(), self.host.index
+        if cutoffs is None or index is None:
+            return []
+        found = [(last, iid) for iid in index.instances if (last := self.due(iid, cutoffs))]
+        return [iid for _, iid in sorted(found)]
 
     async def sweep(self) -> int:
         """Delete what is past retention now; how many this sweep deleted."""
         found = self.candidates()
         count = 0
         for start in range(0, len(found), BATCH):
-            part = found[start:start + BATCH]
             if self._conn is None or self._conn.broken:
                 self._conn = await self.host.connect("retention")
-            deleted, gone = await delete(self._conn, [i for i, _ in part],
-                                         [last for _, last in part])
+            deleted, gone = await self.delete(self._conn, found[start:start + BATCH])
             for iid in (*deleted, *gone):
                 self.host.retire(iid)
             count += len(deleted)
@@ -151,6 +140,34 @@ class Retention:
         if count:
             logger.info("PostgreSQL journal: retention deleted %d finished instance(s)", count)
         return count
+
+    async def delete(self, conn: Conn, ids: list[str]) -> tuple[list[str], list[str]]:
+        """One batch, one transaction: the instances deleted, and those
+        already gone (see the module comment)."""
+        await conn.run("BEGIN")
+        try:
+            got = await conn.query(b"ml_ret_lock", _LOCK, [TEXT_ARRAY], [_ids(ids)])
+            firsts = {bytes(got.get_value(i, 0) or b"").decode(): as_int(got.get_value(i, 1))
+                      for i in range(got.ntuples)}
+            rest = [i for i in ids if i not in firsts]
+            gone = _texts(await conn.query(b"ml_ret_gone", _GONE, [TEXT_ARRAY],
+                                           [_ids(rest)])) if rest else []
+            # Every row committed before the locks is in the index after this
+            # poll (none can commit after them): is each still past retention?
+            await self.host.caught_up()
+            cutoffs = self._cutoffs()
+            lasts = {} if cutoffs is None else {
+                iid: last for iid in firsts if (last := self.due(iid, cutoffs)) is not None}
+            if lasts:
+                doomed = _ids(list(lasts))
+                await conn.query(b"ml_ret_drop", _DROP, [TEXT_ARRAY], [doomed])
+                await conn.query(b"ml_ret_delete", _DELETE, [TEXT_ARRAY, INT8, INT8], [
+                    doomed, int8(min(firsts[i] for i in lasts)), int8(max(lasts.values()))])
+            await conn.run("COMMIT")
+        except BaseException:
+            conn.close()  # the transaction ends with the session
+            raise
+        return list(lasts), gone
 
     async def run(self) -> None:
         """Sweep every ``every`` seconds until cancelled; a failed sweep is

@@ -11,15 +11,18 @@ Theory of operation. One database holds one journal (docs/postgres.md):
   ``expires_at`` (database clock), renewed by one update every lease/3
   (lease.py). One row per engine, not a lease per instance: a renewal costs
   one small HOT update whatever the engine runs (no index on the expiry).
-* ``ml_instances``: one row per instance: its owner (a ``writer``) and its
-  fencing epoch. An instance's lease is its owner's: when the owner's row
-  expired, any engine claims it (``ml_claim``: epoch + 1, ``SKIP LOCKED``,
-  so an instance whose batch is in flight is skipped until it commits).
+* ``ml_instances``: one row per instance: its owner (a ``writer``), its
+  fencing epoch, and the seq of its first row (``first_seq``: retention
+  deletes its rows from there to its last, a range of the primary key,
+  so no index of ``ml_log`` by instance costs every append). An
+  instance's lease is its owner's: when the owner's row expired, any
+  engine claims it (``ml_claim``: epoch + 1, ``SKIP LOCKED``, so an
+  instance whose batch is in flight is skipped until it commits).
 * ``ml_log``: the journal, one row per record, in ``seq`` order (bigserial).
   ``rec`` is the record list as msgpack, exactly what the local journal
   frames (its seq field 0: the row's ``seq`` is its seq). ``step_key`` is
   set on a step's outcome, unique per instance: the first writer of a step
-  wins. ``ml_log_instance`` indexes each instance's rows (retention.py).
+  wins.
   ``xid`` comes before ``seq``: its default takes the writing transaction's
   id *before* ``nextval``, which the tailer's gap rule needs (tailer.py).
   ``writer`` is the engine that wrote the row.
@@ -48,8 +51,13 @@ EXISTS = "ML002"
 GONE = "ML003"
 CHANNEL = "memable_log"
 
-# An instance's rows (retention deletes them; its check for a newer row).
-_INSTANCE_INDEX = "CREATE INDEX IF NOT EXISTS ml_log_instance ON ml_log (instance_id, seq)"
+# Version 3's new column, filled for the instances of an older journal.
+_FIRST_SEQ = """
+ALTER TABLE ml_instances ADD COLUMN first_seq bigint;
+UPDATE ml_instances m SET first_seq = f.s
+    FROM (SELECT instance_id, min(seq) AS s FROM ml_log GROUP BY instance_id) f
+    WHERE m.instance_id = f.instance_id;
+"""
 
 _APPEND_FN = f"""
 CREATE OR REPLACE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
@@ -117,11 +125,28 @@ BEGIN
     IF p_notify THEN
         PERFORM pg_notify('{CHANNEL}', '');
     END IF;
-    RETURN QUERY
-        INSERT INTO ml_log (instance_id, step_key, writer, rec)
-        SELECT i, k, p_writer, r FROM unnest(p_inst, p_key, p_rec) WITH ORDINALITY AS u(i, k, r, o)
-        ORDER BY o
-        RETURNING seq;
+    IF cardinality(p_new) = 0 THEN
+        RETURN QUERY
+            INSERT INTO ml_log (instance_id, step_key, writer, rec)
+            SELECT i, k, p_writer, r FROM unnest(p_inst, p_key, p_rec)
+                WITH ORDINALITY AS u(i, k, r, o)
+            ORDER BY o
+            RETURNING seq;
+    ELSE  -- new instances: their first row's seq (retention deletes from there)
+        RETURN QUERY
+            WITH ins AS (
+                INSERT INTO ml_log (instance_id, step_key, writer, rec)
+                SELECT i, k, p_writer, r FROM unnest(p_inst, p_key, p_rec)
+                    WITH ORDINALITY AS u(i, k, r, o)
+                ORDER BY o
+                RETURNING seq, instance_id),
+            f AS (
+                UPDATE ml_instances m SET first_seq = x.s
+                FROM (SELECT ins.instance_id, min(ins.seq) AS s FROM ins
+                      WHERE ins.instance_id = ANY(p_new) GROUP BY ins.instance_id) x
+                WHERE m.instance_id = x.instance_id)
+            SELECT ins.seq FROM ins ORDER BY ins.seq;
+    END IF;
 END $$;
 """
 
@@ -131,7 +156,8 @@ CREATE TABLE ml_instances (
     instance_id   text PRIMARY KEY,
     lease_owner   text,
     lease_epoch   bigint NOT NULL DEFAULT 0,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    first_seq     bigint
 ) WITH (fillfactor = 70);
 CREATE INDEX ml_instances_owner ON ml_instances (lease_owner);
 CREATE TABLE ml_workers (
@@ -147,7 +173,6 @@ CREATE TABLE ml_log (
     rec       bytea NOT NULL
 );
 CREATE UNIQUE INDEX ml_log_step ON ml_log (instance_id, step_key) WHERE step_key IS NOT NULL;
-{_INSTANCE_INDEX};
 
 {_APPEND_FN}
 CREATE FUNCTION ml_claim(p_writer text)
@@ -172,10 +197,10 @@ INSERT INTO ml_meta VALUES ('schema', {SCHEMA_VERSION});
 
 # Migrations, from a version to the next, each in one transaction.
 _MIGRATE = {
-    # version 3: ml_append checks that unfenced instances exist, and an index
-    # of each instance's rows (both for retention; the index is built with
-    # writes blocked: a large ml_log takes a while)
-    2: _APPEND_FN + ";" + _INSTANCE_INDEX,
+    # version 3, for retention: ml_append checks that unfenced instances
+    # exist and records each new instance's first seq (filled here for the
+    # others, in one pass over ml_log with writes blocked)
+    2: _FIRST_SEQ + _APPEND_FN,
 }
 
 
