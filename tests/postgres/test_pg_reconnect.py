@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import trio
 from pgserver import PgServer
+from support.suspend import until_state
 from test_pg_backend import created, done, opened, rows
 
 from memable_log import Context, Engine, JournalFailed
@@ -145,3 +146,35 @@ async def test_engines_reconnect_when_the_server_restarts_and_lose_nothing(
         logged = conn.execute(
             "SELECT instance_id, step_key FROM ml_log WHERE step_key IS NOT NULL").fetchall()
     assert sorted(logged) == sorted((iid, f"0:s{i}") for iid in ids for i in range(STEPS))
+
+
+async def test_an_engine_cut_off_past_its_lease_rejoins_when_the_server_is_back(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    async def ask(ctx: Context) -> Any:
+        await ctx.step("before").run(lambda: ran.append("before"))
+        return await ctx.suspend("ok")
+
+    ran: list[str] = []
+    engine = Engine.builder().postgres(pg_dsn, worker="cut", lease=1.0).build()
+    engine.register("ask", ask)
+    with trio.fail_after(30):
+        async with engine:
+            await engine.invoke("ask", instance_id="x")
+            await until_state(engine, "x", "suspended")
+            backend = host_of(engine).backend
+            assert isinstance(backend, PostgresBackend)
+            first = backend.writer
+            # down for longer than the engine trusts its lease (0.8 s): it
+            # fences itself, then rejoins once the server answers again
+            await trio.to_thread.run_sync(pg_server.restart, 1.5)
+            await backend.until_rejoined()
+            assert backend.rejoins == 1
+            assert backend.writer != first
+            await engine.signal("ask", "x", "ok", "back")  # x is its own again
+            assert await engine.wait("x") == "back"
+    assert ran == ["before"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        [(owner, epoch)] = conn.execute(
+            "SELECT lease_owner, lease_epoch FROM ml_instances").fetchall()
+    assert (owner.split("/")[0], epoch) == ("cut", 2)
