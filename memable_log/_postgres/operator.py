@@ -23,7 +23,8 @@ instance it holds waits, as an engine waits for an unregistered workflow).
   session killed mid-action holds what it took for at most its lease
   (``LEASE``), then any engine claims it.
 * ``wait`` watches with a session that owns nothing (its tailer applies
-  the owner's records): the instance's outcome, as ``engine.wait``.
+  the owner's records): the instance's outcome, as ``engine.wait``, its
+  value as ``memable-dump`` shows it (as the local ``operations.wait``).
 
 Each call is one ``trio.run``; tools call these from synchronous code.
 """
@@ -127,13 +128,29 @@ def forget(url: str, instance_id: str, key_or_prefix: str) -> None:
     _run(url, lambda engine, _: engine.forget(instance_id, key_or_prefix))
 
 
-def wait(url: str, instance_id: str, timeout: float | None = None) -> Any:
-    """The instance's outcome once it finished, as ``engine.wait`` (its
-    errors); TimeoutError after ``timeout`` seconds."""
+class _Shown(Codec):
+    """Values as ``memable-dump`` shows them (``decode_value``: JSON-ready,
+    never a codec hook), as the local ``operations.wait`` returns them."""
 
-    async def act(engine: Engine, _: PostgresBackend) -> Any:
-        with trio.move_on_after(float("inf") if timeout is None else timeout):
-            return await engine.wait(instance_id)
+    def decode(self, blob: bytes) -> Any:
+        from ..reader import decode_value
+
+        return decode_value(blob)
+
+
+def wait(url: str, instance_id: str, timeout: float | None = None) -> Any:
+    """The instance's result once it finished, as ``engine.wait`` (its
+    errors), the value as ``memable-dump`` shows it; TimeoutError after
+    ``timeout`` seconds."""
+
+    async def main() -> Any:
+        backend = PostgresBackend(url, worker=f"memable-cli:{os.getpid()}", lease=LEASE,
+                                  claims=False)
+        engine = Engine(backend, clock=Clock(), codec=_Shown(),
+                        max_running=None, inline_limit=DEFAULT_INLINE_LIMIT)
+        async with engine:
+            with trio.move_on_after(float("inf") if timeout is None else timeout):
+                return await engine.wait(instance_id)
         raise TimeoutError(f"instance {instance_id!r} did not finish within {timeout:g}s")
 
-    return _run(url, act)
+    return trio.run(main)

@@ -47,8 +47,11 @@ async def test_actions_on_a_url_reach_the_engine_that_serves_it(
     async def echo(ctx: Context) -> Any:
         return ctx.input
 
+    async def raw(ctx: Context) -> Any:
+        return b"\x00\xff"
+
     with trio.fail_after(30):
-        async with engine(pg_dsn, ask=ask, echo=echo) as a:
+        async with engine(pg_dsn, ask=ask, echo=echo, raw=raw) as a:
             assert await cli("invoke", pg_dsn, "ask", "--id", "x") == 0
             assert "appended to the journal" in capsys.readouterr().err
             await seen(a, "x", "suspended")  # a claimed it from the session, ran it
@@ -73,7 +76,10 @@ async def test_actions_on_a_url_reach_the_engine_that_serves_it(
             assert "nope" in capsys.readouterr().err
             assert await cli("invoke", pg_dsn, "echo", "[1, 2]", "--wait") == 0
             assert json.loads(capsys.readouterr().out) == [1, 2]
-            assert [s.state for s in a.instances()] == ["completed", "cancelled", "completed"]
+            assert await cli("invoke", pg_dsn, "raw", "--wait") == 0  # shown as memable-dump
+            assert json.loads(capsys.readouterr().out) == {"$bytes": "00ff"}
+            assert [s.state for s in a.instances()] == ["completed", "cancelled", "completed",
+                                                         "completed"]
     assert runs == ["x", "x", "y"]
 
 
