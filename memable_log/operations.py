@@ -686,11 +686,11 @@ def is_postgres_url(path: object) -> bool:
 
 
 def _pg() -> Any:
-    """The actions on a PostgreSQL journal (``_postgres/operator.py``): a
+    """The actions on a PostgreSQL journal (``_engine/pg_operator.py``): a
     short-lived engine session writes each one (docs/postgres.md)."""
-    from ._postgres import operator
+    from ._engine import pg_operator
 
-    return operator
+    return pg_operator
 
 
 def postgres_stats(url: str) -> dict[str, Any]:
@@ -795,7 +795,7 @@ def wait(
         NotAJournal, JournalCorrupt, OSError: as the reads do.
     """
     if is_postgres_url(path):
-        return _pg().wait(str(path), instance_id, timeout)
+        return _pg().wait(str(path), instance_id, timeout, decode_value)
     text = os.fspath(path)
     deadline = None if timeout is None else time.monotonic() + timeout
     ended: list[Any] | None = None  # [type, fields] of its last end while finished

@@ -87,7 +87,7 @@ class PostgresBackend:
         now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.dsn = dsn
-        # False: an operator's short-lived session (operator.py), which takes
+        # False: an operator's short-lived session (_engine/pg_operator.py), which takes
         # only the instances it acts on, never those of expired engines.
         self.claims = claims
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"

@@ -221,6 +221,21 @@ async def test_a_signal_through_another_engine_resumes_the_instance_where_it_run
             assert "x" not in host_of(b).running
 
 
+async def test_actions_on_an_instance_another_engine_created_a_moment_ago(
+    pg_dsn: str,
+) -> None:
+    with trio.fail_after(10):
+        async with engine(pg_dsn, approve=approve) as a, engine(pg_dsn, approve=approve) as b:
+            await a.invoke("approve", instance_id="x")
+            # b has not tailed it yet: it reads the log before it says unknown
+            await b.signal("approve", "x", "ok", "at once")
+            assert await a.wait("x") == ["done", "at once"]
+            await a.invoke("approve", instance_id="y")
+            await b.cancel("y")
+            with pytest.raises(WorkflowCancelled):
+                await a.wait("y")
+
+
 async def test_a_signal_sent_before_the_wait_is_delivered_once(pg_dsn: str) -> None:
     gate = trio.Event()
 

@@ -24,7 +24,7 @@ instance it holds waits, as an engine waits for an unregistered workflow).
   (``LEASE``), then any engine claims it.
 * ``wait`` watches with a session that owns nothing (its tailer applies
   the owner's records): the instance's outcome, as ``engine.wait``, its
-  value as ``memable-dump`` shows it (as the local ``operations.wait``).
+  value decoded as ``operations.wait`` asks (as memable-dump shows it).
 
 Each call is one ``trio.run``; tools call these from synchronous code.
 """
@@ -42,9 +42,9 @@ from .._core import records as r
 from .._core.codec import Codec, EncodeError
 from .._core.errors import NotSerializable, UnknownInstance
 from .._core.index import DEFAULT_INLINE_LIMIT
-from .._engine.clock import Clock
-from .._engine.engine import Engine
-from .backend import PostgresBackend
+from .._postgres.backend import PostgresBackend
+from .clock import Clock
+from .engine import Engine
 
 LEASE = 10.0  # seconds: how long a killed session holds what it took
 _T = TypeVar("_T")
@@ -129,24 +129,26 @@ def forget(url: str, instance_id: str, key_or_prefix: str) -> None:
 
 
 class _Shown(Codec):
-    """Values as ``memable-dump`` shows them (``decode_value``: JSON-ready,
-    never a codec hook), as the local ``operations.wait`` returns them."""
+    """Values decoded by ``show`` (``operations.wait`` gives memable-dump's
+    ``decode_value``: JSON-ready, never a codec hook)."""
+
+    def __init__(self, show: Callable[[bytes], Any]) -> None:
+        super().__init__()
+        self.show = show
 
     def decode(self, blob: bytes) -> Any:
-        from ..reader import decode_value
-
-        return decode_value(blob)
+        return self.show(blob)
 
 
-def wait(url: str, instance_id: str, timeout: float | None = None) -> Any:
+def wait(url: str, instance_id: str, timeout: float | None, show: Callable[[bytes], Any]) -> Any:
     """The instance's result once it finished, as ``engine.wait`` (its
-    errors), the value as ``memable-dump`` shows it; TimeoutError after
-    ``timeout`` seconds."""
+    errors), its value decoded by ``show``; TimeoutError after ``timeout``
+    seconds."""
 
     async def main() -> Any:
         backend = PostgresBackend(url, worker=f"memable-cli:{os.getpid()}", lease=LEASE,
                                   claims=False)
-        engine = Engine(backend, clock=Clock(), codec=_Shown(),
+        engine = Engine(backend, clock=Clock(), codec=_Shown(show),
                         max_running=None, inline_limit=DEFAULT_INLINE_LIMIT)
         async with engine:
             with trio.move_on_after(float("inf") if timeout is None else timeout):
