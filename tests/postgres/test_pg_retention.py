@@ -102,7 +102,7 @@ async def test_an_instance_restarted_by_another_engine_is_kept_and_a_gone_one_re
                 await seen(b, iid, "completed")
             offset[0] = 61.0
             swept = host_of(a).backend.retention  # type: ignore[union-attr]
-            assert swept.candidates() == ["x", "y"]
+            assert await swept.candidates() == ["x", "y"]
             await b.restart("x")  # a has not read it yet, or has: x is kept either way
             assert await swept.sweep() == 1
             assert rows(pg_dsn) == ({"x"}, {"x"})
