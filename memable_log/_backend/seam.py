@@ -74,6 +74,11 @@ class EngineCalls(Protocol):
     # their runners are cancelled at once and write nothing more.
     def lost(self, instance_ids: list[str]) -> None: ...
 
+    # This engine lost its lease and joined again (a shared journal): the
+    # engine-level starts refused meanwhile (schedules, debounce) are armed
+    # again.
+    def rejoined(self) -> None: ...
+
 
 class Backend(Protocol):
     """Where an engine's records live. See the module comment."""

@@ -394,6 +394,11 @@ class Engine:
             if scope is not None:
                 scope.cancel()
 
+    def _rejoined(self) -> None:
+        """The backend joined a shared journal again (seam.py)."""
+        self._schedules.rearm()
+        self._debounce.rearm()
+
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
         self._flow.released(instance_id)
@@ -809,6 +814,7 @@ class _Calls:
         self.applied = engine._applied
         self.claimed = engine._claimed
         self.lost = engine._lost
+        self.rejoined = engine._rejoined
 
 
 def host_of(engine: Engine) -> Host:

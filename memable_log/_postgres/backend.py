@@ -328,6 +328,8 @@ class PostgresBackend:
         self.rejoins += 1
         rejoined, self._rejoined = self._rejoined, trio.Event()
         rejoined.set()
+        if self.calls is not None:  # schedules and debounce refused meanwhile: again
+            self.calls.rejoined()
         logger.warning("PostgreSQL journal: this engine rejoined as %s after losing its "
                        "lease; %d instance(s) no other engine took are its again", new,
                        back)

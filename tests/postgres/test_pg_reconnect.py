@@ -178,3 +178,27 @@ async def test_an_engine_cut_off_past_its_lease_rejoins_when_the_server_is_back(
         [(owner, epoch)] = conn.execute(
             "SELECT lease_owner, lease_epoch FROM ml_instances").fetchall()
     assert (owner.split("/")[0], epoch) == ("cut", 2)
+
+
+async def test_a_debounced_start_due_while_the_engine_was_out_is_made_once_it_rejoins(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    async def job(ctx: Context) -> Any:
+        return ctx.input
+
+    engine = Engine.builder().postgres(pg_dsn, worker="deb", lease=1.0).build()
+    engine.register("job", job)
+    with trio.fail_after(30):
+        async with engine:
+            iid = await engine.debounce("job", "k", delay=1.0, input="late")
+            # due in 1 s, while the server is down (2 s, past the lease): its
+            # write is refused; armed again when the engine rejoins
+            await trio.to_thread.run_sync(pg_server.restart, 2.0)
+            backend = host_of(engine).backend
+            assert isinstance(backend, PostgresBackend)
+            await backend.until_rejoined()
+            assert backend.rejoins == 1
+            host = host_of(engine)
+            while iid not in host.index.instances:  # made at once, not at the next start
+                await host.changed(iid).wait()
+            assert await engine.wait(iid) == "late"
