@@ -61,6 +61,13 @@ class Batch:
         self.error: BaseException | None = None
 
 
+def _tells_only(batch: Batch, instance_id: str) -> bool:
+    """Whether the batch's records of the instance are all a child's end
+    told to it (``child_ended``), beside records of others."""
+    mine = [rec[r.TYPE] for rec in batch.recs if rec[r.INSTANCE] == instance_id]
+    return len(mine) < len(batch.recs) and all(t == r.CHILD_ENDED for t in mine)
+
+
 class GroupCommit:
     """The append path of one backend. See the module comment."""
 
@@ -168,6 +175,12 @@ class GroupCommit:
             if iid not in batch.ids or (fenced and all(
                 rec[r.TYPE] in rows.UNFENCED for rec in batch.recs if rec[r.INSTANCE] == iid
             )):  # a signal for an instance another engine took: sent again, unfenced
+                rest.append(batch)
+            elif not fenced and error is not None and _tells_only(batch, iid):
+                # A child's end told to its finished parent, which another
+                # engine's retention deleted: the rest is written without it.
+                batch.recs = [rec for rec in batch.recs if rec[r.INSTANCE] != iid]
+                batch.ids.discard(iid)
                 rest.append(batch)
             elif error is not None:
                 batch.error, batch.done = error, True

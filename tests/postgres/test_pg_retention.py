@@ -117,6 +117,30 @@ async def test_an_instance_restarted_by_another_engine_is_kept_and_a_gone_one_re
                             ).fetchone() == (0,)
 
 
+async def test_a_child_outliving_its_parent_deleted_by_another_engine_still_ends(
+    pg_dsn: str,
+) -> None:
+    async def parent(ctx: Context) -> Any:
+        return await ctx.start_child("k", "ask")  # and does not wait for it
+
+    offset = [0.0]
+    with trio.fail_after(15):
+        async with built(pg_dsn, offset, None) as a, built(pg_dsn, offset, 60.0) as b:
+            a.register("parent", parent)
+            await a.invoke("parent", instance_id="p")
+            kid = await a.wait("p")
+            await until_state(a, kid, "suspended")
+            await seen(b, kid, "suspended")
+            offset[0] = 61.0
+            swept = host_of(b).backend.retention  # type: ignore[union-attr]
+            assert await swept.sweep() == 1  # p, finished; a keeps it (retention None)
+            assert a.status("p").state == "completed"
+            # the child's end goes with a note to p, which is gone: written without it
+            await a.signal("ask", kid, "ok", "done")
+            assert await a.wait(kid) == "done"
+            assert rows(pg_dsn) == ({kid}, {kid})
+
+
 async def test_a_version_2_journal_is_migrated(pg_dsn: str) -> None:
     offset = [0.0]
     async with built(pg_dsn, offset, None) as a:
