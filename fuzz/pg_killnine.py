@@ -98,9 +98,9 @@ def patch_sends() -> None:
     """``sent`` and ``complete``: the engine dies right after the batch's
     bytes left for the server (flushed), before its reply."""
     from memable_log._core import records as r
-    from memable_log._postgres import backend, driver, writer
+    from memable_log._postgres import commit, driver, writer
 
-    write = backend.PostgresBackend._write
+    write = commit.GroupCommit._write
 
     async def _write(self: Any, recs: list[list[Any]]) -> list[int]:
         types = {rec[r.TYPE] for rec in recs}
@@ -121,7 +121,7 @@ def patch_sends() -> None:
                 pass
             die()
 
-    backend.PostgresBackend._write = _write  # type: ignore[method-assign]
+    commit.GroupCommit._write = _write  # type: ignore[method-assign]
     driver.Conn._send = _send  # type: ignore[method-assign]
 
 

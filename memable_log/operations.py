@@ -16,6 +16,11 @@ engine compacts its own journal in the background)::
     for st in operations.instances("orders.memable", state="suspended"):
         print(st.instance_id, st.key, st.status)
 
+Given a ``postgresql://`` URL instead of a path, the reads replay the
+shared log, and each action is written at once by a short-lived engine
+session, whatever engines serve the database (``Delivery.APPENDED``;
+docs/postgres.md, "Tools").
+
 Failures are the library's typed errors, so a caller (a tool mapping them
 to exit codes) can tell them apart: ``NotAJournal`` for a path that is not
 a journal, ``JournalLocked``, ``JournalCorrupt``, the refusals
@@ -66,8 +71,10 @@ from ._storage.inbox import (
 )
 from ._storage.inbox import SUFFIX as SIGNAL_SUFFIX
 from .reader import (
+    DEFAULT_INTERVAL,
     JournalReader,
     NotAJournal,
+    RecordView,
     decode_value,
     follow_journal,
     is_segment_file,
@@ -104,9 +111,11 @@ __all__ = [
     "compact",
     "forget",
     "instances",
+    "follow_postgres",
     "invoke",
     "is_postgres_url",
     "postgres_reader",
+    "postgres_stats",
     "restart",
     "signal",
     "status",
@@ -265,6 +274,9 @@ def signal(
         TypeError, ValueError: ``key`` cannot name a suspension (empty, not
             a str, or ending in ``*``); nothing is read or written.
     """
+    if is_postgres_url(path):  # any engine may act on any instance there: written at once
+        _pg().signal(str(path), workflow, instance_id, key, payload, encode=encode)
+        return Delivery.APPENDED
     r.check_key(key)
     text = _written_journal(path)
     blob = _encode(payload, encode, f"signal {key!r}")
@@ -322,6 +334,10 @@ def invoke(
         OSError: reading or writing failed.
         TypeError: ``workflow`` or ``instance_id`` is not a non-empty str.
     """
+    if is_postgres_url(path):
+        iid, made = _pg().invoke(str(path), workflow, input, instance_id=instance_id,
+                                 encode=encode)
+        return Invocation(instance_id=iid, delivery=Delivery.APPENDED if made else None)
     _check_name("workflow", workflow)
     if instance_id is None:
         instance_id = os.urandom(8).hex()  # as secrets.token_hex(8), without its imports
@@ -356,6 +372,8 @@ def cancel(path: str | os.PathLike[str], instance_id: str) -> Delivery | None:
         NotAJournal, UnknownInstance, JournalCorrupt, OSError; TypeError for
         an ``instance_id`` that is not a non-empty str.
     """
+    if is_postgres_url(path):
+        return Delivery.APPENDED if _pg().cancel(str(path), instance_id) else None
     _check_name("instance_id", instance_id)
     text = _written_journal(path)
 
@@ -385,6 +403,9 @@ def restart(path: str | os.PathLike[str], instance_id: str) -> Delivery:
             handed over and waiting for the engine;
         TypeError: ``instance_id`` is not a non-empty str.
     """
+    if is_postgres_url(path):
+        _pg().restart(str(path), instance_id)
+        return Delivery.APPENDED
     _check_name("instance_id", instance_id)
     text = _written_journal(path)
 
@@ -425,6 +446,9 @@ def forget(path: str | os.PathLike[str], instance_id: str, key_or_prefix: str) -
         NotAJournal, UnknownInstance, JournalCorrupt, OSError;
         TypeError: ``instance_id`` or ``key_or_prefix`` is not a non-empty str.
     """
+    if is_postgres_url(path):
+        _pg().forget(str(path), instance_id, key_or_prefix)
+        return Delivery.APPENDED
     _check_name("instance_id", instance_id)
     if type(key_or_prefix) is not str or not key_or_prefix:
         raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
@@ -661,6 +685,40 @@ def is_postgres_url(path: object) -> bool:
     return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
 
 
+def _pg() -> Any:
+    """The actions on a PostgreSQL journal (``_engine/pg_operator.py``): a
+    short-lived engine session writes each one (docs/postgres.md)."""
+    from ._engine import pg_operator
+
+    return pg_operator
+
+
+def postgres_stats(url: str) -> dict[str, Any]:
+    """The PostgreSQL journal's shape (``memable-dump --stats URL``):
+    records, next seq, bytes per table, engines holding a lease, instances
+    by state."""
+    from ._postgres.reader import PostgresReader
+
+    return PostgresReader(url).stats()
+
+
+def follow_postgres(
+    url: str,
+    emit: Callable[[RecordView], Any],
+    *,
+    interval: float = DEFAULT_INTERVAL,
+    caught_up: Callable[[bool], Any] = lambda waiting: None,
+    sleep: Callable[[float], None] | None = None,
+) -> None:
+    """Every record of the PostgreSQL journal in seq order, then each new
+    one (``memable-dump --follow URL``), to ``emit``, until a callback
+    raises (or Ctrl-C); ``caught_up(waiting)`` after each look (``waiting``:
+    no journal there yet); ``sleep`` between looks (default trio's)."""
+    from ._postgres.reader import follow
+
+    follow(url, emit, interval=interval, caught_up=caught_up, sleep=sleep)
+
+
 def postgres_reader(url: str) -> JournalReader:
     """A reader of the PostgreSQL journal at ``url``: its records in seq
     order and its instances, read once (``_postgres/reader.py``)."""
@@ -736,6 +794,8 @@ def wait(
         TimeoutError: ``timeout`` passed first.
         NotAJournal, JournalCorrupt, OSError: as the reads do.
     """
+    if is_postgres_url(path):
+        return _pg().wait(str(path), instance_id, timeout, decode_value)
     text = os.fspath(path)
     deadline = None if timeout is None else time.monotonic() + timeout
     ended: list[Any] | None = None  # [type, fields] of its last end while finished

@@ -81,6 +81,11 @@ def output_closed(stream: TextIO) -> bool:
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
+def is_url(path: object) -> bool:
+    """Whether a tool's journal argument is a PostgreSQL URL, not a path."""
+    return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
+
+
 def error(prog: str, message: str, stream: TextIO | None = None) -> None:
     """Print ``prog: message`` (escaped) on stderr, or on ``stream``."""
     print(f"{prog}: {escape(message)}", file=stream if stream is not None else sys.stderr)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from memable_log import InstanceStatus, JournalCorrupt, JournalFormatError
+from memable_log import EngineError, InstanceStatus, JournalCorrupt, JournalFormatError
 from memable_log.reader import (
     DEFAULT_INTERVAL,
     INSTANCE_STATES,
@@ -514,6 +514,24 @@ def print_stats(stats: dict[str, Any], out: TextIO) -> None:
         out.write(f"{label:<{width}}  {value}\n")
 
 
+def print_pg_stats(stats: dict[str, Any], out: TextIO) -> None:
+    """``PostgresReader.stats``'s facts as aligned lines for a person."""
+    size, engines, inst = stats["bytes"], stats["engines"], stats["instances"]
+    lines = [
+        ("journal", c.escape(f"PostgreSQL {stats['url']}")),
+        ("records", f"{stats['records']:,} in ml_log; next seq {stats['next_seq']:,}"),
+        ("bytes", f"{size['total']:,} with indexes: ml_log {size['ml_log']:,}, "
+         f"ml_instances {size['ml_instances']:,}, ml_workers {size['ml_workers']:,}"),
+        ("engines", f"{engines['holding_a_lease']:,} holding a lease "
+         f"({engines['rows']:,} worker rows)"),
+        ("instances", f"{inst['total']:,}"),
+    ]
+    lines += [(f"  {state}", f"{count:,}") for state, count in inst["by_state"].items()]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        out.write(f"{label:<{width}}  {value}\n")
+
+
 # -- the command ------------------------------------------------------------
 
 
@@ -539,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
             "was closed."
         ),
     )
-    parser.add_argument("path", metavar="PATH", help="the journal directory")
+    parser.add_argument("path", metavar="PATH",
+                        help="the journal directory, or a postgresql:// URL")
     parser.add_argument(
         "--json", action="store_true",
         help="print one JSON object per line: every field of each record (or instance, "
@@ -639,8 +658,6 @@ def main(
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_usage(parser, args)
-    if args.path.startswith(("postgresql://", "postgres://")) and (args.follow or args.stats):
-        parser.error("--follow and --stats do not take a postgresql:// URL yet")
     c.tolerate_unencodable(sys.stdout)
     out, err = sys.stdout, sys.stderr
     if args.instances:
@@ -676,6 +693,9 @@ def _guarded(args: argparse.Namespace, err: TextIO, body: Callable[[], int]) -> 
             "was not changed",
             err,
         )
+        return c.EXIT_FAILED
+    except EngineError as exc:  # a postgresql:// URL: no server, no journal there
+        c.error(PROG, str(exc), err)
         return c.EXIT_FAILED
     except BrokenPipeError:
         raise  # our output was closed (| head): not a read failure; c.run handles it
@@ -736,6 +756,8 @@ def _follow_command(
     args: argparse.Namespace, out: TextIO, err: TextIO, sleep: Callable[[float], None] | None
 ) -> int:
     printer = JsonPrinter(out) if args.json else TextPrinter(out)
+    if c.is_url(args.path):
+        return _follow_url(args, printer, out, err, sleep)
     noted = False
 
     def caught_up() -> None:
@@ -773,6 +795,38 @@ def _follow_command(
     return c.EXIT_OK  # pragma: no cover - following ends only by an exception
 
 
+def _follow_url(
+    args: argparse.Namespace, printer: TextPrinter | JsonPrinter, out: TextIO, err: TextIO,
+    sleep: Callable[[float], None] | None,
+) -> int:
+    """--follow of a postgresql:// URL: the log read as an engine's tailer reads it."""
+    from memable_log.operations import follow_postgres
+
+    keep = make_filter(args)
+    noted = False
+
+    def emit(rec: RecordView) -> None:
+        if keep(rec):
+            printer.emit(rec)
+
+    def caught_up(waiting: bool) -> None:
+        nonlocal noted
+        if waiting and not noted:
+            noted = True
+            c.error(PROG, f"note: {args.path}: no journal there yet; waiting for it to "
+                    "appear (Ctrl-C to stop)", err)
+        printer.flush()
+        if c.output_closed(out):
+            raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
+    try:
+        follow_postgres(args.path, emit, interval=args.interval, caught_up=caught_up,
+                        sleep=sleep)
+    finally:
+        printer.close()
+    return c.EXIT_OK  # pragma: no cover - following ends only by an exception
+
+
 def _read_instances(args: argparse.Namespace, err: TextIO) -> tuple[JournalReader, list[Any]]:
     reader = _open(args.path)
     statuses = reader.instances()
@@ -797,6 +851,15 @@ def _instances_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
 
 
 def _stats_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if c.is_url(args.path):
+        from memable_log.operations import postgres_stats
+
+        stats = postgres_stats(args.path)
+        if args.json:
+            out.write(json.dumps(stats, ensure_ascii=True) + "\n")
+        else:
+            print_pg_stats(stats, out)
+        return c.EXIT_OK
     reader, statuses = _read_instances(args, err)
     stats = stats_json(reader, statuses)
     if args.json:

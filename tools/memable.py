@@ -10,6 +10,9 @@ or with ``--json`` one JSON value whose objects carry ``InstanceStatus``'s
 and ``StepStatus``'s field names (times as UTC ISO 8601). Actions
 (``invoke``, ``cancel``, ``restart``, ``forget``) are appended when no
 engine holds the journal and handed over to it durably when one does.
+Given a ``postgresql://`` URL, reads replay the shared log, and actions are
+appended at once by a short-lived engine session (any engine may act on
+any instance there); a serving engine runs what they leave live.
 
 Exit status: 0 done; 1 refused (the reason on stderr: unknown instance, a
 state that does not allow the action, an engine's refusal, a failed or
@@ -87,7 +90,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (text, add) in _SUBCOMMANDS.items():
         if only is None or name == only:
             cmd = sub.add_parser(name, help=text, description=text, epilog=c.EXIT_CODES)
-            cmd.add_argument("path", metavar="PATH", help="the journal directory")
+            cmd.add_argument("path", metavar="PATH",
+                             help="the journal directory, or a postgresql:// URL")
             add(cmd)
     if only is None:
         for name, tool in [("dump", "memable-dump"), ("compact", "memable-compact"),
@@ -247,7 +251,7 @@ def _invoke(args: argparse.Namespace) -> int:
     if not args.wait:
         print(c.escape(got.instance_id))
         return c.EXIT_OK
-    if got.delivery is operations.Delivery.APPENDED:
+    if got.delivery is operations.Delivery.APPENDED and not c.is_url(args.path):
         c.error(PROG, "no engine holds the journal: waiting for one to run the instance")
     result = operations.wait(args.path, got.instance_id, handover=got.handover,
                              timeout=args.timeout)

@@ -3,7 +3,8 @@
 A thin shell around ``memable_log.operations.signal``: if no engine holds
 the journal, the signal is appended; if one does, it is checked read-only
 and handed over through the journal's inbox (durably), and the engine
-applies it within moments.
+applies it within moments. Given a ``postgresql://`` URL, it is appended
+to the shared log at once, and the engine that runs the instance is woken.
 
 Exit status: 0 delivered (appended, or handed over durably), 1 refused
 (unknown instance, workflow mismatch, key already signalled or timed out,
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Deliver a signal to the suspension KEY of an instance.",
         epilog=EXIT_CODES.replace("0 done", "0 delivered"),
     )
-    parser.add_argument("path", metavar="PATH", help="the journal directory")
+    parser.add_argument("path", metavar="PATH",
+                        help="the journal directory, or a postgresql:// URL")
     parser.add_argument("workflow", metavar="WORKFLOW", help="the instance's workflow name")
     parser.add_argument("instance", metavar="INSTANCE", help="the instance id")
     parser.add_argument("key", metavar="KEY", help="the suspension's key")

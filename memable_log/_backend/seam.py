@@ -74,6 +74,11 @@ class EngineCalls(Protocol):
     # their runners are cancelled at once and write nothing more.
     def lost(self, instance_ids: list[str]) -> None: ...
 
+    # This engine lost its lease and joined again (a shared journal): the
+    # engine-level starts refused meanwhile (schedules, debounce) are armed
+    # again.
+    def rejoined(self) -> None: ...
+
 
 class Backend(Protocol):
     """Where an engine's records live. See the module comment."""
@@ -156,6 +161,8 @@ class Shared(Protocol):
 
     async def take(self, instance_id: str, *, resume: bool) -> None: ...
 
+    async def caught_up(self) -> None: ...
+
 
 async def take(backend: Backend, instance_id: str, *, resume: bool = True) -> None:
     """Before an operator action (cancel, restart, forget, wake) on an
@@ -164,3 +171,12 @@ async def take(backend: Backend, instance_id: str, *, resume: bool = True) -> No
     live instance then runs here). Nothing to do on a local journal."""
     if isinstance(backend, Shared):
         await backend.take(instance_id, resume=resume)
+
+
+async def known(backend: Backend, index: Index, instance_id: str) -> None:
+    """Before an action checks an instance against this engine's index: on a
+    shared journal, one it does not know yet may be one another engine
+    created a moment ago, so the log is read first (a tail poll). Nothing
+    to do when it is known, or on a local journal."""
+    if instance_id not in index.instances and isinstance(backend, Shared):
+        await backend.caught_up()

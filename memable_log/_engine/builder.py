@@ -139,8 +139,9 @@ class EngineBuilder:
         """How long compaction keeps finished instances (seconds or timedelta).
 
         Completed, failed and cancelled instances unchanged for longer are
-        dropped from the journal and from memory. None keeps them forever.
-        Default: 7 days.
+        dropped from the journal and from memory (on PostgreSQL, deleted
+        from the database by a sweep every minute). None keeps them
+        forever. Default: 7 days.
         """
         if period is not None:
             period = period.total_seconds() if isinstance(period, timedelta) else float(period)
@@ -242,7 +243,11 @@ class EngineBuilder:
         clock = self._clock or Clock()
         backend: Backend
         if self._postgres is not None:
-            backend = _postgres_backend(*self._postgres)
+            backend = _postgres_backend(
+                *self._postgres,
+                retention_ms=None if self._retention is None else round(self._retention * 1000),
+                now_ms=clock.now_ms,
+            )
         elif self._storage is None:
             raise ValueError(
                 "say where the journal lives: .open(path), .in_memory() or .postgres(dsn)"
@@ -270,7 +275,10 @@ class EngineBuilder:
         )
 
 
-def _postgres_backend(dsn: str, worker: str | None, lease: float) -> Backend:
+def _postgres_backend(
+    dsn: str, worker: str | None, lease: float, *, retention_ms: int | None,
+    now_ms: Callable[[], int],
+) -> Backend:
     try:
         from .._postgres.backend import PostgresBackend
     except ImportError as exc:
@@ -278,7 +286,8 @@ def _postgres_backend(dsn: str, worker: str | None, lease: float) -> Backend:
             f"Engine.builder().postgres() needs psycopg 3: pip install 'memable-log[postgres]' "
             f"({exc})"
         ) from None
-    return PostgresBackend(dsn, worker=worker, lease=lease)
+    return PostgresBackend(dsn, worker=worker, lease=lease, retention_ms=retention_ms,
+                           now_ms=now_ms)
 
 
 def _tracer(provider: Any) -> Tracing:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._backend.seam import take
 from .._core import index as ix
 from .._core import lifecycle as lc
 from .._core import records as r
@@ -320,11 +321,22 @@ class Children:
         cancelled (empty if ``iid`` is not live). With a ``reason``, ``iid``'s
         record is ``cancelled_for`` (its descendants' plain ``cancelled``)."""
         host = self._host
+        took = False
         while True:
             entry = host.entry(iid)
             if entry.state not in lc.LIVE:
                 return []
             ids = [iid, *self._descendants(iid)]
+            if not took and len(ids) > 1:
+                # A shared journal: descendants another engine runs are taken
+                # first (seam.take: their owner fenced out, its records read;
+                # the database says which, this engine's view may be stale),
+                # or their records would be fenced out; then look again.
+                backend = host.require()
+                for cid in ids[1:]:
+                    await take(backend, cid, resume=False)
+                took = True
+                continue
             marks = [
                 (e.parent, cid[len(e.parent) + 1:])
                 for cid in ids if (e := host.index.instances[cid]).parent is not None

@@ -64,6 +64,13 @@ class Debouncer(Timed[DebounceKey]):
                 if entry.due_ms is not None:
                     self.arm(entry.due_ms, which)
 
+    def rearm(self) -> None:
+        """Arm every pending start again: the engine rejoined a shared
+        journal, and a start refused while it was out is due again."""
+        for which, entry in self._host.index.debounces.items():
+            if entry.due_ms is not None:
+                self.arm(entry.due_ms, which)
+
     async def debounce(self, workflow: str, key: str, delay: float, value: Any) -> str:
         host = self._host
         backend = host.require()

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
-from .._backend.seam import Backend, refusal, take
+from .._backend.seam import Backend, known, refusal, take
 from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import Codec
@@ -374,8 +374,18 @@ class Engine:
                 if entry.deadline_ms is not None:
                     self._timers.push(entry.deadline_ms, iid)
                 self._flow.arm(iid, entry)
+            elif iid in self._host.running and self._nursery is not None:
+                # Its runner from before it was lost (an engine that rejoined)
+                # is still ending: run it once that one has gone.
+                self._nursery.start_soon(self._claimed_after_run, iid)
             else:
                 self._start(iid)
+
+    async def _claimed_after_run(self, instance_id: str) -> None:
+        host = self._host
+        while instance_id in host.running:
+            await host.changed(instance_id).wait()
+        self._claimed([instance_id])
 
     def _lost(self, instance_ids: list[str]) -> None:
         """Instances this engine must stop running now (seam.py)."""
@@ -383,6 +393,11 @@ class Engine:
             scope = self._host.scopes.get(iid)
             if scope is not None:
                 scope.cancel()
+
+    def _rejoined(self) -> None:
+        """The backend joined a shared journal again (seam.py)."""
+        self._schedules.rearm()
+        self._debounce.rearm()
 
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
@@ -614,6 +629,7 @@ class Engine:
         backend = host.require()
         if backend.failed is not None:  # nothing may be written: say so first
             raise refusal(backend)
+        await self._known(instance_id)  # created by another engine just now?
         check_signal(host.index, workflow, instance_id, key, host.now_ms(), host.reserved)
         blob = host.encode(payload, f"signal {key!r}")
         rec = r.make(r.SIGNALLED, host.now_ms(), instance_id, key, blob)
@@ -641,6 +657,7 @@ class Engine:
         backend = host.require()
         if backend.failed is not None:
             raise refusal(backend)
+        await self._known(instance_id)
         host.entry(instance_id)
         check_key(key)
         await take(backend, instance_id)
@@ -728,6 +745,7 @@ class Engine:
         raises WorkflowCancelled).
         """
         host = self._here()
+        await self._known(instance_id)
         host.entry(instance_id)
         await take(host.require(), instance_id, resume=False)  # another engine's: now ours
         entry = host.entry(instance_id)
@@ -744,6 +762,13 @@ class Engine:
             self._flow.dropped(iid)
             host.notify(iid)
 
+    async def _known(self, instance_id: str) -> None:
+        """An instance this engine does not know may be one another engine
+        created a moment ago (a shared journal): read the log first."""
+        backend = self._host.backend
+        if backend is not None:
+            await known(backend, self._host.index, instance_id)
+
     def _children(self) -> Children:
         children = self._host.children
         assert children is not None
@@ -752,6 +777,7 @@ class Engine:
     async def forget(self, instance_id: str, key_or_prefix: str) -> None:
         """Durably forget memoised step outcomes: ``key``, or all under ``prefix*``."""
         host = self._here()
+        await self._known(instance_id)
         host.entry(instance_id)
         if type(key_or_prefix) is not str or not key_or_prefix:
             raise TypeError(f"forget takes a non-empty str key or prefix*, not {key_or_prefix!r}")
@@ -761,6 +787,7 @@ class Engine:
     async def restart(self, instance_id: str) -> None:
         """Run a finished instance again from the top (memoised steps stay)."""
         host = self._here()
+        await self._known(instance_id)
         if host.entry(instance_id).state not in lc.LIVE:  # else refused, below
             await take(host.require(), instance_id)
         entry = host.entry(instance_id)
@@ -787,6 +814,7 @@ class _Calls:
         self.applied = engine._applied
         self.claimed = engine._claimed
         self.lost = engine._lost
+        self.rejoined = engine._rejoined
 
 
 def host_of(engine: Engine) -> Host:

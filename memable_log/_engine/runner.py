@@ -109,6 +109,7 @@ async def run_instance(
     finally:
         host.running.discard(instance_id)
         host.run_ended(instance_id)
+        host.notify(instance_id)  # no longer running: a claim waiting for that goes on
     ended(instance_id)
 
 

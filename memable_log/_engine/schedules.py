@@ -104,6 +104,13 @@ class Schedules(Timed[str]):
         for name in schedules:
             self._arm_next(name)
 
+    def rearm(self) -> None:
+        """Arm every schedule's next tick again: the engine rejoined a shared
+        journal, and a tick refused while it was out is due again."""
+        if self.nursery is not None and cron.available():
+            for name in self._host.index.schedules:
+                self._arm_next(name)
+
     # -- the calls -----------------------------------------------------------
 
     async def schedule(

@@ -20,6 +20,19 @@ connection is made again at the next renewal.
 
 ``claim`` takes every instance whose owner's row expired (``ml_claim``):
 epoch + 1, skipping rows locked by a batch in flight.
+
+Rejoining. An engine that lost its lease (its own clock fenced it, or a
+renewal found its row expired) joins again under a new name once the
+database answers (``rejoin``, one statement): a worker row for the new
+name, and every instance still owned by the old name (no other engine
+claimed it) moved to the new one at its epoch + 1, so a write of the old
+session is fenced out; the old row goes. The statement waits for the row
+locks of a batch of the old session still in flight (the fence locks its
+instances ``FOR SHARE``), and ``end_sessions`` first ends the old writer's
+sessions, so nothing of the old name commits after it. A claim that read
+the old row as expired may still take an instance back (epoch + 1 again):
+the fence then refuses this engine's next write for it, as after any
+takeover.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import psycopg
 import trio
 
 from .._core.errors import EngineError
-from .driver import TEXT, TEXT_ARRAY, Conn, array, as_int
+from .driver import INT8, TEXT, TEXT_ARRAY, Conn, array, as_int, int8
 
 _JOIN = ("INSERT INTO ml_workers (writer, expires_at) "
          "VALUES ($1, now() + make_interval(secs => $2::float8))")
@@ -42,6 +55,16 @@ _CLAIM = "SELECT instance_id, epoch FROM ml_claim($1)"
 _OWNED = "SELECT instance_id, lease_epoch FROM ml_instances WHERE lease_owner = $1"
 _TAKEN = ("SELECT instance_id FROM ml_instances WHERE instance_id = ANY($2) "
           "AND lease_owner IS DISTINCT FROM $1")
+_REJOIN = (
+    "WITH w AS (INSERT INTO ml_workers (writer, expires_at) "
+    "  VALUES ($1, now() + make_interval(secs => $3::float8)) "
+    "  ON CONFLICT (writer) DO UPDATE SET expires_at = EXCLUDED.expires_at), "
+    "d AS (DELETE FROM ml_workers WHERE writer = $2) "
+    "UPDATE ml_instances SET lease_owner = $1, lease_epoch = lease_epoch + 1 "
+    "WHERE lease_owner = $2 OR lease_owner = $1 RETURNING instance_id, lease_epoch")
+_END = ("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE application_name = left($1, 63) AND pid <> pg_backend_pid()")
+_UNACKED = "SELECT seq, rec FROM ml_log WHERE writer = $1 AND seq > $2 ORDER BY seq"
 MARGIN = 0.2  # of the lease: self-fencing comes this much before the database's expiry
 
 
@@ -72,6 +95,28 @@ async def taken(conn: Conn, writer: str, ids: list[str]) -> list[str]:
     got = await conn.query(b"ml_taken", _TAKEN, [TEXT, TEXT_ARRAY],
                            [writer.encode(), array(TEXT, [i.encode() for i in ids])])
     return [bytes(got.get_value(i, 0) or b"").decode() for i in range(got.ntuples)]
+
+
+async def end_sessions(conn: Conn, app_name: str) -> None:
+    """End every other session named ``app_name``, and wait for them: a
+    transaction of theirs has then committed or rolled back for good."""
+    while (await conn.query(b"ml_end_app", _END, [TEXT], [app_name.encode()])).ntuples:
+        pass  # one still there after 5 s: again (bounded by statement_timeout)
+
+
+async def rejoin(conn: Conn, old: str, new: str, lease: float) -> dict[str, int]:
+    """Join again as ``new`` after ``old`` lost its lease: the instances
+    ``old`` (or ``new``, a retry) still owns, at their new epochs."""
+    return _ids(await conn.query(b"ml_rejoin", _REJOIN, [TEXT, TEXT, TEXT],
+                                 [new.encode(), old.encode(), str(lease).encode()]))
+
+
+async def unacked(conn: Conn, writer: str, after: int) -> list[tuple[int, bytes]]:
+    """The rows ``writer`` committed above seq ``after``, in seq order."""
+    got = await conn.query(b"ml_unacked", _UNACKED, [TEXT, INT8],
+                           [writer.encode(), int8(after)])
+    return [(as_int(got.get_value(i, 0)), bytes(got.get_value(i, 1) or b""))
+            for i in range(got.ntuples)]
 
 
 def _ids(got: Any) -> dict[str, int]:

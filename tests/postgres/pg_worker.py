@@ -6,8 +6,11 @@ whatever the journal says). Usage: pg_worker.py DSN LEDGER LEASE [MODE]
 * ``kill`` (the default): s3 never ends; the test kills the process.
 * ``stop``: s3 blocks the whole process (no trio task runs) until the file
   LEDGER.go exists; the test SIGSTOPs it meanwhile, lets another engine
-  take "job" over and finish it, then SIGCONTs it. The process then prints
-  one JSON line (what became of its write and of "job") and exits.
+  take "job" over and finish it, then SIGCONTs it. The process sees "job"
+  finished by the other engine, waits until it has rejoined (its lease was
+  lost while it was stopped), runs a new instance "after" to show it writes
+  again, then prints one JSON line (what became of its write, of "job" and
+  of "after") and exits.
 """
 
 from __future__ import annotations
@@ -59,9 +62,14 @@ def job(ledger: str, stall: bool, mode: str = "kill") -> Any:
     return flow
 
 
+async def after(ctx: Context) -> Any:
+    return await ctx.step("one").run(lambda: "written after the rejoin")
+
+
 async def main(dsn: str, ledger: str, lease: float, mode: str) -> None:
     engine = Engine.builder().postgres(dsn, worker="victim", lease=lease).build()
     engine.register("job", job(ledger, stall=True, mode=mode))
+    engine.register("after", after)
     async with engine:
         await engine.invoke("job", instance_id="job")
         if mode == "kill":
@@ -70,10 +78,17 @@ async def main(dsn: str, ledger: str, lease: float, mode: str) -> None:
         with trio.fail_after(20):  # until the other engine's outcome is tailed here
             while engine.status("job").state != "completed" or "job" in host.running:
                 await host.changed("job").wait()
+        backend: Any = host.backend
+        lost = backend.rejoins or backend.out  # the lease lost while stopped
+        with trio.fail_after(20):
+            await backend.until_rejoined()
+        await engine.invoke("after", instance_id="after")
         print(json.dumps({
             "state": engine.status("job").state,
             "running": "job" in host.running,
-            "failed": host.backend.failed,  # type: ignore[union-attr]
+            "lost": bool(lost),
+            "rejoins": backend.rejoins,
+            "after": await engine.wait("after"),
         }), flush=True)
 
 

@@ -108,10 +108,12 @@ class PgServer:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
                   "-o", options, "start")
 
-    def restart(self) -> None:
+    def restart(self, down: float = 0.0) -> None:
         """Stop the server as a crash would (``immediate``: every session
-        cut, no checkpoint), then start it again on the same port."""
+        cut, no checkpoint), then start it again on the same port, after
+        ``down`` seconds (an outage that long)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        time.sleep(down)
         self._start()
 
     def dsn(self, database: str = "postgres") -> str:

@@ -114,6 +114,38 @@ async def test_a_child_run_by_another_engine_ends_its_parents_wait(pg_dsn: str) 
             assert host_of(b).backend.failed is None  # type: ignore[union-attr]
 
 
+async def test_a_cancel_takes_the_descendants_another_engine_runs(pg_dsn: str) -> None:
+    async def grand(ctx: Context) -> Any:
+        return await ctx.suspend("go")
+
+    async def kid(ctx: Context) -> Any:
+        return await ctx.child("g", "grand")
+
+    async def parent(ctx: Context) -> Any:
+        return await ctx.child("k", "kid")
+
+    flows = {"parent": parent, "kid": kid, "grand": grand}
+    with trio.fail_after(15):
+        async with engine(pg_dsn, **flows) as a, engine(pg_dsn, **flows) as b:
+            await a.invoke("parent", instance_id="p")
+            kid_id = child_id("p", "k")
+            grand_id = child_id(kid_id, "g")
+            await seen(b, grand_id, "suspended")
+            await b.forget(kid_id, "nothing")  # b runs the child; a the parent, the grandchild
+            assert owner(pg_dsn, kid_id)[0] == writer(b)
+            await a.cancel("p")  # takes the child from b, then cancels all three at once
+            with pytest.raises(WorkflowCancelled):
+                await a.wait("p")
+            await seen(b, "p", "cancelled")
+            for iid in ("p", kid_id, grand_id):
+                assert owner(pg_dsn, iid)[0] == writer(a)
+                assert a.status(iid).state == b.status(iid).state == "cancelled"
+            while kid_id in host_of(b).running:  # b saw a's record: it stopped the child
+                await host_of(b).changed(kid_id).wait()
+            assert host_of(a).backend.failed is None  # type: ignore[union-attr]
+            assert host_of(b).backend.failed is None  # type: ignore[union-attr]
+
+
 def near_a_minute() -> Clock:
     """A wall clock 1.5 s before a whole minute (cron's ticks), same for
     every engine of the test."""

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import trio
 from pgserver import PgServer
+from support.suspend import until_state
 from test_pg_backend import created, done, opened, rows
 
 from memable_log import Context, Engine, JournalFailed
@@ -83,7 +84,7 @@ async def test_the_journal_failed_message_names_the_server(pg_dsn: str) -> None:
             with pytest.raises(JournalFailed) as got:
                 await engine.invoke("one", instance_id="x")
             with pytest.raises(JournalFailed) as again:  # refused before anything is sent
-                await engine.signal("one", "x", "go")
+                await engine.invoke("one", instance_id="y")  # (a rejoin is round trips away)
     for message in (str(got.value), str(again.value)):
         assert f"PostgreSQL journal at {backend.where()}" in message
         assert "lost its lease" in message
@@ -146,3 +147,59 @@ async def test_engines_reconnect_when_the_server_restarts_and_lose_nothing(
         logged = conn.execute(
             "SELECT instance_id, step_key FROM ml_log WHERE step_key IS NOT NULL").fetchall()
     assert sorted(logged) == sorted((iid, f"0:s{i}") for iid in ids for i in range(STEPS))
+
+
+async def test_an_engine_cut_off_past_its_lease_rejoins_when_the_server_is_back(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    async def ask(ctx: Context) -> Any:
+        await ctx.step("before").run(lambda: ran.append("before"))
+        return await ctx.suspend("ok")
+
+    ran: list[str] = []
+    engine = Engine.builder().postgres(pg_dsn, worker="cut", lease=1.0).build()
+    engine.register("ask", ask)
+    with trio.fail_after(30):
+        async with engine:
+            await engine.invoke("ask", instance_id="x")
+            await until_state(engine, "x", "suspended")
+            backend = host_of(engine).backend
+            assert isinstance(backend, PostgresBackend)
+            first = backend.writer
+            # down for longer than the engine trusts its lease (0.8 s): it
+            # fences itself, then rejoins once the server answers again
+            await trio.to_thread.run_sync(pg_server.restart, 1.5)
+            await backend.until_rejoined()
+            assert backend.rejoins == 1
+            assert backend.writer != first
+            await engine.signal("ask", "x", "ok", "back")  # x is its own again
+            assert await engine.wait("x") == "back"
+    assert ran == ["before"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        [(owner, epoch)] = conn.execute(
+            "SELECT lease_owner, lease_epoch FROM ml_instances").fetchall()
+    assert (owner.split("/")[0], epoch) == ("cut", 2)
+
+
+async def test_a_debounced_start_due_while_the_engine_was_out_is_made_once_it_rejoins(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    async def job(ctx: Context) -> Any:
+        return ctx.input
+
+    engine = Engine.builder().postgres(pg_dsn, worker="deb", lease=1.0).build()
+    engine.register("job", job)
+    with trio.fail_after(30):
+        async with engine:
+            iid = await engine.debounce("job", "k", delay=1.0, input="late")
+            # due in 1 s, while the server is down (2 s, past the lease): its
+            # write is refused; armed again when the engine rejoins
+            await trio.to_thread.run_sync(pg_server.restart, 2.0)
+            backend = host_of(engine).backend
+            assert isinstance(backend, PostgresBackend)
+            await backend.until_rejoined()
+            assert backend.rejoins == 1
+            host = host_of(engine)
+            while iid not in host.index.instances:  # made at once, not at the next start
+                await host.changed(iid).wait()
+            assert await engine.wait(iid) == "late"
