@@ -51,7 +51,7 @@ from .._core.errors import EngineError, JournalClosed, JournalFailed
 from .._core.index import Index
 from . import rows, schema
 from .commit import GroupCommit
-from .driver import INT8, TEXT, Conn, Limits, as_int, int8
+from .driver import INT8, INT8_ARRAY, TEXT, Conn, Limits, array, as_int, int8
 from .errors import PostgresJournalFailed
 from .follow import Follower
 from .lease import Lease, claim, end_sessions, join, rejoin, release, unacked
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("memable_log")
 
 _READ = "SELECT rec FROM ml_log WHERE seq = $1"
+_READ_MANY = "SELECT seq, rec FROM ml_log WHERE seq = ANY($1)"
 _TAKE = ("UPDATE ml_instances SET lease_owner = $1, lease_epoch = lease_epoch + 1 "
          "WHERE instance_id = $2 AND NOT (lease_owner = $1 AND lease_epoch = $3) "
          "RETURNING lease_epoch")
@@ -388,25 +389,38 @@ class PostgresBackend:
         await self.follower.read_back()
 
     async def read(self, loc: int) -> list[Any]:
-        if self.link is None:
-            raise JournalClosed("the PostgreSQL journal is closed")
-        async with self._read_lock:
-            for again in (True, False):  # a lost connection: once more, on a new one
-                reader = self._reader
-                if reader is None or reader.broken:  # cut by a cancellation, or lost
-                    reader = self._reader = await self.connect("reader")
-                try:
-                    result = await reader.query(b"ml_read", _READ, [INT8], [int8(loc)])
-                    break
-                except psycopg.OperationalError:
-                    if not (again and reader.broken):
-                        raise
+        result = await self._reading(b"ml_read", _READ, INT8, int8(loc))
         if result.ntuples != 1:
             raise EngineError(f"no record at seq {loc} in the PostgreSQL journal")
         return rows.unpack(bytes(result.get_value(0, 0) or b""), loc)
 
     async def read_many(self, locs: list[int]) -> list[list[Any]]:
-        return [await self.read(loc) for loc in locs]
+        """The records at ``locs`` in one round trip (a replay's read-ahead)."""
+        result = await self._reading(
+            b"ml_read_many", _READ_MANY, INT8_ARRAY, array(INT8, [int8(loc) for loc in locs])
+        )
+        found = {as_int(result.get_value(i, 0)): result.get_value(i, 1)
+                 for i in range(result.ntuples)}
+        missing = [loc for loc in locs if loc not in found]
+        if missing:
+            raise EngineError(f"no record at seq {missing[0]} in the PostgreSQL journal")
+        return [rows.unpack(bytes(found[loc] or b""), loc) for loc in locs]
+
+    async def _reading(self, name: bytes, sql: str, oid: int, param: bytes) -> Any:
+        """One read on the reader connection; a lost connection: once more, on a new one."""
+        if self.link is None:
+            raise JournalClosed("the PostgreSQL journal is closed")
+        async with self._read_lock:
+            for again in (True, False):
+                reader = self._reader
+                if reader is None or reader.broken:  # cut by a cancellation, or lost
+                    reader = self._reader = await self.connect("reader")
+                try:
+                    return await reader.query(name, sql, [oid], [param])
+                except psycopg.OperationalError:
+                    if not (again and reader.broken):
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def settled(self, instance_id: str) -> None:
         while self.commits.in_flight(instance_id):

@@ -146,3 +146,33 @@ async def test_failed_attempts_and_status_text_survive_a_restart(pg_dsn: str) ->
         await second.signal("flaky", "r", "more")
         assert await second.wait("r") == "ok"
     assert attempts == [1, 2, 3]
+
+
+async def test_large_values_replay_read_ahead_in_one_round_trip_a_window(pg_dsn: str) -> None:
+    """Values above the inline limit are read back when they replay: the
+    read-ahead fetches a window of them in one query, each as recorded."""
+    calls: list[int] = []
+
+    def big(i: int) -> str:
+        calls.append(i)
+        return f"{i:04d}" * 100  # 400 bytes: kept by location
+
+    async def flow(ctx: Context) -> Any:
+        return [await ctx.step(f"s{i}").run(big, i) for i in range(150)]
+
+    async with engine(pg_dsn, flow=flow) as first:
+        await first.wait(await first.invoke("flow", None, instance_id="a"))
+    assert len(calls) == 150
+    async with engine(pg_dsn, flow=flow) as second:
+        windows: list[int] = []
+        read_many = second._backend.read_many
+
+        async def counted(locs: list[int]) -> list[list[Any]]:
+            windows.append(len(locs))
+            return await read_many(locs)
+
+        second._backend.read_many = counted  # type: ignore[method-assign]
+        await second.restart("a")
+        assert await second.wait("a") == [big(i) for i in range(150)]
+    assert windows == [128, 22]  # the first step read with its next 127, then the rest
+    assert len(calls) == 300  # only the check above ran big() again
