@@ -32,7 +32,7 @@ from .._core.errors import EngineError
 from . import schema
 from .driver import Conn
 from .errors import PostgresJournalFailed
-from .lease import claim, owned, taken
+from .lease import claim, next_expiry, owned, taken
 from .tailer import Tail
 
 if TYPE_CHECKING:
@@ -164,6 +164,11 @@ class Follower:
                     self.next_claim = now + host.lease / 3
                     if host.claims:
                         self._pending.update(await claim(conn, host.writer))
+                        # Look again when the next lease runs out, not up to
+                        # lease/3 later: a takeover within lease + a poll.
+                        soonest = await next_expiry(conn, host.writer)
+                        if soonest is not None:
+                            self.next_claim = min(self.next_claim, now + soonest + 0.01)
                     await self._check_taken(conn)
                 self._polls[0] += 1
                 await self.tail.poll(conn, host.writer, host.apply_row)

@@ -65,6 +65,8 @@ _REJOIN = (
 _END = ("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
         "WHERE application_name = left($1, 63) AND pid <> pg_backend_pid()")
 _UNACKED = "SELECT seq, rec FROM ml_log WHERE writer = $1 AND seq > $2 ORDER BY seq"
+_NEXT = ("SELECT extract(epoch FROM min(expires_at) - now())::float8::text FROM ml_workers "
+         "WHERE writer <> $1 AND expires_at >= now()")
 MARGIN = 0.2  # of the lease: self-fencing comes this much before the database's expiry
 
 
@@ -82,6 +84,14 @@ async def claim(conn: Conn, writer: str) -> dict[str, int]:
     """Claim every instance whose owner's lease expired: id -> new epoch."""
     got = await conn.query(b"ml_claim", _CLAIM, [TEXT], [writer.encode()])
     return _ids(got)
+
+
+async def next_expiry(conn: Conn, writer: str) -> float | None:
+    """Seconds until another engine's lease runs out next, by the database's
+    clock (None: no other engine holds one)."""
+    got = await conn.query(b"ml_next", _NEXT, [TEXT], [writer.encode()])
+    value = got.get_value(0, 0)
+    return None if value is None else float(bytes(value).decode())
 
 
 async def owned(conn: Conn, writer: str) -> dict[str, int]:
