@@ -132,7 +132,7 @@ async def catch_up(dsn: str) -> tuple[int, float]:
     index = Index()
     backend.index = index
     began = time.perf_counter()
-    applied = await Tail().poll(conn, None, backend._apply_row)
+    applied = await Tail().poll(conn, None, backend.apply_row)
     elapsed = time.perf_counter() - began
     conn.close()
     return applied, elapsed

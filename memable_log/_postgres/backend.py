@@ -171,7 +171,7 @@ class PostgresBackend:
             self.epochs = await claim(conn, self.writer) if self.claims else {}
             self.index, self.resets = index, {}
             tail = Tail()
-            await tail.poll(conn, None, self._apply_row)
+            await tail.poll(conn, None, self.apply_row)
             self.follower = Follower(self, tail)
             self._reader = await self.connect("reader")
         except BaseException:
@@ -221,7 +221,6 @@ class PostgresBackend:
                 self.stop([iid])
             self.calls.applied(rec)
 
-    _apply_row = apply_row  # bench/bench_pg_tail.py calls it by this name
 
     def adopt(self, got: dict[str, int]) -> None:
         """Claimed instances whose records are all read: owned, resumed (an
