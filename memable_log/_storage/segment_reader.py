@@ -118,10 +118,10 @@ class SegmentReader:
     Commit batches (version 4 and later, plain segments): the records of a
     batch are yielded only once its last frame (the batch end bit) has been
     read. A batch whose end is not in the bytes fed holds the reader at its
-    first frame: ``pos`` stays there, and damage inside it is reported at
-    that frame, so a torn tail is cut at the batch's start, never inside
-    it. A power cut that kept some of a batch's frames leaves none of its
-    records.
+    first frame: ``pos`` stays there (damage inside the batch keeps its own
+    offset, for the message), so a torn tail is cut at the batch's start,
+    never inside it. A power cut that kept some of a batch's frames leaves
+    none of its records.
     """
 
     __slots__ = ("path", "number", "header", "compacted", "sealed", "next_seq", "count",
