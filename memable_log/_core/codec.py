@@ -147,6 +147,21 @@ class Codec:
             self._read_back = (blob, back)
         return blob
 
+    def encode_value(self, value: Any) -> tuple[bytes, Any]:
+        """``encode``'s blob, and the value as ``decode`` gives it back.
+
+        For a step's result, returned to the workflow on its first run as a
+        replay will return it: the read-back check's decode serves, so the
+        caller need not decode again after its await (``encode`` keeps one
+        read-back for a ``decode`` right after it, which concurrent steps
+        overwrite between them). A scalar of a msgpack type is itself.
+        """
+        body = self._pack(value)
+        if type(value) in _SCALARS:
+            return self._framed(body, value), value
+        back = self._check_reads_back(value, body)
+        return self._framed(body, value), back
+
     def _framed(self, body: bytes, value: Any) -> bytes:
         threshold = self.compress_threshold
         if threshold is not None and len(body) > threshold:

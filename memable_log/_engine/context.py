@@ -675,7 +675,7 @@ class Step:
                 blob, value = _encode_typed(host.codec, declared, result, key)
             else:
                 try:
-                    blob = host.codec.encode(result)
+                    blob, value = host.codec.encode_value(result)
                 except EncodeError as exc:
                     raise NotSerializable(f"step {key!r}", exc.type_name, exc.reason) from None
             await host.append([r.STEP_DONE, 0, now_ms(), iid, key, blob, started, attempt])
@@ -689,7 +689,7 @@ class Step:
             span.end(None, attempt)
         if logger.isEnabledFor(logging.DEBUG):  # spares building ``extra`` on every step
             logger.debug("instance %s: step %r ran", iid, key, extra=_extra(iid, key))
-        return host.codec.decode(blob) if declared is None else value
+        return value  # as the journal decodes it: what a replay returns
 
 
 def _declared(fn: Any, key: str) -> typed.Plan | None:
