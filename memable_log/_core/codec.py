@@ -138,12 +138,8 @@ class Codec:
         comment); a scalar of a msgpack type always does, so only
         containers and other types are decoded to check.
         """
-        body = self._pack(value)
-        if type(value) in _SCALARS:
-            return self._framed(body, value)
-        back = self._check_reads_back(value, body)
-        blob = self._framed(body, value)
-        if len(blob) <= _READ_BACK_KEPT:
+        blob, back = self.encode_value(value)
+        if back is not value and len(blob) <= _READ_BACK_KEPT:  # decoded: keep it
             self._read_back = (blob, back)
         return blob
 

@@ -38,7 +38,7 @@ import trio
 from .._core.index import Index
 from .._core.records import SEQ
 from .._storage.files import Storage
-from .._storage.segments import ScanResult, read_record_at, read_records_at
+from .._storage.segments import ScanResult, read_records_at
 from .._storage.writer import DEFAULT_SEGMENT_SIZE, SegmentWriter
 from .epochs import ReadEpochs
 from .executors import CommitThread, InlineCommit
@@ -188,12 +188,7 @@ class Journal:
 
     async def read(self, loc: int) -> list[Any]:
         """The record at a packed location (as kept by the index)."""
-        salts = self.writer.salts
-        epoch = self._epochs.begin()
-        try:
-            return await self._run_io(read_record_at, self.storage, salts, loc)  # type: ignore[no-any-return]
-        finally:
-            self._epochs.end(epoch)
+        return (await self.read_many([loc]))[0]
 
     async def read_many(self, locs: list[int]) -> list[list[Any]]:
         """The records at ``locs``, in their order, in one trip to the worker thread."""

@@ -38,6 +38,7 @@ check, and the reader's state lives in locals, stored back when it stops.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -66,9 +67,11 @@ from .._core.framing import FrameError, check_frame_at, decode_block
 from .._core.index import pack_loc
 
 # The fourth byte of a batch-start frame's word: bit 31 set, bits 24-30
-# clear but for the batch end bit (a batch of one frame, version 4).
-_BATCH_START_BYTES = (
-    bytes([FRAME_BATCH_START >> 24]), bytes([(FRAME_BATCH_START | FRAME_BATCH_END) >> 24])
+# clear but for the batch end bit (a batch of one frame, version 4; a
+# version 3 segment's check_frame_at refuses that bit).
+_BATCH_START_BYTE = re.compile(
+    b"[" + re.escape(bytes([FRAME_BATCH_START >> 24]))
+    + re.escape(bytes([(FRAME_BATCH_START | FRAME_BATCH_END) >> 24])) + b"]"
 )
 _FRAME_HEAD = struct.Struct("<II")  # a frame's word and crc (see _core/framing.py)
 _INNER_ONE = pack_loc(0, 0, 1)  # added to a location per record inside a block
@@ -125,7 +128,7 @@ class SegmentReader:
     """
 
     __slots__ = ("path", "number", "header", "compacted", "sealed", "next_seq", "count",
-                 "damage", "_buf", "_base", "_pos", "_batched", "_batch_open", "_stop")
+                 "damage", "_buf", "_base", "_pos", "_batched", "_stop")
 
     def __init__(
         self, path: str, number: int, header: SegmentHeader, *,
@@ -142,8 +145,9 @@ class SegmentReader:
         self.count = 0
         self.damage: Damage | None = None
         self._batched = not compacted and header.version >= BATCH_END_VERSION
-        self._batch_open = False  # stopped at a batch whose end was not fed
-        self._stop = start  # file offset where decoding stopped (pos, or in the open batch)
+        # File offset where decoding stopped: ``pos``, or further on inside a
+        # batch whose end was not fed (``pos`` is then that batch's start).
+        self._stop = start
         self._buf: bytes | bytearray = b""
         self._base = start  # file offset of _buf[0]
         self._pos = 0  # index in _buf of the first byte not yet cut into a frame
@@ -189,7 +193,7 @@ class SegmentReader:
         writer may have cut a torn tail there and written new frames.
         """
         self._base, self._pos, self._buf = self.pos, 0, b""
-        self._stop, self._batch_open = self._base, False
+        self._stop = self._base
         self.damage = None
 
     def ended(self) -> Damage | None:
@@ -200,13 +204,14 @@ class SegmentReader:
         only zeros follow it (a zero tail).
         """
         damage = self.damage
+        batch_open = self._stop > self.pos
         if damage is None and self.end > self._stop:
             damage = Damage(self._stop, "record cut short")
-        elif damage is None and self._batch_open:
+        elif damage is None and batch_open:
             damage = Damage(self.pos, "commit batch cut short")
         if damage is not None and self.zero_tail:
             # Unused space; but a batch whose end lies in it was cut short.
-            return Damage(self.pos, "commit batch cut short") if self._batch_open else None
+            return Damage(self.pos, "commit batch cut short") if batch_open else None
         return damage
 
     @property
@@ -226,24 +231,16 @@ class SegmentReader:
         bytes were once durable: no torn tail. None if there is no such frame.
         """
         data, base = self._buf, self._base
-        batch_end = self._batched
-        # Jump between the bytes that can be a batch-start word's fourth,
-        # the next of each kind found ahead (-1: none left).
-        kinds = _BATCH_START_BYTES if batch_end else _BATCH_START_BYTES[:1]
-        start = damage.offset - base + 1 + 3
-        ahead = {kind: data.find(kind, start) for kind in kinds}
+        # Jump between the bytes that can be a batch-start word's fourth.
         with memoryview(data) as view:
-            while any(at != -1 for at in ahead.values()):
-                kind, marker = min(
-                    ((k, at) for k, at in ahead.items() if at != -1), key=lambda item: item[1]
-                )
-                found = check_frame_at(view, marker - 3, self.header.salt, batch_end=batch_end)
+            for marker in _BATCH_START_BYTE.finditer(data, damage.offset - base + 1 + 3):
+                at = marker.start() - 3
+                found = check_frame_at(view, at, self.header.salt, batch_end=self._batched)
                 if found is not None and found[0]:
                     return JournalCorrupt(
                         self.path, damage.offset, f"{damage.reason}, and a later commit at "
-                        f"byte {base + marker - 3} proves these bytes were once durable",
+                        f"byte {base + at} proves these bytes were once durable",
                     )
-                ahead[kind] = data.find(kind, marker + 1)
         return None
 
     def records(self) -> Iterator[tuple[list[Any], int]]:
@@ -384,7 +381,6 @@ class SegmentReader:
                     yield from pending
                     pending.clear()
         finally:
-            self._batch_open = open_at >= 0
             self._stop = base + pos  # where decoding stopped
             if open_at >= 0:  # the batch's end is not here (yet): none of it was read
                 pos, next_seq = open_at, open_seq

@@ -25,7 +25,6 @@ The scan reads but never writes, so readers (memable-dump) use it as well;
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +34,8 @@ import msgpack
 from .._core import records as r
 from .._core.errors import JournalCorrupt
 from .._core.format import (
-    FRAME_BLOCK,
     FRAME_HEADER_SIZE,
     FRAME_LENGTH_MASK,
-    FRAME_RESERVED_MASK,
     SegmentHeader,
     compacted_name,
     is_temp_name,
@@ -46,13 +43,12 @@ from .._core.format import (
     parse_segment_name,
     segment_name,
 )
-from .._core.framing import FrameDecoder, decode_block, frame_crc
+from .._core.framing import FrameDecoder, check_frame_at, decode_block
 from .._core.index import loc_inner, unpack_loc
 from .files import Storage
 from .segment_reader import SegmentReader, read_header
 
 OnRecord = Callable[[list[Any], int], None]  # record, packed location
-_FRAME = struct.Struct("<II")  # a frame's word and crc
 
 
 @dataclass
@@ -305,16 +301,11 @@ def _read_span(storage: Storage, name: str, salt: int, offsets: list[int]) -> li
     out = []
     for offset in offsets:
         at = offset - first
-        word, crc = _FRAME.unpack_from(data, at) if at + FRAME_HEADER_SIZE <= len(data) else (0, 0)
-        end = at + FRAME_HEADER_SIZE + (word & FRAME_LENGTH_MASK)
-        payload = data[at + FRAME_HEADER_SIZE : end]
-        if (
-            word & FRAME_LENGTH_MASK == 0 or word & (FRAME_RESERVED_MASK | FRAME_BLOCK)
-            or end > len(data) or frame_crc(word, payload, salt) != crc
-        ):
-            raise JournalCorrupt(_path(storage, name), offset, "record expected here is unreadable")
+        found = check_frame_at(data, at, salt)  # its words, completeness and checksum
         try:
-            out.append(r.check(unpack_record(payload)))
+            if found is None:
+                raise ValueError("not a valid frame")
+            out.append(r.check(unpack_record(data[at + FRAME_HEADER_SIZE : found[1]])))
         except Exception:
             raise JournalCorrupt(
                 _path(storage, name), offset, "record expected here is unreadable"
