@@ -758,17 +758,10 @@ def _follow_command(
     printer = JsonPrinter(out) if args.json else TextPrinter(out)
     if c.is_url(args.path):
         return _follow_url(args, printer, out, err, sleep)
-    noted = False
+    waited = _caught_up(args, printer, out, err)
 
     def caught_up() -> None:
-        nonlocal noted
-        if not noted and follower.waiting_for_journal:
-            noted = True
-            c.error(PROG, f"note: {args.path}: no journal there yet; waiting for it to "
-                    "appear (Ctrl-C to stop)", err)
-        printer.flush()
-        if c.output_closed(out):
-            raise BrokenPipeError(errno.EPIPE, "the output was closed")
+        waited(follower.waiting_for_journal)
 
     def gap(missing: FollowGap) -> None:
         c.error(
@@ -795,19 +788,13 @@ def _follow_command(
     return c.EXIT_OK  # pragma: no cover - following ends only by an exception
 
 
-def _follow_url(
+def _caught_up(
     args: argparse.Namespace, printer: TextPrinter | JsonPrinter, out: TextIO, err: TextIO,
-    sleep: Callable[[float], None] | None,
-) -> int:
-    """--follow of a postgresql:// URL: the log read as an engine's tailer reads it."""
-    from memable_log.operations import follow_postgres
-
-    keep = make_filter(args)
+) -> Callable[[bool], None]:
+    """What --follow does each time it has read everything: note once that
+    the journal is not there yet (``waiting``), flush, and stop if the
+    output was closed (a pipe's reader gone)."""
     noted = False
-
-    def emit(rec: RecordView) -> None:
-        if keep(rec):
-            printer.emit(rec)
 
     def caught_up(waiting: bool) -> None:
         nonlocal noted
@@ -818,6 +805,23 @@ def _follow_url(
         printer.flush()
         if c.output_closed(out):
             raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
+    return caught_up
+
+
+def _follow_url(
+    args: argparse.Namespace, printer: TextPrinter | JsonPrinter, out: TextIO, err: TextIO,
+    sleep: Callable[[float], None] | None,
+) -> int:
+    """--follow of a postgresql:// URL: the log read as an engine's tailer reads it."""
+    from memable_log.operations import follow_postgres
+
+    keep = make_filter(args)
+    caught_up = _caught_up(args, printer, out, err)
+
+    def emit(rec: RecordView) -> None:
+        if keep(rec):
+            printer.emit(rec)
 
     try:
         follow_postgres(args.path, emit, interval=args.interval, caught_up=caught_up,
