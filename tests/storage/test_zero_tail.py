@@ -292,6 +292,18 @@ async def _appends(storage: MemoryStorage, acked: list[list[Any]],
         pass
 
 
+def _survivors(after: MemoryStorage, acked: list[list[Any]], attempted: list[list[Any]],
+               ends: list[int], when: str) -> list[list[Any]]:
+    """The records a power cut left: every acknowledged one, then nothing but
+    whole batches of those attempted, in order."""
+    got = read_all(after)
+    where = f"power cut at {when}"
+    assert [g[3] for g in got[: len(acked)]] == [a[3] for a in acked], where
+    assert [g[3] for g in got] == [a[3] for a in attempted[: len(got)]], where
+    assert len(got) in ends, f"{where}: {len(got)} records, not whole batches {ends}"
+    return got
+
+
 async def test_a_power_cut_at_every_operation_of_preallocated_segments(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -314,11 +326,7 @@ async def test_a_power_cut_at_every_operation_of_preallocated_segments(
             ends = [0]
             await _appends(storage, acked, attempted, ends)
             after = aftermath(storage)
-            got = read_all(after)
-            where = f"power cut at op {crash_at} of {total}, {name}"
-            assert [g[3] for g in got[: len(acked)]] == [a[3] for a in acked], where
-            assert [g[3] for g in got] == [a[3] for a in attempted[: len(got)]], where
-            assert len(got) in ends, f"{where}: {len(got)} records, not whole batches {ends}"
+            got = _survivors(after, acked, attempted, ends, f"op {crash_at} of {total}, {name}")
             async with Journal(after, segment_size=4096) as journal:
                 await journal.append(rec(999, size=150))
             assert [g[3] for g in read_all(after.crash())] == [g[3] for g in got] + ["inst-999"]
@@ -405,12 +413,8 @@ def test_a_power_cut_at_every_operation_of_an_offline_journals_appends() -> None
             attempted: list[list[Any]] = []
             ends = [0]
             _offline_appends(storage, acked, attempted, ends=ends)
-            after = aftermath(storage)
-            got = read_all(after)
-            where = f"power cut at op {crash_at} of {total}, {name}"
-            assert [g[3] for g in got[: len(acked)]] == [a[3] for a in acked], where
-            assert [g[3] for g in got] == [a[3] for a in attempted[: len(got)]], where
-            assert len(got) in ends, f"{where}: {len(got)} records, not whole batches"
+            when = f"op {crash_at} of {total}, {name}"
+            _survivors(aftermath(storage), acked, attempted, ends, when)
 
 
 def test_the_follower_yields_a_batch_only_once_its_last_frame_is_there(
