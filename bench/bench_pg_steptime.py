@@ -174,7 +174,8 @@ async def raw_fenced(conn: Conn, steps: int, iid: str) -> None:
         assert got.ntuples == 1
 
 
-async def raw_append(conn: Conn, steps: int, iid: str) -> None:
+async def _appends(conn: Conn, steps: int, iid: str, name: bytes, sql: str) -> None:
+    """One step record a statement, sent as the engine's writer sends a batch of one."""
     await conn.run(f"INSERT INTO ml_instances VALUES ('{iid}', 'bench', 1)")
     pack = msgpack.Packer().pack
     for i in range(steps):
@@ -182,8 +183,12 @@ async def raw_append(conn: Conn, steps: int, iid: str) -> None:
         params = [b"bench", array(TEXT, [iid.encode()]), array(TEXT, [f"0:s{i}".encode()]),
                   array(BYTEA, [pack(rec)]), array(TEXT, []), array(TEXT, [iid.encode()]),
                   array(INT8, [int8(1)]), b"\x00"]
-        got = await conn.query(b"ml_append", _APPEND, _APPEND_TYPES, params)
+        got = await conn.query(name, sql, _APPEND_TYPES, params)
         assert got.ntuples == 1
+
+
+async def raw_append(conn: Conn, steps: int, iid: str) -> None:
+    await _appends(conn, steps, iid, b"ml_append", _APPEND)
 
 
 _PLAIN = ("WITH f AS (SELECT 1 FROM ml_instances WHERE instance_id = $6[1]"
@@ -193,15 +198,7 @@ _PLAIN = ("WITH f AS (SELECT 1 FROM ml_instances WHERE instance_id = $6[1]"
 
 
 async def raw_plain(conn: Conn, steps: int, iid: str) -> None:
-    await conn.run(f"INSERT INTO ml_instances VALUES ('{iid}', 'bench', 1)")
-    pack = msgpack.Packer().pack
-    for i in range(steps):
-        rec = [r.STEP_DONE, 0, 1, iid, f"s{i}", VALUE, 1, 1]
-        params = [b"bench", array(TEXT, [iid.encode()]), array(TEXT, [f"0:s{i}".encode()]),
-                  array(BYTEA, [pack(rec)]), array(TEXT, []), array(TEXT, [iid.encode()]),
-                  array(INT8, [int8(1)]), b"\x00"]
-        got = await conn.query(b"plain", _PLAIN, _APPEND_TYPES, params)
-        assert got.ntuples == 1
+    await _appends(conn, steps, iid, b"plain", _PLAIN)
 
 
 async def disk_flush(path: str, steps: int) -> None:
