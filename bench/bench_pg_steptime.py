@@ -155,9 +155,10 @@ _BARE = "INSERT INTO bare (v) VALUES ($1)"
 _FENCED = ("WITH f AS (SELECT 1 FROM inst WHERE instance_id = $1 AND lease_epoch = $2 FOR SHARE)"
            " INSERT INTO steps SELECT $1, $3, $4, $2 FROM f"
            " ON CONFLICT (instance_id, key) DO NOTHING RETURNING 1")
-_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8)"
+_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _APPEND_TYPES = [TEXT, driver.TEXT_ARRAY, driver.TEXT_ARRAY, driver.BYTEA_ARRAY,
-                 driver.TEXT_ARRAY, driver.TEXT_ARRAY, driver.INT8_ARRAY, driver.BOOL]
+                 driver.TEXT_ARRAY, driver.TEXT_ARRAY, driver.INT8_ARRAY, driver.BOOL,
+                 driver.TEXT_ARRAY, driver.TEXT_ARRAY]
 VALUE = msgpack.packb(7)
 
 
@@ -182,7 +183,7 @@ async def _appends(conn: Conn, steps: int, iid: str, name: bytes, sql: str) -> N
         rec = [r.STEP_DONE, 0, 1, iid, f"s{i}", VALUE, 1, 1]
         params = [b"bench", array(TEXT, [iid.encode()]), array(TEXT, [f"0:s{i}".encode()]),
                   array(BYTEA, [pack(rec)]), array(TEXT, []), array(TEXT, [iid.encode()]),
-                  array(INT8, [int8(1)]), b"\x00"]
+                  array(INT8, [int8(1)]), b"\x00", array(TEXT, []), array(TEXT, [])]
         got = await conn.query(name, sql, _APPEND_TYPES, params)
         assert got.ntuples == 1
 

@@ -163,6 +163,11 @@ class Shared(Protocol):
 
     async def caught_up(self) -> None: ...
 
+    # Those of ``ids``, queued in other engines, that still wait for
+    # capacity, taken to run here (their owners fenced out; each one then
+    # reaches the engine through ``calls.claimed``). The ids taken.
+    async def take_queued(self, ids: list[str]) -> list[str]: ...
+
 
 async def take(backend: Backend, instance_id: str, *, resume: bool = True) -> None:
     """Before an operator action (cancel, restart, forget, wake) on an

@@ -180,10 +180,7 @@ class Capacity:
         if flow.limit is not None and flow.running >= flow.limit:
             return False
         if flow.rate_n:
-            now = self._now_ms()
-            starts = flow.starts
-            while starts and starts[0] <= now - flow.rate_ms:
-                starts.popleft()
+            starts = self._window(flow)
             if len(starts) >= flow.rate_n:
                 reopens = starts[0] + flow.rate_ms
                 if flow.wake_ms is None or reopens < flow.wake_ms:
@@ -191,6 +188,13 @@ class Capacity:
                     self._wake_at(reopens, flow.name)
                 return False
         return True
+
+    def _window(self, flow: _Flow) -> deque[int]:
+        """The workflow's starts within its rate window (older ones dropped)."""
+        now, starts = self._now_ms(), flow.starts
+        while starts and starts[0] <= now - flow.rate_ms:
+            starts.popleft()
+        return starts
 
     @staticmethod
     def _group_open(flow: _Flow, group: _Group) -> bool:
@@ -220,6 +224,30 @@ class Capacity:
             return False
         self._take(iid, flow, group)
         return True
+
+    def room(self, workflow: str) -> int | None:
+        """How many more instances of ``workflow`` could take a slot now by
+        the engine's limit, the workflow's and its rate (None: no limit);
+        its keys' limits are ``key_room``'s. Nothing is taken."""
+        if self.paused:
+            return 0
+        left = None if self.total_limit is None else self.total_limit - self.running
+        flow = self.flows.get(workflow)
+        if flow is not None:
+            if flow.limit is not None:
+                left = _least(left, flow.limit - flow.running)
+            if flow.rate_n:
+                left = _least(left, flow.rate_n - len(self._window(flow)))
+        return left
+
+    def key_room(self, workflow: str, key: str | None) -> int | None:
+        """How many more instances of ``workflow`` with concurrency key
+        ``key`` its per-key limit lets run now (None: no such limit)."""
+        flow = self.flows.get(workflow)
+        if flow is None or flow.per_key is None:
+            return None
+        group = flow.groups.get(key)
+        return flow.per_key - (group.running if group is not None else 0)
 
     def enqueue(
         self, iid: str, workflow: str, key: str | None, priority: int, created_ms: int
@@ -372,3 +400,7 @@ class Capacity:
                 if flow.rate_n:
                     flow.starts.pop()
             self._touch(flow, group)
+
+
+def _least(a: int | None, b: int) -> int:
+    return b if a is None else min(a, b)

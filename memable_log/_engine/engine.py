@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
-from .._backend.seam import Backend, known, refusal, take
+from .._backend.seam import Backend, Shared, known, refusal, take
 from .._core import lifecycle as lc
 from .._core import records as r
 from .._core.codec import Codec
@@ -67,6 +67,7 @@ from .host import Host, Workflow
 from .retry import RetryPolicy
 from .runner import run_instance
 from .schedules import Schedules
+from .spread import Spread
 from .timed import ENGINE_TIMER
 from .timers import TimerQueue
 
@@ -130,6 +131,9 @@ class Engine:
         # Schedules and debounce (SPEC-NEXT §4, time): engine-level starts.
         self._schedules = Schedules(self._host, self._flow, self._start)
         self._debounce = Debouncer(self._host, self._flow, self._start)
+        # A shared journal: instances queued in other engines, run here when
+        # this one has room (SPEC-NEXT §9).
+        self._spread = Spread(self._host, lambda: self._flow.capacity)
 
     @staticmethod
     def builder() -> EngineBuilder:
@@ -220,6 +224,8 @@ class Engine:
             now = host.now_ms()
             self._schedules.started(self._nursery, self._timers, now, self._resume_on_start)
             self._debounce.started(self._nursery, self._timers, self._resume_on_start)
+            if isinstance(backend, Shared):
+                self._nursery.start_soon(self._spread.run, backend)
             await self._nursery.start(backend.serve, _Calls(self))
         except BaseException as exc:
             # Close the nursery and the backend, or trio's nursery stack is
@@ -244,6 +250,7 @@ class Engine:
         # The running ones had their slots: they take them first.
         for instance_id in queued:
             self._start(instance_id)
+            self._spread.seen(instance_id)  # another engine's: this one may take it
         if self._orphans:
             for name, ids in self._orphans.items():
                 logger.warning(
@@ -299,6 +306,7 @@ class Engine:
             self._flow.close()
             self._schedules.end()
             self._debounce.end()
+            self._spread.clear()
             self._orphans.clear()
             trio.lowlevel.remove_instrument(self._host.exits)
             self._thread = None
@@ -363,10 +371,14 @@ class Engine:
         host.notify(iid)
         if rec[r.TYPE] in (r.SIGNALLED, r.TIMER_FIRED, r.CHILD_ENDED) and self._backend.owns(iid):
             self._wait_ended(iid, rec[r.KEY])
+        if rec[r.TYPE] == r.QUEUED or iid in self._spread:
+            self._spread.seen(iid)
 
     def _claimed(self, instance_ids: list[str]) -> None:
-        """Instances taken over from an engine whose lease expired (seam.py)."""
+        """Instances taken over from an engine whose lease expired, or queued
+        there and taken to run here (seam.py)."""
         for iid in instance_ids:
+            self._spread.seen(iid)  # this engine's now
             entry = self._host.index.instances.get(iid)
             if entry is None or entry.state not in lc.LIVE or self._timers is None:
                 continue
@@ -393,6 +405,8 @@ class Engine:
             scope = self._host.scopes.get(iid)
             if scope is not None:
                 scope.cancel()
+            self._flow.dropped(iid)  # out of this engine's queue, if it was there
+            self._spread.seen(iid)  # queued: this engine may take it back
 
     def _rejoined(self) -> None:
         """The backend joined a shared journal again (seam.py)."""
@@ -402,6 +416,7 @@ class Engine:
     def _after_run(self, instance_id: str) -> None:
         """Called by a runner as it ends: arm the deadline, wake waiters."""
         self._flow.released(instance_id)
+        self._spread.wake()  # a slot here: instances queued in other engines may take it
         entry = self._host.index.instances[instance_id]
         timers = self._timers  # `is not None`: an empty TimerQueue is falsy
         if entry.state in lc.PARKED and entry.deadline_ms is not None and timers is not None:

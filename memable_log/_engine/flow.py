@@ -376,6 +376,8 @@ class FlowControl:
 
     def _enqueue(self, iid: str, entry: InstanceEntry) -> None:
         assert self.capacity is not None
+        if not self._owns(iid):  # another engine took it (a shared journal): its to start
+            return
         priority = entry.flow[0] if entry.flow is not None else 0
         self.capacity.enqueue(iid, entry.workflow, _key(entry), priority, entry.created_ms)
 
@@ -406,12 +408,16 @@ class FlowControl:
         if (
             entry is None or entry.state != lc.QUEUED or iid in host.running
             or iid in self._cancelling or host.draining or self._nursery is None
-            or entry.workflow not in host.workflows
+            or entry.workflow not in host.workflows or not self._owns(iid)
         ):
             return False
         if run:
             self._run(iid)
         return True
+
+    def _owns(self, iid: str) -> bool:
+        backend = self._host.backend
+        return backend is not None and backend.owns(iid)
 
     # -- deadlines ----------------------------------------------------------------------
 

@@ -54,7 +54,17 @@ from .commit import GroupCommit
 from .driver import INT8, INT8_ARRAY, TEXT, Conn, Limits, array, as_int, int8
 from .errors import PostgresJournalFailed
 from .follow import Follower
-from .lease import Lease, claim, end_sessions, join, rejoin, release, unacked
+from .lease import (
+    Lease,
+    claim,
+    end_sessions,
+    join,
+    owned,
+    rejoin,
+    release,
+    take_queued,
+    unacked,
+)
 from .retention import Retention
 from .tailer import Tail
 from .writer import Writer
@@ -256,6 +266,36 @@ class PostgresBackend:
                     instance_id, extra={"instance_id": instance_id})
         if resume and self.calls is not None:
             self.calls.claimed([instance_id])
+
+    async def take_queued(self, ids: list[str]) -> list[str]:
+        """Take those of ``ids`` (queued in other engines) that still wait for
+        capacity (lease.take_queued): owned once their records are read,
+        and the engine is told (``calls.claimed``: they enter its queue).
+        The ids taken. A reply lost with the connection may hide a take that
+        committed: the database is asked what this engine owns instead."""
+        if self.refusing is not None:
+            raise PostgresJournalFailed(self.refusing)
+        if self.link is None:
+            raise JournalClosed("the PostgreSQL journal is closed")
+        async with self._read_lock:
+            reader = self._reader
+            try:
+                if reader is None or reader.broken:
+                    reader = self._reader = await self.connect("reader")
+                got = await take_queued(reader, self.writer, ids)
+            except psycopg.OperationalError:
+                reader = self._reader = await self.connect("reader")
+                asked = set(ids)
+                got = {i: e for i, e in (await owned(reader, self.writer)).items()
+                       if i in asked and self.epochs.get(i) != e}
+        if got:
+            await self._read_back()  # every record its former owner wrote is in the index
+            if self.refusing is None:
+                for iid in got:
+                    logger.info("PostgreSQL journal: instance %s, queued in another engine, "
+                                "taken to run here", iid, extra={"instance_id": iid})
+                self.adopt(got)
+        return list(got)
 
     def in_flight(self, instance_id: str) -> bool:
         """Whether a record of the instance is in the commit under way."""

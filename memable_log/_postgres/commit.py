@@ -10,7 +10,11 @@ and the others are sent again: fenced out (the engine stops running it:
 ``Owner.stop``), an id that another engine created meanwhile (read back:
 the caller goes on as if it had found it), a wait another engine ended
 first (a signal: the caller gets SignalAlreadyDelivered; an engine's own
-timeout: read back). A signal for an instance this engine does not own is
+timeout: read back). Where the refused instance's records in a batch only
+ride along with others (the ``dequeued`` of a queued instance another
+engine took, beside the outcome of the run whose slot it was to get; a
+child's end told to a deleted parent), they go aside and the rest of that
+batch is written. A signal for an instance this engine does not own is
 written unfenced (rows.encode): its wait's end is unique per instance and
 key in the log (first writer wins), and the owner's tailer wakes it.
 """
@@ -61,11 +65,19 @@ class Batch:
         self.error: BaseException | None = None
 
 
-def _tells_only(batch: Batch, instance_id: str) -> bool:
-    """Whether the batch's records of the instance are all a child's end
-    told to it (``child_ended``), beside records of others."""
+# A refused instance's records that go aside, the rest of their batch
+# written: a child's end told to a parent retention deleted (gone), and the
+# ``dequeued`` that gives a run's slot to an instance another engine took
+# (fenced: it was queued, flow.handoff; the run's outcome must not fail).
+_ASIDE = {schema.GONE: r.CHILD_ENDED, schema.FENCED: r.DEQUEUED}
+
+
+def _aside(batch: Batch, instance_id: str, state: str) -> bool:
+    """Whether the batch's records of the refused instance are all of the
+    kind that goes aside for its refusal, beside records of others."""
+    kind = _ASIDE.get(state)
     mine = [rec[r.TYPE] for rec in batch.recs if rec[r.INSTANCE] == instance_id]
-    return len(mine) < len(batch.recs) and all(t == r.CHILD_ENDED for t in mine)
+    return len(mine) < len(batch.recs) and all(t == kind for t in mine)
 
 
 class GroupCommit:
@@ -176,9 +188,8 @@ class GroupCommit:
                 rec[r.TYPE] in rows.UNFENCED for rec in batch.recs if rec[r.INSTANCE] == iid
             )):  # a signal for an instance another engine took: sent again, unfenced
                 rest.append(batch)
-            elif not fenced and error is not None and _tells_only(batch, iid):
-                # A child's end told to its finished parent, which another
-                # engine's retention deleted: the rest is written without it.
+            elif error is not None and _aside(batch, iid, refused.state):
+                # The rest is written without them (``_ASIDE``).
                 batch.recs = [rec for rec in batch.recs if rec[r.INSTANCE] != iid]
                 batch.ids.discard(iid)
                 rest.append(batch)

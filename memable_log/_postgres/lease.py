@@ -21,6 +21,14 @@ connection is made again at the next renewal.
 ``claim`` takes every instance whose owner's row expired (``ml_claim``):
 epoch + 1, skipping rows locked by a batch in flight.
 
+Queued instances. ``take_queued`` takes, from live owners too, those of
+the given instances that still wait for capacity (``ml_instances.queued``,
+set and cleared by the batches that queue, start or end them): epoch + 1,
+so their owner's ``dequeued`` is fenced out if it comes later, and rows
+locked by a batch in flight (that ``dequeued``, say) are skipped. An
+instance whose start committed first is no longer queued and is not taken:
+no engine ever takes an instance that runs this way.
+
 Rejoining. An engine that lost its lease (its own clock fenced it, or a
 renewal found its row expired) joins again under a new name once the
 database answers (``rejoin``, one statement): a worker row for the new
@@ -52,6 +60,11 @@ _RENEW = ("UPDATE ml_workers SET expires_at = now() + make_interval(secs => $2::
           "WHERE writer = $1 AND expires_at >= now() RETURNING 1")
 _RELEASE = "UPDATE ml_workers SET expires_at = '-infinity' WHERE writer = $1"
 _CLAIM = "SELECT instance_id, epoch FROM ml_claim($1)"
+_TAKE_QUEUED = (
+    "WITH pick AS (SELECT instance_id FROM ml_instances WHERE instance_id = ANY($2) "
+    "  AND queued AND lease_owner IS DISTINCT FROM $1 FOR UPDATE SKIP LOCKED) "
+    "UPDATE ml_instances m SET lease_owner = $1, lease_epoch = m.lease_epoch + 1 "
+    "FROM pick WHERE m.instance_id = pick.instance_id RETURNING m.instance_id, m.lease_epoch")
 _OWNED = "SELECT instance_id, lease_epoch FROM ml_instances WHERE lease_owner = $1"
 _TAKEN = ("SELECT instance_id FROM ml_instances WHERE instance_id = ANY($2) "
           "AND lease_owner IS DISTINCT FROM $1")
@@ -83,6 +96,14 @@ async def release(conn: Conn, writer: str) -> None:
 async def claim(conn: Conn, writer: str) -> dict[str, int]:
     """Claim every instance whose owner's lease expired: id -> new epoch."""
     got = await conn.query(b"ml_claim", _CLAIM, [TEXT], [writer.encode()])
+    return _ids(got)
+
+
+async def take_queued(conn: Conn, writer: str, ids: list[str]) -> dict[str, int]:
+    """Take those of ``ids`` that still wait for capacity, whoever owns
+    them: id -> new epoch (see the module comment)."""
+    got = await conn.query(b"ml_take_queued", _TAKE_QUEUED, [TEXT, TEXT_ARRAY],
+                           [writer.encode(), array(TEXT, [i.encode() for i in ids])])
     return _ids(got)
 
 

@@ -29,6 +29,11 @@ UNFENCED = frozenset({r.SIGNALLED, r.CHILD_ENDED})
 # Records another engine may be waiting for: a NOTIFY wakes its tailer.
 NOTIFY = frozenset({r.CREATED, r.CHILD_CREATED, r.SIGNALLED, r.COMPLETED, r.FAILED,
                     r.CANCELLED, r.CANCELLED_FOR})
+# Records that take an instance out of the queue: it starts, or it ends
+# (lifecycle.py: the only ways out of QUEUED). ``ml_instances.queued`` is
+# true only between a ``queued`` and one of these: an engine with room
+# never takes an instance that runs (lease.take_queued).
+UNQUEUE = frozenset({r.DEQUEUED, r.COMPLETED, r.FAILED, r.CANCELLED, r.CANCELLED_FOR})
 _T, _F = b"\x01", b"\x00"
 
 
@@ -48,7 +53,9 @@ def encode(
     holds, -1 for none). Another engine's instance of which the batch only
     signals (or ends a child: the child's outcome beside it is fenced) is
     left unfenced. A step's outcome gets its ``step_key`` (the instance's
-    count of resets, then the key), a wait's end ``w`` then the same."""
+    count of resets, then the key), a wait's end ``w`` then the same. Last,
+    the instances the batch leaves queued and those it takes out of the
+    queue (``UNQUEUE``), by each one's last such record."""
     pack = msgpack.Packer().pack
     insts: list[bytes | None] = []
     keys: list[bytes | None] = []
@@ -56,6 +63,7 @@ def encode(
     made: dict[str, None] = {}  # instances this batch creates (fenced by that)
     fence: dict[str, int] = {}  # the others, with the epoch we hold (-1: none)
     notify = False
+    queue: dict[str, bool] = {}  # instance -> queued after this batch
     signals = {rec[r.INSTANCE] for rec in recs
                if rec[r.TYPE] in UNFENCED and rec[r.INSTANCE] not in epochs}
     for rec in recs:
@@ -79,8 +87,14 @@ def encode(
             keys.append(None)
         blobs.append(pack(rec))
         notify = notify or rtype in NOTIFY
+        if rtype == r.QUEUED:
+            queue[inst] = True
+        elif rtype in UNQUEUE:
+            queue[inst] = False
     return [
         writer.encode(), array(TEXT, insts), array(TEXT, keys), array(BYTEA, blobs),
         array(TEXT, [i.encode() for i in made]), array(TEXT, [i.encode() for i in fence]),
         array(INT8, [int8(e) for e in fence.values()]), _T if notify else _F,
+        array(TEXT, [i.encode() for i, q in queue.items() if q]),
+        array(TEXT, [i.encode() for i, q in queue.items() if not q]),
     ]

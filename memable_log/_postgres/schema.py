@@ -4,9 +4,9 @@ Theory of operation. One database holds one journal (docs/postgres.md):
 
 * ``ml_meta``: ``('schema', N)``, the schema's version. ``ensure`` creates
   the schema in an empty database, accepts version ``SCHEMA_VERSION``,
-  migrates version 2 (``_MIGRATE``: ``ml_append`` replaced, under the
-  advisory lock, in one transaction), and refuses a newer one by name
-  (made by a newer memable_log) and an older one (no migration).
+  migrates versions 2 and 3 (``_MIGRATE``, every step in one transaction,
+  under the advisory lock), and refuses a newer one by name (made by a
+  newer memable_log) and an older one (no migration).
 * ``ml_workers``: one row per open engine (``writer``), its lease's
   ``expires_at`` (database clock), renewed by one update every lease/3
   (lease.py). One row per engine, not a lease per instance: a renewal costs
@@ -14,10 +14,12 @@ Theory of operation. One database holds one journal (docs/postgres.md):
 * ``ml_instances``: one row per instance: its owner (a ``writer``), its
   fencing epoch, and the seq of its first row (``first_seq``: retention
   deletes its rows from there to its last, a range of the primary key,
-  so no index of ``ml_log`` by instance costs every append). An
-  instance's lease is its owner's: when the owner's row expired, any
-  engine claims it (``ml_claim``: epoch + 1, ``SKIP LOCKED``, so an
-  instance whose batch is in flight is skipped until it commits).
+  so no index of ``ml_log`` by instance costs every append), and whether
+  it waits for capacity (``queued``: an engine with room may take it,
+  lease.take_queued). An instance's lease is its owner's: when the owner's
+  row expired, any engine claims it (``ml_claim``: epoch + 1, ``SKIP
+  LOCKED``, so an instance whose batch is in flight is skipped until it
+  commits).
 * ``ml_log``: the journal, one row per record, in ``seq`` order (bigserial).
   ``rec`` is the record list as msgpack, exactly what the local journal
   frames (its seq field 0: the row's ``seq`` is its seq). ``step_key`` is
@@ -32,9 +34,12 @@ Theory of operation. One database holds one journal (docs/postgres.md):
   its rows locked ``FOR SHARE`` until commit), then the rows, ``seq`` back
   in order. Unfenced instances (another engine's signal, a child's end)
   must still exist, locked ``FOR SHARE`` too (retention deletes finished
-  instances: no row may outlive its instance). Errors carry SQLSTATEs of
+  instances: no row may outlive its instance). Then the queue states the
+  batch changes (``p_queue``: it wrote ``queued``; ``p_unqueue``: it
+  started or ended the instance: rows.encode). Errors carry SQLSTATEs of
   our own (``ML001`` fenced out, ``ML002`` instance exists, ``ML003``
-  instance gone) and name the instance in their DETAIL.
+  instance gone, ``ML004`` an older engine's call after a migration) and
+  name the instance in their DETAIL.
 * ``ml_claim(writer)``: takes every instance whose owner's lease expired,
   epoch + 1; their ids and new epochs. Then drops expired workers that own
   nothing any more.
@@ -45,10 +50,11 @@ from __future__ import annotations
 from .._core.errors import EngineError
 from .driver import Conn
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FENCED = "ML001"
 EXISTS = "ML002"
 GONE = "ML003"
+OUTDATED = "ML004"
 CHANNEL = "memable_log"
 
 # Version 3's new column, filled for the instances of an older journal.
@@ -61,7 +67,8 @@ UPDATE ml_instances m SET first_seq = f.s
 
 _APPEND_FN = f"""
 CREATE OR REPLACE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
-                          p_new text[], p_fence text[], p_epoch int8[], p_notify bool)
+                          p_new text[], p_fence text[], p_epoch int8[], p_notify bool,
+                          p_queue text[], p_unqueue text[])
 RETURNS SETOF int8 LANGUAGE plpgsql AS $$
 DECLARE
     got text[];
@@ -104,6 +111,13 @@ BEGIN
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'fenced out of instance %: its lease moved to another engine', bad
             USING ERRCODE = '{FENCED}', DETAIL = bad;
+    END IF;
+    -- Queue states, for engines with room to take queued instances
+    -- (ml_take_queued): set by a batch that queues, cleared by one that
+    -- starts (dequeued) or ends the instance. Fenced instances, or new ones.
+    IF cardinality(p_queue) > 0 OR cardinality(p_unqueue) > 0 THEN
+        UPDATE ml_instances SET queued = (instance_id = ANY(p_queue))
+            WHERE instance_id = ANY(p_queue) OR instance_id = ANY(p_unqueue);
     END IF;
     -- Unfenced instances (another engine's signal, a child's end): they
     -- must still exist (retention deletes finished ones), locked FOR SHARE
@@ -157,7 +171,8 @@ CREATE TABLE ml_instances (
     lease_owner   text,
     lease_epoch   bigint NOT NULL DEFAULT 0,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    first_seq     bigint
+    first_seq     bigint,
+    queued        boolean NOT NULL DEFAULT false
 ) WITH (fillfactor = 70);
 CREATE INDEX ml_instances_owner ON ml_instances (lease_owner);
 CREATE TABLE ml_workers (
@@ -195,12 +210,30 @@ INSERT INTO ml_meta VALUES ('schema', {SCHEMA_VERSION});
 """
 
 
+# Version 4's: the queue state (false for every instance of an older
+# journal: its queued instances stay with their owner until they start),
+# and an older engine still running is stopped at its next batch that goes
+# through ml_append (it would not record queue states) with a message that
+# says why, not "function does not exist".
+_QUEUED = f"""
+ALTER TABLE ml_instances ADD COLUMN queued boolean NOT NULL DEFAULT false;
+CREATE OR REPLACE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], p_rec bytea[],
+                          p_new text[], p_fence text[], p_epoch int8[], p_notify bool)
+RETURNS SETOF int8 LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'this journal has schema version 4: every engine writing to it must '
+        'run a memable_log that knows it (upgrade this one)' USING ERRCODE = '{OUTDATED}';
+END $$;
+"""
+
 # Migrations, from a version to the next, each in one transaction.
 _MIGRATE = {
     # version 3, for retention: ml_append checks that unfenced instances
     # exist and records each new instance's first seq (filled here for the
     # others, in one pass over ml_log with writes blocked)
-    2: _FIRST_SEQ + _APPEND_FN,
+    2: _FIRST_SEQ,
+    # version 4, for queued instances that any engine with room may run
+    3: _QUEUED + _APPEND_FN,
 }
 
 
@@ -214,15 +247,18 @@ async def ensure(conn: Conn, where: str) -> None:
     try:
         found = await conn.run("SELECT to_regclass('ml_meta') IS NOT NULL")
         if found[0].get_value(0, 0) != b"t":
-            await conn.run("BEGIN;" + _CREATE + "COMMIT;")
+            await _transaction(conn, _CREATE)
             return
         row = await conn.run("SELECT value FROM ml_meta WHERE name = 'schema'")
         value = row[0].get_value(0, 0) if row[0].ntuples else None
         version = int(value) if value is not None else None
-        while version in _MIGRATE:  # an older journal: brought up to date, a step at a time
-            await conn.run(f"BEGIN;{_MIGRATE[version]};UPDATE ml_meta SET value = "
-                           f"{version + 1} WHERE name = 'schema';COMMIT;")
+        steps = []
+        while version in _MIGRATE:  # an older journal: brought up to date, in one transaction
+            steps.append(_MIGRATE[version])
             version += 1
+        if steps:
+            await _transaction(conn, ";".join(steps) + f";UPDATE ml_meta SET value = "
+                               f"{version} WHERE name = 'schema';")
         if version == SCHEMA_VERSION:
             return
         if version is not None and version > SCHEMA_VERSION:
@@ -236,3 +272,15 @@ async def ensure(conn: Conn, where: str) -> None:
         )
     finally:
         await conn.run("SELECT pg_advisory_unlock(7361)")
+
+
+async def _transaction(conn: Conn, sql: str) -> None:
+    """``sql`` in one transaction; one that fails is rolled back, so the
+    connection can still release the advisory lock (the error is the
+    statement's, not "current transaction is aborted")."""
+    try:
+        await conn.run("BEGIN;" + sql + ";COMMIT;")
+    except BaseException:
+        if not conn.broken:
+            await conn.run("ROLLBACK")
+        raise

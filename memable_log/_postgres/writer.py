@@ -31,11 +31,11 @@ Every round trip is bounded: ``limit`` seconds on trio's clock around it
 (then it is in doubt), and the server's own timeouts (driver.Limits).
 
 The plain statement. Most batches are steps of instances this engine
-holds: no new instance, no NOTIFY. Those are sent as one plain SQL
-statement (``_FAST_ONE``, ``_FAST_MANY``) that does what ``ml_append``
-does for them (the same fence, rows locked ``FOR SHARE``, then the same
-insert, seqs back in order; all rows or none), without the call into
-PL/pgSQL: measured in bench/bench_pg_ab.py (docs/performance.md,
+holds: no new instance, no NOTIFY, no queue state (rows.UNQUEUE). Those
+are sent as one plain SQL statement (``_FAST_ONE``, ``_FAST_MANY``) that
+does what ``ml_append`` does for them (the same fence, rows locked ``FOR
+SHARE``, then the same insert, seqs back in order; all rows or none),
+without the call into PL/pgSQL: measured in bench/bench_pg_ab.py (docs/performance.md,
 "PostgreSQL, phase 3"). When it writes nothing the fence refused: the
 batch then goes to ``ml_append``, which refuses it in its own words (the
 SQLSTATE the backend reads) or, had the fence moved back, writes it. The
@@ -67,16 +67,17 @@ from .driver import (
 
 logger = logging.getLogger("memable_log")
 
-_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8)"
+_APPEND = "SELECT * FROM ml_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 _APPEND_TYPES = [TEXT, TEXT_ARRAY, TEXT_ARRAY, BYTEA_ARRAY, TEXT_ARRAY, TEXT_ARRAY, INT8_ARRAY,
-                 BOOL]
+                 BOOL, TEXT_ARRAY, TEXT_ARRAY]
 # The old session of a batch in doubt: ended, and waited for (5 s at most a call).
 _END = ("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
         "WHERE pid = $1 AND application_name = left($2, 63)")
 _MINE = "SELECT seq FROM ml_log WHERE writer = $1 AND seq > $2 ORDER BY seq"
 _FIRST_DELAY, _MAX_DELAY = 0.05, 1.0
-# ml_append's work for a batch with no new instance and no NOTIFY, as one
-# plain statement over the same parameters ($5 and $8 unused): the fence
+# ml_append's work for a batch with no new instance, no NOTIFY and no queue
+# state, as one plain statement over the same parameters ($5, $8, $9 and
+# $10 unused): the fence
 # on one instance, or on several (each row must match its epoch).
 _INSERT = ("INSERT INTO ml_log (instance_id, step_key, writer, rec)"
            " SELECT u.i, u.k, $1, u.r FROM f,"
@@ -95,8 +96,9 @@ SENDS_BATCH = frozenset({b"ml_append", b"ml_fast1", b"ml_fastn"})
 
 def _plain(params: Sequence[bytes | None]) -> tuple[bytes, str] | None:
     """The plain statement that can write this batch, if one can."""
-    new, fence, notify = params[4], params[5], params[7]
-    if notify != _NO or new is None or fence is None or array_len(new):
+    new, fence, notify, queue, unqueue = params[4], params[5], params[7], params[8], params[9]
+    if (notify != _NO or new is None or fence is None or queue is None or unqueue is None
+            or array_len(new) or array_len(queue) or array_len(unqueue)):
         return None
     fenced = array_len(fence)
     if not fenced:

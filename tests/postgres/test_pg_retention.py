@@ -111,7 +111,7 @@ async def test_an_instance_restarted_by_another_engine_is_kept_and_a_gone_one_re
         # a row for a deleted instance (another engine's late signal) is refused
         with pytest.raises(psycopg.Error) as refused:
             conn.execute("SELECT * FROM ml_append('w', ARRAY['y'], ARRAY[NULL], "
-                         "ARRAY['\\x90'::bytea], '{}', '{}', '{}', false)")
+                         "ARRAY['\\x90'::bytea], '{}', '{}', '{}', false, '{}', '{}')")
         assert refused.value.sqlstate == "ML003"
         assert conn.execute("SELECT count(*) FROM ml_log WHERE instance_id = 'y'"
                             ).fetchone() == (0,)
@@ -141,21 +141,60 @@ async def test_a_child_outliving_its_parent_deleted_by_another_engine_still_ends
             assert rows(pg_dsn) == ({kid}, {kid})
 
 
-async def test_a_version_2_journal_is_migrated(pg_dsn: str) -> None:
+def _as_version(dsn: str, version: int) -> None:
+    """Make a journal look as one of ``version`` did: its ml_append of eight
+    parameters (a stand-in body), no queue state, and version 2 without
+    first_seq either."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION ml_append(text, text[], text[], bytea[], text[], text[], "
+                     "int8[], bool, text[], text[])")
+        conn.execute("CREATE FUNCTION ml_append(p_writer text, p_inst text[], p_key text[], "
+                     "p_rec bytea[], p_new text[], p_fence text[], p_epoch int8[], "
+                     "p_notify bool) RETURNS SETOF int8 LANGUAGE sql AS 'SELECT 1::int8'")
+        conn.execute("ALTER TABLE ml_instances DROP COLUMN queued")
+        if version == 2:
+            conn.execute("ALTER TABLE ml_instances DROP COLUMN first_seq")
+        conn.execute("UPDATE ml_meta SET value = %s WHERE name = 'schema'", (version,))
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_an_older_journal_is_migrated(pg_dsn: str, version: int) -> None:
     offset = [0.0]
     async with built(pg_dsn, offset, None) as a:
         await a.invoke("one", 1, instance_id="x")
         await a.wait("x")
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE ml_instances DROP COLUMN first_seq")
-        conn.execute("UPDATE ml_meta SET value = 2 WHERE name = 'schema'")
+    _as_version(pg_dsn, version)
     async with built(pg_dsn, offset, None) as a:
         assert await a.wait("x") == 1
         await a.invoke("one", 2, instance_id="y")
         await a.wait("y")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM ml_meta").fetchone() == (3,)
+        assert conn.execute("SELECT value FROM ml_meta").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM ml_instances WHERE queued").fetchone() == (0,)
+        # an engine of the older version still running is stopped with a reason
+        with pytest.raises(psycopg.Error) as outdated:
+            conn.execute("SELECT * FROM ml_append('w', ARRAY['z'], ARRAY[NULL], "
+                         "ARRAY['\\x90'::bytea], '{}', '{}', '{}', false)")
+        assert outdated.value.sqlstate == "ML004"
+        assert "schema version 4" in str(outdated.value)
         firsts = dict(conn.execute("SELECT instance_id, first_seq FROM ml_instances"))
         created = dict(conn.execute("SELECT instance_id, min(seq) FROM ml_log "
                                     "GROUP BY instance_id"))
     assert firsts == created  # x's filled by the migration, y's by ml_append
+
+
+async def test_a_migration_that_fails_changes_nothing_and_says_why(pg_dsn: str) -> None:
+    offset = [0.0]
+    async with built(pg_dsn, offset, None) as a:
+        await a.invoke("one", 1, instance_id="x")
+        await a.wait("x")
+    _as_version(pg_dsn, 3)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # in its way: the column it adds
+        conn.execute("ALTER TABLE ml_instances ADD COLUMN queued int")
+    # the statement's own error, not "current transaction is aborted" (from
+    # releasing the advisory lock inside the failed transaction)
+    with pytest.raises(psycopg.errors.DuplicateColumn):
+        async with built(pg_dsn, offset, None):
+            pass
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM ml_meta").fetchone() == (3,)

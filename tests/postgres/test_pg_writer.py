@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from test_pg_backend import created, done, opened, rows
 
+from memable_log._core import records as r
 from memable_log._postgres.backend import PostgresBackend
 
 
@@ -73,5 +74,30 @@ async def test_a_batch_that_creates_or_notifies_goes_to_ml_append(pg_dsn: str) -
         sent = statements(backend)
         await backend.append_many([created("a"), done("a", "k")])
         assert sent == [b"ml_append"]
+    finally:
+        await backend.close()
+
+
+def queued(dsn: str) -> dict[str, bool]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return dict(conn.execute("SELECT instance_id, queued FROM ml_instances"))
+
+
+async def test_a_batch_that_queues_starts_or_ends_an_instance_records_its_queue_state(
+    pg_dsn: str,
+) -> None:
+    backend, _ = await opened(pg_dsn)
+    try:
+        sent = statements(backend)
+        await backend.append_many([created("a"), r.make(r.QUEUED, 1000, "a"),
+                                   created("b"), r.make(r.QUEUED, 1000, "b")])
+        assert queued(pg_dsn) == {"a": True, "b": True}
+        await backend.append(r.make(r.DEQUEUED, 1000, "a"))
+        assert queued(pg_dsn) == {"a": False, "b": True}
+        await backend.append(done("a", "k"))  # a step: the plain statement, no change
+        await backend.append_many([r.make(r.COMPLETED, 1000, "a", b"\x01"),
+                                   r.make(r.CANCELLED, 1000, "b")])
+        assert queued(pg_dsn) == {"a": False, "b": False}
+        assert sent == [b"ml_append", b"ml_append", b"ml_fast1", b"ml_append"]
     finally:
         await backend.close()
