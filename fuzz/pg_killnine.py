@@ -4,7 +4,10 @@ one of them killed with SIGKILL again and again, and started again.
 Each *round* makes a fresh database on one embedded server and starts three
 engine processes (this file, ``child`` mode) with a lease of ``--lease``
 seconds. Every engine invokes its third of the round's instances of
-``chain`` (``--steps`` steps whose bodies sleep 0-40 ms), then waits for
+``chain`` (``--steps`` steps whose bodies sleep 0-40 ms; at most
+``--max-running`` of them run at once in each engine, the rest queue, and an
+engine with room takes queued ones from a full one: ``taken_queued``
+counts those takes), then waits for
 *every* instance of the round, wherever it runs (the shared log), checks
 each result, prints ``DONE`` and stops. Meanwhile the campaign kills one
 engine at a time and starts it again at once (the restarted one invokes its
@@ -161,14 +164,30 @@ def chain(ledger: str, acks: str, steps: int) -> Any:
     return flow
 
 
+def count_taken(path: str) -> None:
+    """Note each queued instance this engine takes from another (spread.py)."""
+    from memable_log._postgres.backend import PostgresBackend
+
+    take = PostgresBackend.take_queued
+
+    async def take_queued(self: Any, ids: list[str]) -> list[str]:
+        got = await take(self, ids)
+        for iid in got:
+            note(path, f"{iid} {os.getpid()}\n")
+        return got
+
+    PostgresBackend.take_queued = take_queued  # type: ignore[method-assign]
+
+
 async def child(dsn: str, slot: int, ledger: str, acks: str, steps: int, lease: float,
-                mine: list[str], every: list[str]) -> None:
+                mine: list[str], every: list[str], max_running: int) -> None:
     from memable_log import Engine
     from memable_log._engine.engine import host_of
 
     patch_sends()
+    count_taken(str(Path(ledger).with_name("taken")))
     engine = Engine.builder().postgres(dsn, worker=f"e{slot}", lease=lease).build()
-    engine.register("chain", chain(ledger, acks, steps))
+    engine.register("chain", chain(ledger, acks, steps), max_running=max_running or None)
     expected = sum(range(steps))
 
     async def arming() -> None:
@@ -231,7 +250,8 @@ class Round:
         mine = [iid for n, iid in enumerate(self.ids) if n % ENGINES == slot]
         proc = await trio.lowlevel.open_process(
             [sys.executable, __file__, "child", self.dsn, str(slot), self.ledger, self.acks,
-             str(self.args.steps), str(self.args.lease), ",".join(mine), ",".join(self.ids)],
+             str(self.args.steps), str(self.args.lease), ",".join(mine), ",".join(self.ids),
+             str(self.args.max_running)],
             stdin=-1, stdout=-1)
         life = Life(proc)
         self.lives[slot] = life
@@ -322,6 +342,9 @@ class Round:
             if b"DONE" not in life.out:
                 self.violations.append(f"{self.name}: engine {slot} did not finish: "
                                        f"{life.out.decode(errors='replace')[-300:]}")
+        taken = Path(self.ledger).with_name("taken")
+        if taken.exists():
+            self.stats["taken_queued"] += taken.read_text().count("\n")
         ledger = Path(self.ledger).read_bytes() if Path(self.ledger).exists() else b""
         ran: dict[tuple[str, str], list[int]] = {}
         pos = 0
@@ -392,6 +415,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lease", type=float, default=2.0)
     p.add_argument("--kills-per-round", type=int, default=4)
+    p.add_argument("--max-running", type=int, default=1,
+                   help="each engine's max_running of the workflow (0: no limit): "
+                        "instances queue, and engines with room take them from full ones")
     p.add_argument("--round-timeout", type=float, default=90.0)
     p.add_argument("--json", default=None, help="also write the summary here")
     return p.parse_args(argv)
@@ -399,9 +425,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
-        dsn, slot, ledger, acks, steps, lease, mine, every = sys.argv[2:10]
+        dsn, slot, ledger, acks, steps, lease, mine, every, most = sys.argv[2:11]
         trio.run(child, dsn, int(slot), ledger, acks, int(steps), float(lease),
-                 [i for i in mine.split(",") if i], every.split(","))
+                 [i for i in mine.split(",") if i], every.split(","), int(most))
         return 0
     import tempfile
 

@@ -233,6 +233,7 @@ class FlowControl:
         if (
             cap is None or entry is None or not cap.governs(entry.workflow)
             or entry.workflow not in host.workflows or iid in cap.holding or iid in host.running
+            or not self._owns(iid)  # another engine's: its owner queues it, or runs it
         ):
             return []
         if key is None:

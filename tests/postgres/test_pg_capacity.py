@@ -10,6 +10,7 @@ slots alone.
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -164,3 +165,63 @@ async def test_an_instance_whose_start_committed_is_not_taken(pg_dsn: str) -> No
             go.set()
             assert await a.wait("x0") == "a"
     assert b_site.ran == []
+
+
+async def test_an_invoke_that_loses_the_id_to_another_engine_gives_its_slot_back(
+    pg_dsn: str,
+) -> None:
+    go = trio.Event()
+    go.set()
+    a_site, b_site = Site("a", go), Site("b", go)
+    with trio.fail_after(20):
+        async with build(pg_dsn, a_site, 1) as a, build(pg_dsn, b_site, 1) as b:
+            async with trio.open_nursery() as nursery:  # both write its creation: one loses
+                for eng in (a, b):
+                    nursery.start_soon(partial(eng.invoke, "slow", instance_id="same"))
+            assert await a.wait("same") == await b.wait("same")
+            for eng, iid in ((a, "next-a"), (b, "next-b")):
+                await seen(eng, "same", "completed")
+                await eng.invoke("slow", instance_id=iid)
+                assert eng.status(iid).state != "queued"  # the loser's slot came back
+    assert sorted(a_site.ran + b_site.ran) == ["next-a", "next-b", "same"]
+
+
+async def test_a_signal_from_another_engine_wakes_a_limited_instance_where_there_is_room(
+    pg_dsn: str,
+) -> None:
+    """x waits in a. Both engines' one slot of ``ask`` is held. b's signal
+    decides nothing about capacity for a's instance (it is written alone,
+    not with a ``queued`` that a's lease would fence out); a queues x; once
+    b's slot frees, b takes x and runs it."""
+    holds = {"busy-a": trio.Event(), "busy-b": trio.Event()}
+    ran: list[tuple[str, str]] = []
+
+    def ask(site: str) -> Any:
+        async def body(ctx: Context) -> Any:
+            ran.append((site, ctx.instance_id))
+            if ctx.instance_id in holds:
+                await ctx.step("hold").run(holds[ctx.instance_id].wait)
+                return None
+            return await ctx.suspend("go")
+
+        return body
+
+    def make(site: str) -> Engine:
+        eng = Engine.builder().postgres(pg_dsn, worker=site, lease=30.0).build()
+        eng.register("ask", ask(site), max_running=1)
+        return eng
+
+    with trio.fail_after(20):
+        async with make("a") as a, make("b") as b:
+            await a.invoke("ask", instance_id="x")
+            await seen(a, "x", "suspended")
+            await a.invoke("ask", instance_id="busy-a")
+            await b.invoke("ask", instance_id="busy-b")
+            await seen(b, "busy-a", "running")
+            await b.signal("ask", "x", "go", 42)
+            await seen(b, "x", "queued")  # by a, its owner
+            holds["busy-b"].set()
+            assert await b.wait("x") == 42
+            holds["busy-a"].set()
+            await a.wait("busy-a")
+    assert ran == [("a", "x"), ("a", "busy-a"), ("b", "busy-b"), ("b", "x")]
