@@ -297,6 +297,13 @@ class PostgresBackend:
                 self.adopt(got)
         return list(got)
 
+    @property
+    def sender(self) -> int | None:
+        """The server process of the writer session (follow.Host)."""
+        link = self.link
+        conn = None if link is None else link.conn
+        return None if conn is None else conn.pid
+
     def in_flight(self, instance_id: str) -> bool:
         """Whether a record of the instance is in the commit under way."""
         return self.commits.in_flight(instance_id)

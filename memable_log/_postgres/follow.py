@@ -3,7 +3,9 @@ periodic claim, and the read-back that waits for a poll.
 
 Theory of operation. The tailer (tailer.py) applies other writers' rows
 (``Host.apply_row``), woken by NOTIFY (sent by batches that create, signal
-or end an instance) or every ``poll`` seconds. Every lease/3 it claims the
+or end an instance; not by this engine's own, whose sender is its writer
+session: those rows were applied as they were written) or every ``poll``
+seconds. Every lease/3 it claims the
 instances whose owner's lease expired (lease.py) and checks that no other
 engine took the live ones this engine holds (an operator action there);
 claimed instances are owned once the poll after the claim has read their
@@ -70,6 +72,10 @@ class Host(Protocol):
 
     async def rejoin(self, conn: Conn, tail: Tail) -> dict[str, int] | None: ...
 
+    @property
+    def sender(self) -> int | None:
+        """The server process of this engine's writer session (None: none yet)."""
+
     def apply_row(self, seq: int, blob: bytes) -> Any: ...
 
     async def connect(self, role: str) -> Conn: ...
@@ -83,9 +89,14 @@ class Follower:
         self.tail = tail
         self.wake = trio.Event()  # the tailer looks now
         self.next_claim = trio.current_time() + host.lease / 3  # trio time
-        self._polls = [0, 0]  # tail polls started, ended
+        self._polls = [0, 0]  # tail polls started, ended (``polls``)
         self._polled = trio.Event()
         self._pending: dict[str, int] = {}  # claimed, not yet read: owned after the next poll
+
+    @property
+    def polls(self) -> int:
+        """Tail polls ended so far."""
+        return self._polls[1]
 
     async def read_back(self) -> None:
         """Until a tail poll that starts after now has ended: another
@@ -110,9 +121,12 @@ class Follower:
                 await listener.run(f"LISTEN {schema.CHANNEL}")
                 self.wake.set()  # what was sent while it listened to nothing
                 while True:
-                    if "released" in await listener.notifies():
+                    got = await listener.notices()
+                    if any(payload == "released" for payload, _ in got):
                         self.next_claim = 0.0  # an engine stopped: claim its instances now
-                    self.wake.set()
+                    own = self.host.sender
+                    if any(pid != own for _, pid in got):
+                        self.wake.set()  # not for this engine's own rows: applied as written
             except psycopg.OperationalError as exc:
                 await self._retry("listener", exc)
             finally:

@@ -22,6 +22,7 @@ import pg_worker
 import psycopg
 import pytest
 import trio
+import trio.testing
 from support.suspend import until_state
 
 from memable_log import Context, Engine, SignalAlreadyDelivered, WorkflowCancelled
@@ -437,3 +438,27 @@ async def test_a_sigstopped_engine_is_fenced_out_when_it_wakes_past_its_lease(
             "WHERE step_key IS NOT NULL AND instance_id = 'job' ORDER BY seq").fetchall()
     assert writers == [("0:s0", "victim"), ("0:s1", "victim"), ("0:s2", "victim"),
                        ("0:s3", "test"), ("0:s4", "test"), ("0:s5", "test")]
+
+
+async def test_an_engines_own_notifies_do_not_wake_its_tailer(pg_dsn: str) -> None:
+    async def one(ctx: Context) -> Any:
+        return 1
+
+    with trio.fail_after(10):
+        async with engine(pg_dsn, one=one) as a, engine(pg_dsn, one=one) as b:
+            tailers = []
+            for eng in (a, b):
+                backend = host_of(eng).backend
+                backend.poll = 60.0  # type: ignore[union-attr]
+                await backend.caught_up()  # type: ignore[union-attr]
+                tailers.append(backend.follower)  # type: ignore[union-attr]
+            before = [t.polls for t in tailers]
+            for i in range(3):  # each sends NOTIFY: created, completed
+                await a.invoke("one", instance_id=f"x{i}")
+                await a.wait(f"x{i}")
+                await seen(b, f"x{i}", "completed")
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert tailers[0].polls == before[0]  # its own rows: applied as written
+            assert tailers[1].polls > before[1]  # b's tailer read them
+            await b.invoke("one", instance_id="y")
+            await seen(a, "y", "completed")  # a's tailer woke for b's
