@@ -137,6 +137,8 @@ from .records import (
     TS,
     TYPE,
 )
+from .rest import decode as decode_rest
+from .wire import ext_hook, wire
 
 OFFSET_BITS = 40
 STEP_DONE_AT = 0
@@ -150,7 +152,6 @@ APPEND_LIMIT = 4096
 META_LIMIT = 1024
 # The error type of a cancelled instance's entry when its cancel had a reason.
 CANCELLED_ERROR: Final = "WorkflowCancelled"
-BIG_INT = 1  # msgpack ext type: an unsigned int beyond 64 bits, big-endian bytes
 
 Entry = bytes | int
 PublishedEvent = tuple[str, int, Entry]  # key, ts_ms, value blob or loc
@@ -166,7 +167,6 @@ marker), attempts, and (error type, message) for a failure."""
 
 SEGMENT_BITS = 24
 INNER_SHIFT = OFFSET_BITS + SEGMENT_BITS  # 64
-_U64 = (1 << 64) - 1
 _AT_REST = lc.PARKED | lc.FINISHED
 _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _KEY_CACHE = 4096  # distinct keys whose msgpack bytes an index keeps
@@ -206,20 +206,6 @@ def child_id(parent_id: str, key: str) -> str:
 
 
 # -- the packed form -----------------------------------------------------------------
-
-
-def wire(value: Any) -> Any:
-    """``value`` as msgpack can carry it: an int beyond 64 bits as ext BIG_INT."""
-    if type(value) is int and value > _U64:
-        return msgpack.ExtType(BIG_INT, value.to_bytes((value.bit_length() + 7) // 8, "big"))
-    return value
-
-
-def ext_hook(code: int, data: bytes) -> int:
-    """msgpack ``ext_hook`` that reads BIG_INT back; ValueError for any other."""
-    if code != BIG_INT:
-        raise ValueError(f"unknown msgpack ext type {code}")
-    return int.from_bytes(data, "big")
 
 
 def forget(steps: dict[str, Any], pattern: str) -> None:
@@ -331,6 +317,7 @@ class InstanceEntry:
         "waits", "done_waits", "last_seq", "events", "status_calls", "meta", "tries",
         "parent",
         "flow",
+        "rest",
     )
 
     def __init__(self, workflow: str, ts_ms: int, input_: Entry) -> None:
@@ -368,6 +355,16 @@ class InstanceEntry:
         # Flow control (``options``): (priority, timeout deadline_ms or None,
         # concurrency key or None); None for an invoke with no options.
         self.flow: Flow | None = None
+        # A finished instance loaded from the snapshot: its other fields,
+        # packed, until one is read (rest.py); None once they are fields.
+        self.rest: bytes | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """A field not set: one of the rest of an entry loaded packed, decoded now."""
+        if name != "rest" and self.rest is not None:
+            decode_rest(self)
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"'InstanceEntry' object has no attribute {name!r}")
 
     @property
     def steps(self) -> dict[str, Entry]:
@@ -490,6 +487,8 @@ class Index:
                 engine_level(self, rec)
                 return
             raise r.RecordError(f"record for unknown instance {rec[INSTANCE]!r}")
+        if inst.rest is not None:  # loaded packed: its fields before any changes
+            decode_rest(inst)
         inst.updated_ms = rec[TS]
         inst.last_seq = rec[SEQ]
         rule = _RULES.get(rtype)

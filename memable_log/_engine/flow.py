@@ -124,7 +124,7 @@ class FlowControl:
         host = self._host
         lacking = [
             (iid, entry) for iid, entry in host.index.instances.items()
-            if entry.flow is None and entry.state in lc.LIVE and owns(iid)
+            if entry.state in lc.LIVE and entry.flow is None and owns(iid)
             and (lim := self.limits.get(entry.workflow)) is not None and lim.key is not None
         ]
         for iid, entry in lacking:

@@ -18,12 +18,14 @@ file, fsynced and renamed (losing it costs only a slower start).
 
 File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
 
-    [2, inline_limit, [segment name, offset, next_seq, records],
+    [6, inline_limit, [segment name, offset, next_seq, records],
      [[name, salt, length, crc32], ...], [workflow name, ...],
      {instance: [workflow number, state, created_ms, updated_ms, input,
                  outcome, error, pending, status, deadline_ms, step table,
                  signals, waits, done_waits, last_seq, events, status_calls,
-                 step meta, tries, parent, flow]},
+                 step meta, tries, parent, flow]
+                or, finished: [workflow number, state, created_ms,
+                               updated_ms, parent, rest (a bin: _core/rest.py)]},
      {"schedules": {name: [workflow, cron, input, catch_up, after_ms]},
       "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...],
       "handovers": {hand-over file name: instance id}}]
@@ -31,7 +33,9 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
 Load does as little per instance as it can, since a million-record journal
-holds a hundred thousand of them: the step table is the packed form of
+holds a hundred thousand of them: a finished instance's rest stays the bin
+it is until a field of it is read (_core/rest.py: one allocation per
+finished instance, checked when decoded); the step table is the packed form of
 _index.py, a msgpack bin kept as the bytes object it decodes to (decoded
 only when the engine first reads it, if ever); workflow names are numbers
 into one list (interned once, not once per instance); arrays decode as the
@@ -66,34 +70,27 @@ from .._core.format import (
 )
 from .._core.index import (
     DebounceEntry,
-    Entry,
     Index,
     InstanceEntry,
-    PublishedEvent,
     ScheduleEntry,
-    ext_hook,
     pack_steps,
-    wire,
 )
+from .._core.rest import STATES, TEXT, TIME, MalformedEntry, wire_events, wire_table
+from .._core.rest import check as check_rest
+from .._core.rest import pack as pack_rest
+from .._core.wire import ext_hook, wire
 from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
 
 MAGIC = b"MMBLSNP1"
-VERSION = 5  # 3: waits and pending (format version 2); 4: format version 3;
-# 5: a packed step table may begin with a map (_core/index.py)
+VERSION = 6  # 3: waits and pending (format version 2); 4: format version 3;
+# 5: a packed step table may begin with a map (_core/index.py); 6: finished
+# instances' rest packed (_core/rest.py)
 _CRC = struct.Struct("<I")
 
 
 class SnapshotInvalid(ValueError):
     """The snapshot cannot be used; the message says why (for the log)."""
-
-
-def _wire_table(table: dict[str, Entry] | None) -> dict[str, Any] | None:
-    return None if table is None else {k: wire(v) for k, v in table.items()}
-
-
-def _wire_events(events: list[PublishedEvent] | None) -> list[Any] | None:
-    return None if events is None else [(k, ts, wire(v)) for k, ts, v in events]
 
 
 Position = tuple[str, int, int, int]  # segment name, offset, next_seq, records
@@ -105,16 +102,21 @@ Covered = tuple[str, int, int, int]  # segment name, salt, length, crc32 of thos
 def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
     """The snapshot file's bytes for ``index`` as of ``position``."""
     numbers: dict[str, int] = {}
-    instances = {}
+    instances: dict[str, tuple[Any, ...]] = {}
+    finished = lc.FINISHED
     for iid, e in index.instances.items():
         number = numbers.setdefault(e.workflow, len(numbers))
+        if e.state in finished:  # the rest packed, as it came if never read
+            instances[iid] = (number, e.state, e.created_ms, e.updated_ms, e.parent,
+                              pack_rest(e))
+            continue
         table = e.table
         instances[iid] = (
             number, e.state, e.created_ms, e.updated_ms, wire(e.input), wire(e.outcome),
             e.error, e.pending, e.status, e.deadline_ms,
             table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
-            _wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
-            _wire_events(e.events), e.status_calls,
+            wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
+            wire_events(e.events), e.status_calls,
             bytes(e.meta), e.tries, e.parent, e.flow,
         )
     body: bytes = msgpack.packb(
@@ -198,50 +200,46 @@ def decode_into(
             raise SnapshotInvalid("malformed")
         names = [sys.intern(w) for w in workflows]
         new = InstanceEntry.__new__
-        states, workflow_count = _STATES, len(names)
+        states, workflow_count, finished = STATES, len(names), lc.FINISHED
         # The map decoded is the index's map: each value becomes its entry.
         # A snapshot is checked, never trusted (as every record is): one
         # crafted with a valid crc must not plant a state or a type the
-        # engine would trip on later. The common fields are tested inline
-        # (~0.3 us an instance); the tables only when an instance has them.
-        for iid, fields in instances.items():
-            e = new(InstanceEntry)
-            (
-                number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
-                e.error, e.pending, e.status, e.deadline_ms, e.table,
-                e.signals, e.waits, e.done_waits, e.last_seq,
-                e.events, e.status_calls,
-                e.meta, e.tries, e.parent, e.flow,
-            ) = fields
-            if not (
-                type(number) is int and 0 <= number < workflow_count and e.state in states
-                and type(e.created_ms) is int and type(e.updated_ms) is int
-                and type(e.last_seq) is int and type(e.table) is bytes
-                and type(e.meta) is bytes
-                and type(e.input) in _VALUE and type(e.outcome) in _OUTCOME
-                and type(e.status) in _TEXT and type(e.deadline_ms) in _TIME
-                and type(iid) is str and type(e.status_calls) is int
-                and type(e.parent) in _TEXT
-            ):
-                raise SnapshotInvalid(f"instance {iid!r} is malformed")
-            if e.error is not None or e.pending is not None or e.signals is not None or (
-                e.waits is not None or e.done_waits is not None
-            ):
-                _check_tables(iid, e)
-            if e.events is not None:
-                e.events = _events(iid, e.events)
-            if e.tries is not None:
-                _check_tries(iid, e.tries)
-            if e.flow is not None:
-                _check_flow(iid, e.flow)
-            e.workflow = names[number]
-            instances[iid] = e
+        # engine would trip on later. A finished instance's rest is checked
+        # when it is decoded (_core/rest.py); a live one's fields now.
+        try:
+            for iid, fields in instances.items():
+                e = new(InstanceEntry)
+                if len(fields) == _FINISHED_FIELDS:
+                    number, e.state, e.created_ms, e.updated_ms, e.parent, e.rest = fields
+                    if type(e.rest) is not bytes or e.state not in finished:
+                        raise MalformedEntry(f"instance {iid!r} is malformed")
+                else:
+                    (
+                        number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
+                        e.error, e.pending, e.status, e.deadline_ms, e.table,
+                        e.signals, e.waits, e.done_waits, e.last_seq,
+                        e.events, e.status_calls,
+                        e.meta, e.tries, e.parent, e.flow,
+                    ) = fields
+                    e.rest = None
+                    check_rest(iid, e)
+                if not (
+                    type(number) is int and 0 <= number < workflow_count and e.state in states
+                    and type(e.created_ms) is int and type(e.updated_ms) is int
+                    and type(iid) is str and type(e.parent) in TEXT
+                ):
+                    raise MalformedEntry(f"instance {iid!r} is malformed")
+                e.workflow = names[number]
+                instances[iid] = e
+        except MalformedEntry as exc:
+            raise SnapshotInvalid(str(exc)) from None
     index.instances = instances
     index.records = records
     return where, covered
 
 
 _FIELDS = 7  # the body array's length
+_FINISHED_FIELDS = 6  # a finished instance: workflow number, state, times, parent, rest
 
 
 # -- engine-level tables (schedules, debounce, hand-overs applied): after the instances
@@ -278,72 +276,10 @@ def _load_engine_tables(index: Index, tables: Any) -> None:
         index.schedules[name] = ScheduleEntry(*e)
     for d in debounces:
         if not (type(d) is tuple and len(d) == 6 and type(d[0]) is str and type(d[1]) is str
-                and type(d[2]) is int and type(d[3]) is bytes and type(d[4]) in _TIME
+                and type(d[2]) is int and type(d[3]) is bytes and type(d[4]) in TIME
                 and type(d[5]) is int):
             raise SnapshotInvalid(f"debounce entry {d!r:.80} is malformed")
         index.debounces[d[0], d[1]] = DebounceEntry(*d[2:])
-
-
-_VALUE = frozenset({bytes, int})  # a blob, or where its record is
-_OUTCOME = frozenset({bytes, int, type(None)})
-_TEXT = frozenset({str, type(None)})
-_TIME = frozenset({int, type(None)})
-_STATES = frozenset(range(len(lc.STATE_NAMES)))
-
-
-def _check_tables(iid: str, e: InstanceEntry) -> None:
-    """An error, the pending keys, the signals and the waits, looked into."""
-    error, pending, waits = e.error, e.pending, e.waits
-    ok = error is None or (
-        type(error) is tuple and len(error) == 2 and all(type(x) is str for x in error)
-    )
-    ok = ok and (e.signals is None or (
-        type(e.signals) is dict and all(type(v) in _VALUE for v in e.signals.values())
-    ))
-    ok = ok and (e.done_waits is None or type(e.done_waits) is dict)
-    ok = ok and (waits is None or type(waits) is dict)
-    if pending is not None:
-        ok = ok and type(pending) is tuple and waits is not None and all(
-            type(k) is str and k in waits for k in pending
-        )
-    for key, wait in (waits or {}).items() if ok else ():
-        ok = ok and type(key) is str and type(wait) is tuple and len(wait) == 3 and (
-            wait[0] in (lc.WAIT_SIGNAL, lc.WAIT_TIMER, lc.WAIT_CHILD)
-            and type(wait[1]) in _TIME and type(wait[2]) in _TEXT
-        )
-    if not ok:
-        raise SnapshotInvalid(f"instance {iid!r} has a malformed table")
-
-
-def _events(iid: str, events: Any) -> list[PublishedEvent]:
-    """A decoded event stream, checked, as the index keeps it (a list)."""
-    if type(events) is not tuple or not all(
-        type(ev) is tuple and len(ev) == 3 and type(ev[0]) is str and type(ev[1]) is int
-        and type(ev[2]) in _VALUE for ev in events
-    ):
-        raise SnapshotInvalid(f"instance {iid!r} has a malformed event stream")
-    return list(events)
-
-
-def _check_flow(iid: str, flow: object) -> None:
-    if not (
-        type(flow) is tuple and len(flow) == 3 and type(flow[0]) is int
-        and type(flow[1]) in _TIME and type(flow[2]) in _TEXT
-    ):
-        raise SnapshotInvalid(f"instance {iid!r} has malformed flow options")
-
-
-def _check_tries(iid: str, tries: object) -> None:
-    """A step's failed attempts: key -> (started_ms, ((type, message), ...))."""
-    ok = type(tries) is dict and bool(tries)
-    for key, value in tries.items() if ok else ():  # type: ignore[attr-defined]
-        ok = ok and type(key) is str and type(value) is tuple and len(value) == 2 and (
-            type(value[0]) is int and type(value[1]) is tuple and bool(value[1])
-            and all(type(x) is tuple and len(x) == 2 and type(x[0]) is str
-                    and type(x[1]) is str for x in value[1])
-        )
-    if not ok:
-        raise SnapshotInvalid(f"instance {iid!r} has malformed failed attempts")
 
 
 def covered(storage: Storage, name: str, salt: int, length: int) -> Covered:
