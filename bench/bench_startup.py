@@ -1,0 +1,206 @@
+"""Start-up from the index snapshot of a large journal (issue 18's goal:
+1,000,000 records in <= 0.25 s).
+
+The journal: ``--instances`` finished instances (default 100,000), each a
+``created``, ``--steps`` step outcomes of ~40-byte dict values (default 8)
+and a ``completed``: 1,000,000 records by default, written straight through
+the segment writer (building it through an engine would take minutes),
+then opened once by an engine, whose clean exit writes the snapshot.
+
+Each round starts a fresh process that times ``async with engine:`` (open,
+snapshot load and check, the tail scan, the resume scan) with compaction
+off, then reads one finished instance's result (its fields decoded at that
+first read). Rounds alternate between this tree and, with ``--vs-tree``,
+another source tree (each with its own copy of the journal: their
+snapshots may differ in version), so both see the same machine. The
+baseline measured in the same run is the floor of any start from this
+snapshot: reading the file and ``msgpack.unpackb`` of it, in one process.
+
+    .venv/bin/python bench/bench_startup.py --runs 5
+    .venv/bin/python bench/bench_startup.py --runs 7 --vs-tree /tmp/base
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _util import (  # noqa: E402
+    Stat,
+    bench_parser,
+    fmt_range,
+    machine_line,
+    open_data_dir,
+    print_banner,
+    progress,
+    ratios,
+    table,
+    write_json,
+)
+
+TS = 1_714_564_800_000
+GOAL_S = 0.25
+
+
+def build(path: str, instances: int, steps: int) -> int:
+    """The journal of the module comment; its record count."""
+    import msgpack
+
+    from memable_log._core import records as r
+    from memable_log._storage.files import FileStorage
+    from memable_log._storage.segments import scan
+    from memable_log._storage.writer import SegmentWriter
+
+    os.makedirs(path)
+    storage = FileStorage(path)
+    writer = SegmentWriter(storage)
+    writer.recover(scan(storage))
+    pack, seq, ts = msgpack.packb, writer.next_seq, TS
+    keys = [f"s{k}:v1" for k in range(steps)]
+    batch: list[bytes] = []
+    for first in range(0, instances, 64):  # 64 instances interleaved, as a busy engine writes
+        group = [f"order-{i:08d}" for i in range(first, min(first + 64, instances))]
+        for iid in group:
+            batch.append(pack([r.CREATED, seq, ts, iid, "etl", b"\x00" + pack({"n": first})]))
+            seq, ts = seq + 1, ts + 1
+        for key in keys:
+            for n, iid in enumerate(group):
+                value = b"\x00" + pack({"ok": True, "rows": n, "table": "orders"})
+                batch.append(pack([r.STEP_DONE, seq, ts, iid, key, value, ts, 1]))
+                seq, ts = seq + 1, ts + 1
+        for iid in group:
+            batch.append(pack([r.COMPLETED, seq, ts, iid, b"\x00" + pack(len(keys))]))
+            seq, ts = seq + 1, ts + 1
+        if len(batch) >= 20_000:
+            writer.commit(batch)
+            batch = []
+    if batch:
+        writer.commit(batch)
+    records = writer.next_seq - 1
+    writer.close()
+    return records
+
+
+async def _etl(ctx: Any) -> int:
+    return 0
+
+
+async def measure(path: str) -> dict[str, Any]:
+    """One start (in this fresh process): seconds to enter, then the first read."""
+    from memable_log import Engine
+
+    engine = Engine.builder().open(path).compaction(False).build()
+    engine.register("etl", _etl)
+    t = time.perf_counter()
+    async with engine:
+        start_s = time.perf_counter() - t
+        t = time.perf_counter()
+        result = await engine.wait("order-00000000")
+        first_read_s = time.perf_counter() - t
+    return {"start_s": start_s, "first_read_s": first_read_s, "result": result}
+
+
+def floor(path: str) -> dict[str, Any]:
+    """Reading the snapshot and unpacking it whole: no start can do less."""
+    import msgpack
+
+    t = time.perf_counter()
+    with open(os.path.join(path, "index.snap"), "rb") as f:
+        data = f.read()
+    msgpack.unpackb(data[12:], raw=False, use_list=False, strict_map_key=False)
+    return {"floor_s": time.perf_counter() - t, "snapshot_bytes": len(data)}
+
+
+def child(tree: str, what: str, path: str) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (tree, os.path.dirname(os.path.abspath(__file__))) if p))
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", what, path],
+        env=env, check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        what, path = sys.argv[2], sys.argv[3]
+        if what == "measure":
+            import trio
+
+            got: dict[str, Any] = trio.run(measure, path)
+        elif what == "floor":
+            got = floor(path)
+        else:
+            raise SystemExit(f"unknown child {what!r}")
+        print(json.dumps(got))
+        return 0
+    parser = bench_parser(__doc__ or "", quick="10,000 instances, 1 round",
+                          data_dir="where the journals live", runs="rounds (default 5)")
+    parser.add_argument("--instances", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--vs-tree", default=None, help="another source tree, measured alike")
+    args = parser.parse_args()
+    instances = args.instances or (10_000 if args.quick else 100_000)
+    runs = args.runs or (1 if args.quick else 5)
+    data_dir, disk = open_data_dir(args.data_dir)
+    print_banner("memable_log start-up from a snapshot", args.quick, data_dir, disk)
+    print(machine_line(data_dir))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this tree": here}
+    if args.vs_tree:
+        trees["other tree"] = os.path.abspath(args.vs_tree)
+    base = os.path.join(data_dir, f"startup-{instances}x{args.steps}")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    progress(f"building {instances:,} instances x {args.steps} steps")
+    master = os.path.join(base, "journal")
+    records = build(master, instances, args.steps)
+    paths = {}
+    for name, tree in trees.items():
+        paths[name] = os.path.join(base, name.replace(" ", "-"))
+        shutil.copytree(master, paths[name])
+        child(tree, "measure", paths[name])  # full scan; its clean exit writes the snapshot
+    stats = {name: (Stat(), Stat()) for name in trees}
+    floors = Stat()
+    for n in range(runs):
+        progress(f"round {n + 1}/{runs}")
+        floors.add(child(here, "floor", paths["this tree"])["floor_s"])
+        for name, tree in trees.items():
+            got = child(tree, "measure", paths[name])
+            stats[name][0].add(got["start_s"])
+            stats[name][1].add(got["first_read_s"])
+    size = os.path.getsize(os.path.join(paths["this tree"], "index.snap"))
+    rows = [["floor: read + msgpack.unpackb of the snapshot, s", fmt_range(floors, "{:.3f}"),
+             "", ""]]
+    for name in trees:
+        start, first = stats[name]
+        rows.append([f"{name}: start (async with engine:), s", fmt_range(start, "{:.3f}"),
+                     f"{ratios(start, floors).median:.2f}x",
+                     "met" if start.median <= GOAL_S else "MISSED"])
+        rows.append([f"{name}: first read of a finished instance, ms",
+                     fmt_range(Stat([v * 1000 for v in first.values]), "{:.2f}"), "", ""])
+    if args.vs_tree:
+        rows.append(["this tree / other tree, start", "",
+                     f"{ratios(stats['this tree'][0], stats['other tree'][0]).median:.2f}x", ""])
+    print(table(f"{records:,} records ({instances:,} finished instances), snapshot "
+                f"{size / 1e6:.1f} MB; median (range) of {runs} interleaved rounds",
+                ["", "value", "vs floor", f"goal <= {GOAL_S} s"], rows))
+    print(machine_line(data_dir))
+    if args.json:
+        write_json(args.json, {"records": records, "instances": instances,
+                               "floor_s": floors.values,
+                               **{name: {"start_s": s.values, "first_read_s": f.values}
+                                  for name, (s, f) in stats.items()}})
+    shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
