@@ -107,7 +107,8 @@ class Spread:
             try:
                 got = await backend.take_queued(picked)
             except (JournalFailed, JournalClosed, EngineError) as exc:
-                logger.warning("queued instances of other engines not taken: %s", exc)
+                # Harmless (they wait where they are); looked at again in RETRY s.
+                logger.debug("queued instances of other engines not taken: %s", exc)
                 continue
             for iid in got:
                 self.seen(iid)  # claimed: this engine's now
@@ -143,11 +144,13 @@ class Spread:
 
 
 def _orders(index: dict[str, InstanceEntry], ids: set[str]) -> list[tuple[int, int, str, Key]]:
-    """Each candidate's place in a queue (priority, higher first; created
-    time), then its id and concurrency key."""
+    """Each candidate still queued: its place in a queue (priority, higher
+    first; created time), then its id and concurrency key."""
     out = []
     for iid in ids:
-        entry = index[iid]
+        entry = index.get(iid)
+        if entry is None or entry.state != lc.QUEUED:  # gone meanwhile (retention)
+            continue
         flow = entry.flow
         out.append((-flow[0] if flow else 0, entry.created_ms, iid, flow[2] if flow else None))
     return out

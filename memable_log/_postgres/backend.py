@@ -272,7 +272,8 @@ class PostgresBackend:
         capacity (lease.take_queued): owned once their records are read,
         and the engine is told (``calls.claimed``: they enter its queue).
         The ids taken. A reply lost with the connection may hide a take that
-        committed: the database is asked what this engine owns instead."""
+        committed: the database is asked what this engine owns instead (if
+        that fails too, the next take of them takes them again)."""
         if self.refusing is not None:
             raise PostgresJournalFailed(self.refusing)
         if self.link is None:
@@ -284,10 +285,15 @@ class PostgresBackend:
                     reader = self._reader = await self.connect("reader")
                 got = await take_queued(reader, self.writer, ids)
             except psycopg.OperationalError:
-                reader = self._reader = await self.connect("reader")
-                asked = set(ids)
-                got = {i: e for i, e in (await owned(reader, self.writer)).items()
-                       if i in asked and self.epochs.get(i) != e}
+                try:
+                    reader = self._reader = await self.connect("reader")
+                    asked = set(ids)
+                    got = {i: e for i, e in (await owned(reader, self.writer)).items()
+                           if i in asked and self.epochs.get(i) != e}
+                except psycopg.Error as exc:  # the next take asks for them again
+                    raise EngineError(f"the PostgreSQL journal did not answer: {exc}") from None
+            except psycopg.Error as exc:
+                raise EngineError(f"the PostgreSQL journal refused the take: {exc}") from None
         if got:
             await self._read_back()  # every record its former owner wrote is in the index
             if self.refusing is None:

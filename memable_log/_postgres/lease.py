@@ -27,7 +27,10 @@ set and cleared by the batches that queue, start or end them): epoch + 1,
 so their owner's ``dequeued`` is fenced out if it comes later, and rows
 locked by a batch in flight (that ``dequeued``, say) are skipped. An
 instance whose start committed first is no longer queued and is not taken:
-no engine ever takes an instance that runs this way.
+no engine ever takes an instance that runs this way. The engine asks only
+for instances it does not hold; one the database says it owns already (a
+take whose reply was lost) is taken again, at a new epoch, and so becomes
+known to it.
 
 Rejoining. An engine that lost its lease (its own clock fenced it, or a
 renewal found its row expired) joins again under a new name once the
@@ -62,7 +65,7 @@ _RELEASE = "UPDATE ml_workers SET expires_at = '-infinity' WHERE writer = $1"
 _CLAIM = "SELECT instance_id, epoch FROM ml_claim($1)"
 _TAKE_QUEUED = (
     "WITH pick AS (SELECT instance_id FROM ml_instances WHERE instance_id = ANY($2) "
-    "  AND queued AND lease_owner IS DISTINCT FROM $1 FOR UPDATE SKIP LOCKED) "
+    "  AND queued FOR UPDATE SKIP LOCKED) "
     "UPDATE ml_instances m SET lease_owner = $1, lease_epoch = m.lease_epoch + 1 "
     "FROM pick WHERE m.instance_id = pick.instance_id RETURNING m.instance_id, m.lease_epoch")
 _OWNED = "SELECT instance_id, lease_epoch FROM ml_instances WHERE lease_owner = $1"
