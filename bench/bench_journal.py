@@ -231,8 +231,9 @@ def run_writes(sizes: Sizes, data_dir: str, progress: Callable[[str], None]) -> 
 # -- the start-up journal -------------------------------------------------------
 
 
-def _startup_records(instances: int, seq: int) -> Any:
-    """Yield packed records: groups of 64 instances run side by side."""
+def _startup_records(instances: int, seq: int, finished: bool = False) -> Any:
+    """Yield packed records: groups of 64 instances run side by side (and,
+    ``finished``, each group's ``completed`` records after its steps)."""
     ts = TS_MS
     pack = msgpack.packb
     for first in range(0, instances, 64):
@@ -246,15 +247,18 @@ def _startup_records(instances: int, seq: int) -> Any:
                 blob = pack({"ok": True, "rows": (i * 7 + k) % 1000, "etag": f"{i:x}-{k}"})
                 yield pack([r.STEP_DONE, seq, ts, inst, key, blob, ts, 1])
                 seq, ts = seq + 1, ts + 1
+        for i, inst in group if finished else ():
+            yield pack([r.COMPLETED, seq, ts, inst, b"\x00" + pack(i)])  # as the codec frames it
+            seq, ts = seq + 1, ts + 1
 
 
-def build_startup_journal(path: str, instances: int) -> int:
+def build_startup_journal(path: str, instances: int, finished: bool = False) -> int:
     """Write the journal with large batches through SegmentWriter (unmeasured)."""
     storage = FileStorage(path)
     writer = SegmentWriter(storage)
     writer.recover(scan(storage))
     batch: list[bytes] = []
-    for payload in _startup_records(instances, writer.next_seq):
+    for payload in _startup_records(instances, writer.next_seq, finished):
         batch.append(payload)
         if len(batch) == 50_000:
             writer.commit(batch)
