@@ -75,3 +75,21 @@ def test_bench_compaction_quick_completes_and_reports_every_phase(tmp_path: Path
         assert latency[key]["runs"], key
     # Scratch journals removed; the start-up journal is kept for the next run.
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["startup-10000"]
+
+
+def test_bench_startup_quick_completes_and_reports_every_row(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_startup.py"), "--quick",
+         "--data-dir", str(tmp_path / "data"), "--json", str(results),
+         "--vs-tree", str(REPO)],
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for row in ("110,000 records (10,000 finished instances)", "floor: read + msgpack",
+                "this tree: start", "other tree: start", "first read of a finished instance",
+                "this tree / other tree"):
+        assert row in proc.stdout, row
+    report = json.loads(results.read_text())
+    assert report["records"] == 110_000
+    assert len(report["this tree"]["start_s"]) == len(report["floor_s"]) == 1
