@@ -357,7 +357,7 @@ class InstanceEntry:
         self.flow: Flow | None = None
         # A finished instance loaded from the snapshot: its other fields,
         # packed, until one is read (rest.py); None once they are fields.
-        self.rest: bytes | None = None
+        self.rest: bytes | memoryview | None = None
 
     def __getattr__(self, name: str) -> Any:
         """A field not set: one of the rest of an entry loaded packed, decoded now."""

@@ -58,7 +58,7 @@ class MalformedRest(MalformedEntry, EngineError):
     """A finished instance's packed fields, read after start, are malformed."""
 
 
-def pack(e: InstanceEntry) -> bytes:
+def pack(e: InstanceEntry) -> bytes | memoryview:
     """The rest of ``e`` as the snapshot keeps it (the bytes it came as, if
     never decoded)."""
     from .index import pack_steps

@@ -16,16 +16,13 @@ settings, an older version) falls back to the full scan, which gives the
 same index. Written at clean shutdown and after every compaction, as a temp
 file, fsynced and renamed (losing it costs only a slower start).
 
-File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
+File: ``MAGIC``, u32 crc32 of all that follows, the body (one msgpack
+array), then the finished instances' rests (snapshot_instances.py)::
 
     [6, inline_limit, [segment name, offset, next_seq, records],
      [[name, salt, length, crc32], ...], [workflow name, ...],
-     {instance: [workflow number, state, created_ms, updated_ms, input,
-                 outcome, error, pending, status, deadline_ms, step table,
-                 signals, waits, done_waits, last_seq, events, status_calls,
-                 step meta, tries, parent, flow]
-                or, finished: [workflow number, state, created_ms,
-                               updated_ms, parent, rest (a bin: _core/rest.py)]},
+     instances (snapshot_instances.py: columns; a finished instance's rest
+                packed, a live one's other fields by id),
      {"schedules": {name: [workflow, cron, input, catch_up, after_ms]},
       "debounces": [[workflow, debounce key, n, input, due_ms, ts_ms], ...],
       "handovers": {hand-over file name: instance id}}]
@@ -33,22 +30,22 @@ File: ``MAGIC``, u32 crc32 of the body, then the body, one msgpack array::
 (``events``: nil, or the event stream as ``[key, ts_ms, value]`` arrays.)
 
 Load does as little per instance as it can, since a million-record journal
-holds a hundred thousand of them: a finished instance's rest stays the bin
-it is until a field of it is read (_core/rest.py: one allocation per
-finished instance, checked when decoded); the step table is the packed form of
-_index.py, a msgpack bin kept as the bytes object it decodes to (decoded
-only when the engine first reads it, if ever); workflow names are numbers
-into one list (interned once, not once per instance); arrays decode as the
-tuples the fields already are, and an instance's fields are unpacked into
-its slots in one statement. Locations beyond 64 bits (records inside
-compacted blocks) are msgpack ext type ``BIG_INT``, so only they cost a
-Python call at load. The garbage collector is paused while the entries are
-built: they are all new and all kept, so its passes would find nothing.
+holds a hundred thousand of them (snapshot_instances.py): the fields every
+entry has at start are columns; a finished instance's rest stays a slice
+of one bin until a field of it is read (_core/rest.py: checked then); the
+step table is the packed form of _index.py, a msgpack bin kept as the bytes
+object it decodes to (decoded only when the engine first reads it, if
+ever); workflow names are numbers into one list (interned once, not once
+per instance). Locations beyond 64 bits (records inside compacted blocks)
+are msgpack ext type ``BIG_INT``, so only they cost a Python call at load.
+The garbage collector is paused while the entries are built: they are all
+new and all kept, so its passes would find nothing.
 """
 
 from __future__ import annotations
 
 import gc
+import io
 import struct
 import sys
 import threading
@@ -59,7 +56,6 @@ from typing import Any
 
 import msgpack
 
-from .._core import lifecycle as lc
 from .._core.format import (
     HEADER_SIZE,
     SNAPSHOT_NAME,
@@ -71,16 +67,14 @@ from .._core.format import (
 from .._core.index import (
     DebounceEntry,
     Index,
-    InstanceEntry,
     ScheduleEntry,
-    pack_steps,
 )
-from .._core.rest import STATES, TEXT, TIME, MalformedEntry, wire_events, wire_table
-from .._core.rest import check as check_rest
-from .._core.rest import pack as pack_rest
-from .._core.wire import ext_hook, wire
+from .._core.rest import TIME, MalformedEntry
+from .._core.wire import ext_hook
 from .files import Storage
 from .segments import Resume, ScanResult, Segment, plan_walk
+from .snapshot_instances import decode as decode_instances
+from .snapshot_instances import encode as encode_instances
 
 MAGIC = b"MMBLSNP1"
 VERSION = 6  # 3: waits and pending (format version 2); 4: format version 3;
@@ -102,29 +96,13 @@ Covered = tuple[str, int, int, int]  # segment name, salt, length, crc32 of thos
 def encode(index: Index, position: Position, segments: list[Covered]) -> bytes:
     """The snapshot file's bytes for ``index`` as of ``position``."""
     numbers: dict[str, int] = {}
-    instances: dict[str, tuple[Any, ...]] = {}
-    finished = lc.FINISHED
-    for iid, e in index.instances.items():
-        number = numbers.setdefault(e.workflow, len(numbers))
-        if e.state in finished:  # the rest packed, as it came if never read
-            instances[iid] = (number, e.state, e.created_ms, e.updated_ms, e.parent,
-                              pack_rest(e))
-            continue
-        table = e.table
-        instances[iid] = (
-            number, e.state, e.created_ms, e.updated_ms, wire(e.input), wire(e.outcome),
-            e.error, e.pending, e.status, e.deadline_ms,
-            table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
-            wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
-            wire_events(e.events), e.status_calls,
-            bytes(e.meta), e.tries, e.parent, e.flow,
-        )
+    instances, rests = encode_instances(index.instances, numbers)
     body: bytes = msgpack.packb(
         [VERSION, index.inline_limit, position, segments, list(numbers), instances,
          _engine_tables(index)],
         use_bin_type=True,
     )
-    return MAGIC + _CRC.pack(zlib.crc32(body)) + body
+    return MAGIC + _CRC.pack(zlib.crc32(rests, zlib.crc32(body))) + body + rests
 
 
 _gc_lock = threading.Lock()
@@ -166,11 +144,14 @@ def decode_into(
     if zlib.crc32(memoryview(data)[head:]) != _CRC.unpack_from(data, len(MAGIC))[0]:
         raise SnapshotInvalid("checksum mismatch")
     with _gc_paused():
+        # Read from the file's bytes, not fed a copy: the rests after the
+        # body are used in place.
+        file = io.BytesIO(data)
+        file.seek(head)
         unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=True, use_list=False, ext_hook=ext_hook,
+            file, raw=False, strict_map_key=True, use_list=False, ext_hook=ext_hook,
             max_buffer_size=len(data),
         )
-        unpacker.feed(memoryview(data)[head:])
         try:
             fields = unpacker.read_array_header()
             version = unpacker.unpack() if fields else "?"
@@ -196,50 +177,19 @@ def decode_into(
         except Exception as exc:
             raise SnapshotInvalid(f"undecodable: {exc}") from None
         _load_engine_tables(index, tables)
-        if type(instances) is not dict or type(workflows) is not tuple:
-            raise SnapshotInvalid("malformed")
-        names = [sys.intern(w) for w in workflows]
-        new = InstanceEntry.__new__
-        states, workflow_count, finished = STATES, len(names), lc.FINISHED
-        # The map decoded is the index's map: each value becomes its entry.
-        # A snapshot is checked, never trusted (as every record is): one
-        # crafted with a valid crc must not plant a state or a type the
-        # engine would trip on later. A finished instance's rest is checked
-        # when it is decoded (_core/rest.py); a live one's fields now.
+        if type(workflows) is not tuple or not all(type(w) is str for w in workflows):
+            raise SnapshotInvalid("malformed workflow names")
+        rests = memoryview(data)[head + unpacker.tell():]
         try:
-            for iid, fields in instances.items():
-                e = new(InstanceEntry)
-                if len(fields) == _FINISHED_FIELDS:
-                    number, e.state, e.created_ms, e.updated_ms, e.parent, e.rest = fields
-                    if type(e.rest) is not bytes or e.state not in finished:
-                        raise MalformedEntry(f"instance {iid!r} is malformed")
-                else:
-                    (
-                        number, e.state, e.created_ms, e.updated_ms, e.input, e.outcome,
-                        e.error, e.pending, e.status, e.deadline_ms, e.table,
-                        e.signals, e.waits, e.done_waits, e.last_seq,
-                        e.events, e.status_calls,
-                        e.meta, e.tries, e.parent, e.flow,
-                    ) = fields
-                    e.rest = None
-                    check_rest(iid, e)
-                if not (
-                    type(number) is int and 0 <= number < workflow_count and e.state in states
-                    and type(e.created_ms) is int and type(e.updated_ms) is int
-                    and type(iid) is str and type(e.parent) in TEXT
-                ):
-                    raise MalformedEntry(f"instance {iid!r} is malformed")
-                e.workflow = names[number]
-                instances[iid] = e
+            entries = decode_instances(instances, [sys.intern(w) for w in workflows], rests)
         except MalformedEntry as exc:
             raise SnapshotInvalid(str(exc)) from None
-    index.instances = instances
+    index.instances = entries
     index.records = records
     return where, covered
 
 
 _FIELDS = 7  # the body array's length
-_FINISHED_FIELDS = 6  # a finished instance: workflow number, state, times, parent, rest
 
 
 # -- engine-level tables (schedules, debounce, hand-overs applied): after the instances

@@ -15,6 +15,7 @@ import pytest
 from memable_log._compaction import compactor
 from memable_log._core import index as ix
 from memable_log._core import records as r
+from memable_log._core.rest import REST
 from memable_log._storage import snapshot as snap
 
 BIG = bytes(range(256)) * 2  # above the inline limit: kept by location
@@ -85,17 +86,20 @@ def test_the_snapshot_round_trip_keeps_streams_and_status() -> None:
 def test_a_snapshot_with_a_malformed_stream_is_refused(events: Any) -> None:
     index, _ = applied(history())
     data = snap.encode(index, ("seg", 40, 10, index.records), [])
-    fields = list(snap_instances(data)["i"])
-    fields[15] = events
+    fields = list(snap_body(data)[0][5][8]["i"])  # a live instance's fields
+    fields[REST.index("events")] = events
     with pytest.raises(snap.SnapshotInvalid, match="event stream"):
         snap.decode_into(ix.Index(), reencode(data, "i", fields))
 
 
-def snap_instances(data: bytes) -> dict[str, Any]:
+def snap_body(data: bytes) -> tuple[Any, bytes]:
+    """The snapshot's msgpack body, and the finished instances' rests after it."""
     import msgpack
 
-    body = msgpack.unpackb(data[12:], raw=False, strict_map_key=False)
-    return body[5]  # type: ignore[no-any-return]
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(data[12:])
+    body = unpacker.unpack()
+    return body, data[12 + unpacker.tell():]
 
 
 def reencode(data: bytes, iid: str, fields: list[Any]) -> bytes:
@@ -103,9 +107,9 @@ def reencode(data: bytes, iid: str, fields: list[Any]) -> bytes:
 
     import msgpack
 
-    body = msgpack.unpackb(data[12:], raw=False, strict_map_key=False)
-    body[5][iid] = fields
-    packed = msgpack.packb(body, use_bin_type=True)
+    body, rests = snap_body(data)
+    body[5][8][iid] = fields
+    packed = msgpack.packb(body, use_bin_type=True) + rests
     return snap.MAGIC + zlib.crc32(packed).to_bytes(4, "little") + packed
 
 

@@ -95,8 +95,11 @@ async def test_compaction_keeps_them_and_its_snapshot_carries_them(
 
 
 def body_of(data: bytes) -> list[Any]:
+    """The snapshot's msgpack body (the finished instances' rests follow it)."""
     head = len(snap.MAGIC) + 4
-    return list(msgpack.unpackb(data[head:], raw=False, strict_map_key=False))
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(data[head:])
+    return list(unpacker.unpack())
 
 
 async def test_a_snapshot_without_the_tables_falls_back_to_the_full_scan(
