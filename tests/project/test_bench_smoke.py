@@ -86,7 +86,7 @@ def test_bench_startup_quick_completes_and_reports_every_row(tmp_path: Path) -> 
         capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    for row in ("110,000 records (10,000 finished instances)", "floor: read + msgpack",
+    for row in ("110,000 records (10,000 finished instances)", "floor: read + unpack",
                 "this tree: start", "other tree: start", "first read of a finished instance",
                 "this tree / other tree"):
         assert row in proc.stdout, row
