@@ -103,7 +103,7 @@ def decode(e: InstanceEntry) -> None:
                 e.meta, e.tries, e.flow,
             ) = fields
             try:
-                check("?", e)
+                check(None, e)
             except MalformedEntry:
                 for name in REST:  # nothing of it lands in the entry
                     object.__delattr__(e, name)
@@ -117,7 +117,11 @@ def decode(e: InstanceEntry) -> None:
         e.rest = None
 
 
-def check(iid: str, e: Any) -> None:
+def _who(iid: str | None) -> str:
+    return "its entry" if iid is None else f"instance {iid!r}"
+
+
+def check(iid: str | None, e: Any) -> None:
     """The rest's fields of an entry, looked into; the
     common ones inline, the tables only when it has them. Sets ``events``
     to the list the index keeps."""
@@ -127,7 +131,7 @@ def check(iid: str, e: Any) -> None:
         and type(e.status) in TEXT and type(e.deadline_ms) in TIME
         and type(e.status_calls) is int
     ):
-        raise MalformedEntry(f"instance {iid!r} is malformed")
+        raise MalformedEntry(f"{_who(iid)} is malformed")
     if e.error is not None or e.pending is not None or e.signals is not None or (
         e.waits is not None or e.done_waits is not None
     ):
@@ -140,7 +144,7 @@ def check(iid: str, e: Any) -> None:
         check_flow(iid, e.flow)
 
 
-def check_tables(iid: str, e: Any) -> None:
+def check_tables(iid: str | None, e: Any) -> None:
     """An error, the pending keys, the signals and the waits, looked into."""
     error, pending, waits = e.error, e.pending, e.waits
     ok = error is None or (
@@ -161,28 +165,28 @@ def check_tables(iid: str, e: Any) -> None:
             and type(wait[1]) in TIME and type(wait[2]) in TEXT
         )
     if not ok:
-        raise MalformedEntry(f"instance {iid!r} has a malformed table")
+        raise MalformedEntry(f"{_who(iid)} has a malformed table")
 
 
-def events(iid: str, stream: Any) -> list[PublishedEvent]:
+def events(iid: str | None, stream: Any) -> list[PublishedEvent]:
     """A decoded event stream, checked, as the index keeps it (a list)."""
     if type(stream) is not tuple or not all(
         type(ev) is tuple and len(ev) == 3 and type(ev[0]) is str and type(ev[1]) is int
         and type(ev[2]) in VALUE for ev in stream
     ):
-        raise MalformedEntry(f"instance {iid!r} has a malformed event stream")
+        raise MalformedEntry(f"{_who(iid)} has a malformed event stream")
     return list(stream)
 
 
-def check_flow(iid: str, flow: object) -> None:
+def check_flow(iid: str | None, flow: object) -> None:
     if not (
         type(flow) is tuple and len(flow) == 3 and type(flow[0]) is int
         and type(flow[1]) in TIME and type(flow[2]) in TEXT
     ):
-        raise MalformedEntry(f"instance {iid!r} has malformed flow options")
+        raise MalformedEntry(f"{_who(iid)} has malformed flow options")
 
 
-def check_tries(iid: str, tries: object) -> None:
+def check_tries(iid: str | None, tries: object) -> None:
     """A step's failed attempts: key -> (started_ms, ((type, message), ...))."""
     ok = type(tries) is dict and bool(tries)
     for key, value in tries.items() if ok else ():  # type: ignore[attr-defined]
@@ -192,4 +196,4 @@ def check_tries(iid: str, tries: object) -> None:
                     and type(x[1]) is str for x in value[1])
         )
     if not ok:
-        raise MalformedEntry(f"instance {iid!r} has malformed failed attempts")
+        raise MalformedEntry(f"{_who(iid)} has malformed failed attempts")

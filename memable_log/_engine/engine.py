@@ -322,8 +322,9 @@ class Engine:
         if self._nursery is None or host.draining or instance_id in host.running:
             return
         if not self._backend.owns(instance_id):  # another engine runs it (PostgreSQL)
-            if instance_id not in host.running:  # a slot taken for its creation, which lost
-                self._flow.unclaim(instance_id)  # the id to another engine's: given back
+            # A slot taken for its creation, which lost the id to another
+            # engine's (or for a wake it does not own): given back.
+            self._flow.unclaim(instance_id)
             return
         entry = host.index.instances[instance_id]
         if entry.workflow not in host.workflows:
