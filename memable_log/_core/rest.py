@@ -19,14 +19,17 @@ snapshot is never trusted: one crafted with a valid crc must not plant a
 type the engine trips on). A malformed rest raises ``MalformedEntry`` at
 each read (its entry keeps it), naming the snapshot to delete.
 
-Threads: compaction reads entries on a worker thread while the trio thread
-may apply a record to the same instance; decoding is under one lock, and a
-second reader finds it done.
+Threads: an entry is decoded by the thread that reads it. The live index
+is read and changed on the engine's thread; what reads entries elsewhere
+either reads only ``rest`` and fields already decoded (the snapshot's
+writer) or reads entries no other thread holds (compaction's ``removed``
+instances, taken out of the live index first; the offline compactor).
+Two decodes of one entry would set equal fields, and nothing changes an
+entry between them.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -47,7 +50,6 @@ OUTCOME = frozenset({bytes, int, type(None)})
 TEXT = frozenset({str, type(None)})
 TIME = frozenset({int, type(None)})
 STATES = frozenset(range(len(lc.STATE_NAMES)))
-_lock = threading.Lock()
 
 
 class MalformedEntry(ValueError):
@@ -88,33 +90,32 @@ def wire_events(events: list[PublishedEvent] | None) -> list[Any] | None:
 def decode(e: InstanceEntry) -> None:
     """Decode and check ``e``'s packed rest into its fields (see the module
     comment); at once if it has none."""
-    with _lock:
-        rest = e.rest
-        if rest is None:
-            return
+    rest = e.rest
+    if rest is None:
+        return
+    try:
+        fields = msgpack.unpackb(rest, raw=False, strict_map_key=True, use_list=False,
+                                 ext_hook=ext_hook)
+        if type(fields) is not tuple or len(fields) != len(REST):
+            raise MalformedEntry("its fields are not a tuple of the rest")
+        (
+            e.input, e.outcome, e.error, e.pending, e.status, e.deadline_ms, e.table,
+            e.signals, e.waits, e.done_waits, e.last_seq, e.events, e.status_calls,
+            e.meta, e.tries, e.flow,
+        ) = fields
         try:
-            fields = msgpack.unpackb(rest, raw=False, strict_map_key=True, use_list=False,
-                                     ext_hook=ext_hook)
-            if type(fields) is not tuple or len(fields) != len(REST):
-                raise MalformedEntry("its fields are not a tuple of the rest")
-            (
-                e.input, e.outcome, e.error, e.pending, e.status, e.deadline_ms, e.table,
-                e.signals, e.waits, e.done_waits, e.last_seq, e.events, e.status_calls,
-                e.meta, e.tries, e.flow,
-            ) = fields
-            try:
-                check(None, e)
-            except MalformedEntry:
-                for name in REST:  # nothing of it lands in the entry
-                    object.__delattr__(e, name)
-                raise
-        except (MalformedEntry, ValueError, TypeError) as exc:
-            raise MalformedRest(
-                f"a finished instance's entry in the index snapshot is malformed ({exc}); "
-                "delete index.snap in the journal's directory and start again: the index "
-                "is then rebuilt from the journal"
-            ) from None
-        e.rest = None
+            check(None, e)
+        except MalformedEntry:
+            for name in REST:  # nothing of it lands in the entry
+                object.__delattr__(e, name)
+            raise
+    except (MalformedEntry, ValueError, TypeError) as exc:
+        raise MalformedRest(
+            f"a finished instance's entry in the index snapshot is malformed ({exc}); "
+            "delete index.snap in the journal's directory and start again: the index "
+            "is then rebuilt from the journal"
+        ) from None
+    e.rest = None
 
 
 def _who(iid: str | None) -> str:
