@@ -335,9 +335,15 @@ class Engine:
             self._run(instance_id)
 
     def _run(self, instance_id: str) -> None:
-        """Start a runner for an instance that has its slot."""
+        """Start a runner for an instance that has its slot, if this engine
+        owns it (a shared journal: never one another engine runs)."""
         host = self._host
         assert self._nursery is not None
+        if not self._backend.owns(instance_id):
+            logger.error("instance %s: not started, another engine holds it", instance_id,
+                         extra={"instance_id": instance_id})
+            self._flow.released(instance_id)
+            return
         host.running.add(instance_id)
         self._nursery.start_soon(
             run_instance, host, instance_id, self._after_run, self._flow,

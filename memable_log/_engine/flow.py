@@ -303,8 +303,10 @@ class FlowControl:
             return
         entry = host.index.instances.get(iid)
         # By the index, not ``written``: an append cancelled as it committed
-        # may have landed.
-        if entry is not None and entry.state == lc.RUNNING:
+        # may have landed. Running and this engine's: another engine that
+        # took it (a shared journal) may have started it, and its
+        # ``dequeued`` be the one the index shows.
+        if entry is not None and entry.state == lc.RUNNING and self._owns(iid):
             if iid not in host.running and not host.draining and self._nursery is not None:
                 self._run(iid)
             return

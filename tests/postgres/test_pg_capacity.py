@@ -20,6 +20,7 @@ from test_pg_shared import seen
 
 from memable_log import Context, Engine
 from memable_log._engine.engine import host_of
+from memable_log._postgres.errors import Refused
 
 
 class Site:
@@ -225,3 +226,45 @@ async def test_a_signal_from_another_engine_wakes_a_limited_instance_where_there
             holds["busy-a"].set()
             await a.wait("busy-a")
     assert ran == [("a", "x"), ("a", "busy-a"), ("b", "busy-b"), ("b", "x")]
+
+
+async def test_a_slot_handed_to_an_instance_another_engine_took_and_started_runs_nothing(
+    pg_dsn: str,
+) -> None:
+    """The kill -9 campaign's one violation (seed 64): x1, queued in a, was
+    taken by b, which started it; a's run of x0 ended and handed its slot to
+    x1 (a had not heard), that ``dequeued`` was fenced out and put aside,
+    and before a looked at its batch again its tailer applied b's
+    ``dequeued``: x1 was running by a's index, and a ran it too, its steps
+    beside b's. Here a's tailer is made to read the log right when the
+    fence refuses the batch."""
+    go_a, go_b = trio.Event(), trio.Event()
+    a_site, b_site = Site("a", go_a), Site("b", go_b)
+    with trio.fail_after(20):
+        async with build(pg_dsn, a_site, 1) as a, build(pg_dsn, b_site, 1) as b:
+            backend = host_of(a).backend
+            assert backend is not None
+            await a.invoke("slow", instance_id="x0")
+            await a_site.until_running(1)
+            backend.poll = 60.0  # type: ignore[attr-defined]  # a reads the log when told only
+            await backend.caught_up()  # type: ignore[attr-defined]
+            await a.invoke("slow", instance_id="x1")  # queued in a
+            await b_site.until_running(1)  # b took x1 and started it
+            commits = backend.commits  # type: ignore[attr-defined]
+            write = commits._write
+
+            async def refused_then_read(recs: list[Any]) -> list[int]:
+                try:
+                    return await write(recs)  # type: ignore[no-any-return]
+                except Refused:
+                    await backend.caught_up()  # type: ignore[attr-defined]
+                    raise
+
+            commits._write = refused_then_read
+            go_a.set()
+            assert await a.wait("x0") == "a"  # its outcome written, x1's start put aside
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            go_b.set()
+            assert await b.wait("x1") == "b"
+    assert a_site.ran == ["x0"]  # never x1
+    assert b_site.ran == ["x1"]
