@@ -164,6 +164,21 @@ class Codec:
         read-back for a ``decode`` right after it, which concurrent steps
         overwrite between them). A scalar of a msgpack type is itself.
         """
+        if self._encode_hook is None:
+            try:
+                strict = self._packers.strict
+            except AttributeError:
+                strict = self._packers.strict = _strict_packer()
+            try:
+                body = strict(value)
+            except Exception:  # a type msgpack takes only loosely, or none: the general way
+                pass
+            else:
+                if type(value) in _SCALARS:
+                    return self._framed(body, value), value
+                if _HAS_BIN(body):  # maybe a memoryview: compare (_strict_packer)
+                    return self._framed(body, value), self._check_reads_back(value, body)
+                return self._framed(body, value), self._decoded(value, body)
         body = self._pack(value)
         if type(value) in _SCALARS:
             return self._framed(body, value), value
@@ -182,12 +197,16 @@ class Codec:
                 return _fits(_ZSTD_TAG + packed, value)
         return _fits(_MSGPACK_TAG + body, value)
 
-    def _check_reads_back(self, value: Any, body: bytes) -> Any:
-        """What ``body`` decodes to, if that is ``value`` (tuples as lists)."""
+    def _decoded(self, value: Any, body: bytes) -> Any:
+        """What ``body`` decodes to (EncodeError if it does not decode)."""
         try:
-            back = self._unpack(body)
+            return self._unpack(body)
         except Exception as exc:
             raise EncodeError(type(value).__qualname__, _unreadable(value, exc)) from exc
+
+    def _check_reads_back(self, value: Any, body: bytes) -> Any:
+        """What ``body`` decodes to, if that is ``value`` (tuples as lists)."""
+        back = self._decoded(value, body)
         try:
             # The C comparison first: true for plain values without tuples.
             parts = None if value == back else _differs(value, back)
@@ -230,6 +249,42 @@ _ZSTD_TAG = bytes([TAG_ZSTD])
 _READ_BACK_KEPT = 64 * 1024  # larger values are decoded again rather than kept
 _SCALARS = frozenset({int, str, float, bool, bytes, type(None)})
 _EQUAL_SCALARS = (int, str, bytes, bytearray, memoryview, msgpack.ExtType)
+
+
+class _Loose(Exception):
+    """A value has an object that only a loose pack takes (a subclass, say)."""
+
+
+def _strict_packer() -> Callable[[Any], bytes]:
+    """A pack of exact msgpack types, tuples packed as the lists they read back as.
+
+    Why: a value made only of exact dicts, lists, tuples, strs, ints,
+    floats, bools, None, bytes and bytearrays reads back equal to itself,
+    tuples as lists (and NaN, which is not equal to itself, as NaN): the
+    comparison ``_check_reads_back`` makes would let it pass, so it need
+    not be made (~10% of a realistic step's encode). A bin object could be
+    a memoryview, which need not read back equal: a body with a bin head
+    byte anywhere is compared as before. Anything else (a subclass, a type
+    msgpack refuses, an int beyond 64 bits) raises ``_Loose``, and the
+    value goes the general way (``Codec._pack``), which packs the very same
+    bytes for whatever this one packs.
+    """
+    packer = msgpack.Packer(default=_strict_default, use_bin_type=True, strict_types=True)
+    return packer.pack  # type: ignore[no-any-return]
+
+
+def _strict_default(obj: Any) -> Any:
+    if type(obj) is tuple:  # as a loose pack does
+        return list(obj)
+    raise _Loose
+
+
+def _has_bin(body: bytes) -> bool:
+    """Whether a bin8/16/32 head byte (0xc4-0xc6) is anywhere in ``body``."""
+    return b"\xc4" in body or b"\xc5" in body or b"\xc6" in body
+
+
+_HAS_BIN = _has_bin
 
 
 def _no_hook(obj: Any) -> NoReturn:
