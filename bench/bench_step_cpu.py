@@ -9,7 +9,8 @@ Run from the repository root::
 Why instructions and not time: the machine is shared, and timings of the
 same tree differ by 2x between rounds, while ``valgrind --tool=callgrind``
 counts the instructions a process executes, the same in every run (the
-commit thread's included). Every figure is a difference of two runs that
+commit thread's included; hashing is seeded alike, PYTHONHASHSEED=0, and
+instance ids are fixed). Every figure is a difference of two runs that
 differ only in the work counted, so imports, the engine's start and stop
 cancel out:
 
@@ -100,16 +101,17 @@ def child(argv: list[str]) -> None:
         engine.register("memo", memo)
         async with engine:
             if mode == "b":
-                async def one() -> None:
-                    await engine.wait(await engine.invoke("steps", int(second)))
+                async def one(n: int) -> None:
+                    iid = f"wf-{n}"  # not random: the same hashes in every run
+                    await engine.wait(await engine.invoke("steps", int(second), instance_id=iid))
 
                 async with trio.open_nursery() as nursery:
-                    for _ in range(int(first)):
-                        nursery.start_soon(one)
+                    for n in range(int(first)):
+                        nursery.start_soon(one, n)
                 return
             replays = int(second)
             reached.extend(trio.Event() for _ in range(replays))
-            iid = await engine.invoke("memo", (int(first), replays))
+            iid = await engine.invoke("memo", (int(first), replays), instance_id="memo")
             for j in range(replays):
                 await reached[j].wait()
                 async for status in engine.watch(iid):  # parked: the next run replays
@@ -133,7 +135,8 @@ def instructions(tree: str, values: str, use_dir: bool, args: list[str]) -> int:
         proc = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
              os.path.abspath(__file__), "--child", tree, values, where, *args],
-            capture_output=True, text=True, check=False)
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "PYTHONHASHSEED": "0"})  # the same dict layouts each run
         found = re.search(r"Collected : (\d+)", proc.stderr)
         if proc.returncode != 0 or found is None:
             raise RuntimeError(f"callgrind run {args} failed:\n{proc.stderr[-3000:]}")
