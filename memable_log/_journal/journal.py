@@ -153,7 +153,7 @@ class Journal:
 
     async def append(self, rec: list[Any]) -> int:
         """Durably append a record (see records.make); return its seq."""
-        await self._scheduler.append_many([rec])  # straight there: every step comes here
+        await self.append_many([rec])
         return int(rec[SEQ])
 
     async def append_many(self, recs: list[list[Any]]) -> None:
