@@ -28,7 +28,6 @@ its replay would fail forever.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -87,12 +86,16 @@ class Codec:
         # out by the next decode of that very blob (a step decodes what it
         # wrote), once, so no decoded object is ever shared.
         self._read_back: tuple[bytes, Any] | None = None
-        # Without hooks, each thread packs with a Packer of its own, kept:
+        # Without hooks, packs use Packers kept from one call to the next:
         # ``msgpack.packb`` builds (and frees) a new one per call, ~1 us of
-        # a step's ~5 us pack. Per thread, because a Packer's buffer is
-        # shared state; only without hooks, because a hook packs again from
-        # inside the pack (``_default``), which one Packer cannot do.
-        self._packers = threading.local()
+        # a step's ~5 us pack. A Packer's buffer is shared state, so each
+        # is taken from its pool for the call (``list.pop`` and ``append``
+        # are atomic): another thread packing meanwhile takes another one,
+        # a new one if the pool is empty. Only without hooks, because a
+        # hook packs again from inside the pack, which a taken Packer
+        # would do with a fresh one anyway, at no gain.
+        self._loose_packs: list[Callable[[Any], bytes]] = []
+        self._strict_packs: list[Callable[[Any], bytes]] = []
 
     @property
     def has_hooks(self) -> bool:
@@ -116,12 +119,15 @@ class Codec:
     def _pack(self, value: Any) -> bytes:
         try:
             if self._encode_hook is None:
+                pool = self._loose_packs
                 try:
-                    pack = self._packers.pack
-                except AttributeError:
-                    pack = self._packers.pack = msgpack.Packer(
-                        default=_no_hook, use_bin_type=True).pack
-                return pack(value)  # type: ignore[no-any-return]
+                    pack = pool.pop()
+                except IndexError:
+                    pack = msgpack.Packer(default=_no_hook, use_bin_type=True).pack
+                try:
+                    return pack(value)
+                finally:
+                    pool.append(pack)  # its buffer is empty again, even after a refusal
             return msgpack.packb(value, default=self._default, use_bin_type=True)  # type: ignore[no-any-return]
         except EncodeError:
             raise
@@ -165,15 +171,18 @@ class Codec:
         overwrite between them). A scalar of a msgpack type is itself.
         """
         if self._encode_hook is None:
+            pool = self._strict_packs
             try:
-                strict = self._packers.strict
-            except AttributeError:
-                strict = self._packers.strict = _strict_packer()
+                strict = pool.pop()
+            except IndexError:  # the first pack, or another thread's is under way
+                strict = _strict_packer()
             try:
                 body = strict(value)
             except Exception:  # a type msgpack takes only loosely, or none: the general way
-                pass
-            else:
+                body = None
+            finally:
+                pool.append(strict)  # its buffer is empty again, even after a refusal
+            if body is not None:
                 if type(value) in _SCALARS:
                     return self._framed(body, value), value
                 if _HAS_BIN(body):  # maybe a memoryview: compare (_strict_packer)
