@@ -52,6 +52,7 @@ from .._core.typed import Mismatch, return_plan
 from . import attempts, events
 from . import children as _children
 from .host import Host
+from .read_ahead import MISSING
 from .retry import NO_RETRY, RetryPolicy, policy
 from .waits import RunWaits
 
@@ -584,8 +585,11 @@ class Step:
                     found = entry.steps.get(key, found)  # a compaction may have moved it
                 if type(found) is bytes:  # inline: no read, no coroutine
                     value = host.codec.decode(found)
-                else:
-                    value = await host.replayed_step(ctx.instance_id, ix.entry_loc(found))  # type: ignore[arg-type]
+                else:  # read ahead (no coroutine either), or read now
+                    loc = found >> 2  # type: ignore[operator]  # ix.entry_loc inlined
+                    value = host.held_step(ctx.instance_id, loc)
+                    if value is MISSING:
+                        value = await host.replayed_step(ctx.instance_id, loc)
                 return value if declared is None else _typed(declared, value, ctx.instance_id, key)
             kind = ix.entry_kind(found)
             if kind == ix.STEP_FAILED_AT:

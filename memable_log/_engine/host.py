@@ -31,7 +31,7 @@ from .._core.codec import Codec, EncodeError
 from .._core.errors import EngineError, JournalCorrupt, NotSerializable, UnknownInstance
 from .._core.index import Index
 from .clock import Clock
-from .read_ahead import ReadAhead
+from .read_ahead import MISSING, ReadAhead
 from .retry import RetryPolicy
 from .waits import RunWaits, TaskExits
 
@@ -214,6 +214,13 @@ class Host:
         if type(where) is bytes:
             return self.codec.decode(where)
         return self.codec.decode((await self.recorded(where))[field])  # type: ignore[arg-type]
+
+    def held_step(self, instance_id: str, loc: int) -> Any:
+        """The value of a memoised step kept by location if it was read
+        ahead (read_ahead.py), else ``read_ahead.MISSING``: no coroutine,
+        for the steps of a replay served from memory (most of them)."""
+        blob = self.ahead.held(instance_id, loc)
+        return blob if blob is MISSING else self.codec.decode(blob)
 
     async def replayed_step(self, instance_id: str, loc: int) -> Any:
         """The value of a memoised step kept by location, for a replay: read

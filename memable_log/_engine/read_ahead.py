@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .._backend.seam import Backend
 
 WINDOW = 128  # values read in one trip
-_MISSING = object()
+MISSING: Any = object()  # ``held``: nothing read ahead for that location
 
 
 class _Run:
@@ -55,14 +55,21 @@ class ReadAhead:
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
 
+    def held(self, instance_id: str, loc: int) -> Any:
+        """The field read ahead for the step record at ``loc`` (handed out
+        once), or ``MISSING``: a plain call, so that a step served from the
+        window costs its replay no coroutine (``field`` reads the rest)."""
+        run = self._runs.get(instance_id)
+        return MISSING if run is None else run.held.pop(loc, MISSING)
+
     async def field(
         self, backend: Backend, index: ix.Index, instance_id: str, loc: int, field: int
     ) -> Any:
         """Field ``field`` of the step record at ``loc`` of ``instance_id``."""
         run = self._runs.get(instance_id)
         if run is not None:
-            got = run.held.pop(loc, _MISSING)
-            if got is not _MISSING:
+            got = run.held.pop(loc, MISSING)
+            if got is not MISSING:
                 return got
         if run is None or not (run.alone or _has(run.locs, loc)):
             run = self._runs[instance_id] = _Run(_step_locations(index, instance_id))

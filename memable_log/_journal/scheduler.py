@@ -66,7 +66,7 @@ class Executor(Protocol):
 class Batch:
     """Records committed together; ``done`` is set once applied or failed."""
 
-    __slots__ = ("done", "error", "payloads", "records", "waiters")
+    __slots__ = ("_ids", "_seen", "done", "error", "payloads", "records", "waiters")
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
@@ -74,6 +74,20 @@ class Batch:
         self.waiters = 0  # append calls waiting for it
         self.done = trio.Event()
         self.error: str | None = None
+        # The instances of records[:_seen], built at the first ``holds``:
+        # every invoke and every run asks, and a scan per question made
+        # many instances at once quadratic (each batch holds theirs all).
+        self._ids: set[str] = set()
+        self._seen = 0
+
+    def holds(self, instance_id: str) -> bool:
+        """Whether a record of ``instance_id`` is in the batch (each record
+        is looked at once, however often this is asked)."""
+        records = self.records
+        if self._seen < len(records):
+            self._ids.update([rec[INSTANCE] for rec in records[self._seen:]])
+            self._seen = len(records)
+        return instance_id in self._ids
 
 
 class CommitScheduler:
@@ -302,7 +316,7 @@ class CommitScheduler:
         (applied, or failed with its batch): an append cancelled while it
         waited may still be committed, after its caller has moved on."""
         for batch in (self.committing, self._batch):
-            if batch is not None and any(rec[INSTANCE] == instance_id for rec in batch.records):
+            if batch is not None and batch.holds(instance_id):
                 await batch.done.wait()
 
     async def wait_for_roll(self) -> None:
