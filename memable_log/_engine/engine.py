@@ -238,14 +238,18 @@ class Engine:
         assert self._timers is not None
         queued = []
         flow = self._flow
+        finished = lc.FINISHED  # most of a long-lived journal: one test each
         for instance_id, entry in self._host.index.instances.items():
-            if entry.state == lc.RUNNING:
+            state = entry.state
+            if state in finished:
+                continue
+            if state == lc.RUNNING:
                 self._start(instance_id)
-            elif entry.state in lc.PARKED and entry.deadline_ms is not None:
+            elif state in lc.PARKED and entry.deadline_ms is not None:
                 self._timers.push(entry.deadline_ms, instance_id)
-            elif entry.state == lc.QUEUED:
+            elif state == lc.QUEUED:
                 queued.append(instance_id)
-            if entry.state in lc.LIVE and self._backend.owns(instance_id):
+            if self._backend.owns(instance_id):
                 flow.arm(instance_id, entry)  # its timeout: the owner's to fire
         # The running ones had their slots: they take them first.
         for instance_id in queued:
