@@ -60,20 +60,45 @@ class MalformedRest(MalformedEntry, EngineError):
     """A finished instance's packed fields, read after start, are malformed."""
 
 
-def pack(e: InstanceEntry) -> bytes | memoryview:
-    """The rest of ``e`` as the snapshot keeps it (the bytes it came as, if
-    never decoded)."""
+def fields(e: InstanceEntry) -> tuple[Any, ...]:
+    """The rest's fields of a decoded entry as msgpack carries them, in
+    ``REST``'s order (a live instance's in the snapshot, a finished one's packed)."""
     from .index import pack_steps
 
-    if e.rest is not None:
-        return e.rest
     table = e.table
-    packed: bytes = msgpack.packb((
+    return (
         wire(e.input), wire(e.outcome), e.error, e.pending, e.status, e.deadline_ms,
         table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
         wire_table(e.signals), e.waits, e.done_waits, e.last_seq, wire_events(e.events),
         e.status_calls, bytes(e.meta), e.tries, e.flow,
-    ), use_bin_type=True)
+    )
+
+
+def fill(iid: str | None, e: InstanceEntry, rest: Any) -> None:
+    """Set the rest's fields of ``e`` from ``rest`` (``fields``' form,
+    decoded), checked; MalformedEntry, and none of them set, if they are not
+    what the index holds."""
+    if type(rest) is not tuple or len(rest) != len(REST):
+        raise MalformedEntry(f"{_who(iid)} is malformed")
+    (
+        e.input, e.outcome, e.error, e.pending, e.status, e.deadline_ms, e.table,
+        e.signals, e.waits, e.done_waits, e.last_seq, e.events, e.status_calls,
+        e.meta, e.tries, e.flow,
+    ) = rest
+    try:
+        _check(iid, e)
+    except MalformedEntry:
+        for name in REST:  # nothing of it lands in the entry
+            object.__delattr__(e, name)
+        raise
+
+
+def pack(e: InstanceEntry) -> bytes | memoryview:
+    """The rest of ``e`` as the snapshot keeps it (the bytes it came as, if
+    never decoded)."""
+    if e.rest is not None:
+        return e.rest
+    packed: bytes = msgpack.packb(fields(e), use_bin_type=True)
     return packed
 
 
@@ -94,21 +119,8 @@ def decode(e: InstanceEntry) -> None:
     if rest is None:
         return
     try:
-        fields = msgpack.unpackb(rest, raw=False, strict_map_key=True, use_list=False,
-                                 ext_hook=ext_hook)
-        if type(fields) is not tuple or len(fields) != len(REST):
-            raise MalformedEntry("its fields are not a tuple of the rest")
-        (
-            e.input, e.outcome, e.error, e.pending, e.status, e.deadline_ms, e.table,
-            e.signals, e.waits, e.done_waits, e.last_seq, e.events, e.status_calls,
-            e.meta, e.tries, e.flow,
-        ) = fields
-        try:
-            check(None, e)
-        except MalformedEntry:
-            for name in REST:  # nothing of it lands in the entry
-                object.__delattr__(e, name)
-            raise
+        fill(None, e, msgpack.unpackb(rest, raw=False, strict_map_key=True, use_list=False,
+                                      ext_hook=ext_hook))
     except (MalformedEntry, ValueError, TypeError) as exc:
         raise MalformedRest(
             f"a finished instance's entry in the index snapshot is malformed ({exc}); "
@@ -122,7 +134,7 @@ def _who(iid: str | None) -> str:
     return "its entry" if iid is None else f"instance {iid!r}"
 
 
-def check(iid: str | None, e: Any) -> None:
+def _check(iid: str | None, e: Any) -> None:
     """The rest's fields of an entry, looked into; the
     common ones inline, the tables only when it has them. Sets ``events``
     to the list the index keeps."""
@@ -136,16 +148,16 @@ def check(iid: str | None, e: Any) -> None:
     if e.error is not None or e.pending is not None or e.signals is not None or (
         e.waits is not None or e.done_waits is not None
     ):
-        check_tables(iid, e)
+        _check_tables(iid, e)
     if e.events is not None:
-        e.events = events(iid, e.events)
+        e.events = _events(iid, e.events)
     if e.tries is not None:
-        check_tries(iid, e.tries)
+        _check_tries(iid, e.tries)
     if e.flow is not None:
-        check_flow(iid, e.flow)
+        _check_flow(iid, e.flow)
 
 
-def check_tables(iid: str | None, e: Any) -> None:
+def _check_tables(iid: str | None, e: Any) -> None:
     """An error, the pending keys, the signals and the waits, looked into."""
     error, pending, waits = e.error, e.pending, e.waits
     ok = error is None or (
@@ -169,7 +181,7 @@ def check_tables(iid: str | None, e: Any) -> None:
         raise MalformedEntry(f"{_who(iid)} has a malformed table")
 
 
-def events(iid: str | None, stream: Any) -> list[PublishedEvent]:
+def _events(iid: str | None, stream: Any) -> list[PublishedEvent]:
     """A decoded event stream, checked, as the index keeps it (a list)."""
     if type(stream) is not tuple or not all(
         type(ev) is tuple and len(ev) == 3 and type(ev[0]) is str and type(ev[1]) is int
@@ -179,7 +191,7 @@ def events(iid: str | None, stream: Any) -> list[PublishedEvent]:
     return list(stream)
 
 
-def check_flow(iid: str | None, flow: object) -> None:
+def _check_flow(iid: str | None, flow: object) -> None:
     if not (
         type(flow) is tuple and len(flow) == 3 and type(flow[0]) is int
         and type(flow[1]) in TIME and type(flow[2]) in TEXT
@@ -187,7 +199,7 @@ def check_flow(iid: str | None, flow: object) -> None:
         raise MalformedEntry(f"{_who(iid)} has malformed flow options")
 
 
-def check_tries(iid: str | None, tries: object) -> None:
+def _check_tries(iid: str | None, tries: object) -> None:
     """A step's failed attempts: key -> (started_ms, ((type, message), ...))."""
     ok = type(tries) is dict and bool(tries)
     for key, value in tries.items() if ok else ():  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ bytes: nothing is copied.
 Checked at load, as the rest of the snapshot is: every column as long as
 the ids, the states and workflow numbers in range, a finished state for a
 packed rest and a live state for a map entry, ids and parents str (or nil),
-a live instance's fields as ``rest.check`` wants them. A finished
+a live instance's fields as ``rest.fill`` wants them. A finished
 instance's rest is checked when it is decoded.
 """
 
@@ -37,11 +37,11 @@ from array import array
 from typing import Any
 
 from .._core import lifecycle as lc
-from .._core.index import InstanceEntry, pack_steps
-from .._core.rest import STATES, TEXT, MalformedEntry, wire_events, wire_table
-from .._core.rest import check as check_rest
+from .._core.index import InstanceEntry
+from .._core.rest import STATES, TEXT, MalformedEntry
+from .._core.rest import fields as rest_fields
+from .._core.rest import fill as fill_rest
 from .._core.rest import pack as pack_rest
-from .._core.wire import wire
 
 COLUMNS = 9
 _BIG = sys.byteorder == "big"  # the columns are little-endian on disk
@@ -89,13 +89,7 @@ def encode(
             rests.append(rest)
             end += len(rest)
         else:
-            table = e.table
-            live[iid] = (
-                wire(e.input), wire(e.outcome), e.error, e.pending, e.status, e.deadline_ms,
-                table if type(table) is bytes else pack_steps(table),  # type: ignore[arg-type]
-                wire_table(e.signals), e.waits, e.done_waits, e.last_seq,
-                wire_events(e.events), e.status_calls, bytes(e.meta), e.tries, e.flow,
-            )
+            live[iid] = rest_fields(e)
         ends.append(end)
     return [ids, _le(workflows), bytes(states), _le(created), _le(updated), parents,
             _le(ends), end, live], b"".join(rests)
@@ -135,16 +129,10 @@ def decode(columns: Any, names: list[str], rests: memoryview) -> dict[str, Insta
         if state in finished:
             e.rest = view[start:end]
         else:
-            fields = live.get(iid)
-            if type(fields) is not tuple or len(fields) != 16 or end != start:
+            if end != start:
                 raise MalformedEntry(f"instance {iid!r} is malformed")
-            (
-                e.input, e.outcome, e.error, e.pending, e.status, e.deadline_ms, e.table,
-                e.signals, e.waits, e.done_waits, e.last_seq, e.events, e.status_calls,
-                e.meta, e.tries, e.flow,
-            ) = fields
+            fill_rest(iid, e, live.get(iid))
             e.rest = None
-            check_rest(iid, e)
             lives += 1
         start = end
         out[iid] = e
